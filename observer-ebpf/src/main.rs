@@ -1,2 +1,423 @@
+//! Kernel side of observer: classify TCP payload as HTTP/1.x message starts and copy bounded bytes to user space.
+//!
+//! Programs: cgroup_skb ingress/egress (every local socket, every netns, with the socket cookie and cgroup),
+//! TC clsact ingress/egress (traffic no local socket owns, `--iface`), and sock_ops (connection lifecycle, the
+//! connecting pid, stream end sequence numbers at close). Nothing is parsed here beyond the first bytes: user space
+//! owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups and drained on a timer.
 #![no_std]
 #![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, TC_ACT_PIPE,
+    },
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ringbuf_output,
+            bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        },
+    },
+    macros::{cgroup_skb, classifier, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{sk_buff::SkBuff, SkBuffContext, SockOpsContext, TcContext},
+    EbpfContext,
+};
+use observer_common::*;
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+pub static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// All records, data and connection, in production order. 16 MiB.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
+
+#[map]
+static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
+
+/// Ports to capture when `KernelConfig::filter_ports` is set (value unused).
+#[map]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Per stream (and hook) state: how much of the current message may still be copied.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+
+/// One record under construction per CPU: header followed by up to MAX_CAPTURE payload bytes.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FlowKey {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    hook: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FlowState {
+    /// Bytes of the current message that may still be copied.
+    remaining: u32,
+    /// Sequence number the next contiguous segment must start at to count as a continuation.
+    next_seq: u32,
+}
+
+#[repr(C)]
+struct Scratch {
+    hdr: DataHeader,
+    data: [u8; MAX_CAPTURE],
+}
+
+const HDR_LEN: usize = core::mem::size_of::<DataHeader>();
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> KernelConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => KernelConfig::default(),
+    }
+}
+
+#[cgroup_skb]
+pub fn observer_cg_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_INGRESS, true);
+    1
+}
+
+#[cgroup_skb]
+pub fn observer_cg_egress(ctx: SkBuffContext) -> i32 {
+    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_EGRESS, true);
+    1
+}
+
+#[classifier]
+pub fn observer_tc_ingress(ctx: TcContext) -> i32 {
+    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_INGRESS, false);
+    TC_ACT_PIPE
+}
+
+#[classifier]
+pub fn observer_tc_egress(ctx: TcContext) -> i32 {
+    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_EGRESS, false);
+    TC_ACT_PIPE
+}
+
+/// True when the first payload bytes look like the start of an HTTP/1.x request or response.
+#[inline(always)]
+fn is_message_start(p: &[u8; 8]) -> bool {
+    match &p[..4] {
+        b"GET " | b"PUT " | b"POST" | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC" => {
+            true
+        }
+        b"HTTP" => p[4] == b'/' && p[5] == b'1' && p[6] == b'.',
+        _ => false,
+    }
+}
+
+/// Parses IP/TCP at `l3` and, for message starts and their continuations, copies the payload to the ring buffer.
+/// `cgroup` says whether the packet is known to belong to a local socket (cgroup_skb); TC asks the skb.
+#[inline(always)]
+fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
+    let mut key = FlowKey {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        hook,
+    };
+    let l4: usize;
+    let ip_total: usize;
+    // cgroup_skb has no link-layer header: its protocol comes from skb->protocol. TC reads the Ethernet type.
+    let proto = if l3 == 0 {
+        u16::from_be(skb.protocol() as u16)
+    } else {
+        u16::from_be(skb.load::<u16>(12).map_err(|_| ())?)
+    };
+    if proto == ETH_P_IP {
+        let vihl: u8 = skb.load(l3).map_err(|_| ())?;
+        if vihl >> 4 != 4 {
+            return Err(());
+        }
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        let p: u8 = skb.load(l3 + 9).map_err(|_| ())?;
+        if p != IPPROTO_TCP {
+            return Ok(());
+        }
+        let tot: u16 = skb.load(l3 + 2).map_err(|_| ())?;
+        ip_total = u16::from_be(tot) as usize;
+        let s: [u8; 4] = skb.load(l3 + 12).map_err(|_| ())?;
+        let d: [u8; 4] = skb.load(l3 + 16).map_err(|_| ())?;
+        key.saddr[10] = 0xff;
+        key.saddr[11] = 0xff;
+        key.saddr[12..16].copy_from_slice(&s);
+        key.daddr[10] = 0xff;
+        key.daddr[11] = 0xff;
+        key.daddr[12..16].copy_from_slice(&d);
+        l4 = l3 + ihl;
+    } else if proto == ETH_P_IPV6 {
+        let nh: u8 = skb.load(l3 + 6).map_err(|_| ())?;
+        if nh != IPPROTO_TCP {
+            // Extension headers are not followed: rare for TCP and not worth the verifier budget.
+            return Ok(());
+        }
+        let plen: u16 = skb.load(l3 + 4).map_err(|_| ())?;
+        ip_total = 40 + u16::from_be(plen) as usize;
+        key.saddr = skb.load(l3 + 8).map_err(|_| ())?;
+        key.daddr = skb.load(l3 + 24).map_err(|_| ())?;
+        l4 = l3 + 40;
+    } else {
+        return Ok(());
+    }
+    let ports: [u16; 2] = skb.load(l4).map_err(|_| ())?;
+    key.sport = u16::from_be(ports[0]);
+    key.dport = u16::from_be(ports[1]);
+    let seq = u32::from_be(skb.load::<u32>(l4 + 4).map_err(|_| ())?);
+    let doff: u8 = skb.load(l4 + 12).map_err(|_| ())?;
+    let payload_off = l4 + ((doff >> 4) as usize) * 4;
+    // GSO super-segments carry a 0 IP length on some paths: trust skb->len then.
+    let end = if ip_total == 0 || l3 + ip_total > skb.len() as usize {
+        skb.len() as usize
+    } else {
+        l3 + ip_total
+    };
+    if end <= payload_off {
+        return Ok(());
+    }
+    let payload_len = end - payload_off;
+
+    let cfg = config();
+    if cfg.filter_ports != 0
+        && unsafe { PORTS.get(&key.sport) }.is_none()
+        && unsafe { PORTS.get(&key.dport) }.is_none()
+    {
+        return Ok(());
+    }
+
+    let start = payload_len >= 8
+        && match skb.load::<[u8; 8]>(payload_off) {
+            Ok(head) => is_message_start(&head),
+            Err(_) => false,
+        };
+    let mut cap = cfg.capture_bytes as usize;
+    if cap > MAX_CAPTURE {
+        cap = MAX_CAPTURE;
+    }
+    let flags;
+    let budget;
+    if start {
+        flags = DATA_FLAG_START;
+        budget = cap;
+    } else {
+        let st = match FLOWS.get_ptr_mut(&key) {
+            Some(st) => st,
+            None => return Ok(()),
+        };
+        let st = unsafe { &mut *st };
+        if st.remaining == 0 || st.next_seq != seq {
+            return Ok(());
+        }
+        flags = DATA_FLAG_CONTINUATION;
+        budget = st.remaining as usize;
+    }
+    let copy = if payload_len < budget {
+        payload_len
+    } else {
+        budget
+    };
+    let trunc = if payload_len > copy {
+        DATA_FLAG_TRUNCATED
+    } else {
+        0
+    };
+    if trunc != 0 {
+        count(CNT_TRUNCATED);
+    }
+    let st = FlowState {
+        remaining: (budget - copy) as u32,
+        next_seq: seq.wrapping_add(payload_len as u32),
+    };
+    if FLOWS.insert(&key, &st, 0).is_err() {
+        count(CNT_FLOW_MAP_FULL);
+    }
+    if copy == 0 {
+        return Ok(());
+    }
+
+    let scratch = match SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe { &mut *s },
+        None => return Err(()),
+    };
+    let ctx_ptr = skb.skb as *mut _;
+    let h = &mut scratch.hdr;
+    h.kind = EVENT_DATA;
+    h.hook = hook;
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
+    h.cgroup_id = if cgroup || h.cookie != 0 {
+        unsafe { bpf_skb_cgroup_id(ctx_ptr) }
+    } else {
+        0
+    };
+    let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
+    if egress {
+        h.pid_tgid = bpf_get_current_pid_tgid();
+        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    } else {
+        h.pid_tgid = 0;
+        h.comm = [0; 16];
+    }
+    h.saddr = key.saddr;
+    h.daddr = key.daddr;
+    h.sport = key.sport;
+    h.dport = key.dport;
+    h.seq = seq;
+    h.payload_len = payload_len as u32;
+    h.flags = flags | trunc;
+    h._pad = 0;
+    // 1 <= n <= MAX_CAPTURE in a form the verifier can follow (MAX_CAPTURE is a power of two).
+    let n = ((copy - 1) & (MAX_CAPTURE - 1)) + 1;
+    // Raw helper: aya's load_bytes clamps to skb->len, which lets the verifier see a possible zero length.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx_ptr as *const _,
+            payload_off as u32,
+            scratch.data.as_mut_ptr() as *mut _,
+            n as u32,
+        )
+    };
+    if ret != 0 {
+        count(CNT_LOAD_FAILED);
+        return Err(());
+    }
+    h.cap_len = n as u32;
+    let size = HDR_LEN + n;
+    let ret = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::addr_of!(EVENTS) as *mut _,
+            scratch as *mut Scratch as *mut _,
+            size as u64,
+            BPF_RB_NO_WAKEUP as u64,
+        )
+    };
+    if ret < 0 {
+        count(CNT_RINGBUF_FULL);
+        return Err(());
+    }
+    count(CNT_EVENTS);
+    Ok(())
+}
+
+#[sock_ops]
+pub fn observer_sockops(ctx: SockOpsContext) -> u32 {
+    let _ = on_sock_ops(&ctx);
+    1
+}
+
+#[inline(always)]
+fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
+    let op = ctx.op();
+    let kind = match op {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => CONN_CONNECT,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => CONN_ACTIVE_ESTABLISHED,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => CONN_PASSIVE_ESTABLISHED,
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) != BPF_TCP_CLOSE {
+                return Ok(());
+            }
+            CONN_CLOSE
+        }
+        _ => return Ok(()),
+    };
+    let family = ctx.family();
+    let lport = ctx.local_port() as u16;
+    let rport = u16::from_be((ctx.remote_port() >> 16) as u16);
+    let cfg = config();
+    if cfg.filter_ports != 0
+        && unsafe { PORTS.get(&lport) }.is_none()
+        && unsafe { PORTS.get(&rport) }.is_none()
+    {
+        return Ok(());
+    }
+    if kind == CONN_ACTIVE_ESTABLISHED || kind == CONN_PASSIVE_ESTABLISHED {
+        // Ask for state changes so the close (with final sequence numbers) reaches us.
+        let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+        let _ = ctx.set_cb_flags(flags as i32);
+    }
+    let mut ev = ConnEvent {
+        kind: EVENT_CONN,
+        op: kind,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        lport,
+        rport,
+        ..ConnEvent::default()
+    };
+    if kind == CONN_CONNECT {
+        // connect() runs in the calling task: the pid, comm and cgroup are the client's.
+        ev.pid_tgid = bpf_get_current_pid_tgid();
+        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
+    if family == 2 {
+        ev.laddr[10] = 0xff;
+        ev.laddr[11] = 0xff;
+        ev.laddr[12..16].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+        ev.raddr[10] = 0xff;
+        ev.raddr[11] = 0xff;
+        ev.raddr[12..16].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+    } else if family == 10 {
+        // The context only allows 4-byte loads of these arrays: read each word volatile so none are merged.
+        let ops = ctx.ops;
+        for i in 0..4 {
+            let l = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[i])) };
+            let r = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[i])) };
+            ev.laddr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
+            ev.raddr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+        }
+    } else {
+        return Ok(());
+    }
+    let ops = unsafe { &*ctx.ops };
+    ev.snd_nxt = ops.snd_nxt;
+    ev.rcv_nxt = ops.rcv_nxt;
+    ev.srtt_us = ops.srtt_us >> 3;
+    ev.bytes_acked = ops.bytes_acked;
+    ev.bytes_received = ops.bytes_received;
+    ev.total_retrans = ops.total_retrans;
+    if EVENTS
+        .output::<ConnEvent>(&ev, BPF_RB_NO_WAKEUP as u64)
+        .is_err()
+    {
+        count(CNT_RINGBUF_FULL);
+        return Err(());
+    }
+    count(CNT_CONN_EVENTS);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

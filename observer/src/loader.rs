@@ -1,0 +1,275 @@
+//! Loads the embedded eBPF object, configures it and attaches every program; detaching is dropping `Loaded`.
+//!
+//! Preconditions are checked first so a user gets one clear sentence instead of a verifier dump: root/capabilities,
+//! BTF, a cgroup v2 hierarchy, the interfaces named with `--iface`.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        tc::{self, SchedClassifierLinkId},
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SchedClassifier, SockOps, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use observer_common::{KernelConfig, CNT_MAX, MAX_CAPTURE};
+use tracing::{info, warn};
+
+/// The eBPF programs, built by build.rs. Empty when the crate was built without the eBPF toolchain.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("observer must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}")]
+    NotPrivileged(String),
+    #[error("the kernel exposes no BTF at /sys/kernel/btf/vmlinux: a kernel built with CONFIG_DEBUG_INFO_BTF=y is required")]
+    NoBtf,
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    NoCgroup2,
+    #[error("cgroup path {0} does not exist or is not a cgroup v2 directory")]
+    BadCgroup(PathBuf),
+    #[error("interface {0:?} not found (see `ip link`)")]
+    NoInterface(String),
+    #[error("this observer binary was built without its eBPF programs (bpf-linker or the nightly toolchain was missing); build it with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("attaching {what} failed: {source}")]
+    Attach {
+        what: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {0} missing or of the wrong type: {1}")]
+    Map(&'static str, String),
+}
+
+/// What to attach where.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// cgroup v2 directory for cgroup_skb and sock_ops; None = the hierarchy's root.
+    pub cgroup: Option<PathBuf>,
+    /// Interfaces that also get TC ingress/egress programs.
+    pub ifaces: Vec<String>,
+    /// Capture only these ports (either end); empty = all ports.
+    pub ports: Vec<u16>,
+    pub capture_bytes: u32,
+}
+
+/// Attached programs and the maps the agent reads. Dropping it detaches everything (links are fd-owned) and removes
+/// any clsact qdisc this process added.
+pub struct Loaded {
+    pub events: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub attached: Vec<String>,
+    added_qdiscs: Vec<String>,
+    _tc_links: Vec<SchedClassifierLinkId>,
+    // Declared last: dropped after the maps taken from it.
+    _ebpf: Ebpf,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        for iface in &self.added_qdiscs {
+            // aya can add a clsact qdisc but not delete one; iproute2 can.
+            let ok = std::process::Command::new("tc")
+                .args(["qdisc", "del", "dev", iface, "clsact"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                warn!(iface, "could not remove the clsact qdisc observer added");
+            }
+        }
+    }
+}
+
+/// Checks everything a load needs that can be checked without loading.
+pub fn preflight(opts: &LoadOptions) -> Result<PathBuf, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    if unsafe { libc::geteuid() } != 0 && !has_bpf_caps() {
+        return Err(LoadError::NotPrivileged(
+            "effective uid is not 0 and CAP_BPF/CAP_SYS_ADMIN is missing".into(),
+        ));
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(LoadError::NoBtf);
+    }
+    let cgroup = match &opts.cgroup {
+        Some(p) => p.clone(),
+        None => crate::cgroups::cgroup2_mount().map_err(|_| LoadError::NoCgroup2)?,
+    };
+    if !cgroup.join("cgroup.procs").exists() {
+        return Err(LoadError::BadCgroup(cgroup));
+    }
+    for iface in &opts.ifaces {
+        if !Path::new("/sys/class/net").join(iface).exists() {
+            return Err(LoadError::NoInterface(iface.clone()));
+        }
+    }
+    Ok(cgroup)
+}
+
+fn has_bpf_caps() -> bool {
+    // CapEff bit 39 = CAP_BPF, 21 = CAP_SYS_ADMIN.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("CapEff:")
+                    .map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0))
+            })
+        })
+        .map(|caps| caps & (1 << 39) != 0 || caps & (1 << 21) != 0)
+        .unwrap_or(false)
+}
+
+/// Loads, configures and attaches. On error nothing stays attached (everything loaded so far is dropped).
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    let cgroup_path = preflight(opts)?;
+    bump_memlock_rlimit();
+    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+
+    let cfg = KernelConfig {
+        capture_bytes: opts.capture_bytes.clamp(64, MAX_CAPTURE as u32),
+        filter_ports: u32::from(!opts.ports.is_empty()),
+    };
+    {
+        let mut config: Array<_, KernelConfig> =
+            Array::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| miss("CONFIG"))?)
+                .map_err(|e| LoadError::Map("CONFIG", e.to_string()))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| LoadError::Map("CONFIG", e.to_string()))?;
+        let mut ports: HashMap<_, u16, u8> =
+            HashMap::try_from(ebpf.map_mut("PORTS").ok_or_else(|| miss("PORTS"))?)
+                .map_err(|e| LoadError::Map("PORTS", e.to_string()))?;
+        for p in &opts.ports {
+            ports
+                .insert(p, 1, 0)
+                .map_err(|e| LoadError::Map("PORTS", e.to_string()))?;
+        }
+    }
+
+    let mut attached = Vec::new();
+    let cg = File::open(&cgroup_path).map_err(|_| LoadError::BadCgroup(cgroup_path.clone()))?;
+    let attach_err = |what: &str| {
+        let what = what.to_string();
+        move |source| LoadError::Attach {
+            what: what.clone(),
+            source,
+        }
+    };
+    for (name, ty) in [
+        ("observer_cg_ingress", CgroupSkbAttachType::Ingress),
+        ("observer_cg_egress", CgroupSkbAttachType::Egress),
+    ] {
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or_else(|| miss(name))?
+            .try_into()
+            .map_err(attach_err(name))?;
+        prog.load().map_err(attach_err(name))?;
+        prog.attach(&cg, ty, CgroupAttachMode::Single)
+            .map_err(attach_err(&format!("{name} to {}", cgroup_path.display())))?;
+        attached.push(format!("cgroup_skb/{name} on {}", cgroup_path.display()));
+    }
+    let sockops: &mut SockOps = ebpf
+        .program_mut("observer_sockops")
+        .ok_or_else(|| miss("observer_sockops"))?
+        .try_into()
+        .map_err(attach_err("observer_sockops"))?;
+    sockops.load().map_err(attach_err("observer_sockops"))?;
+    sockops
+        .attach(&cg, CgroupAttachMode::Single)
+        .map_err(attach_err(&format!(
+            "sock_ops to {}",
+            cgroup_path.display()
+        )))?;
+    attached.push(format!("sock_ops on {}", cgroup_path.display()));
+
+    let mut tc_links = Vec::new();
+    let mut added_qdiscs = Vec::new();
+    if !opts.ifaces.is_empty() {
+        for name in ["observer_tc_ingress", "observer_tc_egress"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| miss(name))?
+                .try_into()
+                .map_err(attach_err(name))?;
+            prog.load().map_err(attach_err(name))?;
+        }
+        for iface in &opts.ifaces {
+            for (name, ty) in [
+                ("observer_tc_ingress", TcAttachType::Ingress),
+                ("observer_tc_egress", TcAttachType::Egress),
+            ] {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .expect("loaded above")
+                    .try_into()
+                    .expect("checked above");
+                // Kernels >= 6.6 attach through TCX links (no qdisc); older ones need a clsact qdisc.
+                let id = match prog.attach(iface, ty) {
+                    Ok(id) => id,
+                    Err(_) => {
+                        if tc::qdisc_add_clsact(iface).is_ok() && !added_qdiscs.contains(iface) {
+                            added_qdiscs.push(iface.clone());
+                        }
+                        prog.attach(iface, ty)
+                            .map_err(attach_err(&format!("{name} to {iface}")))?
+                    }
+                };
+                tc_links.push(id);
+                attached.push(format!("tc/{name} on {iface}"));
+            }
+        }
+    }
+
+    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| miss("EVENTS"))?)
+        .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?;
+    let counters =
+        PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| miss("COUNTERS"))?)
+            .map_err(|e| LoadError::Map("COUNTERS", e.to_string()))?;
+    for a in &attached {
+        info!("attached {a}");
+    }
+    Ok(Loaded {
+        events,
+        counters,
+        attached,
+        added_qdiscs,
+        _tc_links: tc_links,
+        _ebpf: ebpf,
+    })
+}
+
+fn miss(name: &'static str) -> LoadError {
+    LoadError::Map(name, "not in the eBPF object".into())
+}
+
+/// Reads the per-CPU kernel counters, summed over CPUs, in `COUNTER_NAMES` order.
+pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> [u64; CNT_MAX as usize] {
+    let mut out = [0u64; CNT_MAX as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Ok(values) = counters.get(&(i as u32), 0) {
+            *slot = values.iter().sum();
+        }
+    }
+    out
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raising it is harmless elsewhere.
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        warn!("could not raise RLIMIT_MEMLOCK; map creation may fail on older kernels");
+    }
+}
