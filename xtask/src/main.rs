@@ -1,1 +1,185 @@
-fn main() {}
+//! `cargo xtask build|run|test|bench|clickhouse`: installs what each needs, then runs cargo and the tools.
+//! It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
+mod bench;
+mod clickhouse;
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use toolchain::{run, say};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "observer's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the agent with its eBPF programs: target/release/observer.
+    Build,
+    /// Build, start a local ClickHouse unless CLICKHOUSE_URL is set, apply the schema and run the agent.
+    Run {
+        /// Extra arguments for `observer run` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, ClickHouse integration (against the dev server) and, as root, the privileged tests.
+    Test,
+    /// nginx under wrk with and without the observer, alternated; criterion micro-benchmarks; writes BENCHMARKS.md.
+    Bench {
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Alternating rounds (each: one run without, one with the observer).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Run the local ClickHouse dev server in the foreground until interrupted.
+    Clickhouse {
+        #[arg(long, default_value_t = 8123)]
+        port: u16,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Build => {
+            build_release(&root)?;
+        }
+        Cmd::Run { args } => run_agent(&root, args)?,
+        Cmd::Test => test_all(&root)?,
+        Cmd::Bench { duration, rounds } => {
+            let bin = build_release(&root)?;
+            toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+            bench::run(&root, &bin, duration, rounds)?;
+        }
+        Cmd::Clickhouse { port, data } => {
+            let data = data.unwrap_or_else(|| root.join(".data/clickhouse"));
+            clickhouse::run_foreground(&root, port, &data)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds target/release/observer with its eBPF programs.
+pub fn build_release(root: &Path) -> Result<PathBuf> {
+    toolchain::ensure_ebpf_toolchain()?;
+    say("building observer (release, with eBPF programs)");
+    run(Command::new("cargo").current_dir(root).args(["build", "--release", "-p", "observer"]).env_remove("AYA_BUILD_SKIP"))?;
+    let bin = root.join("target/release/observer");
+    if !bin.exists() {
+        bail!("build finished but {} is missing", bin.display());
+    }
+    say(format!("built {}", bin.display()));
+    Ok(bin)
+}
+
+fn sudo_prefix() -> Vec<String> {
+    if toolchain::is_root() {
+        Vec::new()
+    } else {
+        say("the agent needs root to load eBPF programs: using sudo");
+        vec!["sudo".into(), "-E".into()]
+    }
+}
+
+fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
+    let bin = build_release(root)?;
+    let (url, _server) = match std::env::var("CLICKHOUSE_URL") {
+        Ok(url) if !url.is_empty() => {
+            say(format!("using ClickHouse at {url} (CLICKHOUSE_URL)"));
+            (url, None)
+        }
+        _ => {
+            let data = root.join(".data/clickhouse");
+            say(format!("CLICKHOUSE_URL not set: starting the local ClickHouse dev server (data in {})", data.display()));
+            let server = clickhouse::spawn(root, 8123, &data)?;
+            (server.url(), Some(server))
+        }
+    };
+    say("applying the ClickHouse schema");
+    run(Command::new(&bin).args(["schema", "apply", "--clickhouse-url", &url]))?;
+    let spool = root.join(".data/spool");
+    let secret = root.join(".data/key-secret");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--sink".into(),
+        "clickhouse".into(),
+        "--sink".into(),
+        "stdout".into(),
+        "--clickhouse-url".into(),
+        url.clone(),
+        "--spool-dir".into(),
+        spool.display().to_string(),
+        "--key-secret-file".into(),
+        secret.display().to_string(),
+        "--metrics".into(),
+        "127.0.0.1:9464".into(),
+    ];
+    let example = root.join("examples/registry.yaml");
+    if !extra.iter().any(|a| a == "--registry") && example.exists() {
+        args.extend(["--registry".into(), example.display().to_string()]);
+    }
+    args.extend(extra);
+    say(format!("starting the agent: {} {}", bin.display(), args.join(" ")));
+    say("try it: curl http://127.0.0.1:8123/ping   (events appear below; Ctrl-C stops)");
+    let prefix = sudo_prefix();
+    let mut cmd = if prefix.is_empty() {
+        Command::new(&bin)
+    } else {
+        let mut c = Command::new(&prefix[0]);
+        c.args(&prefix[1..]).arg(&bin);
+        c
+    };
+    let status = cmd.args(&args).status().context("starting the agent")?;
+    if !status.success() {
+        bail!("observer exited with {status}");
+    }
+    Ok(())
+}
+
+fn test_all(root: &Path) -> Result<()> {
+    let bin = build_release(root)?;
+    toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+    let py = clickhouse::ensure_venv(root)?;
+    let devserver = root.join("xtask/clickhouse/devserver.py");
+
+    say("running the ClickHouse dev server's own tests");
+    run(Command::new(&py).arg(root.join("xtask/clickhouse/test_devserver.py")).current_dir(root))?;
+
+    say("running unit and ClickHouse integration tests (cargo test)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--workspace", "--exclude", "observer-ebpf", "--exclude", "observer-tests"])
+        .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
+        .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
+        .env("OBSERVER_REQUIRE_CLICKHOUSE", "1"))?;
+
+    if !toolchain::is_root() {
+        bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");
+    }
+    say("running privileged end-to-end tests (real servers and clients in network namespaces)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "-p", "observer-tests", "--", "--test-threads=1"])
+        .env("OBSERVER_BIN", &bin)
+        .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
+        .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver))?;
+    say("all tests passed");
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! End to end: real servers and clients on loopback and across network namespaces, the real agent, and the events
+//! that reach its NDJSON sink, checked field by field and counted.
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use observer_tests::*;
+use serde_json::Value;
+
+fn by_path(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for e in events {
+        m.entry(format!("{} {}", e["method"].as_str().unwrap_or(""), e["path"].as_str().unwrap_or("")))
+            .or_default()
+            .push(e.clone());
+    }
+    m
+}
+
+fn one<'a>(m: &'a BTreeMap<String, Vec<Value>>, key: &str, all: &[Value]) -> &'a Value {
+    let v = m.get(key).unwrap_or_else(|| panic!("no event for {key}; events:\n{}", brief(all)));
+    assert_eq!(v.len(), 1, "{key} must appear exactly once; events:\n{}", brief(all));
+    &v[0]
+}
+
+fn assert_local_both(e: &Value, client_comm: &str, server_comm: &str) {
+    assert_eq!(e["side"], "both", "both ends are local sockets: {e}");
+    assert_eq!(e["client_comm"], client_comm, "{e}");
+    assert_eq!(e["server_comm"], server_comm, "{e}");
+    assert!(e["client_pid"].as_u64().unwrap_or(0) > 0, "client pid: {e}");
+    assert!(e["server_pid"].as_u64().unwrap_or(0) > 0, "server pid: {e}");
+    assert!(e["conn_id"].as_u64().unwrap_or(0) > 0, "conn_id: {e}");
+    assert!(e["ts"].as_str().is_some_and(|t| t.len() == 27 && t.ends_with('Z')), "ts RFC 3339 with µs: {e}");
+}
+
+#[test]
+fn loopback_every_framing_case_once_with_both_identities() {
+    require_root();
+    let dir = scratch("framing");
+    let port = 18301;
+    let _server = python_server(&dir, None, "127.0.0.1", port);
+    let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
+    let base = format!("http://127.0.0.1:{port}");
+    // One keep-alive connection, four framings.
+    curl(None, &[
+        &format!("{base}/cl/100"),
+        "-o", "/dev/null",
+        &format!("{base}/chunked/5000"),
+        "-o", "/dev/null",
+        &format!("{base}/nothing"),
+        "-o", "/dev/null",
+        &format!("{base}/notmod"),
+        "-o", "/dev/null",
+    ]);
+    curl(None, &["-I", &format!("{base}/cl/50")]);
+    curl(None, &["-0", "-o", "/dev/null", &format!("{base}/close/3000")]);
+    let body = dir.join("body.bin");
+    std::fs::write(&body, vec![b'b'; 2000]).expect("body");
+    curl(None, &["-H", "Expect: 100-continue", "--data-binary", &format!("@{}", body.display()), &format!("{base}/upload")]);
+    curl(None, &["-H", "X-Request-Id: req-abc-123", "-H", "User-Agent: e2e-agent/1", &format!("{base}/cl/10?user=1&token=2&user=3")]);
+    curl(None, &["-H", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", &format!("{base}/cl/1")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let all = obs.stop();
+    let events = on_port(&all, port);
+    assert_eq!(events.len(), 10, "10 requests sent, each exactly once:\n{}", brief(&events));
+    let m = by_path(&events);
+
+    let e = &m["GET /cl/100"][0];
+    assert_local_both(e, "curl", "python3");
+    assert_eq!(e["status"], 200);
+    assert_eq!(e["host"], format!("127.0.0.1:{port}"));
+    assert_eq!(e["src_ip"], "127.0.0.1");
+    assert_eq!(e["dst_ip"], "127.0.0.1");
+    assert_eq!(e["dst_port"], port);
+    let resp = e["resp_bytes"].as_u64().expect("resp_bytes");
+    assert!(resp > 100 && resp < 400, "headers + 100 body bytes: {e}");
+    let conn = e["conn_id"].clone();
+    for key in ["GET /chunked/5000", "GET /nothing", "GET /notmod"] {
+        assert_eq!(one(&m, key, &events)["conn_id"], conn, "{key} reused curl's keep-alive connection");
+    }
+    let chunked = one(&m, "GET /chunked/5000", &events);
+    assert_eq!(chunked["status"], 200);
+    assert!(chunked["resp_bytes"].as_u64().unwrap() > 5000, "chunked body counted: {chunked}");
+    assert_eq!(one(&m, "GET /nothing", &events)["status"], 204);
+    assert_eq!(one(&m, "GET /notmod", &events)["status"], 304);
+    let head = one(&m, "HEAD /cl/50", &events);
+    assert_eq!(head["status"], 200);
+    assert!(head["resp_bytes"].as_u64().unwrap() < 200, "HEAD has no body: {head}");
+    let close = one(&m, "GET /close/3000", &events);
+    assert_eq!(close["status"], 200);
+    let cb = close["resp_bytes"].as_u64().unwrap();
+    assert!((3000..3400).contains(&cb), "close-delimited body counted from the connection close: {close}");
+    let post = one(&m, "POST /upload", &events);
+    assert_eq!(post["status"], 201, "final status, not the interim 100: {post}");
+    assert!(post["req_bytes"].as_u64().unwrap() >= 2000, "request body counted: {post}");
+    let q = one(&m, "GET /cl/10", &events);
+    assert_eq!(q["query_keys"], serde_json::json!(["user", "token"]), "names only, deduplicated: {q}");
+    assert_eq!(q["request_id"], "req-abc-123");
+    assert_eq!(q["user_agent"], "e2e-agent/1");
+    assert!(!q.to_string().contains("token=2"), "query values never leave the agent: {q}");
+    assert_eq!(one(&m, "GET /cl/1", &events)["request_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    for e in &events {
+        assert!(e["duration_us"].as_u64().is_some(), "{e}");
+        assert_eq!(e["truncated"], false, "{e}");
+    }
+}
+
+#[test]
+fn nginx_under_wrk_every_request_exactly_once() {
+    require_root();
+    let dir = scratch("wrk");
+    let port = 18302;
+    let _nginx = nginx(&dir, None, "127.0.0.1", port);
+    let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
+    sh(Command::new("wrk").args(["-t1", "-c8", "-d2s", &format!("http://127.0.0.1:{port}/index.html")]));
+    curl(None, &["-o", "/dev/null", &format!("http://127.0.0.1:{port}/big.bin")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = obs.metrics_text();
+    let all = obs.stop();
+    let events = on_port(&all, port);
+    let served = access_log(&dir);
+    assert!(served.len() > 1000, "wrk made a real load: {} requests", served.len());
+    assert_eq!(events.len(), served.len(), "nginx answered {} requests; the observer reported {}", served.len(), events.len());
+    let big: Vec<&Value> = events.iter().filter(|e| e["path"] == "/big.bin").collect();
+    assert_eq!(big.len(), 1);
+    assert!(big[0]["resp_bytes"].as_u64().unwrap() > 300_000, "large body counted: {}", big[0]);
+    assert!(events.iter().all(|e| e["status"] == 200 && e["server_comm"] == "nginx"), "{}", brief(&events[..5]));
+    assert!(metrics.contains("observer_kernel_ringbuf_full_total"), "kernel counters exported:\n{metrics}");
+    assert!(metrics.contains("observer_exchanges_total"), "{metrics}");
+}
+
+#[test]
+fn pipelined_requests_in_one_segment() {
+    require_root();
+    let dir = scratch("pipeline");
+    let port = 18303;
+    let _nginx = nginx(&dir, None, "127.0.0.1", port);
+    let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = String::new();
+    for p in ["/index.html?a=1", "/nothing", "/missing"] {
+        req.push_str(&format!("GET {p} HTTP/1.1\r\nHost: pipe.test\r\n\r\n"));
+    }
+    req.push_str("GET /index.html HTTP/1.1\r\nHost: pipe.test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let events = on_port(&obs.stop(), port);
+    let got: Vec<(String, u64)> =
+        events.iter().map(|e| (e["path"].as_str().unwrap().to_string(), e["status"].as_u64().unwrap())).collect();
+    assert_eq!(
+        got,
+        vec![("/index.html".into(), 200), ("/nothing".into(), 204), ("/missing".into(), 404), ("/index.html".into(), 200)],
+        "pipelined requests paired in order:\n{}",
+        brief(&events)
+    );
+    assert!(events.iter().all(|e| e["host"] == "pipe.test" && e["client_comm"] != ""), "{}", brief(&events));
+}
+
+#[test]
+fn across_network_namespaces_over_veth() {
+    require_root();
+    let dir = scratch("netns");
+    let port = 18304;
+    let pair = NetnsPair::new("n", 41);
+    let _nginx = nginx(&dir, Some(&pair.a), &pair.ip_a, port);
+    let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
+    let url = format!("http://{}:{port}/index.html", pair.ip_a);
+    for _ in 0..5 {
+        curl(Some(&pair.b), &["-o", "/dev/null", &url]);
+    }
+    curl(Some(&pair.b), &["-o", "/dev/null", &format!("http://{}:{port}/big.bin", pair.ip_a)]);
+    std::thread::sleep(Duration::from_millis(300));
+    let events = on_port(&obs.stop(), port);
+    assert_eq!(events.len(), 6, "{}", brief(&events));
+    assert_eq!(access_log(&dir).len(), 6);
+    for e in &events {
+        assert_local_both(e, "curl", "nginx");
+        assert_eq!(e["src_ip"], pair.ip_b.as_str());
+        assert_eq!(e["dst_ip"], pair.ip_a.as_str());
+        assert_eq!(e["status"], 200);
+    }
+    let big = events.iter().find(|e| e["path"] == "/big.bin").expect("big.bin");
+    assert!(big["resp_bytes"].as_u64().unwrap() > 300_000, "segmented veth response counted: {big}");
+}
+
+#[test]
+fn tc_on_an_interface_without_socket_hooks() {
+    require_root();
+    let dir = scratch("tc");
+    let port = 18305;
+    // The agent runs inside the server's namespace with its socket hooks on an empty cgroup, so everything it
+    // reports comes through TC on the namespace's veth: the path for traffic no local socket owns.
+    let pair = NetnsPair::new("t", 42);
+    let _server = python_server(&dir, Some(&pair.a), &pair.ip_a, port);
+    let cgroot = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        std::path::Path::new("/sys/fs/cgroup/unified").join(format!("observer-e2e-empty-{}", std::process::id()))
+    } else {
+        std::path::Path::new("/sys/fs/cgroup").join(format!("observer-e2e-empty-{}", std::process::id()))
+    };
+    std::fs::create_dir_all(&cgroot).expect("empty cgroup");
+    let obs = Observer::start_in(
+        Some(&pair.a),
+        &dir,
+        &["--ports", &port.to_string(), "--iface", &pair.veth_a, "--cgroup", &cgroot.display().to_string()],
+    );
+    for i in 0..3 {
+        curl(Some(&pair.b), &["-o", "/dev/null", &format!("http://{}:{port}/cl/{i}", pair.ip_a)]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let events = on_port(&obs.stop(), port);
+    let _ = std::fs::remove_dir(&cgroot);
+    assert_eq!(events.len(), 3, "{}", brief(&events));
+    for e in &events {
+        assert_eq!(e["src_ip"], pair.ip_b.as_str());
+        assert_eq!(e["status"], 200);
+        assert_eq!(e["client_pid"], 0, "no local socket identity through TC alone: {e}");
+    }
+}
+
+#[test]
+fn clean_exit_detaches_everything_and_bad_input_is_named() {
+    require_root();
+    let dir = scratch("exit");
+    let obs = Observer::start(&dir, &["--ports", "18306"]);
+    let bpftool = |args: &[&str]| {
+        String::from_utf8_lossy(&sh(Command::new("bpftool").args(args)).stdout).into_owned()
+    };
+    let progs = bpftool(&["prog", "show"]);
+    assert!(progs.contains("observer_cg_"), "programs loaded while running:\n{progs}");
+    let _ = obs.stop();
+    let progs = bpftool(&["prog", "show"]);
+    assert!(!progs.contains("observer_cg_") && !progs.contains("observer_sockops"), "left behind:\n{progs}");
+
+    // --for stops by itself with exit 0.
+    let st = Command::new(observer_bin())
+        .args(["run", "--for", "1s", "--sink", &format!("ndjson:{}", dir.join("for.ndjson").display())])
+        .args(["--key-secret-file", &dir.join("secret").display().to_string()])
+        .status()
+        .expect("observer --for");
+    assert!(st.success(), "--for 1s exits 0: {st}");
+
+    let fail = |args: &[&str], needle: &str| {
+        let out = Command::new(observer_bin()).args(args).output().expect("observer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(err.contains(needle), "{args:?}: stderr should name the problem ({needle:?}):\n{err}");
+    };
+    fail(&["run", "--iface", "nosuch0", "--sink", "stdout"], "interface \"nosuch0\" not found");
+    fail(&["run", "--sink", "ndjson:/proc/nope/events.ndjson"], "/proc/nope/events.ndjson");
+    fail(&["run", "--cgroup", "/nonexistent/cg", "--sink", "stdout"], "/nonexistent/cg");
+    fail(&["run", "--ports", "http"], "invalid port");
+}

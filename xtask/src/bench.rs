@@ -1,0 +1,255 @@
+//! `cargo xtask bench`: the observer's cost on a saturated loopback nginx, measured side by side in one run
+//! (rounds alternate without / with the agent), plus the criterion micro-benchmarks. Writes BENCHMARKS.md.
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::toolchain::say;
+
+const PORT: u16 = 18181;
+const METRICS: &str = "127.0.0.1:19464";
+
+struct Nginx {
+    child: Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(dir: &Path) -> Result<Nginx> {
+    std::fs::create_dir_all(dir.join("html"))?;
+    std::fs::write(dir.join("html/index.html"), "x".repeat(612))?;
+    let conf = format!(
+        "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n\
+           fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+           server {{ listen 127.0.0.1:{PORT}; root {d}/html; location / {{ }} }} }}\n",
+        d = dir.display()
+    );
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let child = Command::new("nginx")
+        .args(["-c", &dir.join("nginx.conf").display().to_string(), "-e", &dir.join("error.log").display().to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    let ng = Nginx { child };
+    wait_port(PORT)?;
+    Ok(ng)
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after 10 s")
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct WrkResult {
+    rps: f64,
+    p99_ms: f64,
+    requests: u64,
+}
+
+fn wrk(duration: u64) -> Result<WrkResult> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c50", &format!("-d{duration}s"), "--latency", &format!("http://127.0.0.1:{PORT}/")])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = WrkResult::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            r.p99_ms = parse_latency_ms(v.trim()).unwrap_or(0.0);
+        } else if t.contains("requests in") {
+            r.requests = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+    }
+    if r.rps == 0.0 {
+        bail!("could not read wrk's output:\n{text}");
+    }
+    Ok(r)
+}
+
+fn parse_latency_ms(v: &str) -> Option<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the comm: state is index 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn scrape(name: &str) -> f64 {
+    let Ok(mut s) = std::net::TcpStream::connect(METRICS) else { return f64::NAN };
+    use std::io::{Read, Write};
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Observed {
+    wrk: WrkResult,
+    cpu_s: f64,
+    events: f64,
+    drops: f64,
+}
+
+fn with_observer(bin: &Path, dir: &Path, duration: u64) -> Result<Observed> {
+    let out = dir.join("events.ndjson");
+    let mut child = Command::new(bin)
+        .args(["run", "--ports", &PORT.to_string(), "--sink", &format!("ndjson:{}", out.display())])
+        .args(["--metrics", METRICS, "--key-secret-file", &dir.join("secret").display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting observer")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(METRICS) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+            let mut b = String::new();
+            let _ = s.read_to_string(&mut b);
+            if b.starts_with("HTTP/1.1 200") || b.starts_with("HTTP/1.0 200") {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("observer did not become ready in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu0 = cpu_seconds(child.id());
+    let w = wrk(duration)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu = cpu_seconds(child.id()) - cpu0;
+    let events = scrape("observer_exchanges_total");
+    let drops = scrape("observer_kernel_ringbuf_full_total") + scrape("observer_kernel_flow_map_full_total");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    Ok(Observed { wrk: w, cpu_s: cpu, events, drops })
+}
+
+pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _nginx = start_nginx(&dir)?;
+    say(format!("nginx on 127.0.0.1:{PORT}; {rounds} rounds of wrk -t1 -c50 -d{duration}s, alternating without/with observer"));
+    wrk(2)?; // warm-up
+    let mut base = Vec::new();
+    let mut obs = Vec::new();
+    for round in 1..=rounds {
+        let b = wrk(duration)?;
+        say(format!("round {round} baseline: {:.0} req/s, p99 {:.2} ms", b.rps, b.p99_ms));
+        base.push(b);
+        let o = with_observer(bin, &dir, duration)?;
+        say(format!(
+            "round {round} observed: {:.0} req/s, p99 {:.2} ms, {:.0} events, {:.0} drops, observer CPU {:.1}%",
+            o.wrk.rps,
+            o.wrk.p99_ms,
+            o.events,
+            o.drops,
+            100.0 * o.cpu_s / duration as f64
+        ));
+        obs.push(o);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let b_rps = mean(&base.iter().map(|b| b.rps).collect::<Vec<_>>());
+    let o_rps = mean(&obs.iter().map(|o| o.wrk.rps).collect::<Vec<_>>());
+    let b_p99 = mean(&base.iter().map(|b| b.p99_ms).collect::<Vec<_>>());
+    let o_p99 = mean(&obs.iter().map(|o| o.wrk.p99_ms).collect::<Vec<_>>());
+    let events = obs.iter().map(|o| o.events).sum::<f64>();
+    let requests = obs.iter().map(|o| o.wrk.requests as f64).sum::<f64>();
+    let drops = obs.iter().map(|o| o.drops).sum::<f64>();
+    let cpu = mean(&obs.iter().map(|o| 100.0 * o.cpu_s / duration as f64).collect::<Vec<_>>());
+
+    say("running criterion micro-benchmarks (cargo bench -p observer)");
+    let crit = Command::new("cargo")
+        .current_dir(root)
+        .args(["bench", "-p", "observer", "--", "--noplot"])
+        .env("AYA_BUILD_SKIP", "1")
+        .output()
+        .context("running cargo bench")?;
+    let crit_text = String::from_utf8_lossy(&crit.stdout);
+    let crit_lines: Vec<&str> =
+        crit_text.lines().filter(|l| l.contains("time:") || l.contains("thrpt:")).collect();
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n\nWritten by `cargo xtask bench` on {}; {} vCPU. Regenerate with that command.\n",
+        date(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let _ = writeln!(md, "## Loopback nginx under wrk, without and with the observer\n");
+    let _ = writeln!(md, "nginx (1 worker, 612-byte page) on 127.0.0.1, `wrk -t1 -c50 -d{duration}s --latency`, {rounds} rounds alternating \
+        without and with `observer run --ports {PORT} --sink ndjson:...` (cgroup_skb + sock_ops on the root cgroup).\n");
+    let _ = writeln!(md, "| round | baseline req/s | observed req/s | baseline p99 ms | observed p99 ms | events | drops | observer CPU % |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for (i, (b, o)) in base.iter().zip(&obs).enumerate() {
+        let _ = writeln!(md, "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |", i + 1, b.rps, o.wrk.rps, b.p99_ms,
+            o.wrk.p99_ms, o.events, o.drops, 100.0 * o.cpu_s / duration as f64);
+    }
+    let _ = writeln!(md, "\n| figure | value | goal |\n|---|---|---|");
+    let _ = writeln!(md, "| throughput ratio (observed / baseline) | {:.3} ({:+.1}%) | >= 0.97 |", o_rps / b_rps, 100.0 * (o_rps / b_rps - 1.0));
+    let _ = writeln!(md, "| p99 ratio (observed / baseline) | {:.3} ({:+.1}%) | <= 1.05 |", o_p99 / b_p99, 100.0 * (o_p99 / b_p99 - 1.0));
+    let _ = writeln!(md, "| events / requests completed | {:.0} / {:.0} ({:.3}) | 1.000 |", events, requests, events / requests.max(1.0));
+    let _ = writeln!(md, "| events/s while observed | {:.0} | |", events / (duration as f64 * rounds as f64));
+    let _ = writeln!(md, "| kernel drops | {drops:.0} | 0 |");
+    let _ = writeln!(md, "| observer CPU (one core = 100%) | {cpu:.1}% | |");
+    let _ = writeln!(md, "\nwrk counts requests completed in its window; the observer also reports the exchanges of connections \
+        still open when wrk stops, so the event ratio can exceed 1 by up to the connection count.\n");
+    let _ = writeln!(md, "## Criterion micro-benchmarks\n\n```");
+    for l in &crit_lines {
+        let _ = writeln!(md, "{}", l.trim());
+    }
+    let _ = writeln!(md, "```");
+    std::fs::write(root.join("BENCHMARKS.md"), &md)?;
+    say(format!("throughput ratio {:.3}, p99 ratio {:.3}, drops {drops:.0}; wrote BENCHMARKS.md", o_rps / b_rps, o_p99 / b_p99));
+    let _ = std::fs::remove_dir_all(&dir);
+    if !crit.status.success() {
+        bail!("cargo bench failed:\n{}", String::from_utf8_lossy(&crit.stderr));
+    }
+    Ok(())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

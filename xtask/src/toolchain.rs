@@ -1,0 +1,118 @@
+//! Installs, idempotently and saying what it does, what building and testing observer needs: the nightly's
+//! rust-src, bpf-linker built against the nightly's own LLVM, and the Debian packages the tests drive.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+pub const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn say(msg: impl AsRef<str>) {
+    eprintln!("xtask: {}", msg.as_ref());
+}
+
+/// Runs a command, failing with its command line when it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+/// Everything the eBPF build needs. Prints what it checks; installs only what is missing.
+pub fn ensure_ebpf_toolchain() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        say("installing the nightly toolchain (the eBPF programs need it)");
+        run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+    }
+    let comps = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))?;
+    if !comps.lines().any(|l| l.starts_with("rust-src")) {
+        say("adding rust-src to the nightly toolchain (build-std for the BPF target)");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    ensure_bpf_linker()
+}
+
+/// bpf-linker must use the very LLVM the nightly rustc emits bitcode for. We build it against the nightly's own
+/// libLLVM and remember which one in a stamp file, so a nightly update triggers exactly one rebuild.
+fn ensure_bpf_linker() -> Result<()> {
+    let sysroot = output(Command::new("rustc").arg(format!("+{NIGHTLY}")).args(["--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?", lib.display()))?;
+    let name = llvm.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let major = name.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or("").to_string();
+    let stamp_dir = cargo_home().join("observer-bpf-linker");
+    let stamp = stamp_dir.join("stamp");
+    let linker = cargo_home().join("bin/bpf-linker");
+    let want = format!("{BPF_LINKER_VERSION} {name}");
+    if linker.exists() && std::fs::read_to_string(&stamp).map(|s| s.trim() == want).unwrap_or(false) {
+        say(format!("bpf-linker {BPF_LINKER_VERSION} for {name} already installed"));
+        return Ok(());
+    }
+    say(format!("building bpf-linker {BPF_LINKER_VERSION} against the nightly's {name} (about 3 minutes, once)"));
+    let prefix = stamp_dir.join("llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force", "--no-default-features"])
+        .args(["--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix))?;
+    std::fs::write(&stamp, want)?;
+    Ok(())
+}
+
+/// Debian packages the tests and benchmarks drive (real servers and clients). Installs the missing ones.
+pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> =
+        pkgs.iter().filter(|(bin, _)| which::which(bin).is_err()).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        say(format!("packages present: {}", pkgs.iter().map(|(_, p)| *p).collect::<Vec<_>>().join(", ")));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing packages {missing:?}: install them with `sudo apt-get install -y {}`", missing.join(" "));
+    }
+    say(format!("installing Debian packages: {}", missing.join(" ")));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+/// The packages the privileged tests and the benchmark use: binary to look for, package that provides it.
+pub const TEST_PACKAGES: &[(&str, &str)] =
+    &[("nginx", "nginx"), ("wrk", "wrk"), ("curl", "curl"), ("ip", "iproute2"), ("tc", "iproute2"), ("bpftool", "bpftool")];
