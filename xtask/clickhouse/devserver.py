@@ -821,7 +821,61 @@ def log(msg):
 # ---------------------------------------------------------------------------------------------------------------
 # HTTP
 
-STREAMABLE = ("SELECT", "WITH", "")   # "" = starts with '(' e.g. (SELECT 1) UNION ALL (SELECT 2)
+STREAMABLE = ("SELECT", "WITH")
+
+# chdb's streaming API formats every chunk as a complete output (prefix, rows, suffix).  Chunks can be
+# concatenated as they are only for formats without prefix and suffix; for the WithNames[AndTypes] variants the
+# repeated header is cut from every chunk but the first; all other formats (JSON, Pretty, Parquet, ...) are
+# produced in one piece.
+_PLAIN_STREAM_FORMATS = {f.lower() for f in (
+    "RowBinary", "TabSeparated", "TSV", "TabSeparatedRaw", "TSVRaw", "Raw", "CSV", "JSONEachRow", "JSONLines",
+    "NDJSON", "JSONStringsEachRow", "JSONCompactEachRow", "JSONCompactStringsEachRow", "LineAsString", "Native",
+    "Null", "CustomSeparated")}
+_HEADER_STREAM_FORMATS = {}
+for _base, _kind in (("RowBinary", "binary"), ("TabSeparated", "text"), ("TSV", "text"), ("TabSeparatedRaw", "text"),
+                     ("TSVRaw", "text"), ("CSV", "csv"), ("JSONCompactEachRow", "text"),
+                     ("JSONCompactStringsEachRow", "text")):
+    _HEADER_STREAM_FORMATS[(_base + "WithNames").lower()] = (_kind, 1)
+    _HEADER_STREAM_FORMATS[(_base + "WithNamesAndTypes").lower()] = (_kind, 2)
+
+
+def _read_varint(b, i):
+    shift = result = 0
+    while True:
+        if i >= len(b):
+            raise IndexError
+        byte = b[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, i
+        shift += 7
+
+
+def stream_header_length(fmt, chunk):
+    """Length of the header (names, types) at the start of a chunk in a WithNames[AndTypes] format."""
+    kind, parts = _HEADER_STREAM_FORMATS[fmt.lower()]
+    if kind == "binary":
+        n, i = _read_varint(chunk, 0)
+        for _ in range(n * parts):
+            ln, i = _read_varint(chunk, i)
+            i += ln
+        if i > len(chunk):
+            raise IndexError
+        return i
+    i = 0
+    for _ in range(parts):
+        quoted = False
+        while True:
+            if i >= len(chunk):
+                raise IndexError
+            c = chunk[i]
+            i += 1
+            if kind == "csv" and c == 0x22:
+                quoted = not quoted
+            elif c == 0x0A and not quoted:
+                break
+    return i
 BUFFER_BEFORE_HEADERS = 1 << 20
 
 
@@ -883,6 +937,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         query_id = next((v for k, v in params if k == "query_id" and v), None) \
             or self.headers.get("X-ClickHouse-Query-Id") or str(uuid.uuid4())
         body_consumed = False
+        if not self.quiet:
+            hdrs = " ".join(f"{k}={self.headers[k]!r}" for k in ("Accept-Encoding", "Content-Type", "Content-Encoding",
+                                                                   "Transfer-Encoding", "Content-Length")
+                            if self.headers.get(k) is not None)
+            log(f"{self.command} {urllib.parse.unquote_plus(self.path)[:400]} {hdrs}")
         try:
             if path in ("/ping", "/replicas_status"):
                 self._drain_body()
@@ -1104,7 +1163,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             touched = eng.apply(database, settings.items())
             full_restore = kw in ("SET", "USE")
             try:
-                if kw in STREAMABLE:
+                low = fmt.lower()
+                if kw in STREAMABLE and (low in _PLAIN_STREAM_FORMATS or low in _HEADER_STREAM_FORMATS):
                     try:
                         handle = eng.raw.send_query(sql, default_format, params=qparams)
                     except Exception as e:
@@ -1145,6 +1205,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
         buffered = []
         buffered_len = 0
         spool = None
+        header_fmt = fmt if fmt.lower() in _HEADER_STREAM_FORMATS else None
+        header = None
+
+        def dedup_header(chunk):
+            # Every chunk repeats the header; keep the first one only.
+            nonlocal header
+            if header_fmt is None or not chunk:
+                return chunk
+            try:
+                n = stream_header_length(header_fmt, chunk)
+            except IndexError:
+                raise CHError(1001, f"cannot find the {header_fmt} header in a result chunk") from None
+            if header is None:
+                header = chunk[:n]
+                return chunk
+            if chunk[:n] != header:
+                raise CHError(1001, f"result chunk starts with a different {header_fmt} header")
+            return chunk[n:]
+
         try:
             # Buffer the start of the result so that early errors get a proper status and small results a
             # Content-Length; with wait_end_of_query=1 buffer everything (spilling to disk).
@@ -1162,6 +1241,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if not chunk and r.rows_read() == 0:
                     done = True
                     break
+                chunk = dedup_header(chunk)
                 nbytes += len(chunk)
                 if wait_end:
                     if spool is None:
@@ -1228,7 +1308,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if not chunk and r.rows_read() == 0:
                     done = True
                     break
-                send(enc.encode(chunk))
+                send(enc.encode(dedup_header(chunk)))
             send(enc.finish())
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
