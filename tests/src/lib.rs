@@ -31,19 +31,31 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn observer_bin() -> PathBuf {
     let bin = std::env::var_os("OBSERVER_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("OBSERVER_BIN is not set: run these tests with `cargo xtask test` (as root)"));
-    assert!(bin.exists(), "OBSERVER_BIN {} does not exist", bin.display());
+        .unwrap_or_else(|| {
+            panic!("OBSERVER_BIN is not set: run these tests with `cargo xtask test` (as root)")
+        });
+    assert!(
+        bin.exists(),
+        "OBSERVER_BIN {} does not exist",
+        bin.display()
+    );
     bin
 }
 
 pub fn require_root() {
     let out = Command::new("id").arg("-u").output().expect("running id");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the end-to-end tests must run as root");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "the end-to-end tests must run as root"
+    );
 }
 
 /// Runs a command to completion, panicking with its output when it fails.
 pub fn sh(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed with {}:\nstdout: {}\nstderr: {}",
@@ -62,7 +74,14 @@ pub fn wait_tcp(addr: &str, ns: Option<&str>) {
             Some(ns) => {
                 let (host, port) = addr.rsplit_once(':').expect("host:port");
                 Command::new("ip")
-                    .args(["netns", "exec", ns, "bash", "-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])
+                    .args([
+                        "netns",
+                        "exec",
+                        ns,
+                        "bash",
+                        "-c",
+                        &format!("exec 3<>/dev/tcp/{host}/{port}"),
+                    ])
                     .stderr(Stdio::null())
                     .status()
                     .map(|s| s.success())
@@ -85,7 +104,10 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -97,8 +119,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut Command, what: &str) -> Proc {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {what} ({cmd:?}): {e}"));
-        Proc { child, what: what.to_string() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what} ({cmd:?}): {e}"));
+        Proc {
+            child,
+            what: what.to_string(),
+        }
     }
 
     pub fn signal(&self, sig: i32) {
@@ -167,14 +194,28 @@ impl Observer {
             }
             None => Command::new(&bin),
         };
-        cmd.args(["run", "--sink", &format!("ndjson:{}", ndjson.display()), "--metrics", &metrics])
-            .args(["--key-secret-file", &dir.join("key-secret").display().to_string()])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("observer.log")).expect("log file"));
+        cmd.args([
+            "run",
+            "--sink",
+            &format!("ndjson:{}", ndjson.display()),
+            "--metrics",
+            &metrics,
+        ])
+        .args([
+            "--key-secret-file",
+            &dir.join("key-secret").display().to_string(),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("observer.log")).expect("log file"));
         let proc = Proc::spawn(&mut cmd, "observer");
-        let obs = Observer { proc, ndjson, metrics, dir: dir.to_path_buf() };
+        let obs = Observer {
+            proc,
+            ndjson,
+            metrics,
+            dir: dir.to_path_buf(),
+        };
         obs.wait_ready(ns);
         obs
     }
@@ -185,7 +226,14 @@ impl Observer {
             let ready = match ns {
                 None => matches!(http_get(&self.metrics, "/readyz"), Some((200, _))),
                 Some(ns) => Command::new("ip")
-                    .args(["netns", "exec", ns, "curl", "-sf", &format!("http://{}/readyz", self.metrics)])
+                    .args([
+                        "netns",
+                        "exec",
+                        ns,
+                        "curl",
+                        "-sf",
+                        &format!("http://{}/readyz", self.metrics),
+                    ])
                     .stdout(Stdio::null())
                     .status()
                     .map(|s| s.success())
@@ -205,28 +253,41 @@ impl Observer {
 
     /// Prometheus text from /metrics.
     pub fn metrics_text(&self) -> String {
-        http_get(&self.metrics, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        http_get(&self.metrics, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     /// SIGTERM, expect exit 0, and return every event written.
     pub fn stop(mut self) -> Vec<Value> {
         let st = self.proc.stop(Duration::from_secs(20));
-        assert!(st.success(), "observer exited with {st} on SIGTERM; log:\n{}", self.log());
+        assert!(
+            st.success(),
+            "observer exited with {st} on SIGTERM; log:\n{}",
+            self.log()
+        );
         read_ndjson(&self.ndjson)
     }
 }
 
 pub fn read_ndjson(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid NDJSON line {l:?}: {e}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid NDJSON line {l:?}: {e}"))
+        })
         .collect()
 }
 
 /// Events whose `dst_port` is `port`.
 pub fn on_port(events: &[Value], port: u16) -> Vec<Value> {
-    events.iter().filter(|e| e["dst_port"].as_u64() == Some(port as u64)).cloned().collect()
+    events
+        .iter()
+        .filter(|e| e["dst_port"].as_u64() == Some(port as u64))
+        .cloned()
+        .collect()
 }
 
 /// A pair of network namespaces joined by a veth pair: `ns_a` 10.213.N.1, `ns_b` 10.213.N.2. Removed on drop.
@@ -255,11 +316,29 @@ impl NetnsPair {
             sh(Command::new("ip").args(["netns", "add", ns]));
             sh(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
         }
-        sh(Command::new("ip").args(["link", "add", &p.veth_a, "type", "veth", "peer", "name", &p.veth_b]));
+        sh(Command::new("ip").args([
+            "link", "add", &p.veth_a, "type", "veth", "peer", "name", &p.veth_b,
+        ]));
         sh(Command::new("ip").args(["link", "set", &p.veth_a, "netns", &p.a]));
         sh(Command::new("ip").args(["link", "set", &p.veth_b, "netns", &p.b]));
-        sh(Command::new("ip").args(["-n", &p.a, "addr", "add", &format!("{}/24", p.ip_a), "dev", &p.veth_a]));
-        sh(Command::new("ip").args(["-n", &p.b, "addr", "add", &format!("{}/24", p.ip_b), "dev", &p.veth_b]));
+        sh(Command::new("ip").args([
+            "-n",
+            &p.a,
+            "addr",
+            "add",
+            &format!("{}/24", p.ip_a),
+            "dev",
+            &p.veth_a,
+        ]));
+        sh(Command::new("ip").args([
+            "-n",
+            &p.b,
+            "addr",
+            "add",
+            &format!("{}/24", p.ip_b),
+            "dev",
+            &p.veth_b,
+        ]));
         sh(Command::new("ip").args(["-n", &p.a, "link", "set", &p.veth_a, "up"]));
         sh(Command::new("ip").args(["-n", &p.b, "link", "set", &p.veth_b, "up"]));
         p
@@ -292,7 +371,11 @@ pub fn python_server(dir: &Path, ns: Option<&str>, addr: &str, port: u16) -> Pro
         Some(ns) => NetnsPair::exec(ns, "python3"),
         None => Command::new("python3"),
     };
-    cmd.arg(&script).arg(addr).arg(port.to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg(&script)
+        .arg(addr)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let p = Proc::spawn(&mut cmd, "python test server");
     wait_tcp(&format!("{addr}:{port}"), ns);
     p
@@ -321,9 +404,14 @@ pub fn nginx(dir: &Path, ns: Option<&str>, addr: &str, port: u16) -> Proc {
         Some(ns) => NetnsPair::exec(ns, "nginx"),
         None => Command::new("nginx"),
     };
-    cmd.args(["-c", &dir.join("nginx.conf").display().to_string(), "-e", &dir.join("error.log").display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-c",
+        &dir.join("nginx.conf").display().to_string(),
+        "-e",
+        &dir.join("error.log").display().to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let p = Proc::spawn(&mut cmd, "nginx");
     wait_tcp(&format!("{addr}:{port}"), ns);
     p
@@ -331,7 +419,11 @@ pub fn nginx(dir: &Path, ns: Option<&str>, addr: &str, port: u16) -> Proc {
 
 /// Lines of nginx's access log (one per answered request).
 pub fn access_log(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("access.log")).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(dir.join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Runs curl (optionally in a namespace) with `args`, returning stdout; panics when curl fails.
@@ -363,8 +455,17 @@ pub fn brief(events: &[Value]) -> String {
         .map(|e| {
             format!(
                 "{} {}{} -> {} side={} req={} resp={} client={}({}) server={}({})",
-                e["method"], e["host"], e["path"], e["status"], e["side"], e["req_bytes"], e["resp_bytes"],
-                e["client_comm"], e["client_pid"], e["server_comm"], e["server_pid"]
+                e["method"],
+                e["host"],
+                e["path"],
+                e["status"],
+                e["side"],
+                e["req_bytes"],
+                e["resp_bytes"],
+                e["client_comm"],
+                e["client_pid"],
+                e["server_comm"],
+                e["server_pid"]
             )
         })
         .collect::<Vec<_>>()

@@ -14,16 +14,27 @@ use serde_json::Value;
 fn by_path(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
     let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for e in events {
-        m.entry(format!("{} {}", e["method"].as_str().unwrap_or(""), e["path"].as_str().unwrap_or("")))
-            .or_default()
-            .push(e.clone());
+        m.entry(format!(
+            "{} {}",
+            e["method"].as_str().unwrap_or(""),
+            e["path"].as_str().unwrap_or("")
+        ))
+        .or_default()
+        .push(e.clone());
     }
     m
 }
 
 fn one<'a>(m: &'a BTreeMap<String, Vec<Value>>, key: &str, all: &[Value]) -> &'a Value {
-    let v = m.get(key).unwrap_or_else(|| panic!("no event for {key}; events:\n{}", brief(all)));
-    assert_eq!(v.len(), 1, "{key} must appear exactly once; events:\n{}", brief(all));
+    let v = m
+        .get(key)
+        .unwrap_or_else(|| panic!("no event for {key}; events:\n{}", brief(all)));
+    assert_eq!(
+        v.len(),
+        1,
+        "{key} must appear exactly once; events:\n{}",
+        brief(all)
+    );
     &v[0]
 }
 
@@ -34,7 +45,12 @@ fn assert_local_both(e: &Value, client_comm: &str, server_comm: &str) {
     assert!(e["client_pid"].as_u64().unwrap_or(0) > 0, "client pid: {e}");
     assert!(e["server_pid"].as_u64().unwrap_or(0) > 0, "server pid: {e}");
     assert!(e["conn_id"].as_u64().unwrap_or(0) > 0, "conn_id: {e}");
-    assert!(e["ts"].as_str().is_some_and(|t| t.len() == 27 && t.ends_with('Z')), "ts RFC 3339 with µs: {e}");
+    assert!(
+        e["ts"]
+            .as_str()
+            .is_some_and(|t| t.len() == 27 && t.ends_with('Z')),
+        "ts RFC 3339 with µs: {e}"
+    );
 }
 
 #[test]
@@ -46,27 +62,67 @@ fn loopback_every_framing_case_once_with_both_identities() {
     let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
     let base = format!("http://127.0.0.1:{port}");
     // One keep-alive connection, four framings.
-    curl(None, &[
-        &format!("{base}/cl/100"),
-        "-o", "/dev/null",
-        &format!("{base}/chunked/5000"),
-        "-o", "/dev/null",
-        &format!("{base}/nothing"),
-        "-o", "/dev/null",
-        &format!("{base}/notmod"),
-        "-o", "/dev/null",
-    ]);
+    curl(
+        None,
+        &[
+            &format!("{base}/cl/100"),
+            "-o",
+            "/dev/null",
+            &format!("{base}/chunked/5000"),
+            "-o",
+            "/dev/null",
+            &format!("{base}/nothing"),
+            "-o",
+            "/dev/null",
+            &format!("{base}/notmod"),
+            "-o",
+            "/dev/null",
+        ],
+    );
     curl(None, &["-I", &format!("{base}/cl/50")]);
-    curl(None, &["-0", "-o", "/dev/null", &format!("{base}/close/3000")]);
+    curl(
+        None,
+        &["-0", "-o", "/dev/null", &format!("{base}/close/3000")],
+    );
     let body = dir.join("body.bin");
     std::fs::write(&body, vec![b'b'; 2000]).expect("body");
-    curl(None, &["-H", "Expect: 100-continue", "--data-binary", &format!("@{}", body.display()), &format!("{base}/upload")]);
-    curl(None, &["-H", "X-Request-Id: req-abc-123", "-H", "User-Agent: e2e-agent/1", &format!("{base}/cl/10?user=1&token=2&user=3")]);
-    curl(None, &["-H", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", &format!("{base}/cl/1")]);
+    curl(
+        None,
+        &[
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("{base}/upload"),
+        ],
+    );
+    curl(
+        None,
+        &[
+            "-H",
+            "X-Request-Id: req-abc-123",
+            "-H",
+            "User-Agent: e2e-agent/1",
+            &format!("{base}/cl/10?user=1&token=2&user=3"),
+        ],
+    );
+    curl(
+        None,
+        &[
+            "-H",
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            &format!("{base}/cl/1"),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let all = obs.stop();
     let events = on_port(&all, port);
-    assert_eq!(events.len(), 10, "10 requests sent, each exactly once:\n{}", brief(&events));
+    assert_eq!(
+        events.len(),
+        10,
+        "10 requests sent, each exactly once:\n{}",
+        brief(&events)
+    );
     let m = by_path(&events);
 
     let e = &m["GET /cl/100"][0];
@@ -80,29 +136,58 @@ fn loopback_every_framing_case_once_with_both_identities() {
     assert!(resp > 100 && resp < 400, "headers + 100 body bytes: {e}");
     let conn = e["conn_id"].clone();
     for key in ["GET /chunked/5000", "GET /nothing", "GET /notmod"] {
-        assert_eq!(one(&m, key, &events)["conn_id"], conn, "{key} reused curl's keep-alive connection");
+        assert_eq!(
+            one(&m, key, &events)["conn_id"],
+            conn,
+            "{key} reused curl's keep-alive connection"
+        );
     }
     let chunked = one(&m, "GET /chunked/5000", &events);
     assert_eq!(chunked["status"], 200);
-    assert!(chunked["resp_bytes"].as_u64().unwrap() > 5000, "chunked body counted: {chunked}");
+    assert!(
+        chunked["resp_bytes"].as_u64().unwrap() > 5000,
+        "chunked body counted: {chunked}"
+    );
     assert_eq!(one(&m, "GET /nothing", &events)["status"], 204);
     assert_eq!(one(&m, "GET /notmod", &events)["status"], 304);
     let head = one(&m, "HEAD /cl/50", &events);
     assert_eq!(head["status"], 200);
-    assert!(head["resp_bytes"].as_u64().unwrap() < 200, "HEAD has no body: {head}");
+    assert!(
+        head["resp_bytes"].as_u64().unwrap() < 200,
+        "HEAD has no body: {head}"
+    );
     let close = one(&m, "GET /close/3000", &events);
     assert_eq!(close["status"], 200);
     let cb = close["resp_bytes"].as_u64().unwrap();
-    assert!((3000..3400).contains(&cb), "close-delimited body counted from the connection close: {close}");
+    assert!(
+        (3000..3400).contains(&cb),
+        "close-delimited body counted from the connection close: {close}"
+    );
     let post = one(&m, "POST /upload", &events);
-    assert_eq!(post["status"], 201, "final status, not the interim 100: {post}");
-    assert!(post["req_bytes"].as_u64().unwrap() >= 2000, "request body counted: {post}");
+    assert_eq!(
+        post["status"], 201,
+        "final status, not the interim 100: {post}"
+    );
+    assert!(
+        post["req_bytes"].as_u64().unwrap() >= 2000,
+        "request body counted: {post}"
+    );
     let q = one(&m, "GET /cl/10", &events);
-    assert_eq!(q["query_keys"], serde_json::json!(["user", "token"]), "names only, deduplicated: {q}");
+    assert_eq!(
+        q["query_keys"],
+        serde_json::json!(["user", "token"]),
+        "names only, deduplicated: {q}"
+    );
     assert_eq!(q["request_id"], "req-abc-123");
     assert_eq!(q["user_agent"], "e2e-agent/1");
-    assert!(!q.to_string().contains("token=2"), "query values never leave the agent: {q}");
-    assert_eq!(one(&m, "GET /cl/1", &events)["request_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        !q.to_string().contains("token=2"),
+        "query values never leave the agent: {q}"
+    );
+    assert_eq!(
+        one(&m, "GET /cl/1", &events)["request_id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
     for e in &events {
         assert!(e["duration_us"].as_u64().is_some(), "{e}");
         assert_eq!(e["truncated"], false, "{e}");
@@ -116,20 +201,55 @@ fn nginx_under_wrk_every_request_exactly_once() {
     let port = 18302;
     let _nginx = nginx(&dir, None, "127.0.0.1", port);
     let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
-    sh(Command::new("wrk").args(["-t1", "-c8", "-d2s", &format!("http://127.0.0.1:{port}/index.html")]));
-    curl(None, &["-o", "/dev/null", &format!("http://127.0.0.1:{port}/big.bin")]);
+    sh(Command::new("wrk").args([
+        "-t1",
+        "-c8",
+        "-d2s",
+        &format!("http://127.0.0.1:{port}/index.html"),
+    ]));
+    curl(
+        None,
+        &[
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/big.bin"),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(500));
     let metrics = obs.metrics_text();
     let all = obs.stop();
     let events = on_port(&all, port);
     let served = access_log(&dir);
-    assert!(served.len() > 1000, "wrk made a real load: {} requests", served.len());
-    assert_eq!(events.len(), served.len(), "nginx answered {} requests; the observer reported {}", served.len(), events.len());
+    assert!(
+        served.len() > 1000,
+        "wrk made a real load: {} requests",
+        served.len()
+    );
+    assert_eq!(
+        events.len(),
+        served.len(),
+        "nginx answered {} requests; the observer reported {}",
+        served.len(),
+        events.len()
+    );
     let big: Vec<&Value> = events.iter().filter(|e| e["path"] == "/big.bin").collect();
     assert_eq!(big.len(), 1);
-    assert!(big[0]["resp_bytes"].as_u64().unwrap() > 300_000, "large body counted: {}", big[0]);
-    assert!(events.iter().all(|e| e["status"] == 200 && e["server_comm"] == "nginx"), "{}", brief(&events[..5]));
-    assert!(metrics.contains("observer_kernel_ringbuf_full_total"), "kernel counters exported:\n{metrics}");
+    assert!(
+        big[0]["resp_bytes"].as_u64().unwrap() > 300_000,
+        "large body counted: {}",
+        big[0]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["status"] == 200 && e["server_comm"] == "nginx"),
+        "{}",
+        brief(&events[..5])
+    );
+    assert!(
+        metrics.contains("observer_kernel_ringbuf_full_total"),
+        "kernel counters exported:\n{metrics}"
+    );
     assert!(metrics.contains("observer_exchanges_total"), "{metrics}");
 }
 
@@ -152,15 +272,33 @@ fn pipelined_requests_in_one_segment() {
     drop(s);
     std::thread::sleep(Duration::from_millis(300));
     let events = on_port(&obs.stop(), port);
-    let got: Vec<(String, u64)> =
-        events.iter().map(|e| (e["path"].as_str().unwrap().to_string(), e["status"].as_u64().unwrap())).collect();
+    let got: Vec<(String, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
         got,
-        vec![("/index.html".into(), 200), ("/nothing".into(), 204), ("/missing".into(), 404), ("/index.html".into(), 200)],
+        vec![
+            ("/index.html".into(), 200),
+            ("/nothing".into(), 204),
+            ("/missing".into(), 404),
+            ("/index.html".into(), 200)
+        ],
         "pipelined requests paired in order:\n{}",
         brief(&events)
     );
-    assert!(events.iter().all(|e| e["host"] == "pipe.test" && e["client_comm"] != ""), "{}", brief(&events));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["host"] == "pipe.test" && e["client_comm"] != ""),
+        "{}",
+        brief(&events)
+    );
 }
 
 #[test]
@@ -175,7 +313,14 @@ fn across_network_namespaces_over_veth() {
     for _ in 0..5 {
         curl(Some(&pair.b), &["-o", "/dev/null", &url]);
     }
-    curl(Some(&pair.b), &["-o", "/dev/null", &format!("http://{}:{port}/big.bin", pair.ip_a)]);
+    curl(
+        Some(&pair.b),
+        &[
+            "-o",
+            "/dev/null",
+            &format!("http://{}:{port}/big.bin", pair.ip_a),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let events = on_port(&obs.stop(), port);
     assert_eq!(events.len(), 6, "{}", brief(&events));
@@ -186,8 +331,14 @@ fn across_network_namespaces_over_veth() {
         assert_eq!(e["dst_ip"], pair.ip_a.as_str());
         assert_eq!(e["status"], 200);
     }
-    let big = events.iter().find(|e| e["path"] == "/big.bin").expect("big.bin");
-    assert!(big["resp_bytes"].as_u64().unwrap() > 300_000, "segmented veth response counted: {big}");
+    let big = events
+        .iter()
+        .find(|e| e["path"] == "/big.bin")
+        .expect("big.bin");
+    assert!(
+        big["resp_bytes"].as_u64().unwrap() > 300_000,
+        "segmented veth response counted: {big}"
+    );
 }
 
 #[test]
@@ -200,18 +351,34 @@ fn tc_on_an_interface_without_socket_hooks() {
     let pair = NetnsPair::new("t", 42);
     let _server = python_server(&dir, Some(&pair.a), &pair.ip_a, port);
     let cgroot = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
-        std::path::Path::new("/sys/fs/cgroup/unified").join(format!("observer-e2e-empty-{}", std::process::id()))
+        std::path::Path::new("/sys/fs/cgroup/unified")
+            .join(format!("observer-e2e-empty-{}", std::process::id()))
     } else {
-        std::path::Path::new("/sys/fs/cgroup").join(format!("observer-e2e-empty-{}", std::process::id()))
+        std::path::Path::new("/sys/fs/cgroup")
+            .join(format!("observer-e2e-empty-{}", std::process::id()))
     };
     std::fs::create_dir_all(&cgroot).expect("empty cgroup");
     let obs = Observer::start_in(
         Some(&pair.a),
         &dir,
-        &["--ports", &port.to_string(), "--iface", &pair.veth_a, "--cgroup", &cgroot.display().to_string()],
+        &[
+            "--ports",
+            &port.to_string(),
+            "--iface",
+            &pair.veth_a,
+            "--cgroup",
+            &cgroot.display().to_string(),
+        ],
     );
     for i in 0..3 {
-        curl(Some(&pair.b), &["-o", "/dev/null", &format!("http://{}:{port}/cl/{i}", pair.ip_a)]);
+        curl(
+            Some(&pair.b),
+            &[
+                "-o",
+                "/dev/null",
+                &format!("http://{}:{port}/cl/{i}", pair.ip_a),
+            ],
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     let events = on_port(&obs.stop(), port);
@@ -220,7 +387,10 @@ fn tc_on_an_interface_without_socket_hooks() {
     for e in &events {
         assert_eq!(e["src_ip"], pair.ip_b.as_str());
         assert_eq!(e["status"], 200);
-        assert_eq!(e["client_pid"], 0, "no local socket identity through TC alone: {e}");
+        assert_eq!(
+            e["client_pid"], 0,
+            "no local socket identity through TC alone: {e}"
+        );
     }
 }
 
@@ -233,27 +403,57 @@ fn clean_exit_detaches_everything_and_bad_input_is_named() {
         String::from_utf8_lossy(&sh(Command::new("bpftool").args(args)).stdout).into_owned()
     };
     let progs = bpftool(&["prog", "show"]);
-    assert!(progs.contains("observer_cg_"), "programs loaded while running:\n{progs}");
+    assert!(
+        progs.contains("observer_cg_"),
+        "programs loaded while running:\n{progs}"
+    );
     let _ = obs.stop();
     let progs = bpftool(&["prog", "show"]);
-    assert!(!progs.contains("observer_cg_") && !progs.contains("observer_sockops"), "left behind:\n{progs}");
+    assert!(
+        !progs.contains("observer_cg_") && !progs.contains("observer_sockops"),
+        "left behind:\n{progs}"
+    );
 
     // --for stops by itself with exit 0.
     let st = Command::new(observer_bin())
-        .args(["run", "--for", "1s", "--sink", &format!("ndjson:{}", dir.join("for.ndjson").display())])
-        .args(["--key-secret-file", &dir.join("secret").display().to_string()])
+        .args([
+            "run",
+            "--for",
+            "1s",
+            "--sink",
+            &format!("ndjson:{}", dir.join("for.ndjson").display()),
+        ])
+        .args([
+            "--key-secret-file",
+            &dir.join("secret").display().to_string(),
+        ])
         .status()
         .expect("observer --for");
     assert!(st.success(), "--for 1s exits 0: {st}");
 
     let fail = |args: &[&str], needle: &str| {
-        let out = Command::new(observer_bin()).args(args).output().expect("observer");
+        let out = Command::new(observer_bin())
+            .args(args)
+            .output()
+            .expect("observer");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail");
-        assert!(err.contains(needle), "{args:?}: stderr should name the problem ({needle:?}):\n{err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr should name the problem ({needle:?}):\n{err}"
+        );
     };
-    fail(&["run", "--iface", "nosuch0", "--sink", "stdout"], "interface \"nosuch0\" not found");
-    fail(&["run", "--sink", "ndjson:/proc/nope/events.ndjson"], "/proc/nope/events.ndjson");
-    fail(&["run", "--cgroup", "/nonexistent/cg", "--sink", "stdout"], "/nonexistent/cg");
+    fail(
+        &["run", "--iface", "nosuch0", "--sink", "stdout"],
+        "interface \"nosuch0\" not found",
+    );
+    fail(
+        &["run", "--sink", "ndjson:/proc/nope/events.ndjson"],
+        "/proc/nope/events.ndjson",
+    );
+    fail(
+        &["run", "--cgroup", "/nonexistent/cg", "--sink", "stdout"],
+        "/nonexistent/cg",
+    );
     fail(&["run", "--ports", "http"], "invalid port");
 }

@@ -39,7 +39,12 @@ fn start_nginx(dir: &Path) -> Result<Nginx> {
     std::fs::create_dir_all(dir.join("tmp"))?;
     std::fs::write(dir.join("nginx.conf"), conf)?;
     let child = Command::new("nginx")
-        .args(["-c", &dir.join("nginx.conf").display().to_string(), "-e", &dir.join("error.log").display().to_string()])
+        .args([
+            "-c",
+            &dir.join("nginx.conf").display().to_string(),
+            "-e",
+            &dir.join("error.log").display().to_string(),
+        ])
         .stdout(Stdio::null())
         .spawn()
         .context("starting nginx")?;
@@ -68,7 +73,13 @@ struct WrkResult {
 
 fn wrk(duration: u64) -> Result<WrkResult> {
     let out = Command::new("wrk")
-        .args(["-t1", "-c50", &format!("-d{duration}s"), "--latency", &format!("http://127.0.0.1:{PORT}/")])
+        .args([
+            "-t1",
+            "-c50",
+            &format!("-d{duration}s"),
+            "--latency",
+            &format!("http://127.0.0.1:{PORT}/"),
+        ])
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -80,7 +91,11 @@ fn wrk(duration: u64) -> Result<WrkResult> {
         } else if let Some(v) = t.strip_prefix("99%") {
             r.p99_ms = parse_latency_ms(v.trim()).unwrap_or(0.0);
         } else if t.contains("requests in") {
-            r.requests = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            r.requests = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
         }
     }
     if r.rps == 0.0 {
@@ -112,7 +127,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn scrape(name: &str) -> f64 {
-    let Ok(mut s) = std::net::TcpStream::connect(METRICS) else { return f64::NAN };
+    let Ok(mut s) = std::net::TcpStream::connect(METRICS) else {
+        return f64::NAN;
+    };
     use std::io::{Read, Write};
     let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
     let mut body = String::new();
@@ -133,8 +150,19 @@ struct Observed {
 fn with_observer(bin: &Path, dir: &Path, duration: u64) -> Result<Observed> {
     let out = dir.join("events.ndjson");
     let mut child = Command::new(bin)
-        .args(["run", "--ports", &PORT.to_string(), "--sink", &format!("ndjson:{}", out.display())])
-        .args(["--metrics", METRICS, "--key-secret-file", &dir.join("secret").display().to_string()])
+        .args([
+            "run",
+            "--ports",
+            &PORT.to_string(),
+            "--sink",
+            &format!("ndjson:{}", out.display()),
+        ])
+        .args([
+            "--metrics",
+            METRICS,
+            "--key-secret-file",
+            &dir.join("secret").display().to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -161,10 +189,16 @@ fn with_observer(bin: &Path, dir: &Path, duration: u64) -> Result<Observed> {
     std::thread::sleep(Duration::from_millis(300));
     let cpu = cpu_seconds(child.id()) - cpu0;
     let events = scrape("observer_exchanges_total");
-    let drops = scrape("observer_kernel_ringbuf_full_total") + scrape("observer_kernel_flow_map_full_total");
+    let drops = scrape("observer_kernel_ringbuf_full_total")
+        + scrape("observer_kernel_flow_map_full_total");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    Ok(Observed { wrk: w, cpu_s: cpu, events, drops })
+    Ok(Observed {
+        wrk: w,
+        cpu_s: cpu,
+        events,
+        drops,
+    })
 }
 
 pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
@@ -177,7 +211,10 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     let mut obs = Vec::new();
     for round in 1..=rounds {
         let b = wrk(duration)?;
-        say(format!("round {round} baseline: {:.0} req/s, p99 {:.2} ms", b.rps, b.p99_ms));
+        say(format!(
+            "round {round} baseline: {:.0} req/s, p99 {:.2} ms",
+            b.rps, b.p99_ms
+        ));
         base.push(b);
         let o = with_observer(bin, &dir, duration)?;
         say(format!(
@@ -198,7 +235,11 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     let events = obs.iter().map(|o| o.events).sum::<f64>();
     let requests = obs.iter().map(|o| o.wrk.requests as f64).sum::<f64>();
     let drops = obs.iter().map(|o| o.drops).sum::<f64>();
-    let cpu = mean(&obs.iter().map(|o| 100.0 * o.cpu_s / duration as f64).collect::<Vec<_>>());
+    let cpu = mean(
+        &obs.iter()
+            .map(|o| 100.0 * o.cpu_s / duration as f64)
+            .collect::<Vec<_>>(),
+    );
 
     say("running criterion micro-benchmarks (cargo bench -p observer)");
     let crit = Command::new("cargo")
@@ -208,26 +249,61 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         .output()
         .context("running cargo bench")?;
     let crit_text = String::from_utf8_lossy(&crit.stdout);
-    let crit_lines: Vec<&str> =
-        crit_text.lines().filter(|l| l.contains("time:") || l.contains("thrpt:")).collect();
+    let crit_lines: Vec<&str> = crit_text
+        .lines()
+        .filter(|l| l.contains("time:") || l.contains("thrpt:"))
+        .collect();
 
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n\nWritten by `cargo xtask bench` on {}; {} vCPU. Regenerate with that command.\n",
         date(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    let _ = writeln!(md, "## Loopback nginx under wrk, without and with the observer\n");
+    let _ = writeln!(
+        md,
+        "## Loopback nginx under wrk, without and with the observer\n"
+    );
     let _ = writeln!(md, "nginx (1 worker, 612-byte page) on 127.0.0.1, `wrk -t1 -c50 -d{duration}s --latency`, {rounds} rounds alternating \
         without and with `observer run --ports {PORT} --sink ndjson:...` (cgroup_skb + sock_ops on the root cgroup).\n");
     let _ = writeln!(md, "| round | baseline req/s | observed req/s | baseline p99 ms | observed p99 ms | events | drops | observer CPU % |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for (i, (b, o)) in base.iter().zip(&obs).enumerate() {
-        let _ = writeln!(md, "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |", i + 1, b.rps, o.wrk.rps, b.p99_ms,
-            o.wrk.p99_ms, o.events, o.drops, 100.0 * o.cpu_s / duration as f64);
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
+            i + 1,
+            b.rps,
+            o.wrk.rps,
+            b.p99_ms,
+            o.wrk.p99_ms,
+            o.events,
+            o.drops,
+            100.0 * o.cpu_s / duration as f64
+        );
     }
     let _ = writeln!(md, "\n| figure | value | goal |\n|---|---|---|");
-    let _ = writeln!(md, "| throughput ratio (observed / baseline) | {:.3} ({:+.1}%) | >= 0.97 |", o_rps / b_rps, 100.0 * (o_rps / b_rps - 1.0));
-    let _ = writeln!(md, "| p99 ratio (observed / baseline) | {:.3} ({:+.1}%) | <= 1.05 |", o_p99 / b_p99, 100.0 * (o_p99 / b_p99 - 1.0));
-    let _ = writeln!(md, "| events / requests completed | {:.0} / {:.0} ({:.3}) | 1.000 |", events, requests, events / requests.max(1.0));
-    let _ = writeln!(md, "| events/s while observed | {:.0} | |", events / (duration as f64 * rounds as f64));
+    let _ = writeln!(
+        md,
+        "| throughput ratio (observed / baseline) | {:.3} ({:+.1}%) | >= 0.97 |",
+        o_rps / b_rps,
+        100.0 * (o_rps / b_rps - 1.0)
+    );
+    let _ = writeln!(
+        md,
+        "| p99 ratio (observed / baseline) | {:.3} ({:+.1}%) | <= 1.05 |",
+        o_p99 / b_p99,
+        100.0 * (o_p99 / b_p99 - 1.0)
+    );
+    let _ = writeln!(
+        md,
+        "| events / requests completed | {:.0} / {:.0} ({:.3}) | 1.000 |",
+        events,
+        requests,
+        events / requests.max(1.0)
+    );
+    let _ = writeln!(
+        md,
+        "| events/s while observed | {:.0} | |",
+        events / (duration as f64 * rounds as f64)
+    );
     let _ = writeln!(md, "| kernel drops | {drops:.0} | 0 |");
     let _ = writeln!(md, "| observer CPU (one core = 100%) | {cpu:.1}% | |");
     let _ = writeln!(md, "\nwrk counts requests completed in its window; the observer also reports the exchanges of connections \
@@ -238,10 +314,17 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     }
     let _ = writeln!(md, "```");
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
-    say(format!("throughput ratio {:.3}, p99 ratio {:.3}, drops {drops:.0}; wrote BENCHMARKS.md", o_rps / b_rps, o_p99 / b_p99));
+    say(format!(
+        "throughput ratio {:.3}, p99 ratio {:.3}, drops {drops:.0}; wrote BENCHMARKS.md",
+        o_rps / b_rps,
+        o_p99 / b_p99
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     if !crit.status.success() {
-        bail!("cargo bench failed:\n{}", String::from_utf8_lossy(&crit.stderr));
+        bail!(
+            "cargo bench failed:\n{}",
+            String::from_utf8_lossy(&crit.stderr)
+        );
     }
     Ok(())
 }

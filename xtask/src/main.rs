@@ -43,7 +43,7 @@ enum Cmd {
     },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
-        #[arg(long, default_value_t = 8123)]
+        #[arg(long, default_value_t = clickhouse::DEFAULT_PORT)]
         port: u16,
         #[arg(long)]
         data: Option<PathBuf>,
@@ -51,7 +51,10 @@ enum Cmd {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn main() -> Result<()> {
@@ -69,7 +72,7 @@ fn main() -> Result<()> {
             bench::run(&root, &bin, duration, rounds)?;
         }
         Cmd::Clickhouse { port, data } => {
-            let data = data.unwrap_or_else(|| root.join(".data/clickhouse"));
+            let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
             clickhouse::run_foreground(&root, port, &data)?;
         }
     }
@@ -80,7 +83,10 @@ fn main() -> Result<()> {
 pub fn build_release(root: &Path) -> Result<PathBuf> {
     toolchain::ensure_ebpf_toolchain()?;
     say("building observer (release, with eBPF programs)");
-    run(Command::new("cargo").current_dir(root).args(["build", "--release", "-p", "observer"]).env_remove("AYA_BUILD_SKIP"))?;
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "-p", "observer"])
+        .env_remove("AYA_BUILD_SKIP"))?;
     let bin = root.join("target/release/observer");
     if !bin.exists() {
         bail!("build finished but {} is missing", bin.display());
@@ -100,15 +106,18 @@ fn sudo_prefix() -> Vec<String> {
 
 fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
     let bin = build_release(root)?;
-    let (url, _server) = match std::env::var("CLICKHOUSE_URL") {
+    let (url, server) = match std::env::var("CLICKHOUSE_URL") {
         Ok(url) if !url.is_empty() => {
             say(format!("using ClickHouse at {url} (CLICKHOUSE_URL)"));
             (url, None)
         }
         _ => {
-            let data = root.join(".data/clickhouse");
-            say(format!("CLICKHOUSE_URL not set: starting the local ClickHouse dev server (data in {})", data.display()));
-            let server = clickhouse::spawn(root, 8123, &data)?;
+            let data = clickhouse::default_data_dir(root);
+            say(format!(
+                "CLICKHOUSE_URL not set: starting the local ClickHouse dev server (data in {})",
+                data.display()
+            ));
+            let server = clickhouse::spawn(root, clickhouse::DEFAULT_PORT, &data)?;
             (server.url(), Some(server))
         }
     };
@@ -136,7 +145,11 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
         args.extend(["--registry".into(), example.display().to_string()]);
     }
     args.extend(extra);
-    say(format!("starting the agent: {} {}", bin.display(), args.join(" ")));
+    say(format!(
+        "starting the agent: {} {}",
+        bin.display(),
+        args.join(" ")
+    ));
     say("try it: curl http://127.0.0.1:8123/ping   (events appear below; Ctrl-C stops)");
     let prefix = sudo_prefix();
     let mut cmd = if prefix.is_empty() {
@@ -147,6 +160,13 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
         c
     };
     let status = cmd.args(&args).status().context("starting the agent")?;
+    if let Some(server) = server {
+        say(format!(
+            "stopping the local ClickHouse (data kept in {})",
+            server.data_dir.display()
+        ));
+        server.stop()?;
+    }
     if !status.success() {
         bail!("observer exited with {status}");
     }
@@ -160,12 +180,21 @@ fn test_all(root: &Path) -> Result<()> {
     let devserver = root.join("xtask/clickhouse/devserver.py");
 
     say("running the ClickHouse dev server's own tests");
-    run(Command::new(&py).arg(root.join("xtask/clickhouse/test_devserver.py")).current_dir(root))?;
+    run(Command::new(&py)
+        .arg(root.join("xtask/clickhouse/test_devserver.py"))
+        .current_dir(root))?;
 
     say("running unit and ClickHouse integration tests (cargo test)");
     run(Command::new("cargo")
         .current_dir(root)
-        .args(["test", "--workspace", "--exclude", "observer-ebpf", "--exclude", "observer-tests"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "observer-ebpf",
+            "--exclude",
+            "observer-tests",
+        ])
         .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
         .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
         .env("OBSERVER_REQUIRE_CLICKHOUSE", "1"))?;

@@ -32,23 +32,40 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 pub fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+    output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
 }
 
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        })
 }
 
 /// Everything the eBPF build needs. Prints what it checks; installs only what is missing.
 pub fn ensure_ebpf_toolchain() -> Result<()> {
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
+    let toolchains =
+        output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
         say("installing the nightly toolchain (the eBPF programs need it)");
-        run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let comps = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))?;
+    let comps = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
     if !comps.lines().any(|l| l.starts_with("rust-src")) {
         say("adding rust-src to the nightly toolchain (build-std for the BPF target)");
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
@@ -59,24 +76,50 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
 /// bpf-linker must use the very LLVM the nightly rustc emits bitcode for. We build it against the nightly's own
 /// libLLVM and remember which one in a stamp file, so a nightly update triggers exactly one rebuild.
 fn ensure_bpf_linker() -> Result<()> {
-    let sysroot = output(Command::new("rustc").arg(format!("+{NIGHTLY}")).args(["--print", "sysroot"]))?;
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{NIGHTLY}"))
+            .args(["--print", "sysroot"]),
+    )?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib)
         .with_context(|| format!("reading {}", lib.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
         })
-        .with_context(|| format!("no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?", lib.display()))?;
-    let name = llvm.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    let major = name.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or("").to_string();
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?",
+                lib.display()
+            )
+        })?;
+    let name = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let major = name
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .to_string();
     let stamp_dir = cargo_home().join("observer-bpf-linker");
     let stamp = stamp_dir.join("stamp");
     let linker = cargo_home().join("bin/bpf-linker");
     let want = format!("{BPF_LINKER_VERSION} {name}");
-    if linker.exists() && std::fs::read_to_string(&stamp).map(|s| s.trim() == want).unwrap_or(false) {
-        say(format!("bpf-linker {BPF_LINKER_VERSION} for {name} already installed"));
+    if linker.exists()
+        && std::fs::read_to_string(&stamp)
+            .map(|s| s.trim() == want)
+            .unwrap_or(false)
+    {
+        say(format!(
+            "bpf-linker {BPF_LINKER_VERSION} for {name} already installed"
+        ));
         return Ok(());
     }
     say(format!("building bpf-linker {BPF_LINKER_VERSION} against the nightly's {name} (about 3 minutes, once)"));
@@ -84,9 +127,17 @@ fn ensure_bpf_linker() -> Result<()> {
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    std::os::unix::fs::symlink(&llvm, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force", "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--force",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major}")])
         .env("LLVM_PREFIX", &prefix))?;
     std::fs::write(&stamp, want)?;
@@ -95,14 +146,23 @@ fn ensure_bpf_linker() -> Result<()> {
 
 /// Debian packages the tests and benchmarks drive (real servers and clients). Installs the missing ones.
 pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> =
-        pkgs.iter().filter(|(bin, _)| which::which(bin).is_err()).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .filter(|(bin, _)| which::which(bin).is_err())
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
-        say(format!("packages present: {}", pkgs.iter().map(|(_, p)| *p).collect::<Vec<_>>().join(", ")));
+        say(format!(
+            "packages present: {}",
+            pkgs.iter().map(|(_, p)| *p).collect::<Vec<_>>().join(", ")
+        ));
         return Ok(());
     }
     if !is_root() {
-        bail!("missing packages {missing:?}: install them with `sudo apt-get install -y {}`", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}: install them with `sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
     }
     say(format!("installing Debian packages: {}", missing.join(" ")));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
@@ -114,5 +174,11 @@ pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
 }
 
 /// The packages the privileged tests and the benchmark use: binary to look for, package that provides it.
-pub const TEST_PACKAGES: &[(&str, &str)] =
-    &[("nginx", "nginx"), ("wrk", "wrk"), ("curl", "curl"), ("ip", "iproute2"), ("tc", "iproute2"), ("bpftool", "bpftool")];
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("curl", "curl"),
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("bpftool", "bpftool"),
+];
