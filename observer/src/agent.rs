@@ -1,0 +1,236 @@
+//! `observer run`: wires loader -> reader -> flow -> enrich -> sinks, publishes metrics, and shuts down cleanly.
+//!
+//! Capture runs on one dedicated thread (ring-buffer drain every `POLL`, flow engine, enrichment) so the kernel
+//! side is never waiting on I/O; sinks and the metrics server run on a small tokio runtime. On SIGINT/SIGTERM or
+//! `--for`, the capture thread drains the ring buffer a last time, hands out every request still held, and detaches
+//! all programs; then the sinks flush and the process exits 0.
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use observer_common::COUNTER_NAMES;
+use tracing::{info, warn};
+
+use crate::{
+    cgroups::SysCgroupResolver,
+    config::CaptureArgs,
+    enrich, flow, loader,
+    metrics::{Metrics, Sample},
+    reader, registry, sink,
+};
+
+/// How often the ring buffer is drained (records are submitted without wakeups).
+const POLL: Duration = Duration::from_millis(10);
+/// Most records handled per drain before the engine gets a tick (keeps latency bounded under bursts).
+const DRAIN_LIMIT: usize = 65_536;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    #[command(flatten)]
+    pub registry: registry::RegistryArgs,
+    #[command(flatten)]
+    pub sink: sink::SinkArgs,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("observer-io")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    // Everything that can fail on bad input is checked before any program is attached.
+    let enricher = enrich::Live::start(&args.registry).context("loading the registry")?;
+    let sinks = sink::build(&args.sink).await.context("opening the sinks")?;
+    if let Some(addr) = args.capture.metrics {
+        let server = crate::metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("binding the metrics server to {addr}"))?;
+        tokio::spawn(server);
+        info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
+    }
+    let opts = loader::LoadOptions {
+        cgroup: args.capture.cgroup.clone(),
+        ifaces: args.capture.iface.clone(),
+        ports: args.capture.ports.0.clone(),
+        capture_bytes: args.capture.capture_bytes,
+    };
+    let loaded = loader::load(&opts)?;
+    metrics.set_ready(true);
+    info!(programs = loaded.attached.len(), "capturing");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flow_cfg = flow::FlowConfig {
+        mono_to_unix_offset_ns: flow::mono_to_unix_offset_ns(),
+        capture_bytes: args.capture.capture_bytes,
+        max_connections: args.capture.max_connections,
+        max_pending_per_connection: args.capture.max_pending,
+        idle_timeout_ns: args.capture.idle_timeout.as_nanos() as u64,
+    };
+    let capture = {
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        let sinks = sinks.clone();
+        std::thread::Builder::new()
+            .name("observer-capture".into())
+            .spawn(move || capture_loop(loaded, flow_cfg, enricher, sinks, metrics, stop))
+            .context("starting the capture thread")?
+    };
+
+    wait_for_stop(args.capture.run_for).await;
+    info!("stopping: draining, detaching, flushing");
+    stop.store(true, Ordering::SeqCst);
+    let joined = tokio::task::spawn_blocking(move || capture.join()).await;
+    metrics.set_ready(false);
+    let flushed = sinks.shutdown().await;
+    match joined {
+        Ok(Ok(())) => {}
+        _ => anyhow::bail!("the capture thread panicked"),
+    }
+    flushed.context("flushing the sinks")?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop(run_for: Option<Duration>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    let timer = async {
+        match run_for {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+        _ = term.recv() => info!("SIGTERM"),
+        _ = timer => info!("--for elapsed"),
+    }
+}
+
+fn capture_loop(
+    mut loaded: loader::Loaded,
+    cfg: flow::FlowConfig,
+    enricher: enrich::Live,
+    sinks: sink::Sinks,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut engine = flow::Engine::new(cfg, Box::new(SysCgroupResolver::new()));
+    let mut out = Vec::new();
+    let mut last_tick = Instant::now();
+    let mut lag_ns = 0u64;
+    let mut records = 0u64;
+    let mut bad_records = 0u64;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let d = reader::drain(&mut loaded.events, DRAIN_LIMIT, |rec| match rec {
+            reader::Record::Data(h, p) => engine.on_data(&h, p),
+            reader::Record::Conn(c) => engine.on_conn(&c),
+        });
+        records += d.records;
+        bad_records += d.bad;
+        if d.oldest_ts_ns != 0 {
+            lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+        }
+        if stopping {
+            engine.finish();
+        }
+        let tick = last_tick.elapsed() >= Duration::from_secs(1);
+        if tick {
+            engine.tick(reader::monotonic_ns());
+        }
+        engine.drain(&mut out);
+        for mut ex in out.drain(..) {
+            enricher.enrich(&mut ex);
+            sinks.send(ex.event);
+        }
+        if tick || stopping {
+            last_tick = Instant::now();
+            publish(&metrics, &loaded, &engine, &enricher, &sinks, records, bad_records, lag_ns);
+        }
+        if stopping {
+            break;
+        }
+        if d.records < DRAIN_LIMIT as u64 {
+            std::thread::sleep(POLL);
+        }
+    }
+    let kernel = loader::read_counters(&loaded.counters);
+    drop(loaded);
+    info!(?kernel, "programs detached");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    metrics: &Metrics,
+    loaded: &loader::Loaded,
+    engine: &flow::Engine,
+    enricher: &enrich::Live,
+    sinks: &sink::Sinks,
+    records: u64,
+    bad_records: u64,
+    lag_ns: u64,
+) {
+    let kernel = loader::read_counters(&loaded.counters);
+    let mut k = Vec::with_capacity(kernel.len() + 3);
+    for (name, v) in COUNTER_NAMES.iter().zip(kernel) {
+        k.push(Sample::counter(format!("kernel_{name}_total"), "Kernel-side counter (summed over CPUs)", v));
+    }
+    k.push(Sample::counter("ringbuf_records_total", "Ring-buffer records read", records));
+    k.push(Sample::counter("ringbuf_bad_records_total", "Ring-buffer records that could not be decoded", bad_records));
+    k.push(Sample::gauge(
+        "ringbuf_lag_seconds",
+        "Age of the oldest record in the last drain (how far the reader is behind the kernel)",
+        lag_ns as f64 / 1e9,
+    ));
+    metrics.publish("kernel", k);
+
+    let s = engine.stats();
+    let c = |name: &str, help: &'static str, v: u64| Sample::counter(name.to_string(), help, v);
+    metrics.publish(
+        "flow",
+        vec![
+            c("exchanges_total", "HTTP exchanges reported", s.exchanges),
+            c("flow_malformed_total", "Heads or records that could not be parsed", s.malformed),
+            c("flow_duplicates_total", "Segments seen by both local ends, merged", s.duplicates),
+            c("flow_retransmits_total", "Retransmitted segments dropped", s.retransmits),
+            c("flow_out_of_order_total", "Records out of order or continuing an unseen start", s.out_of_order),
+            c("flow_gaps_total", "Captured bytes or messages known to be missing", s.gaps),
+            c("flow_misframed_total", "Message starts inside a delimited body, ignored", s.misframed),
+            c("flow_truncated_heads_total", "Heads longer than the capture", s.truncated_heads),
+            c("flow_unmatched_responses_total", "Responses without a request", s.unmatched_responses),
+            c("flow_no_response_total", "Requests reported without a response", s.no_response),
+            c("flow_timed_out_total", "Exchanges reported by the idle timeout", s.timed_out),
+            c("flow_evicted_total", "Table evictions", s.evicted_connections).label("table", "connections"),
+            c("flow_evicted_total", "Table evictions", s.evicted_pending).label("table", "pending_requests"),
+            c("flow_evicted_total", "Table evictions", s.evicted_sockets).label("table", "sockets"),
+            Sample::gauge("flow_table_size", "Entries in the engine's tables", s.connections as f64)
+                .label("table", "connections"),
+            Sample::gauge("flow_table_size", "Entries in the engine's tables", s.pending_requests as f64)
+                .label("table", "pending_requests"),
+            Sample::gauge("flow_table_size", "Entries in the engine's tables", s.sockets as f64).label("table", "sockets"),
+        ],
+    );
+    metrics.publish("registry", enricher.samples());
+    metrics.publish("sink", sinks.samples());
+}
