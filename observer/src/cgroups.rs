@@ -50,7 +50,9 @@ fn unescape_mountinfo(s: &str) -> String {
         if b[i] == b'\\' && i + 3 < b.len() {
             let oct = &b[i + 1..i + 4];
             if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
+                let v = (oct[0] - b'0') as u32 * 64
+                    + (oct[1] - b'0') as u32 * 8
+                    + (oct[2] - b'0') as u32;
                 if let Ok(byte) = u8::try_from(v) {
                     out.push(byte);
                     i += 4;
@@ -111,9 +113,13 @@ impl FsCgroupResolver {
         let mut cache = HashMap::with_capacity(self.cache.len().max(64));
         let mut stack: Vec<(PathBuf, String)> = vec![(self.root.clone(), "/".to_string())];
         while let Some((dir, rel)) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
             cache.insert(meta.ino(), rel.clone());
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let Ok(ft) = entry.file_type() else { continue };
                 if !ft.is_dir() {
@@ -178,18 +184,28 @@ mod tests {
 32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
 33 31 0:28 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,xattr,name=systemd
 ";
-        assert_eq!(parse_mountinfo(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            parse_mountinfo(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_mountinfo(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            parse_mountinfo(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let escaped = "35 24 0:30 / /mnt/my\\040cg rw shared:9 - cgroup2 none rw\n";
         assert_eq!(parse_mountinfo(escaped), Some(PathBuf::from("/mnt/my cg")));
-        assert_eq!(parse_mountinfo("33 31 0:28 / /x rw - cgroup cgroup rw\n"), None);
+        assert_eq!(
+            parse_mountinfo("33 31 0:28 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
         assert_eq!(parse_mountinfo("garbage\n\n - \n"), None);
     }
 
     #[test]
     fn resolves_directory_inodes() {
-        let root = std::env::temp_dir().join(format!("observer-cgroups-test-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("observer-cgroups-test-{}", std::process::id()));
         let leaf = root.join("system.slice").join("nginx.service");
         std::fs::create_dir_all(&leaf).expect("create test hierarchy");
         let ino = |p: &Path| std::fs::metadata(p).expect("stat test dir").ino();

@@ -523,7 +523,8 @@ impl ChunkedDecoder {
                             return Err(ParseError::BadChunk);
                         }
                         self.size_digits += 1;
-                        self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
+                        self.size =
+                            self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
                         ChunkState::Size
                     }
                     b';' | b' ' | b'\t' if self.size_digits > 0 => ChunkState::Ext,
@@ -608,7 +609,8 @@ mod tests {
 
     #[test]
     fn simple_get() {
-        let raw = b"GET /a/b?x=1&y=2&x=3 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\nrest";
+        let raw =
+            b"GET /a/b?x=1&y=2&x=3 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\nrest";
         let r = req(raw);
         assert_eq!(r.method, "GET");
         assert_eq!(r.path(), "/a/b");
@@ -622,12 +624,18 @@ mod tests {
 
     #[test]
     fn partial_and_errors() {
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(Parsed::Partial));
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Ok(Parsed::Partial)
+        );
         assert_eq!(parse_head(b"HTT"), Ok(Parsed::Partial));
         assert_eq!(parse_head(b""), Ok(Parsed::Partial));
         assert_eq!(parse_head(b"\x00\x01binary"), Err(ParseError::NotHttp));
         assert!(
-            matches!(parse_head(b"GET / HTTP/9.9\r\n\r\n"), Err(ParseError::Malformed(_))),
+            matches!(
+                parse_head(b"GET / HTTP/9.9\r\n\r\n"),
+                Err(ParseError::Malformed(_))
+            ),
             "bad version must be malformed"
         );
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
@@ -642,12 +650,17 @@ mod tests {
     fn request_framing() {
         let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 10\r\n\r\n");
         assert_eq!(r.body_length(), Ok(BodyLength::Length(10)));
-        let r = req(b"POST /u HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n");
+        let r = req(
+            b"POST /u HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+        );
         assert_eq!(r.body_length(), Ok(BodyLength::Chunked), "chunked wins");
         let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n");
         assert_eq!(r.body_length(), Ok(BodyLength::Length(4)));
         let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n");
-        assert!(r.body_length().is_err(), "conflicting lengths are malformed");
+        assert!(
+            r.body_length().is_err(),
+            "conflicting lengths are malformed"
+        );
         let r = req(b"POST /u HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
         assert!(r.body_length().is_err(), "negative length is malformed");
         let r = req(b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
@@ -658,7 +671,11 @@ mod tests {
     fn response_framing() {
         let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(r.body_length("GET"), Ok(BodyLength::Length(5)));
-        assert_eq!(r.body_length("HEAD"), Ok(BodyLength::Empty), "HEAD has no body");
+        assert_eq!(
+            r.body_length("HEAD"),
+            Ok(BodyLength::Empty),
+            "HEAD has no body"
+        );
         let r = resp(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
         let r = resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n");
@@ -702,17 +719,29 @@ mod tests {
     #[test]
     fn query_key_extraction() {
         assert_eq!(query_keys("b=1&a=2&b=3&&=x&c"), vec!["b", "a", "c"]);
-        assert_eq!(query_keys("na%6De=1&x+y=2&bad%zz=3&tail%"), vec!["name", "x y", "bad%zz", "tail%"]);
+        assert_eq!(
+            query_keys("na%6De=1&x+y=2&bad%zz=3&tail%"),
+            vec!["name", "x y", "bad%zz", "tail%"]
+        );
         assert!(query_keys("").is_empty());
     }
 
     #[test]
     fn traceparent() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(traceparent_trace_id(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert_eq!(traceparent_trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            traceparent_trace_id(tp),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            traceparent_trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
         assert_eq!(traceparent_trace_id("garbage"), None);
-        assert_eq!(traceparent_trace_id("00-4bf92f35-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            traceparent_trace_id("00-4bf92f35-00f067aa0ba902b7-01"),
+            None
+        );
     }
 
     #[test]
@@ -721,13 +750,20 @@ mod tests {
         let Some(Head::Request(r)) = parse_truncated_head(cut) else {
             panic!("a request cut after its host line must still parse");
         };
-        assert_eq!((r.method.as_str(), r.path(), r.host()), ("GET", "/long", "a"));
+        assert_eq!(
+            (r.method.as_str(), r.path(), r.host()),
+            ("GET", "/long", "a")
+        );
         assert_eq!(r.head_len, cut.len());
         let Some(Head::Request(r)) = parse_truncated_head(b"GET /very/long/path/aaaa") else {
             panic!("a request cut inside its request line must still give the method");
         };
-        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/very/long/path/aaaa"));
-        let Some(Head::Response(r)) = parse_truncated_head(b"HTTP/1.1 404 Not Found\r\nX-A: aaaa") else {
+        assert_eq!(
+            (r.method.as_str(), r.target.as_str()),
+            ("GET", "/very/long/path/aaaa")
+        );
+        let Some(Head::Response(r)) = parse_truncated_head(b"HTTP/1.1 404 Not Found\r\nX-A: aaaa")
+        else {
             panic!("a cut response must give its status");
         };
         assert_eq!(r.status, 404);
@@ -754,11 +790,15 @@ mod tests {
 
         let mut d = ChunkedDecoder::new();
         assert_eq!(d.feed(b"10\r\n0123456789"), Ok(ChunkStep::NeedMore));
-        assert_eq!(d.feed(b"abcdef\r\n0\r\n\r\n"), Ok(ChunkStep::Done(14)));
+        assert_eq!(d.feed(b"abcdef\r\n0\r\n\r\n"), Ok(ChunkStep::Done(13)));
 
         let mut d = ChunkedDecoder::new();
         assert_eq!(d.feed(b"zz\r\n"), Err(ParseError::BadChunk));
         let mut d = ChunkedDecoder::new();
-        assert_eq!(d.feed(b"ffffffffffffffff\r\n"), Err(ParseError::BadChunk), "size overflow");
+        assert_eq!(
+            d.feed(b"ffffffffffffffff\r\n"),
+            Err(ParseError::BadChunk),
+            "size overflow"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! observer: eBPF HTTP traffic observer with business context.
+mod cgroups;
 mod enrich;
 mod event;
-mod cgroups;
 mod flow;
 mod http;
 mod registry;

@@ -154,8 +154,8 @@ struct Stream {
     expect_next: Option<u32>,
     last_kind: Option<Kind>,
     recent_starts: VecDeque<u32>,
-    /// Per hook: end of the last segment seen from it (for retransmit detection).
-    hook_next: [Option<u32>; 4],
+    /// Per hook: sequence numbers of its latest segments (a hook seeing one again is a retransmission).
+    hook_seen: [VecDeque<u32>; 4],
     /// Highest segment end seen in this direction.
     max_end: Option<u32>,
     last_ts: u64,
@@ -200,6 +200,9 @@ pub(crate) struct Conn {
     pending: [VecDeque<Pending>; 2],
     /// Final responses still to come in direction `d` whose request was already given up.
     skip_resp: [u32; 2],
+    /// Final responses in direction `d` that found no request since the last request: a request found missing
+    /// later (sequence gap) was answered by one of them.
+    orphan_resp: [u32; 2],
     /// Upgraded (101) or CONNECT tunnel: no more HTTP here.
     tunnel: bool,
     pub(crate) last_ts: u64,
@@ -213,6 +216,7 @@ impl Conn {
             streams: Default::default(),
             pending: Default::default(),
             skip_resp: [0; 2],
+            orphan_resp: [0; 2],
             tunnel: false,
             last_ts: ts,
         }
@@ -239,26 +243,43 @@ impl Conn {
         if st.max_end.is_none_or(|m| seq_lt(m, seg_end)) {
             st.max_end = Some(seg_end);
         }
-        // The same hook seeing bytes it already saw: a TCP retransmission.
-        if st.hook_next[slot].is_some_and(|n| seq_lt(seq, n)) {
-            ctx.stats.retransmits += 1;
+        // A start flag on the bytes right after an unfinished head or chunked body is the kernel's classifier
+        // matching inside the message (`... HTTP/1.1` split at a segment boundary): it is a continuation.
+        let mid_message = st.next_seq == Some(seq)
+            && matches!(st.state, MsgState::Head { .. } | MsgState::Chunked(_));
+        let is_start = hdr.flags & DATA_FLAG_START != 0 && !mid_message;
+        let copied_end = seq.wrapping_add(payload.len() as u32);
+        let walked = st.next_seq.is_some_and(|ns| {
+            if is_start {
+                seq_lt(seq, ns)
+            } else {
+                seq_le(copied_end, ns)
+            }
+        });
+        let seen_by_hook = st.hook_seen[slot].contains(&seq);
+        if !seen_by_hook {
+            if st.hook_seen[slot].len() >= RECENT_STARTS {
+                st.hook_seen[slot].pop_front();
+            }
+            st.hook_seen[slot].push_back(seq);
+        }
+        if walked {
+            if seen_by_hook {
+                // The same hook saw these bytes before: a TCP retransmission.
+                ctx.stats.retransmits += 1;
+            } else if is_start && !st.recent_starts.contains(&seq) {
+                ctx.stats.out_of_order += 1;
+            } else {
+                // The other end's observation of bytes already walked (both ends local).
+                ctx.stats.duplicates += 1;
+            }
             return;
         }
-        st.hook_next[slot] = Some(seg_end);
 
-        if hdr.flags & DATA_FLAG_START != 0 {
-            if let Some(ns) = st.next_seq {
-                if seq_lt(seq, ns) {
-                    // Bytes already walked: the other end's observation of the same segment, or a late record.
-                    if st.recent_starts.contains(&seq) {
-                        ctx.stats.duplicates += 1;
-                    } else {
-                        ctx.stats.out_of_order += 1;
-                    }
-                    return;
-                }
-            }
-            if matches!(st.state, MsgState::Body(_)) && st.expect_next.is_some_and(|e| seq_lt(seq, e)) {
+        if is_start {
+            if matches!(st.state, MsgState::Body(_))
+                && st.expect_next.is_some_and(|e| seq_lt(seq, e))
+            {
                 // Body bytes that happen to look like a message start; the framing says otherwise.
                 ctx.stats.misframed += 1;
                 return;
@@ -276,11 +297,6 @@ impl Conn {
                 ctx.stats.out_of_order += 1;
                 return;
             };
-            let end = seq.wrapping_add(payload.len() as u32);
-            if seq_le(end, ns) {
-                ctx.stats.duplicates += 1;
-                return;
-            }
             if seq_lt(ns, seq) {
                 if st.stash.len() < MAX_STASH {
                     st.stash.push(Stashed {
@@ -343,6 +359,7 @@ impl Conn {
     /// A message we did not capture travelled in `dir` between `start` and `end`.
     fn lost_message(&mut self, dir: usize, start: u32, end: u32, ctx: &mut Ctx) {
         match self.streams[dir].last_kind {
+            Some(Kind::Request) if self.orphan_resp[1 - dir] > 0 => self.orphan_resp[1 - dir] -= 1,
             Some(Kind::Request) => self.push_request(
                 dir,
                 Pending {
@@ -360,7 +377,8 @@ impl Conn {
             Some(Kind::Response) => {
                 if self.skip_resp[dir] > 0 {
                     self.skip_resp[dir] -= 1;
-                } else if let Some(p) = self.pending[1 - dir].iter_mut().find(|p| p.resp.is_none()) {
+                } else if let Some(p) = self.pending[1 - dir].iter_mut().find(|p| p.resp.is_none())
+                {
                     p.resp = Some(Resp {
                         start,
                         status: 0,
@@ -401,7 +419,11 @@ impl Conn {
                         buf: Vec::new(),
                     }
                 }
-                MsgState::Head { start, ts: head_ts, mut buf } => {
+                MsgState::Head {
+                    start,
+                    ts: head_ts,
+                    mut buf,
+                } => {
                     let old = buf.len();
                     let room = http_limit(ctx.cfg).saturating_sub(old);
                     let take = room.min(len - i);
@@ -541,6 +563,7 @@ impl Conn {
                         let t = self.pending[qdir].iter_mut().find(|p| p.resp.is_none());
                         if t.is_none() {
                             ctx.stats.unmatched_responses += 1;
+                            self.orphan_resp[dir] += 1;
                         }
                         t
                     };
@@ -600,7 +623,14 @@ impl Conn {
         }
     }
 
-    fn on_malformed(&mut self, dir: usize, start: u32, buf: &[u8], e: &http::ParseError, ctx: &mut Ctx) {
+    fn on_malformed(
+        &mut self,
+        dir: usize,
+        start: u32,
+        buf: &[u8],
+        e: &http::ParseError,
+        ctx: &mut Ctx,
+    ) {
         tracing::debug!(error = %e, len = buf.len(), "malformed HTTP message start");
         ctx.stats.malformed += 1;
         let st = &mut self.streams[dir];
@@ -652,6 +682,9 @@ impl Conn {
     }
 
     fn push_request(&mut self, dir: usize, p: Pending, ctx: &mut Ctx) {
+        if !p.phantom {
+            self.orphan_resp[1 - dir] = 0;
+        }
         if self.pending[dir].len() >= ctx.cfg.max_pending_per_connection.max(1) {
             if let Some(mut old) = self.pending[dir].pop_front() {
                 ctx.stats.evicted_pending += 1;
@@ -672,7 +705,10 @@ impl Conn {
     fn settle(&self, dir: usize, p: &mut Pending) {
         if p.req_end.is_none() {
             let min = p.req_start.wrapping_add(p.req.head_len as u32);
-            let next = self.pending[dir].iter().map(|q| q.req_start).find(|s| seq_lt(p.req_start, *s));
+            let next = self.pending[dir]
+                .iter()
+                .map(|q| q.req_start)
+                .find(|s| seq_lt(p.req_start, *s));
             p.req_end = Some(next.unwrap_or_else(|| self.streams[dir].estimate_end(min)));
         }
         if let Some(r) = p.resp.as_mut() {
@@ -691,7 +727,9 @@ impl Conn {
     fn flush(&mut self, ctx: &mut Ctx) {
         for dir in 0..2 {
             while self.pending[dir].front().is_some_and(Pending::complete) {
-                let Some(p) = self.pending[dir].pop_front() else { break };
+                let Some(p) = self.pending[dir].pop_front() else {
+                    break;
+                };
                 if !p.phantom {
                     ctx.done.push(Done { dir, p });
                 }
@@ -703,7 +741,8 @@ impl Conn {
     /// sock_ops reports them, FIN included) and hand over every request.
     pub(crate) fn finalize(&mut self, ends: [Option<u32>; 2], ctx: &mut Ctx) {
         for (dir, end) in ends.into_iter().enumerate() {
-            if let MsgState::Head { start, ts, buf } = std::mem::take(&mut self.streams[dir].state) {
+            if let MsgState::Head { start, ts, buf } = std::mem::take(&mut self.streams[dir].state)
+            {
                 self.on_truncated_head(dir, start, ts, &buf, ctx);
             }
             let Some(mut end) = end else { continue };
@@ -753,7 +792,9 @@ impl Conn {
                 {
                     break;
                 }
-                let Some(mut p) = self.pending[dir].pop_front() else { break };
+                let Some(mut p) = self.pending[dir].pop_front() else {
+                    break;
+                };
                 self.settle(dir, &mut p);
                 let st = &mut self.streams[rdir];
                 if st.open == Some(rstart) {

@@ -489,10 +489,18 @@ fn build_exchange(
         dst_ip: ip(dst.0),
         dst_port: dst.1,
         client_pid: if client.local { client.pid } else { 0 },
-        client_comm: if client.local { client.comm.clone() } else { String::new() },
+        client_comm: if client.local {
+            client.comm.clone()
+        } else {
+            String::new()
+        },
         client_cgroup,
         server_pid: if server.local { server.pid } else { 0 },
-        server_comm: if server.local { server.comm.clone() } else { String::new() },
+        server_comm: if server.local {
+            server.comm.clone()
+        } else {
+            String::new()
+        },
         server_cgroup,
         user_agent: req.header("user-agent").unwrap_or_default().to_string(),
         request_id,
