@@ -202,21 +202,26 @@ impl Engine {
             }
             self.conns.insert(key, Conn::new(key, hdr.ts_ns));
         }
-        let identity = self.learn_socket(hdr, egress, key.ends[local_end], key.ends[1 - local_end]);
+        let known = self.learn_socket(hdr, egress, key.ends[local_end], key.ends[1 - local_end]);
+        let info = if known {
+            self.socks.peek(&hdr.cookie)
+        } else {
+            None
+        };
         let mut done = Vec::new();
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         let end = &mut conn.ends[local_end];
         end.local = true;
-        if let Some(info) = identity {
+        if let Some(info) = info {
             end.cookie = hdr.cookie;
             if info.cgroup_id != 0 {
                 end.cgroup_id = info.cgroup_id;
             }
-            if info.pid != 0 {
+            if info.pid != 0 && (end.pid != info.pid || end.comm != info.comm) {
                 end.pid = info.pid;
-                end.comm = info.comm;
+                end.comm.clone_from(&info.comm);
             }
         } else if hdr.cgroup_id != 0 {
             end.cgroup_id = hdr.cgroup_id;
@@ -230,21 +235,23 @@ impl Engine {
         self.emit(&key, done);
     }
 
-    /// Records what a data record tells about its local socket; returns the socket's identity when it has a cookie.
+    /// Records what a data record tells about its local socket; false when it names none (cookie 0).
     fn learn_socket(
         &mut self,
         hdr: &DataHeader,
         egress: bool,
         local: Endpoint,
         remote: Endpoint,
-    ) -> Option<SockInfo> {
+    ) -> bool {
         if hdr.cookie == 0 {
-            return None;
+            return false;
         }
         if !self.socks.contains(&hdr.cookie) {
             self.insert_sock(hdr.cookie, SockInfo::default());
         }
-        let info = self.socks.get_mut(&hdr.cookie)?;
+        let Some(info) = self.socks.get_mut(&hdr.cookie) else {
+            return false;
+        };
         info.local = Some(local);
         info.remote = Some(remote);
         if hdr.cgroup_id != 0 {
@@ -254,7 +261,7 @@ impl Engine {
             info.pid = (hdr.pid_tgid >> 32) as u32;
             info.comm = comm_str(&hdr.comm);
         }
-        Some(info.clone())
+        true
     }
 
     fn insert_sock(&mut self, cookie: u64, info: SockInfo) {

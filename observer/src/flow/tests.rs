@@ -990,6 +990,25 @@ fn malformed_input_is_counted_not_fatal() {
 }
 
 #[test]
+fn input_cut_short_by_close_is_a_truncated_event() {
+    let mut s = Sim::new(Obs::Server);
+    s.request(b"GET /cut?a=1 HTTP/1.1\r\nHost: cut.example\r\nAcc");
+    s.close();
+    let ex = s.take();
+    let e = &one(&ex).event;
+    assert!(e.truncated, "the head never completed");
+    assert_eq!(
+        (e.path.as_str(), e.host.as_str(), e.status),
+        ("/cut", "cut.example", 0)
+    );
+    // Continuations whose start was never seen (non-HTTP traffic mid-stream): counted, nothing else.
+    let mut s = Sim::new(Obs::Server);
+    s.cap_left[C2S] = 100;
+    s.segment(C2S, b"\x00\x01 not http at all");
+    assert_eq!((s.stats().out_of_order, s.stats().connections), (1, 0));
+}
+
+#[test]
 fn too_many_headers_is_malformed_but_answered() {
     let mut s = Sim::new(Obs::Server);
     let mut req = b"GET /many HTTP/1.1\r\n".to_vec();
