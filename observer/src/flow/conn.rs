@@ -28,6 +28,8 @@ pub(crate) fn seq_le(a: u32, b: u32) -> bool {
 
 /// Bodies at least this long cannot be placed with 32-bit sequence arithmetic; their end is left unknown.
 const MAX_SEQ_SPAN: u64 = 1 << 30;
+/// No HTTP/1.x message is shorter than this (`GET / HTTP/1.1\r\n\r\n` is 18 bytes).
+const MIN_MESSAGE: u32 = 16;
 /// Out-of-order continuation segments kept per stream, waiting for the gap before them to fill.
 const MAX_STASH: usize = 4;
 /// Message starts remembered per stream to recognize a second observation of the same start.
@@ -347,8 +349,9 @@ impl Conn {
         if let Some(open) = st.open {
             self.msg_end(dir, open, seq);
         } else if let Some(e) = st.expect_next {
-            if seq_lt(e, seq) {
+            if seq.wrapping_sub(e) >= MIN_MESSAGE && seq_lt(e, seq) {
                 // Bytes between the end of the last message and this start were never captured: a whole message.
+                // (A few stray bytes, like the CRLF some clients add after a body, are not a message.)
                 ctx.stats.gaps += 1;
                 self.lost_message(dir, e, seq, ctx);
             }
@@ -411,6 +414,11 @@ impl Conn {
             let at = base.wrapping_add(i as u32);
             let state = std::mem::take(&mut self.streams[dir].state);
             let next = match state {
+                // Empty lines between messages are ignored (RFC 9112 §2.2).
+                MsgState::Idle if matches!(bytes[i], b'\r' | b'\n') => {
+                    i += 1;
+                    MsgState::Idle
+                }
                 MsgState::Idle => {
                     self.streams[dir].remember_start(at);
                     MsgState::Head {
