@@ -18,7 +18,7 @@ use observer_common::COUNTER_NAMES;
 use tracing::{info, warn};
 
 use crate::{
-    cgroups::SysCgroupResolver,
+    cgroups::FsCgroupResolver,
     config::CaptureArgs,
     enrich, flow, loader,
     metrics::{Metrics, Sample},
@@ -68,6 +68,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         ports: args.capture.ports.0.clone(),
         capture_bytes: args.capture.capture_bytes,
     };
+    let resolver = FsCgroupResolver::from_system().context("finding the cgroup v2 hierarchy")?;
     let loaded = loader::load(&opts)?;
     metrics.set_ready(true);
     info!(programs = loaded.attached.len(), "capturing");
@@ -86,7 +87,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         let sinks = sinks.clone();
         std::thread::Builder::new()
             .name("observer-capture".into())
-            .spawn(move || capture_loop(loaded, flow_cfg, enricher, sinks, metrics, stop))
+            .spawn(move || capture_loop(loaded, flow::Engine::new(flow_cfg, Box::new(resolver)), enricher, sinks, metrics, stop))
             .context("starting the capture thread")?
     };
 
@@ -129,7 +130,7 @@ async fn wait_for_stop(run_for: Option<Duration>) {
 
 fn capture_loop(
     mut loaded: loader::Loaded,
-    cfg: flow::FlowConfig,
+    mut engine: flow::Engine,
     enricher: enrich::Live,
     sinks: sink::Sinks,
     metrics: Arc<Metrics>,

@@ -1,1 +1,804 @@
-//! (being written)
+//! Pure HTTP/1.x parsing: request/response heads with `httparse`, body framing rules and an incremental chunk walker.
+//!
+//! Nothing here knows about TCP or sockets: callers hand in the bytes of a message start and get back a parsed head
+//! (with its length on the wire), `Partial` when more bytes are needed, or a [`ParseError`]. Body bytes are never
+//! stored; [`BodyLength`] says how far the message extends and [`ChunkedDecoder`] walks chunked framing byte by byte
+//! across segment boundaries.
+
+/// Headers kept per message; a head with more is malformed (and counted by the caller).
+pub const MAX_HEADERS: usize = 64;
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("not an HTTP/1.x message")]
+    NotHttp,
+    #[error("malformed HTTP head: {0}")]
+    Malformed(String),
+    #[error("invalid Content-Length {0:?}")]
+    BadContentLength(String),
+    #[error("invalid chunked framing")]
+    BadChunk,
+}
+
+impl From<httparse::Error> for ParseError {
+    fn from(e: httparse::Error) -> Self {
+        match e {
+            httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+            other => ParseError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// Result of parsing a prefix of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<T> {
+    Complete(T),
+    /// The head is not complete in the bytes given.
+    Partial,
+}
+
+/// A parsed request line and header block.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestHead {
+    pub method: String,
+    /// Request target as sent (origin-form `/p?q`, absolute-form, authority-form or `*`).
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Vec<(String, String)>,
+    /// Bytes of the head on the wire, including the final empty line.
+    pub head_len: usize,
+}
+
+/// A parsed status line and header block.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResponseHead {
+    pub minor_version: u8,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Bytes of the head on the wire, including the final empty line.
+    pub head_len: usize,
+}
+
+/// Either kind of head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    Request(RequestHead),
+    Response(ResponseHead),
+}
+
+impl Head {
+    pub fn head_len(&self) -> usize {
+        match self {
+            Head::Request(r) => r.head_len,
+            Head::Response(r) => r.head_len,
+        }
+    }
+}
+
+/// How the body of a message is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body: the message ends with its head.
+    Empty,
+    /// Exactly this many body bytes follow the head.
+    Length(u64),
+    /// Chunked transfer coding: walk it with [`ChunkedDecoder`].
+    Chunked,
+    /// The body runs until the connection closes (responses only).
+    UntilClose,
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Transfer-Encoding present: `Some(true)` when chunked is the final coding.
+fn chunked_last(headers: &[(String, String)]) -> Option<bool> {
+    let codings: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let last = codings.last()?;
+    Some(last.eq_ignore_ascii_case("chunked"))
+}
+
+/// Content-Length, tolerating repeated identical values (`5, 5`); differing values are an error.
+fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, ParseError> {
+    let mut found: Option<u64> = None;
+    for (_, v) in headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        for part in v.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ParseError::BadContentLength(v.clone()));
+            }
+            let n: u64 = part
+                .parse()
+                .map_err(|_| ParseError::BadContentLength(v.clone()))?;
+            match found {
+                Some(prev) if prev != n => return Err(ParseError::BadContentLength(v.clone())),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn keep_alive(minor_version: u8, headers: &[(String, String)]) -> bool {
+    if has_token(headers, "connection", "close") {
+        return false;
+    }
+    minor_version >= 1 || has_token(headers, "connection", "keep-alive")
+}
+
+impl RequestHead {
+    /// First value of a header, case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// Body framing of the request (RFC 9112 §6.3): chunked wins over Content-Length; neither means no body.
+    pub fn body_length(&self) -> Result<BodyLength, ParseError> {
+        match chunked_last(&self.headers) {
+            Some(true) => return Ok(BodyLength::Chunked),
+            Some(false) => {
+                return Err(ParseError::Malformed(
+                    "request transfer coding without chunked".into(),
+                ))
+            }
+            None => {}
+        }
+        Ok(match content_length(&self.headers)? {
+            Some(0) | None => BodyLength::Empty,
+            Some(n) => BodyLength::Length(n),
+        })
+    }
+
+    /// `Expect: 100-continue`: interim 100 responses may precede the final one.
+    pub fn expects_continue(&self) -> bool {
+        has_token(&self.headers, "expect", "100-continue")
+    }
+
+    /// Whether the client asks to keep the connection open after this exchange.
+    pub fn keep_alive(&self) -> bool {
+        keep_alive(self.minor_version, &self.headers)
+    }
+
+    /// Path of the target without query string (absolute-form targets are reduced to their path).
+    pub fn path(&self) -> &str {
+        let t = origin_part(&self.target);
+        match t.find(['?', '#']) {
+            Some(i) => &t[..i],
+            None => t,
+        }
+    }
+
+    /// Raw query string without the leading `?` (and without any fragment), "" when absent.
+    pub fn query(&self) -> &str {
+        let t = origin_part(&self.target);
+        let Some(i) = t.find('?') else { return "" };
+        let q = &t[i + 1..];
+        match q.find('#') {
+            Some(j) => &q[..j],
+            None => q,
+        }
+    }
+
+    /// Host header, else the authority of an absolute-form or authority-form target.
+    pub fn host(&self) -> &str {
+        if let Some(h) = self.header("host") {
+            return h.trim();
+        }
+        if let Some(rest) = self.target.split_once("://").map(|(_, r)| r) {
+            return rest.split(['/', '?', '#']).next().unwrap_or("");
+        }
+        if self.method.eq_ignore_ascii_case("CONNECT") {
+            return &self.target;
+        }
+        ""
+    }
+}
+
+/// The origin-form part of a target: absolute-form `http://h/p?q` gives `/p?q`; `*` and origin-form are unchanged.
+fn origin_part(target: &str) -> &str {
+    match target.split_once("://") {
+        Some((_, rest)) => match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+            Some(i) => &rest[i..],
+            None => "/",
+        },
+        None => target,
+    }
+}
+
+impl ResponseHead {
+    /// First value of a header, case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// 1xx other than 101: an interim response that precedes the final one (e.g. `100 Continue`).
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+
+    /// After this response the connection stops carrying HTTP (101 upgrade, 2xx to CONNECT).
+    pub fn starts_tunnel(&self, request_method: &str) -> bool {
+        self.status == 101
+            || (request_method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&self.status))
+    }
+
+    /// Body framing of the response to a request with `request_method` (RFC 9112 §6.3).
+    pub fn body_length(&self, request_method: &str) -> Result<BodyLength, ParseError> {
+        if request_method.eq_ignore_ascii_case("HEAD")
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+            || self.starts_tunnel(request_method)
+        {
+            return Ok(BodyLength::Empty);
+        }
+        match chunked_last(&self.headers) {
+            Some(true) => return Ok(BodyLength::Chunked),
+            Some(false) => return Ok(BodyLength::UntilClose),
+            None => {}
+        }
+        Ok(match content_length(&self.headers)? {
+            Some(0) => BodyLength::Empty,
+            Some(n) => BodyLength::Length(n),
+            None => BodyLength::UntilClose,
+        })
+    }
+
+    /// Whether the server keeps the connection open after this response.
+    pub fn keep_alive(&self) -> bool {
+        keep_alive(self.minor_version, &self.headers)
+    }
+}
+
+fn collect_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Parses a request head at the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf)? {
+        httparse::Status::Partial => Ok(Parsed::Partial),
+        httparse::Status::Complete(head_len) => Ok(Parsed::Complete(RequestHead {
+            method: req.method.unwrap_or_default().to_string(),
+            target: req.path.unwrap_or_default().to_string(),
+            minor_version: req.version.unwrap_or(1),
+            headers: collect_headers(req.headers),
+            head_len,
+        })),
+    }
+}
+
+/// Parses a response head at the start of `buf`.
+pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf)? {
+        httparse::Status::Partial => Ok(Parsed::Partial),
+        httparse::Status::Complete(head_len) => Ok(Parsed::Complete(ResponseHead {
+            minor_version: resp.version.unwrap_or(1),
+            status: resp.code.unwrap_or(0),
+            headers: collect_headers(resp.headers),
+            head_len,
+        })),
+    }
+}
+
+/// The bytes start like a response (`HTTP/`), or could still become one.
+fn is_response_prefix(buf: &[u8]) -> bool {
+    let n = buf.len().min(5);
+    buf[..n] == b"HTTP/"[..n]
+}
+
+/// The bytes start with a method-like token (uppercase letters, then a space), as the kernel classifier requires.
+pub fn looks_like_request(buf: &[u8]) -> bool {
+    let token_len = buf
+        .iter()
+        .take(20)
+        .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
+        .count();
+    token_len > 0 && buf.get(token_len) == Some(&b' ')
+}
+
+/// Parses whichever head starts `buf`: a response if it begins with `HTTP/`, else a request.
+pub fn parse_head(buf: &[u8]) -> Result<Parsed<Head>, ParseError> {
+    if buf.is_empty() {
+        return Ok(Parsed::Partial);
+    }
+    if is_response_prefix(buf) {
+        if buf.len() < 5 {
+            return Ok(Parsed::Partial);
+        }
+        return Ok(match parse_response(buf)? {
+            Parsed::Complete(r) => Parsed::Complete(Head::Response(r)),
+            Parsed::Partial => Parsed::Partial,
+        });
+    }
+    if !buf[0].is_ascii_alphabetic() {
+        return Err(ParseError::NotHttp);
+    }
+    Ok(match parse_request(buf)? {
+        Parsed::Complete(r) => Parsed::Complete(Head::Request(r)),
+        Parsed::Partial => Parsed::Partial,
+    })
+}
+
+/// Best-effort parse of a head cut short by the capture cap: the complete lines seen are parsed as if the head ended
+/// there; a request line cut in the middle still gives the method and the beginning of the target. `head_len` of
+/// the result is the number of bytes given (the real length is unknown). `None` when nothing usable is there.
+pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
+    let last_line_end = buf.windows(2).rposition(|w| w == b"\r\n").map(|i| i + 2);
+    if let Some(end) = last_line_end {
+        let mut fixed = Vec::with_capacity(end + 2);
+        fixed.extend_from_slice(&buf[..end]);
+        fixed.extend_from_slice(b"\r\n");
+        if let Ok(Parsed::Complete(mut head)) = parse_head(&fixed) {
+            match &mut head {
+                Head::Request(r) => r.head_len = buf.len(),
+                Head::Response(r) => r.head_len = buf.len(),
+            }
+            return Some(head);
+        }
+    }
+    // The start line itself is cut: take what it holds.
+    let line_end = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(buf.len());
+    let line = String::from_utf8_lossy(&buf[..line_end]);
+    let mut parts = line.splitn(3, ' ');
+    let first = parts.next()?;
+    if first.starts_with("HTTP/1.") {
+        let status: u16 = parts.next()?.get(..3)?.parse().ok()?;
+        return Some(Head::Response(ResponseHead {
+            minor_version: u8::from(first.ends_with(".1")),
+            status,
+            headers: Vec::new(),
+            head_len: buf.len(),
+        }));
+    }
+    if !looks_like_request(buf) {
+        return None;
+    }
+    let target = parts.next()?.to_string();
+    Some(Head::Request(RequestHead {
+        method: first.to_string(),
+        target,
+        minor_version: 1,
+        headers: Vec::new(),
+        head_len: buf.len(),
+    }))
+}
+
+/// Query parameter names in order of first appearance, percent-decoded, without values; empty names skipped.
+pub fn query_keys(query: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for pair in query.split(['&', ';']) {
+        let name = pair.split('=').next().unwrap_or("");
+        if name.is_empty() {
+            continue;
+        }
+        let name = percent_decode(name);
+        if !name.is_empty() && !keys.contains(&name) {
+            keys.push(name);
+        }
+    }
+    keys
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed and not all zeros.
+pub fn traceparent_trace_id(value: &str) -> Option<&str> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace_id = parts.next()?;
+    let parent_id = parts.next()?;
+    let flags = parts.next()?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version == "ff" || !hex(parent_id, 16) || !hex(flags, 2) {
+        return None;
+    }
+    if !hex(trace_id, 32) || trace_id.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(trace_id)
+}
+
+/// Progress of a [`ChunkedDecoder`] over one input slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStep {
+    /// The body (last chunk and trailers) ended after this many bytes of the input.
+    Done(usize),
+    /// All input consumed, the body continues.
+    NeedMore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerLineStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// Walks chunked framing incrementally without storing data; counts nothing but where the body ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    size: u64,
+    size_digits: u8,
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn after_size(&mut self) -> ChunkState {
+        let size = std::mem::take(&mut self.size);
+        self.size_digits = 0;
+        if size == 0 {
+            ChunkState::TrailerLineStart
+        } else {
+            ChunkState::Data(size)
+        }
+    }
+
+    /// Consumes the next bytes of the body.
+    pub fn feed(&mut self, input: &[u8]) -> Result<ChunkStep, ParseError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            self.state = match self.state {
+                ChunkState::Done => return Ok(ChunkStep::Done(i)),
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.size_digits >= 15 {
+                            return Err(ParseError::BadChunk);
+                        }
+                        self.size_digits += 1;
+                        self.size =
+                            self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
+                        ChunkState::Size
+                    }
+                    b';' | b' ' | b'\t' if self.size_digits > 0 => ChunkState::Ext,
+                    b'\r' if self.size_digits > 0 => ChunkState::SizeLf,
+                    b'\n' if self.size_digits > 0 => self.after_size(),
+                    _ => return Err(ParseError::BadChunk),
+                },
+                ChunkState::Ext => match b {
+                    b'\r' => ChunkState::SizeLf,
+                    b'\n' => self.after_size(),
+                    _ => ChunkState::Ext,
+                },
+                ChunkState::SizeLf => match b {
+                    b'\n' => self.after_size(),
+                    _ => return Err(ParseError::BadChunk),
+                },
+                ChunkState::Data(n) => {
+                    let take = n.min((input.len() - i) as u64);
+                    i += take as usize;
+                    let left = n - take;
+                    self.state = if left == 0 {
+                        ChunkState::DataCr
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    continue;
+                }
+                ChunkState::DataCr => match b {
+                    b'\r' => ChunkState::DataLf,
+                    b'\n' => ChunkState::Size,
+                    _ => return Err(ParseError::BadChunk),
+                },
+                ChunkState::DataLf => match b {
+                    b'\n' => ChunkState::Size,
+                    _ => return Err(ParseError::BadChunk),
+                },
+                ChunkState::TrailerLineStart => match b {
+                    b'\r' => ChunkState::EndLf,
+                    b'\n' => ChunkState::Done,
+                    _ => ChunkState::TrailerLine,
+                },
+                ChunkState::TrailerLine => match b {
+                    b'\r' => ChunkState::TrailerLf,
+                    b'\n' => ChunkState::TrailerLineStart,
+                    _ => ChunkState::TrailerLine,
+                },
+                ChunkState::TrailerLf => match b {
+                    b'\n' => ChunkState::TrailerLineStart,
+                    _ => return Err(ParseError::BadChunk),
+                },
+                ChunkState::EndLf => match b {
+                    b'\n' => ChunkState::Done,
+                    _ => return Err(ParseError::BadChunk),
+                },
+            };
+            i += 1;
+        }
+        if self.state == ChunkState::Done {
+            return Ok(ChunkStep::Done(i));
+        }
+        Ok(ChunkStep::NeedMore)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(buf: &[u8]) -> RequestHead {
+        match parse_request(buf) {
+            Ok(Parsed::Complete(r)) => r,
+            other => panic!("expected a complete request from {buf:?}, got {other:?}"),
+        }
+    }
+
+    fn resp(buf: &[u8]) -> ResponseHead {
+        match parse_response(buf) {
+            Ok(Parsed::Complete(r)) => r,
+            other => panic!("expected a complete response from {buf:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let raw =
+            b"GET /a/b?x=1&y=2&x=3 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\nrest";
+        let r = req(raw);
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path(), "/a/b");
+        assert_eq!(r.query(), "x=1&y=2&x=3");
+        assert_eq!(r.host(), "example.com");
+        assert_eq!(r.header("user-agent"), Some("curl/8"));
+        assert_eq!(r.head_len, raw.len() - 4, "head length excludes the body");
+        assert_eq!(r.body_length(), Ok(BodyLength::Empty));
+        assert!(r.keep_alive(), "HTTP/1.1 defaults to keep-alive");
+    }
+
+    #[test]
+    fn partial_and_errors() {
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Ok(Parsed::Partial)
+        );
+        assert_eq!(parse_head(b"HTT"), Ok(Parsed::Partial));
+        assert_eq!(parse_head(b""), Ok(Parsed::Partial));
+        assert_eq!(parse_head(b"\x00\x01binary"), Err(ParseError::NotHttp));
+        assert!(
+            matches!(
+                parse_head(b"GET / HTTP/9.9\r\n\r\n"),
+                Err(ParseError::Malformed(_))
+            ),
+            "bad version must be malformed"
+        );
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..(MAX_HEADERS + 1) {
+            many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_head(&many), Err(ParseError::TooManyHeaders));
+    }
+
+    #[test]
+    fn request_framing() {
+        let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(r.body_length(), Ok(BodyLength::Length(10)));
+        let r = req(
+            b"POST /u HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(r.body_length(), Ok(BodyLength::Chunked), "chunked wins");
+        let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n");
+        assert_eq!(r.body_length(), Ok(BodyLength::Length(4)));
+        let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n");
+        assert!(
+            r.body_length().is_err(),
+            "conflicting lengths are malformed"
+        );
+        let r = req(b"POST /u HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+        assert!(r.body_length().is_err(), "negative length is malformed");
+        let r = req(b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(r.expects_continue());
+    }
+
+    #[test]
+    fn response_framing() {
+        let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(r.body_length("GET"), Ok(BodyLength::Length(5)));
+        assert_eq!(
+            r.body_length("HEAD"),
+            Ok(BodyLength::Empty),
+            "HEAD has no body"
+        );
+        let r = resp(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
+        let r = resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
+        let r = resp(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(r.is_interim());
+        assert_eq!(r.body_length("POST"), Ok(BodyLength::Empty));
+        let r = resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+        assert!(!r.is_interim(), "101 is final");
+        assert!(r.starts_tunnel("GET"));
+        let r = resp(b"HTTP/1.0 200 OK\r\n\r\n");
+        assert_eq!(r.body_length("GET"), Ok(BodyLength::UntilClose));
+        assert!(!r.keep_alive(), "HTTP/1.0 defaults to close");
+        let r = resp(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n");
+        assert!(r.keep_alive());
+        assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
+        let r = resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(r.body_length("GET"), Ok(BodyLength::Chunked));
+        let r = resp(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n");
+        assert!(!r.keep_alive());
+        let r = resp(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        assert!(r.starts_tunnel("CONNECT"));
+        assert_eq!(r.body_length("CONNECT"), Ok(BodyLength::Empty));
+    }
+
+    #[test]
+    fn targets() {
+        let r = req(b"GET http://h.example:8080/p/q?a=1#f HTTP/1.1\r\n\r\n");
+        assert_eq!(r.path(), "/p/q");
+        assert_eq!(r.query(), "a=1");
+        assert_eq!(r.host(), "h.example:8080");
+        let r = req(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.path(), "*");
+        let r = req(b"CONNECT db:5432 HTTP/1.1\r\n\r\n");
+        assert_eq!(r.host(), "db:5432");
+        let r = req(b"GET http://h?z=1 HTTP/1.1\r\n\r\n");
+        assert_eq!(r.path(), "");
+        assert_eq!(r.query(), "z=1");
+    }
+
+    #[test]
+    fn query_key_extraction() {
+        assert_eq!(query_keys("b=1&a=2&b=3&&=x&c"), vec!["b", "a", "c"]);
+        assert_eq!(
+            query_keys("na%6De=1&x+y=2&bad%zz=3&tail%"),
+            vec!["name", "x y", "bad%zz", "tail%"]
+        );
+        assert!(query_keys("").is_empty());
+    }
+
+    #[test]
+    fn traceparent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            traceparent_trace_id(tp),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            traceparent_trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(traceparent_trace_id("garbage"), None);
+        assert_eq!(
+            traceparent_trace_id("00-4bf92f35-00f067aa0ba902b7-01"),
+            None
+        );
+    }
+
+    #[test]
+    fn truncated_heads() {
+        let cut = b"GET /long?k=v HTTP/1.1\r\nHost: a\r\nCookie: xxxxxxxx";
+        let Some(Head::Request(r)) = parse_truncated_head(cut) else {
+            panic!("a request cut after its host line must still parse");
+        };
+        assert_eq!(
+            (r.method.as_str(), r.path(), r.host()),
+            ("GET", "/long", "a")
+        );
+        assert_eq!(r.head_len, cut.len());
+        let Some(Head::Request(r)) = parse_truncated_head(b"GET /very/long/path/aaaa") else {
+            panic!("a request cut inside its request line must still give the method");
+        };
+        assert_eq!(
+            (r.method.as_str(), r.target.as_str()),
+            ("GET", "/very/long/path/aaaa")
+        );
+        let Some(Head::Response(r)) = parse_truncated_head(b"HTTP/1.1 404 Not Found\r\nX-A: aaaa")
+        else {
+            panic!("a cut response must give its status");
+        };
+        assert_eq!(r.status, 404);
+        assert_eq!(parse_truncated_head(b"\x01\x02\x03"), None);
+    }
+
+    #[test]
+    fn chunked_walk() {
+        let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.feed(body), Ok(ChunkStep::Done(body.len() - 4)));
+
+        // Byte by byte gives the same end.
+        let mut d = ChunkedDecoder::new();
+        let mut done = None;
+        for (i, b) in body.iter().enumerate() {
+            if let ChunkStep::Done(n) = d.feed(std::slice::from_ref(b)).expect("valid chunking") {
+                assert_eq!(n, 1, "the final byte ends the body");
+                done = Some(i + 1);
+                break;
+            }
+        }
+        assert_eq!(done, Some(body.len() - 4));
+
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.feed(b"10\r\n0123456789"), Ok(ChunkStep::NeedMore));
+        assert_eq!(d.feed(b"abcdef\r\n0\r\n\r\n"), Ok(ChunkStep::Done(13)));
+
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.feed(b"zz\r\n"), Err(ParseError::BadChunk));
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(
+            d.feed(b"ffffffffffffffff\r\n"),
+            Err(ParseError::BadChunk),
+            "size overflow"
+        );
+    }
+}

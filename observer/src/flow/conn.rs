@@ -1,0 +1,825 @@
+//! One TCP connection: its two byte streams rebuilt from captured segments, and requests paired with responses.
+//!
+//! Each direction is a [`Stream`] that walks the captured bytes message by message (head, then body framing), using
+//! TCP sequence numbers to place segments, merge the second observation of locally looped traffic, drop
+//! retransmits and measure message sizes. Parsed requests wait in a per-direction queue until their response (from
+//! the opposite stream) and both sizes are known; finished ones are handed to the caller through [`Ctx::done`].
+use std::collections::VecDeque;
+
+use observer_common::{
+    DataHeader, DATA_FLAG_START, DATA_FLAG_TRUNCATED, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS,
+    HOOK_TC_EGRESS, HOOK_TC_INGRESS,
+};
+
+use super::{FlowConfig, FlowStats};
+use crate::http::{self, BodyLength, ChunkStep, ChunkedDecoder, Head, Parsed, RequestHead};
+
+/// Address (IPv4-mapped IPv6) and port.
+pub(crate) type Endpoint = ([u8; 16], u16);
+
+/// `a < b`: serial-number comparison of TCP sequence numbers.
+pub(crate) fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+pub(crate) fn seq_le(a: u32, b: u32) -> bool {
+    a == b || seq_lt(a, b)
+}
+
+/// Bodies at least this long cannot be placed with 32-bit sequence arithmetic; their end is left unknown.
+const MAX_SEQ_SPAN: u64 = 1 << 30;
+/// No HTTP/1.x message is shorter than this (`GET / HTTP/1.1\r\n\r\n` is 18 bytes).
+const MIN_MESSAGE: u32 = 16;
+/// Out-of-order continuation segments kept per stream, waiting for the gap before them to fill.
+const MAX_STASH: usize = 4;
+/// Message starts remembered per stream to recognize a second observation of the same start.
+const RECENT_STARTS: usize = 16;
+
+/// Both directions of a connection, endpoints in a fixed order so either direction finds the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConnKey {
+    pub(crate) ends: [Endpoint; 2],
+}
+
+impl ConnKey {
+    /// Key of the connection a packet from `src` to `dst` belongs to, and the direction index of that packet:
+    /// direction `d` goes from `ends[d]` to `ends[1 - d]`.
+    pub(crate) fn new(src: Endpoint, dst: Endpoint) -> (Self, usize) {
+        if src <= dst {
+            (ConnKey { ends: [src, dst] }, 0)
+        } else {
+            (ConnKey { ends: [dst, src] }, 1)
+        }
+    }
+}
+
+/// What is known about the local socket (if any) at one end of a connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct EndInfo {
+    /// A local socket (or local hook) observed this end.
+    pub(crate) local: bool,
+    pub(crate) cookie: u64,
+    pub(crate) cgroup_id: u64,
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+}
+
+/// The final response of an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resp {
+    pub(crate) start: u32,
+    /// 0 when the response was lost (a gap in the response stream) and only its size is known.
+    pub(crate) status: u16,
+    /// When its head was complete (CLOCK_MONOTONIC ns).
+    pub(crate) head_ts: u64,
+    pub(crate) end: Option<u32>,
+    pub(crate) truncated: bool,
+}
+
+/// A request waiting for its response and sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) req_start: u32,
+    pub(crate) req_ts: u64,
+    pub(crate) req: RequestHead,
+    pub(crate) req_truncated: bool,
+    pub(crate) req_end: Option<u32>,
+    pub(crate) resp: Option<Resp>,
+    /// Bytes of interim (1xx) responses before the final one.
+    pub(crate) interim_bytes: u64,
+    /// Stands for a request that was lost or unparseable: takes its response's place, never emitted.
+    pub(crate) phantom: bool,
+}
+
+impl Pending {
+    fn complete(&self) -> bool {
+        self.req_end.is_some() && self.resp.as_ref().is_some_and(|r| r.end.is_some())
+    }
+}
+
+/// A finished request handed back to the engine; `dir` is the direction the request travelled.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub(crate) dir: usize,
+    pub(crate) p: Pending,
+}
+
+/// What a connection operation needs from the engine.
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a FlowConfig,
+    pub(crate) stats: &'a mut FlowStats,
+    pub(crate) done: &'a mut Vec<Done>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request,
+    Response,
+}
+
+/// Where the byte walker of a stream is.
+#[derive(Debug, Default)]
+enum MsgState {
+    /// The next byte starts a message.
+    #[default]
+    Idle,
+    /// Collecting a head that started at `start` (record time `ts`).
+    Head { start: u32, ts: u64, buf: Vec<u8> },
+    /// Skipping this many body bytes of a message whose end is known.
+    Body(u64),
+    /// Walking a chunked body.
+    Chunked(ChunkedDecoder),
+    /// Bytes cannot be placed (unknown framing, malformed): wait for the next message start.
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Stashed {
+    seq: u32,
+    ts: u64,
+    flags: u32,
+    data: Vec<u8>,
+}
+
+/// One direction of the connection.
+#[derive(Debug, Default)]
+struct Stream {
+    state: MsgState,
+    /// Sequence number of the next captured byte expected (contiguous capture of the current message).
+    next_seq: Option<u32>,
+    /// Bytes captured since the last message start segment, and whether the kernel stopped copying.
+    captured: u64,
+    capture_over: bool,
+    /// Start of the message whose end is not known yet.
+    open: Option<u32>,
+    /// End of the last message when its framing gave it: where the next message must start.
+    expect_next: Option<u32>,
+    last_kind: Option<Kind>,
+    recent_starts: VecDeque<u32>,
+    /// Per hook: sequence numbers of its latest segments (a hook seeing one again is a retransmission).
+    hook_seen: [VecDeque<u32>; 4],
+    /// Highest segment end seen in this direction.
+    max_end: Option<u32>,
+    last_ts: u64,
+    stash: Vec<Stashed>,
+}
+
+impl Stream {
+    fn remember_start(&mut self, seq: u32) {
+        if self.recent_starts.len() >= RECENT_STARTS {
+            self.recent_starts.pop_front();
+        }
+        self.recent_starts.push_back(seq);
+    }
+
+    /// End estimate for a message whose end was never delimited: the furthest byte seen, at least `min_end`.
+    fn estimate_end(&self, min_end: u32) -> u32 {
+        match self.max_end {
+            Some(m) if seq_lt(min_end, m) => m,
+            _ => min_end,
+        }
+    }
+}
+
+fn hook_slot(hook: u32) -> Option<usize> {
+    match hook {
+        HOOK_CGROUP_INGRESS => Some(0),
+        HOOK_CGROUP_EGRESS => Some(1),
+        HOOK_TC_INGRESS => Some(2),
+        HOOK_TC_EGRESS => Some(3),
+        _ => None,
+    }
+}
+
+/// One TCP connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) key: ConnKey,
+    /// Local socket identity per endpoint (index as in `key.ends`).
+    pub(crate) ends: [EndInfo; 2],
+    streams: [Stream; 2],
+    /// Requests sent in direction `d`, oldest first.
+    pending: [VecDeque<Pending>; 2],
+    /// Final responses still to come in direction `d` whose request was already given up.
+    skip_resp: [u32; 2],
+    /// Final responses in direction `d` that found no request since the last request: a request found missing
+    /// later (sequence gap) was answered by one of them.
+    orphan_resp: [u32; 2],
+    /// Upgraded (101) or CONNECT tunnel: no more HTTP here.
+    tunnel: bool,
+    pub(crate) last_ts: u64,
+}
+
+impl Conn {
+    pub(crate) fn new(key: ConnKey, ts: u64) -> Self {
+        Conn {
+            key,
+            ends: Default::default(),
+            streams: Default::default(),
+            pending: Default::default(),
+            skip_resp: [0; 2],
+            orphan_resp: [0; 2],
+            tunnel: false,
+            last_ts: ts,
+        }
+    }
+
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending[0].len() + self.pending[1].len()
+    }
+
+    /// A captured segment travelling in direction `dir`.
+    pub(crate) fn on_data(&mut self, dir: usize, hdr: &DataHeader, payload: &[u8], ctx: &mut Ctx) {
+        self.last_ts = self.last_ts.max(hdr.ts_ns);
+        if self.tunnel || payload.is_empty() {
+            return;
+        }
+        let Some(slot) = hook_slot(hdr.hook) else {
+            ctx.stats.malformed += 1;
+            return;
+        };
+        let seq = hdr.seq;
+        let seg_end = seq.wrapping_add(hdr.payload_len.max(payload.len() as u32));
+        let st = &mut self.streams[dir];
+        st.last_ts = st.last_ts.max(hdr.ts_ns);
+        if st.max_end.is_none_or(|m| seq_lt(m, seg_end)) {
+            st.max_end = Some(seg_end);
+        }
+        // A start flag on the bytes right after an unfinished head or chunked body is the kernel's classifier
+        // matching inside the message (`... HTTP/1.1` split at a segment boundary): it is a continuation.
+        let mid_message = st.next_seq == Some(seq)
+            && matches!(st.state, MsgState::Head { .. } | MsgState::Chunked(_));
+        let is_start = hdr.flags & DATA_FLAG_START != 0 && !mid_message;
+        let copied_end = seq.wrapping_add(payload.len() as u32);
+        let walked = st.next_seq.is_some_and(|ns| {
+            if is_start {
+                seq_lt(seq, ns)
+            } else {
+                seq_le(copied_end, ns)
+            }
+        });
+        let seen_by_hook = st.hook_seen[slot].contains(&seq);
+        if !seen_by_hook {
+            if st.hook_seen[slot].len() >= RECENT_STARTS {
+                st.hook_seen[slot].pop_front();
+            }
+            st.hook_seen[slot].push_back(seq);
+        }
+        if walked {
+            if seen_by_hook {
+                // The same hook saw these bytes before: a TCP retransmission.
+                ctx.stats.retransmits += 1;
+            } else if is_start && !st.recent_starts.contains(&seq) {
+                ctx.stats.out_of_order += 1;
+            } else {
+                // The other end's observation of bytes already walked (both ends local).
+                ctx.stats.duplicates += 1;
+            }
+            return;
+        }
+
+        if is_start {
+            if matches!(st.state, MsgState::Body(_))
+                && st.expect_next.is_some_and(|e| seq_lt(seq, e))
+            {
+                // Body bytes that happen to look like a message start; the framing says otherwise.
+                ctx.stats.misframed += 1;
+                return;
+            }
+            self.start_message(dir, seq, ctx);
+            let st = &mut self.streams[dir];
+            st.next_seq = Some(seq);
+            st.captured = 0;
+            st.capture_over = false;
+            st.stash.retain(|s| seq_lt(seq, s.seq));
+            self.feed(dir, payload, hdr.ts_ns, hdr.flags, ctx);
+        } else {
+            let Some(ns) = st.next_seq else {
+                // A continuation of a message whose start we never saw.
+                ctx.stats.out_of_order += 1;
+                return;
+            };
+            if seq_lt(ns, seq) {
+                if st.stash.len() < MAX_STASH {
+                    st.stash.push(Stashed {
+                        seq,
+                        ts: hdr.ts_ns,
+                        flags: hdr.flags,
+                        data: payload.to_vec(),
+                    });
+                    ctx.stats.out_of_order += 1;
+                } else {
+                    ctx.stats.gaps += 1;
+                }
+                return;
+            }
+            let skip = ns.wrapping_sub(seq) as usize;
+            self.feed(dir, &payload[skip..], hdr.ts_ns, hdr.flags, ctx);
+        }
+        self.drain_stash(dir, ctx);
+        self.flush(ctx);
+    }
+
+    /// Feeds stashed segments that became contiguous.
+    fn drain_stash(&mut self, dir: usize, ctx: &mut Ctx) {
+        loop {
+            let st = &mut self.streams[dir];
+            let Some(ns) = st.next_seq else { return };
+            let Some(i) = st.stash.iter().position(|s| seq_le(s.seq, ns)) else {
+                return;
+            };
+            let s = st.stash.swap_remove(i);
+            let end = s.seq.wrapping_add(s.data.len() as u32);
+            if seq_lt(ns, end) {
+                let skip = ns.wrapping_sub(s.seq) as usize;
+                self.feed(dir, &s.data[skip..], s.ts, s.flags, ctx);
+            }
+        }
+    }
+
+    /// A new message starts at `seq`: whatever was in progress in this direction ends there.
+    fn start_message(&mut self, dir: usize, seq: u32, ctx: &mut Ctx) {
+        let state = std::mem::take(&mut self.streams[dir].state);
+        if let MsgState::Head { start, ts, buf } = state {
+            // Its head never completed, and the kernel moved on.
+            self.on_truncated_head(dir, start, ts, &buf, ctx);
+        }
+        let st = &mut self.streams[dir];
+        st.state = MsgState::Idle;
+        if let Some(open) = st.open {
+            self.msg_end(dir, open, seq);
+        } else if let Some(e) = st.expect_next {
+            if seq.wrapping_sub(e) >= MIN_MESSAGE && seq_lt(e, seq) {
+                // Bytes between the end of the last message and this start were never captured: a whole message.
+                // (A few stray bytes, like the CRLF some clients add after a body, are not a message.)
+                ctx.stats.gaps += 1;
+                self.lost_message(dir, e, seq, ctx);
+            }
+        }
+        self.streams[dir].expect_next = None;
+    }
+
+    /// A message we did not capture travelled in `dir` between `start` and `end`.
+    fn lost_message(&mut self, dir: usize, start: u32, end: u32, ctx: &mut Ctx) {
+        match self.streams[dir].last_kind {
+            Some(Kind::Request) if self.orphan_resp[1 - dir] > 0 => self.orphan_resp[1 - dir] -= 1,
+            Some(Kind::Request) => self.push_request(
+                dir,
+                Pending {
+                    req_start: start,
+                    req_ts: 0,
+                    req: RequestHead::default(),
+                    req_truncated: false,
+                    req_end: Some(end),
+                    resp: None,
+                    interim_bytes: 0,
+                    phantom: true,
+                },
+                ctx,
+            ),
+            Some(Kind::Response) => {
+                if self.skip_resp[dir] > 0 {
+                    self.skip_resp[dir] -= 1;
+                } else if let Some(p) = self.pending[1 - dir].iter_mut().find(|p| p.resp.is_none())
+                {
+                    p.resp = Some(Resp {
+                        start,
+                        status: 0,
+                        head_ts: 0,
+                        end: Some(end),
+                        truncated: false,
+                    });
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Walks `bytes`, the captured continuation of direction `dir` at `next_seq`.
+    fn feed(&mut self, dir: usize, bytes: &[u8], ts: u64, flags: u32, ctx: &mut Ctx) {
+        let Some(base) = self.streams[dir].next_seq else {
+            return;
+        };
+        {
+            let st = &mut self.streams[dir];
+            st.captured += bytes.len() as u64;
+            if flags & DATA_FLAG_TRUNCATED != 0 || st.captured >= u64::from(ctx.cfg.capture_bytes) {
+                st.capture_over = true;
+            }
+            st.next_seq = Some(base.wrapping_add(bytes.len() as u32));
+        }
+        let len = bytes.len();
+        let mut i = 0;
+        while i < len {
+            let at = base.wrapping_add(i as u32);
+            let state = std::mem::take(&mut self.streams[dir].state);
+            let next = match state {
+                // Empty lines between messages are ignored (RFC 9112 §2.2).
+                MsgState::Idle if matches!(bytes[i], b'\r' | b'\n') => {
+                    i += 1;
+                    MsgState::Idle
+                }
+                MsgState::Idle => {
+                    self.streams[dir].remember_start(at);
+                    MsgState::Head {
+                        start: at,
+                        ts,
+                        buf: Vec::new(),
+                    }
+                }
+                MsgState::Head {
+                    start,
+                    ts: head_ts,
+                    mut buf,
+                } => {
+                    let old = buf.len();
+                    let room = http_limit(ctx.cfg).saturating_sub(old);
+                    let take = room.min(len - i);
+                    buf.extend_from_slice(&bytes[i..i + take]);
+                    match http::parse_head(&buf) {
+                        Ok(Parsed::Complete(head)) => {
+                            i += head.head_len().saturating_sub(old);
+                            self.on_head(dir, start, ts, head_ts, head, false, ctx)
+                        }
+                        Ok(Parsed::Partial) => {
+                            i += take;
+                            if buf.len() >= http_limit(ctx.cfg) {
+                                self.on_truncated_head(dir, start, head_ts, &buf, ctx);
+                                // Whatever else this segment holds cannot be placed.
+                                i = len;
+                                MsgState::Unknown
+                            } else {
+                                MsgState::Head {
+                                    start,
+                                    ts: head_ts,
+                                    buf,
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.on_malformed(dir, start, &buf, &e, ctx);
+                            i = len;
+                            MsgState::Unknown
+                        }
+                    }
+                }
+                MsgState::Body(rem) => {
+                    let take = rem.min((len - i) as u64);
+                    i += take as usize;
+                    if rem == take {
+                        MsgState::Idle
+                    } else {
+                        MsgState::Body(rem - take)
+                    }
+                }
+                MsgState::Chunked(mut dec) => match dec.feed(&bytes[i..]) {
+                    Ok(ChunkStep::Done(n)) => {
+                        i += n;
+                        if let Some(open) = self.streams[dir].open {
+                            self.msg_end(dir, open, base.wrapping_add(i as u32));
+                        }
+                        MsgState::Idle
+                    }
+                    Ok(ChunkStep::NeedMore) => {
+                        i = len;
+                        MsgState::Chunked(dec)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "bad chunked body");
+                        ctx.stats.malformed += 1;
+                        i = len;
+                        MsgState::Unknown
+                    }
+                },
+                MsgState::Unknown => {
+                    i = len;
+                    MsgState::Unknown
+                }
+            };
+            self.streams[dir].state = next;
+        }
+        // A head still incomplete when the kernel stopped copying will never complete.
+        let st = &mut self.streams[dir];
+        if st.capture_over && matches!(st.state, MsgState::Head { .. }) {
+            if let MsgState::Head { start, ts, buf } = std::mem::take(&mut st.state) {
+                self.on_truncated_head(dir, start, ts, &buf, ctx);
+            }
+            self.streams[dir].state = MsgState::Unknown;
+        }
+    }
+
+    /// A complete (or, with `truncated`, best-effort) head at `start` in direction `dir`; returns the walker state
+    /// for the bytes after it. `ts` is the time of the segment that completed the head, `start_ts` of its first.
+    #[allow(clippy::too_many_arguments)]
+    fn on_head(
+        &mut self,
+        dir: usize,
+        start: u32,
+        ts: u64,
+        start_ts: u64,
+        head: Head,
+        truncated: bool,
+        ctx: &mut Ctx,
+    ) -> MsgState {
+        let head_len = head.head_len() as u64;
+        let framing = match head {
+            Head::Request(req) => {
+                self.streams[dir].last_kind = Some(Kind::Request);
+                let framing = if truncated {
+                    None
+                } else {
+                    match req.body_length() {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "request framing");
+                            ctx.stats.malformed += 1;
+                            None
+                        }
+                    }
+                };
+                self.push_request(
+                    dir,
+                    Pending {
+                        req_start: start,
+                        req_ts: start_ts,
+                        req,
+                        req_truncated: truncated,
+                        req_end: None,
+                        resp: None,
+                        interim_bytes: 0,
+                        phantom: false,
+                    },
+                    ctx,
+                );
+                framing
+            }
+            Head::Response(resp) => {
+                self.streams[dir].last_kind = Some(Kind::Response);
+                let qdir = 1 - dir;
+                if resp.is_interim() {
+                    if self.skip_resp[dir] == 0 {
+                        if let Some(p) = self.pending[qdir].iter_mut().find(|p| p.resp.is_none()) {
+                            p.interim_bytes += head_len;
+                        }
+                    }
+                    Some(BodyLength::Empty)
+                } else {
+                    let target = if self.skip_resp[dir] > 0 {
+                        self.skip_resp[dir] -= 1;
+                        None
+                    } else {
+                        let t = self.pending[qdir].iter_mut().find(|p| p.resp.is_none());
+                        if t.is_none() {
+                            ctx.stats.unmatched_responses += 1;
+                            self.orphan_resp[dir] += 1;
+                        }
+                        t
+                    };
+                    let method = target.as_ref().map_or("GET", |p| p.req.method.as_str());
+                    let tunnel = !truncated && resp.starts_tunnel(method);
+                    let framing = if truncated {
+                        None
+                    } else {
+                        match resp.body_length(method) {
+                            Ok(f) => Some(f),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "response framing");
+                                ctx.stats.malformed += 1;
+                                None
+                            }
+                        }
+                    };
+                    if let Some(p) = target {
+                        p.resp = Some(Resp {
+                            start,
+                            status: resp.status,
+                            head_ts: ts,
+                            end: None,
+                            truncated,
+                        });
+                    }
+                    if tunnel {
+                        self.tunnel = true;
+                    }
+                    framing
+                }
+            }
+        };
+        let st = &mut self.streams[dir];
+        st.open = Some(start);
+        match framing {
+            Some(BodyLength::Empty) => {
+                self.msg_end(dir, start, start.wrapping_add(head_len as u32));
+                MsgState::Idle
+            }
+            Some(BodyLength::Length(n)) if head_len + n < MAX_SEQ_SPAN => {
+                self.msg_end(dir, start, start.wrapping_add((head_len + n) as u32));
+                MsgState::Body(n)
+            }
+            Some(BodyLength::Chunked) => MsgState::Chunked(ChunkedDecoder::new()),
+            _ => MsgState::Unknown,
+        }
+    }
+
+    fn on_truncated_head(&mut self, dir: usize, start: u32, ts: u64, buf: &[u8], ctx: &mut Ctx) {
+        ctx.stats.truncated_heads += 1;
+        match http::parse_truncated_head(buf) {
+            Some(head) => {
+                self.on_head(dir, start, ts, ts, head, true, ctx);
+            }
+            None => self.on_malformed(dir, start, buf, &http::ParseError::NotHttp, ctx),
+        }
+    }
+
+    fn on_malformed(
+        &mut self,
+        dir: usize,
+        start: u32,
+        buf: &[u8],
+        e: &http::ParseError,
+        ctx: &mut Ctx,
+    ) {
+        tracing::debug!(error = %e, len = buf.len(), "malformed HTTP message start");
+        ctx.stats.malformed += 1;
+        let st = &mut self.streams[dir];
+        st.expect_next = None;
+        if http::looks_like_request(buf) {
+            // A request we cannot read still gets an answer: keep its place in the pairing.
+            st.open = Some(start);
+            st.last_kind = Some(Kind::Request);
+            self.push_request(
+                dir,
+                Pending {
+                    req_start: start,
+                    req_ts: 0,
+                    req: RequestHead::default(),
+                    req_truncated: false,
+                    req_end: None,
+                    resp: None,
+                    interim_bytes: 0,
+                    phantom: true,
+                },
+                ctx,
+            );
+        } else {
+            st.open = None;
+        }
+    }
+
+    /// The message that started at `start` in direction `dir` ends at `end`.
+    fn msg_end(&mut self, dir: usize, start: u32, end: u32) {
+        let st = &mut self.streams[dir];
+        if st.open == Some(start) {
+            st.open = None;
+        }
+        st.expect_next = Some(end);
+        if let Some(p) = self.pending[dir]
+            .iter_mut()
+            .find(|p| p.req_start == start && p.req_end.is_none())
+        {
+            p.req_end = Some(end);
+            return;
+        }
+        if let Some(r) = self.pending[1 - dir]
+            .iter_mut()
+            .filter_map(|p| p.resp.as_mut())
+            .find(|r| r.start == start && r.end.is_none())
+        {
+            r.end = Some(end);
+        }
+    }
+
+    fn push_request(&mut self, dir: usize, p: Pending, ctx: &mut Ctx) {
+        if !p.phantom {
+            self.orphan_resp[1 - dir] = 0;
+        }
+        if self.pending[dir].len() >= ctx.cfg.max_pending_per_connection.max(1) {
+            if let Some(mut old) = self.pending[dir].pop_front() {
+                ctx.stats.evicted_pending += 1;
+                if old.resp.is_none() {
+                    // Its response, when it comes, must not be taken for the next request's.
+                    self.skip_resp[1 - dir] += 1;
+                }
+                self.settle(dir, &mut old);
+                if !old.phantom {
+                    ctx.done.push(Done { dir, p: old });
+                }
+            }
+        }
+        self.pending[dir].push_back(p);
+    }
+
+    /// Gives an exchange that must go out now estimated ends for what was never delimited.
+    fn settle(&self, dir: usize, p: &mut Pending) {
+        if p.req_end.is_none() {
+            let min = p.req_start.wrapping_add(p.req.head_len as u32);
+            let next = self.pending[dir]
+                .iter()
+                .map(|q| q.req_start)
+                .find(|s| seq_lt(p.req_start, *s));
+            p.req_end = Some(next.unwrap_or_else(|| self.streams[dir].estimate_end(min)));
+        }
+        if let Some(r) = p.resp.as_mut() {
+            if r.end.is_none() {
+                let next = self.pending[dir]
+                    .iter()
+                    .filter_map(|q| q.resp.as_ref())
+                    .map(|q| q.start)
+                    .find(|s| seq_lt(r.start, *s));
+                r.end = Some(next.unwrap_or_else(|| self.streams[1 - dir].estimate_end(r.start)));
+            }
+        }
+    }
+
+    /// Hands over every exchange at the front of a queue that is complete, in order.
+    fn flush(&mut self, ctx: &mut Ctx) {
+        for dir in 0..2 {
+            while self.pending[dir].front().is_some_and(Pending::complete) {
+                let Some(p) = self.pending[dir].pop_front() else {
+                    break;
+                };
+                if !p.phantom {
+                    ctx.done.push(Done { dir, p });
+                }
+            }
+        }
+    }
+
+    /// The connection is gone (closed, idle or evicted): delimit what `ends` allows (stream end sequence numbers as
+    /// sock_ops reports them, FIN included) and hand over every request.
+    pub(crate) fn finalize(&mut self, ends: [Option<u32>; 2], ctx: &mut Ctx) {
+        for (dir, end) in ends.into_iter().enumerate() {
+            if let MsgState::Head { start, ts, buf } = std::mem::take(&mut self.streams[dir].state)
+            {
+                self.on_truncated_head(dir, start, ts, &buf, ctx);
+            }
+            let Some(mut end) = end else { continue };
+            let st = &self.streams[dir];
+            if st.max_end.is_some_and(|m| seq_lt(m, end)) {
+                // The FIN takes one sequence number after the last data byte.
+                end = end.wrapping_sub(1);
+            }
+            if let Some(open) = st.open {
+                if seq_le(open, end) {
+                    self.msg_end(dir, open, end);
+                }
+            }
+        }
+        for dir in 0..2 {
+            while let Some(mut p) = self.pending[dir].pop_front() {
+                if !p.complete() {
+                    if p.resp.is_none() {
+                        ctx.stats.no_response += 1;
+                    }
+                    self.settle(dir, &mut p);
+                }
+                if !p.phantom {
+                    ctx.done.push(Done { dir, p });
+                }
+            }
+        }
+    }
+
+    /// Time-outs at `now`: true when the whole connection has been idle and should be dropped (after
+    /// [`Conn::finalize`]). Otherwise exchanges whose response started but cannot be delimited are handed over once
+    /// their response direction has been quiet for the idle timeout.
+    pub(crate) fn expire(&mut self, now: u64, ctx: &mut Ctx) -> bool {
+        let idle = ctx.cfg.idle_timeout_ns;
+        if now.saturating_sub(self.last_ts) >= idle {
+            return true;
+        }
+        for dir in 0..2 {
+            let rdir = 1 - dir;
+            while let Some((rstart, head_ts)) = self.pending[dir]
+                .front()
+                .and_then(|p| p.resp.as_ref())
+                .map(|r| (r.start, r.head_ts))
+            {
+                if now.saturating_sub(self.streams[rdir].last_ts) < idle
+                    || now.saturating_sub(head_ts) < idle
+                {
+                    break;
+                }
+                let Some(mut p) = self.pending[dir].pop_front() else {
+                    break;
+                };
+                self.settle(dir, &mut p);
+                let st = &mut self.streams[rdir];
+                if st.open == Some(rstart) {
+                    st.open = None;
+                    st.state = MsgState::Unknown;
+                }
+                ctx.stats.timed_out += 1;
+                if !p.phantom {
+                    ctx.done.push(Done { dir, p });
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Longest head buffer kept for one message.
+fn http_limit(cfg: &FlowConfig) -> usize {
+    (cfg.capture_bytes as usize).clamp(1, observer_common::MAX_CAPTURE)
+}

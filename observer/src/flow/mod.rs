@@ -1,0 +1,524 @@
+//! Reassembly and pairing: ring-buffer records (captured TCP segments, socket lifecycle) in, one [`Exchange`] per
+//! HTTP request out.
+//!
+//! The [`Engine`] keeps a bounded table of connections (keyed by their two endpoints, so the sender's and the
+//! receiver's observation of locally looped traffic meet in one place) and a bounded table of local sockets (process
+//! identity by socket cookie). Connections and sockets beyond the caps are evicted least recently used first, and
+//! every eviction, drop and oddity is counted in [`FlowStats`].
+mod conn;
+mod lru;
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use observer_common::{
+    ConnEvent, DataHeader, CONN_ACTIVE_ESTABLISHED, CONN_CLOSE, CONN_CONNECT,
+    CONN_PASSIVE_ESTABLISHED, DATA_FLAG_START, DEFAULT_CAPTURE, EVENT_DATA, HOOK_CGROUP_EGRESS,
+    HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, MAX_CAPTURE,
+};
+
+use self::conn::{Conn, ConnKey, Ctx, Done, Endpoint};
+use self::lru::Lru;
+use crate::cgroups::CgroupResolver;
+use crate::event::{Event, Exchange, Side, Timestamp};
+use crate::http;
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// Added to CLOCK_MONOTONIC ns (record times) to get Unix ns; see [`mono_to_unix_offset_ns`].
+    pub mono_to_unix_offset_ns: i64,
+    /// Bytes the kernel captures per message (must match its configuration).
+    pub capture_bytes: u32,
+    /// Connections tracked at once; the least recently active one is evicted beyond that.
+    pub max_connections: usize,
+    /// Requests awaiting a response per connection and direction; the oldest is handed over beyond that.
+    pub max_pending_per_connection: usize,
+    /// A connection silent this long is finalized and dropped; a response that cannot be delimited is finalized
+    /// after its direction was silent this long.
+    pub idle_timeout_ns: u64,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            mono_to_unix_offset_ns: 0,
+            capture_bytes: DEFAULT_CAPTURE,
+            max_connections: 65_536,
+            max_pending_per_connection: 64,
+            idle_timeout_ns: 60_000_000_000,
+        }
+    }
+}
+
+/// Current `CLOCK_REALTIME - CLOCK_MONOTONIC` in ns, for [`FlowConfig::mono_to_unix_offset_ns`].
+pub fn mono_to_unix_offset_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    (unix - mono) as i64
+}
+
+/// Counters (monotonic) and gauges (`connections`, `pending_requests`, `sockets`) of the engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Exchanges handed out.
+    pub exchanges: u64,
+    /// Heads or bodies that could not be parsed, invalid records.
+    pub malformed: u64,
+    /// Segments seen a second time by another hook (both ends local): merged, not parsed twice.
+    pub duplicates: u64,
+    /// Segments a hook saw again (TCP retransmissions): dropped.
+    pub retransmits: u64,
+    /// Records that arrived late or ahead of a gap, or continue a message whose start was never seen.
+    pub out_of_order: u64,
+    /// Captured bytes or whole messages known to be missing (ring buffer loss, reordering beyond repair).
+    pub gaps: u64,
+    /// Message starts inside a body whose length the headers gave: ignored.
+    pub misframed: u64,
+    /// Heads longer than the capture (parsed as far as captured).
+    pub truncated_heads: u64,
+    /// Final responses with no request to pair with.
+    pub unmatched_responses: u64,
+    /// Requests handed out without a response (connection closed, idle or evicted first).
+    pub no_response: u64,
+    /// Exchanges handed out by the idle timeout with sizes estimated.
+    pub timed_out: u64,
+    /// Connections dropped after the idle timeout.
+    pub idle_connections: u64,
+    /// Connections evicted because the table was full.
+    pub evicted_connections: u64,
+    /// Requests handed out early because a connection had too many waiting.
+    pub evicted_pending: u64,
+    /// Socket identities evicted because the table was full.
+    pub evicted_sockets: u64,
+    /// Gauge: connections tracked.
+    pub connections: u64,
+    /// Gauge: requests awaiting a response or their sizes.
+    pub pending_requests: u64,
+    /// Gauge: local sockets whose identity is tracked.
+    pub sockets: u64,
+}
+
+/// What is known about one local socket, by cookie.
+#[derive(Debug, Clone, Default)]
+struct SockInfo {
+    /// From connect() (reliable), else from the first egress record of the socket.
+    pid: u32,
+    comm: String,
+    cgroup_id: u64,
+    local: Option<Endpoint>,
+    remote: Option<Endpoint>,
+}
+
+fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn ip(addr: [u8; 16]) -> IpAddr {
+    Ipv6Addr::from(addr).to_canonical()
+}
+
+/// Stable id of a connection no local socket owns (TC only): FNV-1a of its endpoints, top bit set so it cannot
+/// collide with a socket cookie.
+fn tuple_id(key: &ConnKey) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (addr, port) in key.ends {
+        for b in addr.iter().chain(port.to_be_bytes().iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h | (1 << 63)
+}
+
+/// Rebuilds HTTP exchanges from captured segments; see the module documentation.
+pub struct Engine {
+    cfg: FlowConfig,
+    resolver: Box<dyn CgroupResolver>,
+    conns: Lru<ConnKey, Conn>,
+    socks: Lru<u64, SockInfo>,
+    out: Vec<Exchange>,
+    stats: FlowStats,
+}
+
+impl Engine {
+    pub fn new(mut cfg: FlowConfig, resolver: Box<dyn CgroupResolver>) -> Self {
+        cfg.capture_bytes = cfg.capture_bytes.clamp(1, MAX_CAPTURE as u32);
+        cfg.max_connections = cfg.max_connections.max(1);
+        cfg.max_pending_per_connection = cfg.max_pending_per_connection.max(1);
+        Engine {
+            cfg,
+            resolver,
+            conns: Lru::new(),
+            socks: Lru::new(),
+            out: Vec::new(),
+            stats: FlowStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &FlowConfig {
+        &self.cfg
+    }
+
+    /// A `DataHeader` record and the `cap_len` payload bytes that followed it.
+    pub fn on_data(&mut self, hdr: &DataHeader, payload: &[u8]) {
+        if hdr.kind != EVENT_DATA || hdr.cap_len > hdr.payload_len {
+            self.stats.malformed += 1;
+            return;
+        }
+        let payload = &payload[..payload.len().min(hdr.cap_len as usize)];
+        let src: Endpoint = (hdr.saddr, hdr.sport);
+        let dst: Endpoint = (hdr.daddr, hdr.dport);
+        let (key, dir) = ConnKey::new(src, dst);
+        let (local_end, egress) = match hdr.hook {
+            HOOK_CGROUP_EGRESS | HOOK_TC_EGRESS => (dir, true),
+            HOOK_CGROUP_INGRESS | HOOK_TC_INGRESS => (1 - dir, false),
+            _ => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if !self.conns.contains(&key) {
+            if hdr.flags & DATA_FLAG_START == 0 {
+                self.stats.out_of_order += 1;
+                return;
+            }
+            if self.conns.len() >= self.cfg.max_connections {
+                self.evict_oldest_connection();
+            }
+            self.conns.insert(key, Conn::new(key, hdr.ts_ns));
+        }
+        let known = self.learn_socket(hdr, egress, key.ends[local_end], key.ends[1 - local_end]);
+        let info = if known {
+            self.socks.peek(&hdr.cookie)
+        } else {
+            None
+        };
+        let mut done = Vec::new();
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let end = &mut conn.ends[local_end];
+        end.local = true;
+        if let Some(info) = info {
+            end.cookie = hdr.cookie;
+            if info.cgroup_id != 0 {
+                end.cgroup_id = info.cgroup_id;
+            }
+            if info.pid != 0 && (end.pid != info.pid || end.comm != info.comm) {
+                end.pid = info.pid;
+                end.comm.clone_from(&info.comm);
+            }
+        } else if hdr.cgroup_id != 0 {
+            end.cgroup_id = hdr.cgroup_id;
+        }
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            done: &mut done,
+        };
+        conn.on_data(dir, hdr, payload, &mut ctx);
+        self.emit(&key, done);
+    }
+
+    /// Records what a data record tells about its local socket; false when it names none (cookie 0).
+    fn learn_socket(
+        &mut self,
+        hdr: &DataHeader,
+        egress: bool,
+        local: Endpoint,
+        remote: Endpoint,
+    ) -> bool {
+        if hdr.cookie == 0 {
+            return false;
+        }
+        if !self.socks.contains(&hdr.cookie) {
+            self.insert_sock(hdr.cookie, SockInfo::default());
+        }
+        let Some(info) = self.socks.get_mut(&hdr.cookie) else {
+            return false;
+        };
+        info.local = Some(local);
+        info.remote = Some(remote);
+        if hdr.cgroup_id != 0 {
+            info.cgroup_id = hdr.cgroup_id;
+        }
+        if egress && info.pid == 0 && hdr.pid_tgid != 0 {
+            info.pid = (hdr.pid_tgid >> 32) as u32;
+            info.comm = comm_str(&hdr.comm);
+        }
+        true
+    }
+
+    fn insert_sock(&mut self, cookie: u64, info: SockInfo) {
+        let cap = self.cfg.max_connections.saturating_mul(2);
+        while self.socks.len() >= cap {
+            if self.socks.pop_oldest().is_none() {
+                break;
+            }
+            self.stats.evicted_sockets += 1;
+        }
+        self.socks.insert(cookie, info);
+    }
+
+    /// A `ConnEvent` record from sock_ops.
+    pub fn on_conn(&mut self, ev: &ConnEvent) {
+        let local = (ev.lport != 0).then_some((ev.laddr, ev.lport));
+        let remote = (ev.rport != 0).then_some((ev.raddr, ev.rport));
+        match ev.op {
+            CONN_CONNECT | CONN_ACTIVE_ESTABLISHED | CONN_PASSIVE_ESTABLISHED => {
+                if ev.cookie == 0 {
+                    return;
+                }
+                if !self.socks.contains(&ev.cookie) {
+                    self.insert_sock(ev.cookie, SockInfo::default());
+                }
+                let Some(info) = self.socks.get_mut(&ev.cookie) else {
+                    return;
+                };
+                if ev.cgroup_id != 0 {
+                    info.cgroup_id = ev.cgroup_id;
+                }
+                if local.is_some() {
+                    info.local = local;
+                }
+                if remote.is_some() {
+                    info.remote = remote;
+                }
+                if ev.op == CONN_CONNECT && ev.pid_tgid != 0 {
+                    info.pid = (ev.pid_tgid >> 32) as u32;
+                    info.comm = comm_str(&ev.comm);
+                }
+            }
+            CONN_CLOSE => self.on_close(ev, local, remote),
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    fn on_close(&mut self, ev: &ConnEvent, local: Option<Endpoint>, remote: Option<Endpoint>) {
+        let info = self.socks.remove(&ev.cookie);
+        let local = local.or(info.as_ref().and_then(|i| i.local));
+        let remote = remote.or(info.as_ref().and_then(|i| i.remote));
+        let (Some(local), Some(remote)) = (local, remote) else {
+            return;
+        };
+        let (key, sent_dir) = ConnKey::new(local, remote);
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let mut ends = [None; 2];
+        if ev.snd_nxt != 0 || ev.rcv_nxt != 0 {
+            ends[sent_dir] = Some(ev.snd_nxt);
+            ends[1 - sent_dir] = Some(ev.rcv_nxt);
+        }
+        let mut done = Vec::new();
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            done: &mut done,
+        };
+        conn.finalize(ends, &mut ctx);
+        self.emit_from(&conn, done);
+    }
+
+    fn evict_oldest_connection(&mut self) {
+        let Some((_, mut conn)) = self.conns.pop_oldest() else {
+            return;
+        };
+        self.stats.evicted_connections += 1;
+        let mut done = Vec::new();
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            done: &mut done,
+        };
+        conn.finalize([None, None], &mut ctx);
+        self.emit_from(&conn, done);
+    }
+
+    /// Time-outs; call about once a second with the current CLOCK_MONOTONIC time.
+    pub fn tick(&mut self, now_mono_ns: u64) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            let mut done = Vec::new();
+            let Some(conn) = self.conns.peek_mut(&key) else {
+                continue;
+            };
+            let mut ctx = Ctx {
+                cfg: &self.cfg,
+                stats: &mut self.stats,
+                done: &mut done,
+            };
+            if conn.expire(now_mono_ns, &mut ctx) {
+                conn.finalize([None, None], &mut ctx);
+                ctx.stats.idle_connections += 1;
+                if let Some(conn) = self.conns.remove(&key) {
+                    self.emit_from(&conn, done);
+                }
+            } else {
+                self.emit(&key, done);
+            }
+        }
+    }
+
+    /// Finalizes every connection (shutdown): every request still held is handed out.
+    pub fn finish(&mut self) {
+        while let Some((_, mut conn)) = self.conns.pop_oldest() {
+            let mut done = Vec::new();
+            let mut ctx = Ctx {
+                cfg: &self.cfg,
+                stats: &mut self.stats,
+                done: &mut done,
+            };
+            conn.finalize([None, None], &mut ctx);
+            self.emit_from(&conn, done);
+        }
+    }
+
+    /// Moves the finished exchanges into `out`.
+    pub fn drain(&mut self, out: &mut Vec<Exchange>) {
+        out.append(&mut self.out);
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        let mut s = self.stats.clone();
+        s.connections = self.conns.len() as u64;
+        s.pending_requests = self.conns.values().map(|c| c.pending_len() as u64).sum();
+        s.sockets = self.socks.len() as u64;
+        s
+    }
+
+    fn emit(&mut self, key: &ConnKey, done: Vec<Done>) {
+        if done.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conns.peek(key) else {
+            return;
+        };
+        for d in done {
+            let ex = build_exchange(&self.cfg, &mut *self.resolver, conn, d);
+            self.out.push(ex);
+            self.stats.exchanges += 1;
+        }
+    }
+
+    fn emit_from(&mut self, conn: &Conn, done: Vec<Done>) {
+        for d in done {
+            let ex = build_exchange(&self.cfg, &mut *self.resolver, conn, d);
+            self.out.push(ex);
+            self.stats.exchanges += 1;
+        }
+    }
+}
+
+fn build_exchange(
+    cfg: &FlowConfig,
+    resolver: &mut dyn CgroupResolver,
+    conn: &Conn,
+    Done { dir, p }: Done,
+) -> Exchange {
+    let client = &conn.ends[dir];
+    let server = &conn.ends[1 - dir];
+    let (src, dst) = (conn.key.ends[dir], conn.key.ends[1 - dir]);
+    let side = match (client.local, server.local) {
+        (true, true) => Side::Both,
+        (false, true) => Side::Server,
+        _ => Side::Client,
+    };
+    let conn_id = if client.local && client.cookie != 0 {
+        client.cookie
+    } else if server.cookie != 0 {
+        server.cookie
+    } else {
+        tuple_id(&conn.key)
+    };
+    let mut cgroup = |e: &conn::EndInfo| {
+        if e.local && e.cgroup_id != 0 {
+            resolver.path(e.cgroup_id)
+        } else {
+            String::new()
+        }
+    };
+    let client_cgroup = cgroup(client);
+    let server_cgroup = cgroup(server);
+    let unix_ns = i128::from(p.req_ts) + i128::from(cfg.mono_to_unix_offset_ns);
+    let req = p.req;
+    let span = |start: u32, end: Option<u32>| u64::from(end.map_or(0, |e| e.wrapping_sub(start)));
+    let req_bytes = span(p.req_start, p.req_end);
+    let (status, resp_bytes, duration_us, resp_truncated) = match &p.resp {
+        Some(r) => (
+            r.status,
+            p.interim_bytes + span(r.start, r.end),
+            if r.status != 0 {
+                r.head_ts.saturating_sub(p.req_ts) / 1000
+            } else {
+                0
+            },
+            r.truncated,
+        ),
+        None => (0, p.interim_bytes, 0, false),
+    };
+    let request_id = match req.header("x-request-id") {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => req
+            .header("traceparent")
+            .and_then(http::traceparent_trace_id)
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let event = Event {
+        ts: Timestamp((unix_ns / 1000) as i64),
+        duration_us,
+        side,
+        method: req.method.clone(),
+        host: req.host().to_string(),
+        path: req.path().to_string(),
+        query_keys: http::query_keys(req.query()),
+        status,
+        req_bytes,
+        resp_bytes,
+        src_ip: ip(src.0),
+        src_port: src.1,
+        dst_ip: ip(dst.0),
+        dst_port: dst.1,
+        client_pid: if client.local { client.pid } else { 0 },
+        client_comm: if client.local {
+            client.comm.clone()
+        } else {
+            String::new()
+        },
+        client_cgroup,
+        server_pid: if server.local { server.pid } else { 0 },
+        server_comm: if server.local {
+            server.comm.clone()
+        } else {
+            String::new()
+        },
+        server_cgroup,
+        user_agent: req.header("user-agent").unwrap_or_default().to_string(),
+        request_id,
+        truncated: p.req_truncated || resp_truncated,
+        conn_id,
+        ..Event::default()
+    };
+    let raw_query = req.query().to_string();
+    Exchange {
+        event,
+        request_headers: req.headers,
+        raw_query,
+    }
+}
