@@ -213,6 +213,14 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     {
         return Ok(());
     }
+    if hook == HOOK_CGROUP_INGRESS {
+        // The sender is a local socket whose egress we already copy (both ends on this node): the same bytes
+        // again would double the ring-buffer traffic for nothing. User space pairs the two egress streams.
+        let sender = FlowKey { hook: HOOK_CGROUP_EGRESS, ..key };
+        if unsafe { FLOWS.get(&sender) }.is_some() {
+            return Ok(());
+        }
+    }
 
     let start = payload_len >= 8
         && match skb.load::<[u8; 8]>(payload_off) {
