@@ -20,9 +20,15 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Validate, import and fingerprint for the application / API-key registry.
+    Registry(registry::RegistryCommand),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Registry(cmd) => registry::run(cmd)?,
+    }
     Ok(())
 }
