@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::event::{AttributedBy, Event, Exchange, KeyState, Timestamp};
 use crate::registry::{
-    infer_template, key_suffix, strip_port, write_hex, Application, Auth, AuthKind, LiveRegistry, Snapshot,
+    infer_template, key_suffix, write_hex, Application, Auth, AuthKind, LiveRegistry, Snapshot,
     DEFAULT_KEY_HEADERS,
 };
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::fingerprint::{key_suffix, KeySecret};
-use super::load::{load_file, RegistryError};
+use super::load::{load_file, Problems, RegistryError};
 use super::watch::LiveRegistry;
 use super::yaml::scalar;
 
@@ -86,7 +86,15 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
     match cmd.action {
         RegistryAction::Check { file, secret } => {
             let secret = secret.load()?;
-            let loaded = load_file(&file, &secret)?;
+            let loaded = match load_file(&file, &secret) {
+                Ok(l) => l,
+                Err(RegistryError::Invalid { path, problems }) => {
+                    eprintln!("{}", Problems { path: &path, problems: &problems });
+                    eprintln!("{}: {} problem(s)", path.display(), problems.len());
+                    std::process::exit(1);
+                }
+                Err(e) => return Err(e),
+            };
             let r = &loaded.registry;
             println!(
                 "{}: ok ({} teams, {} apis, {} applications, {} keys)",

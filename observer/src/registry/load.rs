@@ -123,6 +123,16 @@ fn label(kind: &str, section: &str, index: usize, id: Option<&str>) -> String {
     }
 }
 
+/// A date as written in registries: `2026-03-02` at midnight UTC, else RFC 3339.
+fn show(t: Timestamp) -> String {
+    let s = t.to_rfc3339();
+    if t.0 % 86_400_000_000 == 0 {
+        s[..10].to_string()
+    } else {
+        s
+    }
+}
+
 fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id
@@ -650,7 +660,7 @@ impl Ctx<'_> {
             if e <= g {
                 self.err(
                     line,
-                    format!("{what}: dates out of order: expires_at {} is not after granted_at {}", e.to_rfc3339(), g.to_rfc3339()),
+                    format!("{what}: dates out of order: expires_at {} is not after granted_at {}", show(e), show(g)),
                 );
             }
         }
@@ -658,7 +668,7 @@ impl Ctx<'_> {
             if r < g {
                 self.err(
                     line,
-                    format!("{what}: dates out of order: revoked_at {} is before granted_at {}", r.to_rfc3339(), g.to_rfc3339()),
+                    format!("{what}: dates out of order: revoked_at {} is before granted_at {}", show(r), show(g)),
                 );
             }
         }
@@ -973,7 +983,7 @@ impl Ctx<'_> {
                                     "key `{}`: dates out of order: grant of api `{}` at {} is before the previous entry for that api (line {line}); list grant history chronologically",
                                     k.id,
                                     g.api,
-                                    at.to_rfc3339()
+                                    show(at)
                                 ),
                             });
                         }
@@ -1036,4 +1046,297 @@ pub fn overlap(a: &ApiMatch, b: &ApiMatch) -> Option<String> {
         }
     }
     Some(format!("both match {}", why.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::KeyState;
+
+    fn secret() -> KeySecret {
+        KeySecret::from_bytes(b"test-secret-test-secret")
+    }
+
+    fn examples() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    }
+
+    fn load(text: &str) -> Result<Loaded, Vec<Problem>> {
+        load_str(text, &examples(), &secret())
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match load(text) {
+            Ok(_) => panic!("registry should be invalid:\n{text}"),
+            Err(p) => p,
+        }
+    }
+
+    /// Asserts that a problem on `line` contains `want`.
+    fn assert_problem(text: &str, line: usize, want: &str) {
+        let ps = problems(text);
+        assert!(
+            ps.iter().any(|p| p.line == line && p.message.contains(want)),
+            "expected a problem at line {line} containing {want:?}, got:\n{}",
+            Problems { path: Path::new("t.yaml"), problems: &ps }
+        );
+    }
+
+    const FP: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    const BASE: &str = "\
+teams:
+  - id: t
+    line_of_business: Retail
+apis:
+  - id: a
+    owner: t
+    match: {hosts: a.example.com}
+applications:
+  - id: app
+    team: t
+";
+
+    #[test]
+    fn example_registry_is_valid() {
+        let path = examples().join("registry.yaml");
+        let secret = KeySecret::load_or_create(&examples().join("example-key-secret")).expect("example secret loads");
+        let loaded = load_file(&path, &secret).unwrap_or_else(|e| panic!("examples/registry.yaml must be valid: {e}"));
+        let r = &loaded.registry;
+        assert_eq!((r.teams.len(), r.apis.len(), r.applications.len(), r.keys.len()), (4, 4, 4, 4));
+        let pay = &r.apis[0];
+        assert_eq!(pay.line_of_business, "Retail", "inherited from the owner team");
+        assert!(
+            pay.routes.iter().any(|t| t.path == "/v1/payments/search"),
+            "routes from the OpenAPI file are added"
+        );
+        assert_eq!(loaded.dependencies, vec![examples().join("payments-openapi.yaml")]);
+        let pp = r.applications.iter().find(|a| a.id == "partner-portal").expect("partner-portal");
+        assert_eq!(pp.line_of_business, "Partnerships", "own LoB overrides the team's");
+        let legacy = r.keys.iter().find(|k| k.id == "legacy-checkout-prod").expect("legacy key");
+        assert_eq!(legacy.grants.len(), 1, "apis shorthand becomes a grant");
+        assert_eq!(
+            legacy.state(Some("payments-api"), parse_date("2026-04-01").expect("date")),
+            KeyState::Revoked
+        );
+        assert_eq!(
+            secret.fingerprint_hex(b"sk_live_mobile_checkout_7Hq2x93f9a"),
+            r.keys[0].fingerprint,
+            "example fingerprint matches its documented example key"
+        );
+    }
+
+    #[test]
+    fn empty_registry_is_valid() {
+        let l = load("").expect("empty file is an empty registry");
+        assert_eq!(l.registry, Registry::default());
+        let l = load("version: 1\nteams: []\n").expect("empty sections are fine");
+        assert!(l.registry.apis.is_empty());
+        load(BASE).expect("base fixture is valid");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        assert_problem("teams:\n  - id: t\n  - id: [x\n", 4, "YAML syntax error");
+    }
+
+    #[test]
+    fn structure_problems() {
+        assert_problem("version: 2\n", 1, "unsupported registry version `2`");
+        assert_problem("teams: {}\n", 1, "`teams` must be a list");
+        assert_problem("colors: []\n", 1, "unknown field `colors`");
+        assert_problem("teams:\n  - id: t\n    id: u\n", 3, "duplicate field `id` (first at line 2)");
+        assert_problem("teams:\n  - name: x\n", 2, "teams[0]: missing required field `id`");
+        assert_problem("teams:\n  - id: \"a b\"\n", 2, "id `a b` must be");
+        assert_problem("teams:\n  - just-a-string\n", 2, "expected a mapping");
+        assert_problem("teams:\n  - id: [x]\n", 2, "`id` must be a string");
+    }
+
+    #[test]
+    fn duplicate_ids() {
+        assert_problem("teams:\n  - id: t\n  - id: t\n", 3, "duplicate team id `t` (first defined at line 2)");
+        let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {hosts: a.com}\n  - id: a\n    owner: t\n    match: {hosts: b.com}\n";
+        assert_problem(text, 6, "duplicate api id `a` (first defined at line 3)");
+        let text = format!("{BASE}  - id: app\n    team: t\n");
+        assert_problem(&text, 11, "duplicate application id `app` (first defined at line 9)");
+        let text = format!(
+            "{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n  - id: k\n    application: app\n    fingerprint: {}\n",
+            "b".repeat(64)
+        );
+        assert_problem(&text, 15, "duplicate key id `k` (first defined at line 12)");
+        let text = format!(
+            "{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n  - id: k2\n    application: app\n    fingerprint: {}\n",
+            FP.to_uppercase()
+        );
+        assert_problem(&text, 15, "same key as key `k` (line 12)");
+    }
+
+    #[test]
+    fn unknown_references() {
+        assert_problem("apis:\n  - id: a\n    owner: ghost\n    match: {ports: 80}\n", 2, "owner `ghost` is not a defined team");
+        assert_problem("applications:\n  - id: x\n    team: ghost\n", 2, "team `ghost` is not a defined team");
+        let text = format!("{BASE}keys:\n  - id: k\n    application: ghost\n    fingerprint: {FP}\n");
+        assert_problem(&text, 12, "application `ghost` is not a defined application");
+        let text = format!(
+            "{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n    grants:\n      - api: ghost\n        granted_by: me\n        granted_at: 2026-01-01\n"
+        );
+        assert_problem(&text, 16, "granted api `ghost` is not a defined api");
+        let text = format!("{BASE}    predecessor: ghost\n");
+        assert_problem(&text, 9, "predecessor `ghost` is not a defined application");
+        let text = format!("{BASE}    predecessor: app\n");
+        assert_problem(&text, 9, "predecessor is itself");
+        let text = format!("{BASE}    predecessor: b\n  - id: b\n    team: t\n    predecessor: app\n");
+        assert_problem(&text, 9, "predecessor chain loops");
+    }
+
+    #[test]
+    fn api_matcher_problems() {
+        let api = |m: &str| format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match:\n{m}");
+        assert_problem(&api("      ports: [0]\n"), 6, "`0` is not a port number");
+        assert_problem(&api("      ports: http\n"), 6, "`http` is not a port number");
+        assert_problem(&api("      hosts: a.com:8080\n"), 6, "must not include a port");
+        assert_problem(&api("      base_path: v1\n"), 6, "must be a literal path starting with `/`");
+        assert_problem(&api("      server_cgroup: \"\"\n"), 6, "empty server_cgroup pattern");
+        assert_problem(&api("      host: a.com\n"), 6, "unknown field `host`");
+        assert_problem("teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {}\n", 5, "no criteria");
+        assert_problem("teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n", 3, "missing required field `match`");
+    }
+
+    #[test]
+    fn overlapping_matchers() {
+        let two = |a: &str, b: &str| {
+            format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {a}\n  - id: b\n    owner: t\n    match: {b}\n")
+        };
+        let text = two("{hosts: [x.com, y.com]}", "{hosts: Y.COM}");
+        assert_problem(&text, 6, "api `b` has overlapping matchers with api `a` (line 3): both match host y.com");
+        assert_problem(
+            &two("{hosts: x.com, base_path: /v1}", "{hosts: x.com, base_path: /v1/}"),
+            6,
+            "both match host x.com, base_path /v1",
+        );
+        assert_problem(&two("{hosts: \"*.x.com\"}", "{hosts: \"*.X.com\"}"), 6, "overlapping matchers");
+        assert_problem(&two("{ports: [80, 8080]}", "{ports: 8080}"), 6, "port 8080");
+        assert_problem(&two("{server_comm: \"pay*\"}", "{server_comm: payments}"), 6, "server_comm");
+        for (a, b) in [
+            ("{hosts: x.com, base_path: /v1/a}", "{hosts: x.com, base_path: /v1/b}"),
+            ("{hosts: x.com, base_path: /v1}", "{hosts: x.com, base_path: /v1/pay}"),
+            ("{hosts: x.com}", "{hosts: x.com, ports: 80}"),
+            ("{hosts: \"*.x.com\"}", "{hosts: a.x.com}"),
+            ("{hosts: x.com}", "{hosts: y.com}"),
+            ("{ports: 80}", "{ports: 81}"),
+        ] {
+            load(&two(a, b)).unwrap_or_else(|p| panic!("{a} vs {b} should not overlap: {p:?}"));
+        }
+    }
+
+    #[test]
+    fn route_problems() {
+        let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {ports: 80}\n    routes:\n      - GET /ok\n      - /v1/{id\n      - GET /ok\n";
+        assert_problem(text, 8, "unparsable route template `/v1/{id`: unclosed `{`");
+        assert_problem(text, 9, "duplicate route `GET /ok` (first at line 7)");
+        let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {ports: 80}\n    max_inferred_routes: lots\n";
+        assert_problem(text, 6, "`max_inferred_routes` must be a non-negative integer");
+        let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {ports: 80}\n    openapi: missing.yaml\n";
+        assert_problem(text, 6, "OpenAPI file missing.yaml: cannot read");
+    }
+
+    #[test]
+    fn auth_problems() {
+        let api = |auth: &str| format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {{ports: 80}}\n    auth: {auth}\n");
+        assert_problem(&api("oauth"), 6, "unknown auth type `oauth`");
+        assert_problem(&api("{type: bearer, headers: X-Key}"), 6, "only apply to type api_key");
+        assert_problem(&api("{headers: \"X Key\"}"), 6, "not a valid header name");
+        let ok = load(&api("{query: [key, api_key]}")).expect("query-only api_key auth is valid");
+        let auth = &ok.registry.apis[0].auth;
+        assert_eq!(auth.kind, AuthKind::ApiKey);
+        assert_eq!(auth.headers, vec!["X-Api-Key", "Api-Key"], "default headers kept");
+        assert_eq!(auth.query, vec!["key", "api_key"]);
+        assert_eq!(load(&api("basic")).expect("valid").registry.apis[0].auth.kind, AuthKind::Basic);
+    }
+
+    #[test]
+    fn workload_problems() {
+        let text = format!("{BASE}    workload: {{}}\n");
+        assert_problem(&text, 11, "give `comm` and/or `cgroup`");
+        let text = format!("{BASE}    workload: {{pid: 1}}\n");
+        assert_problem(&text, 11, "unknown field `pid`");
+        let text = format!("{BASE}    workload: {{comm: x}}\n  - id: b\n    team: t\n    workload:\n      - comm: x\n");
+        assert_problem(&text, 15, "identical to one of application `app`");
+    }
+
+    #[test]
+    fn key_problems() {
+        let key = |body: &str| format!("{BASE}keys:\n  - id: k\n    application: app\n{body}");
+        assert_problem(&key(""), 12, "exactly one of `fingerprint`, `key_env` or `key_file` (found 0)");
+        assert_problem(&key(&format!("    fingerprint: {FP}\n    key_env: X\n")), 12, "(found 2)");
+        assert_problem(&key("    fingerprint: xyz\n"), 14, "fingerprint must be 64 hex characters");
+        assert_problem(
+            &key("    key_env: OBSERVER_TEST_SURELY_UNSET_VAR\n"),
+            14,
+            "environment variable `OBSERVER_TEST_SURELY_UNSET_VAR` is not set",
+        );
+        assert_problem(&key("    key_file: no-such-key-file\n"), 14, "cannot read key file");
+        assert_problem(&key(&format!("    fingerprint: {FP}\n    apis: [a]\n")), 12, "`apis` needs key-level `granted_by` and `granted_at`");
+        assert_problem(
+            &key(&format!("    fingerprint: {FP}\n    grants:\n      - api: a\n")),
+            16,
+            "missing required field `granted_by`",
+        );
+        assert_problem(
+            &key(&format!("    fingerprint: {FP}\n    grants:\n      - api: a\n        granted_by: me\n        granted_at: someday\n")),
+            18,
+            "`granted_at` value `someday` is not a date",
+        );
+        assert_problem(&key(&format!("    fingerprint: {FP}\n    grants: {{}}\n")), 15, "`grants` must be a list");
+    }
+
+    #[test]
+    fn date_order_problems() {
+        let key = |body: &str| format!("{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n{body}");
+        assert_problem(
+            &key("    granted_by: me\n    granted_at: 2026-03-02\n    expires_at: 2026-03-02\n"),
+            17,
+            "dates out of order: expires_at 2026-03-02 is not after granted_at 2026-03-02",
+        );
+        assert_problem(
+            &key("    granted_by: me\n    granted_at: 2026-03-02\n    revoked_at: 2026-03-01T23:59:59Z\n    revoked_by: x\n"),
+            17,
+            "revoked_at 2026-03-01T23:59:59.000000Z is before granted_at 2026-03-02",
+        );
+        assert_problem(&key("    revoked_at: 2026-03-01\n"), 15, "`revoked_at` needs `revoked_by`");
+        assert_problem(&key("    revoked_by: x\n"), 15, "`revoked_by` without `revoked_at`");
+        let grants = "    grants:\n      - api: a\n        granted_by: me\n        granted_at: 2026-05-01\n      - api: a\n        granted_by: me\n        granted_at: 2026-04-01\n";
+        assert_problem(&key(grants), 19, "grant of api `a` at 2026-04-01 is before the previous entry for that api (line 16)");
+    }
+
+    #[test]
+    fn key_env_and_file_are_fingerprinted() {
+        let dir = std::env::temp_dir().join(format!("observer-load-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("k.txt"), "file-key-0123456789abcd\n").expect("write key file");
+        std::env::set_var("OBSERVER_TEST_KEY_ENV_FP", "env-key-0123456789wxyz");
+        let text = format!(
+            "{BASE}keys:\n  - id: e\n    application: app\n    key_env: OBSERVER_TEST_KEY_ENV_FP\n  - id: f\n    application: app\n    key_file: k.txt\n"
+        );
+        let l = load_str(&text, &dir, &secret()).unwrap_or_else(|p| panic!("env/file keys valid: {p:?}"));
+        let keys = &l.registry.keys;
+        assert_eq!(keys[0].fingerprint, secret().fingerprint_hex(b"env-key-0123456789wxyz"));
+        assert_eq!(keys[0].suffix, "wxyz");
+        assert_eq!(keys[1].fingerprint, secret().fingerprint_hex(b"file-key-0123456789abcd"), "file content trimmed");
+        assert_eq!(keys[1].suffix, "abcd");
+        assert_eq!(l.dependencies, vec![dir.join("k.txt")], "key file is watched");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_line_order() {
+        let text = "teams:\n  - id: t\n  - id: t\napis:\n  - id: a\n    owner: x\n    match: {ports: 99999}\n";
+        let ps = problems(text);
+        assert!(ps.len() >= 3, "all problems collected: {ps:?}");
+        assert!(ps.windows(2).all(|w| w[0].line <= w[1].line), "sorted by line: {ps:?}");
+        let err = RegistryError::Invalid { path: PathBuf::from("reg.yaml"), problems: ps };
+        let msg = err.to_string();
+        assert!(msg.contains("reg.yaml:3: duplicate team id"), "FILE:LINE: message format: {msg}");
+        assert!(msg.contains("reg.yaml:7: "), "{msg}");
+    }
 }
