@@ -1,7 +1,7 @@
 //! Command-line surface of the registry: the `RegistryArgs` the `run` command flattens, and `observer registry
 //! check | import | fingerprint`.
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::fingerprint::{key_suffix, KeySecret};
@@ -159,5 +159,73 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
             println!("suffix: {}", scalar(key_suffix(key)));
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct RunLike {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    }
+
+    #[derive(Parser)]
+    struct Top {
+        #[command(subcommand)]
+        cmd: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Registry(RegistryCommand),
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        RunLike::command().debug_assert();
+        Top::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flattens_registry_args() {
+        let a = RunLike::try_parse_from(["run"]).expect("defaults parse");
+        assert_eq!(a.registry.registry, None);
+        assert_eq!(a.registry.secret.key_secret_file, PathBuf::from(DEFAULT_KEY_SECRET_FILE));
+        let a = RunLike::try_parse_from(["run", "--registry", "r.yaml", "--key-secret-file", "/tmp/s"]).expect("parses");
+        assert_eq!(a.registry.registry, Some(PathBuf::from("r.yaml")));
+        assert_eq!(a.registry.secret.key_secret_file, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let Top { cmd: Sub::Registry(c) } =
+            Top::try_parse_from(["x", "registry", "check", "r.yaml", "--key-secret-file", "/s"]).expect("check parses");
+        assert!(matches!(c.action, RegistryAction::Check { ref file, .. } if file == Path::new("r.yaml")));
+        assert!(Top::try_parse_from(["x", "registry", "import"]).is_err(), "import needs a source");
+        assert!(
+            Top::try_parse_from(["x", "registry", "import", "--openapi", "a", "--kong", "b"]).is_err(),
+            "one source at a time"
+        );
+        let Top { cmd: Sub::Registry(c) } = Top::try_parse_from(["x", "registry", "fingerprint"]).expect("stdin form");
+        assert!(matches!(c.action, RegistryAction::Fingerprint { key: None, .. }));
+    }
+
+    #[test]
+    fn open_creates_the_secret_and_loads_the_registry() {
+        let dir = std::env::temp_dir().join(format!("observer-cli-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let args = RegistryArgs {
+            registry: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/registry.yaml")),
+            secret: KeySecretArgs { key_secret_file: dir.join("secret") },
+        };
+        let live = args.open().unwrap_or_else(|e| panic!("example registry opens: {e}"));
+        assert!(dir.join("secret").exists(), "secret created on first run");
+        assert_eq!(live.snapshot().registry.apis.len(), 4);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -300,3 +300,105 @@ fn render(services: &[Service], consumers: &[Consumer], source: &str, secret: &K
     }
     y
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::event::KeyState;
+    use crate::registry::{load_str, parse_date};
+
+    fn secret() -> KeySecret {
+        KeySecret::from_bytes(b"kong-import-secret-01")
+    }
+
+    fn fixture() -> String {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kong.yaml");
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn kong_fixture_imports_to_a_valid_registry() {
+        let yaml = import(&fixture(), "kong.yaml", &secret(), "2026-03-02").expect("fixture imports");
+        assert!(!yaml.contains("sk_live_mobile_checkout_7Hq2x93f9a"), "raw keys never printed:\n{yaml}");
+        assert!(!yaml.contains("not-imported"), "passwords never printed");
+        let loaded = load_str(&yaml, Path::new("."), &secret()).unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"));
+        let r = &loaded.registry;
+        let ids: Vec<&str> = r.apis.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["payments", "orders", "inventory"]);
+        let pay = &r.apis[0];
+        assert_eq!(pay.matcher.base_paths, ["/v1/payments"]);
+        assert_eq!(pay.auth.headers, ["X-Api-Key"]);
+        assert!(pay.auth.query.is_empty(), "key_in_query: false");
+        let orders = &r.apis[1];
+        assert_eq!(orders.auth.headers, ["apikey"], "Kong default key name");
+        assert_eq!(orders.auth.query, ["apikey"], "Kong accepts the key in the query by default");
+        assert_eq!(orders.matcher.base_paths, ["/v1/orders"], "regex path skipped");
+        assert!(yaml.contains("Regex route paths not imported"));
+        let inv = &r.apis[2];
+        assert_eq!(inv.matcher.ports, [9090]);
+        assert_eq!(inv.auth.kind, crate::registry::AuthKind::Basic);
+
+        let apps: Vec<&str> = r.applications.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(apps, ["mobile-checkout", "partner-portal", "warehouse-sync"]);
+        let now = parse_date("2026-03-03").expect("date");
+        let key = |app: &str| r.keys.iter().find(|k| k.application == app).unwrap_or_else(|| panic!("key of {app}"));
+        let mobile = key("mobile-checkout");
+        assert_eq!(mobile.fingerprint, secret().fingerprint_hex(b"sk_live_mobile_checkout_7Hq2x93f9a"));
+        assert_eq!(mobile.suffix, "3f9a");
+        assert_eq!(mobile.state(Some("payments"), now), KeyState::Valid, "ACL group payments-users");
+        assert_eq!(mobile.state(Some("orders"), now), KeyState::Valid, "no ACL: any consumer");
+        let partner = key("partner-portal");
+        assert_eq!(partner.state(Some("payments"), now), KeyState::NotGrantedForApi, "not in the ACL group");
+        assert_eq!(partner.state(Some("orders"), now), KeyState::Valid);
+        let basic = key("warehouse-sync");
+        assert_eq!(basic.fingerprint, secret().fingerprint_hex(b"warehouse-sync"), "basic username is the key");
+        assert_eq!(basic.state(Some("inventory"), now), KeyState::Valid);
+        assert_eq!(basic.state(Some("orders"), now), KeyState::NotGrantedForApi, "basic creds only for basic-auth services");
+    }
+
+    #[test]
+    fn top_level_entities_and_references() {
+        let text = "_format_version: '3.0'
+services:
+  - name: svc
+    url: http://svc.internal:81/
+routes:
+  - name: r
+    service: {name: svc}
+    hosts: [svc.example.com]
+plugins:
+  - name: key-auth
+    service: svc
+  - name: acl
+    service: svc
+    config: {deny: [blocked]}
+consumers:
+  - username: ok
+  - username: bad
+keyauth_credentials:
+  - consumer: {username: ok}
+    key: ok-key-0123456789
+  - consumer: bad
+    key: bad-key-0123456789
+acls:
+  - consumer: bad
+    group: blocked
+";
+        let yaml = import(text, "k.yaml", &secret(), "2026-01-01").expect("imports");
+        let r = load_str(&yaml, Path::new("."), &secret()).unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}")).registry;
+        assert_eq!(r.apis[0].matcher.hosts.len(), 1, "top-level route attached by service reference");
+        let now = parse_date("2026-02-01").expect("date");
+        let ok = r.keys.iter().find(|k| k.application == "ok").expect("ok key");
+        let bad = r.keys.iter().find(|k| k.application == "bad").expect("bad key");
+        assert_eq!(ok.state(Some("svc"), now), KeyState::Valid);
+        assert_eq!(bad.state(Some("svc"), now), KeyState::NotGrantedForApi, "denied ACL group");
+    }
+
+    #[test]
+    fn not_kong_is_refused() {
+        let err = import("openapi: 3.0.0\n", "x", &secret(), "2026-01-01").expect_err("not kong");
+        assert!(err.contains("not a Kong declarative config"), "{err}");
+    }
+}

@@ -283,3 +283,66 @@ mod tests {
         assert_eq!(slug("***"), "api");
     }
 }
+
+#[cfg(test)]
+mod fixture_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::registry::{load_str, KeySecret};
+
+    fn fixture() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/payments-openapi.yaml")
+    }
+
+    #[test]
+    fn openapi_fixture_imports_to_a_valid_registry() {
+        let spec = read_spec(&fixture()).unwrap_or_else(|e| panic!("fixture parses: {e}"));
+        assert_eq!(spec.title, "Payments API");
+        assert_eq!(spec.hosts, ["api.example.com", "payments.internal"]);
+        assert_eq!(spec.ports, [8443]);
+        assert_eq!(spec.base_path, "/v1");
+        assert_eq!(
+            spec.routes,
+            [
+                "GET /v1/payments",
+                "POST /v1/payments",
+                "GET /v1/payments/{id}",
+                "POST /v1/payments/{id}/refunds",
+                "GET /v1/payments/{id}/refunds",
+                "GET /v1/payments/{id}/refunds/{refund_id}",
+                "GET /v1/payments/search",
+            ],
+            "path-level `parameters` is not an operation"
+        );
+        assert_eq!(
+            spec.auth,
+            Some(ImportedAuth { kind: AuthKind::ApiKey, headers: vec!["X-Api-Key".into()], query: vec![] }),
+            "the globally required scheme is used"
+        );
+        let yaml = to_registry_yaml(&spec, "payments-openapi.yaml");
+        let secret = KeySecret::from_bytes(b"openapi-import-secret");
+        let r = load_str(&yaml, Path::new("."), &secret).unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}")).registry;
+        assert_eq!(r.apis[0].id, "payments-api");
+        assert_eq!(r.apis[0].routes.len(), 7);
+        assert_eq!(r.apis[0].matcher.base_paths, ["/v1"]);
+    }
+
+    #[test]
+    fn json_and_other_security_schemes() {
+        let json = r#"{"openapi": "3.1.0", "info": {"title": "Q", "version": "1"},
+            "paths": {"/things": {"get": {}}, "/health": {}},
+            "components": {"securitySchemes": {"k": {"type": "apiKey", "in": "query", "name": "key"}}}}"#;
+        let spec = parse_spec(json).expect("JSON OpenAPI parses");
+        assert_eq!(spec.routes, ["GET /things", "/health"], "path without operations matches any method");
+        assert_eq!(spec.auth.as_ref().map(|a| a.query.clone()), Some(vec!["key".to_string()]));
+        let yaml = to_registry_yaml(&spec, "q.json");
+        assert!(yaml.contains("The document names no server"), "{yaml}");
+        let secret = KeySecret::from_bytes(b"openapi-import-secret");
+        load_str(&yaml, Path::new("."), &secret).unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}"));
+        let basic = "openapi: 3.0.0\npaths: {}\ncomponents:\n  securitySchemes:\n    b: {type: http, scheme: Basic}\n";
+        assert_eq!(parse_spec(basic).expect("parses").auth.map(|a| a.kind), Some(AuthKind::Basic));
+        let err = parse_spec("openapi: 3.0.0\npaths:\n  things: {}\n").expect_err("relative path refused");
+        assert!(err.contains("line 3"), "{err}");
+    }
+}

@@ -299,3 +299,173 @@ impl Drop for Watcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::event::{Exchange, KeyState};
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("observer-watch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    fn secret() -> KeySecret {
+        KeySecret::from_bytes(b"watch-test-secret-0123")
+    }
+
+    fn registry(revoked: bool) -> String {
+        let fp = secret().fingerprint_hex(b"the-key-0123456789abcd");
+        let revoke = if revoked { "        revoked_at: 2026-04-01\n        revoked_by: bob\n" } else { "" };
+        format!(
+            "teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {{hosts: a.com}}\napplications:\n  - id: app\n    team: t\nkeys:\n  - id: k\n    application: app\n    fingerprint: {fp}\n    grants:\n      - api: a\n        granted_by: alice\n        granted_at: 2026-01-01\n{revoke}"
+        )
+    }
+
+    fn key_state(live: &LiveRegistry) -> KeyState {
+        let mut ex = Exchange::default();
+        ex.event.host = "a.com".into();
+        ex.event.path = "/x".into();
+        ex.event.ts = crate::registry::parse_date("2026-05-01").expect("date");
+        ex.request_headers.push(("X-Api-Key".into(), "the-key-0123456789abcd".into()));
+        crate::enrich::enrich(&live.load(), &mut ex);
+        ex.event.key_state
+    }
+
+    /// Rewrites a file so that mtime and/or size surely change.
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).expect("write registry");
+    }
+
+    #[test]
+    fn invalid_start_is_refused() {
+        let dir = tmpdir("refuse");
+        let path = dir.join("r.yaml");
+        write(&path, "teams: [{id: t}, {id: t}]\n");
+        let err = LiveRegistry::open(Some(&path), secret()).expect_err("invalid registry must not open");
+        assert!(err.to_string().contains("r.yaml:1: duplicate team id"), "message: {err}");
+        let err = LiveRegistry::open(Some(&dir.join("missing.yaml")), secret()).expect_err("missing file");
+        assert!(err.to_string().contains("cannot read registry"), "message: {err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn reload_swaps_valid_and_keeps_last_good_on_invalid_edit() {
+        let dir = tmpdir("reload");
+        let path = dir.join("r.yaml");
+        write(&path, &registry(false));
+        let live = LiveRegistry::open(Some(&path), secret()).expect("valid registry opens");
+        let mut rx = live.subscribe();
+        assert_eq!(key_state(&live), KeyState::Valid);
+        assert_eq!(live.reload_if_changed(), ReloadOutcome::Unchanged, "nothing changed yet");
+
+        // An invalid edit is rejected, counted and the old registry stays.
+        write(&path, &format!("{}    bogus: 1\n", registry(true)));
+        let out = live.reload_if_changed();
+        assert!(
+            matches!(&out, ReloadOutcome::Rejected { error } if error.contains("unknown field `bogus`")),
+            "invalid edit must be rejected with its problem: {out:?}"
+        );
+        assert_eq!(key_state(&live), KeyState::Valid, "last good registry still in use");
+        let stats = live.stats();
+        assert_eq!((stats.generation, stats.reloads, stats.failures), (0, 0, 1));
+        assert!(stats.last_error.as_deref().is_some_and(|e| e.contains("r.yaml:")), "{stats:?}");
+        assert!(!rx.has_changed().expect("sender alive"), "subscribers not told about rejected edits");
+        assert_eq!(live.reload_if_changed(), ReloadOutcome::Unchanged, "a bad edit is reported once");
+
+        // Fixing it reloads: the key is now revoked.
+        write(&path, &registry(true));
+        assert_eq!(live.reload_if_changed(), ReloadOutcome::Reloaded { generation: 1 });
+        assert_eq!(key_state(&live), KeyState::Revoked);
+        let stats = live.stats();
+        assert_eq!((stats.generation, stats.reloads, stats.failures), (1, 1, 1));
+        assert_eq!(stats.last_error, None, "cleared by a good reload");
+        assert!(rx.has_changed().expect("sender alive"), "subscribers told");
+        let snap = rx.borrow_and_update().clone();
+        assert_eq!(snap.generation, 1);
+        assert!(snap.registry.keys[0].window.revoked_at.is_none() && snap.registry.keys[0].grants[0].window.revoked_at.is_some());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn same_size_same_mtime_edit_is_caught_by_hash() {
+        let dir = tmpdir("hash");
+        let path = dir.join("r.yaml");
+        let a = registry(false).replace("alice", "AAAAA");
+        let b = registry(false).replace("alice", "BBBBB");
+        write(&path, &a);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+        let live = LiveRegistry::open(Some(&path), secret()).expect("opens");
+        write(&path, &b);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("restore mtime");
+        let mut outcomes = Vec::new();
+        for _ in 0..HASH_EVERY_POLLS {
+            outcomes.push(live.reload_if_changed());
+        }
+        assert!(
+            outcomes.contains(&ReloadOutcome::Reloaded { generation: 1 }),
+            "periodic hash must catch an edit with identical mtime and size: {outcomes:?}"
+        );
+        assert_eq!(live.snapshot().registry.keys[0].grants[0].window.granted_by, "BBBBB");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn referenced_files_trigger_reload() {
+        let dir = tmpdir("deps");
+        let path = dir.join("r.yaml");
+        let spec = dir.join("spec.yaml");
+        write(&spec, "openapi: 3.0.0\ninfo: {title: A, version: '1'}\npaths:\n  /a/{x}: {get: {}}\n");
+        write(
+            &path,
+            "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {hosts: a.com}\n    openapi: spec.yaml\n",
+        );
+        let live = LiveRegistry::open(Some(&path), secret()).expect("opens");
+        assert_eq!(live.snapshot().registry.apis[0].routes.len(), 1);
+        write(&spec, "openapi: 3.0.0\ninfo: {title: A, version: '1'}\npaths:\n  /a/{x}: {get: {}}\n  /b: {post: {}}\n");
+        assert_eq!(live.reload_if_changed(), ReloadOutcome::Reloaded { generation: 1 });
+        assert_eq!(live.snapshot().registry.apis[0].routes.len(), 2, "new route from the OpenAPI file");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn watcher_thread_picks_up_changes_within_two_seconds() {
+        let dir = tmpdir("thread");
+        let path = dir.join("r.yaml");
+        write(&path, &registry(false));
+        let live = LiveRegistry::open(Some(&path), secret()).expect("opens");
+        let watcher = live.spawn_watcher(Duration::from_millis(50)).expect("watcher starts with a file");
+        // Readers keep going while the file changes.
+        let reader = {
+            let live = Arc::clone(&live);
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_millis(300) {
+                    let _ = key_state(&live);
+                    n += 1;
+                }
+                n
+            })
+        };
+        write(&path, &registry(true));
+        let start = Instant::now();
+        while key_state(&live) != KeyState::Revoked {
+            assert!(start.elapsed() < Duration::from_secs(2), "reload not seen within 2 s: {:?}", live.stats());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(reader.join().expect("reader thread") > 0, "reader made progress during reload");
+        drop(watcher);
+        let none = LiveRegistry::open(None, secret()).expect("empty registry");
+        assert!(none.spawn_watcher(POLL_INTERVAL).is_none(), "nothing to watch without a file");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
