@@ -1,7 +1,7 @@
 //! Command-line surface of the registry: the `RegistryArgs` the `run` command flattens, and `observer registry
 //! check | import | fingerprint`.
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::fingerprint::{key_suffix, KeySecret};
@@ -64,7 +64,12 @@ pub enum RegistryAction {
     /// Print registry YAML (to merge) from an OpenAPI 3 document or a Kong declarative config.
     Import {
         /// OpenAPI 3 document (YAML or JSON): servers -> matcher, security scheme -> auth, paths -> routes.
-        #[arg(long, value_name = "SPEC", conflicts_with = "kong", required_unless_present = "kong")]
+        #[arg(
+            long,
+            value_name = "SPEC",
+            conflicts_with = "kong",
+            required_unless_present = "kong"
+        )]
         openapi: Option<PathBuf>,
         /// Kong declarative config: services -> apis, consumers -> applications, credentials -> keys, ACLs -> grants.
         #[arg(long, value_name = "FILE")]
@@ -89,7 +94,13 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
             let loaded = match load_file(&file, &secret) {
                 Ok(l) => l,
                 Err(RegistryError::Invalid { path, problems }) => {
-                    eprintln!("{}", Problems { path: &path, problems: &problems });
+                    eprintln!(
+                        "{}",
+                        Problems {
+                            path: &path,
+                            problems: &problems
+                        }
+                    );
                     eprintln!("{}: {} problem(s)", path.display(), problems.len());
                     std::process::exit(1);
                 }
@@ -123,10 +134,11 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
                 super::import_openapi::to_registry_yaml(&parsed, &spec.display().to_string())
             } else if let Some(kong) = kong {
                 let secret = secret.load()?;
-                let text = std::fs::read_to_string(&kong).map_err(|source| RegistryError::Read {
-                    path: kong.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(&kong).map_err(|source| RegistryError::Read {
+                        path: kong.clone(),
+                        source,
+                    })?;
                 let today = crate::event::Timestamp::now().to_rfc3339()[..10].to_string();
                 super::import_kong::import(&text, &kong.display().to_string(), &secret, &today)
                     .map_err(|message| RegistryError::Import {
@@ -164,6 +176,8 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::{CommandFactory, Parser};
 
     use super::*;
@@ -195,24 +209,49 @@ mod tests {
     fn run_flattens_registry_args() {
         let a = RunLike::try_parse_from(["run"]).expect("defaults parse");
         assert_eq!(a.registry.registry, None);
-        assert_eq!(a.registry.secret.key_secret_file, PathBuf::from(DEFAULT_KEY_SECRET_FILE));
-        let a = RunLike::try_parse_from(["run", "--registry", "r.yaml", "--key-secret-file", "/tmp/s"]).expect("parses");
+        assert_eq!(
+            a.registry.secret.key_secret_file,
+            PathBuf::from(DEFAULT_KEY_SECRET_FILE)
+        );
+        let a =
+            RunLike::try_parse_from(["run", "--registry", "r.yaml", "--key-secret-file", "/tmp/s"])
+                .expect("parses");
         assert_eq!(a.registry.registry, Some(PathBuf::from("r.yaml")));
         assert_eq!(a.registry.secret.key_secret_file, PathBuf::from("/tmp/s"));
     }
 
     #[test]
     fn subcommands_parse() {
-        let Top { cmd: Sub::Registry(c) } =
-            Top::try_parse_from(["x", "registry", "check", "r.yaml", "--key-secret-file", "/s"]).expect("check parses");
-        assert!(matches!(c.action, RegistryAction::Check { ref file, .. } if file == Path::new("r.yaml")));
-        assert!(Top::try_parse_from(["x", "registry", "import"]).is_err(), "import needs a source");
+        let Top {
+            cmd: Sub::Registry(c),
+        } = Top::try_parse_from([
+            "x",
+            "registry",
+            "check",
+            "r.yaml",
+            "--key-secret-file",
+            "/s",
+        ])
+        .expect("check parses");
         assert!(
-            Top::try_parse_from(["x", "registry", "import", "--openapi", "a", "--kong", "b"]).is_err(),
+            matches!(c.action, RegistryAction::Check { ref file, .. } if file == Path::new("r.yaml"))
+        );
+        assert!(
+            Top::try_parse_from(["x", "registry", "import"]).is_err(),
+            "import needs a source"
+        );
+        assert!(
+            Top::try_parse_from(["x", "registry", "import", "--openapi", "a", "--kong", "b"])
+                .is_err(),
             "one source at a time"
         );
-        let Top { cmd: Sub::Registry(c) } = Top::try_parse_from(["x", "registry", "fingerprint"]).expect("stdin form");
-        assert!(matches!(c.action, RegistryAction::Fingerprint { key: None, .. }));
+        let Top {
+            cmd: Sub::Registry(c),
+        } = Top::try_parse_from(["x", "registry", "fingerprint"]).expect("stdin form");
+        assert!(matches!(
+            c.action,
+            RegistryAction::Fingerprint { key: None, .. }
+        ));
     }
 
     #[test]
@@ -221,9 +260,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let args = RegistryArgs {
             registry: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/registry.yaml")),
-            secret: KeySecretArgs { key_secret_file: dir.join("secret") },
+            secret: KeySecretArgs {
+                key_secret_file: dir.join("secret"),
+            },
         };
-        let live = args.open().unwrap_or_else(|e| panic!("example registry opens: {e}"));
+        let live = args
+            .open()
+            .unwrap_or_else(|e| panic!("example registry opens: {e}"));
         assert!(dir.join("secret").exists(), "secret created on first run");
         assert_eq!(live.snapshot().registry.apis.len(), 4);
         std::fs::remove_dir_all(&dir).ok();

@@ -82,7 +82,10 @@ impl KeySecret {
         f.read_to_end(&mut raw).map_err(read_err)?;
         let trimmed = raw.trim_ascii();
         // Files we create hold hex; any other content is used as raw bytes.
-        let bytes = match std::str::from_utf8(trimmed).ok().and_then(|s| hex::decode(s).ok()) {
+        let bytes = match std::str::from_utf8(trimmed)
+            .ok()
+            .and_then(|s| hex::decode(s).ok())
+        {
             Some(decoded) if !decoded.is_empty() => decoded,
             _ => trimmed.to_vec(),
         };
@@ -204,7 +207,11 @@ mod tests {
             .expect("secret file exists")
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600, "secret file mode must be 0600, got {mode:o}");
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "secret file mode must be 0600, got {mode:o}"
+        );
         let content = std::fs::read_to_string(&path).expect("secret readable");
         assert_eq!(content.trim().len(), 64, "32 random bytes as hex");
         let b = KeySecret::load_or_create(&path).expect("existing secret must load");
@@ -244,7 +251,10 @@ mod tests {
         let mut out = String::from("junk");
         write_hex(&s.fingerprint(b"what do ya want for nothing?"), &mut out);
         assert_eq!(out, s.fingerprint_hex(b"what do ya want for nothing?"));
-        assert_eq!(parse_fingerprint(&out), Some(s.fingerprint(b"what do ya want for nothing?")));
+        assert_eq!(
+            parse_fingerprint(&out),
+            Some(s.fingerprint(b"what do ya want for nothing?"))
+        );
         assert_eq!(parse_fingerprint("abc"), None);
         assert_eq!(format!("{s:?}"), "KeySecret(<redacted>)");
     }
@@ -255,6 +265,10 @@ mod tests {
         assert_eq!(key_suffix("abcdefgh"), "gh", "short keys reveal a quarter");
         assert_eq!(key_suffix("abc"), "");
         assert_eq!(key_suffix(""), "");
-        assert_eq!(key_suffix("ключ-ключ-ключ-ёжик"), "ёжик", "char boundaries respected");
+        assert_eq!(
+            key_suffix("ключ-ключ-ключ-ёжик"),
+            "ёжик",
+            "char boundaries respected"
+        );
     }
 }

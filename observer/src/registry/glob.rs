@@ -85,7 +85,9 @@ fn match_from(p: &[u8], t: &[u8], sep: Option<u8>, ci: bool) -> bool {
                 let double = p.get(pi + 1) == Some(&b'*');
                 let rest = if double { pi + 2 } else { pi + 1 };
                 // `**/` also matches zero segments.
-                if double && p.get(rest) == Some(&b'/') && match_from(&p[rest + 1..], &t[ti..], sep, ci)
+                if double
+                    && p.get(rest) == Some(&b'/')
+                    && match_from(&p[rest + 1..], &t[ti..], sep, ci)
                 {
                     return true;
                 }
@@ -143,11 +145,20 @@ mod tests {
     fn path_globs_respect_segments() {
         let g = Glob::path("/kubepods/*/checkout-*");
         assert!(g.matches("/kubepods/burstable/checkout-7f9"));
-        assert!(!g.matches("/kubepods/a/b/checkout-7f9"), "* must not cross /");
+        assert!(
+            !g.matches("/kubepods/a/b/checkout-7f9"),
+            "* must not cross /"
+        );
         let g = Glob::path("/kubepods/**/checkout-*");
         assert!(g.matches("/kubepods/a/b/checkout-7f9"), "** crosses /");
-        assert!(g.matches("/kubepods/checkout-1"), "**/ matches zero segments");
-        assert!(!g.matches("/kubepods/a/checkout/x"), "last * stays in its segment");
+        assert!(
+            g.matches("/kubepods/checkout-1"),
+            "**/ matches zero segments"
+        );
+        assert!(
+            !g.matches("/kubepods/a/checkout/x"),
+            "last * stays in its segment"
+        );
         assert!(Glob::path("/system.slice/**").matches("/system.slice/a/b.service"));
         assert!(!Glob::path("/a").matches("/A"), "paths are case-sensitive");
     }

@@ -45,7 +45,11 @@ fn list<'a>(n: &'a Node, key: &str) -> &'a [Node] {
 }
 
 fn str_list(n: &Node, key: &str) -> Vec<String> {
-    list(n, key).iter().filter_map(Node::as_str).map(str::to_string).collect()
+    list(n, key)
+        .iter()
+        .filter_map(Node::as_str)
+        .map(str::to_string)
+        .collect()
 }
 
 /// A reference to a service/consumer/route: a name string or `{name|id|username: ...}`.
@@ -67,7 +71,11 @@ fn apply_plugin(svc: &mut Service, p: &Node) {
         Some("key-auth") => {
             let names = config.map(|c| str_list(c, "key_names")).unwrap_or_default();
             svc.key_auth = Some(KeyAuth {
-                key_names: if names.is_empty() { vec!["apikey".into()] } else { names },
+                key_names: if names.is_empty() {
+                    vec!["apikey".into()]
+                } else {
+                    names
+                },
                 in_query: config.and_then(|c| s(c, "key_in_query")) != Some("false"),
             });
         }
@@ -99,7 +107,11 @@ fn add_route(svc: &mut Service, r: &Node) {
             svc.skipped_regex_paths.push(p);
         } else {
             let t = p.trim_end_matches('/');
-            let t = if t.is_empty() { "/".to_string() } else { t.to_string() };
+            let t = if t.is_empty() {
+                "/".to_string()
+            } else {
+                t.to_string()
+            };
             if !svc.paths.contains(&t) {
                 svc.paths.push(t);
             }
@@ -110,7 +122,8 @@ fn add_route(svc: &mut Service, r: &Node) {
 /// Converts Kong declarative config text to registry YAML. Keys are fingerprinted with `secret`; raw keys are not
 /// printed. `today` (YYYY-MM-DD) dates the grants.
 pub fn import(text: &str, source: &str, secret: &KeySecret, today: &str) -> Result<String, String> {
-    let root = yaml::parse(text).map_err(|e| format!("YAML syntax error at line {}: {}", e.line, e.message))?;
+    let root = yaml::parse(text)
+        .map_err(|e| format!("YAML syntax error at line {}: {}", e.line, e.message))?;
     if root.get("_format_version").is_none() && root.get("services").is_none() {
         return Err(format!(
             "line {}: not a Kong declarative config (no `_format_version` or `services`)",
@@ -119,7 +132,10 @@ pub fn import(text: &str, source: &str, secret: &KeySecret, today: &str) -> Resu
     }
     let mut services: Vec<Service> = Vec::new();
     for n in list(&root, "services") {
-        let name = s(n, "name").or_else(|| s(n, "id")).unwrap_or("service").to_string();
+        let name = s(n, "name")
+            .or_else(|| s(n, "id"))
+            .unwrap_or("service")
+            .to_string();
         let mut svc = Service {
             id: slug(&name),
             name: name.clone(),
@@ -144,7 +160,9 @@ pub fn import(text: &str, source: &str, secret: &KeySecret, today: &str) -> Resu
         }
         services.push(svc);
     }
-    let find = |services: &mut Vec<Service>, name: &str| services.iter().position(|s| s.name == name || s.id == name);
+    let find = |services: &mut Vec<Service>, name: &str| {
+        services.iter().position(|s| s.name == name || s.id == name)
+    };
     for r in list(&root, "routes") {
         if let Some(i) = reference(r, "service").and_then(|n| find(&mut services, &n)) {
             add_route(&mut services[i], r);
@@ -165,20 +183,41 @@ pub fn import(text: &str, source: &str, secret: &KeySecret, today: &str) -> Resu
 
     let mut consumers: Vec<Consumer> = Vec::new();
     for n in list(&root, "consumers") {
-        let username = s(n, "username").or_else(|| s(n, "custom_id")).or_else(|| s(n, "id")).unwrap_or("consumer");
+        let username = s(n, "username")
+            .or_else(|| s(n, "custom_id"))
+            .or_else(|| s(n, "id"))
+            .unwrap_or("consumer");
         let mut c = Consumer {
             id: slug(username),
             username: username.to_string(),
             ..Default::default()
         };
-        c.keys.extend(list(n, "keyauth_credentials").iter().filter_map(|k| s(k, "key")).map(str::to_string));
-        c.basic_users
-            .extend(list(n, "basicauth_credentials").iter().filter_map(|k| s(k, "username")).map(str::to_string));
-        c.groups.extend(list(n, "acls").iter().filter_map(|a| s(a, "group")).map(str::to_string));
+        c.keys.extend(
+            list(n, "keyauth_credentials")
+                .iter()
+                .filter_map(|k| s(k, "key"))
+                .map(str::to_string),
+        );
+        c.basic_users.extend(
+            list(n, "basicauth_credentials")
+                .iter()
+                .filter_map(|k| s(k, "username"))
+                .map(str::to_string),
+        );
+        c.groups.extend(
+            list(n, "acls")
+                .iter()
+                .filter_map(|a| s(a, "group"))
+                .map(str::to_string),
+        );
         consumers.push(c);
     }
     let consumer_of = |consumers: &mut Vec<Consumer>, n: &Node| {
-        reference(n, "consumer").and_then(|name| consumers.iter().position(|c| c.username == name || c.id == name))
+        reference(n, "consumer").and_then(|name| {
+            consumers
+                .iter()
+                .position(|c| c.username == name || c.id == name)
+        })
     };
     for k in list(&root, "keyauth_credentials") {
         if let (Some(i), Some(key)) = (consumer_of(&mut consumers, k), s(k, "key")) {
@@ -209,14 +248,28 @@ fn granted(svc: &Service, c: &Consumer) -> bool {
     }
 }
 
-fn render(services: &[Service], consumers: &[Consumer], source: &str, secret: &KeySecret, today: &str) -> String {
+fn render(
+    services: &[Service],
+    consumers: &[Consumer],
+    source: &str,
+    secret: &KeySecret,
+    today: &str,
+) -> String {
     let mut y = format!(
         "# Imported from Kong declarative config {source}.\n# Services -> apis, consumers -> applications, key-auth/basic-auth credentials -> keys (fingerprints only),\n# ACL groups -> grants (dated {today}, the import). Review owners and teams, then merge into your registry.\nversion: 1\n"
     );
     y.push_str(&unassigned_team_yaml());
-    y.push_str(if services.is_empty() { "apis: []\n" } else { "apis:\n" });
+    y.push_str(if services.is_empty() {
+        "apis: []\n"
+    } else {
+        "apis:\n"
+    });
     for svc in services {
-        y.push_str(&format!("  - id: {}\n    name: {}\n    owner: unassigned\n    match:\n", scalar(&svc.id), scalar(&svc.name)));
+        y.push_str(&format!(
+            "  - id: {}\n    name: {}\n    owner: unassigned\n    match:\n",
+            scalar(&svc.id),
+            scalar(&svc.name)
+        ));
         if !svc.skipped_regex_paths.is_empty() {
             y.push_str(&format!(
                 "      # Regex route paths not imported: {}\n",
@@ -240,7 +293,10 @@ fn render(services: &[Service], consumers: &[Consumer], source: &str, secret: &K
         }
         match (&svc.key_auth, svc.basic_auth) {
             (Some(k), _) => {
-                y.push_str(&format!("    auth:\n      type: api_key\n      headers: {}\n", flow_list(&k.key_names)));
+                y.push_str(&format!(
+                    "    auth:\n      type: api_key\n      headers: {}\n",
+                    flow_list(&k.key_names)
+                ));
                 if k.in_query {
                     y.push_str(&format!("      query: {}\n", flow_list(&k.key_names)));
                 }
@@ -249,7 +305,11 @@ fn render(services: &[Service], consumers: &[Consumer], source: &str, secret: &K
             (None, false) => y.push_str("    auth: anonymous\n"),
         }
     }
-    y.push_str(if consumers.is_empty() { "applications: []\n" } else { "applications:\n" });
+    y.push_str(if consumers.is_empty() {
+        "applications: []\n"
+    } else {
+        "applications:\n"
+    });
     for c in consumers {
         y.push_str(&format!(
             "  - id: {}\n    name: {}\n    team: unassigned\n    created_by: kong-import\n    created_at: {today}\n",
@@ -263,7 +323,13 @@ fn render(services: &[Service], consumers: &[Consumer], source: &str, secret: &K
         let key_creds = c.keys.iter().map(|k| ("key", k, true));
         let basic_creds = c.basic_users.iter().map(|u| ("basic", u, false));
         for (n, (kind, raw, is_key)) in key_creds.chain(basic_creds).enumerate() {
-            let uses = |s: &Service| if is_key { s.key_auth.is_some() } else { s.basic_auth && s.key_auth.is_none() };
+            let uses = |s: &Service| {
+                if is_key {
+                    s.key_auth.is_some()
+                } else {
+                    s.basic_auth && s.key_auth.is_none()
+                }
+            };
             let apis: BTreeSet<&str> = services
                 .iter()
                 .filter(|s| uses(s) && granted(s, c))
@@ -320,10 +386,15 @@ mod tests {
 
     #[test]
     fn kong_fixture_imports_to_a_valid_registry() {
-        let yaml = import(&fixture(), "kong.yaml", &secret(), "2026-03-02").expect("fixture imports");
-        assert!(!yaml.contains("sk_live_mobile_checkout_7Hq2x93f9a"), "raw keys never printed:\n{yaml}");
+        let yaml =
+            import(&fixture(), "kong.yaml", &secret(), "2026-03-02").expect("fixture imports");
+        assert!(
+            !yaml.contains("sk_live_mobile_checkout_7Hq2x93f9a"),
+            "raw keys never printed:\n{yaml}"
+        );
         assert!(!yaml.contains("not-imported"), "passwords never printed");
-        let loaded = load_str(&yaml, Path::new("."), &secret()).unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"));
+        let loaded = load_str(&yaml, Path::new("."), &secret())
+            .unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"));
         let r = &loaded.registry;
         let ids: Vec<&str> = r.apis.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids, ["payments", "orders", "inventory"]);
@@ -333,29 +404,68 @@ mod tests {
         assert!(pay.auth.query.is_empty(), "key_in_query: false");
         let orders = &r.apis[1];
         assert_eq!(orders.auth.headers, ["apikey"], "Kong default key name");
-        assert_eq!(orders.auth.query, ["apikey"], "Kong accepts the key in the query by default");
-        assert_eq!(orders.matcher.base_paths, ["/v1/orders"], "regex path skipped");
+        assert_eq!(
+            orders.auth.query,
+            ["apikey"],
+            "Kong accepts the key in the query by default"
+        );
+        assert_eq!(
+            orders.matcher.base_paths,
+            ["/v1/orders"],
+            "regex path skipped"
+        );
         assert!(yaml.contains("Regex route paths not imported"));
         let inv = &r.apis[2];
         assert_eq!(inv.matcher.ports, [9090]);
         assert_eq!(inv.auth.kind, crate::registry::AuthKind::Basic);
 
         let apps: Vec<&str> = r.applications.iter().map(|a| a.id.as_str()).collect();
-        assert_eq!(apps, ["mobile-checkout", "partner-portal", "warehouse-sync"]);
+        assert_eq!(
+            apps,
+            ["mobile-checkout", "partner-portal", "warehouse-sync"]
+        );
         let now = parse_date("2026-03-03").expect("date");
-        let key = |app: &str| r.keys.iter().find(|k| k.application == app).unwrap_or_else(|| panic!("key of {app}"));
+        let key = |app: &str| {
+            r.keys
+                .iter()
+                .find(|k| k.application == app)
+                .unwrap_or_else(|| panic!("key of {app}"))
+        };
         let mobile = key("mobile-checkout");
-        assert_eq!(mobile.fingerprint, secret().fingerprint_hex(b"sk_live_mobile_checkout_7Hq2x93f9a"));
+        assert_eq!(
+            mobile.fingerprint,
+            secret().fingerprint_hex(b"sk_live_mobile_checkout_7Hq2x93f9a")
+        );
         assert_eq!(mobile.suffix, "3f9a");
-        assert_eq!(mobile.state(Some("payments"), now), KeyState::Valid, "ACL group payments-users");
-        assert_eq!(mobile.state(Some("orders"), now), KeyState::Valid, "no ACL: any consumer");
+        assert_eq!(
+            mobile.state(Some("payments"), now),
+            KeyState::Valid,
+            "ACL group payments-users"
+        );
+        assert_eq!(
+            mobile.state(Some("orders"), now),
+            KeyState::Valid,
+            "no ACL: any consumer"
+        );
         let partner = key("partner-portal");
-        assert_eq!(partner.state(Some("payments"), now), KeyState::NotGrantedForApi, "not in the ACL group");
+        assert_eq!(
+            partner.state(Some("payments"), now),
+            KeyState::NotGrantedForApi,
+            "not in the ACL group"
+        );
         assert_eq!(partner.state(Some("orders"), now), KeyState::Valid);
         let basic = key("warehouse-sync");
-        assert_eq!(basic.fingerprint, secret().fingerprint_hex(b"warehouse-sync"), "basic username is the key");
+        assert_eq!(
+            basic.fingerprint,
+            secret().fingerprint_hex(b"warehouse-sync"),
+            "basic username is the key"
+        );
         assert_eq!(basic.state(Some("inventory"), now), KeyState::Valid);
-        assert_eq!(basic.state(Some("orders"), now), KeyState::NotGrantedForApi, "basic creds only for basic-auth services");
+        assert_eq!(
+            basic.state(Some("orders"), now),
+            KeyState::NotGrantedForApi,
+            "basic creds only for basic-auth services"
+        );
     }
 
     #[test]
@@ -387,13 +497,31 @@ acls:
     group: blocked
 ";
         let yaml = import(text, "k.yaml", &secret(), "2026-01-01").expect("imports");
-        let r = load_str(&yaml, Path::new("."), &secret()).unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}")).registry;
-        assert_eq!(r.apis[0].matcher.hosts.len(), 1, "top-level route attached by service reference");
+        let r = load_str(&yaml, Path::new("."), &secret())
+            .unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}"))
+            .registry;
+        assert_eq!(
+            r.apis[0].matcher.hosts.len(),
+            1,
+            "top-level route attached by service reference"
+        );
         let now = parse_date("2026-02-01").expect("date");
-        let ok = r.keys.iter().find(|k| k.application == "ok").expect("ok key");
-        let bad = r.keys.iter().find(|k| k.application == "bad").expect("bad key");
+        let ok = r
+            .keys
+            .iter()
+            .find(|k| k.application == "ok")
+            .expect("ok key");
+        let bad = r
+            .keys
+            .iter()
+            .find(|k| k.application == "bad")
+            .expect("bad key");
         assert_eq!(ok.state(Some("svc"), now), KeyState::Valid);
-        assert_eq!(bad.state(Some("svc"), now), KeyState::NotGrantedForApi, "denied ACL group");
+        assert_eq!(
+            bad.state(Some("svc"), now),
+            KeyState::NotGrantedForApi,
+            "denied ACL group"
+        );
     }
 
     #[test]

@@ -26,30 +26,51 @@ pub struct ImportedAuth {
     pub query: Vec<String>,
 }
 
-const OPERATIONS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const OPERATIONS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 /// Reads and parses an OpenAPI 3 document; errors say what is wrong (with a line where one applies).
 pub fn read_spec(path: &Path) -> Result<OpenApiSpec, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_spec(&text)
 }
 
 pub fn parse_spec(text: &str) -> Result<OpenApiSpec, String> {
-    let root = yaml::parse(text).map_err(|e| format!("YAML syntax error at line {}: {}", e.line, e.message))?;
+    let root = yaml::parse(text)
+        .map_err(|e| format!("YAML syntax error at line {}: {}", e.line, e.message))?;
     let version = root.get("openapi").and_then(Node::as_str).unwrap_or("");
     if !version.starts_with("3.") {
         return Err(match root.get("swagger") {
             Some(_) => "Swagger 2 documents are not supported; convert to OpenAPI 3".into(),
-            None => format!("line {}: not an OpenAPI 3 document (`openapi: 3.x` missing)", root.line),
+            None => format!(
+                "line {}: not an OpenAPI 3 document (`openapi: 3.x` missing)",
+                root.line
+            ),
         });
     }
     let info = root.get("info");
     let mut spec = OpenApiSpec {
-        title: info.and_then(|i| i.get("title")).and_then(Node::as_str).unwrap_or("").to_string(),
-        version: info.and_then(|i| i.get("version")).and_then(Node::as_str).unwrap_or("").to_string(),
+        title: info
+            .and_then(|i| i.get("title"))
+            .and_then(Node::as_str)
+            .unwrap_or("")
+            .to_string(),
+        version: info
+            .and_then(|i| i.get("version"))
+            .and_then(Node::as_str)
+            .unwrap_or("")
+            .to_string(),
         ..Default::default()
     };
-    for (i, server) in root.get("servers").and_then(Node::as_seq).unwrap_or(&[]).iter().enumerate() {
+    for (i, server) in root
+        .get("servers")
+        .and_then(Node::as_seq)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
         let Some(url) = server.get("url").and_then(Node::as_str) else {
             continue;
         };
@@ -85,7 +106,8 @@ pub fn parse_spec(text: &str) -> Result<OpenApiSpec, String> {
         let mut any = false;
         for (op, _) in item.as_map().unwrap_or(&[]) {
             if let Some(op) = op.as_str().filter(|o| OPERATIONS.contains(o)) {
-                spec.routes.push(format!("{} {full}", op.to_ascii_uppercase()));
+                spec.routes
+                    .push(format!("{} {full}", op.to_ascii_uppercase()));
                 any = true;
             }
         }
@@ -106,7 +128,12 @@ pub fn split_url(url: &str) -> (Option<String>, Option<u16>, String) {
         },
         None => (None, url),
     };
-    let path = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/').to_string();
+    let path = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_string();
     let Some(authority) = authority.filter(|a| !a.is_empty()) else {
         return (None, None, path);
     };
@@ -202,7 +229,11 @@ pub fn unassigned_team_yaml() -> String {
 
 /// Registry YAML for one OpenAPI document.
 pub fn to_registry_yaml(spec: &OpenApiSpec, source: &str) -> String {
-    let id = slug(if spec.title.is_empty() { "api" } else { &spec.title });
+    let id = slug(if spec.title.is_empty() {
+        "api"
+    } else {
+        &spec.title
+    });
     let mut y = String::new();
     y.push_str(&format!(
         "# Imported from OpenAPI document {source} (title {}, version {}).\n# Review the id, owner and matcher, then merge into your registry.\nversion: 1\n",
@@ -214,7 +245,11 @@ pub fn to_registry_yaml(spec: &OpenApiSpec, source: &str) -> String {
     y.push_str(&format!("  - id: {}\n", scalar(&id)));
     y.push_str(&format!(
         "    name: {}\n",
-        scalar(if spec.title.is_empty() { &id } else { &spec.title })
+        scalar(if spec.title.is_empty() {
+            &id
+        } else {
+            &spec.title
+        })
     ));
     y.push_str("    owner: unassigned\n    match:\n");
     let mut matched = false;
@@ -317,12 +352,18 @@ mod fixture_tests {
         );
         assert_eq!(
             spec.auth,
-            Some(ImportedAuth { kind: AuthKind::ApiKey, headers: vec!["X-Api-Key".into()], query: vec![] }),
+            Some(ImportedAuth {
+                kind: AuthKind::ApiKey,
+                headers: vec!["X-Api-Key".into()],
+                query: vec![]
+            }),
             "the globally required scheme is used"
         );
         let yaml = to_registry_yaml(&spec, "payments-openapi.yaml");
         let secret = KeySecret::from_bytes(b"openapi-import-secret");
-        let r = load_str(&yaml, Path::new("."), &secret).unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}")).registry;
+        let r = load_str(&yaml, Path::new("."), &secret)
+            .unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"))
+            .registry;
         assert_eq!(r.apis[0].id, "payments-api");
         assert_eq!(r.apis[0].routes.len(), 7);
         assert_eq!(r.apis[0].matcher.base_paths, ["/v1"]);
@@ -334,15 +375,26 @@ mod fixture_tests {
             "paths": {"/things": {"get": {}}, "/health": {}},
             "components": {"securitySchemes": {"k": {"type": "apiKey", "in": "query", "name": "key"}}}}"#;
         let spec = parse_spec(json).expect("JSON OpenAPI parses");
-        assert_eq!(spec.routes, ["GET /things", "/health"], "path without operations matches any method");
-        assert_eq!(spec.auth.as_ref().map(|a| a.query.clone()), Some(vec!["key".to_string()]));
+        assert_eq!(
+            spec.routes,
+            ["GET /things", "/health"],
+            "path without operations matches any method"
+        );
+        assert_eq!(
+            spec.auth.as_ref().map(|a| a.query.clone()),
+            Some(vec!["key".to_string()])
+        );
         let yaml = to_registry_yaml(&spec, "q.json");
         assert!(yaml.contains("The document names no server"), "{yaml}");
         let secret = KeySecret::from_bytes(b"openapi-import-secret");
         load_str(&yaml, Path::new("."), &secret).unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}"));
         let basic = "openapi: 3.0.0\npaths: {}\ncomponents:\n  securitySchemes:\n    b: {type: http, scheme: Basic}\n";
-        assert_eq!(parse_spec(basic).expect("parses").auth.map(|a| a.kind), Some(AuthKind::Basic));
-        let err = parse_spec("openapi: 3.0.0\npaths:\n  things: {}\n").expect_err("relative path refused");
+        assert_eq!(
+            parse_spec(basic).expect("parses").auth.map(|a| a.kind),
+            Some(AuthKind::Basic)
+        );
+        let err = parse_spec("openapi: 3.0.0\npaths:\n  things: {}\n")
+            .expect_err("relative path refused");
         assert!(err.contains("line 3"), "{err}");
     }
 }

@@ -234,7 +234,10 @@ impl Ctx<'_> {
                 Some(s) => out.push((s.to_string(), item.line)),
                 None => self.err(
                     item.line,
-                    format!("{what}: `{key}` entries must be strings, found {}", item.kind()),
+                    format!(
+                        "{what}: `{key}` entries must be strings, found {}",
+                        item.kind()
+                    ),
                 ),
             }
         }
@@ -274,7 +277,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn id(&mut self, node: &Node, kind: &str, section: &str, index: usize) -> Option<(String, usize)> {
+    fn id(
+        &mut self,
+        node: &Node,
+        kind: &str,
+        section: &str,
+        index: usize,
+    ) -> Option<(String, usize)> {
         let what = label(kind, section, index, None);
         let (id, line) = self.req_str(node, "id", &what)?;
         if !is_valid_id(&id) {
@@ -299,7 +308,10 @@ impl Ctx<'_> {
         }
         if let Some((v, line)) = self.opt_str(root, "version", "registry") {
             if v != "1" {
-                self.err(line, format!("unsupported registry version `{v}` (expected 1)"));
+                self.err(
+                    line,
+                    format!("unsupported registry version `{v}` (expected 1)"),
+                );
             }
         }
         let teams: Vec<Team> = self
@@ -338,15 +350,28 @@ impl Ctx<'_> {
 
     fn team(&mut self, n: &Node, i: usize) -> Option<Team> {
         let what = label("team", "teams", i, n.get("id").and_then(Node::as_str));
-        if !self.fields(n, &what, &["id", "name", "line_of_business", "alert_contact"]) {
+        if !self.fields(
+            n,
+            &what,
+            &["id", "name", "line_of_business", "alert_contact"],
+        ) {
             return None;
         }
         let (id, _) = self.id(n, "team", "teams", i)?;
-        let name = self.opt_str(n, "name", &what).map(|v| v.0).unwrap_or_else(|| id.clone());
+        let name = self
+            .opt_str(n, "name", &what)
+            .map(|v| v.0)
+            .unwrap_or_else(|| id.clone());
         Some(Team {
             name,
-            line_of_business: self.opt_str(n, "line_of_business", &what).map(|v| v.0).unwrap_or_default(),
-            alert_contact: self.opt_str(n, "alert_contact", &what).map(|v| v.0).unwrap_or_default(),
+            line_of_business: self
+                .opt_str(n, "line_of_business", &what)
+                .map(|v| v.0)
+                .unwrap_or_default(),
+            alert_contact: self
+                .opt_str(n, "alert_contact", &what)
+                .map(|v| v.0)
+                .unwrap_or_default(),
             id,
             line: n.line,
         })
@@ -374,7 +399,10 @@ impl Ctx<'_> {
         let id = self.id(n, "api", "apis", i).map(|v| v.0);
         let owner = self.req_str(n, "owner", &what).map(|v| v.0);
         let name = self.opt_str(n, "name", &what).map(|v| v.0);
-        let lob = self.opt_str(n, "line_of_business", &what).map(|v| v.0).unwrap_or_default();
+        let lob = self
+            .opt_str(n, "line_of_business", &what)
+            .map(|v| v.0)
+            .unwrap_or_default();
         let matcher = match n.get("match") {
             Some(m) if !m.is_null() => self.api_match(m, &what),
             _ => {
@@ -402,7 +430,10 @@ impl Ctx<'_> {
                         routes.push(r);
                     }
                 }
-                Err(e) => self.err(line, format!("{what}: unparsable route template `{text}`: {e}")),
+                Err(e) => self.err(
+                    line,
+                    format!("{what}: unparsable route template `{text}`: {e}"),
+                ),
             }
         }
         let openapi = match self.opt_str(n, "openapi", &what) {
@@ -466,16 +497,28 @@ impl Ctx<'_> {
         if !self.fields(
             m,
             &what,
-            &["hosts", "ports", "base_path", "server_comm", "server_cgroup"],
+            &[
+                "hosts",
+                "ports",
+                "base_path",
+                "server_comm",
+                "server_cgroup",
+            ],
         ) {
             return ApiMatch::default();
         }
         let mut out = ApiMatch::default();
         for (h, line) in self.strings(m, "hosts", &what) {
             if h.is_empty() || h.contains(['/', ' ']) {
-                self.err(line, format!("{what}: `{h}` is not a host name or host glob"));
+                self.err(
+                    line,
+                    format!("{what}: `{h}` is not a host name or host glob"),
+                );
             } else if h.contains(':') {
-                self.err(line, format!("{what}: host `{h}` must not include a port (use `ports`)"));
+                self.err(
+                    line,
+                    format!("{what}: host `{h}` must not include a port (use `ports`)"),
+                );
             } else {
                 out.hosts.push(Glob::new(&h, true));
             }
@@ -483,7 +526,10 @@ impl Ctx<'_> {
         for (p, line) in self.strings(m, "ports", &what) {
             match p.parse::<u16>() {
                 Ok(port) if port > 0 => out.ports.push(port),
-                _ => self.err(line, format!("{what}: `{p}` is not a port number (1-65535)")),
+                _ => self.err(
+                    line,
+                    format!("{what}: `{p}` is not a port number (1-65535)"),
+                ),
             }
         }
         for (b, line) in self.strings(m, "base_path", &what) {
@@ -494,7 +540,11 @@ impl Ctx<'_> {
                 );
             } else {
                 let trimmed = b.trim_end_matches('/');
-                out.base_paths.push(if trimmed.is_empty() { "/".into() } else { trimmed.into() });
+                out.base_paths.push(if trimmed.is_empty() {
+                    "/".into()
+                } else {
+                    trimmed.into()
+                });
             }
         }
         for (c, line) in self.strings(m, "server_comm", &what) {
@@ -511,9 +561,15 @@ impl Ctx<'_> {
                 out.server_cgroup.push(Glob::path(&c));
             }
         }
-        let given = ["hosts", "ports", "base_path", "server_comm", "server_cgroup"]
-            .iter()
-            .any(|k| m.get(k).is_some_and(|v| !v.is_null()));
+        let given = [
+            "hosts",
+            "ports",
+            "base_path",
+            "server_comm",
+            "server_cgroup",
+        ]
+        .iter()
+        .any(|k| m.get(k).is_some_and(|v| !v.is_null()));
         if !given {
             self.err(
                 m.line,
@@ -559,12 +615,19 @@ impl Ctx<'_> {
             if let Some((_, line)) = headers.first().or(query.first()) {
                 self.err(
                     *line,
-                    format!("{what}: `headers`/`query` only apply to type api_key, not {}", kind.as_str()),
+                    format!(
+                        "{what}: `headers`/`query` only apply to type api_key, not {}",
+                        kind.as_str()
+                    ),
                 );
             }
         }
         for (h, line) in &headers {
-            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 self.err(*line, format!("{what}: `{h}` is not a valid header name"));
             }
         }
@@ -580,7 +643,12 @@ impl Ctx<'_> {
     }
 
     fn application(&mut self, n: &Node, i: usize) -> Option<Application> {
-        let what = label("application", "applications", i, n.get("id").and_then(Node::as_str));
+        let what = label(
+            "application",
+            "applications",
+            i,
+            n.get("id").and_then(Node::as_str),
+        );
         if !self.fields(
             n,
             &what,
@@ -600,8 +668,14 @@ impl Ctx<'_> {
         let id = self.id(n, "application", "applications", i).map(|v| v.0);
         let team = self.req_str(n, "team", &what).map(|v| v.0);
         let name = self.opt_str(n, "name", &what).map(|v| v.0);
-        let lob = self.opt_str(n, "line_of_business", &what).map(|v| v.0).unwrap_or_default();
-        let created_by = self.opt_str(n, "created_by", &what).map(|v| v.0).unwrap_or_default();
+        let lob = self
+            .opt_str(n, "line_of_business", &what)
+            .map(|v| v.0)
+            .unwrap_or_default();
+        let created_by = self
+            .opt_str(n, "created_by", &what)
+            .map(|v| v.0)
+            .unwrap_or_default();
         let created_at = self.opt_date(n, "created_at", &what).map(|v| v.0);
         let predecessor = self.opt_str(n, "predecessor", &what).map(|v| v.0);
         let mut workload = Vec::new();
@@ -650,17 +724,27 @@ impl Ctx<'_> {
         let revoked_by = self.opt_str(n, "revoked_by", what);
         if require_grant {
             if granted_by.is_none() && n.get("granted_by").is_none_or(Node::is_null) {
-                self.err(n.line, format!("{what}: missing required field `granted_by`"));
+                self.err(
+                    n.line,
+                    format!("{what}: missing required field `granted_by`"),
+                );
             }
             if granted_at.is_none() && n.get("granted_at").is_none_or(Node::is_null) {
-                self.err(n.line, format!("{what}: missing required field `granted_at`"));
+                self.err(
+                    n.line,
+                    format!("{what}: missing required field `granted_at`"),
+                );
             }
         }
         if let (Some((g, _)), Some((e, line))) = (granted_at, expires_at) {
             if e <= g {
                 self.err(
                     line,
-                    format!("{what}: dates out of order: expires_at {} is not after granted_at {}", show(e), show(g)),
+                    format!(
+                        "{what}: dates out of order: expires_at {} is not after granted_at {}",
+                        show(e),
+                        show(g)
+                    ),
                 );
             }
         }
@@ -668,14 +752,19 @@ impl Ctx<'_> {
             if r < g {
                 self.err(
                     line,
-                    format!("{what}: dates out of order: revoked_at {} is before granted_at {}", show(r), show(g)),
+                    format!(
+                        "{what}: dates out of order: revoked_at {} is before granted_at {}",
+                        show(r),
+                        show(g)
+                    ),
                 );
             }
         }
         match (&revoked_at, &revoked_by) {
-            (Some((_, line)), None) => {
-                self.err(*line, format!("{what}: `revoked_at` needs `revoked_by` (who revoked it)"))
-            }
+            (Some((_, line)), None) => self.err(
+                *line,
+                format!("{what}: `revoked_at` needs `revoked_by` (who revoked it)"),
+            ),
             (None, Some((_, line))) => {
                 self.err(*line, format!("{what}: `revoked_by` without `revoked_at`"))
             }
@@ -718,7 +807,10 @@ impl Ctx<'_> {
         let fp = self.opt_str(n, "fingerprint", &what);
         let env = self.opt_str(n, "key_env", &what);
         let file = self.opt_str(n, "key_file", &what);
-        let mut suffix = self.opt_str(n, "suffix", &what).map(|v| v.0).unwrap_or_default();
+        let mut suffix = self
+            .opt_str(n, "suffix", &what)
+            .map(|v| v.0)
+            .unwrap_or_default();
         let given = fp.is_some() as u8 + env.is_some() as u8 + file.is_some() as u8;
         if given != 1 {
             self.err(
@@ -741,10 +833,16 @@ impl Ctx<'_> {
                     if suffix.is_empty() {
                         suffix = key_suffix(raw).to_string();
                     }
-                    (self.secret.fingerprint_hex(raw.as_bytes()), KeySource::Env(var))
+                    (
+                        self.secret.fingerprint_hex(raw.as_bytes()),
+                        KeySource::Env(var),
+                    )
                 }
                 _ => {
-                    self.err(line, format!("{what}: environment variable `{var}` is not set or empty"));
+                    self.err(
+                        line,
+                        format!("{what}: environment variable `{var}` is not set or empty"),
+                    );
                     (String::new(), KeySource::Env(var))
                 }
             }
@@ -757,14 +855,23 @@ impl Ctx<'_> {
                     if suffix.is_empty() {
                         suffix = key_suffix(raw).to_string();
                     }
-                    (self.secret.fingerprint_hex(raw.as_bytes()), KeySource::File(path))
+                    (
+                        self.secret.fingerprint_hex(raw.as_bytes()),
+                        KeySource::File(path),
+                    )
                 }
                 Ok(_) => {
-                    self.err(line, format!("{what}: key file {} is empty", path.display()));
+                    self.err(
+                        line,
+                        format!("{what}: key file {} is empty", path.display()),
+                    );
                     (String::new(), KeySource::File(path))
                 }
                 Err(e) => {
-                    self.err(line, format!("{what}: cannot read key file {}: {e}", path.display()));
+                    self.err(
+                        line,
+                        format!("{what}: cannot read key file {}: {e}", path.display()),
+                    );
                     (String::new(), KeySource::File(path))
                 }
             }
@@ -798,7 +905,15 @@ impl Ctx<'_> {
                         if !self.fields(
                             g,
                             &gw,
-                            &["api", "granted_by", "granted_at", "expires_at", "revoked_at", "revoked_by", "note"],
+                            &[
+                                "api",
+                                "granted_by",
+                                "granted_at",
+                                "expires_at",
+                                "revoked_at",
+                                "revoked_by",
+                                "note",
+                            ],
                         ) {
                             continue;
                         }
@@ -808,7 +923,10 @@ impl Ctx<'_> {
                             None => gw,
                         };
                         let w = self.window(g, &gw, true);
-                        let note = self.opt_str(g, "note", &gw).map(|v| v.0).unwrap_or_default();
+                        let note = self
+                            .opt_str(g, "note", &gw)
+                            .map(|v| v.0)
+                            .unwrap_or_default();
                         if let Some((api, _)) = api {
                             grants.push(Grant {
                                 api,
@@ -819,7 +937,10 @@ impl Ctx<'_> {
                         }
                     }
                 }
-                None => self.err(list.line, format!("{what}: `grants` must be a list, found {}", list.kind())),
+                None => self.err(
+                    list.line,
+                    format!("{what}: `grants` must be a list, found {}", list.kind()),
+                ),
             }
         }
         Some(Key {
@@ -838,20 +959,32 @@ impl Ctx<'_> {
         let mut teams: HashMap<String, usize> = HashMap::new();
         for t in &reg.teams {
             if let Some(first) = teams.get(&t.id) {
-                self.err(t.line, format!("duplicate team id `{}` (first defined at line {first})", t.id));
+                self.err(
+                    t.line,
+                    format!(
+                        "duplicate team id `{}` (first defined at line {first})",
+                        t.id
+                    ),
+                );
             } else {
                 teams.insert(t.id.clone(), t.line);
             }
         }
-        let team_lob: HashMap<&str, &str> =
-            reg.teams.iter().map(|t| (t.id.as_str(), t.line_of_business.as_str())).collect();
+        let team_lob: HashMap<&str, &str> = reg
+            .teams
+            .iter()
+            .map(|t| (t.id.as_str(), t.line_of_business.as_str()))
+            .collect();
 
         let mut apis: HashMap<String, usize> = HashMap::new();
         for a in &mut reg.apis {
             if let Some(first) = apis.get(&a.id) {
                 self.problems.push(Problem {
                     line: a.line,
-                    message: format!("duplicate api id `{}` (first defined at line {first})", a.id),
+                    message: format!(
+                        "duplicate api id `{}` (first defined at line {first})",
+                        a.id
+                    ),
                 });
             } else {
                 apis.insert(a.id.clone(), a.line);
@@ -886,7 +1019,10 @@ impl Ctx<'_> {
             if let Some(first) = apps.get(&a.id) {
                 self.problems.push(Problem {
                     line: a.line,
-                    message: format!("duplicate application id `{}` (first defined at line {first})", a.id),
+                    message: format!(
+                        "duplicate application id `{}` (first defined at line {first})",
+                        a.id
+                    ),
                 });
             } else {
                 apps.insert(a.id.clone(), a.line);
@@ -894,7 +1030,10 @@ impl Ctx<'_> {
             match team_lob.get(a.team.as_str()) {
                 None => self.problems.push(Problem {
                     line: a.line,
-                    message: format!("application `{}`: team `{}` is not a defined team", a.id, a.team),
+                    message: format!(
+                        "application `{}`: team `{}` is not a defined team",
+                        a.id, a.team
+                    ),
                 }),
                 Some(lob) if a.line_of_business.is_empty() => a.line_of_business = lob.to_string(),
                 Some(_) => {}
@@ -906,18 +1045,35 @@ impl Ctx<'_> {
             .filter_map(|a| Some((a.id.as_str(), a.predecessor.as_deref()?)))
             .collect();
         for a in &reg.applications {
-            let Some(p) = a.predecessor.as_deref() else { continue };
+            let Some(p) = a.predecessor.as_deref() else {
+                continue;
+            };
             if p == a.id {
-                self.err(a.line, format!("application `{}`: predecessor is itself", a.id));
+                self.err(
+                    a.line,
+                    format!("application `{}`: predecessor is itself", a.id),
+                );
             } else if !apps.contains_key(p) {
-                self.err(a.line, format!("application `{}`: predecessor `{p}` is not a defined application", a.id));
+                self.err(
+                    a.line,
+                    format!(
+                        "application `{}`: predecessor `{p}` is not a defined application",
+                        a.id
+                    ),
+                );
             } else {
                 // Walk the chain; a loop back to this app is an error.
                 let mut cur = p;
                 for _ in 0..pred.len() {
                     match pred.get(cur) {
                         Some(&next) if next == a.id => {
-                            self.err(a.line, format!("application `{}`: predecessor chain loops back to it", a.id));
+                            self.err(
+                                a.line,
+                                format!(
+                                    "application `{}`: predecessor chain loops back to it",
+                                    a.id
+                                ),
+                            );
                             break;
                         }
                         Some(&next) => cur = next,
@@ -929,7 +1085,10 @@ impl Ctx<'_> {
         let mut selectors: Vec<(&WorkloadSelector, &str)> = Vec::new();
         for a in &reg.applications {
             for s in &a.workload {
-                if let Some((_, other)) = selectors.iter().find(|(o, _)| o.comm == s.comm && o.cgroup == s.cgroup) {
+                if let Some((_, other)) = selectors
+                    .iter()
+                    .find(|(o, _)| o.comm == s.comm && o.cgroup == s.cgroup)
+                {
                     self.problems.push(Problem {
                         line: s.line,
                         message: format!(
@@ -949,11 +1108,16 @@ impl Ctx<'_> {
             if let Some(first) = keys.insert(k.id.as_str(), k.line) {
                 self.problems.push(Problem {
                     line: k.line,
-                    message: format!("duplicate key id `{}` (first defined at line {first})", k.id),
+                    message: format!(
+                        "duplicate key id `{}` (first defined at line {first})",
+                        k.id
+                    ),
                 });
             }
             if !k.fingerprint.is_empty() {
-                if let Some((other, line)) = fps.insert(k.fingerprint.as_str(), (k.id.as_str(), k.line)) {
+                if let Some((other, line)) =
+                    fps.insert(k.fingerprint.as_str(), (k.id.as_str(), k.line))
+                {
                     self.problems.push(Problem {
                         line: k.line,
                         message: format!("key `{}`: same key as key `{other}` (line {line})", k.id),
@@ -963,7 +1127,10 @@ impl Ctx<'_> {
             if !apps.contains_key(&k.application) {
                 self.problems.push(Problem {
                     line: k.line,
-                    message: format!("key `{}`: application `{}` is not a defined application", k.id, k.application),
+                    message: format!(
+                        "key `{}`: application `{}` is not a defined application",
+                        k.id, k.application
+                    ),
                 });
             }
             let mut last: HashMap<&str, (Timestamp, usize)> = HashMap::new();
@@ -971,7 +1138,10 @@ impl Ctx<'_> {
                 if !apis.contains_key(&g.api) {
                     self.problems.push(Problem {
                         line: g.line,
-                        message: format!("key `{}`: granted api `{}` is not a defined api", k.id, g.api),
+                        message: format!(
+                            "key `{}`: granted api `{}` is not a defined api",
+                            k.id, g.api
+                        ),
                     });
                 }
                 if let Some(at) = g.window.granted_at {
@@ -1076,9 +1246,13 @@ mod tests {
     fn assert_problem(text: &str, line: usize, want: &str) {
         let ps = problems(text);
         assert!(
-            ps.iter().any(|p| p.line == line && p.message.contains(want)),
+            ps.iter()
+                .any(|p| p.line == line && p.message.contains(want)),
             "expected a problem at line {line} containing {want:?}, got:\n{}",
-            Problems { path: Path::new("t.yaml"), problems: &ps }
+            Problems {
+                path: Path::new("t.yaml"),
+                problems: &ps
+            }
         );
     }
 
@@ -1100,23 +1274,53 @@ applications:
     #[test]
     fn example_registry_is_valid() {
         let path = examples().join("registry.yaml");
-        let secret = KeySecret::load_or_create(&examples().join("example-key-secret")).expect("example secret loads");
-        let loaded = load_file(&path, &secret).unwrap_or_else(|e| panic!("examples/registry.yaml must be valid: {e}"));
+        let secret = KeySecret::load_or_create(&examples().join("example-key-secret"))
+            .expect("example secret loads");
+        let loaded = load_file(&path, &secret)
+            .unwrap_or_else(|e| panic!("examples/registry.yaml must be valid: {e}"));
         let r = &loaded.registry;
-        assert_eq!((r.teams.len(), r.apis.len(), r.applications.len(), r.keys.len()), (4, 4, 4, 4));
+        assert_eq!(
+            (
+                r.teams.len(),
+                r.apis.len(),
+                r.applications.len(),
+                r.keys.len()
+            ),
+            (4, 4, 4, 4)
+        );
         let pay = &r.apis[0];
-        assert_eq!(pay.line_of_business, "Retail", "inherited from the owner team");
+        assert_eq!(
+            pay.line_of_business, "Retail",
+            "inherited from the owner team"
+        );
         assert!(
             pay.routes.iter().any(|t| t.path == "/v1/payments/search"),
             "routes from the OpenAPI file are added"
         );
-        assert_eq!(loaded.dependencies, vec![examples().join("payments-openapi.yaml")]);
-        let pp = r.applications.iter().find(|a| a.id == "partner-portal").expect("partner-portal");
-        assert_eq!(pp.line_of_business, "Partnerships", "own LoB overrides the team's");
-        let legacy = r.keys.iter().find(|k| k.id == "legacy-checkout-prod").expect("legacy key");
+        assert_eq!(
+            loaded.dependencies,
+            vec![examples().join("payments-openapi.yaml")]
+        );
+        let pp = r
+            .applications
+            .iter()
+            .find(|a| a.id == "partner-portal")
+            .expect("partner-portal");
+        assert_eq!(
+            pp.line_of_business, "Partnerships",
+            "own LoB overrides the team's"
+        );
+        let legacy = r
+            .keys
+            .iter()
+            .find(|k| k.id == "legacy-checkout-prod")
+            .expect("legacy key");
         assert_eq!(legacy.grants.len(), 1, "apis shorthand becomes a grant");
         assert_eq!(
-            legacy.state(Some("payments-api"), parse_date("2026-04-01").expect("date")),
+            legacy.state(
+                Some("payments-api"),
+                parse_date("2026-04-01").expect("date")
+            ),
             KeyState::Revoked
         );
         assert_eq!(
@@ -1145,8 +1349,16 @@ applications:
         assert_problem("version: 2\n", 1, "unsupported registry version `2`");
         assert_problem("teams: {}\n", 1, "`teams` must be a list");
         assert_problem("colors: []\n", 1, "unknown field `colors`");
-        assert_problem("teams:\n  - id: t\n    id: u\n", 3, "duplicate field `id` (first at line 2)");
-        assert_problem("teams:\n  - name: x\n", 2, "teams[0]: missing required field `id`");
+        assert_problem(
+            "teams:\n  - id: t\n    id: u\n",
+            3,
+            "duplicate field `id` (first at line 2)",
+        );
+        assert_problem(
+            "teams:\n  - name: x\n",
+            2,
+            "teams[0]: missing required field `id`",
+        );
         assert_problem("teams:\n  - id: \"a b\"\n", 2, "id `a b` must be");
         assert_problem("teams:\n  - just-a-string\n", 2, "expected a mapping");
         assert_problem("teams:\n  - id: [x]\n", 2, "`id` must be a string");
@@ -1154,11 +1366,19 @@ applications:
 
     #[test]
     fn duplicate_ids() {
-        assert_problem("teams:\n  - id: t\n  - id: t\n", 3, "duplicate team id `t` (first defined at line 2)");
+        assert_problem(
+            "teams:\n  - id: t\n  - id: t\n",
+            3,
+            "duplicate team id `t` (first defined at line 2)",
+        );
         let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {hosts: a.com}\n  - id: a\n    owner: t\n    match: {hosts: b.com}\n";
         assert_problem(text, 6, "duplicate api id `a` (first defined at line 3)");
         let text = format!("{BASE}  - id: app\n    team: t\n");
-        assert_problem(&text, 11, "duplicate application id `app` (first defined at line 9)");
+        assert_problem(
+            &text,
+            11,
+            "duplicate application id `app` (first defined at line 9)",
+        );
         let text = format!(
             "{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n  - id: k\n    application: app\n    fingerprint: {}\n",
             "b".repeat(64)
@@ -1173,10 +1393,23 @@ applications:
 
     #[test]
     fn unknown_references() {
-        assert_problem("apis:\n  - id: a\n    owner: ghost\n    match: {ports: 80}\n", 2, "owner `ghost` is not a defined team");
-        assert_problem("applications:\n  - id: x\n    team: ghost\n", 2, "team `ghost` is not a defined team");
-        let text = format!("{BASE}keys:\n  - id: k\n    application: ghost\n    fingerprint: {FP}\n");
-        assert_problem(&text, 12, "application `ghost` is not a defined application");
+        assert_problem(
+            "apis:\n  - id: a\n    owner: ghost\n    match: {ports: 80}\n",
+            2,
+            "owner `ghost` is not a defined team",
+        );
+        assert_problem(
+            "applications:\n  - id: x\n    team: ghost\n",
+            2,
+            "team `ghost` is not a defined team",
+        );
+        let text =
+            format!("{BASE}keys:\n  - id: k\n    application: ghost\n    fingerprint: {FP}\n");
+        assert_problem(
+            &text,
+            12,
+            "application `ghost` is not a defined application",
+        );
         let text = format!(
             "{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n    grants:\n      - api: ghost\n        granted_by: me\n        granted_at: 2026-01-01\n"
         );
@@ -1185,21 +1418,48 @@ applications:
         assert_problem(&text, 9, "predecessor `ghost` is not a defined application");
         let text = format!("{BASE}    predecessor: app\n");
         assert_problem(&text, 9, "predecessor is itself");
-        let text = format!("{BASE}    predecessor: b\n  - id: b\n    team: t\n    predecessor: app\n");
+        let text =
+            format!("{BASE}    predecessor: b\n  - id: b\n    team: t\n    predecessor: app\n");
         assert_problem(&text, 9, "predecessor chain loops");
     }
 
     #[test]
     fn api_matcher_problems() {
-        let api = |m: &str| format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match:\n{m}");
+        let api = |m: &str| {
+            format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match:\n{m}")
+        };
         assert_problem(&api("      ports: [0]\n"), 6, "`0` is not a port number");
-        assert_problem(&api("      ports: http\n"), 6, "`http` is not a port number");
-        assert_problem(&api("      hosts: a.com:8080\n"), 6, "must not include a port");
-        assert_problem(&api("      base_path: v1\n"), 6, "must be a literal path starting with `/`");
-        assert_problem(&api("      server_cgroup: \"\"\n"), 6, "empty server_cgroup pattern");
+        assert_problem(
+            &api("      ports: http\n"),
+            6,
+            "`http` is not a port number",
+        );
+        assert_problem(
+            &api("      hosts: a.com:8080\n"),
+            6,
+            "must not include a port",
+        );
+        assert_problem(
+            &api("      base_path: v1\n"),
+            6,
+            "must be a literal path starting with `/`",
+        );
+        assert_problem(
+            &api("      server_cgroup: \"\"\n"),
+            6,
+            "empty server_cgroup pattern",
+        );
         assert_problem(&api("      host: a.com\n"), 6, "unknown field `host`");
-        assert_problem("teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {}\n", 5, "no criteria");
-        assert_problem("teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n", 3, "missing required field `match`");
+        assert_problem(
+            "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {}\n",
+            5,
+            "no criteria",
+        );
+        assert_problem(
+            "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n",
+            3,
+            "missing required field `match`",
+        );
     }
 
     #[test]
@@ -1208,18 +1468,39 @@ applications:
             format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {a}\n  - id: b\n    owner: t\n    match: {b}\n")
         };
         let text = two("{hosts: [x.com, y.com]}", "{hosts: Y.COM}");
-        assert_problem(&text, 6, "api `b` has overlapping matchers with api `a` (line 3): both match host y.com");
         assert_problem(
-            &two("{hosts: x.com, base_path: /v1}", "{hosts: x.com, base_path: /v1/}"),
+            &text,
+            6,
+            "api `b` has overlapping matchers with api `a` (line 3): both match host y.com",
+        );
+        assert_problem(
+            &two(
+                "{hosts: x.com, base_path: /v1}",
+                "{hosts: x.com, base_path: /v1/}",
+            ),
             6,
             "both match host x.com, base_path /v1",
         );
-        assert_problem(&two("{hosts: \"*.x.com\"}", "{hosts: \"*.X.com\"}"), 6, "overlapping matchers");
+        assert_problem(
+            &two("{hosts: \"*.x.com\"}", "{hosts: \"*.X.com\"}"),
+            6,
+            "overlapping matchers",
+        );
         assert_problem(&two("{ports: [80, 8080]}", "{ports: 8080}"), 6, "port 8080");
-        assert_problem(&two("{server_comm: \"pay*\"}", "{server_comm: payments}"), 6, "server_comm");
+        assert_problem(
+            &two("{server_comm: \"pay*\"}", "{server_comm: payments}"),
+            6,
+            "server_comm",
+        );
         for (a, b) in [
-            ("{hosts: x.com, base_path: /v1/a}", "{hosts: x.com, base_path: /v1/b}"),
-            ("{hosts: x.com, base_path: /v1}", "{hosts: x.com, base_path: /v1/pay}"),
+            (
+                "{hosts: x.com, base_path: /v1/a}",
+                "{hosts: x.com, base_path: /v1/b}",
+            ),
+            (
+                "{hosts: x.com, base_path: /v1}",
+                "{hosts: x.com, base_path: /v1/pay}",
+            ),
             ("{hosts: x.com}", "{hosts: x.com, ports: 80}"),
             ("{hosts: \"*.x.com\"}", "{hosts: a.x.com}"),
             ("{hosts: x.com}", "{hosts: y.com}"),
@@ -1235,23 +1516,42 @@ applications:
         assert_problem(text, 8, "unparsable route template `/v1/{id`: unclosed `{`");
         assert_problem(text, 9, "duplicate route `GET /ok` (first at line 7)");
         let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {ports: 80}\n    max_inferred_routes: lots\n";
-        assert_problem(text, 6, "`max_inferred_routes` must be a non-negative integer");
+        assert_problem(
+            text,
+            6,
+            "`max_inferred_routes` must be a non-negative integer",
+        );
         let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {ports: 80}\n    openapi: missing.yaml\n";
         assert_problem(text, 6, "OpenAPI file missing.yaml: cannot read");
     }
 
     #[test]
     fn auth_problems() {
-        let api = |auth: &str| format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {{ports: 80}}\n    auth: {auth}\n");
+        let api = |auth: &str| {
+            format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {{ports: 80}}\n    auth: {auth}\n")
+        };
         assert_problem(&api("oauth"), 6, "unknown auth type `oauth`");
-        assert_problem(&api("{type: bearer, headers: X-Key}"), 6, "only apply to type api_key");
+        assert_problem(
+            &api("{type: bearer, headers: X-Key}"),
+            6,
+            "only apply to type api_key",
+        );
         assert_problem(&api("{headers: \"X Key\"}"), 6, "not a valid header name");
         let ok = load(&api("{query: [key, api_key]}")).expect("query-only api_key auth is valid");
         let auth = &ok.registry.apis[0].auth;
         assert_eq!(auth.kind, AuthKind::ApiKey);
-        assert_eq!(auth.headers, vec!["X-Api-Key", "Api-Key"], "default headers kept");
+        assert_eq!(
+            auth.headers,
+            vec!["X-Api-Key", "Api-Key"],
+            "default headers kept"
+        );
         assert_eq!(auth.query, vec!["key", "api_key"]);
-        assert_eq!(load(&api("basic")).expect("valid").registry.apis[0].auth.kind, AuthKind::Basic);
+        assert_eq!(
+            load(&api("basic")).expect("valid").registry.apis[0]
+                .auth
+                .kind,
+            AuthKind::Basic
+        );
     }
 
     #[test]
@@ -1267,18 +1567,40 @@ applications:
     #[test]
     fn key_problems() {
         let key = |body: &str| format!("{BASE}keys:\n  - id: k\n    application: app\n{body}");
-        assert_problem(&key(""), 12, "exactly one of `fingerprint`, `key_env` or `key_file` (found 0)");
-        assert_problem(&key(&format!("    fingerprint: {FP}\n    key_env: X\n")), 12, "(found 2)");
-        assert_problem(&key("    fingerprint: xyz\n"), 14, "fingerprint must be 64 hex characters");
+        assert_problem(
+            &key(""),
+            12,
+            "exactly one of `fingerprint`, `key_env` or `key_file` (found 0)",
+        );
+        assert_problem(
+            &key(&format!("    fingerprint: {FP}\n    key_env: X\n")),
+            12,
+            "(found 2)",
+        );
+        assert_problem(
+            &key("    fingerprint: xyz\n"),
+            14,
+            "fingerprint must be 64 hex characters",
+        );
         assert_problem(
             &key("    key_env: OBSERVER_TEST_SURELY_UNSET_VAR\n"),
             14,
             "environment variable `OBSERVER_TEST_SURELY_UNSET_VAR` is not set",
         );
-        assert_problem(&key("    key_file: no-such-key-file\n"), 14, "cannot read key file");
-        assert_problem(&key(&format!("    fingerprint: {FP}\n    apis: [a]\n")), 12, "`apis` needs key-level `granted_by` and `granted_at`");
         assert_problem(
-            &key(&format!("    fingerprint: {FP}\n    grants:\n      - api: a\n")),
+            &key("    key_file: no-such-key-file\n"),
+            14,
+            "cannot read key file",
+        );
+        assert_problem(
+            &key(&format!("    fingerprint: {FP}\n    apis: [a]\n")),
+            12,
+            "`apis` needs key-level `granted_by` and `granted_at`",
+        );
+        assert_problem(
+            &key(&format!(
+                "    fingerprint: {FP}\n    grants:\n      - api: a\n"
+            )),
             16,
             "missing required field `granted_by`",
         );
@@ -1287,12 +1609,18 @@ applications:
             18,
             "`granted_at` value `someday` is not a date",
         );
-        assert_problem(&key(&format!("    fingerprint: {FP}\n    grants: {{}}\n")), 15, "`grants` must be a list");
+        assert_problem(
+            &key(&format!("    fingerprint: {FP}\n    grants: {{}}\n")),
+            15,
+            "`grants` must be a list",
+        );
     }
 
     #[test]
     fn date_order_problems() {
-        let key = |body: &str| format!("{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n{body}");
+        let key = |body: &str| {
+            format!("{BASE}keys:\n  - id: k\n    application: app\n    fingerprint: {FP}\n{body}")
+        };
         assert_problem(
             &key("    granted_by: me\n    granted_at: 2026-03-02\n    expires_at: 2026-03-02\n"),
             17,
@@ -1303,28 +1631,53 @@ applications:
             17,
             "revoked_at 2026-03-01T23:59:59.000000Z is before granted_at 2026-03-02",
         );
-        assert_problem(&key("    revoked_at: 2026-03-01\n"), 15, "`revoked_at` needs `revoked_by`");
-        assert_problem(&key("    revoked_by: x\n"), 15, "`revoked_by` without `revoked_at`");
+        assert_problem(
+            &key("    revoked_at: 2026-03-01\n"),
+            15,
+            "`revoked_at` needs `revoked_by`",
+        );
+        assert_problem(
+            &key("    revoked_by: x\n"),
+            15,
+            "`revoked_by` without `revoked_at`",
+        );
         let grants = "    grants:\n      - api: a\n        granted_by: me\n        granted_at: 2026-05-01\n      - api: a\n        granted_by: me\n        granted_at: 2026-04-01\n";
-        assert_problem(&key(grants), 19, "grant of api `a` at 2026-04-01 is before the previous entry for that api (line 16)");
+        assert_problem(
+            &key(grants),
+            19,
+            "grant of api `a` at 2026-04-01 is before the previous entry for that api (line 16)",
+        );
     }
 
     #[test]
     fn key_env_and_file_are_fingerprinted() {
-        let dir = std::env::temp_dir().join(format!("observer-load-keyfile-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("observer-load-keyfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("k.txt"), "file-key-0123456789abcd\n").expect("write key file");
         std::env::set_var("OBSERVER_TEST_KEY_ENV_FP", "env-key-0123456789wxyz");
         let text = format!(
             "{BASE}keys:\n  - id: e\n    application: app\n    key_env: OBSERVER_TEST_KEY_ENV_FP\n  - id: f\n    application: app\n    key_file: k.txt\n"
         );
-        let l = load_str(&text, &dir, &secret()).unwrap_or_else(|p| panic!("env/file keys valid: {p:?}"));
+        let l = load_str(&text, &dir, &secret())
+            .unwrap_or_else(|p| panic!("env/file keys valid: {p:?}"));
         let keys = &l.registry.keys;
-        assert_eq!(keys[0].fingerprint, secret().fingerprint_hex(b"env-key-0123456789wxyz"));
+        assert_eq!(
+            keys[0].fingerprint,
+            secret().fingerprint_hex(b"env-key-0123456789wxyz")
+        );
         assert_eq!(keys[0].suffix, "wxyz");
-        assert_eq!(keys[1].fingerprint, secret().fingerprint_hex(b"file-key-0123456789abcd"), "file content trimmed");
+        assert_eq!(
+            keys[1].fingerprint,
+            secret().fingerprint_hex(b"file-key-0123456789abcd"),
+            "file content trimmed"
+        );
         assert_eq!(keys[1].suffix, "abcd");
-        assert_eq!(l.dependencies, vec![dir.join("k.txt")], "key file is watched");
+        assert_eq!(
+            l.dependencies,
+            vec![dir.join("k.txt")],
+            "key file is watched"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -1333,10 +1686,19 @@ applications:
         let text = "teams:\n  - id: t\n  - id: t\napis:\n  - id: a\n    owner: x\n    match: {ports: 99999}\n";
         let ps = problems(text);
         assert!(ps.len() >= 3, "all problems collected: {ps:?}");
-        assert!(ps.windows(2).all(|w| w[0].line <= w[1].line), "sorted by line: {ps:?}");
-        let err = RegistryError::Invalid { path: PathBuf::from("reg.yaml"), problems: ps };
+        assert!(
+            ps.windows(2).all(|w| w[0].line <= w[1].line),
+            "sorted by line: {ps:?}"
+        );
+        let err = RegistryError::Invalid {
+            path: PathBuf::from("reg.yaml"),
+            problems: ps,
+        };
         let msg = err.to_string();
-        assert!(msg.contains("reg.yaml:3: duplicate team id"), "FILE:LINE: message format: {msg}");
+        assert!(
+            msg.contains("reg.yaml:3: duplicate team id"),
+            "FILE:LINE: message format: {msg}"
+        );
         assert!(msg.contains("reg.yaml:7: "), "{msg}");
     }
 }

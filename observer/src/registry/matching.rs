@@ -81,8 +81,13 @@ pub struct Snapshot {
     key_by_fp: HashMap<[u8; 32], usize>,
     app_by_id: HashMap<String, usize>,
     team_by_id: HashMap<String, usize>,
-    /// (application index, selector index), most specific first, then file order.
+    /// (application index, selector index), most specific first, then file order: a selector's rank is its
+    /// position here.
     selectors: Vec<(usize, usize)>,
+    /// Ranks of selectors with a literal `comm`, by that comm (ascending).
+    selectors_by_comm: HashMap<String, Vec<usize>>,
+    /// Ranks of the other selectors (wildcard or no `comm`), ascending.
+    selectors_other: Vec<usize>,
 }
 
 impl Snapshot {
@@ -144,6 +149,17 @@ impl Snapshot {
         selectors.sort_by_key(|&(a, s)| {
             std::cmp::Reverse(registry.applications[a].workload[s].specificity())
         });
+        let mut selectors_by_comm: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut selectors_other = Vec::new();
+        for (rank, &(a, s)) in selectors.iter().enumerate() {
+            match &registry.applications[a].workload[s].comm {
+                Some(g) if g.is_literal() => selectors_by_comm
+                    .entry(g.as_str().to_string())
+                    .or_default()
+                    .push(rank),
+                _ => selectors_other.push(rank),
+            }
+        }
         Snapshot {
             registry,
             generation,
@@ -157,6 +173,8 @@ impl Snapshot {
             app_by_id,
             team_by_id,
             selectors,
+            selectors_by_comm,
+            selectors_other,
         }
     }
 
@@ -178,7 +196,9 @@ impl Snapshot {
     }
 
     pub fn application(&self, id: &str) -> Option<&Application> {
-        self.app_by_id.get(id).map(|&i| &self.registry.applications[i])
+        self.app_by_id
+            .get(id)
+            .map(|&i| &self.registry.applications[i])
     }
 
     pub fn key_by_fingerprint(&self, fp: &[u8; 32]) -> Option<&Key> {
@@ -278,10 +298,22 @@ impl Snapshot {
 
     /// The application whose workload selectors match the client (most specific selector first, then file order).
     pub fn app_by_workload(&self, comm: &str, cgroup: &str) -> Option<&Application> {
-        self.selectors
-            .iter()
-            .find(|&&(a, s)| self.registry.applications[a].workload[s].matches(comm, cgroup))
-            .map(|&(a, _)| &self.registry.applications[a])
+        let first_match = |ranks: &[usize]| {
+            ranks.iter().copied().find(|&r| {
+                let (a, s) = self.selectors[r];
+                self.registry.applications[a].workload[s].matches(comm, cgroup)
+            })
+        };
+        let by_comm = self
+            .selectors_by_comm
+            .get(comm)
+            .and_then(|r| first_match(r));
+        let other = first_match(&self.selectors_other);
+        let rank = match (by_comm, other) {
+            (Some(x), Some(y)) => x.min(y),
+            (x, y) => x.or(y)?,
+        };
+        Some(&self.registry.applications[self.selectors[rank].0])
     }
 }
 

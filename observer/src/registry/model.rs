@@ -63,16 +63,6 @@ pub struct ApiMatch {
     pub server_cgroup: Vec<Glob>,
 }
 
-impl ApiMatch {
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
-            && self.ports.is_empty()
-            && self.base_paths.is_empty()
-            && self.server_comm.is_empty()
-            && self.server_cgroup.is_empty()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthKind {
     /// A key in a header (default `X-Api-Key`, `Api-Key`) or a query parameter.
@@ -323,13 +313,29 @@ mod tests {
         let w = window(Some("2026-03-02"), Some("2026-04-01"), None);
         let g = ts("2026-03-02");
         let e = ts("2026-04-01");
-        assert_eq!(w.state(Timestamp(g.0 - 1)), KeyState::NotYetValid, "1µs before grant");
+        assert_eq!(
+            w.state(Timestamp(g.0 - 1)),
+            KeyState::NotYetValid,
+            "1µs before grant"
+        );
         assert_eq!(w.state(g), KeyState::Valid, "at granted_at is valid");
-        assert_eq!(w.state(Timestamp(e.0 - 1)), KeyState::Valid, "1µs before expiry");
+        assert_eq!(
+            w.state(Timestamp(e.0 - 1)),
+            KeyState::Valid,
+            "1µs before expiry"
+        );
         assert_eq!(w.state(e), KeyState::Expired, "at expires_at is expired");
-        let r = window(Some("2026-03-02"), Some("2026-04-01"), Some("2026-03-10T12:00:00Z"));
+        let r = window(
+            Some("2026-03-02"),
+            Some("2026-04-01"),
+            Some("2026-03-10T12:00:00Z"),
+        );
         let rt = ts("2026-03-10T12:00:00Z");
-        assert_eq!(r.state(Timestamp(rt.0 - 1)), KeyState::Valid, "1µs before revocation");
+        assert_eq!(
+            r.state(Timestamp(rt.0 - 1)),
+            KeyState::Valid,
+            "1µs before revocation"
+        );
         assert_eq!(r.state(rt), KeyState::Revoked, "at revoked_at is revoked");
         assert_eq!(r.state(e), KeyState::Revoked, "revocation wins over expiry");
     }
@@ -341,17 +347,38 @@ mod tests {
             vec![
                 ("pay", window(Some("2026-01-01"), None, Some("2026-02-01"))),
                 ("pay", window(Some("2026-03-01"), None, None)),
-                ("orders", window(Some("2026-01-01"), Some("2026-02-01"), None)),
+                (
+                    "orders",
+                    window(Some("2026-01-01"), Some("2026-02-01"), None),
+                ),
                 ("later", window(Some("2027-01-01"), None, None)),
             ],
         );
         assert_eq!(k.state(Some("pay"), ts("2026-01-15")), KeyState::Valid);
-        assert_eq!(k.state(Some("pay"), ts("2026-02-15")), KeyState::Revoked, "between entries");
-        assert_eq!(k.state(Some("pay"), ts("2026-03-01")), KeyState::Valid, "re-granted");
+        assert_eq!(
+            k.state(Some("pay"), ts("2026-02-15")),
+            KeyState::Revoked,
+            "between entries"
+        );
+        assert_eq!(
+            k.state(Some("pay"), ts("2026-03-01")),
+            KeyState::Valid,
+            "re-granted"
+        );
         assert_eq!(k.state(Some("orders"), ts("2026-02-01")), KeyState::Expired);
-        assert_eq!(k.state(Some("later"), ts("2026-06-01")), KeyState::NotYetValid);
-        assert_eq!(k.state(Some("other"), ts("2026-06-01")), KeyState::NotGrantedForApi);
-        assert_eq!(k.state(None, ts("2026-06-01")), KeyState::Valid, "no API: key-wide state");
+        assert_eq!(
+            k.state(Some("later"), ts("2026-06-01")),
+            KeyState::NotYetValid
+        );
+        assert_eq!(
+            k.state(Some("other"), ts("2026-06-01")),
+            KeyState::NotGrantedForApi
+        );
+        assert_eq!(
+            k.state(None, ts("2026-06-01")),
+            KeyState::Valid,
+            "no API: key-wide state"
+        );
     }
 
     #[test]
@@ -362,7 +389,11 @@ mod tests {
         );
         assert_eq!(k.state(Some("pay"), ts("2026-04-30")), KeyState::Valid);
         assert_eq!(k.state(Some("pay"), ts("2026-05-01")), KeyState::Revoked);
-        assert_eq!(k.state(Some("nope"), ts("2026-05-01")), KeyState::Revoked, "revoked key is revoked everywhere");
+        assert_eq!(
+            k.state(Some("nope"), ts("2026-05-01")),
+            KeyState::Revoked,
+            "revoked key is revoked everywhere"
+        );
         assert_eq!(k.state(None, ts("2026-05-02")), KeyState::Revoked);
     }
 }

@@ -234,7 +234,10 @@ mod tests {
         ];
         for (text, want) in cases {
             let err = RouteTemplate::parse(text).expect_err(&format!("{text:?} must be refused"));
-            assert!(err.contains(want), "error for {text:?} was {err:?}, wanted {want:?}");
+            assert!(
+                err.contains(want),
+                "error for {text:?} was {err:?}, wanted {want:?}"
+            );
         }
     }
 
@@ -242,13 +245,25 @@ mod tests {
     fn matches_paths() {
         let r = route("POST /v1/payments/{id}/refunds");
         assert!(r.matches("POST", "/v1/payments/42/refunds"));
-        assert!(r.matches("post", "/v1/payments/42/refunds/"), "trailing slash and case");
-        assert!(!r.matches("GET", "/v1/payments/42/refunds"), "method differs");
+        assert!(
+            r.matches("post", "/v1/payments/42/refunds/"),
+            "trailing slash and case"
+        );
+        assert!(
+            !r.matches("GET", "/v1/payments/42/refunds"),
+            "method differs"
+        );
         assert!(!r.matches("POST", "/v1/payments/42"), "too short");
         assert!(!r.matches("POST", "/v1/payments/42/refunds/x"), "too long");
-        assert!(!r.matches("POST", "/v1/payments//refunds"), "empty param segment");
+        assert!(
+            !r.matches("POST", "/v1/payments//refunds"),
+            "empty param segment"
+        );
         let f = route("/files/{name}.{ext}");
-        assert!(f.matches("GET", "/files/report.final.pdf"), "partial-segment params");
+        assert!(
+            f.matches("GET", "/files/report.final.pdf"),
+            "partial-segment params"
+        );
         assert!(!f.matches("GET", "/files/report"), "needs the dot");
         assert!(route("/").matches("GET", "/"));
         assert!(!route("/").matches("GET", "/x"));
@@ -258,9 +273,15 @@ mod tests {
     fn specificity_prefers_literals_and_methods() {
         let lit = route("/v1/payments/search");
         let param = route("/v1/payments/{id}");
-        assert!(lit.specificity() < param.specificity(), "literal before param");
+        assert!(
+            lit.specificity() < param.specificity(),
+            "literal before param"
+        );
         let with_method = route("GET /v1/payments/{id}");
-        assert!(with_method.specificity() < param.specificity(), "method before any-method");
+        assert!(
+            with_method.specificity() < param.specificity(),
+            "method before any-method"
+        );
     }
 
     #[test]
@@ -277,7 +298,15 @@ mod tests {
         ] {
             assert!(is_id_segment(id), "{id:?} should be an id");
         }
-        for word in ["payments", "v1", "refunds", "deadbeef", "cafe", "user-profile", "v2beta1"] {
+        for word in [
+            "payments",
+            "v1",
+            "refunds",
+            "deadbeef",
+            "cafe",
+            "user-profile",
+            "v2beta1",
+        ] {
             assert!(!is_id_segment(word), "{word:?} should stay literal");
         }
     }
@@ -285,7 +314,10 @@ mod tests {
     #[test]
     fn infers_templates() {
         let mut out = String::new();
-        infer_template("/v1/users/12345/orders/3f2504e0-4f89-11d3-9a0c-0305e82c3301", &mut out);
+        infer_template(
+            "/v1/users/12345/orders/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            &mut out,
+        );
         assert_eq!(out, "/v1/users/{id}/orders/{id}");
         infer_template("/", &mut out);
         assert_eq!(out, "/");

@@ -116,7 +116,13 @@ impl LiveRegistry {
             Some(p) => {
                 let loaded = load_file(p, &secret)?;
                 let files = stamps(std::iter::once(p.to_path_buf()).chain(loaded.dependencies));
-                let snap = Snapshot::build(loaded.registry, secret.clone(), 0, Some(p.to_path_buf()), None);
+                let snap = Snapshot::build(
+                    loaded.registry,
+                    secret.clone(),
+                    0,
+                    Some(p.to_path_buf()),
+                    None,
+                );
                 (snap, files)
             }
             None => (Snapshot::empty(secret.clone()), Vec::new()),
@@ -193,8 +199,12 @@ impl LiveRegistry {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.polls += 1;
         let now_stamps: Vec<FileStamp> = state.files.iter().map(|(p, _)| stamp(p)).collect();
-        let stamps_changed = state.files.iter().zip(&now_stamps).any(|((_, old), new)| old != new);
-        if !stamps_changed && state.polls % HASH_EVERY_POLLS != 0 {
+        let stamps_changed = state
+            .files
+            .iter()
+            .zip(&now_stamps)
+            .any(|((_, old), new)| old != new);
+        if !stamps_changed && !state.polls.is_multiple_of(HASH_EVERY_POLLS) {
             return ReloadOutcome::Unchanged;
         }
         for ((_, old), new) in state.files.iter_mut().zip(now_stamps) {
@@ -263,12 +273,9 @@ impl LiveRegistry {
         let live = Arc::clone(self);
         let thread = std::thread::Builder::new()
             .name("registry-watch".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => {
-                        live.reload_if_changed();
-                    }
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    live.reload_if_changed();
                 }
             });
         match thread {
@@ -308,7 +315,8 @@ mod tests {
     use crate::event::{Exchange, KeyState};
 
     fn tmpdir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("observer-watch-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("observer-watch-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         dir
@@ -320,7 +328,11 @@ mod tests {
 
     fn registry(revoked: bool) -> String {
         let fp = secret().fingerprint_hex(b"the-key-0123456789abcd");
-        let revoke = if revoked { "        revoked_at: 2026-04-01\n        revoked_by: bob\n" } else { "" };
+        let revoke = if revoked {
+            "        revoked_at: 2026-04-01\n        revoked_by: bob\n"
+        } else {
+            ""
+        };
         format!(
             "teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {{hosts: a.com}}\napplications:\n  - id: app\n    team: t\nkeys:\n  - id: k\n    application: app\n    fingerprint: {fp}\n    grants:\n      - api: a\n        granted_by: alice\n        granted_at: 2026-01-01\n{revoke}"
         )
@@ -331,7 +343,8 @@ mod tests {
         ex.event.host = "a.com".into();
         ex.event.path = "/x".into();
         ex.event.ts = crate::registry::parse_date("2026-05-01").expect("date");
-        ex.request_headers.push(("X-Api-Key".into(), "the-key-0123456789abcd".into()));
+        ex.request_headers
+            .push(("X-Api-Key".into(), "the-key-0123456789abcd".into()));
         crate::enrich::enrich(&live.load(), &mut ex);
         ex.event.key_state
     }
@@ -346,10 +359,18 @@ mod tests {
         let dir = tmpdir("refuse");
         let path = dir.join("r.yaml");
         write(&path, "teams: [{id: t}, {id: t}]\n");
-        let err = LiveRegistry::open(Some(&path), secret()).expect_err("invalid registry must not open");
-        assert!(err.to_string().contains("r.yaml:1: duplicate team id"), "message: {err}");
-        let err = LiveRegistry::open(Some(&dir.join("missing.yaml")), secret()).expect_err("missing file");
-        assert!(err.to_string().contains("cannot read registry"), "message: {err}");
+        let err =
+            LiveRegistry::open(Some(&path), secret()).expect_err("invalid registry must not open");
+        assert!(
+            err.to_string().contains("r.yaml:1: duplicate team id"),
+            "message: {err}"
+        );
+        let err = LiveRegistry::open(Some(&dir.join("missing.yaml")), secret())
+            .expect_err("missing file");
+        assert!(
+            err.to_string().contains("cannot read registry"),
+            "message: {err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -359,9 +380,23 @@ mod tests {
         let path = dir.join("r.yaml");
         write(&path, &registry(false));
         let live = LiveRegistry::open(Some(&path), secret()).expect("valid registry opens");
+        assert_eq!(live.path(), Some(path.as_path()));
+        assert_eq!(
+            live.secret().fingerprint_hex(b"x"),
+            secret().fingerprint_hex(b"x")
+        );
+        let first = live.snapshot();
+        assert_eq!(first.source.as_deref(), Some(path.as_path()));
+        assert!(first.loaded_at.0 > 0, "load time recorded");
+        assert_eq!(first.team("t").map(|t| t.id.as_str()), Some("t"));
+        assert!(first.team("nope").is_none());
         let mut rx = live.subscribe();
         assert_eq!(key_state(&live), KeyState::Valid);
-        assert_eq!(live.reload_if_changed(), ReloadOutcome::Unchanged, "nothing changed yet");
+        assert_eq!(
+            live.reload_if_changed(),
+            ReloadOutcome::Unchanged,
+            "nothing changed yet"
+        );
 
         // An invalid edit is rejected, counted and the old registry stays.
         write(&path, &format!("{}    bogus: 1\n", registry(true)));
@@ -370,16 +405,36 @@ mod tests {
             matches!(&out, ReloadOutcome::Rejected { error } if error.contains("unknown field `bogus`")),
             "invalid edit must be rejected with its problem: {out:?}"
         );
-        assert_eq!(key_state(&live), KeyState::Valid, "last good registry still in use");
+        assert_eq!(
+            key_state(&live),
+            KeyState::Valid,
+            "last good registry still in use"
+        );
         let stats = live.stats();
         assert_eq!((stats.generation, stats.reloads, stats.failures), (0, 0, 1));
-        assert!(stats.last_error.as_deref().is_some_and(|e| e.contains("r.yaml:")), "{stats:?}");
-        assert!(!rx.has_changed().expect("sender alive"), "subscribers not told about rejected edits");
-        assert_eq!(live.reload_if_changed(), ReloadOutcome::Unchanged, "a bad edit is reported once");
+        assert!(
+            stats
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("r.yaml:")),
+            "{stats:?}"
+        );
+        assert!(
+            !rx.has_changed().expect("sender alive"),
+            "subscribers not told about rejected edits"
+        );
+        assert_eq!(
+            live.reload_if_changed(),
+            ReloadOutcome::Unchanged,
+            "a bad edit is reported once"
+        );
 
         // Fixing it reloads: the key is now revoked.
         write(&path, &registry(true));
-        assert_eq!(live.reload_if_changed(), ReloadOutcome::Reloaded { generation: 1 });
+        assert_eq!(
+            live.reload_if_changed(),
+            ReloadOutcome::Reloaded { generation: 1 }
+        );
         assert_eq!(key_state(&live), KeyState::Revoked);
         let stats = live.stats();
         assert_eq!((stats.generation, stats.reloads, stats.failures), (1, 1, 1));
@@ -387,7 +442,10 @@ mod tests {
         assert!(rx.has_changed().expect("sender alive"), "subscribers told");
         let snap = rx.borrow_and_update().clone();
         assert_eq!(snap.generation, 1);
-        assert!(snap.registry.keys[0].window.revoked_at.is_none() && snap.registry.keys[0].grants[0].window.revoked_at.is_some());
+        assert!(
+            snap.registry.keys[0].window.revoked_at.is_none()
+                && snap.registry.keys[0].grants[0].window.revoked_at.is_some()
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -398,7 +456,9 @@ mod tests {
         let a = registry(false).replace("alice", "AAAAA");
         let b = registry(false).replace("alice", "BBBBB");
         write(&path, &a);
-        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
         let live = LiveRegistry::open(Some(&path), secret()).expect("opens");
         write(&path, &b);
         std::fs::File::options()
@@ -414,7 +474,10 @@ mod tests {
             outcomes.contains(&ReloadOutcome::Reloaded { generation: 1 }),
             "periodic hash must catch an edit with identical mtime and size: {outcomes:?}"
         );
-        assert_eq!(live.snapshot().registry.keys[0].grants[0].window.granted_by, "BBBBB");
+        assert_eq!(
+            live.snapshot().registry.keys[0].grants[0].window.granted_by,
+            "BBBBB"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -423,7 +486,10 @@ mod tests {
         let dir = tmpdir("deps");
         let path = dir.join("r.yaml");
         let spec = dir.join("spec.yaml");
-        write(&spec, "openapi: 3.0.0\ninfo: {title: A, version: '1'}\npaths:\n  /a/{x}: {get: {}}\n");
+        write(
+            &spec,
+            "openapi: 3.0.0\ninfo: {title: A, version: '1'}\npaths:\n  /a/{x}: {get: {}}\n",
+        );
         write(
             &path,
             "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {hosts: a.com}\n    openapi: spec.yaml\n",
@@ -431,8 +497,15 @@ mod tests {
         let live = LiveRegistry::open(Some(&path), secret()).expect("opens");
         assert_eq!(live.snapshot().registry.apis[0].routes.len(), 1);
         write(&spec, "openapi: 3.0.0\ninfo: {title: A, version: '1'}\npaths:\n  /a/{x}: {get: {}}\n  /b: {post: {}}\n");
-        assert_eq!(live.reload_if_changed(), ReloadOutcome::Reloaded { generation: 1 });
-        assert_eq!(live.snapshot().registry.apis[0].routes.len(), 2, "new route from the OpenAPI file");
+        assert_eq!(
+            live.reload_if_changed(),
+            ReloadOutcome::Reloaded { generation: 1 }
+        );
+        assert_eq!(
+            live.snapshot().registry.apis[0].routes.len(),
+            2,
+            "new route from the OpenAPI file"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -442,7 +515,9 @@ mod tests {
         let path = dir.join("r.yaml");
         write(&path, &registry(false));
         let live = LiveRegistry::open(Some(&path), secret()).expect("opens");
-        let watcher = live.spawn_watcher(Duration::from_millis(50)).expect("watcher starts with a file");
+        let watcher = live
+            .spawn_watcher(Duration::from_millis(50))
+            .expect("watcher starts with a file");
         // Readers keep going while the file changes.
         let reader = {
             let live = Arc::clone(&live);
@@ -459,13 +534,23 @@ mod tests {
         write(&path, &registry(true));
         let start = Instant::now();
         while key_state(&live) != KeyState::Revoked {
-            assert!(start.elapsed() < Duration::from_secs(2), "reload not seen within 2 s: {:?}", live.stats());
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "reload not seen within 2 s: {:?}",
+                live.stats()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(reader.join().expect("reader thread") > 0, "reader made progress during reload");
+        assert!(
+            reader.join().expect("reader thread") > 0,
+            "reader made progress during reload"
+        );
         drop(watcher);
         let none = LiveRegistry::open(None, secret()).expect("empty registry");
-        assert!(none.spawn_watcher(POLL_INTERVAL).is_none(), "nothing to watch without a file");
+        assert!(
+            none.spawn_watcher(POLL_INTERVAL).is_none(),
+            "nothing to watch without a file"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -25,7 +25,10 @@ pub struct Node {
 pub enum Value {
     Null,
     /// Any scalar as written (numbers and booleans too); `quoted` is true for quoted and block styles.
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -246,7 +249,8 @@ mod tests {
 
     #[test]
     fn nodes_carry_their_lines() {
-        let doc = parse("a: 1\nb:\n  - x\n  - y: 2\n    z: \"q\"\nc: ~\n").expect("valid YAML must parse");
+        let doc = parse("a: 1\nb:\n  - x\n  - y: 2\n    z: \"q\"\nc: ~\n")
+            .expect("valid YAML must parse");
         assert_eq!(doc.line, 1, "root mapping starts on line 1");
         let b = doc.get("b").expect("key b present");
         let seq = b.as_seq().expect("b is a list");
@@ -290,7 +294,8 @@ mod tests {
         assert_eq!(scalar("a: b"), "\"a: b\"");
         assert_eq!(scalar(""), "\"\"");
         assert_eq!(flow_list(&["a", "b c"]), "[a, \"b c\"]");
-        let back = parse(&format!("k: {}\n", scalar("we\"ird: {x}"))).expect("rendered scalar parses");
+        let back =
+            parse(&format!("k: {}\n", scalar("we\"ird: {x}"))).expect("rendered scalar parses");
         assert_eq!(back.get("k").and_then(Node::as_str), Some("we\"ird: {x}"));
     }
 }
