@@ -1,1 +1,851 @@
-//! (being written)
+//! Per-event enrichment: joins each exchange with the registry (API, route, application, key state and how the
+//! application was identified). Pure and allocation-light: fields are overwritten in place, the raw key is only
+//! borrowed (or decoded into a stack buffer) and never stored.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+// Until `run` wires the live registry in (another branch); tests cover all of it.
+use std::sync::Arc;
+
+use crate::event::{AttributedBy, Event, Exchange, KeyState, Timestamp};
+use crate::registry::{
+    infer_template, key_suffix, write_hex, Application, Auth, AuthKind, LiveRegistry, Snapshot,
+    DEFAULT_KEY_HEADERS,
+};
+
+/// Longest credential decoded from `Authorization: Basic` or a percent-encoded query value.
+const SCRATCH: usize = 512;
+
+/// Enriches exchanges against the live registry. Cheap to clone; use one per worker.
+#[derive(Debug, Clone)]
+pub struct Enricher {
+    live: Arc<LiveRegistry>,
+}
+
+impl Enricher {
+    pub fn new(live: Arc<LiveRegistry>) -> Self {
+        Enricher { live }
+    }
+
+    pub fn live(&self) -> &Arc<LiveRegistry> {
+        &self.live
+    }
+
+    /// Fills the business-context fields of `ex.event` from the current registry snapshot.
+    pub fn enrich(&self, ex: &mut Exchange) {
+        enrich(&self.live.load(), ex);
+    }
+}
+
+fn set(field: &mut String, value: &str) {
+    field.clear();
+    field.push_str(value);
+}
+
+/// Fills `api_*`, `route`, `app_*`, `line_of_business`, `key_*` and `attributed_by` of `ex.event` from `snap`.
+/// Key states are judged at the event's time (`ts`; now when unset).
+pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
+    let Exchange {
+        event: ev,
+        request_headers,
+        raw_query,
+    } = ex;
+    let now = if ev.ts.0 > 0 { ev.ts } else { Timestamp::now() };
+
+    // --- API and route ---
+    let host = if ev.host.is_empty() {
+        header(request_headers, "host").unwrap_or("")
+    } else {
+        ev.host.as_str()
+    };
+    let path = if ev.path.is_empty() {
+        "/"
+    } else {
+        ev.path.as_str()
+    };
+    let api_idx = snap.match_api(host, ev.dst_port, path, &ev.server_comm, &ev.server_cgroup);
+    let api = api_idx.map(|i| snap.api(i));
+    match api {
+        Some(a) => {
+            set(&mut ev.api_id, &a.id);
+            set(&mut ev.api_name, &a.name);
+            set(&mut ev.api_owner, &a.owner);
+        }
+        None => {
+            ev.api_id.clear();
+            ev.api_name.clear();
+            ev.api_owner.clear();
+        }
+    }
+    match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
+        Some(route) => set(&mut ev.route, route),
+        None => {
+            infer_template(path, &mut ev.route);
+            snap.admit_inferred(api_idx, &mut ev.route);
+        }
+    }
+
+    // --- key ---
+    let default_auth;
+    let auth = match api {
+        Some(a) => &a.auth,
+        None => {
+            default_auth = Auth::default();
+            &default_auth
+        }
+    };
+    let mut scratch = [0u8; SCRATCH];
+    let key = extract_key(auth, request_headers, raw_query, &mut scratch);
+    let mut app: Option<&Application> = None;
+    match key {
+        None => {
+            ev.key_fingerprint.clear();
+            ev.key_suffix.clear();
+            ev.key_state = KeyState::None;
+        }
+        Some(raw) => {
+            let fp = snap.secret().fingerprint(raw);
+            write_hex(&fp, &mut ev.key_fingerprint);
+            set(
+                &mut ev.key_suffix,
+                std::str::from_utf8(raw).map(key_suffix).unwrap_or(""),
+            );
+            match snap.key_by_fingerprint(&fp) {
+                Some(k) => {
+                    ev.key_state = k.state(api.map(|a| a.id.as_str()), now);
+                    app = snap.application(&k.application);
+                }
+                None => ev.key_state = KeyState::Unknown,
+            }
+        }
+    }
+    // Decoded credentials do not linger on the stack.
+    scratch.fill(0);
+    std::hint::black_box(&scratch);
+
+    // --- application ---
+    ev.attributed_by = if app.is_some() {
+        AttributedBy::Key
+    } else {
+        app = snap.app_by_workload(&ev.client_comm, &ev.client_cgroup);
+        if app.is_some() {
+            AttributedBy::Workload
+        } else {
+            AttributedBy::None
+        }
+    };
+    fill_app(ev, app);
+}
+
+fn fill_app(ev: &mut Event, app: Option<&Application>) {
+    match app {
+        Some(a) => {
+            set(&mut ev.app_id, &a.id);
+            set(&mut ev.app_name, &a.name);
+            set(&mut ev.app_team, &a.team);
+            set(&mut ev.line_of_business, &a.line_of_business);
+        }
+        None => {
+            ev.app_id.clear();
+            ev.app_name.clear();
+            ev.app_team.clear();
+            ev.line_of_business.clear();
+        }
+    }
+}
+
+/// First value of header `name` (case-insensitive).
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// The credential the API's auth config says to look at, as bytes borrowed from the request or decoded into
+/// `scratch`. Traffic that matched no API uses the default (`X-Api-Key` / `Api-Key` headers).
+pub fn extract_key<'a>(
+    auth: &Auth,
+    headers: &'a [(String, String)],
+    raw_query: &'a str,
+    scratch: &'a mut [u8; SCRATCH],
+) -> Option<&'a [u8]> {
+    match auth.kind {
+        AuthKind::Anonymous => None,
+        AuthKind::ApiKey => {
+            let from_header = if auth.headers.is_empty() {
+                DEFAULT_KEY_HEADERS.iter().find_map(|h| header(headers, h))
+            } else {
+                auth.headers.iter().find_map(|h| header(headers, h))
+            };
+            if let Some(v) = from_header.filter(|v| !v.is_empty()) {
+                return Some(v.as_bytes());
+            }
+            auth.query
+                .iter()
+                .find_map(|name| query_param(raw_query, name).filter(|v| !v.is_empty()))
+                .and_then(|v| percent_decode(v, scratch))
+        }
+        AuthKind::Bearer => {
+            let v = header(headers, "authorization")?;
+            let token = strip_scheme(v, "bearer")?;
+            (!token.is_empty()).then_some(token.as_bytes())
+        }
+        AuthKind::Basic => {
+            let v = header(headers, "authorization")?;
+            let encoded = strip_scheme(v, "basic")?;
+            let decoded = base64_decode(encoded.as_bytes(), scratch)?;
+            let user_len = decoded
+                .iter()
+                .position(|&b| b == b':')
+                .unwrap_or(decoded.len());
+            (user_len > 0).then(|| &decoded[..user_len])
+        }
+    }
+}
+
+/// `Scheme rest` -> `rest` when the scheme matches case-insensitively.
+fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (s, rest) = value.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
+/// Raw (still percent-encoded) value of query parameter `name`.
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Percent-decodes (and `+` -> space) into `scratch` when needed; borrows `v` otherwise.
+fn percent_decode<'a>(v: &'a str, scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
+    if !v.contains(['%', '+']) {
+        return Some(v.as_bytes());
+    }
+    let b = v.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        if n == SCRATCH {
+            return None;
+        }
+        let out = match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hi = (b[i + 1] as char).to_digit(16);
+                let lo = (b[i + 2] as char).to_digit(16);
+                match (hi, lo) {
+                    (Some(h), Some(l)) => {
+                        i += 2;
+                        (h * 16 + l) as u8
+                    }
+                    _ => b'%',
+                }
+            }
+            b'+' => b' ',
+            c => c,
+        };
+        scratch[n] = out;
+        n += 1;
+        i += 1;
+    }
+    Some(&scratch[..n])
+}
+
+/// Standard base64 (padding optional) into `scratch`; None when invalid or too long.
+fn base64_decode<'a>(input: &[u8], scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let input = match input.iter().position(|&c| c == b'=') {
+        Some(p) if input[p..].iter().all(|&c| c == b'=') => &input[..p],
+        Some(_) => return None,
+        None => input,
+    };
+    if input.len() % 4 == 1 || input.len() / 4 * 3 + 3 > SCRATCH {
+        return None;
+    }
+    let mut n = 0;
+    for chunk in input.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        let take = chunk.len() - 1;
+        scratch[n..n + take].copy_from_slice(&bytes[1..1 + take]);
+        n += take;
+    }
+    Some(&scratch[..n])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::registry::{load_file, load_str, parse_date, KeySecret, OVERFLOW_ROUTE};
+
+    const MOBILE_KEY: &str = "sk_live_mobile_checkout_7Hq2x93f9a";
+    const LEGACY_KEY: &str = "sk_live_legacy_checkout_Zp81k2b7c1";
+    const PARTNER_KEY: &str = "sk_test_partner_portal_Qm4t0a5e02";
+
+    fn examples() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    }
+
+    fn example_secret() -> KeySecret {
+        KeySecret::load_or_create(&examples().join("example-key-secret"))
+            .expect("example secret must load")
+    }
+
+    fn example() -> Snapshot {
+        let secret = example_secret();
+        let loaded = load_file(&examples().join("registry.yaml"), &secret)
+            .unwrap_or_else(|e| panic!("example registry must load: {e}"));
+        Snapshot::build(loaded.registry, secret, 0, None, None)
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        parse_date(s).unwrap_or_else(|| panic!("bad test date {s:?}"))
+    }
+
+    fn exchange(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Exchange {
+        Exchange {
+            event: Event {
+                ts: ts("2026-03-10"),
+                method: method.into(),
+                host: host.into(),
+                path: path.into(),
+                dst_port: 443,
+                ..Event::default()
+            },
+            request_headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            raw_query: String::new(),
+        }
+    }
+
+    fn run(snap: &Snapshot, mut ex: Exchange) -> Event {
+        enrich(snap, &mut ex);
+        ex.event
+    }
+
+    #[test]
+    fn key_attributes_application_and_route() {
+        let snap = example();
+        let ev = run(
+            &snap,
+            exchange(
+                "POST",
+                "api.example.com",
+                "/v1/payments/42/refunds",
+                &[("x-api-key", MOBILE_KEY)],
+            ),
+        );
+        assert_eq!(ev.api_id, "payments-api");
+        assert_eq!(ev.api_name, "Payments API");
+        assert_eq!(ev.api_owner, "payments");
+        assert_eq!(ev.route, "/v1/payments/{id}/refunds");
+        assert_eq!(ev.app_id, "mobile-checkout");
+        assert_eq!(ev.app_name, "Mobile Checkout");
+        assert_eq!(ev.app_team, "payments-ux");
+        assert_eq!(ev.line_of_business, "Retail");
+        assert_eq!(
+            ev.key_fingerprint,
+            example_secret().fingerprint_hex(MOBILE_KEY.as_bytes())
+        );
+        assert_eq!(ev.key_suffix, "3f9a");
+        assert_eq!(ev.key_state, KeyState::Valid);
+        assert_eq!(ev.attributed_by, AttributedBy::Key);
+        assert!(
+            !format!("{ev:?}").contains(MOBILE_KEY),
+            "raw key must not end up in the event"
+        );
+    }
+
+    #[test]
+    fn key_states_follow_grant_history() {
+        let snap = example();
+        let bearer = format!("Bearer {MOBILE_KEY}");
+        let at = |date: &str| {
+            let mut ex = exchange(
+                "GET",
+                "api.example.com",
+                "/v1/orders/A-1",
+                &[("Authorization", &bearer)],
+            );
+            ex.event.ts = ts(date);
+            run(&snap, ex)
+        };
+        assert_eq!(
+            at("2026-03-01").key_state,
+            KeyState::NotYetValid,
+            "before the first grant"
+        );
+        assert_eq!(at("2026-03-02").key_state, KeyState::Valid, "at granted_at");
+        let revoked = Timestamp(ts("2026-05-01T12:00:00Z").0 - 1);
+        let mut ex = exchange(
+            "GET",
+            "api.example.com",
+            "/v1/orders/A-1",
+            &[("Authorization", &bearer)],
+        );
+        ex.event.ts = revoked;
+        assert_eq!(
+            run(&snap, ex).key_state,
+            KeyState::Valid,
+            "1µs before revoked_at"
+        );
+        let ev = at("2026-05-01T12:00:00Z");
+        assert_eq!(ev.key_state, KeyState::Revoked, "at revoked_at");
+        assert_eq!(
+            ev.app_id, "mobile-checkout",
+            "a revoked key still identifies its application"
+        );
+        assert_eq!(ev.attributed_by, AttributedBy::Key);
+        assert_eq!(ev.api_id, "orders-api");
+        assert_eq!(ev.route, "/v1/orders/{order_id}");
+        assert_eq!(at("2026-06-01").key_state, KeyState::Valid, "re-granted");
+        assert_eq!(
+            at("2027-06-01").key_state,
+            KeyState::Expired,
+            "at expires_at of the re-grant"
+        );
+    }
+
+    #[test]
+    fn key_wide_revocation_and_expiry() {
+        let snap = example();
+        let mut ex = exchange(
+            "GET",
+            "payments.internal:8443",
+            "/v1/payments",
+            &[("X-Api-Key", LEGACY_KEY)],
+        );
+        ex.event.ts = ts("2026-04-01");
+        let ev = run(&snap, ex);
+        assert_eq!(
+            (ev.key_state, ev.app_id.as_str()),
+            (KeyState::Revoked, "legacy-checkout")
+        );
+        assert_eq!(ev.key_suffix, "b7c1");
+
+        let partner = |date: &str, api_host: &str, path: &str| {
+            let mut ex = exchange("GET", api_host, path, &[]);
+            ex.raw_query = format!("limit=5&api_key={PARTNER_KEY}");
+            ex.event.ts = ts(date);
+            run(&snap, ex)
+        };
+        assert_eq!(
+            partner("2026-01-14", "api.example.com", "/v1/payments").key_state,
+            KeyState::NotYetValid
+        );
+        let ev = partner("2026-01-15", "api.example.com", "/v1/payments");
+        assert_eq!(
+            ev.key_state,
+            KeyState::Valid,
+            "key from the query parameter"
+        );
+        assert_eq!(
+            ev.line_of_business, "Partnerships",
+            "application's own line of business"
+        );
+        assert_eq!(
+            partner("2026-07-15", "api.example.com", "/v1/payments").key_state,
+            KeyState::Expired
+        );
+    }
+
+    #[test]
+    fn not_granted_unknown_and_none() {
+        let snap = example();
+        let ev = run(
+            &snap,
+            exchange(
+                "GET",
+                "api.example.com",
+                "/v1/payments",
+                &[("X-Api-Key", "warehouse-sync")],
+            ),
+        );
+        assert_eq!(
+            ev.key_state,
+            KeyState::NotGrantedForApi,
+            "known key, other API"
+        );
+        assert_eq!(ev.app_id, "warehouse-sync");
+
+        let mut ex = exchange(
+            "GET",
+            "api.example.com",
+            "/v1/payments",
+            &[("X-Api-Key", "sk_live_nobody_knows_this_1234")],
+        );
+        ex.event.client_comm = "checkout-app".into();
+        ex.event.client_cgroup = "/kubepods.slice/pod-1/checkout-7f9".into();
+        let ev = run(&snap, ex);
+        assert_eq!(ev.key_state, KeyState::Unknown);
+        assert_eq!(ev.key_suffix, "1234");
+        assert_eq!(ev.key_fingerprint.len(), 64);
+        assert_eq!(
+            (ev.app_id.as_str(), ev.attributed_by),
+            ("mobile-checkout", AttributedBy::Workload),
+            "unknown key falls back to workload"
+        );
+
+        let mut ex = exchange("GET", "api.example.com", "/v1/payments", &[]);
+        ex.event.client_comm = "curl".into();
+        ex.event.client_cgroup = "/user.slice/user-1000.slice".into();
+        let ev = run(&snap, ex);
+        assert_eq!(
+            (ev.key_state, ev.attributed_by),
+            (KeyState::None, AttributedBy::None),
+            "shadow consumer"
+        );
+        assert!(ev.app_id.is_empty() && ev.key_fingerprint.is_empty() && ev.key_suffix.is_empty());
+        assert_eq!(ev.api_id, "payments-api", "API still recognised");
+    }
+
+    #[test]
+    fn auth_style_decides_where_the_key_is() {
+        let snap = example();
+        // orders-api is bearer: an X-Api-Key header is not its credential.
+        let ev = run(
+            &snap,
+            exchange(
+                "GET",
+                "api.example.com",
+                "/v1/orders/1",
+                &[("X-Api-Key", MOBILE_KEY)],
+            ),
+        );
+        assert_eq!(ev.key_state, KeyState::None);
+        // Basic: the username is the key.
+        let mut ex = exchange(
+            "GET",
+            "inventory.internal",
+            "/stock/SKU-1",
+            &[("Authorization", "Basic d2FyZWhvdXNlLXN5bmM6cHc=")],
+        );
+        ex.event.server_comm = "inventory-svc".into();
+        ex.event.dst_port = 9090;
+        let ev = run(&snap, ex.clone());
+        assert_eq!(
+            ev.api_id, "inventory-api",
+            "matched by server process and port"
+        );
+        assert_eq!(
+            (ev.key_state, ev.app_id.as_str()),
+            (KeyState::Valid, "warehouse-sync")
+        );
+        assert_eq!(ev.route, "/stock/{sku}");
+        ex.request_headers = vec![("authorization".into(), "basic d2FyZWhvdXNlLXN5bmM".into())];
+        assert_eq!(
+            run(&snap, ex.clone()).key_state,
+            KeyState::Valid,
+            "unpadded base64, no password, lower-case scheme"
+        );
+        ex.request_headers = vec![("authorization".into(), "Basic !!!".into())];
+        assert_eq!(
+            run(&snap, ex.clone()).key_state,
+            KeyState::None,
+            "undecodable basic credential"
+        );
+        ex.event.dst_port = 9091;
+        assert_eq!(run(&snap, ex).api_id, "", "wrong port: no API");
+        // Anonymous APIs never look for a key.
+        let ev = run(
+            &snap,
+            exchange(
+                "GET",
+                "status.example.com",
+                "/",
+                &[("X-Api-Key", MOBILE_KEY)],
+            ),
+        );
+        assert_eq!(
+            (ev.api_id.as_str(), ev.key_state),
+            ("status-api", KeyState::None)
+        );
+    }
+
+    #[test]
+    fn extraction_details() {
+        let auth = |kind, headers: &[&str], query: &[&str]| Auth {
+            kind,
+            headers: headers.iter().map(|s| s.to_string()).collect(),
+            query: query.iter().map(|s| s.to_string()).collect(),
+        };
+        let hs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let mut scratch = [0u8; SCRATCH];
+        let h = hs(&[("API-KEY", " k1 ")]);
+        assert_eq!(
+            extract_key(&Auth::default(), &h, "", &mut scratch),
+            Some(&b"k1"[..]),
+            "default Api-Key header, trimmed"
+        );
+        let h = hs(&[("X-Custom", "k2"), ("X-Api-Key", "other")]);
+        assert_eq!(
+            extract_key(
+                &auth(AuthKind::ApiKey, &["x-custom"], &[]),
+                &h,
+                "",
+                &mut scratch
+            ),
+            Some(&b"k2"[..])
+        );
+        let h = hs(&[]);
+        let a = auth(AuthKind::ApiKey, &["X-Api-Key"], &["key", "api_key"]);
+        assert_eq!(
+            extract_key(&a, &h, "a=1&api_key=ab%2Bc%3D+d&key=", &mut scratch),
+            Some(&b"ab+c= d"[..]),
+            "percent-decoded; empty values skipped"
+        );
+        assert_eq!(
+            extract_key(&a, &h, "api_keyx=1&xapi_key=2", &mut scratch),
+            None,
+            "exact parameter names only"
+        );
+        let h = hs(&[("Authorization", "Bearer   tok.en  ")]);
+        assert_eq!(
+            extract_key(&auth(AuthKind::Bearer, &[], &[]), &h, "", &mut scratch),
+            Some(&b"tok.en"[..])
+        );
+        let h = hs(&[("Authorization", "Basic dG9rLmVu")]);
+        assert_eq!(
+            extract_key(&auth(AuthKind::Bearer, &[], &[]), &h, "", &mut scratch),
+            None,
+            "bearer API ignores basic"
+        );
+        let h = hs(&[("Authorization", "Bearer ")]);
+        assert_eq!(
+            extract_key(&auth(AuthKind::Bearer, &[], &[]), &h, "", &mut scratch),
+            None,
+            "empty token"
+        );
+        let h = hs(&[("Authorization", "Basic OnB3")]);
+        assert_eq!(
+            extract_key(&auth(AuthKind::Basic, &[], &[]), &h, "", &mut scratch),
+            None,
+            "empty username (\":pw\")"
+        );
+        let long = "A".repeat(SCRATCH * 2);
+        let h = hs(&[("Authorization", &format!("Basic {long}"))]);
+        assert_eq!(
+            extract_key(&auth(AuthKind::Basic, &[], &[]), &h, "", &mut scratch),
+            None,
+            "oversized credential refused"
+        );
+    }
+
+    #[test]
+    fn host_from_header_and_port_stripping() {
+        let snap = example();
+        let ev = run(
+            &snap,
+            exchange(
+                "GET",
+                "",
+                "/v1/payments/7",
+                &[("Host", "API.example.com:443"), ("X-Api-Key", MOBILE_KEY)],
+            ),
+        );
+        assert_eq!(
+            ev.api_id, "payments-api",
+            "Host header used when event.host is empty"
+        );
+        assert_eq!(ev.route, "/v1/payments/{id}");
+        let ev = run(
+            &snap,
+            exchange("GET", "api.example.com", "/v1/paymentsX/7", &[]),
+        );
+        assert_eq!(ev.api_id, "", "base path matches on segment boundaries");
+        assert_eq!(strip_port_for_test("[::1]:8080"), "::1");
+    }
+
+    fn strip_port_for_test(h: &str) -> &str {
+        crate::registry::strip_port(h)
+    }
+
+    #[test]
+    fn unmatched_traffic_gets_inferred_routes_and_default_key() {
+        let snap = example();
+        let ev = run(
+            &snap,
+            exchange(
+                "GET",
+                "unknown.example.net",
+                "/v2/users/12345/orders/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+                &[("Api-Key", MOBILE_KEY)],
+            ),
+        );
+        assert_eq!(ev.api_id, "");
+        assert_eq!(ev.route, "/v2/users/{id}/orders/{id}");
+        assert_eq!(ev.key_state, KeyState::Valid, "no API: the key-wide state");
+        assert_eq!(ev.app_id, "mobile-checkout");
+        let ev = run(
+            &snap,
+            exchange("DELETE", "api.example.com", "/v1/payments/42", &[]),
+        );
+        assert_eq!(
+            ev.route, "/v1/payments/{id}",
+            "registered API, unregistered method: inferred"
+        );
+        let ev = run(
+            &snap,
+            exchange("GET", "api.example.com", "/v1/payments/search", &[]),
+        );
+        assert_eq!(
+            ev.route, "/v1/payments/search",
+            "literal route (from OpenAPI) wins over {{id}}"
+        );
+    }
+
+    #[test]
+    fn inferred_routes_are_capped_per_api() {
+        let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match: {hosts: a.com}\n    max_inferred_routes: 2\n  - id: b\n    owner: t\n    match: {hosts: b.com}\n";
+        let secret = KeySecret::from_bytes(b"cap-test-secret-0123");
+        let loaded =
+            load_str(text, Path::new("."), &secret).unwrap_or_else(|p| panic!("valid: {p:?}"));
+        let snap = Snapshot::build(loaded.registry, secret.clone(), 0, None, None);
+        let route = |host: &str, path: &str| run(&snap, exchange("GET", host, path, &[])).route;
+        assert_eq!(route("a.com", "/x/1"), "/x/{id}");
+        assert_eq!(route("a.com", "/y/2"), "/y/{id}");
+        assert_eq!(
+            route("a.com", "/z/3"),
+            OVERFLOW_ROUTE,
+            "third distinct route over the cap"
+        );
+        assert_eq!(
+            route("a.com", "/x/99"),
+            "/x/{id}",
+            "known routes still reported"
+        );
+        assert_eq!(route("b.com", "/z/3"), "/z/{id}", "caps are per API");
+        assert_eq!(snap.inferred_count(Some(0)), 2);
+        // A reload keeps what was seen for APIs with the same id.
+        let again = load_str(text, Path::new("."), &secret).expect("valid");
+        let next = Snapshot::build(again.registry, secret, 1, None, Some(&snap));
+        assert_eq!(
+            next.inferred_count(Some(0)),
+            2,
+            "inferred routes carried over"
+        );
+        assert_eq!(
+            run(&next, exchange("GET", "a.com", "/q/1", &[])).route,
+            OVERFLOW_ROUTE
+        );
+    }
+
+    #[test]
+    fn most_specific_api_wins() {
+        let text = "teams: [{id: t}]\napis:
+  - {id: wild, owner: t, match: {hosts: \"*.x.com\"}}
+  - {id: exact, owner: t, match: {hosts: api.x.com}}
+  - {id: v1, owner: t, match: {hosts: api.x.com, base_path: /v1}}
+  - {id: v1pay, owner: t, match: {hosts: api.x.com, base_path: /v1/pay}}
+  - {id: port, owner: t, match: {ports: 8443}}
+  - {id: svc, owner: t, match: {server_cgroup: \"/system.slice/*.service\"}}
+";
+        let secret = KeySecret::from_bytes(b"specific-test-secret");
+        let loaded =
+            load_str(text, Path::new("."), &secret).unwrap_or_else(|p| panic!("valid: {p:?}"));
+        let snap = Snapshot::build(loaded.registry, secret, 0, None, None);
+        let api = |host: &str, port: u16, path: &str, cgroup: &str| {
+            let mut ex = exchange("GET", host, path, &[]);
+            ex.event.dst_port = port;
+            ex.event.server_cgroup = cgroup.into();
+            run(&snap, ex).api_id
+        };
+        assert_eq!(api("a.x.com", 443, "/", ""), "wild");
+        assert_eq!(
+            api("api.x.com", 443, "/", ""),
+            "exact",
+            "literal host beats wildcard"
+        );
+        assert_eq!(
+            api("api.x.com", 443, "/v1/orders", ""),
+            "v1",
+            "base path beats none"
+        );
+        assert_eq!(
+            api("api.x.com", 443, "/v1/pay/1", ""),
+            "v1pay",
+            "longer base path wins"
+        );
+        assert_eq!(api("api.x.com", 8443, "/", ""), "exact", "host beats port");
+        assert_eq!(api("other", 8443, "/", ""), "port");
+        assert_eq!(api("other", 80, "/", "/system.slice/pay.service"), "svc");
+        assert_eq!(
+            api("other", 80, "/", "/system.slice/a/pay.service"),
+            "",
+            "* stays in one cgroup segment"
+        );
+    }
+
+    #[test]
+    fn fields_are_overwritten_on_reuse() {
+        let snap = example();
+        let mut ex = exchange(
+            "POST",
+            "api.example.com",
+            "/v1/payments/42/refunds",
+            &[("X-Api-Key", MOBILE_KEY)],
+        );
+        enrich(&snap, &mut ex);
+        assert_eq!(ex.event.app_id, "mobile-checkout");
+        ex.event.host = "elsewhere.net".into();
+        ex.request_headers.clear();
+        enrich(&snap, &mut ex);
+        let ev = &ex.event;
+        assert!(
+            ev.api_id.is_empty()
+                && ev.api_name.is_empty()
+                && ev.api_owner.is_empty()
+                && ev.app_id.is_empty()
+                && ev.app_name.is_empty()
+                && ev.app_team.is_empty()
+                && ev.line_of_business.is_empty()
+                && ev.key_fingerprint.is_empty()
+                && ev.key_suffix.is_empty(),
+            "stale enrichment left behind: {ev:?}"
+        );
+        assert_eq!(
+            (ev.key_state, ev.attributed_by),
+            (KeyState::None, AttributedBy::None)
+        );
+    }
+
+    #[test]
+    fn unset_timestamp_uses_now_and_empty_registry_works() {
+        let snap = Snapshot::empty(KeySecret::from_bytes(b"empty-registry-secret"));
+        let mut ex = exchange("GET", "h", "", &[("X-Api-Key", "some-key-material-1234")]);
+        ex.event.ts = Timestamp(0);
+        enrich(&snap, &mut ex);
+        assert_eq!(ex.event.route, "/", "empty path is the root");
+        assert_eq!(ex.event.key_state, KeyState::Unknown);
+        assert_eq!(ex.event.attributed_by, AttributedBy::None);
+    }
+
+    #[test]
+    fn enricher_uses_the_live_snapshot() {
+        let live = LiveRegistry::open(None, KeySecret::from_bytes(b"live-enricher-secret"))
+            .expect("empty registry opens");
+        let enricher = Enricher::new(live.clone());
+        let mut ex = exchange("GET", "h", "/a/1", &[]);
+        enricher.enrich(&mut ex);
+        assert_eq!(ex.event.route, "/a/{id}");
+        assert_eq!(enricher.live().generation(), 0);
+    }
+}

@@ -1,0 +1,142 @@
+//! Criterion benchmark of per-event enrichment against a registry of realistic size (50 APIs x 30 routes,
+//! 200 applications, 2,000 keys).
+#![allow(dead_code, unused_imports)]
+
+// The observer is a binary crate: compile the modules enrichment needs straight from its sources.
+#[path = "../src/enrich.rs"]
+mod enrich;
+#[path = "../src/event.rs"]
+mod event;
+#[path = "../src/registry/mod.rs"]
+mod registry;
+
+use std::fmt::Write;
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use event::{Event, Exchange, Timestamp};
+use registry::{load_str, KeySecret, Snapshot};
+
+const APIS: usize = 50;
+const ROUTES: usize = 30;
+const APPS: usize = 200;
+const KEYS: usize = 2_000;
+
+fn raw_key(i: usize) -> String {
+    format!("sk_live_bench_{i:06}_q8Zr41xT")
+}
+
+fn registry_yaml(secret: &KeySecret) -> String {
+    let mut y =
+        String::from("version: 1\nteams:\n  - {id: team, line_of_business: Retail}\napis:\n");
+    for a in 0..APIS {
+        let auth = match a % 3 {
+            0 => "api_key",
+            1 => "bearer",
+            _ => "basic",
+        };
+        writeln!(y, "  - id: api-{a}\n    owner: team\n    match: {{hosts: [api-{a}.example.com], base_path: /v1/r{a}}}\n    auth: {auth}\n    routes:").unwrap();
+        for r in 0..ROUTES {
+            writeln!(y, "      - GET /v1/r{a}/res{r}/{{id}}\n      - POST /v1/r{a}/res{r}/{{id}}/actions/{{action}}").unwrap();
+        }
+    }
+    y.push_str("applications:\n");
+    for p in 0..APPS {
+        writeln!(y, "  - id: app-{p}\n    team: team\n    workload: {{comm: worker-{p}, cgroup: \"/kubepods.slice/**/app-{p}-*\"}}").unwrap();
+    }
+    y.push_str("keys:\n");
+    for k in 0..KEYS {
+        writeln!(
+            y,
+            "  - id: key-{k}\n    application: app-{}\n    fingerprint: {}\n    grants:\n      - {{api: api-{}, granted_by: bench, granted_at: 2026-01-01}}",
+            k % APPS,
+            secret.fingerprint_hex(raw_key(k).as_bytes()),
+            k % APIS
+        )
+        .unwrap();
+    }
+    y
+}
+
+fn exchange(host: &str, path: &str, headers: &[(&str, &str)]) -> Exchange {
+    Exchange {
+        event: Event {
+            ts: registry::parse_date("2026-06-01").expect("date"),
+            method: "GET".into(),
+            host: host.into(),
+            path: path.into(),
+            dst_port: 443,
+            client_comm: "worker-199".into(),
+            client_cgroup: "/kubepods.slice/burstable/pod-x/app-199-abc".into(),
+            ..Event::default()
+        },
+        request_headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        raw_query: "page=2&size=50".into(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let secret = KeySecret::from_bytes(b"bench-secret-0123456789abcdef");
+    let loaded = load_str(&registry_yaml(&secret), Path::new("."), &secret)
+        .unwrap_or_else(|p| panic!("bench registry invalid: {p:?}"));
+    let snap = Snapshot::build(loaded.registry, secret, 0, None, None);
+    let key = raw_key(1_248); // granted api-48 (api_key auth)
+    let base = [
+        ("Host", "api-48.example.com"),
+        ("User-Agent", "bench/1.0"),
+        ("Accept", "application/json"),
+        ("X-Request-Id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ];
+    let mut with_key: Vec<(&str, &str)> = base.to_vec();
+    with_key.push(("X-Api-Key", &key));
+
+    let mut g = c.benchmark_group("enrich");
+    let mut ex = exchange(
+        "api-48.example.com",
+        "/v1/r48/res29/123456/actions/refund",
+        &with_key,
+    );
+    g.bench_function("key_valid_route_matched", |b| {
+        b.iter(|| enrich::enrich(black_box(&snap), black_box(&mut ex)))
+    });
+    assert_eq!(
+        ex.event.key_state,
+        event::KeyState::Valid,
+        "bench precondition"
+    );
+
+    let mut ex = exchange(
+        "api-48.example.com",
+        "/v1/r48/unregistered/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        &base,
+    );
+    g.bench_function("no_key_workload_inferred_route", |b| {
+        b.iter(|| enrich::enrich(black_box(&snap), black_box(&mut ex)))
+    });
+    assert_eq!(
+        ex.event.attributed_by,
+        event::AttributedBy::Workload,
+        "bench precondition"
+    );
+
+    let mut unknown: Vec<(&str, &str)> = base.to_vec();
+    unknown.push(("X-Api-Key", "sk_live_not_in_registry_000000"));
+    let mut ex = exchange("unknown.example.net", "/health", &unknown);
+    g.bench_function("unknown_key_no_api", |b| {
+        b.iter(|| enrich::enrich(black_box(&snap), black_box(&mut ex)))
+    });
+    assert_eq!(
+        ex.event.key_state,
+        event::KeyState::Unknown,
+        "bench precondition"
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,340 @@
+//! A loaded registry compiled for the event path (`Snapshot`): API selection by host / port / base path / server
+//! workload (most specific wins), route lookup, the inferred-route cardinality cap, key lookup by fingerprint and
+//! application lookup by client workload. Lookups do not allocate.
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use crate::event::Timestamp;
+
+use super::fingerprint::{parse_fingerprint, KeySecret};
+use super::model::{Api, Application, Key, Registry, Team, DEFAULT_MAX_INFERRED_ROUTES};
+
+/// Route emitted once an API's inferred-route cap is reached.
+pub const OVERFLOW_ROUTE: &str = "{other}";
+
+/// Distinct inferred route templates of one API, capped.
+#[derive(Debug)]
+pub struct InferredRoutes {
+    cap: usize,
+    seen: RwLock<HashSet<Box<str>>>,
+}
+
+impl InferredRoutes {
+    pub fn new(cap: usize) -> Self {
+        InferredRoutes {
+            cap,
+            seen: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Keeps `template` if already known or room remains; otherwise replaces it with [`OVERFLOW_ROUTE`].
+    pub fn admit(&self, template: &mut String) {
+        {
+            let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(template.as_str()) {
+                return;
+            }
+            if seen.len() >= self.cap {
+                template.clear();
+                template.push_str(OVERFLOW_ROUTE);
+                return;
+            }
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if seen.len() < self.cap || seen.contains(template.as_str()) {
+            seen.insert(template.as_str().into());
+        } else {
+            template.clear();
+            template.push_str(OVERFLOW_ROUTE);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn copy_from(&self, other: &InferredRoutes) {
+        let theirs = other.seen.read().unwrap_or_else(|e| e.into_inner());
+        let mut mine = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        for t in theirs.iter().take(self.cap) {
+            mine.insert(t.clone());
+        }
+    }
+}
+
+/// One immutable version of the registry, ready for enrichment. Swapped whole on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub registry: Registry,
+    /// 0 for the registry loaded at start, then +1 per successful reload.
+    pub generation: u64,
+    pub loaded_at: Timestamp,
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    pub(crate) secret: KeySecret,
+    /// Route indices per API, most specific first.
+    route_order: Vec<Vec<usize>>,
+    inferred: Vec<InferredRoutes>,
+    /// Inferred routes of traffic that matched no API.
+    unmatched_inferred: InferredRoutes,
+    key_by_fp: HashMap<[u8; 32], usize>,
+    app_by_id: HashMap<String, usize>,
+    team_by_id: HashMap<String, usize>,
+    /// (application index, selector index), most specific first, then file order: a selector's rank is its
+    /// position here.
+    selectors: Vec<(usize, usize)>,
+    /// Ranks of selectors with a literal `comm`, by that comm (ascending).
+    selectors_by_comm: HashMap<String, Vec<usize>>,
+    /// Ranks of the other selectors (wildcard or no `comm`), ascending.
+    selectors_other: Vec<usize>,
+}
+
+impl Snapshot {
+    /// Compiles `registry`. Inferred routes seen by `previous` carry over for APIs with the same id.
+    pub fn build(
+        registry: Registry,
+        secret: KeySecret,
+        generation: u64,
+        source: Option<PathBuf>,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let route_order = registry
+            .apis
+            .iter()
+            .map(|a| {
+                let mut idx: Vec<usize> = (0..a.routes.len()).collect();
+                idx.sort_by_key(|&i| a.routes[i].specificity());
+                idx
+            })
+            .collect();
+        let inferred: Vec<InferredRoutes> = registry
+            .apis
+            .iter()
+            .map(|a| InferredRoutes::new(a.max_inferred_routes))
+            .collect();
+        let unmatched_inferred = InferredRoutes::new(DEFAULT_MAX_INFERRED_ROUTES);
+        if let Some(prev) = previous {
+            for (api, inf) in registry.apis.iter().zip(&inferred) {
+                if let Some(j) = prev.registry.apis.iter().position(|p| p.id == api.id) {
+                    inf.copy_from(&prev.inferred[j]);
+                }
+            }
+            unmatched_inferred.copy_from(&prev.unmatched_inferred);
+        }
+        let key_by_fp = registry
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| Some((parse_fingerprint(&k.fingerprint)?, i)))
+            .collect();
+        let app_by_id = registry
+            .applications
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.id.clone(), i))
+            .collect();
+        let team_by_id = registry
+            .teams
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.clone(), i))
+            .collect();
+        let mut selectors: Vec<(usize, usize)> = registry
+            .applications
+            .iter()
+            .enumerate()
+            .flat_map(|(a, app)| (0..app.workload.len()).map(move |s| (a, s)))
+            .collect();
+        selectors.sort_by_key(|&(a, s)| {
+            std::cmp::Reverse(registry.applications[a].workload[s].specificity())
+        });
+        let mut selectors_by_comm: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut selectors_other = Vec::new();
+        for (rank, &(a, s)) in selectors.iter().enumerate() {
+            match &registry.applications[a].workload[s].comm {
+                Some(g) if g.is_literal() => selectors_by_comm
+                    .entry(g.as_str().to_string())
+                    .or_default()
+                    .push(rank),
+                _ => selectors_other.push(rank),
+            }
+        }
+        Snapshot {
+            registry,
+            generation,
+            loaded_at: Timestamp::now(),
+            source,
+            secret,
+            route_order,
+            inferred,
+            unmatched_inferred,
+            key_by_fp,
+            app_by_id,
+            team_by_id,
+            selectors,
+            selectors_by_comm,
+            selectors_other,
+        }
+    }
+
+    /// An empty registry (no `--registry`): every exchange gets inferred routes and `unknown`/`none` keys.
+    pub fn empty(secret: KeySecret) -> Self {
+        Self::build(Registry::default(), secret, 0, None, None)
+    }
+
+    pub fn secret(&self) -> &KeySecret {
+        &self.secret
+    }
+
+    pub fn api(&self, i: usize) -> &Api {
+        &self.registry.apis[i]
+    }
+
+    pub fn team(&self, id: &str) -> Option<&Team> {
+        self.team_by_id.get(id).map(|&i| &self.registry.teams[i])
+    }
+
+    pub fn application(&self, id: &str) -> Option<&Application> {
+        self.app_by_id
+            .get(id)
+            .map(|&i| &self.registry.applications[i])
+    }
+
+    pub fn key_by_fingerprint(&self, fp: &[u8; 32]) -> Option<&Key> {
+        self.key_by_fp.get(fp).map(|&i| &self.registry.keys[i])
+    }
+
+    /// The most specific API matching the request, by index. `host` may carry a port (it is stripped).
+    ///
+    /// Specificity, compared in order: longer matching base path; literal host over wildcard host; more server
+    /// workload criteria; a port criterion. Ties go to the API defined first (validation reports true ties).
+    pub fn match_api(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        server_comm: &str,
+        server_cgroup: &str,
+    ) -> Option<usize> {
+        let host = strip_port(host);
+        let mut best: Option<(usize, (usize, u8, u8, u8))> = None;
+        for (i, api) in self.registry.apis.iter().enumerate() {
+            let m = &api.matcher;
+            let host_score = if m.hosts.is_empty() {
+                0
+            } else {
+                match m
+                    .hosts
+                    .iter()
+                    .filter(|g| g.matches(host))
+                    .map(|g| if g.is_literal() { 2 } else { 1 })
+                    .max()
+                {
+                    Some(s) => s,
+                    None => continue,
+                }
+            };
+            if !m.ports.is_empty() && !m.ports.contains(&port) {
+                continue;
+            }
+            let base_score = if m.base_paths.is_empty() {
+                0
+            } else {
+                match m
+                    .base_paths
+                    .iter()
+                    .filter(|b| has_path_prefix(path, b))
+                    .map(|b| b.len() + 1)
+                    .max()
+                {
+                    Some(s) => s,
+                    None => continue,
+                }
+            };
+            if !m.server_comm.is_empty() && !m.server_comm.iter().any(|g| g.matches(server_comm)) {
+                continue;
+            }
+            if !m.server_cgroup.is_empty()
+                && !m.server_cgroup.iter().any(|g| g.matches(server_cgroup))
+            {
+                continue;
+            }
+            let workload = !m.server_comm.is_empty() as u8 + !m.server_cgroup.is_empty() as u8;
+            let score = (base_score, host_score, workload, !m.ports.is_empty() as u8);
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((i, score));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// The registered route template of API `api` matching the request, if any.
+    pub fn match_route(&self, api: usize, method: &str, path: &str) -> Option<&str> {
+        let routes = &self.registry.apis[api].routes;
+        let segments = path.split('/').filter(|s| !s.is_empty()).count();
+        self.route_order[api]
+            .iter()
+            .map(|&i| &routes[i])
+            .find(|r| r.segment_count() == segments && r.matches(method, path))
+            .map(|r| r.path.as_str())
+    }
+
+    /// Applies the inferred-route cap of `api` (or of unmatched traffic) to `template`.
+    pub fn admit_inferred(&self, api: Option<usize>, template: &mut String) {
+        match api {
+            Some(i) => self.inferred[i].admit(template),
+            None => self.unmatched_inferred.admit(template),
+        }
+    }
+
+    /// Number of distinct inferred routes so far for `api` (None: unmatched traffic).
+    pub fn inferred_count(&self, api: Option<usize>) -> usize {
+        match api {
+            Some(i) => self.inferred[i].len(),
+            None => self.unmatched_inferred.len(),
+        }
+    }
+
+    /// The application whose workload selectors match the client (most specific selector first, then file order).
+    pub fn app_by_workload(&self, comm: &str, cgroup: &str) -> Option<&Application> {
+        let first_match = |ranks: &[usize]| {
+            ranks.iter().copied().find(|&r| {
+                let (a, s) = self.selectors[r];
+                self.registry.applications[a].workload[s].matches(comm, cgroup)
+            })
+        };
+        let by_comm = self
+            .selectors_by_comm
+            .get(comm)
+            .and_then(|r| first_match(r));
+        let other = first_match(&self.selectors_other);
+        let rank = match (by_comm, other) {
+            (Some(x), Some(y)) => x.min(y),
+            (x, y) => x.or(y)?,
+        };
+        Some(&self.registry.applications[self.selectors[rank].0])
+    }
+}
+
+/// `host:port` / `[v6]:port` -> host.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Whether `path` starts with the base path `base` on a segment boundary.
+pub fn has_path_prefix(path: &str, base: &str) -> bool {
+    if base == "/" {
+        return true;
+    }
+    match path.strip_prefix(base) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}

@@ -1,0 +1,33 @@
+//! The application / API-key registry: model, loading and validation with line numbers, matching, importers,
+//! fingerprints and hot reload. `enrich` joins each event with it.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+// Until `run` wires the live registry in (another branch); tests cover all of it.
+mod cli;
+mod fingerprint;
+mod glob;
+mod import_kong;
+mod import_openapi;
+mod load;
+mod matching;
+mod model;
+mod route;
+mod watch;
+mod yaml;
+
+// The public surface for `run` and the ClickHouse registry writer; not all of it is used inside this crate yet.
+#[allow(unused_imports)]
+pub use cli::{
+    run, KeySecretArgs, RegistryAction, RegistryArgs, RegistryCommand, DEFAULT_KEY_SECRET_FILE,
+};
+#[allow(unused_imports)]
+pub use fingerprint::{key_suffix, write_hex, KeySecret, SecretError};
+#[allow(unused_imports)]
+pub use load::{load_file, load_str, Loaded, Problem, Problems, RegistryError};
+#[allow(unused_imports)]
+pub use matching::{strip_port, Snapshot, OVERFLOW_ROUTE};
+#[allow(unused_imports)]
+pub use model::*;
+#[allow(unused_imports)]
+pub use route::{infer_template, RouteTemplate};
+#[allow(unused_imports)]
+pub use watch::{LiveRegistry, ReloadOutcome, ReloadStats, Watcher, POLL_INTERVAL};
