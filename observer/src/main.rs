@@ -20,9 +20,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Manage observer's ClickHouse schema (apply migrations, print DDL).
+    Schema(sink::SchemaCommand),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Schema(cmd) => tokio::runtime::Runtime::new()?.block_on(cmd.run()),
+    }
 }
