@@ -29,6 +29,7 @@ use crate::event::{Event, KeyState, Side};
 pub use clickhouse::ClickHouseConfig;
 #[allow(unused_imports)]
 pub use registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
+#[allow(unused_imports)]
 pub use schema::{Retention, SchemaCommand};
 
 /// Errors building or stopping sinks.
@@ -746,11 +747,14 @@ pub fn format_line(e: &Event) -> String {
     } else {
         proc_label(&e.server_comm, e.server_pid)
     };
+    let target = if e.host.is_empty() && e.path.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{}{}", e.host, e.path)
+    };
     let mut line = format!(
-        "{time} {method} {host}{path} -> {status} {dur} {bytes} {client} -> {server}",
+        "{time} {method} {target} -> {status} {dur} {bytes} {client} -> {server}",
         method = if e.method.is_empty() { "?" } else { &e.method },
-        host = e.host,
-        path = e.path,
         dur = human_duration(e.duration_us),
         bytes = human_bytes(e.resp_bytes),
     );
@@ -893,7 +897,7 @@ mod tests {
         };
         assert_eq!(
             format_line(&remote),
-            "00:00:00.000000 ? -> --- 0us 0B 10.0.0.1:5555 -> app side=server"
+            "00:00:00.000000 ? - -> --- 0us 0B 10.0.0.1:5555 -> app side=server"
         );
     }
 
