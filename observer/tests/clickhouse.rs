@@ -191,7 +191,9 @@ fn client(url: &str) -> clickhouse::Client {
 }
 
 async fn apply(url: &str, target: Option<u32>) -> schema::ApplyReport {
-    let cfg = SchemaConfig::new("observer", None, Retention::days(3650)).expect("config");
+    let cfg = SchemaConfig::new("observer", None, Retention::days(3650))
+        .expect("config")
+        .with_rollup_retention(Retention::days(3650), Retention::days(3650));
     schema::apply(&client(url), url, &cfg, target)
         .await
         .unwrap_or_else(|e| panic!("schema apply failed: {e}"))
@@ -915,7 +917,7 @@ async fn sigkilled_agent_spool_is_replayed() {
     });
     let wait_line = |prefix: &str| loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.starts_with(prefix) => return l,
+            Ok(l) if l.contains(prefix) => return l,
             Ok(_) => continue,
             Err(e) => panic!("child agent never printed {prefix:?}: {e}"),
         }
@@ -1061,13 +1063,13 @@ async fn rollups_agree_with_raw_table() {
         let raw = format!(
             "SELECT {expr} AS b, {keys}, count() AS n, countIf(status >= 500 OR status = 0) AS err, \
              sum(req_bytes) + sum(resp_bytes) AS bytes, uniq(src_ip, client_cgroup, client_comm) AS w \
-             FROM (SELECT *, toUInt8(intDiv(status, 100)) AS status_class FROM http_requests) \
+             FROM (SELECT *, toUInt8(intDiv(status, 100)) AS status_class FROM observer.http_requests) \
              GROUP BY b, api_id, route, app_id, ks, status_class"
         );
         let roll = format!(
             "SELECT {bucket} AS b, {keys}, sum(requests) AS n, sum(errors) AS err, \
              sum(req_bytes) + sum(resp_bytes) AS bytes, uniqMerge(client_workloads) AS w \
-             FROM {table} GROUP BY b, api_id, route, app_id, ks, status_class"
+             FROM observer.{table} GROUP BY b, api_id, route, app_id, ks, status_class"
         );
         let diff = count(
             &url,
