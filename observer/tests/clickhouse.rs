@@ -6,10 +6,11 @@
 //! free port with a temporary data directory; tests run one at a time (the engine is memory-hungry).
 //!
 //! `observer` is a binary crate, so the sink modules are compiled into this test crate by path.
+// Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
+#![allow(clippy::await_holding_lock)]
 #[allow(dead_code)]
 #[path = "../src/event.rs"]
 mod event;
-#[allow(dead_code)]
 #[path = "../src/sink/mod.rs"]
 mod sink;
 
@@ -253,7 +254,7 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
     Event {
         ts: Timestamp(base_us + i as i64 * 1_000 + (rng.next() % 1_000) as i64),
         duration_us: 200 + rng.next() % 50_000,
-        side: if rng.next() % 3 == 0 {
+        side: if rng.next().is_multiple_of(3) {
             Side::Both
         } else {
             Side::Client
@@ -263,7 +264,7 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
             .into(),
         host: format!("{api}.internal.example.com"),
         path: format!("/v1/{api}/{id}"),
-        query_keys: if id % 3 == 0 {
+        query_keys: if id.is_multiple_of(3) {
             vec!["page".into(), "limit".into()]
         } else {
             vec![]
@@ -294,7 +295,7 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
             rng.next() << 31 ^ rng.next(),
             rng.next() << 31 ^ rng.next()
         ),
-        truncated: rng.next() % 1000 == 0,
+        truncated: rng.next().is_multiple_of(1000),
         conn_id: i,
         api_id: api.into(),
         api_name: format!("{api} API"),
@@ -1087,8 +1088,9 @@ async fn rollups_agree_with_raw_table() {
         // Quantiles from merged states are close to the exact ones over the whole range.
         let (p50_roll, p50_raw): (f64, f64) = c
             .query(&format!(
-                "SELECT (SELECT quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(duration_quantiles)[1] FROM {table}), \
-                 (SELECT quantileExact(0.5)(duration_us) FROM http_requests)"
+                "SELECT toFloat64(assumeNotNull((SELECT quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(duration_quantiles)[1] \
+                 FROM observer.{table}))), toFloat64(assumeNotNull((SELECT quantileExact(0.5)(duration_us) \
+                 FROM observer.http_requests)))"
             ))
             .fetch_one()
             .await

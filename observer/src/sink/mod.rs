@@ -465,8 +465,10 @@ struct Output {
 pub struct SinkHandle {
     outputs: Vec<Output>,
     metrics: Arc<SinkMetrics>,
-    registry: Option<(watch::Sender<Option<Arc<RegistryRows>>>, JoinHandle<()>)>,
+    registry: Option<(RegistrySender, JoinHandle<()>)>,
 }
+
+type RegistrySender = watch::Sender<Option<Arc<RegistryRows>>>;
 
 /// Starts the sinks named in `args`. Fails when a sink cannot start (unwritable NDJSON path, unusable spool
 /// directory, missing ClickHouse URL, schema apply failure); an unreachable ClickHouse is not an error (spooled).

@@ -141,11 +141,11 @@ impl Retention {
     /// The interval as ClickHouse SQL (`INTERVAL 30 DAY`), using the largest exact unit.
     pub fn to_sql_interval(self) -> String {
         let s = self.seconds;
-        if s % 86_400 == 0 {
+        if s.is_multiple_of(86_400) {
             format!("INTERVAL {} DAY", s / 86_400)
-        } else if s % 3_600 == 0 {
+        } else if s.is_multiple_of(3_600) {
             format!("INTERVAL {} HOUR", s / 3_600)
-        } else if s % 60 == 0 {
+        } else if s.is_multiple_of(60) {
             format!("INTERVAL {} MINUTE", s / 60)
         } else {
             format!("INTERVAL {s} SECOND")
@@ -178,11 +178,11 @@ impl FromStr for Retention {
 impl fmt::Display for Retention {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.seconds;
-        if s % 86_400 == 0 {
+        if s.is_multiple_of(86_400) {
             write!(f, "{}d", s / 86_400)
-        } else if s % 3_600 == 0 {
+        } else if s.is_multiple_of(3_600) {
             write!(f, "{}h", s / 3_600)
-        } else if s % 60 == 0 {
+        } else if s.is_multiple_of(60) {
             write!(f, "{}m", s / 60)
         } else {
             write!(f, "{s}s")
