@@ -216,7 +216,10 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     if hook == HOOK_CGROUP_INGRESS {
         // The sender is a local socket whose egress we already copy (both ends on this node): the same bytes
         // again would double the ring-buffer traffic for nothing. User space pairs the two egress streams.
-        let sender = FlowKey { hook: HOOK_CGROUP_EGRESS, ..key };
+        let sender = FlowKey {
+            hook: HOOK_CGROUP_EGRESS,
+            ..key
+        };
         if unsafe { FLOWS.get(&sender) }.is_some() {
             return Ok(());
         }

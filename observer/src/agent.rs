@@ -53,8 +53,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     // Everything that can fail on bad input is checked before any program is attached.
-    let enricher = enrich::Live::start(&args.registry).context("loading the registry")?;
-    let sinks = sink::build(&args.sink).await.context("opening the sinks")?;
+    let live = args.registry.open().context("loading the registry")?;
+    let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
+    let enricher = enrich::Enricher::new(live.clone());
+    let sinks = Arc::new(sink::build(&args.sink).await.context("opening the sinks")?);
+    let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
         let server = crate::metrics::serve(addr, metrics.clone())
             .await
@@ -87,7 +90,16 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         let sinks = sinks.clone();
         std::thread::Builder::new()
             .name("observer-capture".into())
-            .spawn(move || capture_loop(loaded, flow::Engine::new(flow_cfg, Box::new(resolver)), enricher, sinks, metrics, stop))
+            .spawn(move || {
+                capture_loop(
+                    loaded,
+                    flow::Engine::new(flow_cfg, Box::new(resolver)),
+                    enricher,
+                    sinks,
+                    metrics,
+                    stop,
+                )
+            })
             .context("starting the capture thread")?
     };
 
@@ -96,14 +108,41 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::SeqCst);
     let joined = tokio::task::spawn_blocking(move || capture.join()).await;
     metrics.set_ready(false);
-    let flushed = sinks.shutdown().await;
-    match joined {
-        Ok(Ok(())) => {}
-        _ => anyhow::bail!("the capture thread panicked"),
+    if !matches!(joined, Ok(Ok(()))) {
+        anyhow::bail!("the capture thread panicked");
     }
-    flushed.context("flushing the sinks")?;
-    info!("stopped");
+    // The capture thread and the registry follower held the other references.
+    follower.abort();
+    let _ = follower.await;
+    let sinks = Arc::try_unwrap(sinks)
+        .map_err(|_| anyhow::anyhow!("sinks still referenced at shutdown"))?;
+    let stats = sinks.shutdown().await.context("flushing the sinks")?;
+    info!(
+        rows_sent = stats.rows_sent,
+        dropped = stats.dropped_total(),
+        "stopped"
+    );
     Ok(())
+}
+
+/// Writes the registry's state to the sinks that keep it (ClickHouse registry tables) at start and on every reload,
+/// with `deleted` rows for ids that disappeared.
+async fn follow_registry(live: Arc<registry::LiveRegistry>, sinks: Arc<sink::SinkHandle>) {
+    let mut rx = live.subscribe();
+    let mut prev = sink::registry_rows::RegistryRows::default();
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        let version = snap.loaded_at.0.max(0) as u64;
+        let rows = sink::registry_rows::from_registry(&snap.registry, version, snap.loaded_at);
+        let out = sink::registry_rows::with_deletions(&prev, rows.clone(), version, snap.loaded_at);
+        if !out.is_empty() {
+            sinks.write_registry(out);
+        }
+        prev = rows;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn wait_for_stop(run_for: Option<Duration>) {
@@ -131,12 +170,11 @@ async fn wait_for_stop(run_for: Option<Duration>) {
 fn capture_loop(
     mut loaded: loader::Loaded,
     mut engine: flow::Engine,
-    enricher: enrich::Live,
-    sinks: sink::Sinks,
+    enricher: enrich::Enricher,
+    sinks: Arc<sink::SinkHandle>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut engine = flow::Engine::new(cfg, Box::new(SysCgroupResolver::new()));
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
     let mut lag_ns = 0u64;
@@ -167,7 +205,16 @@ fn capture_loop(
         }
         if tick || stopping {
             last_tick = Instant::now();
-            publish(&metrics, &loaded, &engine, &enricher, &sinks, records, bad_records, lag_ns);
+            publish(
+                &metrics,
+                &loaded,
+                &engine,
+                &enricher,
+                &sinks,
+                records,
+                bad_records,
+                lag_ns,
+            );
         }
         if stopping {
             break;
@@ -186,8 +233,8 @@ fn publish(
     metrics: &Metrics,
     loaded: &loader::Loaded,
     engine: &flow::Engine,
-    enricher: &enrich::Live,
-    sinks: &sink::Sinks,
+    enricher: &enrich::Enricher,
+    sinks: &sink::SinkHandle,
     records: u64,
     bad_records: u64,
     lag_ns: u64,
@@ -195,10 +242,22 @@ fn publish(
     let kernel = loader::read_counters(&loaded.counters);
     let mut k = Vec::with_capacity(kernel.len() + 3);
     for (name, v) in COUNTER_NAMES.iter().zip(kernel) {
-        k.push(Sample::counter(format!("kernel_{name}_total"), "Kernel-side counter (summed over CPUs)", v));
+        k.push(Sample::counter(
+            format!("kernel_{name}_total"),
+            "Kernel-side counter (summed over CPUs)",
+            v,
+        ));
     }
-    k.push(Sample::counter("ringbuf_records_total", "Ring-buffer records read", records));
-    k.push(Sample::counter("ringbuf_bad_records_total", "Ring-buffer records that could not be decoded", bad_records));
+    k.push(Sample::counter(
+        "ringbuf_records_total",
+        "Ring-buffer records read",
+        records,
+    ));
+    k.push(Sample::counter(
+        "ringbuf_bad_records_total",
+        "Ring-buffer records that could not be decoded",
+        bad_records,
+    ));
     k.push(Sample::gauge(
         "ringbuf_lag_seconds",
         "Age of the oldest record in the last drain (how far the reader is behind the kernel)",
@@ -212,26 +271,105 @@ fn publish(
         "flow",
         vec![
             c("exchanges_total", "HTTP exchanges reported", s.exchanges),
-            c("flow_malformed_total", "Heads or records that could not be parsed", s.malformed),
-            c("flow_duplicates_total", "Segments seen by both local ends, merged", s.duplicates),
-            c("flow_retransmits_total", "Retransmitted segments dropped", s.retransmits),
-            c("flow_out_of_order_total", "Records out of order or continuing an unseen start", s.out_of_order),
-            c("flow_gaps_total", "Captured bytes or messages known to be missing", s.gaps),
-            c("flow_misframed_total", "Message starts inside a delimited body, ignored", s.misframed),
-            c("flow_truncated_heads_total", "Heads longer than the capture", s.truncated_heads),
-            c("flow_unmatched_responses_total", "Responses without a request", s.unmatched_responses),
-            c("flow_no_response_total", "Requests reported without a response", s.no_response),
-            c("flow_timed_out_total", "Exchanges reported by the idle timeout", s.timed_out),
-            c("flow_evicted_total", "Table evictions", s.evicted_connections).label("table", "connections"),
-            c("flow_evicted_total", "Table evictions", s.evicted_pending).label("table", "pending_requests"),
-            c("flow_evicted_total", "Table evictions", s.evicted_sockets).label("table", "sockets"),
-            Sample::gauge("flow_table_size", "Entries in the engine's tables", s.connections as f64)
-                .label("table", "connections"),
-            Sample::gauge("flow_table_size", "Entries in the engine's tables", s.pending_requests as f64)
+            c(
+                "flow_malformed_total",
+                "Heads or records that could not be parsed",
+                s.malformed,
+            ),
+            c(
+                "flow_duplicates_total",
+                "Segments seen by both local ends, merged",
+                s.duplicates,
+            ),
+            c(
+                "flow_retransmits_total",
+                "Retransmitted segments dropped",
+                s.retransmits,
+            ),
+            c(
+                "flow_out_of_order_total",
+                "Records out of order or continuing an unseen start",
+                s.out_of_order,
+            ),
+            c(
+                "flow_gaps_total",
+                "Captured bytes or messages known to be missing",
+                s.gaps,
+            ),
+            c(
+                "flow_misframed_total",
+                "Message starts inside a delimited body, ignored",
+                s.misframed,
+            ),
+            c(
+                "flow_truncated_heads_total",
+                "Heads longer than the capture",
+                s.truncated_heads,
+            ),
+            c(
+                "flow_unmatched_responses_total",
+                "Responses without a request",
+                s.unmatched_responses,
+            ),
+            c(
+                "flow_no_response_total",
+                "Requests reported without a response",
+                s.no_response,
+            ),
+            c(
+                "flow_timed_out_total",
+                "Exchanges reported by the idle timeout",
+                s.timed_out,
+            ),
+            c(
+                "flow_evicted_total",
+                "Table evictions",
+                s.evicted_connections,
+            )
+            .label("table", "connections"),
+            c("flow_evicted_total", "Table evictions", s.evicted_pending)
                 .label("table", "pending_requests"),
-            Sample::gauge("flow_table_size", "Entries in the engine's tables", s.sockets as f64).label("table", "sockets"),
+            c("flow_evicted_total", "Table evictions", s.evicted_sockets).label("table", "sockets"),
+            Sample::gauge(
+                "flow_table_size",
+                "Entries in the engine's tables",
+                s.connections as f64,
+            )
+            .label("table", "connections"),
+            Sample::gauge(
+                "flow_table_size",
+                "Entries in the engine's tables",
+                s.pending_requests as f64,
+            )
+            .label("table", "pending_requests"),
+            Sample::gauge(
+                "flow_table_size",
+                "Entries in the engine's tables",
+                s.sockets as f64,
+            )
+            .label("table", "sockets"),
         ],
     );
-    metrics.publish("registry", enricher.samples());
-    metrics.publish("sink", sinks.samples());
+    let r = enricher.live().stats();
+    metrics.publish(
+        "registry",
+        vec![
+            Sample::gauge(
+                "registry_generation",
+                "Registry snapshot in use (0 = loaded at start)",
+                r.generation as f64,
+            ),
+            Sample::counter(
+                "registry_reloads_total",
+                "Registry reloads applied",
+                r.reloads,
+            ),
+            Sample::counter(
+                "registry_reload_failures_total",
+                "Registry edits rejected (last good kept)",
+                r.failures,
+            ),
+        ],
+    );
+    metrics.publish_text("sink", sinks.metrics().to_prometheus());
 }

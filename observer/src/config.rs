@@ -50,13 +50,19 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
             Some((a, b)) => (a, b),
             None => (part, part),
         };
-        let lo: u16 = lo.parse().map_err(|_| format!("invalid port {lo:?} in {s:?}"))?;
-        let hi: u16 = hi.parse().map_err(|_| format!("invalid port {hi:?} in {s:?}"))?;
+        let lo: u16 = lo
+            .parse()
+            .map_err(|_| format!("invalid port {lo:?} in {s:?}"))?;
+        let hi: u16 = hi
+            .parse()
+            .map_err(|_| format!("invalid port {hi:?} in {s:?}"))?;
         if lo == 0 || hi < lo {
             return Err(format!("invalid port range {part:?} in {s:?}"));
         }
         if (hi - lo) as usize + out.len() > 1024 {
-            return Err(format!("at most 1024 ports can be listed ({s:?} names more); use `all`"));
+            return Err(format!(
+                "at most 1024 ports can be listed ({s:?} names more); use `all`"
+            ));
         }
         out.extend(lo..=hi);
     }
@@ -67,7 +73,8 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30s, 5m, 1h)"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30s, 5m, 1h)"))
 }
 
 #[cfg(test)]
@@ -77,9 +84,16 @@ mod tests {
     #[test]
     fn ports_parse_lists_ranges_and_all() {
         assert_eq!(parse_ports("all").unwrap(), PortList(vec![]));
-        assert_eq!(parse_ports("80,8080-8082").unwrap(), PortList(vec![80, 8080, 8081, 8082]));
-        assert!(parse_ports("http").unwrap_err().contains("invalid port \"http\""));
-        assert!(parse_ports("90-80").unwrap_err().contains("invalid port range"));
+        assert_eq!(
+            parse_ports("80,8080-8082").unwrap(),
+            PortList(vec![80, 8080, 8081, 8082])
+        );
+        assert!(parse_ports("http")
+            .unwrap_err()
+            .contains("invalid port \"http\""));
+        assert!(parse_ports("90-80")
+            .unwrap_err()
+            .contains("invalid port range"));
         assert!(parse_ports("1-5000").unwrap_err().contains("at most 1024"));
         assert!(parse_ports("0").is_err());
     }
@@ -87,6 +101,8 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("soon").unwrap_err().contains("invalid duration"));
+        assert!(parse_duration("soon")
+            .unwrap_err()
+            .contains("invalid duration"));
     }
 }

@@ -1,7 +1,6 @@
 //! Per-event enrichment: joins each exchange with the registry (API, route, application, key state and how the
 //! application was identified). Pure and allocation-light: fields are overwritten in place, the raw key is only
 //! borrowed (or decoded into a stack buffer) and never stored.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 // Until `run` wires the live registry in (another branch); tests cover all of it.
 use std::sync::Arc;
 

@@ -270,6 +270,8 @@ fn bump_memlock_rlimit() {
         rlim_max: libc::RLIM_INFINITY,
     };
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        warn!("could not raise RLIMIT_MEMLOCK; map creation may fail on older kernels");
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK; map creation may fail on kernels before 5.11"
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! observer: eBPF HTTP traffic observer with business context.
+mod agent;
 mod cgroups;
 mod config;
 mod enrich;
@@ -14,7 +15,11 @@ mod sink;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "observer", version, about = "Sidecar-free HTTP traffic observer with business context")]
+#[command(
+    name = "observer",
+    version,
+    about = "Sidecar-free HTTP traffic observer with business context"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,8 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Capture HTTP exchanges on this node, enrich them with the registry and send them to the sinks.
+    Run(Box<agent::RunArgs>),
     /// Validate, import and fingerprint for the application / API-key registry.
     Registry(registry::RegistryCommand),
+    /// Manage observer's ClickHouse schema (apply migrations, print DDL).
+    Schema(sink::SchemaCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,7 +45,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => agent::run(*args)?,
         Command::Registry(cmd) => registry::run(cmd)?,
+        Command::Schema(cmd) => tokio::runtime::Runtime::new()?.block_on(cmd.run())?,
     }
     Ok(())
 }

@@ -29,10 +29,22 @@ pub enum Kind {
 
 impl Sample {
     pub fn counter(name: impl Into<String>, help: &'static str, value: u64) -> Self {
-        Sample { name: name.into(), help, kind: Kind::Counter, labels: Vec::new(), value: value as f64 }
+        Sample {
+            name: name.into(),
+            help,
+            kind: Kind::Counter,
+            labels: Vec::new(),
+            value: value as f64,
+        }
     }
     pub fn gauge(name: impl Into<String>, help: &'static str, value: f64) -> Self {
-        Sample { name: name.into(), help, kind: Kind::Gauge, labels: Vec::new(), value }
+        Sample {
+            name: name.into(),
+            help,
+            kind: Kind::Gauge,
+            labels: Vec::new(),
+            value,
+        }
     }
     pub fn label(mut self, k: &'static str, v: impl Into<String>) -> Self {
         self.labels.push((k, v.into()));
@@ -46,6 +58,8 @@ pub struct Metrics {
     ready: AtomicBool,
     /// Samples published by each component, replaced wholesale on each publish.
     snapshots: Mutex<Vec<(&'static str, Vec<Sample>)>>,
+    /// Pre-rendered exposition text published by components that format their own (the sinks).
+    texts: Mutex<Vec<(&'static str, String)>>,
     pub scrapes: AtomicU64,
 }
 
@@ -64,6 +78,15 @@ impl Metrics {
         match snaps.iter_mut().find(|(c, _)| *c == component) {
             Some(slot) => slot.1 = samples,
             None => snaps.push((component, samples)),
+        }
+    }
+
+    /// Replaces the pre-rendered Prometheus text of `component`.
+    pub fn publish_text(&self, component: &'static str, text: String) {
+        let mut texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+        match texts.iter_mut().find(|(c, _)| *c == component) {
+            Some(slot) => slot.1 = text,
+            None => texts.push((component, text)),
         }
     }
 
@@ -90,7 +113,10 @@ impl Metrics {
                     if i > 0 {
                         out.push(',');
                     }
-                    let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                    let v = v
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
                     let _ = write!(out, "{k}=\"{v}\"");
                 }
                 out.push('}');
@@ -98,11 +124,19 @@ impl Metrics {
             let _ = writeln!(out, " {}", s.value);
             last = full;
         }
+        for (_, text) in self.texts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.push_str(text);
+            if !text.is_empty() && !text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
         out
     }
 }
 
-async fn metrics_handler(State(m): State<Arc<Metrics>>) -> ([(&'static str, &'static str); 1], String) {
+async fn metrics_handler(
+    State(m): State<Arc<Metrics>>,
+) -> ([(&'static str, &'static str); 1], String) {
     m.scrapes.fetch_add(1, Ordering::Relaxed);
     ([("content-type", "text/plain; version=0.0.4")], m.render())
 }
@@ -111,12 +145,18 @@ async fn ready_handler(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static s
     if m.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: programs not attached\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: programs not attached\n",
+        )
     }
 }
 
 /// Binds `addr` and serves until the future is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<impl std::future::Future<Output = ()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -139,17 +179,41 @@ mod tests {
         m.publish(
             "kernel",
             vec![
-                Sample::counter("drops_total", "Dropped records", 3).label("reason", "ringbuf_full"),
-                Sample::counter("drops_total", "Dropped records", 1).label("reason", "load \"failed\""),
+                Sample::counter("drops_total", "Dropped records", 3)
+                    .label("reason", "ringbuf_full"),
+                Sample::counter("drops_total", "Dropped records", 1)
+                    .label("reason", "load \"failed\""),
             ],
         );
-        m.publish("flow", vec![Sample::gauge("connections", "Open connections", 7.0)]);
+        m.publish(
+            "flow",
+            vec![Sample::gauge("connections", "Open connections", 7.0)],
+        );
         let text = m.render();
-        assert_eq!(text.matches("# TYPE observer_drops_total counter").count(), 1, "{text}");
-        assert!(text.contains("observer_drops_total{reason=\"ringbuf_full\"} 3\n"), "{text}");
-        assert!(text.contains("observer_drops_total{reason=\"load \\\"failed\\\"\"} 1\n"), "{text}");
-        assert!(text.contains("# TYPE observer_connections gauge\nobserver_connections 7\n"), "{text}");
-        m.publish("flow", vec![Sample::gauge("connections", "Open connections", 2.0)]);
-        assert!(m.render().contains("observer_connections 2\n"), "publish replaces a component's samples");
+        assert_eq!(
+            text.matches("# TYPE observer_drops_total counter").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("observer_drops_total{reason=\"ringbuf_full\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("observer_drops_total{reason=\"load \\\"failed\\\"\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE observer_connections gauge\nobserver_connections 7\n"),
+            "{text}"
+        );
+        m.publish(
+            "flow",
+            vec![Sample::gauge("connections", "Open connections", 2.0)],
+        );
+        assert!(
+            m.render().contains("observer_connections 2\n"),
+            "publish replaces a component's samples"
+        );
     }
 }

@@ -6,8 +6,13 @@ use observer_tests::*;
 use serde_json::Value;
 
 fn fingerprint(dir: &Path, key: &str) -> String {
-    let out = sh(Command::new(observer_bin())
-        .args(["registry", "fingerprint", "--key-secret-file", &dir.join("key-secret").display().to_string(), key]));
+    let out = sh(Command::new(observer_bin()).args([
+        "registry",
+        "fingerprint",
+        "--key-secret-file",
+        &dir.join("key-secret").display().to_string(),
+        key,
+    ]));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.lines()
         .find_map(|l| l.strip_prefix("fingerprint: "))
@@ -17,7 +22,11 @@ fn fingerprint(dir: &Path, key: &str) -> String {
 }
 
 fn registry_yaml(port: u16, fp_orders: &str, fp_both: &str, orders_revoked: bool) -> String {
-    let revoked = if orders_revoked { "\n    revoked_at: 2020-01-01T00:00:00Z\n    revoked_by: carol" } else { "" };
+    let revoked = if orders_revoked {
+        "\n    revoked_at: 2020-01-01T00:00:00Z\n    revoked_by: carol"
+    } else {
+        ""
+    };
     format!(
         r#"version: 1
 teams:
@@ -63,7 +72,10 @@ keys:
 }
 
 fn find<'a>(events: &'a [Value], method: &str, path: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["method"] == method && e["path"] == path).collect()
+    events
+        .iter()
+        .filter(|e| e["method"] == method && e["path"] == path)
+        .collect()
 }
 
 #[test]
@@ -80,28 +92,96 @@ fn events_carry_api_application_and_key_state_and_follow_registry_edits() {
     sh(Command::new(observer_bin()).args(["registry", "check", &reg.display().to_string()]));
 
     let _server = python_server(&dir, None, "127.0.0.1", port);
-    let obs = Observer::start(&dir, &["--ports", &port.to_string(), "--registry", &reg.display().to_string()]);
+    let obs = Observer::start(
+        &dir,
+        &[
+            "--ports",
+            &port.to_string(),
+            "--registry",
+            &reg.display().to_string(),
+        ],
+    );
     let base = format!("http://127.0.0.1:{port}");
-    curl(None, &["-o", "/dev/null", "-H", &format!("X-Api-Key: {k_orders}"), &format!("{base}/v1/orders/1001")]);
-    curl(None, &["-o", "/dev/null", "-X", "POST", "-H", &format!("Authorization: Bearer {k_both}"),
-        &format!("{base}/v1/payments/77/refunds")]);
-    curl(None, &["-o", "/dev/null", "-H", &format!("Authorization: Bearer {k_orders}"), &format!("{base}/v1/payments/5")]);
-    curl(None, &["-o", "/dev/null", "-H", "X-Api-Key: sk_live_nobody_000000", &format!("{base}/v1/orders/2")]);
+    curl(
+        None,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("X-Api-Key: {k_orders}"),
+            &format!("{base}/v1/orders/1001"),
+        ],
+    );
+    curl(
+        None,
+        &[
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {k_both}"),
+            &format!("{base}/v1/payments/77/refunds"),
+        ],
+    );
+    curl(
+        None,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("Authorization: Bearer {k_orders}"),
+            &format!("{base}/v1/payments/5"),
+        ],
+    );
+    curl(
+        None,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            "X-Api-Key: sk_live_nobody_000000",
+            &format!("{base}/v1/orders/2"),
+        ],
+    );
     // A client without a key: python3, recognised by its workload selector.
-    sh(Command::new("python3").args(["-c", &format!("import urllib.request; urllib.request.urlopen('{base}/v1/orders/3').read()")]));
+    sh(Command::new("python3").args([
+        "-c",
+        &format!("import urllib.request; urllib.request.urlopen('{base}/v1/orders/3').read()"),
+    ]));
 
     // Revoke web-shop's key by editing the file; the agent must pick it up within 2 s without losing events.
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&reg, registry_yaml(port, &fp_orders, &fp_both, true)).expect("registry edit");
     let reloaded = eventually(Duration::from_secs(4), || {
-        obs.metrics_text().lines().any(|l| l.starts_with("observer_registry_reloads_total") && !l.ends_with(" 0"))
+        obs.metrics_text()
+            .lines()
+            .any(|l| l.starts_with("observer_registry_reloads_total") && !l.ends_with(" 0"))
     });
-    assert!(reloaded, "registry reload not seen in metrics:\n{}", obs.metrics_text());
-    curl(None, &["-o", "/dev/null", "-H", &format!("X-Api-Key: {k_orders}"), &format!("{base}/v1/orders/1002")]);
+    assert!(
+        reloaded,
+        "registry reload not seen in metrics:\n{}",
+        obs.metrics_text()
+    );
+    curl(
+        None,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("X-Api-Key: {k_orders}"),
+            &format!("{base}/v1/orders/1002"),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let all = obs.stop();
     let events = on_port(&all, port);
-    assert_eq!(events.len(), 6, "six requests, six events:\n{}", brief(&events));
+    assert_eq!(
+        events.len(),
+        6,
+        "six requests, six events:\n{}",
+        brief(&events)
+    );
 
     let e = find(&events, "GET", "/v1/orders/1001")[0];
     assert_eq!(e["api_id"], "orders-api");
@@ -117,28 +197,63 @@ fn events_carry_api_application_and_key_state_and_follow_registry_edits() {
     assert_eq!(e["key_state"], "valid");
     assert_eq!(e["attributed_by"], "key");
     let raw = serde_json::to_string(&all).expect("json");
-    assert!(!raw.contains(k_orders) && !raw.contains(k_both), "raw keys never leave the agent");
+    assert!(
+        !raw.contains(k_orders) && !raw.contains(k_both),
+        "raw keys never leave the agent"
+    );
 
     let e = find(&events, "POST", "/v1/payments/77/refunds")[0];
-    assert_eq!((e["api_id"].as_str(), e["app_id"].as_str(), e["key_state"].as_str()),
-        (Some("payments-api"), Some("finance-bot"), Some("valid")), "{e}");
+    assert_eq!(
+        (
+            e["api_id"].as_str(),
+            e["app_id"].as_str(),
+            e["key_state"].as_str()
+        ),
+        (Some("payments-api"), Some("finance-bot"), Some("valid")),
+        "{e}"
+    );
     assert_eq!(e["route"], "POST /v1/payments/{id}/refunds");
     assert_eq!(e["line_of_business"], "Finance");
 
     let e = find(&events, "GET", "/v1/payments/5")[0];
-    assert_eq!((e["api_id"].as_str(), e["app_id"].as_str(), e["key_state"].as_str()),
-        (Some("payments-api"), Some("web-shop"), Some("not_granted_for_api")), "{e}");
+    assert_eq!(
+        (
+            e["api_id"].as_str(),
+            e["app_id"].as_str(),
+            e["key_state"].as_str()
+        ),
+        (
+            Some("payments-api"),
+            Some("web-shop"),
+            Some("not_granted_for_api")
+        ),
+        "{e}"
+    );
 
     let e = find(&events, "GET", "/v1/orders/2")[0];
-    assert_eq!((e["key_state"].as_str(), e["attributed_by"].as_str()), (Some("unknown"), Some("none")), "{e}");
+    assert_eq!(
+        (e["key_state"].as_str(), e["attributed_by"].as_str()),
+        (Some("unknown"), Some("none")),
+        "{e}"
+    );
     assert_eq!(e["route"], "GET /v1/orders/{order_id}");
 
     let e = find(&events, "GET", "/v1/orders/3")[0];
-    assert_eq!((e["app_id"].as_str(), e["attributed_by"].as_str(), e["key_state"].as_str()),
-        (Some("batch-export"), Some("workload"), Some("none")), "{e}");
+    assert_eq!(
+        (
+            e["app_id"].as_str(),
+            e["attributed_by"].as_str(),
+            e["key_state"].as_str()
+        ),
+        (Some("batch-export"), Some("workload"), Some("none")),
+        "{e}"
+    );
     assert_eq!(e["client_comm"], "python3");
 
     let e = find(&events, "GET", "/v1/orders/1002")[0];
-    assert_eq!((e["app_id"].as_str(), e["key_state"].as_str()), (Some("web-shop"), Some("revoked")),
-        "after the edit the key is revoked: {e}");
+    assert_eq!(
+        (e["app_id"].as_str(), e["key_state"].as_str()),
+        (Some("web-shop"), Some("revoked")),
+        "after the edit the key is revoked: {e}"
+    );
 }

@@ -1,6 +1,5 @@
 //! The application / API-key registry: model, loading and validation with line numbers, matching, importers,
 //! fingerprints and hot reload. `enrich` joins each event with it.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 // Until `run` wires the live registry in (another branch); tests cover all of it.
 mod cli;
 mod fingerprint;

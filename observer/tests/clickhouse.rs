@@ -1,0 +1,1164 @@
+//! Integration tests of the ClickHouse schema and sink against the chdb dev server (`xtask/clickhouse/devserver.py`).
+//!
+//! The server is located with `OBSERVER_CLICKHOUSE_DEVSERVER` (path to devserver.py) and `OBSERVER_CLICKHOUSE_PYTHON`
+//! (a Python with `chdb-core` and `lz4`). Without them each test prints `skipped: ...` and passes, unless
+//! `OBSERVER_REQUIRE_CLICKHOUSE=1`, which turns the skip into a failure (CI). Every test starts its own server on a
+//! free port with a temporary data directory; tests run one at a time (the engine is memory-hungry).
+//!
+//! `observer` is a binary crate, so the sink modules are compiled into this test crate by path.
+// Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
+#![allow(clippy::await_holding_lock)]
+#[allow(dead_code)]
+#[path = "../src/event.rs"]
+mod event;
+#[path = "../src/sink/mod.rs"]
+mod sink;
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use event::{AttributedBy, Event, KeyState, Side, Timestamp};
+use sink::clickhouse::{
+    column_list, encode_event, rbwnat_header, write_registry, ClickHouseConfig, HttpRequestRow,
+    TABLE,
+};
+use sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
+use sink::schema::{self, Retention, SchemaConfig, SchemaError};
+use sink::spool::{BatchId, Spool, SpooledBatch};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Python and devserver.py, or `None` (after printing why) when the test should be skipped.
+fn devserver_paths(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let script = std::env::var_os("OBSERVER_CLICKHOUSE_DEVSERVER").map(PathBuf::from);
+    let python = std::env::var_os("OBSERVER_CLICKHOUSE_PYTHON").map(PathBuf::from);
+    let require = std::env::var("OBSERVER_REQUIRE_CLICKHOUSE").is_ok_and(|v| v == "1");
+    match (python, script) {
+        (Some(p), Some(s)) if s.is_file() => Some((p, s)),
+        (p, s) => {
+            let why = format!(
+                "{test}: skipped: ClickHouse dev server not configured (OBSERVER_CLICKHOUSE_PYTHON={p:?}, \
+                 OBSERVER_CLICKHOUSE_DEVSERVER={s:?} must name a Python with chdb-core and devserver.py)"
+            );
+            if require {
+                panic!("{why}, and OBSERVER_REQUIRE_CLICKHOUSE=1");
+            }
+            println!("{why}");
+            None
+        }
+    }
+}
+
+/// One dev server process over a data directory.
+struct DevServer {
+    python: PathBuf,
+    script: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl DevServer {
+    fn start(python: &Path, script: &Path, data: &Path) -> Self {
+        let mut s = DevServer {
+            python: python.to_path_buf(),
+            script: script.to_path_buf(),
+            data: data.to_path_buf(),
+            log: data.with_extension("log"),
+            port: 0,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("cannot open server log {}: {e}", self.log.display()));
+        let mut child = Command::new(&self.python)
+            .arg(&self.script)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--data",
+            ])
+            .arg(&self.data)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} {}: {e}",
+                    self.python.display(),
+                    self.script.display()
+                )
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+                        let port: String =
+                            rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                        self.port = port
+                            .parse()
+                            .unwrap_or_else(|_| panic!("bad port in {line:?}"));
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    panic!("dev server did not report listening within 90 s; log:\n{log}");
+                }
+            }
+        }
+        self.child = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as an outage without goodbye.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and data.
+    fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The port may linger briefly; the server reports a clear error and exits, so retry.
+            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => {
+                    drop(l);
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!(
+                    "port {} stays busy after the server was killed: {e}",
+                    self.port
+                ),
+            }
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn client(url: &str) -> clickhouse::Client {
+    clickhouse::Client::default().with_url(url)
+}
+
+async fn apply(url: &str, target: Option<u32>) -> schema::ApplyReport {
+    let cfg = SchemaConfig::new("observer", None, Retention::days(3650))
+        .expect("config")
+        .with_rollup_retention(Retention::days(3650), Retention::days(3650));
+    schema::apply(&client(url), url, &cfg, target)
+        .await
+        .unwrap_or_else(|e| panic!("schema apply failed: {e}"))
+}
+
+async fn count(url: &str, sql: &str) -> u64 {
+    client(url)
+        .query(sql)
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"))
+}
+
+fn sink_config(url: &str, spool: &Path) -> ClickHouseConfig {
+    let mut c = ClickHouseConfig::new(url, spool.to_path_buf());
+    c.agent_id = "itest".into();
+    c.batch_rows = 200;
+    c.batch_interval = Duration::from_millis(100);
+    c.insert_timeout = Duration::from_secs(5);
+    c.backoff_min = Duration::from_millis(100);
+    c.backoff_max = Duration::from_millis(800);
+    c.shutdown_grace = Duration::from_secs(20);
+    c
+}
+
+/// Deterministic pseudo-random numbers.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() as usize) % xs.len()]
+    }
+}
+
+/// A plausible exchange: a few APIs and apps, ids in paths, mostly 200s. `conn_id` is `i` (unique).
+fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
+    let apis = ["payments", "orders", "catalog", "users", "search"];
+    let api = rng.pick(&apis);
+    let app_n = rng.next() % 20;
+    let status = match rng.next() % 100 {
+        0..=84 => 200,
+        85..=89 => 201,
+        90..=94 => 404,
+        95..=97 => 500,
+        98 => 503,
+        _ => 0,
+    };
+    let id = rng.next() % 100_000;
+    Event {
+        ts: Timestamp(base_us + i as i64 * 1_000 + (rng.next() % 1_000) as i64),
+        duration_us: 200 + rng.next() % 50_000,
+        side: if rng.next().is_multiple_of(3) {
+            Side::Both
+        } else {
+            Side::Client
+        },
+        method: rng
+            .pick(&["GET", "GET", "GET", "POST", "PUT", "DELETE"])
+            .into(),
+        host: format!("{api}.internal.example.com"),
+        path: format!("/v1/{api}/{id}"),
+        query_keys: if id.is_multiple_of(3) {
+            vec!["page".into(), "limit".into()]
+        } else {
+            vec![]
+        },
+        status,
+        req_bytes: 150 + rng.next() % 2_000,
+        resp_bytes: 300 + rng.next() % 20_000,
+        src_ip: IpAddr::from([10, 0, (app_n % 4) as u8, (app_n * 7 % 250) as u8]),
+        src_port: 32_768 + (rng.next() % 28_000) as u16,
+        dst_ip: IpAddr::from([10, 1, 0, (rng.next() % 5) as u8]),
+        dst_port: 8080,
+        client_pid: 1_000 + app_n as u32 * 13,
+        client_comm: format!("app{app_n}"),
+        client_cgroup: format!("/kubepods/burstable/pod-app{app_n}/container"),
+        server_pid: 40_000 + (rng.next() % 5) as u32,
+        server_comm: "envoy".into(),
+        server_cgroup: format!("/kubepods/pod-{api}/envoy"),
+        user_agent: rng
+            .pick(&[
+                "curl/8.5.0",
+                "okhttp/4.12.0",
+                "Go-http-client/1.1",
+                "python-requests/2.31",
+            ])
+            .into(),
+        request_id: format!(
+            "{:016x}{:016x}",
+            rng.next() << 31 ^ rng.next(),
+            rng.next() << 31 ^ rng.next()
+        ),
+        truncated: rng.next().is_multiple_of(1000),
+        conn_id: i,
+        api_id: api.into(),
+        api_name: format!("{api} API"),
+        api_owner: "platform".into(),
+        route: format!("/v1/{api}/{{id}}"),
+        app_id: format!("app-{app_n}"),
+        app_name: format!("Application {app_n}"),
+        app_team: format!("team-{}", app_n % 5),
+        line_of_business: rng.pick(&["retail", "wholesale"]).into(),
+        key_fingerprint: format!("fp{:04}", app_n * 3 + rng.next() % 3),
+        key_suffix: format!("{:04x}", app_n * 977),
+        key_state: match rng.next() % 50 {
+            0 => KeyState::Expired,
+            1 => KeyState::Unknown,
+            2 => KeyState::None,
+            _ => KeyState::Valid,
+        },
+        attributed_by: AttributedBy::Key,
+    }
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_from_empty_reapply_and_newer_version() {
+    let Some((py, script)) = devserver_paths("migrations_from_empty_reapply_and_newer_version")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+
+    let r = apply(&url, None).await;
+    assert_eq!(r.from, None, "empty server has no schema");
+    assert_eq!(r.applied, vec![1, 2, 3], "{r}");
+
+    let snapshot = || async {
+        let c = client(&url);
+        let tables: Vec<(String, String)> = c
+            .query("SELECT name, create_table_query FROM system.tables WHERE database = 'observer' ORDER BY name")
+            .fetch_all()
+            .await
+            .expect("list tables");
+        let migrations = count(&url, "SELECT count() FROM observer.schema_migrations").await;
+        (tables, migrations)
+    };
+    let before = snapshot().await;
+    assert!(
+        before.0.iter().any(|(n, _)| n == "http_requests_1h_mv"),
+        "{:?}",
+        before.0
+    );
+    assert_eq!(before.1, 3);
+
+    let again = apply(&url, None).await;
+    assert!(
+        again.applied.is_empty(),
+        "re-apply must do nothing: {again}"
+    );
+    assert_eq!(snapshot().await, before, "re-applying changed the schema");
+
+    client(&url)
+        .query("INSERT INTO observer.schema_migrations (version, name, observer_version) VALUES (99, 'future', '9.9')")
+        .execute()
+        .await
+        .expect("record a future version");
+    let cfg = SchemaConfig::new("observer", None, Retention::days(30)).expect("config");
+    match schema::apply(&client(&url), &url, &cfg, None).await {
+        Err(e @ SchemaError::NewerThanBinary { found: 99, .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("99") && msg.contains("observer"), "{msg}");
+        }
+        other => panic!("expected NewerThanBinary, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_previous_version_keeps_data() {
+    let Some((py, script)) = devserver_paths("upgrade_from_previous_version_keeps_data") else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+
+    let prev = schema::latest_version() - 1;
+    let r = apply(&url, Some(prev)).await;
+    assert_eq!(r.to, prev);
+    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 1024)
+        .await
+        .expect("sink");
+    let mut rng = Lcg(1);
+    for i in 0..500 {
+        sink.send(realistic(i, 1_750_000_000_000_000, &mut rng));
+    }
+    let m = sink.shutdown().await.expect("shutdown");
+    assert_eq!(m.rows_sent, 500, "{m:?}");
+
+    let r = apply(&url, None).await;
+    assert_eq!(r.from, Some(prev));
+    assert_eq!(r.applied, vec![schema::latest_version()], "{r}");
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.http_requests").await,
+        500
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count() FROM system.dictionaries WHERE database = 'observer'"
+        )
+        .await,
+        4,
+        "dictionaries created by the upgrade"
+    );
+    assert_eq!(
+        schema::current_version(&client(&url), &url, "observer")
+            .await
+            .expect("version"),
+        Some(schema::latest_version())
+    );
+}
+
+fn edge_events() -> Vec<Event> {
+    let full = Event {
+        ts: Timestamp(1_767_225_599_999_999),
+        duration_us: u64::MAX,
+        side: Side::Both,
+        method: "PROPFIND".into(),
+        host: "пример.испытание".into(),
+        path: "/ünïcödé/路径/😀".into(),
+        query_keys: vec!["a".into(), "".into(), "ключ".into()],
+        status: u16::MAX,
+        req_bytes: u64::MAX,
+        resp_bytes: u64::MAX - 1,
+        src_ip: "192.0.2.1".parse().expect("ip"),
+        src_port: u16::MAX,
+        dst_ip: "2001:db8::ff00:42:8329".parse().expect("ip"),
+        dst_port: 1,
+        client_pid: u32::MAX,
+        client_comm: "curl".into(),
+        client_cgroup: "/sys/fs/cgroup/a b/c".into(),
+        server_pid: 1,
+        server_comm: "nginx: worker".into(),
+        server_cgroup: "/".into(),
+        user_agent: "Mozilla/5.0 \"quoted\"\ttab\nnewline".into(),
+        request_id: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        truncated: true,
+        conn_id: u64::MAX,
+        api_id: "api-1".into(),
+        api_name: "Payments API".into(),
+        api_owner: "team-pay".into(),
+        route: "/v1/{id}".into(),
+        app_id: "app-1".into(),
+        app_name: "Shop".into(),
+        app_team: "web".into(),
+        line_of_business: "retail".into(),
+        key_fingerprint: "sha256:abcdef".into(),
+        key_suffix: "x9z1".into(),
+        key_state: KeyState::NotGrantedForApi,
+        attributed_by: AttributedBy::Workload,
+    };
+    // Retention TTLs drop rows older than the retention at insert, so edge rows carry recent times.
+    let empty = Event {
+        conn_id: 0,
+        ts: Timestamp(1_760_000_000_000_000),
+        ..Event::default()
+    };
+    let mut out = vec![full, empty];
+    for (i, (ks, ab, side)) in [
+        (KeyState::Valid, AttributedBy::Key, Side::Client),
+        (KeyState::Unknown, AttributedBy::None, Side::Server),
+        (KeyState::Expired, AttributedBy::Key, Side::Both),
+        (KeyState::Revoked, AttributedBy::Key, Side::Client),
+        (KeyState::NotYetValid, AttributedBy::Workload, Side::Server),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push(Event {
+            conn_id: i as u64 + 1,
+            key_state: ks,
+            attributed_by: ab,
+            side,
+            src_ip: "::ffff:127.0.0.1"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ip")
+                .into(),
+            dst_ip: "::".parse().expect("ip"),
+            ts: Timestamp(1_760_000_000_000_000 + i as i64),
+            ..Event::default()
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_every_column_with_edge_values() {
+    let Some((py, script)) = devserver_paths("round_trip_every_column_with_edge_values") else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+
+    let events = edge_events();
+    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 1024)
+        .await
+        .expect("sink");
+    for e in &events {
+        sink.send(e.clone());
+    }
+    let m = sink.shutdown().await.expect("shutdown");
+    assert_eq!(m.rows_sent, events.len() as u64, "{m:?}");
+
+    let c = client(&url).with_database("observer");
+    let rows: Vec<HttpRequestRow> = c
+        .query("SELECT ?fields FROM http_requests ORDER BY conn_id")
+        .fetch_all()
+        .await
+        .expect("read back with the crate's validated RowBinary decoder");
+    let mut want = events.clone();
+    want.sort_by_key(|e| e.conn_id);
+    // IPv4-mapped IPv6 reads back as IPv4, by design.
+    for e in want.iter_mut() {
+        e.src_ip = sink::clickhouse::from_ipv6(sink::clickhouse::to_ipv6(e.src_ip));
+    }
+    let got: Vec<Event> = rows
+        .iter()
+        .map(|r| {
+            r.to_event()
+                .unwrap_or_else(|| panic!("unknown enum code in {r:?}"))
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|e| e.conn_id).collect::<Vec<_>>(),
+        want.iter().map(|e| e.conn_id).collect::<Vec<_>>()
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "row differs after round trip");
+    }
+    let text: String = c
+        .query("SELECT concat(IPv6NumToString(src_ip), ' ', toString(key_state), ' ', toString(ts)) FROM http_requests WHERE conn_id = ?")
+        .bind(u64::MAX)
+        .fetch_one()
+        .await
+        .expect("text view");
+    assert_eq!(
+        text,
+        "::ffff:192.0.2.1 not_granted_for_api 2025-12-31 23:59:59.999999"
+    );
+
+    // The crate's own typed insert of the same rows stores identical data: our encoder matches its serializer.
+    let mut ins = c
+        .insert::<HttpRequestRow>(TABLE)
+        .await
+        .expect("typed insert");
+    for e in &events {
+        ins.write(&HttpRequestRow::from(e))
+            .await
+            .expect("write row");
+    }
+    ins.end().await.expect("end typed insert");
+    let distinct = count(
+        &url,
+        "SELECT count() FROM (SELECT DISTINCT * FROM observer.http_requests)",
+    )
+    .await;
+    assert_eq!(
+        distinct,
+        events.len() as u64,
+        "typed insert and sink encoding differ"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_rows_and_dictionaries() {
+    let Some((py, script)) = devserver_paths("registry_rows_and_dictionaries") else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    let c = client(&url).with_database("observer");
+    let v1 = RegistryRows {
+        apis: vec![ApiRow {
+            api_id: "pay".into(),
+            name: "Payments".into(),
+            owner: "team-pay".into(),
+            hosts: vec!["pay.example.com".into()],
+            base_path: "/v1".into(),
+            version: 1,
+            loaded_at: Timestamp(1_000_000),
+            deleted: false,
+        }],
+        applications: vec![ApplicationRow {
+            app_id: "shop".into(),
+            name: "Shop".into(),
+            team: "web".into(),
+            line_of_business: "retail".into(),
+            workloads: vec!["/kubepods/*shop*".into()],
+            version: 1,
+            loaded_at: Timestamp(1_000_000),
+            deleted: false,
+        }],
+        key_grants: vec![KeyGrantRow {
+            key_fingerprint: "fp1".into(),
+            api_id: "pay".into(),
+            key_suffix: "ab12".into(),
+            app_id: "shop".into(),
+            valid_from: Some(Timestamp(0)),
+            valid_until: None,
+            revoked_at: None,
+            version: 1,
+            loaded_at: Timestamp(1_000_000),
+            deleted: false,
+        }],
+        teams: vec![TeamRow {
+            team: "web".into(),
+            line_of_business: "retail".into(),
+            owner: "alice".into(),
+            version: 1,
+            loaded_at: Timestamp(1_000_000),
+            deleted: false,
+        }],
+    };
+    write_registry(&c, &v1)
+        .await
+        .unwrap_or_else(|e| panic!("write v1: {e}"));
+    // Version 2: the API is renamed and the grant revoked; history keeps both versions.
+    let mut v2 = v1.clone();
+    v2.apis[0].name = "Payments v2".into();
+    v2.key_grants[0].revoked_at = Some(Timestamp(2_000_000));
+    for r in &mut v2.apis {
+        r.version = 2;
+    }
+    for r in &mut v2.key_grants {
+        r.version = 2;
+    }
+    v2.applications.clear();
+    v2.teams.clear();
+    write_registry(&c, &v2)
+        .await
+        .unwrap_or_else(|e| panic!("write v2: {e}"));
+    // Writing the same version again replaces instead of duplicating (after merges / FINAL).
+    write_registry(&c, &v2)
+        .await
+        .unwrap_or_else(|e| panic!("rewrite v2: {e}"));
+
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.apis FINAL").await,
+        2,
+        "dated history kept"
+    );
+    let name: String = c
+        .query("SELECT dictGet('observer.apis_dict', 'name', tuple('pay'))")
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("dictGet apis: {e}"));
+    assert_eq!(name, "Payments v2");
+    let revoked: Option<i64> = c
+        .query("SELECT toUnixTimestamp64Micro(dictGet('observer.key_grants_dict', 'revoked_at', tuple('fp1', 'pay')))")
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("dictGet key_grants: {e}"));
+    assert_eq!(revoked, Some(2_000_000));
+    let team: String = c
+        .query("SELECT dictGet('observer.applications_dict', 'team', tuple('shop'))")
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("dictGet applications: {e}"));
+    assert_eq!(team, "web");
+
+    // Through the handle: written in the background.
+    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 16)
+        .await
+        .expect("sink");
+    let mut v3 = v1.clone();
+    v3.teams[0].owner = "bob".into();
+    v3.teams[0].version = 3;
+    sink.write_registry(RegistryRows {
+        teams: v3.teams.clone(),
+        ..RegistryRows::default()
+    });
+    wait_for(
+        "registry write through the handle",
+        Duration::from_secs(20),
+        async || sink.metrics().registry_writes >= 1,
+    )
+    .await;
+    sink.shutdown().await.expect("shutdown");
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count() FROM observer.teams_latest WHERE owner = 'bob' AND version = 3"
+        )
+        .await,
+        1
+    );
+}
+
+/// Sends `events` at a steady pace, calling `at_half` once half are sent.
+async fn stream(sink: &sink::SinkHandle, events: &[Event], mut at_half: impl FnMut()) {
+    for (i, e) in events.iter().enumerate() {
+        if i == events.len() / 2 {
+            at_half();
+        }
+        sink.send(e.clone());
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn events(n: u64, seed: u64) -> Vec<Event> {
+    let mut rng = Lcg(seed);
+    (0..n)
+        .map(|i| realistic(i, 1_760_000_000_000_000, &mut rng))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let Some((py, script)) =
+        devserver_paths("outage_mid_stream_loses_nothing_and_duplicates_nothing")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    const N: u64 = 3000;
+    let evs = events(N, 7);
+    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 100_000)
+        .await
+        .expect("sink");
+    stream(&sink, &evs, || srv.kill()).await;
+    wait_for(
+        "batches to be spooled during the outage",
+        Duration::from_secs(30),
+        async || {
+            let m = sink.metrics();
+            m.spooled_rows > 0 && m.rows_sent + m.spooled_rows >= N
+        },
+    )
+    .await;
+    let during = sink.metrics();
+    assert!(during.spool_bytes > 0, "{during:?}");
+    srv.restart();
+    wait_for(
+        "the spool to drain after ClickHouse is back",
+        Duration::from_secs(60),
+        async || sink.metrics().spool_batches == 0,
+    )
+    .await;
+    let m = sink.shutdown().await.expect("shutdown");
+    assert_eq!(m.dropped_total(), 0, "{m:?}");
+    assert!(m.replayed_rows > 0, "{m:?}");
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.http_requests").await,
+        N,
+        "{m:?}"
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT uniqExact(conn_id) FROM observer.http_requests"
+        )
+        .await,
+        N
+    );
+    assert_eq!(
+        count(&url, "SELECT sum(requests) FROM observer.http_requests_1m").await,
+        N,
+        "rollup"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_agent_spool_is_replayed_by_its_successor() {
+    let Some((py, script)) = devserver_paths("crashed_agent_spool_is_replayed_by_its_successor")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    let spool = dir.path().join("spool");
+    const N: u64 = 2000;
+    let evs = events(N, 11);
+    let first = sink::build_clickhouse(sink_config(&url, &spool), 100_000)
+        .await
+        .expect("first agent");
+    stream(&first, &evs, || srv.kill()).await;
+    wait_for(
+        "every row inserted or spooled",
+        Duration::from_secs(30),
+        async || {
+            let m = first.metrics();
+            m.rows_sent + m.spooled_rows >= N
+        },
+    )
+    .await;
+    let before = first.metrics();
+    first.abort(); // crash: no shutdown, no flush
+    assert!(before.spooled_rows > 0, "{before:?}");
+    srv.restart();
+    let second = sink::build_clickhouse(sink_config(&url, &spool), 1024)
+        .await
+        .expect("second agent");
+    wait_for(
+        "the predecessor's spool to be replayed",
+        Duration::from_secs(60),
+        async || second.metrics().spool_batches == 0,
+    )
+    .await;
+    let m = second.shutdown().await.expect("shutdown");
+    assert!(
+        m.replayed_rows >= before.spooled_rows,
+        "{m:?} vs {before:?}"
+    );
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.http_requests").await,
+        N
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT uniqExact(conn_id) FROM observer.http_requests"
+        )
+        .await,
+        N
+    );
+}
+
+/// Child-process agent for `sigkilled_agent_spool_is_replayed`: runs only when `OBSERVER_SINK_CHILD_URL` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_child_process() {
+    let (Ok(url), Ok(spool)) = (
+        std::env::var("OBSERVER_SINK_CHILD_URL"),
+        std::env::var("OBSERVER_SINK_CHILD_SPOOL"),
+    ) else {
+        return;
+    };
+    let n: u64 = std::env::var("OBSERVER_SINK_CHILD_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("OBSERVER_SINK_CHILD_N");
+    let sink = sink::build_clickhouse(sink_config(&url, Path::new(&spool)), 100_000)
+        .await
+        .expect("child sink");
+    let evs = events(n, 13);
+    stream(&sink, &evs, || println!("CHILD HALF")).await;
+    wait_for("child durability", Duration::from_secs(60), async || {
+        let m = sink.metrics();
+        m.rows_sent + m.spooled_rows >= n
+    })
+    .await;
+    println!("CHILD DURABLE {:?}", sink.metrics());
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    panic!("child agent was not killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_agent_spool_is_replayed() {
+    let Some((py, script)) = devserver_paths("sigkilled_agent_spool_is_replayed") else {
+        return;
+    };
+    if std::env::var_os("OBSERVER_SINK_CHILD_URL").is_some() {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    let spool = dir.path().join("spool");
+    const N: u64 = 2000;
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "agent_child_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("OBSERVER_SINK_CHILD_URL", &url)
+        .env("OBSERVER_SINK_CHILD_SPOOL", &spool)
+        .env("OBSERVER_SINK_CHILD_N", N.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child agent");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_line = |prefix: &str| loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.contains(prefix) => return l,
+            Ok(_) => continue,
+            Err(e) => panic!("child agent never printed {prefix:?}: {e}"),
+        }
+    };
+    wait_line("CHILD HALF");
+    srv.kill();
+    let durable = wait_line("CHILD DURABLE");
+    // SAFETY: plain kill(2) of our own child.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0, "SIGKILL the child agent");
+    let status = child.wait().expect("wait child");
+    assert!(
+        !status.success(),
+        "child was killed, not finished: {status:?}"
+    );
+
+    srv.restart();
+    let next = sink::build_clickhouse(sink_config(&url, &spool), 1024)
+        .await
+        .expect("successor agent");
+    wait_for(
+        "successor to replay the spool",
+        Duration::from_secs(60),
+        async || next.metrics().spool_batches == 0,
+    )
+    .await;
+    let m = next.shutdown().await.expect("shutdown");
+    assert!(
+        m.replayed_rows > 0,
+        "nothing replayed: {m:?}; child said {durable}"
+    );
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.http_requests").await,
+        N,
+        "child said {durable}"
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT uniqExact(conn_id) FROM observer.http_requests"
+        )
+        .await,
+        N
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_batch_is_stored_once_in_table_and_rollups() {
+    let Some((py, script)) = devserver_paths("retried_batch_is_stored_once_in_table_and_rollups")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    let spool_dir = dir.path().join("spool");
+    // The same batch (same token) spooled three times, as after lost acknowledgements.
+    let mut payload = rbwnat_header();
+    let evs = events(100, 3);
+    for e in &evs {
+        encode_event(&mut payload, e);
+    }
+    {
+        let mut spool = Spool::open(&spool_dir, 1 << 30).expect("spool");
+        for seq in 0..3 {
+            spool
+                .push(&SpooledBatch {
+                    id: BatchId { run_id: 1, seq },
+                    rows: 100,
+                    created_us: 0,
+                    token: "itest:retry:0".into(),
+                    table: TABLE.into(),
+                    columns: column_list(),
+                    payload: payload.clone().into(),
+                })
+                .expect("push");
+        }
+    }
+    let sink = sink::build_clickhouse(sink_config(&url, &spool_dir), 16)
+        .await
+        .expect("sink");
+    wait_for("replay", Duration::from_secs(30), async || {
+        sink.metrics().spool_batches == 0
+    })
+    .await;
+    let m = sink.shutdown().await.expect("shutdown");
+    assert_eq!(m.replayed_batches, 3, "{m:?}");
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.http_requests").await,
+        100
+    );
+    assert_eq!(
+        count(&url, "SELECT sum(requests) FROM observer.http_requests_1m").await,
+        100
+    );
+    assert_eq!(
+        count(&url, "SELECT sum(requests) FROM observer.http_requests_1h").await,
+        100
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_agree_with_raw_table() {
+    let Some((py, script)) = devserver_paths("rollups_agree_with_raw_table") else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    let mut cfg = sink_config(&url, &dir.path().join("spool"));
+    cfg.batch_rows = 1000;
+    let sink = sink::build_clickhouse(cfg, 100_000).await.expect("sink");
+    // ~2.8 hours of traffic: 10_000 events 1 s apart (spreads over minutes and hours).
+    let mut rng = Lcg(5);
+    for i in 0..10_000u64 {
+        let mut e = realistic(i, 1_760_000_000_000_000, &mut rng);
+        e.ts = Timestamp(1_760_000_000_000_000 + i as i64 * 1_000_000);
+        sink.send(e);
+        if i % 1000 == 999 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let m = sink.shutdown().await.expect("shutdown");
+    assert_eq!(m.rows_sent, 10_000, "{m:?}");
+    let c = client(&url).with_database("observer");
+    for (table, bucket, expr) in [
+        (
+            "http_requests_1m",
+            "minute",
+            "toStartOfMinute(toDateTime(ts, 'UTC'))",
+        ),
+        (
+            "http_requests_1h",
+            "hour",
+            "toStartOfHour(toDateTime(ts, 'UTC'))",
+        ),
+    ] {
+        let keys = "api_id, route, app_id, toString(key_state) AS ks, status_class";
+        let raw = format!(
+            "SELECT {expr} AS b, {keys}, count() AS n, countIf(status >= 500 OR status = 0) AS err, \
+             sum(req_bytes) + sum(resp_bytes) AS bytes, uniq(src_ip, client_cgroup, client_comm) AS w \
+             FROM (SELECT *, toUInt8(intDiv(status, 100)) AS status_class FROM observer.http_requests) \
+             GROUP BY b, api_id, route, app_id, ks, status_class"
+        );
+        let roll = format!(
+            "SELECT {bucket} AS b, {keys}, sum(requests) AS n, sum(errors) AS err, \
+             sum(req_bytes) + sum(resp_bytes) AS bytes, uniqMerge(client_workloads) AS w \
+             FROM observer.{table} GROUP BY b, api_id, route, app_id, ks, status_class"
+        );
+        let diff = count(
+            &url,
+            &format!(
+                "SELECT count() FROM (({raw}) EXCEPT ({roll}) UNION ALL (({roll}) EXCEPT ({raw})))"
+            ),
+        )
+        .await;
+        assert_eq!(diff, 0, "{table} disagrees with the raw table");
+        let groups = count(&url, &format!("SELECT count() FROM ({roll})")).await;
+        assert!(
+            groups > 100,
+            "{table}: only {groups} groups, test data too uniform"
+        );
+        // Quantiles from merged states are close to the exact ones over the whole range.
+        let (p50_roll, p50_raw): (f64, f64) = c
+            .query(&format!(
+                "SELECT toFloat64(assumeNotNull((SELECT quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(duration_quantiles)[1] \
+                 FROM observer.{table}))), toFloat64(assumeNotNull((SELECT quantileExact(0.5)(duration_us) \
+                 FROM observer.http_requests)))"
+            ))
+            .fetch_one()
+            .await
+            .unwrap_or_else(|e| panic!("quantiles on {table}: {e}"));
+        assert!(
+            (p50_roll - p50_raw).abs() / p50_raw < 0.05,
+            "{table}: p50 {p50_roll} vs exact {p50_raw}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_per_row_on_disk() {
+    let Some((py, script)) = devserver_paths("bytes_per_row_on_disk") else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    let mut cfg = sink_config(&url, &dir.path().join("spool"));
+    cfg.batch_rows = 100_000;
+    cfg.batch_interval = Duration::from_secs(1);
+    let sink = sink::build_clickhouse(cfg, 300_000).await.expect("sink");
+    const N: u64 = 200_000;
+    let mut rng = Lcg(9);
+    // 200k events at ~1000/s from one agent: a bit over three minutes of traffic.
+    for i in 0..N {
+        sink.send(realistic(i, 1_760_000_000_000_000, &mut rng));
+        if i % 20_000 == 19_999 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let m = sink.shutdown().await.expect("shutdown");
+    assert_eq!(m.rows_sent, N, "{m:?}");
+    let c = client(&url);
+    c.query("OPTIMIZE TABLE observer.http_requests FINAL")
+        .execute()
+        .await
+        .expect("optimize");
+    let (rows, bytes, uncompressed): (u64, u64, u64) = c
+        .query(
+            "SELECT sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts \
+             WHERE database = 'observer' AND table = 'http_requests' AND active",
+        )
+        .fetch_one()
+        .await
+        .expect("system.parts");
+    assert_eq!(rows, N);
+    let per_row = bytes as f64 / rows as f64;
+    println!(
+        "bytes per row on disk: {per_row:.1} ({bytes} bytes for {rows} rows; uncompressed {:.1} B/row)",
+        uncompressed as f64 / rows as f64
+    );
+    let cols: Vec<(String, u64)> = c
+        .query(
+            "SELECT name, data_compressed_bytes FROM system.columns WHERE database = 'observer' \
+             AND table = 'http_requests' ORDER BY data_compressed_bytes DESC LIMIT 6",
+        )
+        .fetch_all()
+        .await
+        .expect("system.columns");
+    for (name, b) in cols {
+        println!("  {name}: {:.1} B/row", b as f64 / rows as f64);
+    }
+    assert!(
+        per_row < 120.0,
+        "{per_row:.1} bytes per row is more than expected"
+    );
+}
