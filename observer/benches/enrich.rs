@@ -1,23 +1,14 @@
 //! Criterion benchmark of per-event enrichment against a registry of realistic size (50 APIs x 30 routes,
 //! 200 applications, 2,000 keys).
-#![allow(dead_code, unused_imports)]
-
-// The observer is a binary crate: compile the modules enrichment needs straight from its sources.
-#[path = "../src/enrich.rs"]
-mod enrich;
-#[path = "../src/event.rs"]
-mod event;
-#[path = "../src/registry/mod.rs"]
-mod registry;
-
 use std::fmt::Write;
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use event::{Event, Exchange, Timestamp};
-use registry::{load_str, KeySecret, Snapshot};
+use observer::enrich;
+use observer::event::{self, Event, Exchange};
+use observer::registry::{self, load_str, KeySecret, Snapshot};
 
 const APIS: usize = 50;
 const ROUTES: usize = 30;

@@ -1,18 +1,6 @@
 //! observer: eBPF HTTP traffic observer with business context.
-mod agent;
-mod cgroups;
-mod config;
-mod enrich;
-mod event;
-mod flow;
-mod http;
-mod loader;
-mod metrics;
-mod reader;
-mod registry;
-mod sink;
-
 use clap::{Parser, Subcommand};
+use observer::{agent, registry, sink};
 
 #[derive(Parser)]
 #[command(

@@ -90,6 +90,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Offset that turns a CLOCK_MONOTONIC timestamp into Unix time (ns).
+#[allow(clippy::unnecessary_cast)] // time_t and c_long are not i64 on every target
 pub fn mono_to_unix_offset_ns() -> i64 {
     let mut rt = libc::timespec {
         tv_sec: 0,

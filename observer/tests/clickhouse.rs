@@ -5,15 +5,8 @@
 //! `OBSERVER_REQUIRE_CLICKHOUSE=1`, which turns the skip into a failure (CI). Every test starts its own server on a
 //! free port with a temporary data directory; tests run one at a time (the engine is memory-hungry).
 //!
-//! `observer` is a binary crate, so the sink modules are compiled into this test crate by path.
 // Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
 #![allow(clippy::await_holding_lock)]
-#[allow(dead_code)]
-#[path = "../src/event.rs"]
-mod event;
-#[path = "../src/sink/mod.rs"]
-mod sink;
-
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -21,14 +14,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use event::{AttributedBy, Event, KeyState, Side, Timestamp};
-use sink::clickhouse::{
+use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
+use observer::sink;
+use observer::sink::clickhouse::{
     column_list, encode_event, rbwnat_header, write_registry, ClickHouseConfig, HttpRequestRow,
     TABLE,
 };
-use sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
-use sink::schema::{self, Retention, SchemaConfig, SchemaError};
-use sink::spool::{BatchId, Spool, SpooledBatch};
+use observer::sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
+use observer::sink::schema::{self, Retention, SchemaConfig, SchemaError};
+use observer::sink::spool::{BatchId, Spool, SpooledBatch};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -601,6 +595,8 @@ async fn registry_rows_and_dictionaries() {
             api_id: "pay".into(),
             name: "Payments".into(),
             owner: "team-pay".into(),
+            line_of_business: "retail".into(),
+            auth: "api_key".into(),
             hosts: vec!["pay.example.com".into()],
             base_path: "/v1".into(),
             version: 1,
@@ -612,6 +608,9 @@ async fn registry_rows_and_dictionaries() {
             name: "Shop".into(),
             team: "web".into(),
             line_of_business: "retail".into(),
+            created_by: "alice".into(),
+            created_at: Some(Timestamp(500_000)),
+            predecessor: "old-shop".into(),
             workloads: vec!["/kubepods/*shop*".into()],
             version: 1,
             loaded_at: Timestamp(1_000_000),
@@ -620,19 +619,25 @@ async fn registry_rows_and_dictionaries() {
         key_grants: vec![KeyGrantRow {
             key_fingerprint: "fp1".into(),
             api_id: "pay".into(),
+            grant_seq: 0,
+            key_id: "shop-prod".into(),
             key_suffix: "ab12".into(),
             app_id: "shop".into(),
+            granted_by: "alice".into(),
             valid_from: Some(Timestamp(0)),
             valid_until: None,
             revoked_at: None,
+            revoked_by: String::new(),
+            note: "CHG-1".into(),
             version: 1,
             loaded_at: Timestamp(1_000_000),
             deleted: false,
         }],
         teams: vec![TeamRow {
             team: "web".into(),
+            name: "Web".into(),
             line_of_business: "retail".into(),
-            owner: "alice".into(),
+            alert_contact: "alice".into(),
             version: 1,
             loaded_at: Timestamp(1_000_000),
             deleted: false,
@@ -645,6 +650,7 @@ async fn registry_rows_and_dictionaries() {
     let mut v2 = v1.clone();
     v2.apis[0].name = "Payments v2".into();
     v2.key_grants[0].revoked_at = Some(Timestamp(2_000_000));
+    v2.key_grants[0].revoked_by = "bob".into();
     for r in &mut v2.apis {
         r.version = 2;
     }
@@ -678,6 +684,64 @@ async fn registry_rows_and_dictionaries() {
         .await
         .unwrap_or_else(|e| panic!("dictGet key_grants: {e}"));
     assert_eq!(revoked, Some(2_000_000));
+    let revoked_by: String = c
+        .query("SELECT dictGet('observer.key_grants_dict', 'revoked_by', tuple('fp1', 'pay'))")
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("dictGet key_grants: {e}"));
+    assert_eq!(revoked_by, "bob");
+
+    // Version 3: the key is granted the API again, a second dated entry; the first stays in the history and the
+    // dictionary answers with the current (newest) entry.
+    let mut regrant = v2.key_grants[0].clone();
+    regrant.grant_seq = 1;
+    regrant.granted_by = "carol".into();
+    regrant.valid_from = Some(Timestamp(3_000_000));
+    regrant.revoked_at = None;
+    regrant.revoked_by = String::new();
+    regrant.note = "CHG-2 re-enabled".into();
+    let mut v3g = RegistryRows {
+        key_grants: vec![v2.key_grants[0].clone(), regrant],
+        ..RegistryRows::default()
+    };
+    for r in &mut v3g.key_grants {
+        r.version = 3;
+    }
+    write_registry(&c, &v3g)
+        .await
+        .unwrap_or_else(|e| panic!("write v3: {e}"));
+    c.query("SYSTEM RELOAD DICTIONARY observer.key_grants_dict")
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("reload dictionary: {e}"));
+    let current: (String, Option<i64>, String) = c
+        .query(
+            "SELECT dictGet('observer.key_grants_dict', 'granted_by', tuple('fp1', 'pay')), \
+             toUnixTimestamp64Micro(dictGet('observer.key_grants_dict', 'revoked_at', tuple('fp1', 'pay'))), \
+             dictGet('observer.key_grants_dict', 'note', tuple('fp1', 'pay'))",
+        )
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("dictGet current grant: {e}"));
+    assert_eq!(
+        current,
+        ("carol".to_string(), None, "CHG-2 re-enabled".to_string())
+    );
+    let history: Vec<(u32, String, String)> = c
+        .query(
+            "SELECT grant_seq, granted_by, revoked_by FROM observer.key_grants_latest \
+             WHERE key_fingerprint = 'fp1' AND api_id = 'pay' ORDER BY grant_seq",
+        )
+        .fetch_all()
+        .await
+        .unwrap_or_else(|e| panic!("grant history: {e}"));
+    assert_eq!(
+        history,
+        vec![
+            (0, "alice".to_string(), "bob".to_string()),
+            (1, "carol".to_string(), String::new())
+        ]
+    );
     let team: String = c
         .query("SELECT dictGet('observer.applications_dict', 'team', tuple('shop'))")
         .fetch_one()
@@ -690,7 +754,7 @@ async fn registry_rows_and_dictionaries() {
         .await
         .expect("sink");
     let mut v3 = v1.clone();
-    v3.teams[0].owner = "bob".into();
+    v3.teams[0].alert_contact = "bob".into();
     v3.teams[0].version = 3;
     sink.write_registry(RegistryRows {
         teams: v3.teams.clone(),
@@ -706,7 +770,7 @@ async fn registry_rows_and_dictionaries() {
     assert_eq!(
         count(
             &url,
-            "SELECT count() FROM observer.teams_latest WHERE owner = 'bob' AND version = 3"
+            "SELECT count() FROM observer.teams_latest WHERE alert_contact = 'bob' AND version = 3"
         )
         .await,
         1

@@ -436,6 +436,23 @@ pub fn curl(ns: Option<&str>, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The registry fingerprint of `key` under the key secret in `dir` (`observer registry fingerprint`).
+pub fn fingerprint(dir: &Path, key: &str) -> String {
+    let out = sh(Command::new(observer_bin()).args([
+        "registry",
+        "fingerprint",
+        "--key-secret-file",
+        &dir.join("key-secret").display().to_string(),
+        key,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .unwrap_or_else(|| panic!("no fingerprint in {text:?}"))
+        .trim()
+        .to_string()
+}
+
 /// Waits until `f` holds or `timeout` passes; returns whether it held.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -470,4 +487,77 @@ pub fn brief(events: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The project's ClickHouse dev server (`xtask/clickhouse/devserver.py` over chdb) on a loopback port, data in a
+/// scratch directory. `cargo xtask test` sets `OBSERVER_CLICKHOUSE_PYTHON` and `OBSERVER_CLICKHOUSE_DEVSERVER`.
+pub struct ClickHouse {
+    pub proc: Proc,
+    pub url: String,
+    addr: String,
+}
+
+impl ClickHouse {
+    pub fn start(dir: &Path, port: u16) -> ClickHouse {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    panic!("{name} is not set: run these tests with `cargo xtask test` (as root)")
+                })
+        };
+        let python = var("OBSERVER_CLICKHOUSE_PYTHON");
+        let script = var("OBSERVER_CLICKHOUSE_DEVSERVER");
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(python);
+        cmd.arg(script)
+            .args(["--port", &port.to_string()])
+            .arg("--data")
+            .arg(dir.join("clickhouse"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("clickhouse.log")).expect("clickhouse log"));
+        let proc = Proc::spawn(&mut cmd, "ClickHouse dev server");
+        let ch = ClickHouse {
+            proc,
+            url: format!("http://{addr}"),
+            addr,
+        };
+        let up = eventually(Duration::from_secs(60), || {
+            matches!(http_get(&ch.addr, "/ping"), Some((200, _)))
+        });
+        assert!(up, "ClickHouse dev server did not answer /ping within 60 s");
+        ch
+    }
+
+    /// Runs `sql` over the HTTP interface and returns the TSV result, panicking with ClickHouse's message on error.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                "--data-binary",
+                sql,
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg(&self.url)
+            .output()
+            .expect("running curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        assert!(
+            out.status.success() && code == "200",
+            "ClickHouse query failed ({code}): {sql}\n{body}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        body.trim_end().to_string()
+    }
+
+    /// A query returning one number.
+    pub fn count(&self, sql: &str) -> u64 {
+        let v = self.query(sql);
+        v.parse()
+            .unwrap_or_else(|e| panic!("{sql}: expected a number, got {v:?}: {e}"))
+    }
 }

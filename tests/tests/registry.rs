@@ -1,25 +1,9 @@
 //! End to end: business context on real traffic. A registry with two APIs and three applications; real clients
 //! with different keys and one without; a key revoked by editing the registry while the agent runs.
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use observer_tests::*;
 use serde_json::Value;
-
-fn fingerprint(dir: &Path, key: &str) -> String {
-    let out = sh(Command::new(observer_bin()).args([
-        "registry",
-        "fingerprint",
-        "--key-secret-file",
-        &dir.join("key-secret").display().to_string(),
-        key,
-    ]));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("fingerprint: "))
-        .unwrap_or_else(|| panic!("no fingerprint in {text:?}"))
-        .trim()
-        .to_string()
-}
 
 fn registry_yaml(port: u16, fp_orders: &str, fp_both: &str, orders_revoked: bool) -> String {
     let revoked = if orders_revoked {

@@ -46,6 +46,9 @@ pub struct ApiRow {
     pub api_id: String,
     pub name: String,
     pub owner: String,
+    pub line_of_business: String,
+    /// `api_key`, `bearer`, `basic` or `anonymous`.
+    pub auth: String,
     /// Host names the API is served under.
     pub hosts: Vec<String>,
     pub base_path: String,
@@ -62,6 +65,11 @@ pub struct ApplicationRow {
     pub name: String,
     pub team: String,
     pub line_of_business: String,
+    pub created_by: String,
+    #[serde(with = "ts_micros::option")]
+    pub created_at: Option<Timestamp>,
+    /// The application this one replaces, or empty.
+    pub predecessor: String,
     /// Workload selectors (e.g. cgroup or process patterns) that identify the application without a key.
     pub workloads: Vec<String>,
     pub version: u64,
@@ -70,19 +78,27 @@ pub struct ApplicationRow {
     pub deleted: bool,
 }
 
-/// Table `key_grants`: one API key granted to one API, with its validity dates.
+/// Table `key_grants`: one dated grant entry of an API key for one API. A key granted the same API several times
+/// (granted, revoked, granted again) has one row per entry, numbered by `grant_seq` in registry order; the entry
+/// with the greatest `grant_seq` is the current grant.
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize, Default)]
 pub struct KeyGrantRow {
     pub key_fingerprint: String,
     pub api_id: String,
+    pub grant_seq: u32,
+    /// The key's id in the registry.
+    pub key_id: String,
     pub key_suffix: String,
     pub app_id: String,
+    pub granted_by: String,
     #[serde(with = "ts_micros::option")]
     pub valid_from: Option<Timestamp>,
     #[serde(with = "ts_micros::option")]
     pub valid_until: Option<Timestamp>,
     #[serde(with = "ts_micros::option")]
     pub revoked_at: Option<Timestamp>,
+    pub revoked_by: String,
+    pub note: String,
     pub version: u64,
     #[serde(with = "ts_micros")]
     pub loaded_at: Timestamp,
@@ -93,8 +109,10 @@ pub struct KeyGrantRow {
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize, Default)]
 pub struct TeamRow {
     pub team: String,
+    pub name: String,
     pub line_of_business: String,
-    pub owner: String,
+    /// Where alerts about the team's APIs and applications go.
+    pub alert_contact: String,
     pub version: u64,
     #[serde(with = "ts_micros")]
     pub loaded_at: Timestamp,
@@ -124,8 +142,8 @@ impl RegistryRows {
 }
 
 /// The rows of one registry state. `version` must grow with every state written (the load time in microseconds
-/// does); for a key granted the same API several times (revoked, then granted again) the latest entry is the
-/// current grant, and earlier entries live on in earlier versions.
+/// does). Every grant entry of a key is a row (see [`KeyGrantRow`]); a key-wide window (granted_by, dates) fills
+/// what an entry leaves unset.
 pub fn from_registry(
     reg: &crate::registry::Registry,
     version: u64,
@@ -138,6 +156,8 @@ pub fn from_registry(
             api_id: a.id.clone(),
             name: a.name.clone(),
             owner: a.owner.clone(),
+            line_of_business: a.line_of_business.clone(),
+            auth: a.auth.kind.as_str().to_string(),
             hosts: a
                 .matcher
                 .hosts
@@ -158,6 +178,9 @@ pub fn from_registry(
             name: a.name.clone(),
             team: a.team.clone(),
             line_of_business: a.line_of_business.clone(),
+            created_by: a.created_by.clone(),
+            created_at: a.created_at,
+            predecessor: a.predecessor.clone().unwrap_or_default(),
             workloads: a
                 .workload
                 .iter()
@@ -179,26 +202,26 @@ pub fn from_registry(
         .collect();
     let mut key_grants: Vec<KeyGrantRow> = Vec::new();
     for k in &reg.keys {
-        for g in &k.grants {
-            let row = KeyGrantRow {
+        for (i, g) in k.grants.iter().enumerate() {
+            let grant_seq = k.grants[..i].iter().filter(|p| p.api == g.api).count() as u32;
+            let or = |a: &str, b: &str| if a.is_empty() { b } else { a }.to_string();
+            key_grants.push(KeyGrantRow {
                 key_fingerprint: k.fingerprint.clone(),
                 api_id: g.api.clone(),
+                grant_seq,
+                key_id: k.id.clone(),
                 key_suffix: k.suffix.clone(),
                 app_id: k.application.clone(),
+                granted_by: or(&g.window.granted_by, &k.window.granted_by),
                 valid_from: g.window.granted_at.or(k.window.granted_at),
                 valid_until: g.window.expires_at.or(k.window.expires_at),
                 revoked_at: g.window.revoked_at.or(k.window.revoked_at),
+                revoked_by: or(&g.window.revoked_by, &k.window.revoked_by),
+                note: g.note.clone(),
                 version,
                 loaded_at,
                 deleted: false,
-            };
-            match key_grants
-                .iter_mut()
-                .find(|r| r.key_fingerprint == row.key_fingerprint && r.api_id == row.api_id)
-            {
-                Some(existing) => *existing = row,
-                None => key_grants.push(row),
-            }
+            });
         }
     }
     let teams = reg
@@ -206,8 +229,9 @@ pub fn from_registry(
         .iter()
         .map(|t| TeamRow {
             team: t.id.clone(),
+            name: t.name.clone(),
             line_of_business: t.line_of_business.clone(),
-            owner: t.alert_contact.clone(),
+            alert_contact: t.alert_contact.clone(),
             version,
             loaded_at,
             deleted: false,
@@ -249,11 +273,11 @@ pub fn with_deletions(
         }
     }
     for k in &prev.key_grants {
-        if !next
-            .key_grants
-            .iter()
-            .any(|n| n.key_fingerprint == k.key_fingerprint && n.api_id == k.api_id)
-        {
+        if !next.key_grants.iter().any(|n| {
+            n.key_fingerprint == k.key_fingerprint
+                && n.api_id == k.api_id
+                && n.grant_seq == k.grant_seq
+        }) {
             next.key_grants.push(KeyGrantRow {
                 version,
                 loaded_at,
@@ -273,4 +297,122 @@ pub fn with_deletions(
         }
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{load_file, KeySecret};
+    use std::path::Path;
+
+    fn example() -> RegistryRows {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/registry.yaml");
+        let loaded = load_file(&path, &KeySecret::from_bytes(b"registry-rows-test"))
+            .unwrap_or_else(|e| panic!("examples/registry.yaml: {e}"));
+        from_registry(&loaded.registry, 7, Timestamp(1_000))
+    }
+
+    #[test]
+    fn every_grant_entry_is_a_row_numbered_per_api() {
+        let rows = example();
+        let mobile: Vec<&KeyGrantRow> = rows
+            .key_grants
+            .iter()
+            .filter(|g| g.key_suffix == "3f9a")
+            .collect();
+        let seen: Vec<(&str, u32, &str, &str, &str)> = mobile
+            .iter()
+            .map(|g| {
+                (
+                    g.api_id.as_str(),
+                    g.grant_seq,
+                    g.granted_by.as_str(),
+                    g.revoked_by.as_str(),
+                    g.note.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("payments-api", 0, "alice", "", "CHG-1042 mobile launch"),
+                (
+                    "orders-api",
+                    0,
+                    "alice",
+                    "bob",
+                    "orders moved to the orders gateway"
+                ),
+                ("orders-api", 1, "bob", "", ""),
+            ]
+        );
+        assert!(mobile[1].revoked_at.is_some() && mobile[2].revoked_at.is_none());
+        assert!(
+            mobile[2].valid_until.is_some(),
+            "expires_at of the re-grant"
+        );
+        assert!(mobile.iter().all(|g| g.app_id == "mobile-checkout"
+            && g.key_id == "mobile-checkout-prod"
+            && g.version == 7));
+    }
+
+    #[test]
+    fn key_wide_window_fills_grant_entries() {
+        let rows = example();
+        let legacy: Vec<&KeyGrantRow> = rows
+            .key_grants
+            .iter()
+            .filter(|g| g.key_suffix == "b7c1")
+            .collect();
+        assert_eq!(legacy.len(), 1);
+        let g = legacy[0];
+        assert_eq!((g.api_id.as_str(), g.grant_seq), ("payments-api", 0));
+        assert_eq!(
+            (g.granted_by.as_str(), g.revoked_by.as_str()),
+            ("alice", "alice")
+        );
+        assert!(g.valid_from.is_some() && g.revoked_at.is_some());
+    }
+
+    #[test]
+    fn teams_apps_and_apis_carry_their_business_fields() {
+        let rows = example();
+        assert!(rows
+            .teams
+            .iter()
+            .all(|t| !t.name.is_empty() && !t.alert_contact.is_empty()));
+        assert!(rows
+            .apis
+            .iter()
+            .all(|a| !a.line_of_business.is_empty() && !a.auth.is_empty()));
+        let apps: Vec<(&str, &str)> = rows
+            .applications
+            .iter()
+            .filter(|a| !a.predecessor.is_empty())
+            .map(|a| (a.app_id.as_str(), a.predecessor.as_str()))
+            .collect();
+        assert!(!apps.is_empty(), "the example has a successor application");
+    }
+
+    #[test]
+    fn a_removed_grant_entry_gets_a_deleted_row() {
+        let prev = example();
+        let mut next = example();
+        next.key_grants
+            .retain(|g| !(g.key_suffix == "3f9a" && g.grant_seq == 1));
+        for g in &mut next.key_grants {
+            g.version = 8;
+        }
+        let out = with_deletions(&prev, next, 8, Timestamp(2_000));
+        let deleted: Vec<&KeyGrantRow> = out.key_grants.iter().filter(|g| g.deleted).collect();
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(
+            (
+                deleted[0].api_id.as_str(),
+                deleted[0].grant_seq,
+                deleted[0].version
+            ),
+            ("orders-api", 1, 8)
+        );
+    }
 }

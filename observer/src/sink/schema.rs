@@ -9,7 +9,9 @@
 //! - `http_requests`: one row per HTTP exchange, every [`crate::event::Event`] field (see [`HTTP_REQUESTS_COLUMNS`]).
 //! - `http_requests_1m` / `http_requests_1h`: AggregatingMergeTree rollups fed by materialized views.
 //! - `apis`, `applications`, `key_grants`, `teams`: registry history (one row per id and registry version), views
-//!   `*_latest` with the newest non-deleted version, and dictionaries `*_dict` over those views.
+//!   `*_latest` with the newest non-deleted version, and dictionaries `*_dict` over those views. `key_grants` keeps
+//!   every dated grant entry of a key for an API (`grant_seq`); `key_grants_current` and its dictionary give the
+//!   newest entry per (key, API).
 //!
 //! With `--cluster NAME` every statement carries `ON CLUSTER NAME`; the event and rollup tables are
 //! `Replicated*MergeTree` tables named `*_local` (zookeeper path `/clickhouse/tables/{shard}/DB/TABLE`, replica
@@ -465,11 +467,16 @@ fn v2_rollups(cfg: &SchemaConfig) -> Vec<String> {
     out
 }
 
-/// One registry table: its columns (besides `version`, `loaded_at`, `deleted`), key, and the latest-view columns.
+/// One registry table: its columns (besides `version`, `loaded_at`, `deleted`), key, and dictionary key.
 struct RegistryTable {
     name: &'static str,
     columns: &'static [(&'static str, &'static str)],
+    /// The id of one row of history: with `version` it orders the table, `*_latest` has one row per key.
     key: &'static [&'static str],
+    /// The dictionary key, a prefix of `key`. When shorter, a `*_current` view keeps, per dictionary key, the row
+    /// of `*_latest` with the greatest remaining key (for `key_grants`: the newest grant entry of a key for an API),
+    /// and the dictionary reads that view.
+    dict_key: &'static [&'static str],
 }
 
 /// Registry tables; [`super::registry_rows`] mirrors these columns.
@@ -480,10 +487,13 @@ const REGISTRY_TABLES: &[RegistryTable] = &[
             ("api_id", "String"),
             ("name", "String"),
             ("owner", "String"),
+            ("line_of_business", "String"),
+            ("auth", "String"),
             ("hosts", "Array(String)"),
             ("base_path", "String"),
         ],
         key: &["api_id"],
+        dict_key: &["api_id"],
     },
     RegistryTable {
         name: "applications",
@@ -492,31 +502,43 @@ const REGISTRY_TABLES: &[RegistryTable] = &[
             ("name", "String"),
             ("team", "String"),
             ("line_of_business", "String"),
+            ("created_by", "String"),
+            ("created_at", "Nullable(DateTime64(6, 'UTC'))"),
+            ("predecessor", "String"),
             ("workloads", "Array(String)"),
         ],
         key: &["app_id"],
+        dict_key: &["app_id"],
     },
     RegistryTable {
         name: "key_grants",
         columns: &[
             ("key_fingerprint", "String"),
             ("api_id", "String"),
+            ("grant_seq", "UInt32"),
+            ("key_id", "String"),
             ("key_suffix", "String"),
             ("app_id", "String"),
+            ("granted_by", "String"),
             ("valid_from", "Nullable(DateTime64(6, 'UTC'))"),
             ("valid_until", "Nullable(DateTime64(6, 'UTC'))"),
             ("revoked_at", "Nullable(DateTime64(6, 'UTC'))"),
+            ("revoked_by", "String"),
+            ("note", "String"),
         ],
-        key: &["key_fingerprint", "api_id"],
+        key: &["key_fingerprint", "api_id", "grant_seq"],
+        dict_key: &["key_fingerprint", "api_id"],
     },
     RegistryTable {
         name: "teams",
         columns: &[
             ("team", "String"),
+            ("name", "String"),
             ("line_of_business", "String"),
-            ("owner", "String"),
+            ("alert_contact", "String"),
         ],
         key: &["team"],
+        dict_key: &["team"],
     },
 ];
 
@@ -530,7 +552,7 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
             .columns
             .iter()
             .map(|(c, ty)| {
-                let ty = if t.key.contains(c) {
+                let ty = if t.key.contains(c) && *ty == "String" {
                     format!("LowCardinality({ty})")
                 } else {
                     ty.to_string()
@@ -561,12 +583,35 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
              FROM (SELECT *, version AS v FROM {db}.{name})\nGROUP BY {key}\nHAVING argMax(deleted, v) = false",
             latest = latest.join(", "),
         ));
+        let mut dict_source = format!("{name}_latest");
+        if t.dict_key.len() < t.key.len() {
+            // Per dictionary key, the row with the greatest rest-of-key (e.g. the newest grant entry).
+            let rest = &t.key[t.dict_key.len()..];
+            let by = "o";
+            let cols: Vec<String> = t
+                .columns
+                .iter()
+                .map(|(c, _)| *c)
+                .chain(["version", "loaded_at"])
+                .filter(|c| !t.dict_key.contains(c))
+                .map(|c| format!("argMax({c}, {by}) AS {c}"))
+                .collect();
+            out.push(format!(
+                "CREATE VIEW IF NOT EXISTS {db}.{name}_current{oc} AS\nSELECT {dkey}, {cols}\n\
+                 FROM (SELECT *, tuple({rest}) AS o FROM {db}.{name}_latest)\nGROUP BY {dkey}",
+                rest = rest.join(", "),
+                dkey = t.dict_key.join(", "),
+                cols = cols.join(", "),
+            ));
+            dict_source = format!("{name}_current");
+        }
         let dict_cols: Vec<String> = t
             .columns
             .iter()
             .map(|(c, ty)| {
                 let default = match *ty {
                     "String" => " DEFAULT ''",
+                    "UInt32" => " DEFAULT 0",
                     "Array(String)" => "",
                     _ => " DEFAULT NULL",
                 };
@@ -575,9 +620,10 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
             .collect();
         out.push(format!(
             "CREATE DICTIONARY IF NOT EXISTS {db}.{name}_dict{oc}\n(\n{cols},\n    version UInt64 DEFAULT 0\n)\n\
-             PRIMARY KEY {key}\nSOURCE(CLICKHOUSE(DB '{db}' TABLE '{name}_latest'))\n\
+             PRIMARY KEY {dkey}\nSOURCE(CLICKHOUSE(DB '{db}' TABLE '{dict_source}'))\n\
              LIFETIME(MIN 30 MAX 120)\nLAYOUT(COMPLEX_KEY_HASHED())",
             cols = dict_cols.join(",\n"),
+            dkey = t.dict_key.join(", "),
         ));
     }
     out
@@ -1026,7 +1072,11 @@ mod tests {
         let ddl = v3_registry(&single()).join(";\n");
         for needle in [
             "CREATE TABLE IF NOT EXISTS observer.key_grants\n",
-            "ENGINE = ReplacingMergeTree(loaded_at)\nORDER BY (key_fingerprint, api_id, version)",
+            "ENGINE = ReplacingMergeTree(loaded_at)\nORDER BY (key_fingerprint, api_id, grant_seq, version)",
+            "    grant_seq UInt32,\n",
+            "CREATE VIEW IF NOT EXISTS observer.key_grants_current AS\nSELECT key_fingerprint, api_id, \
+             argMax(grant_seq, o) AS grant_seq,",
+            "SOURCE(CLICKHOUSE(DB 'observer' TABLE 'key_grants_current'))",
             "CREATE VIEW IF NOT EXISTS observer.apis_latest AS",
             "HAVING argMax(deleted, v) = false",
             "CREATE DICTIONARY IF NOT EXISTS observer.applications_dict\n",
