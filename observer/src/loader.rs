@@ -107,7 +107,13 @@ pub fn preflight(opts: &LoadOptions) -> Result<PathBuf, LoadError> {
         return Err(LoadError::BadCgroup(cgroup));
     }
     for iface in &opts.ifaces {
-        if !Path::new("/sys/class/net").join(iface).exists() {
+        // if_nametoindex asks the kernel in this process's network namespace; /sys/class/net may show another one
+        // (a sysfs mounted by a different namespace).
+        let known = std::ffi::CString::new(iface.as_str())
+            // SAFETY: a valid NUL-terminated string; the call only reads it.
+            .map(|name| unsafe { libc::if_nametoindex(name.as_ptr()) } != 0)
+            .unwrap_or(false);
+        if !known {
             return Err(LoadError::NoInterface(iface.clone()));
         }
     }

@@ -186,10 +186,12 @@ impl Observer {
         let ndjson = dir.join("events.ndjson");
         let metrics = format!("127.0.0.1:{}", METRICS_PORT.fetch_add(1, Ordering::SeqCst));
         let bin = observer_bin();
+        // nsenter switches only the network namespace: `ip netns exec` would also remount /sys, hiding the host's
+        // cgroup v2 mount the agent attaches its socket hooks to.
         let mut cmd = match ns {
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&bin);
                 c
             }
             None => Command::new(&bin),
@@ -312,7 +314,9 @@ impl NetnsPair {
             veth_b: format!("vo{tag}b{pid}"),
         };
         for ns in [&p.a, &p.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            if Path::new("/run/netns").join(ns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
             sh(Command::new("ip").args(["netns", "add", ns]));
             sh(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
         }

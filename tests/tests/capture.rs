@@ -114,6 +114,24 @@ fn loopback_every_framing_case_once_with_both_identities() {
             &format!("{base}/cl/1"),
         ],
     );
+    // Request headers in two TCP segments, 150 ms apart (TCP_NODELAY): continuation capture and reassembly.
+    sh(Command::new("python3").args([
+        "-c",
+        &format!(
+            "import socket, time\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+             s.sendall(b'GET /cl/7 HTTP/1.1\\r\\nHost: split.example\\r\\n')\n\
+             time.sleep(0.15)\n\
+             s.sendall(b'X-Part: two\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             data = b''\n\
+             while True:\n\
+             \x20   b = s.recv(4096)\n\
+             \x20   if not b: break\n\
+             \x20   data += b\n\
+             assert data.startswith(b'HTTP/1.') and data.endswith(b'x' * 7), data\n"
+        ),
+    ]));
     std::thread::sleep(Duration::from_millis(300));
     let all = obs.stop();
     let events = on_port(&all, port);
@@ -187,6 +205,17 @@ fn loopback_every_framing_case_once_with_both_identities() {
     assert_eq!(
         one(&m, "GET /cl/1", &events)["request_id"],
         "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let split = one(&m, "GET /cl/7", &events);
+    assert_eq!(
+        (split["host"].as_str(), split["status"].as_u64()),
+        (Some("split.example"), Some(200)),
+        "headers split over two segments: {split}"
+    );
+    assert_local_both(split, "python3", "python3");
+    assert!(
+        split["duration_us"].as_u64().unwrap() >= 150_000,
+        "duration from the first segment of the request: {split}"
     );
     for e in &events {
         assert!(e["duration_us"].as_u64().is_some(), "{e}");

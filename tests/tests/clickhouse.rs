@@ -158,7 +158,7 @@ fn real_traffic_reaches_clickhouse_once_and_rollups_agree() {
     assert_eq!(
         row,
         format!(
-            "GET\t/items/1007\tGET /items/{{id}}\t404\tcatalog-api\tCatalog API\tshop\tstorefront\tStorefront\tshop\t\
+            "GET\t/items/1007\t/items/{{id}}\t404\tcatalog-api\tCatalog API\tshop\tstorefront\tStorefront\tshop\t\
              Retail\tvalid\tkey\t{fp}\tc0de\tboth\tcurl\tnginx\t::ffff:127.0.0.1\t::ffff:127.0.0.1"
         )
     );

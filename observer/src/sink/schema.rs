@@ -575,7 +575,8 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
             .columns
             .iter()
             .filter(|(c, _)| !t.key.contains(c))
-            .map(|(c, _)| format!("argMax({c}, v) AS {c}"))
+            // Through a tuple: argMax skips NULL values, and a cleared date (an un-revoked grant) must win.
+            .map(|(c, _)| format!("argMax(tuple({c}), v).1 AS {c}"))
             .collect();
         out.push(format!(
             "CREATE VIEW IF NOT EXISTS {db}.{name}_latest{oc} AS\nSELECT {key}, {latest}, \
@@ -594,7 +595,7 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
                 .map(|(c, _)| *c)
                 .chain(["version", "loaded_at"])
                 .filter(|c| !t.dict_key.contains(c))
-                .map(|c| format!("argMax({c}, {by}) AS {c}"))
+                .map(|c| format!("argMax(tuple({c}), {by}).1 AS {c}"))
                 .collect();
             out.push(format!(
                 "CREATE VIEW IF NOT EXISTS {db}.{name}_current{oc} AS\nSELECT {dkey}, {cols}\n\
@@ -1075,7 +1076,7 @@ mod tests {
             "ENGINE = ReplacingMergeTree(loaded_at)\nORDER BY (key_fingerprint, api_id, grant_seq, version)",
             "    grant_seq UInt32,\n",
             "CREATE VIEW IF NOT EXISTS observer.key_grants_current AS\nSELECT key_fingerprint, api_id, \
-             argMax(grant_seq, o) AS grant_seq,",
+             argMax(tuple(grant_seq), o).1 AS grant_seq,",
             "SOURCE(CLICKHOUSE(DB 'observer' TABLE 'key_grants_current'))",
             "CREATE VIEW IF NOT EXISTS observer.apis_latest AS",
             "HAVING argMax(deleted, v) = false",
