@@ -124,7 +124,19 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
     say("applying the ClickHouse schema");
     run(Command::new(&bin).args(["schema", "apply", "--clickhouse-url", &url]))?;
     let spool = root.join(".data/spool");
-    let secret = root.join(".data/key-secret");
+    let example = root.join("examples/registry.yaml");
+    let use_example = !extra.iter().any(|a| a == "--registry") && example.exists();
+    let secret = if use_example {
+        // The example registry's fingerprints were made with the example secret: use a private copy of it.
+        let copy = root.join(".data/example-key-secret");
+        std::fs::create_dir_all(root.join(".data"))?;
+        std::fs::copy(root.join("examples/example-key-secret"), &copy)
+            .context("copying examples/example-key-secret")?;
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        copy
+    } else {
+        root.join(".data/key-secret")
+    };
     let mut args: Vec<String> = vec![
         "run".into(),
         "--sink".into(),
@@ -135,13 +147,14 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
         url.clone(),
         "--spool-dir".into(),
         spool.display().to_string(),
-        "--key-secret-file".into(),
-        secret.display().to_string(),
         "--metrics".into(),
         "127.0.0.1:9464".into(),
     ];
-    let example = root.join("examples/registry.yaml");
-    if !extra.iter().any(|a| a == "--registry") && example.exists() {
+    if !extra.iter().any(|a| a == "--key-secret-file") {
+        args.extend(["--key-secret-file".into(), secret.display().to_string()]);
+    }
+    if use_example {
+        say("no --registry given: using examples/registry.yaml with its example key secret");
         args.extend(["--registry".into(), example.display().to_string()]);
     }
     args.extend(extra);
@@ -150,7 +163,11 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
         bin.display(),
         args.join(" ")
     ));
-    say("try it: curl http://127.0.0.1:8123/ping   (events appear below; Ctrl-C stops)");
+    say(format!("try it from another terminal (events appear below; Ctrl-C stops):\n\
+         \x20   python3 -m http.server 8000 &\n\
+         \x20   curl -H 'Host: api.example.com' -H 'X-Api-Key: sk_live_mobile_checkout_7Hq2x93f9a' http://127.0.0.1:8000/v1/payments/42\n\
+         \x20   curl http://127.0.0.1:8000/\n\
+         \x20 metrics: curl http://127.0.0.1:9464/metrics; data: curl '{url}/?query=SELECT+app_id,route,count()+FROM+observer.http_requests+GROUP+BY+ALL'"));
     let prefix = sudo_prefix();
     let mut cmd = if prefix.is_empty() {
         Command::new(&bin)

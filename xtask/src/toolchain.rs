@@ -146,16 +146,16 @@ fn ensure_bpf_linker() -> Result<()> {
 
 /// Debian packages the tests and benchmarks drive (real servers and clients). Installs the missing ones.
 pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = pkgs
+    let mut missing: Vec<&str> = pkgs
         .iter()
         .filter(|(bin, _)| which::which(bin).is_err())
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
-        say(format!(
-            "packages present: {}",
-            pkgs.iter().map(|(_, p)| *p).collect::<Vec<_>>().join(", ")
-        ));
+        let mut all: Vec<&str> = pkgs.iter().map(|(_, p)| *p).collect();
+        all.dedup();
+        say(format!("packages present: {}", all.join(", ")));
         return Ok(());
     }
     if !is_root() {
