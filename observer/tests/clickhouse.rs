@@ -1,218 +1,28 @@
 //! Integration tests of the ClickHouse schema and sink against the chdb dev server (`xtask/clickhouse/devserver.py`).
 //!
-//! The server is located with `OBSERVER_CLICKHOUSE_DEVSERVER` (path to devserver.py) and `OBSERVER_CLICKHOUSE_PYTHON`
-//! (a Python with `chdb-core` and `lz4`). Without them each test prints `skipped: ...` and passes, unless
-//! `OBSERVER_REQUIRE_CLICKHOUSE=1`, which turns the skip into a failure (CI). Every test starts its own server on a
-//! free port with a temporary data directory; tests run one at a time (the engine is memory-hungry).
+//! See `common/mod.rs` for how the server is found (`OBSERVER_CLICKHOUSE_PYTHON`, `OBSERVER_CLICKHOUSE_DEVSERVER`,
+//! `OBSERVER_REQUIRE_CLICKHOUSE`). Every test starts its own server on a free port with a temporary data directory;
+//! tests run one at a time (the engine is memory-hungry).
 //!
 // Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
 #![allow(clippy::await_holding_lock)]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::{apply, client, count, devserver_paths, serial, sink_config, wait_for, DevServer};
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
 use observer::sink;
 use observer::sink::clickhouse::{
-    column_list, encode_event, rbwnat_header, write_registry, ClickHouseConfig, HttpRequestRow,
-    TABLE,
+    column_list, encode_event, rbwnat_header, write_registry, HttpRequestRow, TABLE,
 };
 use observer::sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
 use observer::sink::schema::{self, Retention, SchemaConfig, SchemaError};
 use observer::sink::spool::{BatchId, Spool, SpooledBatch};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Python and devserver.py, or `None` (after printing why) when the test should be skipped.
-fn devserver_paths(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let script = std::env::var_os("OBSERVER_CLICKHOUSE_DEVSERVER").map(PathBuf::from);
-    let python = std::env::var_os("OBSERVER_CLICKHOUSE_PYTHON").map(PathBuf::from);
-    let require = std::env::var("OBSERVER_REQUIRE_CLICKHOUSE").is_ok_and(|v| v == "1");
-    match (python, script) {
-        (Some(p), Some(s)) if s.is_file() => Some((p, s)),
-        (p, s) => {
-            let why = format!(
-                "{test}: skipped: ClickHouse dev server not configured (OBSERVER_CLICKHOUSE_PYTHON={p:?}, \
-                 OBSERVER_CLICKHOUSE_DEVSERVER={s:?} must name a Python with chdb-core and devserver.py)"
-            );
-            if require {
-                panic!("{why}, and OBSERVER_REQUIRE_CLICKHOUSE=1");
-            }
-            println!("{why}");
-            None
-        }
-    }
-}
-
-/// One dev server process over a data directory.
-struct DevServer {
-    python: PathBuf,
-    script: PathBuf,
-    data: PathBuf,
-    log: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl DevServer {
-    fn start(python: &Path, script: &Path, data: &Path) -> Self {
-        let mut s = DevServer {
-            python: python.to_path_buf(),
-            script: script.to_path_buf(),
-            data: data.to_path_buf(),
-            log: data.with_extension("log"),
-            port: 0,
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap_or_else(|e| panic!("cannot open server log {}: {e}", self.log.display()));
-        let mut child = Command::new(&self.python)
-            .arg(&self.script)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--data",
-            ])
-            .arg(&self.data)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} {}: {e}",
-                    self.python.display(),
-                    self.script.display()
-                )
-            });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-                        let port: String =
-                            rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-                        self.port = port
-                            .parse()
-                            .unwrap_or_else(|_| panic!("bad port in {line:?}"));
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                    panic!("dev server did not report listening within 90 s; log:\n{log}");
-                }
-            }
-        }
-        self.child = Some(child);
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, as an outage without goodbye.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts again on the same port and data.
-    fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // The port may linger briefly; the server reports a clear error and exits, so retry.
-            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
-                Ok(l) => {
-                    drop(l);
-                    break;
-                }
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(e) => panic!(
-                    "port {} stays busy after the server was killed: {e}",
-                    self.port
-                ),
-            }
-        }
-        self.spawn();
-    }
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn client(url: &str) -> clickhouse::Client {
-    clickhouse::Client::default().with_url(url)
-}
-
-async fn apply(url: &str, target: Option<u32>) -> schema::ApplyReport {
-    let cfg = SchemaConfig::new("observer", None, Retention::days(3650))
-        .expect("config")
-        .with_rollup_retention(Retention::days(3650), Retention::days(3650));
-    schema::apply(&client(url), url, &cfg, target)
-        .await
-        .unwrap_or_else(|e| panic!("schema apply failed: {e}"))
-}
-
-async fn count(url: &str, sql: &str) -> u64 {
-    client(url)
-        .query(sql)
-        .fetch_one::<u64>()
-        .await
-        .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"))
-}
-
-fn sink_config(url: &str, spool: &Path) -> ClickHouseConfig {
-    let mut c = ClickHouseConfig::new(url, spool.to_path_buf());
-    c.agent_id = "itest".into();
-    c.batch_rows = 200;
-    c.batch_interval = Duration::from_millis(100);
-    c.insert_timeout = Duration::from_secs(5);
-    c.backoff_min = Duration::from_millis(100);
-    c.backoff_max = Duration::from_millis(800);
-    c.shutdown_grace = Duration::from_secs(20);
-    c
-}
 
 /// Deterministic pseudo-random numbers.
 struct Lcg(u64);
@@ -308,16 +118,6 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
             _ => KeyState::Valid,
         },
         attributed_by: AttributedBy::Key,
-    }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
