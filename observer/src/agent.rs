@@ -180,6 +180,10 @@ fn capture_loop(
     let mut lag_ns = 0u64;
     let mut records = 0u64;
     let mut bad_records = 0u64;
+    // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
+    // event that causes the next insert.
+    let own_pid = std::process::id();
+    let mut own_exchanges = 0u64;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let d = reader::drain(&mut loaded.events, DRAIN_LIMIT, |rec| match rec {
@@ -200,6 +204,10 @@ fn capture_loop(
         }
         engine.drain(&mut out);
         for mut ex in out.drain(..) {
+            if ex.event.client_pid == own_pid || ex.event.server_pid == own_pid {
+                own_exchanges += 1;
+                continue;
+            }
             enricher.enrich(&mut ex);
             sinks.send(ex.event);
         }
@@ -211,9 +219,12 @@ fn capture_loop(
                 &engine,
                 &enricher,
                 &sinks,
-                records,
-                bad_records,
-                lag_ns,
+                Counts {
+                    records,
+                    bad_records,
+                    own_exchanges,
+                    lag_ns,
+                },
             );
         }
         if stopping {
@@ -228,17 +239,28 @@ fn capture_loop(
     info!(?kernel, "programs detached");
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The capture loop's own counters, for [`publish`].
+struct Counts {
+    records: u64,
+    bad_records: u64,
+    own_exchanges: u64,
+    lag_ns: u64,
+}
+
 fn publish(
     metrics: &Metrics,
     loaded: &loader::Loaded,
     engine: &flow::Engine,
     enricher: &enrich::Enricher,
     sinks: &sink::SinkHandle,
-    records: u64,
-    bad_records: u64,
-    lag_ns: u64,
+    counts: Counts,
 ) {
+    let Counts {
+        records,
+        bad_records,
+        own_exchanges,
+        lag_ns,
+    } = counts;
     let kernel = loader::read_counters(&loaded.counters);
     let mut k = Vec::with_capacity(kernel.len() + 3);
     for (name, v) in COUNTER_NAMES.iter().zip(kernel) {
@@ -271,6 +293,11 @@ fn publish(
         "flow",
         vec![
             c("exchanges_total", "HTTP exchanges reported", s.exchanges),
+            c(
+                "own_exchanges_total",
+                "The agent's own exchanges (sink inserts, metrics scrapes), not sent to the sinks",
+                own_exchanges,
+            ),
             c(
                 "flow_malformed_total",
                 "Heads or records that could not be parsed",

@@ -64,8 +64,9 @@ fn real_traffic_reaches_clickhouse_once_and_rollups_agree() {
     let obs = Observer::start(
         &dir,
         &[
+            // Every port: the agent's own inserts into ClickHouse are on loopback too, and must not be reported.
             "--ports",
-            &port.to_string(),
+            "all",
             "--registry",
             &reg.display().to_string(),
             "--sink",
@@ -120,8 +121,18 @@ fn real_traffic_reaches_clickhouse_once_and_rollups_agree() {
     ]));
     const N: usize = 40 + 15 + 5 + 5 + 10;
 
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let log = obs.log();
     let metrics = obs.metrics_text();
+    let own: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("observer_own_exchanges_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no observer_own_exchanges_total in:\n{metrics}"));
+    assert!(
+        own >= 1.0,
+        "the agent's inserts were seen and set aside: {own}"
+    );
     let all = obs.stop();
     let events = on_port(&all, port);
     assert_eq!(
@@ -131,6 +142,11 @@ fn real_traffic_reaches_clickhouse_once_and_rollups_agree() {
         brief(&events)
     );
     assert_eq!(access_log(&dir).len(), N, "nginx answered every request");
+    assert!(
+        on_port(&all, 18499).is_empty(),
+        "the agent's own ClickHouse inserts are not events:\n{}",
+        brief(&on_port(&all, 18499))
+    );
 
     let filter = format!("dst_port = {port}");
     let raw = ch.count(&format!(
