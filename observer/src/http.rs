@@ -58,6 +58,8 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub minor_version: u8,
     pub status: u16,
+    /// Only the headers that decide framing (see [`FRAMING_HEADERS`]): nothing else of a response is reported, and
+    /// copying every header of every response is the parser's largest cost.
     pub headers: Vec<(String, String)>,
     /// Bytes of the head on the wire, including the final empty line.
     pub head_len: usize,
@@ -231,12 +233,10 @@ fn origin_part(target: &str) -> &str {
     }
 }
 
-impl ResponseHead {
-    /// First value of a header, case-insensitive name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
+/// Response headers kept by [`parse_response`].
+pub const FRAMING_HEADERS: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
 
+impl ResponseHead {
     /// 1xx other than 101: an interim response that precedes the final one (e.g. `100 Continue`).
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
@@ -276,9 +276,11 @@ impl ResponseHead {
     }
 }
 
-fn collect_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+fn collect_headers<'a>(
+    headers: impl IntoIterator<Item = &'a httparse::Header<'a>>,
+) -> Vec<(String, String)> {
     headers
-        .iter()
+        .into_iter()
         .map(|h| {
             (
                 h.name.to_string(),
@@ -298,7 +300,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
             method: req.method.unwrap_or_default().to_string(),
             target: req.path.unwrap_or_default().to_string(),
             minor_version: req.version.unwrap_or(1),
-            headers: collect_headers(req.headers),
+            headers: collect_headers(req.headers.iter()),
             head_len,
         })),
     }
@@ -313,7 +315,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
         httparse::Status::Complete(head_len) => Ok(Parsed::Complete(ResponseHead {
             minor_version: resp.version.unwrap_or(1),
             status: resp.code.unwrap_or(0),
-            headers: collect_headers(resp.headers),
+            headers: collect_headers(resp.headers.iter().filter(|h| {
+                FRAMING_HEADERS
+                    .iter()
+                    .any(|f| h.name.eq_ignore_ascii_case(f))
+            })),
             head_len,
         })),
     }

@@ -7,7 +7,8 @@ use std::{
 /// Map with recency order; `touch`ing lookups move an entry to the most recent end.
 #[derive(Debug)]
 pub(crate) struct Lru<K, V> {
-    map: HashMap<K, (V, u64)>,
+    /// Keys are socket cookies and 4-tuples from the kernel: a fast non-cryptographic hash is enough.
+    map: HashMap<K, (V, u64), foldhash::fast::RandomState>,
     order: BTreeMap<u64, K>,
     clock: u64,
 }
@@ -15,7 +16,7 @@ pub(crate) struct Lru<K, V> {
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: BTreeMap::new(),
             clock: 0,
         }
