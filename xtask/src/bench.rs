@@ -126,6 +126,20 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+fn count_lines(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            return Ok(n);
+        }
+        n += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
 fn scrape(name: &str) -> f64 {
     let Ok(mut s) = std::net::TcpStream::connect(METRICS) else {
         return f64::NAN;
@@ -192,7 +206,6 @@ fn with_observer(bin: &Path, dir: &Path, duration: u64, port: u16) -> Result<Obs
     let w = wrk(duration)?;
     std::thread::sleep(Duration::from_millis(300));
     let cpu = cpu_seconds(child.id()) - cpu0;
-    let events = scrape("observer_exchanges_total");
     let drops = scrape("observer_kernel_ringbuf_full_total")
         + scrape("observer_kernel_flow_map_full_total")
         + scrape("observer_kernel_proc_map_full_total")
@@ -200,6 +213,8 @@ fn with_observer(bin: &Path, dir: &Path, duration: u64, port: u16) -> Result<Obs
         + scrape("observer_sink_dropped_total");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
+    // Every event the agent wrote, counted after it flushed and exited.
+    let events = count_lines(&out)? as f64;
     let _ = std::fs::remove_file(&out);
     Ok(Observed {
         wrk: w,
@@ -273,10 +288,19 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         .output()
         .context("running cargo bench")?;
     let crit_text = String::from_utf8_lossy(&crit.stdout);
-    let crit_lines: Vec<&str> = crit_text
-        .lines()
-        .filter(|l| l.contains("time:") || l.contains("thrpt:"))
-        .collect();
+    // Criterion prints "name  time: [...]", or the name alone on the line before when it is long.
+    let all_lines: Vec<&str> = crit_text.lines().collect();
+    let mut crit_lines: Vec<String> = Vec::new();
+    for (i, l) in all_lines.iter().enumerate() {
+        if !(l.contains("time:") || l.contains("thrpt:")) {
+            continue;
+        }
+        if l.starts_with(char::is_whitespace) && i > 0 && !all_lines[i - 1].contains(':') {
+            crit_lines.push(format!("{} {}", all_lines[i - 1].trim(), l.trim()));
+        } else {
+            crit_lines.push(l.trim().to_string());
+        }
+    }
 
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n\nWritten by `cargo xtask bench` on {}; {} vCPU. Regenerate with that command.\n",

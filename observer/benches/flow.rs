@@ -1,0 +1,149 @@
+//! Criterion benchmark of the per-exchange userspace path: a keep-alive HTTP/1.1 request and its response, as the
+//! kernel hands them over (two ring-buffer data records), through reassembly and pairing, then enrichment and NDJSON
+//! encoding. Its time per exchange is what the agent's CPU costs per event (see BENCHMARKS.md).
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use observer::cgroups::MapResolver;
+use observer::enrich;
+use observer::event::Exchange;
+use observer::flow::{Engine, FlowConfig};
+use observer::registry::{load_str, KeySecret, Snapshot};
+use observer_common::{DataHeader, DATA_FLAG_START, EVENT_DATA, HOOK_CGROUP_EGRESS};
+
+const REQUEST: &[u8] = b"GET /v1/orders/12345 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: bench/1.0\r\n\
+Accept: application/json\r\nX-Api-Key: sk_live_bench_0123456789\r\nX-Request-Id: 4bf92f3577b34da6a3ce929d0e0e4736\r\n\r\n";
+
+fn response() -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n\
+Content-Type: application/json\r\nContent-Length: 612\r\nConnection: keep-alive\r\nETag: \"6565\"\r\n\r\n"
+        .to_vec();
+    r.extend(std::iter::repeat_n(b'x', 612));
+    r
+}
+
+fn v4(last: u8) -> [u8; 16] {
+    let mut x = [0u8; 16];
+    x[10] = 0xff;
+    x[11] = 0xff;
+    x[12..].copy_from_slice(&[127, 0, 0, last]);
+    x
+}
+
+/// One loopback connection seen by cgroup egress on both ends: client 127.0.0.1:40000, server 127.0.0.2:8080.
+struct Conn {
+    engine: Engine,
+    seq: [u32; 2],
+    now: u64,
+    resp: Vec<u8>,
+}
+
+impl Conn {
+    fn new() -> Self {
+        let resolver = MapResolver(HashMap::from([
+            (11, "/user.slice/client.scope".to_string()),
+            (22, "/system.slice/nginx.service".to_string()),
+        ]));
+        Conn {
+            engine: Engine::new(FlowConfig::default(), Box::new(resolver)),
+            seq: [1_000, 9_000_000],
+            now: 1_000_000_000,
+            resp: response(),
+        }
+    }
+
+    fn record(&mut self, dir: usize, payload: &[u8]) {
+        let (src, sport, dst, dport, cookie, cgroup, pid, name): (_, _, _, _, _, _, u32, &[u8]) =
+            if dir == 0 {
+                (v4(1), 40000, v4(2), 8080, 1001, 11, 4242, b"curl")
+            } else {
+                (v4(2), 8080, v4(1), 40000, 2002, 22, 777, b"nginx")
+            };
+        let mut comm = [0u8; 16];
+        comm[..name.len()].copy_from_slice(name);
+        let hdr = DataHeader {
+            kind: EVENT_DATA,
+            hook: HOOK_CGROUP_EGRESS,
+            ts_ns: self.now,
+            cookie,
+            cgroup_id: cgroup,
+            pid_tgid: (u64::from(pid) << 32) | u64::from(pid),
+            comm,
+            saddr: src,
+            daddr: dst,
+            sport,
+            dport,
+            seq: self.seq[dir],
+            payload_len: payload.len() as u32,
+            cap_len: payload.len() as u32,
+            flags: DATA_FLAG_START,
+            _pad: 0,
+        };
+        self.seq[dir] = self.seq[dir].wrapping_add(payload.len() as u32);
+        self.now += 20_000;
+        self.engine.on_data(&hdr, payload);
+    }
+
+    /// One request and its response; the exchange lands in `out`.
+    fn exchange(&mut self, out: &mut Vec<Exchange>) {
+        self.record(0, REQUEST);
+        let resp = std::mem::take(&mut self.resp);
+        self.record(1, &resp);
+        self.resp = resp;
+        self.engine.drain(out);
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let secret = KeySecret::from_bytes(b"bench-secret-0123456789abcdef");
+    let registry = r#"version: 1
+teams: [{id: shop, name: Shop, line_of_business: Retail, alert_contact: a@example.com}]
+apis:
+  - id: orders-api
+    name: Orders API
+    owner: shop
+    match: {hosts: api.example.com, base_path: /v1/orders}
+    routes: ["GET /v1/orders/{id}"]
+"#;
+    let loaded = load_str(registry, Path::new("."), &secret)
+        .unwrap_or_else(|p| panic!("bench registry invalid: {p:?}"));
+    let snap = Snapshot::build(loaded.registry, secret, 0, None, None);
+
+    let mut conn = Conn::new();
+    let mut out = Vec::with_capacity(16);
+    conn.exchange(&mut out);
+    assert_eq!(
+        out.len(),
+        1,
+        "one request and one response make one exchange"
+    );
+    out.clear();
+
+    let mut g = c.benchmark_group("per_exchange");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("flow_reassemble_parse_pair", |b| {
+        b.iter(|| {
+            conn.exchange(&mut out);
+            black_box(out.pop());
+        })
+    });
+    let mut line = Vec::with_capacity(2048);
+    g.bench_function("flow_enrich_ndjson", |b| {
+        b.iter(|| {
+            conn.exchange(&mut out);
+            let mut ex = out.pop().expect("exchange");
+            enrich::enrich(&snap, &mut ex);
+            line.clear();
+            serde_json::to_writer(&mut line, &ex.event).expect("json");
+            line.push(b'\n');
+            black_box(&line);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
