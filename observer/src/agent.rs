@@ -1,6 +1,6 @@
 //! `observer run`: wires loader -> reader -> flow -> enrich -> sinks, publishes metrics, and shuts down cleanly.
 //!
-//! Capture runs on one dedicated thread (ring-buffer drain every `POLL`, flow engine, enrichment) so the kernel
+//! Capture runs on one dedicated thread (ring-buffer drain every `--poll-interval`, flow engine, enrichment) so the kernel
 //! side is never waiting on I/O; sinks and the metrics server run on a small tokio runtime. On SIGINT/SIGTERM or
 //! `--for`, the capture thread drains the ring buffer a last time, hands out every request still held, and detaches
 //! all programs; then the sinks flush and the process exits 0.
@@ -25,8 +25,6 @@ use crate::{
     reader, registry, sink,
 };
 
-/// How often the ring buffer is drained (records are submitted without wakeups).
-const POLL: Duration = Duration::from_millis(10);
 /// Most records handled per drain before the engine gets a tick (keeps latency bounded under bursts).
 const DRAIN_LIMIT: usize = 65_536;
 
@@ -84,6 +82,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         max_pending_per_connection: args.capture.max_pending,
         idle_timeout_ns: args.capture.idle_timeout.as_nanos() as u64,
     };
+    let poll = args.capture.poll_interval.max(Duration::from_millis(1));
     let capture = {
         let stop = stop.clone();
         let metrics = metrics.clone();
@@ -98,6 +97,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                     sinks,
                     metrics,
                     stop,
+                    poll,
                 )
             })
             .context("starting the capture thread")?
@@ -174,6 +174,7 @@ fn capture_loop(
     sinks: Arc<sink::SinkHandle>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
+    poll: Duration,
 ) {
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
@@ -231,7 +232,7 @@ fn capture_loop(
             break;
         }
         if d.records < DRAIN_LIMIT as u64 {
-            std::thread::sleep(POLL);
+            std::thread::sleep(poll);
         }
     }
     let kernel = loader::read_counters(&loaded.counters);
