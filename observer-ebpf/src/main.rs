@@ -154,18 +154,59 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     } else {
         u16::from_be(skb.load::<u16>(12).map_err(|_| ())?)
     };
-    if proto == ETH_P_IP {
+    // Only what the port filter needs is read first: most packets on a busy node are on other ports.
+    let v4 = proto == ETH_P_IP;
+    if v4 {
         let vihl: u8 = skb.load(l3).map_err(|_| ())?;
         if vihl >> 4 != 4 {
             return Err(());
         }
-        let ihl = ((vihl & 0x0f) as usize) * 4;
         let p: u8 = skb.load(l3 + 9).map_err(|_| ())?;
         if p != IPPROTO_TCP {
             return Ok(());
         }
+        l4 = l3 + ((vihl & 0x0f) as usize) * 4;
+    } else if proto == ETH_P_IPV6 {
+        let nh: u8 = skb.load(l3 + 6).map_err(|_| ())?;
+        if nh != IPPROTO_TCP {
+            // Extension headers are not followed: rare for TCP and not worth the verifier budget.
+            return Ok(());
+        }
+        l4 = l3 + 40;
+    } else {
+        return Ok(());
+    }
+    let ports: [u16; 2] = skb.load(l4).map_err(|_| ())?;
+    key.sport = u16::from_be(ports[0]);
+    key.dport = u16::from_be(ports[1]);
+    let cfg = config();
+    if cfg.filter_ports != 0
+        && unsafe { PORTS.get(&key.sport) }.is_none()
+        && unsafe { PORTS.get(&key.dport) }.is_none()
+    {
+        return Ok(());
+    }
+    ip_total = if v4 {
         let tot: u16 = skb.load(l3 + 2).map_err(|_| ())?;
-        ip_total = u16::from_be(tot) as usize;
+        u16::from_be(tot) as usize
+    } else {
+        let plen: u16 = skb.load(l3 + 4).map_err(|_| ())?;
+        40 + u16::from_be(plen) as usize
+    };
+    // GSO super-segments carry a 0 IP length on some paths: trust skb->len then.
+    let end = if ip_total == 0 || l3 + ip_total > skb.len() as usize {
+        skb.len() as usize
+    } else {
+        l3 + ip_total
+    };
+    let doff: u8 = skb.load(l4 + 12).map_err(|_| ())?;
+    let payload_off = l4 + ((doff >> 4) as usize) * 4;
+    if end <= payload_off {
+        // A bare ACK (or FIN): nothing to copy.
+        return Ok(());
+    }
+    let payload_len = end - payload_off;
+    if v4 {
         let s: [u8; 4] = skb.load(l3 + 12).map_err(|_| ())?;
         let d: [u8; 4] = skb.load(l3 + 16).map_err(|_| ())?;
         key.saddr[10] = 0xff;
@@ -174,45 +215,12 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         key.daddr[10] = 0xff;
         key.daddr[11] = 0xff;
         key.daddr[12..16].copy_from_slice(&d);
-        l4 = l3 + ihl;
-    } else if proto == ETH_P_IPV6 {
-        let nh: u8 = skb.load(l3 + 6).map_err(|_| ())?;
-        if nh != IPPROTO_TCP {
-            // Extension headers are not followed: rare for TCP and not worth the verifier budget.
-            return Ok(());
-        }
-        let plen: u16 = skb.load(l3 + 4).map_err(|_| ())?;
-        ip_total = 40 + u16::from_be(plen) as usize;
+    } else {
         key.saddr = skb.load(l3 + 8).map_err(|_| ())?;
         key.daddr = skb.load(l3 + 24).map_err(|_| ())?;
-        l4 = l3 + 40;
-    } else {
-        return Ok(());
     }
-    let ports: [u16; 2] = skb.load(l4).map_err(|_| ())?;
-    key.sport = u16::from_be(ports[0]);
-    key.dport = u16::from_be(ports[1]);
     let seq = u32::from_be(skb.load::<u32>(l4 + 4).map_err(|_| ())?);
-    let doff: u8 = skb.load(l4 + 12).map_err(|_| ())?;
-    let payload_off = l4 + ((doff >> 4) as usize) * 4;
-    // GSO super-segments carry a 0 IP length on some paths: trust skb->len then.
-    let end = if ip_total == 0 || l3 + ip_total > skb.len() as usize {
-        skb.len() as usize
-    } else {
-        l3 + ip_total
-    };
-    if end <= payload_off {
-        return Ok(());
-    }
-    let payload_len = end - payload_off;
 
-    let cfg = config();
-    if cfg.filter_ports != 0
-        && unsafe { PORTS.get(&key.sport) }.is_none()
-        && unsafe { PORTS.get(&key.dport) }.is_none()
-    {
-        return Ok(());
-    }
     if hook == HOOK_CGROUP_INGRESS {
         // The sender is a local socket whose egress we already copy (both ends on this node): the same bytes
         // again would double the ring-buffer traffic for nothing. User space pairs the two egress streams.

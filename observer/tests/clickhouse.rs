@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{apply, client, count, devserver_paths, serial, sink_config, wait_for, DevServer};
+use common::{
+    apply, client, count, devserver_paths, insert_events, serial, sink_config, wait_for, DevServer,
+};
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
 use observer::sink;
 use observer::sink::clickhouse::{
@@ -310,14 +312,7 @@ async fn round_trip_every_column_with_edge_values() {
     apply(&url, None).await;
 
     let events = edge_events();
-    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 1024)
-        .await
-        .expect("sink");
-    for e in &events {
-        sink.send(e.clone());
-    }
-    let m = sink.shutdown().await.expect("shutdown");
-    assert_eq!(m.rows_sent, events.len() as u64, "{m:?}");
+    insert_events(&url, &dir.path().join("spool"), &events).await;
 
     let c = client(&url).with_database("observer");
     let rows: Vec<HttpRequestRow> = c

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use common::{apply, client, devserver_paths, serial, sink_config, DevServer};
+use common::{apply, client, devserver_paths, insert_events, serial, DevServer};
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
 use observer::sink;
 use observer::sink::clickhouse::write_registry;
@@ -995,14 +995,7 @@ async fn every_panel_query_runs() {
 
     // Fixtures: traffic through the real sink, the registry through write_registry.
     let events = fixture_events();
-    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 4096)
-        .await
-        .expect("sink");
-    for e in &events {
-        sink.send(e.clone());
-    }
-    let m = sink.shutdown().await.expect("shutdown");
-    assert_eq!(m.rows_sent, events.len() as u64, "{m:?}");
+    insert_events(&url, &dir.path().join("spool"), &events).await;
     let c = client(&url).with_database("observer");
     let (v1, v2) = fixture_registry();
     write_registry(&c, &v1)

@@ -214,3 +214,15 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl AsyncFnMut()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Sends `events` through a real ClickHouse sink (spooling under `spool`) and waits until every row is stored.
+pub async fn insert_events(url: &str, spool: &Path, events: &[observer::event::Event]) {
+    let sink = observer::sink::build_clickhouse(sink_config(url, spool), events.len().max(16))
+        .await
+        .expect("sink");
+    for e in events {
+        sink.send(e.clone());
+    }
+    let m = sink.shutdown().await.expect("shutdown");
+    assert_eq!(m.rows_sent, events.len() as u64, "{m:?}");
+}
