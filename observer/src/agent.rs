@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use clap::Args;
 use observer_common::COUNTER_NAMES;
 use tracing::{info, warn};
@@ -38,28 +37,56 @@ pub struct RunArgs {
     pub sink: sink::SinkArgs,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Why `observer run` stopped with an error. Each names the step that failed; the cause follows it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("loading the registry: {0}")]
+    Registry(registry::RegistryError),
+    #[error("opening the sinks: {0}")]
+    Sinks(sink::SinkError),
+    #[error("binding the metrics server to {addr}: {err}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
+    #[error("finding the cgroup v2 hierarchy: {0}")]
+    Cgroup(crate::cgroups::CgroupError),
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    #[error("starting the capture thread: {0}")]
+    CaptureThread(std::io::Error),
+    #[error("the capture thread panicked")]
+    CapturePanicked,
+    #[error("sinks still referenced at shutdown")]
+    SinksInUse,
+    #[error("flushing the sinks: {0}")]
+    Flush(sink::SinkError),
+}
+
+pub fn run(args: RunArgs) -> Result<(), AgentError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("observer-io")
         .build()
-        .context("starting the async runtime")?;
+        .map_err(AgentError::Runtime)?;
     rt.block_on(run_async(args))
 }
 
-async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::default());
     // Everything that can fail on bad input is checked before any program is attached.
-    let live = args.registry.open().context("loading the registry")?;
+    let live = args.registry.open().map_err(AgentError::Registry)?;
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
     let enricher = enrich::Enricher::new(live.clone());
-    let sinks = Arc::new(sink::build(&args.sink).await.context("opening the sinks")?);
+    let sinks = Arc::new(sink::build(&args.sink).await.map_err(AgentError::Sinks)?);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
         let server = crate::metrics::serve(addr, metrics.clone())
             .await
-            .with_context(|| format!("binding the metrics server to {addr}"))?;
+            .map_err(|err| AgentError::Metrics { addr, err })?;
         tokio::spawn(server);
         info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
     }
@@ -69,7 +96,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         ports: args.capture.ports.0.clone(),
         capture_bytes: args.capture.capture_bytes,
     };
-    let resolver = FsCgroupResolver::from_system().context("finding the cgroup v2 hierarchy")?;
+    let resolver = FsCgroupResolver::from_system().map_err(AgentError::Cgroup)?;
     let loaded = loader::load(&opts)?;
     metrics.set_ready(true);
     info!(programs = loaded.attached.len(), "capturing");
@@ -100,7 +127,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                     poll,
                 )
             })
-            .context("starting the capture thread")?
+            .map_err(AgentError::CaptureThread)?
     };
 
     wait_for_stop(args.capture.run_for).await;
@@ -109,14 +136,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let joined = tokio::task::spawn_blocking(move || capture.join()).await;
     metrics.set_ready(false);
     if !matches!(joined, Ok(Ok(()))) {
-        anyhow::bail!("the capture thread panicked");
+        return Err(AgentError::CapturePanicked);
     }
     // The capture thread and the registry follower held the other references.
     follower.abort();
     let _ = follower.await;
-    let sinks = Arc::try_unwrap(sinks)
-        .map_err(|_| anyhow::anyhow!("sinks still referenced at shutdown"))?;
-    let stats = sinks.shutdown().await.context("flushing the sinks")?;
+    let sinks = Arc::try_unwrap(sinks).map_err(|_| AgentError::SinksInUse)?;
+    let stats = sinks.shutdown().await.map_err(AgentError::Flush)?;
     info!(
         rows_sent = stats.rows_sent,
         dropped = stats.dropped_total(),

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use common::{apply, client, devserver_paths, insert_events, serial, DevServer};
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
-use observer::sink;
 use observer::sink::clickhouse::write_registry;
 use observer::sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
 use observer::sink::schema::{KEY_STATE_ENUM, ROLLUP_QUANTILES};

@@ -741,7 +741,7 @@ pub enum SchemaAction {
 }
 
 impl SchemaCommand {
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub async fn run(self) -> Result<(), SchemaError> {
         match self.action {
             SchemaAction::Apply {
                 connect,
