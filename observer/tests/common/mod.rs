@@ -142,6 +142,23 @@ impl DevServer {
         }
     }
 
+    /// SIGTERM, as an orderly shutdown (the server finishes what it is doing); SIGKILL after 20 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();
