@@ -77,8 +77,19 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
 
 async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::default());
-    // Everything that can fail on bad input is checked before any program is attached.
+    // Input that needs no kernel is checked first: an invalid registry attaches nothing.
     let live = args.registry.open().map_err(AgentError::Registry)?;
+    let opts = loader::LoadOptions {
+        cgroup: args.capture.cgroup.clone(),
+        ifaces: args.capture.iface.clone(),
+        ports: args.capture.ports.0.clone(),
+        capture_bytes: args.capture.capture_bytes,
+    };
+    let resolver = FsCgroupResolver::from_system().map_err(AgentError::Cgroup)?;
+    // Programs attach before the sinks open their connections, so sock_ops sees the agent connect and its own
+    // exchanges (ClickHouse inserts) are recognised by pid and not reported. A sink that fails to open detaches
+    // everything again (dropping `loaded`).
+    let loaded = loader::load(&opts)?;
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
     let enricher = enrich::Enricher::new(live.clone());
     let sinks = Arc::new(sink::build(&args.sink).await.map_err(AgentError::Sinks)?);
@@ -90,14 +101,6 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         tokio::spawn(server);
         info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
     }
-    let opts = loader::LoadOptions {
-        cgroup: args.capture.cgroup.clone(),
-        ifaces: args.capture.iface.clone(),
-        ports: args.capture.ports.0.clone(),
-        capture_bytes: args.capture.capture_bytes,
-    };
-    let resolver = FsCgroupResolver::from_system().map_err(AgentError::Cgroup)?;
-    let loaded = loader::load(&opts)?;
     metrics.set_ready(true);
     info!(programs = loaded.attached.len(), "capturing");
 
