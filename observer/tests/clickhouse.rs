@@ -921,17 +921,17 @@ async fn rollups_agree_with_raw_table() {
             "toStartOfHour(toDateTime(ts, 'UTC'))",
         ),
     ] {
-        let keys = "api_id, route, app_id, toString(key_state) AS ks, status_class";
+        let keys = "api_id, route, method, app_id, toString(key_state) AS ks, status_class";
         let raw = format!(
             "SELECT {expr} AS b, {keys}, count() AS n, countIf(status >= 500 OR status = 0) AS err, \
              sum(req_bytes) + sum(resp_bytes) AS bytes, uniq(src_ip, client_cgroup, client_comm) AS w \
              FROM (SELECT *, toUInt8(intDiv(status, 100)) AS status_class FROM observer.http_requests) \
-             GROUP BY b, api_id, route, app_id, ks, status_class"
+             GROUP BY b, api_id, route, method, app_id, ks, status_class"
         );
         let roll = format!(
             "SELECT {bucket} AS b, {keys}, sum(requests) AS n, sum(errors) AS err, \
              sum(req_bytes) + sum(resp_bytes) AS bytes, uniqMerge(client_workloads) AS w \
-             FROM observer.{table} GROUP BY b, api_id, route, app_id, ks, status_class"
+             FROM observer.{table} GROUP BY b, api_id, route, method, app_id, ks, status_class"
         );
         let diff = count(
             &url,

@@ -207,7 +207,7 @@ fn real_traffic_reaches_clickhouse_once_and_rollups_agree() {
     // Rollups agree with the raw table, group by group, minute and hour.
     let raw_groups = groups(
         &ch,
-        "SELECT api_id, route, app_id, key_state, toUInt8(intDiv(status, 100)), \
+        "SELECT api_id, route, method, app_id, key_state, toUInt8(intDiv(status, 100)), \
          tuple(count(), countIf(status >= 500 OR status = 0), sum(req_bytes), sum(resp_bytes), max(duration_us)) \
          FROM observer.http_requests GROUP BY ALL ORDER BY ALL",
     );
@@ -216,7 +216,7 @@ fn real_traffic_reaches_clickhouse_once_and_rollups_agree() {
         let rolled = groups(
             &ch,
             &format!(
-                "SELECT api_id, route, app_id, key_state, status_class, \
+                "SELECT api_id, route, method, app_id, key_state, status_class, \
                  tuple(sum(requests), sum(errors), sum(req_bytes), sum(resp_bytes), max(duration_us_max)) \
                  FROM observer.{table} GROUP BY ALL ORDER BY ALL"
             ),

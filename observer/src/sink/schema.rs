@@ -410,6 +410,7 @@ fn rollup(
          {bucket} DateTime('UTC') CODEC(Delta(4), ZSTD(1)),\n    \
          api_id LowCardinality(String),\n    \
          route LowCardinality(String),\n    \
+         method LowCardinality(String),\n    \
          app_id LowCardinality(String),\n    \
          key_state {KEY_STATE_ENUM},\n    \
          status_class UInt8,\n    \
@@ -422,7 +423,7 @@ fn rollup(
          duration_quantiles AggregateFunction(quantilesTDigest({ROLLUP_QUANTILES}), UInt64),\n    \
          client_workloads AggregateFunction(uniq, IPv6, LowCardinality(String), LowCardinality(String))\n)\n\
          ENGINE = {engine}\nPARTITION BY toYYYYMM({bucket})\n\
-         ORDER BY (api_id, app_id, {bucket}, route, key_state, status_class)\n\
+         ORDER BY (api_id, app_id, {bucket}, route, method, key_state, status_class)\n\
          TTL {bucket} + {ttl}{dedup}",
         oc = cfg.on_cluster(),
         engine = cfg.sharded_engine("AggregatingMergeTree", table),
@@ -432,7 +433,7 @@ fn rollup(
     out.extend(cfg.distributed(table, "cityHash64(api_id, app_id)"));
     out.push(format!(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{storage}_mv{oc} TO {db}.{storage}\nAS SELECT\n    \
-         {bucket_expr} AS {bucket},\n    api_id,\n    route,\n    app_id,\n    key_state,\n    \
+         {bucket_expr} AS {bucket},\n    api_id,\n    route,\n    method,\n    app_id,\n    key_state,\n    \
          toUInt8(intDiv(status, 100)) AS status_class,\n    \
          count() AS requests,\n    \
          countIf(status >= 500 OR status = 0) AS errors,\n    \
@@ -442,7 +443,7 @@ fn rollup(
          max(duration_us) AS duration_us_max,\n    \
          quantilesTDigestState({ROLLUP_QUANTILES})(duration_us) AS duration_quantiles,\n    \
          uniqState(src_ip, client_cgroup, client_comm) AS client_workloads\n\
-         FROM {db}.{source}\nGROUP BY {bucket}, api_id, route, app_id, key_state, status_class",
+         FROM {db}.{source}\nGROUP BY {bucket}, api_id, route, method, app_id, key_state, status_class",
         oc = cfg.on_cluster(),
         source = cfg.storage("http_requests"),
     ));
