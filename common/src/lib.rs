@@ -105,6 +105,10 @@ pub struct KernelConfig {
     pub capture_bytes: u32,
     /// Non-zero: only ports present in the `PORTS` map are captured (either end of the connection).
     pub filter_ports: u32,
+    /// Non-zero: cgroup ingress ignores loopback packets. Set when the programs sit on the cgroup v2 root: every
+    /// loopback packet was then sent by a local socket whose egress is already captured.
+    pub skip_lo_ingress: u32,
+    pub _pad: u32,
 }
 
 impl Default for KernelConfig {
@@ -112,6 +116,8 @@ impl Default for KernelConfig {
         Self {
             capture_bytes: DEFAULT_CAPTURE,
             filter_ports: 0,
+            skip_lo_ingress: 0,
+            _pad: 0,
         }
     }
 }
@@ -141,7 +147,7 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 112);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 16);
 
 #[cfg(feature = "user")]
 mod user {

@@ -99,27 +99,37 @@ fn config() -> KernelConfig {
     }
 }
 
+/// `LOOPBACK_IFINDEX`: the loopback device is interface 1 in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
 #[cgroup_skb]
 pub fn observer_cg_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_INGRESS, true);
+    // SAFETY: the context pointer is valid for the program's run; ifindex is readable in cgroup_skb.
+    let ifindex = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).ifindex) };
+    let cfg = config();
+    if ifindex == LOOPBACK_IFINDEX && cfg.skip_lo_ingress != 0 {
+        // Sent by a local socket, whose egress this program set already saw (see KernelConfig).
+        return 1;
+    }
+    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_INGRESS, true, &cfg);
     1
 }
 
 #[cgroup_skb]
 pub fn observer_cg_egress(ctx: SkBuffContext) -> i32 {
-    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_EGRESS, true);
+    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_EGRESS, true, &config());
     1
 }
 
 #[classifier]
 pub fn observer_tc_ingress(ctx: TcContext) -> i32 {
-    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_INGRESS, false);
+    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_INGRESS, false, &config());
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn observer_tc_egress(ctx: TcContext) -> i32 {
-    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_EGRESS, false);
+    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_EGRESS, false, &config());
     TC_ACT_PIPE
 }
 
@@ -138,7 +148,7 @@ fn is_message_start(p: &[u8; 8]) -> bool {
 /// Parses IP/TCP at `l3` and, for message starts and their continuations, copies the payload to the ring buffer.
 /// `cgroup` says whether the packet is known to belong to a local socket (cgroup_skb); TC asks the skb.
 #[inline(always)]
-fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
+fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig) -> Result<(), ()> {
     let mut key = FlowKey {
         saddr: [0; 16],
         daddr: [0; 16],
@@ -179,7 +189,6 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     let ports: [u16; 2] = skb.load(l4).map_err(|_| ())?;
     key.sport = u16::from_be(ports[0]);
     key.dport = u16::from_be(ports[1]);
-    let cfg = config();
     if cfg.filter_ports != 0
         && unsafe { PORTS.get(&key.sport) }.is_none()
         && unsafe { PORTS.get(&key.dport) }.is_none()

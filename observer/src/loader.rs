@@ -140,9 +140,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     bump_memlock_rlimit();
     let mut ebpf = EbpfLoader::new().load(OBJECT)?;
 
+    // On the hierarchy's root every local socket's egress is seen, loopback senders included.
+    let at_root = crate::cgroups::cgroup2_mount()
+        .ok()
+        .and_then(|root| Some(root.canonicalize().ok()? == cgroup_path.canonicalize().ok()?))
+        .unwrap_or(false);
     let cfg = KernelConfig {
         capture_bytes: opts.capture_bytes.clamp(64, MAX_CAPTURE as u32),
         filter_ports: u32::from(!opts.ports.is_empty()),
+        skip_lo_ingress: u32::from(at_root),
+        _pad: 0,
     };
     {
         let mut config: Array<_, KernelConfig> =
