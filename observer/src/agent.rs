@@ -1,7 +1,7 @@
 //! `observer run`: wires loader -> reader -> flow -> enrich -> sinks, publishes metrics, and shuts down cleanly.
 //!
-//! Capture runs on one dedicated thread (ring-buffer drain every `--poll-interval`, flow engine, enrichment) so the kernel
-//! side is never waiting on I/O; sinks and the metrics server run on a small tokio runtime. On SIGINT/SIGTERM or
+//! Capture runs on one dedicated thread (ring-buffer drain every `--poll-interval`, flow engine, enrichment) so the
+//! kernel side is never waiting on I/O; sinks and the metrics server run on a small tokio runtime. On SIGINT/SIGTERM or
 //! `--for`, the capture thread drains the ring buffer a last time, hands out every request still held, and detaches
 //! all programs; then the sinks flush and the process exits 0.
 use std::{

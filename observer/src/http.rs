@@ -59,7 +59,7 @@ pub struct ResponseHead {
     pub minor_version: u8,
     pub status: u16,
     /// Only the headers that decide framing (see [`FRAMING_HEADERS`]): nothing else of a response is reported, and
-    /// copying every header of every response is the parser's largest cost.
+    /// copying every header of every response into owned strings costs allocations on the per-event path.
     pub headers: Vec<(String, String)>,
     /// Bytes of the head on the wire, including the final empty line.
     pub head_len: usize,
