@@ -157,7 +157,6 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         hook,
     };
     let l4: usize;
-    let ip_total: usize;
     // cgroup_skb has no link-layer header: its protocol comes from skb->protocol. TC reads the Ethernet type.
     let proto = if l3 == 0 {
         u16::from_be(skb.protocol() as u16)
@@ -195,7 +194,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     {
         return Ok(());
     }
-    ip_total = if v4 {
+    let ip_total = if v4 {
         let tot: u16 = skb.load(l3 + 2).map_err(|_| ())?;
         u16::from_be(tot) as usize
     } else {

@@ -207,23 +207,20 @@ fn capture_loop(
 ) {
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
-    let mut lag_ns = 0u64;
-    let mut records = 0u64;
-    let mut bad_records = 0u64;
+    let mut counts = Counts::default();
     // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
     // event that causes the next insert.
     let own_pid = std::process::id();
-    let mut own_exchanges = 0u64;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let d = reader::drain(&mut loaded.events, DRAIN_LIMIT, |rec| match rec {
             reader::Record::Data(h, p) => engine.on_data(&h, p),
             reader::Record::Conn(c) => engine.on_conn(&c),
         });
-        records += d.records;
-        bad_records += d.bad;
+        counts.records += d.records;
+        counts.bad_records += d.bad;
         if d.oldest_ts_ns != 0 {
-            lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+            counts.lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
         }
         if stopping {
             engine.finish();
@@ -235,7 +232,7 @@ fn capture_loop(
         engine.drain(&mut out);
         for mut ex in out.drain(..) {
             if ex.event.client_pid == own_pid || ex.event.server_pid == own_pid {
-                own_exchanges += 1;
+                counts.own_exchanges += 1;
                 continue;
             }
             enricher.enrich(&mut ex);
@@ -243,19 +240,7 @@ fn capture_loop(
         }
         if tick || stopping {
             last_tick = Instant::now();
-            publish(
-                &metrics,
-                &loaded,
-                &engine,
-                &enricher,
-                &sinks,
-                Counts {
-                    records,
-                    bad_records,
-                    own_exchanges,
-                    lag_ns,
-                },
-            );
+            publish(&metrics, &loaded, &engine, &enricher, &sinks, &counts);
         }
         if stopping {
             break;
@@ -270,6 +255,7 @@ fn capture_loop(
 }
 
 /// The capture loop's own counters, for [`publish`].
+#[derive(Debug, Default)]
 struct Counts {
     records: u64,
     bad_records: u64,
@@ -283,14 +269,8 @@ fn publish(
     engine: &flow::Engine,
     enricher: &enrich::Enricher,
     sinks: &sink::SinkHandle,
-    counts: Counts,
+    counts: &Counts,
 ) {
-    let Counts {
-        records,
-        bad_records,
-        own_exchanges,
-        lag_ns,
-    } = counts;
     let kernel = loader::read_counters(&loaded.counters);
     let mut k = Vec::with_capacity(kernel.len() + 3);
     for (name, v) in COUNTER_NAMES.iter().zip(kernel) {
@@ -303,17 +283,17 @@ fn publish(
     k.push(Sample::counter(
         "ringbuf_records_total",
         "Ring-buffer records read",
-        records,
+        counts.records,
     ));
     k.push(Sample::counter(
         "ringbuf_bad_records_total",
         "Ring-buffer records that could not be decoded",
-        bad_records,
+        counts.bad_records,
     ));
     k.push(Sample::gauge(
         "ringbuf_lag_seconds",
         "Age of the oldest record in the last drain (how far the reader is behind the kernel)",
-        lag_ns as f64 / 1e9,
+        counts.lag_ns as f64 / 1e9,
     ));
     metrics.publish("kernel", k);
 
@@ -326,7 +306,7 @@ fn publish(
             c(
                 "own_exchanges_total",
                 "The agent's own exchanges (sink inserts, metrics scrapes), not sent to the sinks",
-                own_exchanges,
+                counts.own_exchanges,
             ),
             c(
                 "flow_malformed_total",

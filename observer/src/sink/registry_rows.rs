@@ -200,11 +200,12 @@ pub fn from_registry(
             deleted: false,
         })
         .collect();
+    // A grant entry's own value, else the key-wide one.
+    let or = |a: &str, b: &str| if a.is_empty() { b } else { a }.to_string();
     let mut key_grants: Vec<KeyGrantRow> = Vec::new();
     for k in &reg.keys {
         for (i, g) in k.grants.iter().enumerate() {
             let grant_seq = k.grants[..i].iter().filter(|p| p.api == g.api).count() as u32;
-            let or = |a: &str, b: &str| if a.is_empty() { b } else { a }.to_string();
             key_grants.push(KeyGrantRow {
                 key_fingerprint: k.fingerprint.clone(),
                 api_id: g.api.clone(),

@@ -572,38 +572,35 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
             engine = cfg.everywhere_engine("ReplacingMergeTree", "(loaded_at)", name),
         ));
         // Newest version of every id that is not deleted.
-        let latest: Vec<String> = t
-            .columns
-            .iter()
-            .filter(|(c, _)| !t.key.contains(c))
-            // Through a tuple: argMax skips NULL values, and a cleared date (an un-revoked grant) must win.
-            .map(|(c, _)| format!("argMax(tuple({c}), v).1 AS {c}"))
-            .collect();
+        let latest = newest(
+            t.columns
+                .iter()
+                .map(|(c, _)| *c)
+                .filter(|c| !t.key.contains(c)),
+            "v",
+        );
         out.push(format!(
             "CREATE VIEW IF NOT EXISTS {db}.{name}_latest{oc} AS\nSELECT {key}, {latest}, \
              max(v) AS version, argMax(loaded_at, v) AS loaded_at\n\
              FROM (SELECT *, version AS v FROM {db}.{name})\nGROUP BY {key}\nHAVING argMax(deleted, v) = false",
-            latest = latest.join(", "),
         ));
         let mut dict_source = format!("{name}_latest");
         if t.dict_key.len() < t.key.len() {
             // Per dictionary key, the row with the greatest rest-of-key (e.g. the newest grant entry).
             let rest = &t.key[t.dict_key.len()..];
-            let by = "o";
-            let cols: Vec<String> = t
-                .columns
-                .iter()
-                .map(|(c, _)| *c)
-                .chain(["version", "loaded_at"])
-                .filter(|c| !t.dict_key.contains(c))
-                .map(|c| format!("argMax(tuple({c}), {by}).1 AS {c}"))
-                .collect();
+            let cols = newest(
+                t.columns
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .chain(["version", "loaded_at"])
+                    .filter(|c| !t.dict_key.contains(c)),
+                "o",
+            );
             out.push(format!(
                 "CREATE VIEW IF NOT EXISTS {db}.{name}_current{oc} AS\nSELECT {dkey}, {cols}\n\
                  FROM (SELECT *, tuple({rest}) AS o FROM {db}.{name}_latest)\nGROUP BY {dkey}",
                 rest = rest.join(", "),
                 dkey = t.dict_key.join(", "),
-                cols = cols.join(", "),
             ));
             dict_source = format!("{name}_current");
         }
@@ -629,6 +626,15 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
         ));
     }
     out
+}
+
+/// `argMax(tuple(c), by).1 AS c` for each column: its value in the row with the greatest `by`. Through a tuple
+/// because argMax skips NULL values, and a cleared date (a grant revoked, then granted again) must win.
+fn newest<'a>(columns: impl Iterator<Item = &'a str>, by: &str) -> String {
+    columns
+        .map(|c| format!("argMax(tuple({c}), {by}).1 AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every statement of the full schema (bootstrap, then each migration up to `target`), for `schema print`.
