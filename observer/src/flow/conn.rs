@@ -435,13 +435,23 @@ impl Conn {
                     let old = buf.len();
                     let room = http_limit(ctx.cfg).saturating_sub(old);
                     let take = room.min(len - i);
-                    buf.extend_from_slice(&bytes[i..i + take]);
-                    match http::parse_head(&buf) {
+                    // Usually a head starts and ends in one segment: it is parsed where it lies, and bytes are
+                    // kept only for a head that goes on in a later segment.
+                    let parsed = if old == 0 {
+                        http::parse_head(&bytes[i..i + take])
+                    } else {
+                        buf.extend_from_slice(&bytes[i..i + take]);
+                        http::parse_head(&buf)
+                    };
+                    match parsed {
                         Ok(Parsed::Complete(head)) => {
                             i += head.head_len().saturating_sub(old);
                             self.on_head(dir, start, ts, head_ts, head, false, ctx)
                         }
                         Ok(Parsed::Partial) => {
+                            if old == 0 {
+                                buf.extend_from_slice(&bytes[i..i + take]);
+                            }
                             i += take;
                             if buf.len() >= http_limit(ctx.cfg) {
                                 self.on_truncated_head(dir, start, head_ts, &buf, ctx);
@@ -457,7 +467,12 @@ impl Conn {
                             }
                         }
                         Err(e) => {
-                            self.on_malformed(dir, start, &buf, &e, ctx);
+                            let seen = if old == 0 {
+                                &bytes[i..i + take]
+                            } else {
+                                &buf[..]
+                            };
+                            self.on_malformed(dir, start, seen, &e, ctx);
                             i = len;
                             MsgState::Unknown
                         }

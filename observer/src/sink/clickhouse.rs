@@ -632,7 +632,7 @@ impl Ctx {
 pub(super) async fn start(
     cfg: ClickHouseConfig,
     metrics: Arc<SinkMetrics>,
-    rx: mpsc::Receiver<Event>,
+    rx: super::QueueRx,
 ) -> Result<impl std::future::Future<Output = Result<(), SinkError>> + Send + 'static, SinkError> {
     let dir = cfg.spool_dir.clone();
     let max = cfg.spool_max_bytes;
@@ -673,11 +673,7 @@ pub(super) async fn start(
     })
 }
 
-async fn batcher(
-    mut rx: mpsc::Receiver<Event>,
-    ship_tx: mpsc::Sender<SpooledBatch>,
-    ctx: Arc<Ctx>,
-) {
+async fn batcher(mut rx: super::QueueRx, ship_tx: mpsc::Sender<SpooledBatch>, ctx: Arc<Ctx>) {
     let header = Arc::new(rbwnat_header());
     let columns = column_list();
     let mut open = OpenBatch::new(header);
@@ -702,14 +698,16 @@ async fn batcher(
     loop {
         let deadline = open.opened.map(|t| t + ctx.cfg.batch_interval);
         let full = tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => {
-                    open.push(&ev);
+            evs = rx.recv() => match evs {
+                Some(evs) => {
+                    // A capture batch goes into one insert batch whole: an insert batch may exceed
+                    // `batch_rows` by at most one capture drain.
+                    evs.iter().for_each(|ev| open.push(ev));
                     // Take whatever else is queued without going through select! again.
                     while open.rows < ctx.cfg.batch_rows as u64 && open.buf.len() < ctx.cfg.batch_max_bytes {
                         match rx.try_recv() {
-                            Ok(ev) => open.push(&ev),
-                            Err(_) => break,
+                            Some(evs) => evs.iter().for_each(|ev| open.push(ev)),
+                            None => break,
                         }
                     }
                     open.rows >= ctx.cfg.batch_rows as u64 || open.buf.len() >= ctx.cfg.batch_max_bytes

@@ -1,12 +1,14 @@
 //! Where events go: NDJSON files, a readable stdout view, and ClickHouse (batched, spooled, deduplicated).
 //!
-//! The run loop builds a [`SinkHandle`] from [`SinkArgs`] with [`build`], hands it every [`Event`] with
-//! [`SinkHandle::send`] (never blocks: each sink has a bounded queue, a full queue counts a drop), and at exit
+//! The run loop builds a [`SinkHandle`] from [`SinkArgs`] with [`build`], hands it each drain's [`Event`]s with
+//! [`SinkHandle::send_batch`] (never blocks: each sink has a queue bounded in events, what does not fit is counted
+//! as a drop; see [`queue`]), and at exit
 //! calls [`SinkHandle::shutdown`], which flushes every sink (ClickHouse batches that cannot be inserted go to the
 //! spool, replayed by the next start). [`SinkHandle::metrics`] returns counters for export.
 // The run loop (owned elsewhere) is the main user of this API; until it is wired, parts are used only by tests.
 #![allow(dead_code)]
 pub mod clickhouse;
+pub mod queue;
 pub mod registry_rows;
 pub mod schema;
 pub mod spool;
@@ -22,11 +24,12 @@ use clap::Args;
 use serde::Serialize;
 use thiserror::Error;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::event::{Event, KeyState, Side};
 pub use clickhouse::ClickHouseConfig;
+use queue::{QueueRx, QueueTx};
 #[allow(unused_imports)]
 pub use registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
 #[allow(unused_imports)]
@@ -457,7 +460,7 @@ impl SinkMetrics {
 
 struct Output {
     name: String,
-    tx: mpsc::Sender<Event>,
+    tx: QueueTx,
     task: JoinHandle<Result<(), SinkError>>,
 }
 
@@ -478,7 +481,7 @@ pub async fn build(args: &SinkArgs) -> Result<SinkHandle, SinkError> {
     let mut registry = None;
     let queue = args.sink_queue.max(1);
     for spec in &args.sinks {
-        let (tx, rx) = mpsc::channel(queue);
+        let (tx, rx) = queue::queue(queue);
         let (name, task) = match spec {
             SinkSpec::Stdout => (
                 "stdout".to_string(),
@@ -536,7 +539,7 @@ pub async fn build_clickhouse(
     queue: usize,
 ) -> Result<SinkHandle, SinkError> {
     let metrics = Arc::new(SinkMetrics::default());
-    let (tx, rx) = mpsc::channel(queue.max(1));
+    let (tx, rx) = queue::queue(queue);
     let (wtx, wrx) = watch::channel(None);
     let reg = tokio::spawn(clickhouse::registry_task(
         cfg.client(),
@@ -560,26 +563,40 @@ pub async fn build_clickhouse(
 impl SinkHandle {
     /// Queues an event for every sink without blocking; a full queue drops it for that sink (counted).
     pub fn send(&self, event: Event) {
+        self.send_batch(vec![event]);
+    }
+
+    /// Hands `events` to every sink, in order. Events a sink's queue has no room for are counted as dropped.
+    pub fn send_batch(&self, events: Vec<Event>) {
         let n = self.outputs.len();
-        let mut event = Some(event);
+        let want = events.len() as u64;
+        let mut events = Some(events);
         for (i, o) in self.outputs.iter().enumerate() {
-            let ev = if i + 1 == n {
-                event.take().expect("event moved once")
+            let batch = if i + 1 == n {
+                events.take().expect("events moved once")
             } else {
-                event.clone().expect("event present")
+                events.clone().expect("events present")
             };
-            match o.tx.try_send(ev) {
-                Ok(()) => {
-                    self.metrics.events_accepted.fetch_add(1, Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    let n = self.metrics.dropped_queue_full.fetch_add(1, Relaxed);
-                    if n.is_power_of_two() {
-                        tracing::warn!(sink = %o.name, dropped = n + 1, "sink queue full: dropping events");
+            let (sent, refused) = o.tx.send(batch);
+            let sent = sent as u64;
+            self.metrics.events_accepted.fetch_add(sent, Relaxed);
+            match refused {
+                None => {}
+                Some(queue::Refused::Full) => {
+                    let before = self
+                        .metrics
+                        .dropped_queue_full
+                        .fetch_add(want - sent, Relaxed);
+                    // Warn at each power of two crossed, so a long overload logs a handful of lines.
+                    if (before + want - sent).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX)
+                    {
+                        tracing::warn!(sink = %o.name, dropped = before + want - sent, "sink queue full: dropping events");
                     }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.metrics.dropped_write_error.fetch_add(1, Relaxed);
+                Some(queue::Refused::Closed) => {
+                    self.metrics
+                        .dropped_write_error
+                        .fetch_add(want - sent, Relaxed);
                 }
             }
         }
@@ -647,7 +664,7 @@ impl SinkHandle {
 }
 
 async fn run_ndjson(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: QueueRx,
     file: tokio::fs::File,
     path: PathBuf,
     metrics: Arc<SinkMetrics>,
@@ -662,16 +679,18 @@ async fn run_ndjson(
     let mut line = Vec::with_capacity(1024);
     loop {
         tokio::select! {
-            ev = rx.recv() => {
-                let Some(ev) = ev else { break };
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
                 line.clear();
-                serde_json::to_writer(&mut line, &ev).map_err(|e| werr(io::Error::other(e)))?;
-                line.push(b'\n');
+                for ev in &batch {
+                    serde_json::to_writer(&mut line, ev).map_err(|e| werr(io::Error::other(e)))?;
+                    line.push(b'\n');
+                }
                 if let Err(e) = w.write_all(&line).await {
-                    metrics.dropped_write_error.fetch_add(1, Relaxed);
+                    metrics.dropped_write_error.fetch_add(batch.len() as u64, Relaxed);
                     return Err(werr(e));
                 }
-                metrics.ndjson_lines.fetch_add(1, Relaxed);
+                metrics.ndjson_lines.fetch_add(batch.len() as u64, Relaxed);
             }
             _ = tick.tick() => w.flush().await.map_err(werr)?,
         }
@@ -682,19 +701,25 @@ async fn run_ndjson(
 }
 
 async fn run_stdout<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: QueueRx,
     out: W,
     metrics: Arc<SinkMetrics>,
 ) -> Result<(), SinkError> {
     let mut w = BufWriter::new(out);
-    while let Some(ev) = rx.recv().await {
-        let mut line = format_line(&ev);
-        line.push('\n');
-        if w.write_all(line.as_bytes()).await.is_err() {
-            metrics.dropped_write_error.fetch_add(1, Relaxed);
+    let mut text = String::new();
+    while let Some(batch) = rx.recv().await {
+        text.clear();
+        for ev in &batch {
+            text.push_str(&format_line(ev));
+            text.push('\n');
+        }
+        if w.write_all(text.as_bytes()).await.is_err() {
+            metrics
+                .dropped_write_error
+                .fetch_add(batch.len() as u64, Relaxed);
             continue;
         }
-        metrics.stdout_lines.fetch_add(1, Relaxed);
+        metrics.stdout_lines.fetch_add(batch.len() as u64, Relaxed);
         if rx.is_empty() {
             let _ = w.flush().await;
         }
@@ -973,7 +998,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_counts_drops_instead_of_blocking() {
-        let (tx, _rx) = mpsc::channel(2);
+        let (tx, _rx) = queue::queue(2);
         let h = SinkHandle {
             outputs: vec![Output {
                 name: "test".into(),

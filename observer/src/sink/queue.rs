@@ -1,0 +1,150 @@
+//! A sink's input queue: batches of events, bounded by the number of events queued.
+//!
+//! The capture loop hands over everything one drain of the ring buffer produced as one batch, so a sink task is
+//! woken once per drain rather than once per event (each wake-up is a futex call and two context switches on a
+//! node whose cores the observed servers keep busy). The bound is counted in events, as `--sink-queue` says:
+//! what does not fit is refused at once and counted as a drop by the caller, never waited for.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+
+/// Creates a queue holding at most `cap` events (at least 1).
+pub fn queue(cap: usize) -> (QueueTx, QueueRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        QueueTx {
+            tx,
+            queued: queued.clone(),
+            cap: cap.max(1),
+        },
+        QueueRx { rx, queued },
+    )
+}
+
+/// Why events were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue holds `cap` events already.
+    Full,
+    /// The sink has stopped.
+    Closed,
+}
+
+/// The sending end, owned by the capture loop's [`super::SinkHandle`].
+#[derive(Debug)]
+pub struct QueueTx {
+    tx: mpsc::UnboundedSender<Vec<Event>>,
+    queued: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+impl QueueTx {
+    /// Queues as many of `batch`'s events as fit, in order. Returns how many were queued and, when some were
+    /// refused, why.
+    pub fn send(&self, mut batch: Vec<Event>) -> (usize, Option<Refused>) {
+        let want = batch.len();
+        if want == 0 {
+            return (0, None);
+        }
+        let mut room = 0;
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                room = self.cap.saturating_sub(q).min(want);
+                (room > 0).then_some(q + room)
+            });
+        if reserved.is_err() {
+            return (0, Some(Refused::Full));
+        }
+        batch.truncate(room);
+        if self.tx.send(batch).is_err() {
+            self.queued.fetch_sub(room, Ordering::AcqRel);
+            return (0, Some(Refused::Closed));
+        }
+        (room, (room < want).then_some(Refused::Full))
+    }
+}
+
+/// The receiving end, owned by a sink task.
+#[derive(Debug)]
+pub struct QueueRx {
+    rx: mpsc::UnboundedReceiver<Vec<Event>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl QueueRx {
+    /// The next batch; `None` once the sender is gone and everything was received.
+    pub async fn recv(&mut self) -> Option<Vec<Event>> {
+        let b = self.rx.recv().await?;
+        self.queued.fetch_sub(b.len(), Ordering::AcqRel);
+        Some(b)
+    }
+
+    /// The next batch if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Vec<Event>> {
+        let b = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(b.len(), Ordering::AcqRel);
+        Some(b)
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                path: format!("/{i}"),
+                ..Event::default()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bounded_in_events_keeps_order_and_frees_room_on_receive() {
+        let (tx, mut rx) = queue(5);
+        assert_eq!(tx.send(events(3)), (3, None));
+        // Only two more fit: the first two of the batch are queued, the third refused.
+        assert_eq!(tx.send(events(3)), (2, Some(Refused::Full)));
+        assert_eq!(tx.send(events(1)), (0, Some(Refused::Full)));
+        let first = rx.recv().await.expect("first batch");
+        assert_eq!(first.len(), 3);
+        let second = rx.try_recv().expect("second batch");
+        assert_eq!(
+            second.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            ["/0", "/1"]
+        );
+        assert!(rx.is_empty());
+        // Receiving gave the room back.
+        assert_eq!(tx.send(events(5)), (5, None));
+        assert_eq!(tx.send(events(1)), (0, Some(Refused::Full)));
+    }
+
+    #[test]
+    fn a_stopped_sink_refuses_and_keeps_no_room_reserved() {
+        let (tx, rx) = queue(2);
+        drop(rx);
+        assert_eq!(tx.send(events(2)), (0, Some(Refused::Closed)));
+        assert_eq!(tx.queued.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn receiver_sees_the_end_after_the_last_batch() {
+        let (tx, mut rx) = queue(10);
+        tx.send(events(2));
+        drop(tx);
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(2));
+        assert!(rx.recv().await.is_none());
+    }
+}
