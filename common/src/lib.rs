@@ -97,13 +97,35 @@ pub struct ConnEvent {
     pub _pad: u32,
 }
 
+/// Size of the ring buffer all records go through.
+pub const RING_BYTES: u32 = 16 << 20;
+
+/// Records are submitted without waking the reader, which polls, except once this many bytes are waiting: then the
+/// kernel wakes it (the reader waits on the ring while idle, so a burst after a quiet spell cannot overflow it).
+pub const RING_WAKE_BYTES: u64 = (RING_BYTES / 8) as u64;
+
+/// Words in the `PORTS` bitmap: 65536 ports, 64 to a word.
+pub const PORT_WORDS: u32 = 1024;
+
+/// The `PORTS` word holding `port`'s bit.
+#[inline(always)]
+pub const fn port_word(port: u16) -> u32 {
+    (port >> 6) as u32
+}
+
+/// `port`'s bit within its `PORTS` word.
+#[inline(always)]
+pub const fn port_bit(port: u16) -> u64 {
+    1 << (port & 63)
+}
+
 /// Kernel configuration written by the agent before attaching (array map, index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
     /// Bytes of each message captured (start plus continuations), <= MAX_CAPTURE.
     pub capture_bytes: u32,
-    /// Non-zero: only ports present in the `PORTS` map are captured (either end of the connection).
+    /// Non-zero: only ports set in the `PORTS` bitmap are captured (either end of the connection).
     pub filter_ports: u32,
     /// Non-zero: cgroup ingress ignores loopback packets. Set when the programs sit on the cgroup v2 root: every
     /// loopback packet was then sent by a local socket whose egress is already captured.

@@ -3,25 +3,26 @@
 //! Programs: cgroup_skb ingress/egress (every local socket, every netns, with the socket cookie and cgroup),
 //! TC clsact ingress/egress (traffic no local socket owns, `--iface`), and sock_ops (connection lifecycle, the
 //! connecting pid, stream end sequence numbers at close). Nothing is parsed here beyond the first bytes: user space
-//! owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups and drained on a timer.
+//! owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups (unless the ring
+//! fills past a mark) and drained on a timer.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{
-        BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, TC_ACT_PIPE,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ringbuf_output,
-            bpf_skb_cgroup_id, bpf_skb_load_bytes,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
     macros::{cgroup_skb, classifier, map, sock_ops},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{sk_buff::SkBuff, SkBuffContext, SockOpsContext, TcContext},
     EbpfContext,
 };
@@ -31,9 +32,9 @@ use observer_common::*;
 #[unsafe(no_mangle)]
 pub static LICENSE: [u8; 4] = *b"GPL\0";
 
-/// All records, data and connection, in production order. 16 MiB.
+/// All records, data and connection, in production order.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
@@ -41,17 +42,14 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
 #[map]
 static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 
-/// Ports to capture when `KernelConfig::filter_ports` is set (value unused).
+/// Ports to capture when `KernelConfig::filter_ports` is set: a bitmap, port `p` is bit `p % 64` of word `p / 64`.
+/// An array lookup is inlined by the verifier, so the filter every packet goes through costs no hashing.
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
 /// Per stream (and hook) state: how much of the current message may still be copied.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
-
-/// One record under construction per CPU: header followed by up to MAX_CAPTURE payload bytes.
-#[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -72,13 +70,6 @@ struct FlowState {
     next_seq: u32,
 }
 
-#[repr(C)]
-struct Scratch {
-    hdr: DataHeader,
-    data: [u8; MAX_CAPTURE],
-}
-
-const HDR_LEN: usize = core::mem::size_of::<DataHeader>();
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -91,11 +82,47 @@ fn count(idx: u32) {
     }
 }
 
+/// Submit flags: no wake-up (the reader polls), unless [`RING_WAKE_BYTES`] are waiting, which means the reader is in
+/// a long idle wait and a burst has begun.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RING_WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 #[inline(always)]
 fn config() -> KernelConfig {
     match CONFIG.get(0) {
         Some(c) => *c,
         None => KernelConfig::default(),
+    }
+}
+
+/// True when `port` is in the capture set.
+#[inline(always)]
+fn port_wanted(port: u16) -> bool {
+    match PORTS.get(port_word(port)) {
+        Some(w) => *w & port_bit(port) != 0,
+        None => false,
+    }
+}
+
+/// Reads a `T` at `off`: straight from the skb's linear data when it is there (the usual case for headers), else
+/// through `bpf_skb_load_bytes`. Direct reads cost no helper call on a path every packet takes.
+#[inline(always)]
+fn read<T: Copy>(skb: &SkBuff, off: usize) -> Result<T, ()> {
+    // SAFETY: data and data_end are readable context fields in cgroup_skb and TC programs.
+    let data = unsafe { (*skb.skb).data } as usize;
+    let end = unsafe { (*skb.skb).data_end } as usize;
+    let p = data + off;
+    if p + core::mem::size_of::<T>() <= end {
+        // SAFETY: bounds checked against data_end just above (the verifier checks it again).
+        Ok(unsafe { (p as *const T).read_unaligned() })
+    } else {
+        skb.load(off).map_err(|_| ())
     }
 }
 
@@ -161,73 +188,58 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     let proto = if l3 == 0 {
         u16::from_be(skb.protocol() as u16)
     } else {
-        u16::from_be(skb.load::<u16>(12).map_err(|_| ())?)
+        u16::from_be(read::<u16>(skb, 12)?)
     };
-    // Only what the port filter needs is read first: most packets on a busy node are on other ports.
-    let v4 = proto == ETH_P_IP;
-    if v4 {
-        let vihl: u8 = skb.load(l3).map_err(|_| ())?;
-        if vihl >> 4 != 4 {
+    // One read per header, straight from the packet when it is linear: the IP header's fixed part, then TCP's.
+    let ip_total;
+    if proto == ETH_P_IP {
+        let ip: [u8; 20] = read(skb, l3)?;
+        if ip[0] >> 4 != 4 {
             return Err(());
         }
-        let p: u8 = skb.load(l3 + 9).map_err(|_| ())?;
-        if p != IPPROTO_TCP {
+        if ip[9] != IPPROTO_TCP {
             return Ok(());
         }
-        l4 = l3 + ((vihl & 0x0f) as usize) * 4;
+        l4 = l3 + ((ip[0] & 0x0f) as usize) * 4;
+        ip_total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        key.saddr[10] = 0xff;
+        key.saddr[11] = 0xff;
+        key.saddr[12..16].copy_from_slice(&ip[12..16]);
+        key.daddr[10] = 0xff;
+        key.daddr[11] = 0xff;
+        key.daddr[12..16].copy_from_slice(&ip[16..20]);
     } else if proto == ETH_P_IPV6 {
-        let nh: u8 = skb.load(l3 + 6).map_err(|_| ())?;
-        if nh != IPPROTO_TCP {
+        let ip: [u8; 40] = read(skb, l3)?;
+        if ip[6] != IPPROTO_TCP {
             // Extension headers are not followed: rare for TCP and not worth the verifier budget.
             return Ok(());
         }
         l4 = l3 + 40;
+        ip_total = 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
+        key.saddr.copy_from_slice(&ip[8..24]);
+        key.daddr.copy_from_slice(&ip[24..40]);
     } else {
         return Ok(());
     }
-    let ports: [u16; 2] = skb.load(l4).map_err(|_| ())?;
-    key.sport = u16::from_be(ports[0]);
-    key.dport = u16::from_be(ports[1]);
-    if cfg.filter_ports != 0
-        && unsafe { PORTS.get(&key.sport) }.is_none()
-        && unsafe { PORTS.get(&key.dport) }.is_none()
-    {
+    let tcp: [u8; 20] = read(skb, l4)?;
+    key.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    key.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if cfg.filter_ports != 0 && !port_wanted(key.sport) && !port_wanted(key.dport) {
         return Ok(());
     }
-    let ip_total = if v4 {
-        let tot: u16 = skb.load(l3 + 2).map_err(|_| ())?;
-        u16::from_be(tot) as usize
-    } else {
-        let plen: u16 = skb.load(l3 + 4).map_err(|_| ())?;
-        40 + u16::from_be(plen) as usize
-    };
     // GSO super-segments carry a 0 IP length on some paths: trust skb->len then.
     let end = if ip_total == 0 || l3 + ip_total > skb.len() as usize {
         skb.len() as usize
     } else {
         l3 + ip_total
     };
-    let doff: u8 = skb.load(l4 + 12).map_err(|_| ())?;
-    let payload_off = l4 + ((doff >> 4) as usize) * 4;
+    let payload_off = l4 + ((tcp[12] >> 4) as usize) * 4;
     if end <= payload_off {
         // A bare ACK (or FIN): nothing to copy.
         return Ok(());
     }
     let payload_len = end - payload_off;
-    if v4 {
-        let s: [u8; 4] = skb.load(l3 + 12).map_err(|_| ())?;
-        let d: [u8; 4] = skb.load(l3 + 16).map_err(|_| ())?;
-        key.saddr[10] = 0xff;
-        key.saddr[11] = 0xff;
-        key.saddr[12..16].copy_from_slice(&s);
-        key.daddr[10] = 0xff;
-        key.daddr[11] = 0xff;
-        key.daddr[12..16].copy_from_slice(&d);
-    } else {
-        key.saddr = skb.load(l3 + 8).map_err(|_| ())?;
-        key.daddr = skb.load(l3 + 24).map_err(|_| ())?;
-    }
-    let seq = u32::from_be(skb.load::<u32>(l4 + 4).map_err(|_| ())?);
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
 
     if hook == HOOK_CGROUP_INGRESS {
         // The sender is a local socket whose egress we already copy (both ends on this node): the same bytes
@@ -242,7 +254,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     }
 
     let start = payload_len >= 8
-        && match skb.load::<[u8; 8]>(payload_off) {
+        && match read::<[u8; 8]>(skb, payload_off) {
             Ok(head) => is_message_start(&head),
             Err(_) => false,
         };
@@ -284,73 +296,105 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         remaining: (budget - copy) as u32,
         next_seq: seq.wrapping_add(payload_len as u32),
     };
-    if FLOWS.insert(&key, &st, 0).is_err() {
-        count(CNT_FLOW_MAP_FULL);
+    // Update in place when the stream is known (every message after a connection's first): an LRU insert
+    // allocates and unlinks an element, a lookup only hashes.
+    match FLOWS.get_ptr_mut(&key) {
+        Some(p) => unsafe { *p = st },
+        None => {
+            if FLOWS.insert(&key, &st, 0).is_err() {
+                count(CNT_FLOW_MAP_FULL);
+            }
+        }
     }
     if copy == 0 {
         return Ok(());
     }
 
-    let scratch = match SCRATCH.get_ptr_mut(0) {
-        Some(s) => unsafe { &mut *s },
-        None => return Err(()),
-    };
     let ctx_ptr = skb.skb as *mut _;
-    let h = &mut scratch.hdr;
-    h.kind = EVENT_DATA;
-    h.hook = hook;
-    h.ts_ns = unsafe { bpf_ktime_get_ns() };
-    h.cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
-    h.cgroup_id = if cgroup || h.cookie != 0 {
-        unsafe { bpf_skb_cgroup_id(ctx_ptr) }
-    } else {
-        0
-    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
     let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
-    if egress {
-        h.pid_tgid = bpf_get_current_pid_tgid();
-        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let (pid_tgid, comm) = if egress {
+        (
+            bpf_get_current_pid_tgid(),
+            bpf_get_current_comm().unwrap_or([0; 16]),
+        )
     } else {
-        h.pid_tgid = 0;
-        h.comm = [0; 16];
+        (0, [0; 16])
+    };
+    let hdr = DataHeader {
+        kind: EVENT_DATA,
+        hook,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cookie,
+        cgroup_id: if cgroup || cookie != 0 {
+            unsafe { bpf_skb_cgroup_id(ctx_ptr) }
+        } else {
+            0
+        },
+        pid_tgid,
+        comm,
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+        seq,
+        payload_len: payload_len as u32,
+        cap_len: 0,
+        flags: flags | trunc,
+        _pad: 0,
+    };
+    // Reservations must have a constant size: the smallest record class that holds the copy. The payload is
+    // loaded straight into the reserved record, so nothing is copied twice.
+    if copy <= 256 {
+        emit::<256>(skb, &hdr, payload_off, copy)
+    } else if copy <= 1024 {
+        emit::<1024>(skb, &hdr, payload_off, copy)
+    } else if copy <= 4096 {
+        emit::<4096>(skb, &hdr, payload_off, copy)
+    } else {
+        emit::<MAX_CAPTURE>(skb, &hdr, payload_off, copy)
     }
-    h.saddr = key.saddr;
-    h.daddr = key.daddr;
-    h.sport = key.sport;
-    h.dport = key.dport;
-    h.seq = seq;
-    h.payload_len = payload_len as u32;
-    h.flags = flags | trunc;
-    h._pad = 0;
-    // 1 <= n <= MAX_CAPTURE in a form the verifier can follow (MAX_CAPTURE is a power of two).
-    let n = ((copy - 1) & (MAX_CAPTURE - 1)) + 1;
+}
+
+/// A data record as reserved in the ring buffer: the header and room for `N` payload bytes (`cap_len` are used).
+#[repr(C)]
+struct Record<const N: usize> {
+    hdr: DataHeader,
+    data: [u8; N],
+}
+
+/// Reserves a record with room for `N` (a power of two) bytes, loads `1..=N` payload bytes at `off` into it and
+/// submits it without a wakeup. `copy` must be in `1..=N`.
+#[inline(always)]
+fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize) -> Result<(), ()> {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        count(CNT_RINGBUF_FULL);
+        return Err(());
+    };
+    let rec = entry.as_mut_ptr();
+    // 1 <= n <= N in a form the verifier can follow.
+    let n = ((copy - 1) & (N - 1)) + 1;
     // Raw helper: aya's load_bytes clamps to skb->len, which lets the verifier see a possible zero length.
     let ret = unsafe {
         bpf_skb_load_bytes(
-            ctx_ptr as *const _,
-            payload_off as u32,
-            scratch.data.as_mut_ptr() as *mut _,
+            skb.skb as *const _,
+            off as u32,
+            core::ptr::addr_of_mut!((*rec).data) as *mut _,
             n as u32,
         )
     };
     if ret != 0 {
+        entry.discard(0);
         count(CNT_LOAD_FAILED);
         return Err(());
     }
-    h.cap_len = n as u32;
-    let size = HDR_LEN + n;
-    let ret = unsafe {
-        bpf_ringbuf_output(
-            core::ptr::addr_of!(EVENTS) as *mut _,
-            scratch as *mut Scratch as *mut _,
-            size as u64,
-            BPF_RB_NO_WAKEUP as u64,
-        )
+    unsafe {
+        core::ptr::addr_of_mut!((*rec).hdr).write(DataHeader {
+            cap_len: n as u32,
+            ..*hdr
+        })
     };
-    if ret < 0 {
-        count(CNT_RINGBUF_FULL);
-        return Err(());
-    }
+    entry.submit(submit_flags());
     count(CNT_EVENTS);
     Ok(())
 }
@@ -380,10 +424,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     let lport = ctx.local_port() as u16;
     let rport = u16::from_be((ctx.remote_port() >> 16) as u16);
     let cfg = config();
-    if cfg.filter_ports != 0
-        && unsafe { PORTS.get(&lport) }.is_none()
-        && unsafe { PORTS.get(&rport) }.is_none()
-    {
+    if cfg.filter_ports != 0 && !port_wanted(lport) && !port_wanted(rport) {
         return Ok(());
     }
     if kind == CONN_ACTIVE_ESTABLISHED || kind == CONN_PASSIVE_ESTABLISHED {
@@ -432,10 +473,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     ev.bytes_acked = ops.bytes_acked;
     ev.bytes_received = ops.bytes_received;
     ev.total_retrans = ops.total_retrans;
-    if EVENTS
-        .output::<ConnEvent>(&ev, BPF_RB_NO_WAKEUP as u64)
-        .is_err()
-    {
+    if EVENTS.output::<ConnEvent>(&ev, submit_flags()).is_err() {
         count(CNT_RINGBUF_FULL);
         return Err(());
     }

@@ -26,6 +26,9 @@ use crate::{
 
 /// Most records handled per drain before the engine gets a tick (keeps latency bounded under bursts).
 const DRAIN_LIMIT: usize = 65_536;
+/// The longest wait between drains when nothing flows (see [`reader::Pace`]): bounds how late an event after a quiet
+/// spell is seen; the kernel's fill-level wake-up bounds how full the ring gets meanwhile.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -211,6 +214,7 @@ fn capture_loop(
     // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
     // event that causes the next insert.
     let own_pid = std::process::id();
+    let mut pace = reader::Pace::new(poll, IDLE_POLL);
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let d = reader::drain(&mut loaded.events, DRAIN_LIMIT, |rec| match rec {
@@ -230,14 +234,17 @@ fn capture_loop(
             engine.tick(reader::monotonic_ns());
         }
         engine.drain(&mut out);
+        let mut batch = Vec::with_capacity(out.len());
         for mut ex in out.drain(..) {
             if ex.event.client_pid == own_pid || ex.event.server_pid == own_pid {
                 counts.own_exchanges += 1;
                 continue;
             }
             enricher.enrich(&mut ex);
-            sinks.send(ex.event);
+            batch.push(ex.event);
         }
+        // One hand-over per drain: the sink tasks wake once, not once per event.
+        sinks.send_batch(batch);
         if tick || stopping {
             last_tick = Instant::now();
             publish(&metrics, &loaded, &engine, &enricher, &sinks, &counts);
@@ -246,7 +253,8 @@ fn capture_loop(
             break;
         }
         if d.records < DRAIN_LIMIT as u64 {
-            std::thread::sleep(poll);
+            let wait = pace.after(d.records);
+            reader::wait(&loaded.events, wait, pace.is_busy());
         }
     }
     let kernel = loader::read_counters(&loaded.counters);

@@ -8,14 +8,14 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         tc::{self, SchedClassifierLinkId},
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SchedClassifier, SockOps, TcAttachType,
     },
     Ebpf, EbpfLoader,
 };
-use observer_common::{KernelConfig, CNT_MAX, MAX_CAPTURE};
+use observer_common::{port_bit, port_word, KernelConfig, CNT_MAX, MAX_CAPTURE, PORT_WORDS};
 use tracing::{info, warn};
 
 /// The eBPF programs, built by build.rs. Empty when the crate was built without the eBPF toolchain.
@@ -158,12 +158,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         config
             .set(0, cfg, 0)
             .map_err(|e| LoadError::Map("CONFIG", e.to_string()))?;
-        let mut ports: HashMap<_, u16, u8> =
-            HashMap::try_from(ebpf.map_mut("PORTS").ok_or_else(|| miss("PORTS"))?)
+        let mut words = [0u64; PORT_WORDS as usize];
+        for &p in &opts.ports {
+            words[port_word(p) as usize] |= port_bit(p);
+        }
+        let mut ports: Array<_, u64> =
+            Array::try_from(ebpf.map_mut("PORTS").ok_or_else(|| miss("PORTS"))?)
                 .map_err(|e| LoadError::Map("PORTS", e.to_string()))?;
-        for p in &opts.ports {
+        for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
             ports
-                .insert(p, 1, 0)
+                .set(i as u32, w, 0)
                 .map_err(|e| LoadError::Map("PORTS", e.to_string()))?;
         }
     }
