@@ -2,6 +2,7 @@
 //! It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 mod bench;
 mod clickhouse;
+mod noop_hooks;
 mod toolchain;
 
 use std::{
