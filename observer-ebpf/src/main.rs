@@ -82,11 +82,21 @@ fn count(idx: u32) {
     }
 }
 
-/// Submit flags: no wake-up (the reader polls), unless [`RING_WAKE_BYTES`] are waiting, which means the reader is in
-/// a long idle wait and a burst has begun.
+/// Submit flags for a record of `size` bytes: no wake-up (the reader polls), except for the record that takes the
+/// waiting bytes past [`RING_WAKE_BYTES`]: the reader is then in a long idle wait and a burst has begun. Only the
+/// crossing wakes: a reader that is merely behind is not sent a wake-up per record. `reserved` says whether the
+/// record is already reserved (and so already counted as waiting).
 #[inline(always)]
-fn submit_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RING_WAKE_BYTES {
+fn submit_flags(size: usize, reserved: bool) -> u64 {
+    // Each record carries the ring's 8-byte header and is padded to 8 bytes.
+    let rec = ((size as u64 + 8) + 7) & !7;
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let before = if reserved {
+        avail.saturating_sub(rec)
+    } else {
+        avail
+    };
+    if before < RING_WAKE_BYTES && before + rec >= RING_WAKE_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -394,7 +404,7 @@ fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize)
             ..*hdr
         })
     };
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(core::mem::size_of::<Record<N>>(), true));
     count(CNT_EVENTS);
     Ok(())
 }
@@ -473,7 +483,8 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     ev.bytes_acked = ops.bytes_acked;
     ev.bytes_received = ops.bytes_received;
     ev.total_retrans = ops.total_retrans;
-    if EVENTS.output::<ConnEvent>(&ev, submit_flags()).is_err() {
+    let flags = submit_flags(core::mem::size_of::<ConnEvent>(), false);
+    if EVENTS.output::<ConnEvent>(&ev, flags).is_err() {
         count(CNT_RINGBUF_FULL);
         return Err(());
     }

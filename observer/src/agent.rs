@@ -254,7 +254,9 @@ fn capture_loop(
         }
         if d.records < DRAIN_LIMIT as u64 {
             let wait = pace.after(d.records);
-            reader::wait(&loaded.events, wait, pace.is_busy());
+            if reader::wait(&loaded.events, wait, pace.is_busy()) {
+                counts.early_wakeups += 1;
+            }
         }
     }
     let kernel = loader::read_counters(&loaded.counters);
@@ -269,6 +271,7 @@ struct Counts {
     bad_records: u64,
     own_exchanges: u64,
     lag_ns: u64,
+    early_wakeups: u64,
 }
 
 fn publish(
@@ -297,6 +300,11 @@ fn publish(
         "ringbuf_bad_records_total",
         "Ring-buffer records that could not be decoded",
         counts.bad_records,
+    ));
+    k.push(Sample::counter(
+        "ringbuf_early_wakeups_total",
+        "Idle waits ended early by waiting records (the kernel wakes the reader when the ring fills to 1/8)",
+        counts.early_wakeups,
     ));
     k.push(Sample::gauge(
         "ringbuf_lag_seconds",

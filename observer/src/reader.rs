@@ -128,11 +128,12 @@ impl Pace {
 
 /// Waits `d` for the next drain. A long (idle) wait blocks in poll(2) on the ring buffer, so the kernel's forced
 /// wake-up at [`observer_common::RING_WAKE_BYTES`] ends it early; a busy wait just sleeps, because poll(2) returns
-/// at once whenever any record is waiting, which under load is always.
-pub fn wait(ring: &RingBuf<MapData>, d: Duration, busy: bool) {
+/// at once whenever any record is waiting, which under load is always. Returns true when records ended the wait
+/// early.
+pub fn wait(ring: &RingBuf<MapData>, d: Duration, busy: bool) -> bool {
     if busy {
         std::thread::sleep(d);
-        return;
+        return false;
     }
     let mut fds = [libc::pollfd {
         fd: ring.as_raw_fd(),
@@ -141,7 +142,7 @@ pub fn wait(ring: &RingBuf<MapData>, d: Duration, busy: bool) {
     }];
     let ms = d.as_millis().clamp(1, i32::MAX as u128) as i32;
     // SAFETY: fds is a valid array of one pollfd for the duration of the call.
-    let _ = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+    unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) > 0 }
 }
 
 /// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` uses.

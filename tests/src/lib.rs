@@ -260,6 +260,14 @@ impl Observer {
             .unwrap_or_default()
     }
 
+    /// The value of one unlabelled metric (e.g. `observer_kernel_ringbuf_full_total`); panics when it is missing.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not in /metrics:\n{text}"))
+    }
+
     /// SIGTERM, expect exit 0, and return every event written.
     pub fn stop(mut self) -> Vec<Value> {
         let st = self.proc.stop(Duration::from_secs(20));
