@@ -87,8 +87,10 @@ pub fn drain(ring: &mut RingBuf<MapData>, limit: usize, mut f: impl FnMut(Record
 /// Records are submitted without wake-ups, so the reader polls. While records flow it polls every `busy` (short:
 /// records are read while still in cache, and each drain's work is small). When a drain finds fewer than
 /// [`Pace::QUIET`] records the wait doubles, up to `idle`, so an idle or lightly loaded node is not woken hundreds
-/// of times a second: each wake-up preempts whatever runs on that core, and `cargo xtask bench` measured 500
-/// wake-ups a second costing a saturated loopback server about 8% of its throughput on a 2-vCPU VM. A burst after
+/// of times a second: each wake-up preempts whatever runs on that core. On a 2-vCPU VM, 500 wake-ups a second (an
+/// idle agent polling every 2 ms, or just a process sleeping 2 ms in a loop) cost a saturated loopback nginx about 8%
+/// of its throughput; backing off brought the idle agent's cost to the no-op programs' (`cargo xtask bench`,
+/// hooks-only against no-op rows). A burst after
 /// a long wait cannot overflow the ring: the kernel forces a wake-up once [`observer_common::RING_WAKE_BYTES`] are
 /// waiting (see [`wait`]).
 #[derive(Debug, Clone, Copy)]
