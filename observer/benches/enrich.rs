@@ -63,10 +63,7 @@ fn exchange(host: &str, path: &str, headers: &[(&str, &str)]) -> Exchange {
             client_cgroup: "/kubepods.slice/burstable/pod-x/app-199-abc".into(),
             ..Event::default()
         },
-        request_headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        request_headers: headers.iter().copied().collect(),
         raw_query: "page=2&size=50".into(),
     }
 }

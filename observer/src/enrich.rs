@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::event::{AttributedBy, Event, Exchange, KeyState, Timestamp};
+use crate::http::Headers;
 use crate::registry::{
     infer_template, key_suffix, write_hex, Application, Auth, AuthKind, LiveRegistry, Snapshot,
     DEFAULT_KEY_HEADERS,
@@ -152,18 +153,15 @@ fn fill_app(ev: &mut Event, app: Option<&Application>) {
 }
 
 /// First value of header `name` (case-insensitive).
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
+fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers.get(name).map(str::trim)
 }
 
 /// The credential the API's auth config says to look at, as bytes borrowed from the request or decoded into
 /// `scratch`. Traffic that matched no API uses the default (`X-Api-Key` / `Api-Key` headers).
 pub fn extract_key<'a>(
     auth: &Auth,
-    headers: &'a [(String, String)],
+    headers: &'a Headers,
     raw_query: &'a str,
     scratch: &'a mut [u8; SCRATCH],
 ) -> Option<&'a [u8]> {
@@ -323,10 +321,7 @@ mod tests {
                 dst_port: 443,
                 ..Event::default()
             },
-            request_headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            request_headers: headers.iter().copied().collect(),
             raw_query: String::new(),
         }
     }
@@ -545,13 +540,15 @@ mod tests {
             (KeyState::Valid, "warehouse-sync")
         );
         assert_eq!(ev.route, "/stock/{sku}");
-        ex.request_headers = vec![("authorization".into(), "basic d2FyZWhvdXNlLXN5bmM".into())];
+        ex.request_headers = [("authorization", "basic d2FyZWhvdXNlLXN5bmM")]
+            .into_iter()
+            .collect();
         assert_eq!(
             run(&snap, ex.clone()).key_state,
             KeyState::Valid,
             "unpadded base64, no password, lower-case scheme"
         );
-        ex.request_headers = vec![("authorization".into(), "Basic !!!".into())];
+        ex.request_headers = [("authorization", "Basic !!!")].into_iter().collect();
         assert_eq!(
             run(&snap, ex.clone()).key_state,
             KeyState::None,
@@ -582,11 +579,7 @@ mod tests {
             headers: headers.iter().map(|s| s.to_string()).collect(),
             query: query.iter().map(|s| s.to_string()).collect(),
         };
-        let hs = |v: &[(&str, &str)]| {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect::<Vec<_>>()
-        };
+        let hs = |v: &[(&str, &str)]| v.iter().copied().collect::<Headers>();
         let mut scratch = [0u8; SCRATCH];
         let h = hs(&[("API-KEY", " k1 ")]);
         assert_eq!(

@@ -220,7 +220,7 @@ impl Default for Event {
 pub struct Exchange {
     pub event: Event,
     /// Request headers as captured (name, value), in order; may contain credentials.
-    pub request_headers: Vec<(String, String)>,
+    pub request_headers: crate::http::Headers,
     /// Raw query string without the leading `?` (may contain credentials).
     pub raw_query: String,
 }

@@ -40,6 +40,81 @@ pub enum Parsed<T> {
     Partial,
 }
 
+/// Header fields of one message in two allocations, not two per field: names and values sit back to back in one
+/// string, `ends` marks where each name and each value ends. Requests carry a dozen fields or more, and they are
+/// parsed for every exchange.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    /// Per field: (end of the name, end of the value) in `text`.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Headers {
+    /// Room for `fields` fields of `bytes` bytes in all.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Headers {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let n = self.text.len() as u32;
+        self.text.push_str(value);
+        self.ends.push((n, self.text.len() as u32));
+    }
+
+    /// Every (name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(n, v)| {
+            let (n, v) = (n as usize, v as usize);
+            let field = (&self.text[start..n], &self.text[n..v]);
+            start = v;
+            field
+        })
+    }
+
+    /// Every value of the fields named `name` (case-insensitive), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of `name` (case-insensitive).
+    pub fn get<'a>(&'a self, name: &str) -> Option<&'a str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Headers::default();
+        for (n, v) in iter {
+            h.push(n.as_ref(), v.as_ref());
+        }
+        h
+    }
+}
+
 /// A parsed request line and header block.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestHead {
@@ -48,7 +123,7 @@ pub struct RequestHead {
     pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Bytes of the head on the wire, including the final empty line.
     pub head_len: usize,
 }
@@ -59,8 +134,8 @@ pub struct ResponseHead {
     pub minor_version: u8,
     pub status: u16,
     /// Only the headers that decide framing (see [`FRAMING_HEADERS`]): nothing else of a response is reported, and
-    /// copying every header of every response into owned strings costs allocations on the per-event path.
-    pub headers: Vec<(String, String)>,
+    /// copying every header of every response costs on the per-event path.
+    pub headers: Headers,
     /// Bytes of the head on the wire, including the final empty line.
     pub head_len: usize,
 }
@@ -94,51 +169,37 @@ pub enum BodyLength {
     UntilClose,
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
     headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(','))
+        .all(name)
+        .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Transfer-Encoding present: `Some(true)` when chunked is the final coding.
-fn chunked_last(headers: &[(String, String)]) -> Option<bool> {
-    let codings: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-        .flat_map(|(_, v)| v.split(','))
+fn chunked_last(headers: &Headers) -> Option<bool> {
+    let last = headers
+        .all("transfer-encoding")
+        .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .collect();
-    let last = codings.last()?;
+        .last()?;
     Some(last.eq_ignore_ascii_case("chunked"))
 }
 
 /// Content-Length, tolerating repeated identical values (`5, 5`); differing values are an error.
-fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, ParseError> {
+fn content_length(headers: &Headers) -> Result<Option<u64>, ParseError> {
     let mut found: Option<u64> = None;
-    for (_, v) in headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    {
+    for v in headers.all("content-length") {
+        let bad = || ParseError::BadContentLength(v.to_string());
         for part in v.split(',') {
             let part = part.trim();
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ParseError::BadContentLength(v.clone()));
+                return Err(bad());
             }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| ParseError::BadContentLength(v.clone()))?;
+            let n: u64 = part.parse().map_err(|_| bad())?;
             match found {
-                Some(prev) if prev != n => return Err(ParseError::BadContentLength(v.clone())),
+                Some(prev) if prev != n => return Err(bad()),
                 _ => found = Some(n),
             }
         }
@@ -146,7 +207,7 @@ fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, ParseErro
     Ok(found)
 }
 
-fn keep_alive(minor_version: u8, headers: &[(String, String)]) -> bool {
+fn keep_alive(minor_version: u8, headers: &Headers) -> bool {
     if has_token(headers, "connection", "close") {
         return false;
     }
@@ -156,7 +217,7 @@ fn keep_alive(minor_version: u8, headers: &[(String, String)]) -> bool {
 impl RequestHead {
     /// First value of a header, case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
+        self.headers.get(name)
     }
 
     /// Body framing of the request (RFC 9112 §6.3): chunked wins over Content-Length; neither means no body.
@@ -276,18 +337,15 @@ impl ResponseHead {
     }
 }
 
-fn collect_headers<'a>(
-    headers: impl IntoIterator<Item = &'a httparse::Header<'a>>,
-) -> Vec<(String, String)> {
-    headers
-        .into_iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
-            )
-        })
-        .collect()
+fn collect_headers<'a>(headers: impl Iterator<Item = &'a httparse::Header<'a>> + Clone) -> Headers {
+    let (fields, bytes) = headers.clone().fold((0, 0), |(f, b), h| {
+        (f + 1, b + h.name.len() + h.value.len())
+    });
+    let mut out = Headers::with_capacity(fields, bytes);
+    for h in headers {
+        out.push(h.name, String::from_utf8_lossy(h.value).trim());
+    }
+    out
 }
 
 /// Parses a request head at the start of `buf`.
@@ -394,7 +452,7 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
         return Some(Head::Response(ResponseHead {
             minor_version: u8::from(first.ends_with(".1")),
             status,
-            headers: Vec::new(),
+            headers: Headers::default(),
             head_len: buf.len(),
         }));
     }
@@ -406,7 +464,7 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
         method: first.to_string(),
         target,
         minor_version: 1,
-        headers: Vec::new(),
+        headers: Headers::default(),
         head_len: buf.len(),
     }))
 }
@@ -598,6 +656,51 @@ impl ChunkedDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_keep_order_and_find_names_case_insensitively() {
+        let h: Headers = [
+            ("Host", "a.example"),
+            ("X-Empty", ""),
+            ("Accept", "text/html"),
+            ("accept", "application/json"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(h.len(), 4);
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [
+                ("Host", "a.example"),
+                ("X-Empty", ""),
+                ("Accept", "text/html"),
+                ("accept", "application/json")
+            ]
+        );
+        assert_eq!(h.get("HOST"), Some("a.example"));
+        assert_eq!(h.get("x-empty"), Some(""));
+        assert_eq!(h.get("missing"), None);
+        assert_eq!(
+            h.all("ACCEPT").collect::<Vec<_>>(),
+            ["text/html", "application/json"]
+        );
+        let mut h = h;
+        h.clear();
+        assert!(h.is_empty() && h.iter().next().is_none());
+    }
+
+    #[test]
+    fn parsed_request_headers_are_trimmed_and_lossy_utf8() {
+        let Ok(Parsed::Complete(r)) =
+            parse_request(b"GET / HTTP/1.1\r\nHost:  h  \r\nX-Bin: a\xffb\r\nX-Last: z\r\n\r\n")
+        else {
+            panic!("complete request expected")
+        };
+        assert_eq!(
+            r.headers.iter().collect::<Vec<_>>(),
+            [("Host", "h"), ("X-Bin", "a\u{fffd}b"), ("X-Last", "z")]
+        );
+    }
 
     fn req(buf: &[u8]) -> RequestHead {
         match parse_request(buf) {

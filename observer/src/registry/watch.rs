@@ -344,7 +344,7 @@ mod tests {
         ex.event.path = "/x".into();
         ex.event.ts = crate::registry::parse_date("2026-05-01").expect("date");
         ex.request_headers
-            .push(("X-Api-Key".into(), "the-key-0123456789abcd".into()));
+            .push("X-Api-Key", "the-key-0123456789abcd");
         crate::enrich::enrich(&live.load(), &mut ex);
         ex.event.key_state
     }
