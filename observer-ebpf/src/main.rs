@@ -272,17 +272,18 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     if cap > MAX_CAPTURE {
         cap = MAX_CAPTURE;
     }
+    // The stream's state when it is known: every message after a connection's first, and every continuation.
+    let known = FLOWS.get_ptr_mut(&key);
     let flags;
     let budget;
     if start {
         flags = DATA_FLAG_START;
         budget = cap;
     } else {
-        let st = match FLOWS.get_ptr_mut(&key) {
-            Some(st) => st,
-            None => return Ok(()),
+        let Some(st) = known else {
+            return Ok(());
         };
-        let st = unsafe { &mut *st };
+        let st = unsafe { &*st };
         if st.remaining == 0 || st.next_seq != seq {
             return Ok(());
         }
@@ -306,9 +307,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         remaining: (budget - copy) as u32,
         next_seq: seq.wrapping_add(payload_len as u32),
     };
-    // Update in place when the stream is known (every message after a connection's first): an LRU insert
-    // allocates and unlinks an element, a lookup only hashes.
-    match FLOWS.get_ptr_mut(&key) {
+    // Updated in place when known: an LRU insert allocates and unlinks an element.
+    match known {
         Some(p) => unsafe { *p = st },
         None => {
             if FLOWS.insert(&key, &st, 0).is_err() {
@@ -323,7 +323,9 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     let ctx_ptr = skb.skb as *mut _;
     let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
     let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
-    let (pid_tgid, comm) = if egress {
+    // The sending task, on egress, in a stream's first record only: user space keeps it per socket, and reading
+    // the task's name is a good part of this program's cost per record.
+    let (pid_tgid, comm) = if egress && known.is_none() {
         (
             bpf_get_current_pid_tgid(),
             bpf_get_current_comm().unwrap_or([0; 16]),

@@ -456,7 +456,7 @@ fn build_exchange(
     let client_cgroup = cgroup(client);
     let server_cgroup = cgroup(server);
     let unix_ns = i128::from(p.req_ts) + i128::from(cfg.mono_to_unix_offset_ns);
-    let req = p.req;
+    let mut req = p.req;
     let span = |start: u32, end: Option<u32>| u64::from(end.map_or(0, |e| e.wrapping_sub(start)));
     let req_bytes = span(p.req_start, p.req_end);
     let (status, resp_bytes, duration_us, resp_truncated) = match &p.resp {
@@ -480,11 +480,11 @@ fn build_exchange(
             .unwrap_or_default()
             .to_string(),
     };
-    let event = Event {
+    let mut event = Event {
         ts: Timestamp((unix_ns / 1000) as i64),
         duration_us,
         side,
-        method: req.method.clone(),
+        method: String::new(),
         host: req.host().to_string(),
         path: req.path().to_string(),
         query_keys: http::query_keys(req.query()),
@@ -516,6 +516,8 @@ fn build_exchange(
         ..Event::default()
     };
     let raw_query = req.query().to_string();
+    // Moved last: host() and path() read the method (CONNECT targets are authorities).
+    event.method = std::mem::take(&mut req.method);
     Exchange {
         event,
         request_headers: req.headers,
