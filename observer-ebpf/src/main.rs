@@ -68,6 +68,8 @@ struct FlowState {
     remaining: u32,
     /// Sequence number the next contiguous segment must start at to count as a continuation.
     next_seq: u32,
+    /// The socket the state belongs to: a 4-tuple is reused by later connections, a cookie never is.
+    cookie: u64,
 }
 
 const ETH_HLEN: usize = 14;
@@ -272,8 +274,15 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     if cap > MAX_CAPTURE {
         cap = MAX_CAPTURE;
     }
-    // The stream's state when it is known: every message after a connection's first, and every continuation.
-    let known = FLOWS.get_ptr_mut(&key);
+    let ctx_ptr = skb.skb as *mut _;
+    let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
+    // The stream's state when it is known: every message after a connection's first, and every continuation. State
+    // left by an earlier connection on the same 4-tuple does not count.
+    let entry = FLOWS.get_ptr_mut(&key);
+    let known = match entry {
+        Some(p) if unsafe { (*p).cookie } == cookie => Some(p),
+        _ => None,
+    };
     let flags;
     let budget;
     if start {
@@ -306,9 +315,10 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     let st = FlowState {
         remaining: (budget - copy) as u32,
         next_seq: seq.wrapping_add(payload_len as u32),
+        cookie,
     };
-    // Updated in place when known: an LRU insert allocates and unlinks an element.
-    match known {
+    // Updated in place when present: an LRU insert allocates and unlinks an element.
+    match entry {
         Some(p) => unsafe { *p = st },
         None => {
             if FLOWS.insert(&key, &st, 0).is_err() {
@@ -320,8 +330,6 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         return Ok(());
     }
 
-    let ctx_ptr = skb.skb as *mut _;
-    let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
     let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
     // The sending task, on egress, in a stream's first record only: user space keeps it per socket, and reading
     // the task's name is a good part of this program's cost per record.

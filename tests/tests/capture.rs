@@ -293,6 +293,51 @@ fn nginx_under_wrk_every_request_exactly_once() {
 }
 
 #[test]
+fn a_reused_four_tuple_is_a_new_connection_with_its_own_identities() {
+    require_root();
+    let dir = scratch("reuse");
+    let port = 18304;
+    let client_port = 18305;
+    let _server = python_server(&dir, None, "127.0.0.1", port);
+    let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
+    // Two connections from the same client port: the server closes first (Connection: close), so its side holds
+    // the TIME_WAIT and the client may bind the port again; the second SYN reuses the 4-tuple.
+    let client = format!(
+        "import socket\n\
+         for i in range(2):\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         \x20   s.bind(('127.0.0.1', {client_port}))\n\
+         \x20   s.connect(('127.0.0.1', {port}))\n\
+         \x20   s.sendall(b'GET /cl/10?conn=%d HTTP/1.1\\r\\nHost: reuse\\r\\nConnection: close\\r\\n\\r\\n' % i)\n\
+         \x20   while s.recv(65536):\n\
+         \x20       pass\n\
+         \x20   s.close()\n"
+    );
+    sh(Command::new("python3").args(["-c", &client]));
+    std::thread::sleep(Duration::from_millis(500));
+    let all = obs.stop();
+    let events = on_port(&all, port);
+    assert_eq!(events.len(), 2, "{}", brief(&events));
+    assert!(
+        events.iter().all(|e| e["src_port"] == client_port),
+        "both from port {client_port}: {}",
+        brief(&events)
+    );
+    assert_ne!(
+        events[0]["conn_id"], events[1]["conn_id"],
+        "two connections, not one"
+    );
+    for e in &events {
+        // State the kernel kept for the first connection must not stand in for the second's: each carries both
+        // processes, learned from its own sockets.
+        assert_local_both(e, "python3", "python3");
+        assert_ne!(e["client_pid"], e["server_pid"], "{e}");
+        assert_eq!(e["status"], 200, "{e}");
+    }
+}
+
+#[test]
 fn pipelined_requests_in_one_segment() {
     require_root();
     let dir = scratch("pipeline");
