@@ -41,7 +41,7 @@ pub struct DataHeader {
     /// cgroup v2 id of the local socket, 0 when unknown.
     pub cgroup_id: u64,
     /// `bpf_get_current_pid_tgid` at the hook: reliable on egress from a syscall, arbitrary in softirq. Set (with
-    /// `comm`) only in the first egress record of a stream the kernel does not yet track; 0 in later ones.
+    /// `comm`) in the first egress record of a stream and then at most once a second; 0 in the others.
     pub pid_tgid: u64,
     pub comm: [u8; 16],
     /// Packet source and destination, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).

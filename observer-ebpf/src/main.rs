@@ -70,7 +70,13 @@ struct FlowState {
     next_seq: u32,
     /// The socket the state belongs to: a 4-tuple is reused by later connections, a cookie never is.
     cookie: u64,
+    /// When the sending task (pid, comm) was last put in a record of this stream.
+    task_ns: u64,
 }
+
+/// A stream's records carry the sending task again after this long, so user space that dropped the socket from
+/// its tables (a low `--max-connections`) learns it again.
+const TASK_REFRESH_NS: u64 = 1_000_000_000;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -312,10 +318,20 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     if trunc != 0 {
         count(CNT_TRUNCATED);
     }
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // The sending task, on egress, in a stream's first record and then once a second: user space keeps it per
+    // socket, and reading the task's name is a good part of this program's cost per record.
+    let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
+    let task_ns = match known {
+        Some(p) => unsafe { (*p).task_ns },
+        None => 0,
+    };
+    let send_task = egress && (task_ns == 0 || ts_ns.wrapping_sub(task_ns) >= TASK_REFRESH_NS);
     let st = FlowState {
         remaining: (budget - copy) as u32,
         next_seq: seq.wrapping_add(payload_len as u32),
         cookie,
+        task_ns: if send_task { ts_ns } else { task_ns },
     };
     // Updated in place when present: an LRU insert allocates and unlinks an element.
     match entry {
@@ -330,10 +346,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         return Ok(());
     }
 
-    let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
-    // The sending task, on egress, in a stream's first record only: user space keeps it per socket, and reading
-    // the task's name is a good part of this program's cost per record.
-    let (pid_tgid, comm) = if egress && known.is_none() {
+    let (pid_tgid, comm) = if send_task {
         (
             bpf_get_current_pid_tgid(),
             bpf_get_current_comm().unwrap_or([0; 16]),
@@ -344,7 +357,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     let hdr = DataHeader {
         kind: EVENT_DATA,
         hook,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         cookie,
         cgroup_id: if cgroup || cookie != 0 {
             unsafe { bpf_skb_cgroup_id(ctx_ptr) }
