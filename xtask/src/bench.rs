@@ -171,13 +171,76 @@ struct Observed {
     cpu_s: f64,
     events: f64,
     drops: f64,
+    /// Kernel program costs, when the run had `kernel.bpf_stats_enabled` on.
+    progs: Vec<ProgCost>,
+}
+
+/// One program's kernel time, from `kernel.bpf_stats_enabled` (which adds two clock reads to every run).
+struct ProgCost {
+    name: String,
+    runs: u64,
+    ns: u64,
+}
+
+/// Turns `kernel.bpf_stats_enabled` on; dropping it restores the previous value.
+struct BpfStats {
+    prev: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let prev =
+            std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(BpfStats { prev })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.prev.trim());
+    }
+}
+
+/// Run counts and kernel time of the observer's loaded programs (`bpftool prog show -j`).
+fn prog_costs() -> Result<Vec<ProgCost>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool prog show")?;
+    let progs: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading bpftool's JSON")?;
+    let mut costs: Vec<ProgCost> = progs
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            name.starts_with("observer_").then(|| ProgCost {
+                name: name.to_string(),
+                runs: p["run_cnt"].as_u64().unwrap_or(0),
+                ns: p["run_time_ns"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect();
+    costs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(costs)
 }
 
 /// Port the hooks-only configuration captures: nothing listens there, so the programs run their classification on
 /// every packet and emit nothing.
 const IDLE_PORT: u16 = 9;
 
-fn with_observer(bin: &Path, dir: &Path, duration: u64, port: u16) -> Result<Observed> {
+fn with_observer(
+    bin: &Path,
+    dir: &Path,
+    duration: u64,
+    port: u16,
+    kernel_stats: bool,
+) -> Result<Observed> {
     let out = dir.join("events.ndjson");
     let mut child = Command::new(bin)
         .args([
@@ -214,8 +277,19 @@ fn with_observer(bin: &Path, dir: &Path, duration: u64, port: u16) -> Result<Obs
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let stats = if kernel_stats {
+        Some(BpfStats::enable()?)
+    } else {
+        None
+    };
     let cpu0 = cpu_seconds(child.id());
     let w = wrk(duration)?;
+    let progs = if stats.is_some() {
+        prog_costs()?
+    } else {
+        Vec::new()
+    };
+    drop(stats);
     std::thread::sleep(Duration::from_millis(300));
     let cpu = cpu_seconds(child.id()) - cpu0;
     let drops = scrape("observer_kernel_ringbuf_full_total")
@@ -233,6 +307,7 @@ fn with_observer(bin: &Path, dir: &Path, duration: u64, port: u16) -> Result<Obs
         cpu_s: cpu,
         events,
         drops,
+        progs,
     })
 }
 
@@ -266,7 +341,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
             f.rps, f.p99_ms
         ));
         floor.push(f);
-        let h = with_observer(bin, &dir, duration, IDLE_PORT)?;
+        let h = with_observer(bin, &dir, duration, IDLE_PORT, false)?;
         say(format!(
             "round {round} hooks only: {:.0} req/s, p99 {:.2} ms, observer CPU {:.1}%",
             h.wrk.rps,
@@ -274,7 +349,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
             100.0 * h.cpu_s / duration as f64
         ));
         idle.push(h);
-        let o = with_observer(bin, &dir, duration, PORT)?;
+        let o = with_observer(bin, &dir, duration, PORT, false)?;
         say(format!(
             "round {round} capturing: {:.0} req/s, p99 {:.2} ms, {:.0} events, {:.0} drops, observer CPU {:.1}%",
             o.wrk.rps,
@@ -303,6 +378,12 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
             .collect::<Vec<_>>(),
     );
     let us_per_event = cpu / 100.0 * duration as f64 * rounds as f64 / events.max(1.0) * 1e6;
+
+    say(format!(
+        "kernel program cost: one more hooks-only and one more capturing run, with {BPF_STATS} on"
+    ));
+    let idle_k = with_observer(bin, &dir, duration, IDLE_PORT, true)?;
+    let obs_k = with_observer(bin, &dir, duration, PORT, true)?;
 
     say("running criterion micro-benchmarks (cargo bench -p observer)");
     let crit = Command::new("cargo")
@@ -450,6 +531,35 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         hooks-only rows add the observer's classification on every packet (nothing emitted); the difference between hooks-only and capturing is the per-event cost: the copy into the \
         ring buffer and the agent's userspace work. On a node whose servers leave a core for the agent, the userspace part \
         no longer competes with them.\n");
+    let _ = writeln!(md, "## Kernel program cost\n");
+    let _ = writeln!(md, "One more hooks-only run and one more capturing run (not part of the rounds above), with \
+        `kernel.bpf_stats_enabled=1`: the kernel then times every program run, which adds two clock reads (some tens \
+        of ns) to each.\n");
+    let _ = writeln!(md, "| program | hooks only: runs | ns per run | capturing: runs | ns per run |\n|---|---|---|---|---|");
+    let per_run = |c: &ProgCost| c.ns as f64 / c.runs.max(1) as f64;
+    for c in &obs_k.progs {
+        let h = idle_k.progs.iter().find(|h| h.name == c.name);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.0} |",
+            c.name,
+            h.map_or("-".to_string(), |h| h.runs.to_string()),
+            h.map_or("-".to_string(), |h| format!("{:.0}", per_run(h))),
+            c.runs,
+            per_run(c)
+        );
+    }
+    let per_request = |o: &Observed| {
+        o.progs.iter().map(|c| c.ns as f64).sum::<f64>() / o.wrk.requests.max(1) as f64 / 1000.0
+    };
+    let _ = writeln!(
+        md,
+        "\nKernel program time per request completed: hooks only {:.2} µs, capturing {:.2} µs ({:.0} req/s in that \
+         run). It is spent on the CPUs of the processes that send and receive, on top of the agent's own CPU above.\n",
+        per_request(&idle_k),
+        per_request(&obs_k),
+        obs_k.wrk.rps
+    );
     let _ = writeln!(md, "## Criterion micro-benchmarks\n\n```");
     for l in &crit_lines {
         let _ = writeln!(md, "{}", l.trim());
