@@ -137,7 +137,7 @@ apis:
             let mut ex = out.pop().expect("exchange");
             enrich::enrich(&snap, &mut ex);
             line.clear();
-            serde_json::to_writer(&mut line, &ex.event).expect("json");
+            observer::sink::ndjson::write_event(&ex.event, &mut line);
             line.push(b'\n');
             black_box(&line);
         })

@@ -8,6 +8,7 @@
 // The run loop (owned elsewhere) is the main user of this API; until it is wired, parts are used only by tests.
 #![allow(dead_code)]
 pub mod clickhouse;
+pub mod ndjson;
 pub mod queue;
 pub mod registry_rows;
 pub mod schema;
@@ -683,7 +684,7 @@ async fn run_ndjson(
                 let Some(batch) = batch else { break };
                 line.clear();
                 for ev in &batch {
-                    serde_json::to_writer(&mut line, ev).map_err(|e| werr(io::Error::other(e)))?;
+                    ndjson::write_event(ev, &mut line);
                     line.push(b'\n');
                 }
                 if let Err(e) = w.write_all(&line).await {
