@@ -17,6 +17,9 @@ pub enum Side {
 }
 
 impl Side {
+    /// Every variant.
+    pub const ALL: [Side; 3] = [Side::Client, Side::Server, Side::Both];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Client => "client",
@@ -41,6 +44,17 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// Every variant.
+    pub const ALL: [KeyState; 7] = [
+        KeyState::Valid,
+        KeyState::Unknown,
+        KeyState::NotGrantedForApi,
+        KeyState::Expired,
+        KeyState::Revoked,
+        KeyState::NotYetValid,
+        KeyState::None,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Valid => "valid",
@@ -65,6 +79,13 @@ pub enum AttributedBy {
 }
 
 impl AttributedBy {
+    /// Every variant.
+    pub const ALL: [AttributedBy; 3] = [
+        AttributedBy::Key,
+        AttributedBy::Workload,
+        AttributedBy::None,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AttributedBy::Key => "key",

@@ -365,27 +365,13 @@ impl From<&Event> for HttpRequestRow {
 impl HttpRequestRow {
     /// Back to an [`Event`]; `None` when an enum code is unknown to this binary.
     pub fn to_event(&self) -> Option<Event> {
-        let side = [Side::Client, Side::Server, Side::Both]
+        let side = Side::ALL.into_iter().find(|s| side_code(*s) == self.side)?;
+        let key_state = KeyState::ALL
             .into_iter()
-            .find(|s| side_code(*s) == self.side)?;
-        let key_state = [
-            KeyState::None,
-            KeyState::Valid,
-            KeyState::Unknown,
-            KeyState::NotGrantedForApi,
-            KeyState::Expired,
-            KeyState::Revoked,
-            KeyState::NotYetValid,
-        ]
-        .into_iter()
-        .find(|k| key_state_code(*k) == self.key_state)?;
-        let attributed_by = [
-            AttributedBy::None,
-            AttributedBy::Key,
-            AttributedBy::Workload,
-        ]
-        .into_iter()
-        .find(|a| attributed_by_code(*a) == self.attributed_by)?;
+            .find(|k| key_state_code(*k) == self.key_state)?;
+        let attributed_by = AttributedBy::ALL
+            .into_iter()
+            .find(|a| attributed_by_code(*a) == self.attributed_by)?;
         Some(Event {
             ts: self.ts,
             duration_us: self.duration_us,

@@ -10,92 +10,110 @@ use std::net::IpAddr;
 
 use crate::event::{Event, Timestamp};
 
-/// Appends `e` as one JSON object (no newline) to `out`.
+/// Appends `e` as one JSON object (no newline) to `out`, fields in `Event`'s order.
 pub fn write_event(e: &Event, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"ts\":\"");
-    timestamp(e.ts, out);
-    out.extend_from_slice(b"\",\"duration_us\":");
-    num(e.duration_us, out);
-    out.extend_from_slice(b",\"side\":\"");
-    out.extend_from_slice(e.side.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"method\":");
-    string(&e.method, out);
-    out.extend_from_slice(b",\"host\":");
-    string(&e.host, out);
-    out.extend_from_slice(b",\"path\":");
-    string(&e.path, out);
-    out.extend_from_slice(b",\"query_keys\":[");
-    for (i, k) in e.query_keys.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    out.push(b'{');
+    let mut o = Fields { out, first: true };
+    o.field("ts", |out| quoted(out, |out| timestamp(e.ts, out)));
+    o.num("duration_us", e.duration_us);
+    o.name("side", e.side.as_str());
+    o.str("method", &e.method);
+    o.str("host", &e.host);
+    o.str("path", &e.path);
+    o.field("query_keys", |out| {
+        out.push(b'[');
+        for (i, k) in e.query_keys.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(k, out);
         }
-        string(k, out);
-    }
-    out.extend_from_slice(b"],\"status\":");
-    num(e.status, out);
-    out.extend_from_slice(b",\"req_bytes\":");
-    num(e.req_bytes, out);
-    out.extend_from_slice(b",\"resp_bytes\":");
-    num(e.resp_bytes, out);
-    out.extend_from_slice(b",\"src_ip\":\"");
-    ip(e.src_ip, out);
-    out.extend_from_slice(b"\",\"src_port\":");
-    num(e.src_port, out);
-    out.extend_from_slice(b",\"dst_ip\":\"");
-    ip(e.dst_ip, out);
-    out.extend_from_slice(b"\",\"dst_port\":");
-    num(e.dst_port, out);
-    out.extend_from_slice(b",\"client_pid\":");
-    num(e.client_pid, out);
-    out.extend_from_slice(b",\"client_comm\":");
-    string(&e.client_comm, out);
-    out.extend_from_slice(b",\"client_cgroup\":");
-    string(&e.client_cgroup, out);
-    out.extend_from_slice(b",\"server_pid\":");
-    num(e.server_pid, out);
-    out.extend_from_slice(b",\"server_comm\":");
-    string(&e.server_comm, out);
-    out.extend_from_slice(b",\"server_cgroup\":");
-    string(&e.server_cgroup, out);
-    out.extend_from_slice(b",\"user_agent\":");
-    string(&e.user_agent, out);
-    out.extend_from_slice(b",\"request_id\":");
-    string(&e.request_id, out);
-    out.extend_from_slice(if e.truncated {
-        b",\"truncated\":true,\"conn_id\":"
-    } else {
-        b",\"truncated\":false,\"conn_id\":"
+        out.push(b']');
     });
-    num(e.conn_id, out);
-    for (key, v) in [
-        (&b",\"api_id\":"[..], &e.api_id),
-        (b",\"api_name\":", &e.api_name),
-        (b",\"api_owner\":", &e.api_owner),
-        (b",\"route\":", &e.route),
-        (b",\"app_id\":", &e.app_id),
-        (b",\"app_name\":", &e.app_name),
-        (b",\"app_team\":", &e.app_team),
-        (b",\"line_of_business\":", &e.line_of_business),
-        (b",\"key_fingerprint\":", &e.key_fingerprint),
-        (b",\"key_suffix\":", &e.key_suffix),
-    ] {
-        out.extend_from_slice(key);
-        string(v, out);
+    o.num("status", e.status);
+    o.num("req_bytes", e.req_bytes);
+    o.num("resp_bytes", e.resp_bytes);
+    o.ip("src_ip", e.src_ip);
+    o.num("src_port", e.src_port);
+    o.ip("dst_ip", e.dst_ip);
+    o.num("dst_port", e.dst_port);
+    o.num("client_pid", e.client_pid);
+    o.str("client_comm", &e.client_comm);
+    o.str("client_cgroup", &e.client_cgroup);
+    o.num("server_pid", e.server_pid);
+    o.str("server_comm", &e.server_comm);
+    o.str("server_cgroup", &e.server_cgroup);
+    o.str("user_agent", &e.user_agent);
+    o.str("request_id", &e.request_id);
+    o.field("truncated", |out| {
+        out.extend_from_slice(if e.truncated { b"true" } else { b"false" })
+    });
+    o.num("conn_id", e.conn_id);
+    o.str("api_id", &e.api_id);
+    o.str("api_name", &e.api_name);
+    o.str("api_owner", &e.api_owner);
+    o.str("route", &e.route);
+    o.str("app_id", &e.app_id);
+    o.str("app_name", &e.app_name);
+    o.str("app_team", &e.app_team);
+    o.str("line_of_business", &e.line_of_business);
+    o.str("key_fingerprint", &e.key_fingerprint);
+    o.str("key_suffix", &e.key_suffix);
+    o.name("key_state", e.key_state.as_str());
+    o.name("attributed_by", e.attributed_by.as_str());
+    out.push(b'}');
+}
+
+/// Writes `"key":value` pairs, comma-separated. Keys are field names: plain ASCII, never escaped.
+struct Fields<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Fields<'_> {
+    fn field(&mut self, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        value(self.out);
     }
-    out.extend_from_slice(b",\"key_state\":\"");
-    out.extend_from_slice(e.key_state.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"attributed_by\":\"");
-    out.extend_from_slice(e.attributed_by.as_str().as_bytes());
-    out.extend_from_slice(b"\"}");
+
+    fn str(&mut self, key: &str, v: &str) {
+        self.field(key, |out| string(v, out));
+    }
+
+    fn num(&mut self, key: &str, n: impl itoa::Integer) {
+        self.field(key, |out| {
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
+        });
+    }
+
+    /// An enum's name (`snake_case` ASCII: nothing to escape).
+    fn name(&mut self, key: &str, v: &'static str) {
+        self.field(key, |out| {
+            quoted(out, |out| out.extend_from_slice(v.as_bytes()))
+        });
+    }
+
+    fn ip(&mut self, key: &str, a: IpAddr) {
+        use std::io::Write;
+        self.field(key, |out| {
+            quoted(out, |out| {
+                let _ = write!(out, "{a}");
+            })
+        });
+    }
 }
 
-fn num(n: impl itoa::Integer, out: &mut Vec<u8>) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-fn ip(a: IpAddr, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{a}");
+/// `inner` between double quotes, for values that need no escaping.
+fn quoted(out: &mut Vec<u8>, inner: impl FnOnce(&mut Vec<u8>)) {
+    out.push(b'"');
+    inner(out);
+    out.push(b'"');
 }
 
 /// `ts` as `Timestamp`'s RFC 3339 form (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), without a format description.
@@ -223,21 +241,6 @@ mod tests {
         };
         same_as_serde(&full);
         // Every variant of every enum, and timestamps at the edges of what the fast path formats.
-        let sides = [Side::Client, Side::Server, Side::Both];
-        let states = [
-            KeyState::Valid,
-            KeyState::Unknown,
-            KeyState::NotGrantedForApi,
-            KeyState::Expired,
-            KeyState::Revoked,
-            KeyState::NotYetValid,
-            KeyState::None,
-        ];
-        let by = [
-            AttributedBy::Key,
-            AttributedBy::Workload,
-            AttributedBy::None,
-        ];
         let times = [
             0,
             1,
@@ -247,11 +250,11 @@ mod tests {
             i64::MIN,
             i64::MAX,
         ];
-        for (i, state) in states.into_iter().enumerate() {
+        for (i, state) in KeyState::ALL.into_iter().enumerate() {
             same_as_serde(&Event {
-                side: sides[i % 3],
+                side: Side::ALL[i % Side::ALL.len()],
                 key_state: state,
-                attributed_by: by[i % 3],
+                attributed_by: AttributedBy::ALL[i % AttributedBy::ALL.len()],
                 ts: Timestamp(times[i % times.len()]),
                 ..full.clone()
             });
