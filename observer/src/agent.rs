@@ -234,7 +234,7 @@ fn capture_loop(
             engine.tick(reader::monotonic_ns());
         }
         engine.drain(&mut out);
-        let mut batch = Vec::with_capacity(out.len());
+        let mut batch = sinks.batch();
         for mut ex in out.drain(..) {
             if ex.event.client_pid == own_pid || ex.event.server_pid == own_pid {
                 counts.own_exchanges += 1;

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::event::SharedStr;
+
 /// Errors finding or reading the cgroup v2 hierarchy.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -25,7 +27,7 @@ pub enum CgroupError {
 
 /// Maps a cgroup id to its path relative to the cgroup v2 mount ("/" for the root, "" when unknown).
 pub trait CgroupResolver: Send {
-    fn path(&mut self, id: u64) -> String;
+    fn path(&mut self, id: u64) -> SharedStr;
 }
 
 /// Mount point of the first cgroup2 filesystem in a `/proc/<pid>/mountinfo` text.
@@ -76,7 +78,7 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
 /// Resolves cgroup ids by walking a cgroup v2 hierarchy, with a cache and a rate-limited rescan on a miss.
 pub struct FsCgroupResolver {
     root: PathBuf,
-    cache: HashMap<u64, String>,
+    cache: HashMap<u64, SharedStr>,
     last_scan: Option<Instant>,
     min_rescan: Duration,
 }
@@ -116,7 +118,7 @@ impl FsCgroupResolver {
             let Ok(meta) = std::fs::metadata(&dir) else {
                 continue;
             };
-            cache.insert(meta.ino(), rel.clone());
+            cache.insert(meta.ino(), SharedStr::from(&rel));
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -145,9 +147,9 @@ impl FsCgroupResolver {
 }
 
 impl CgroupResolver for FsCgroupResolver {
-    fn path(&mut self, id: u64) -> String {
+    fn path(&mut self, id: u64) -> SharedStr {
         if id == 0 {
-            return String::new();
+            return SharedStr::default();
         }
         if let Some(p) = self.cache.get(&id) {
             return p.clone();
@@ -167,8 +169,8 @@ impl CgroupResolver for FsCgroupResolver {
 pub struct MapResolver(pub HashMap<u64, String>);
 
 impl CgroupResolver for MapResolver {
-    fn path(&mut self, id: u64) -> String {
-        self.0.get(&id).cloned().unwrap_or_default()
+    fn path(&mut self, id: u64) -> SharedStr {
+        self.0.get(&id).map(SharedStr::from).unwrap_or_default()
     }
 }
 

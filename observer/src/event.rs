@@ -2,7 +2,10 @@
 //!
 //! `flow` fills the capture fields, `enrich` the business-context fields; sinks serialize it. Field names are a
 //! public contract (they become ClickHouse columns): add fields, never rename them.
+use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +140,97 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// An immutable string shared by reference count. Process names, cgroup paths and registry names repeat for every
+/// exchange of a socket or an application: events share one copy instead of allocating and freeing their own.
+/// Serialized as a plain string; the empty string allocates nothing.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedStr(Option<Arc<str>>);
+
+impl SharedStr {
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+}
+
+impl Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for SharedStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        SharedStr((!s.is_empty()).then(|| Arc::from(s)))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        SharedStr((!s.is_empty()).then(|| Arc::from(s)))
+    }
+}
+
+impl From<&String> for SharedStr {
+    fn from(s: &String) -> Self {
+        SharedStr::from(s.as_str())
+    }
+}
+
+impl From<SharedStr> for String {
+    fn from(s: SharedStr) -> Self {
+        s.as_str().to_string()
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, o: &str) -> bool {
+        self.as_str() == o
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, o: &&str) -> bool {
+        self.as_str() == *o
+    }
+}
+
+impl PartialEq<String> for SharedStr {
+    fn eq(&self, o: &String) -> bool {
+        self.as_str() == o
+    }
+}
+
+impl fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SharedStr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SharedStr::from(String::deserialize(d)?))
+    }
+}
+
 /// One HTTP exchange (request and its response), with capture identity and business context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -163,12 +257,12 @@ pub struct Event {
     pub dst_ip: IpAddr,
     pub dst_port: u16,
     pub client_pid: u32,
-    pub client_comm: String,
+    pub client_comm: SharedStr,
     /// cgroup v2 path of the client socket ("" when not local).
-    pub client_cgroup: String,
+    pub client_cgroup: SharedStr,
     pub server_pid: u32,
-    pub server_comm: String,
-    pub server_cgroup: String,
+    pub server_comm: SharedStr,
+    pub server_cgroup: SharedStr,
     pub user_agent: String,
     /// From `X-Request-Id`, else the trace id of `traceparent`.
     pub request_id: String,
@@ -210,11 +304,11 @@ impl Default for Event {
             dst_ip: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             dst_port: 0,
             client_pid: 0,
-            client_comm: String::new(),
-            client_cgroup: String::new(),
+            client_comm: SharedStr::default(),
+            client_cgroup: SharedStr::default(),
             server_pid: 0,
-            server_comm: String::new(),
-            server_cgroup: String::new(),
+            server_comm: SharedStr::default(),
+            server_cgroup: SharedStr::default(),
             user_agent: String::new(),
             request_id: String::new(),
             truncated: false,
@@ -244,4 +338,32 @@ pub struct Exchange {
     pub request_headers: crate::http::Headers,
     /// Raw query string without the leading `?` (may contain credentials).
     pub raw_query: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_str_reads_compares_and_serializes_as_a_plain_string() {
+        let a = SharedStr::from("nginx");
+        let b = a.clone();
+        assert!(
+            std::ptr::eq(a.as_str(), b.as_str()),
+            "clones share one copy"
+        );
+        assert_eq!(a, "nginx");
+        assert_eq!(a, String::from("nginx"));
+        assert_eq!(&*a, "nginx");
+        assert_eq!(format!("{a} {a:?}"), "nginx \"nginx\"");
+        assert!(
+            SharedStr::from(String::new()).0.is_none(),
+            "empty holds no allocation"
+        );
+        assert_eq!(SharedStr::from(""), SharedStr::default());
+        assert_eq!(serde_json::to_string(&a).expect("json"), "\"nginx\"");
+        let back: SharedStr = serde_json::from_str("\"/system.slice\"").expect("json");
+        assert_eq!(back, "/system.slice");
+        assert_eq!(String::from(back), "/system.slice");
+    }
 }

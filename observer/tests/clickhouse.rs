@@ -83,11 +83,11 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
         dst_ip: IpAddr::from([10, 1, 0, (rng.next() % 5) as u8]),
         dst_port: 8080,
         client_pid: 1_000 + app_n as u32 * 13,
-        client_comm: format!("app{app_n}"),
-        client_cgroup: format!("/kubepods/burstable/pod-app{app_n}/container"),
+        client_comm: format!("app{app_n}").into(),
+        client_cgroup: format!("/kubepods/burstable/pod-app{app_n}/container").into(),
         server_pid: 40_000 + (rng.next() % 5) as u32,
         server_comm: "envoy".into(),
-        server_cgroup: format!("/kubepods/pod-{api}/envoy"),
+        server_cgroup: format!("/kubepods/pod-{api}/envoy").into(),
         user_agent: rng
             .pick(&[
                 "curl/8.5.0",

@@ -61,7 +61,7 @@ pub(crate) struct EndInfo {
     pub(crate) cookie: u64,
     pub(crate) cgroup_id: u64,
     pub(crate) pid: u32,
-    pub(crate) comm: String,
+    pub(crate) comm: crate::event::SharedStr,
 }
 
 /// The final response of an exchange.

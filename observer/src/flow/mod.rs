@@ -21,7 +21,7 @@ use observer_common::{
 use self::conn::{Conn, ConnKey, Ctx, Done, Endpoint};
 use self::lru::Lru;
 use crate::cgroups::CgroupResolver;
-use crate::event::{Event, Exchange, Side, Timestamp};
+use crate::event::{Event, Exchange, SharedStr, Side, Timestamp};
 use crate::http;
 
 /// Engine settings.
@@ -117,15 +117,15 @@ pub struct FlowStats {
 struct SockInfo {
     /// From connect() (reliable), else from the first egress record of the socket.
     pid: u32,
-    comm: String,
+    comm: SharedStr,
     cgroup_id: u64,
     local: Option<Endpoint>,
     remote: Option<Endpoint>,
 }
 
-fn comm_str(comm: &[u8; 16]) -> String {
+fn comm_str(comm: &[u8; 16]) -> SharedStr {
     let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    SharedStr::from(String::from_utf8_lossy(&comm[..end]).as_ref())
 }
 
 fn ip(addr: [u8; 16]) -> IpAddr {
@@ -450,7 +450,7 @@ fn build_exchange(
         if e.local && e.cgroup_id != 0 {
             resolver.path(e.cgroup_id)
         } else {
-            String::new()
+            SharedStr::default()
         }
     };
     let client_cgroup = cgroup(client);
@@ -499,14 +499,14 @@ fn build_exchange(
         client_comm: if client.local {
             client.comm.clone()
         } else {
-            String::new()
+            SharedStr::default()
         },
         client_cgroup,
         server_pid: if server.local { server.pid } else { 0 },
         server_comm: if server.local {
             server.comm.clone()
         } else {
-            String::new()
+            SharedStr::default()
         },
         server_cgroup,
         user_agent: req.header("user-agent").unwrap_or_default().to_string(),

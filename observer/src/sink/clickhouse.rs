@@ -337,11 +337,11 @@ impl From<&Event> for HttpRequestRow {
             dst_ip: to_ipv6(e.dst_ip),
             dst_port: e.dst_port,
             client_pid: e.client_pid,
-            client_comm: e.client_comm.clone(),
-            client_cgroup: e.client_cgroup.clone(),
+            client_comm: e.client_comm.to_string(),
+            client_cgroup: e.client_cgroup.to_string(),
             server_pid: e.server_pid,
-            server_comm: e.server_comm.clone(),
-            server_cgroup: e.server_cgroup.clone(),
+            server_comm: e.server_comm.to_string(),
+            server_cgroup: e.server_cgroup.to_string(),
             user_agent: e.user_agent.clone(),
             request_id: e.request_id.clone(),
             truncated: e.truncated,
@@ -388,11 +388,11 @@ impl HttpRequestRow {
             dst_ip: from_ipv6(self.dst_ip),
             dst_port: self.dst_port,
             client_pid: self.client_pid,
-            client_comm: self.client_comm.clone(),
-            client_cgroup: self.client_cgroup.clone(),
+            client_comm: self.client_comm.as_str().into(),
+            client_cgroup: self.client_cgroup.as_str().into(),
             server_pid: self.server_pid,
-            server_comm: self.server_comm.clone(),
-            server_cgroup: self.server_cgroup.clone(),
+            server_comm: self.server_comm.as_str().into(),
+            server_cgroup: self.server_cgroup.as_str().into(),
             user_agent: self.user_agent.clone(),
             request_id: self.request_id.clone(),
             truncated: self.truncated,
@@ -689,10 +689,14 @@ async fn batcher(mut rx: super::QueueRx, ship_tx: mpsc::Sender<SpooledBatch>, ct
                     // A capture batch goes into one insert batch whole: an insert batch may exceed
                     // `batch_rows` by at most one capture drain.
                     evs.iter().for_each(|ev| open.push(ev));
+                    rx.recycle(evs);
                     // Take whatever else is queued without going through select! again.
                     while open.rows < ctx.cfg.batch_rows as u64 && open.buf.len() < ctx.cfg.batch_max_bytes {
                         match rx.try_recv() {
-                            Some(evs) => evs.iter().for_each(|ev| open.push(ev)),
+                            Some(evs) => {
+                                evs.iter().for_each(|ev| open.push(ev));
+                                rx.recycle(evs);
+                            }
                             None => break,
                         }
                     }

@@ -469,6 +469,7 @@ struct Output {
 pub struct SinkHandle {
     outputs: Vec<Output>,
     metrics: Arc<SinkMetrics>,
+    spares: Arc<queue::Spares>,
     registry: Option<(RegistrySender, JoinHandle<()>)>,
 }
 
@@ -481,8 +482,9 @@ pub async fn build(args: &SinkArgs) -> Result<SinkHandle, SinkError> {
     let mut outputs = Vec::new();
     let mut registry = None;
     let queue = args.sink_queue.max(1);
+    let spares = Arc::new(queue::Spares::default());
     for spec in &args.sinks {
-        let (tx, rx) = queue::queue(queue);
+        let (tx, rx) = queue::queue(queue, spares.clone());
         let (name, task) = match spec {
             SinkSpec::Stdout => (
                 "stdout".to_string(),
@@ -530,6 +532,7 @@ pub async fn build(args: &SinkArgs) -> Result<SinkHandle, SinkError> {
     Ok(SinkHandle {
         outputs,
         metrics,
+        spares,
         registry,
     })
 }
@@ -540,7 +543,8 @@ pub async fn build_clickhouse(
     queue: usize,
 ) -> Result<SinkHandle, SinkError> {
     let metrics = Arc::new(SinkMetrics::default());
-    let (tx, rx) = queue::queue(queue);
+    let spares = Arc::new(queue::Spares::default());
+    let (tx, rx) = queue::queue(queue, spares.clone());
     let (wtx, wrx) = watch::channel(None);
     let reg = tokio::spawn(clickhouse::registry_task(
         cfg.client(),
@@ -557,6 +561,7 @@ pub async fn build_clickhouse(
             task: tokio::spawn(fut),
         }],
         metrics,
+        spares,
         registry: Some((wtx, reg)),
     })
 }
@@ -565,6 +570,11 @@ impl SinkHandle {
     /// Queues an event for every sink without blocking; a full queue drops it for that sink (counted).
     pub fn send(&self, event: Event) {
         self.send_batch(vec![event]);
+    }
+
+    /// An empty vector for the next batch, reusing one a sink gave back when there is one.
+    pub fn batch(&self) -> Vec<Event> {
+        self.spares.take()
     }
 
     /// Hands `events` to every sink, in order. Events a sink's queue has no room for are counted as dropped.
@@ -692,6 +702,7 @@ async fn run_ndjson(
                     return Err(werr(e));
                 }
                 metrics.ndjson_lines.fetch_add(batch.len() as u64, Relaxed);
+                rx.recycle(batch);
             }
             _ = tick.tick() => w.flush().await.map_err(werr)?,
         }
@@ -721,6 +732,7 @@ async fn run_stdout<W: AsyncWrite + Unpin>(
             continue;
         }
         metrics.stdout_lines.fetch_add(batch.len() as u64, Relaxed);
+        rx.recycle(batch);
         if rx.is_empty() {
             let _ = w.flush().await;
         }
@@ -999,7 +1011,8 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_counts_drops_instead_of_blocking() {
-        let (tx, _rx) = queue::queue(2);
+        let spares = Arc::new(queue::Spares::default());
+        let (tx, _rx) = queue::queue(2, spares.clone());
         let h = SinkHandle {
             outputs: vec![Output {
                 name: "test".into(),
@@ -1007,6 +1020,7 @@ mod tests {
                 task: tokio::spawn(async { Ok(()) }),
             }],
             metrics: Arc::new(SinkMetrics::default()),
+            spares,
             registry: None,
         };
         for _ in 0..5 {

@@ -102,8 +102,20 @@ impl Fields<'_> {
     fn ip(&mut self, key: &str, a: IpAddr) {
         use std::io::Write;
         self.field(key, |out| {
-            quoted(out, |out| {
-                let _ = write!(out, "{a}");
+            quoted(out, |out| match a {
+                // Dotted quad by hand: `Display` goes through the formatting machinery, a few percent of the
+                // agent's CPU per event for two addresses.
+                IpAddr::V4(v4) => {
+                    for (i, o) in v4.octets().into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b'.');
+                        }
+                        out.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
+                    }
+                }
+                IpAddr::V6(_) => {
+                    let _ = write!(out, "{a}");
+                }
             })
         });
     }
@@ -256,6 +268,18 @@ mod tests {
                 key_state: state,
                 attributed_by: AttributedBy::ALL[i % AttributedBy::ALL.len()],
                 ts: Timestamp(times[i % times.len()]),
+                ..full.clone()
+            });
+        }
+        // Addresses with one-, two- and three-digit octets, and mapped IPv6.
+        for (src, dst) in [
+            ("0.0.0.0", "255.255.255.255"),
+            ("127.0.0.1", "192.168.10.99"),
+            ("::", "::ffff:10.0.0.1"),
+        ] {
+            same_as_serde(&Event {
+                src_ip: src.parse().expect("ip"),
+                dst_ip: dst.parse().expect("ip"),
                 ..full.clone()
             });
         }

@@ -4,16 +4,62 @@
 //! woken once per drain rather than once per event (each wake-up is a futex call and two context switches on a
 //! node whose cores the observed servers keep busy). The bound is counted in events, as `--sink-queue` says:
 //! what does not fit is refused at once and counted as a drop by the caller, never waited for.
+//!
+//! Batch vectors go round: a sink done with a batch hands the emptied vector back ([`QueueRx::recycle`]) and the
+//! capture loop takes its next batch from there ([`Spares::take`]). A batch of a drain's events is a few hundred
+//! KB; allocated afresh each drain, the allocator returned it to the kernel between drains and every drain paid
+//! for page faults and for zeroing new pages.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use crate::event::Event;
 
-/// Creates a queue holding at most `cap` events (at least 1).
-pub fn queue(cap: usize) -> (QueueTx, QueueRx) {
+/// Emptied batch vectors, kept for reuse (at most [`Spares::KEEP`]).
+#[derive(Debug, Default)]
+pub struct Spares(Mutex<Vec<Vec<Event>>>);
+
+impl Spares {
+    /// Vectors kept; more are freed. A few cover the batches in flight between the capture loop and the sinks.
+    pub const KEEP: usize = 8;
+
+    /// An empty vector, with the capacity of an earlier batch when one was given back.
+    pub fn take(&self) -> Vec<Event> {
+        self.0
+            .lock()
+            .map(|mut v| v.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Empties `batch` (dropping its events here) and keeps its allocation for [`Spares::take`].
+    pub fn give(&self, mut batch: Vec<Event>) {
+        batch.clear();
+        if batch.capacity() == 0 {
+            return;
+        }
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < Self::KEEP {
+                v.push(batch);
+            }
+        }
+    }
+
+    /// Vectors kept now.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Creates a queue holding at most `cap` events (at least 1); emptied batches go back to `spares`.
+pub fn queue(cap: usize, spares: Arc<Spares>) -> (QueueTx, QueueRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     (
@@ -22,7 +68,7 @@ pub fn queue(cap: usize) -> (QueueTx, QueueRx) {
             queued: queued.clone(),
             cap: cap.max(1),
         },
-        QueueRx { rx, queued },
+        QueueRx { rx, queued, spares },
     )
 }
 
@@ -75,6 +121,7 @@ impl QueueTx {
 pub struct QueueRx {
     rx: mpsc::UnboundedReceiver<Vec<Event>>,
     queued: Arc<AtomicUsize>,
+    spares: Arc<Spares>,
 }
 
 impl QueueRx {
@@ -96,6 +143,11 @@ impl QueueRx {
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
+
+    /// Gives a received batch back once the sink is done with it (see [`Spares`]).
+    pub fn recycle(&self, batch: Vec<Event>) {
+        self.spares.give(batch);
+    }
 }
 
 #[cfg(test)]
@@ -113,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_in_events_keeps_order_and_frees_room_on_receive() {
-        let (tx, mut rx) = queue(5);
+        let (tx, mut rx) = queue(5, Arc::default());
         assert_eq!(tx.send(events(3)), (3, None));
         // Only two more fit: the first two of the batch are queued, the third refused.
         assert_eq!(tx.send(events(3)), (2, Some(Refused::Full)));
@@ -133,15 +185,37 @@ mod tests {
 
     #[test]
     fn a_stopped_sink_refuses_and_keeps_no_room_reserved() {
-        let (tx, rx) = queue(2);
+        let (tx, rx) = queue(2, Arc::default());
         drop(rx);
         assert_eq!(tx.send(events(2)), (0, Some(Refused::Closed)));
         assert_eq!(tx.queued.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
+    async fn emptied_batches_come_back_with_their_capacity() {
+        let spares = Arc::new(Spares::default());
+        let (tx, mut rx) = queue(100, spares.clone());
+        assert_eq!(spares.take().capacity(), 0, "nothing given back yet");
+        let mut batch = spares.take();
+        batch.extend(events(20));
+        tx.send(batch);
+        let got = rx.recv().await.expect("batch");
+        assert_eq!(got[19].path, "/19");
+        rx.recycle(got);
+        assert_eq!(spares.len(), 1);
+        let again = spares.take();
+        assert!(again.is_empty() && again.capacity() >= 20);
+        assert!(spares.is_empty());
+        // Only KEEP are kept.
+        for _ in 0..Spares::KEEP + 3 {
+            rx.recycle(events(1));
+        }
+        assert_eq!(spares.len(), Spares::KEEP);
+    }
+
+    #[tokio::test]
     async fn receiver_sees_the_end_after_the_last_batch() {
-        let (tx, mut rx) = queue(10);
+        let (tx, mut rx) = queue(10, Arc::default());
         tx.send(events(2));
         drop(tx);
         assert_eq!(rx.recv().await.map(|b| b.len()), Some(2));
