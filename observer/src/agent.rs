@@ -116,6 +116,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         idle_timeout_ns: args.capture.idle_timeout.as_nanos() as u64,
     };
     let poll = args.capture.poll_interval.max(Duration::from_millis(1));
+    let drain_only = args.capture.drain_only;
+    if drain_only {
+        warn!("--drain-only: data records are dropped unread; no exchange will be reported");
+    }
     let capture = {
         let stop = stop.clone();
         let metrics = metrics.clone();
@@ -131,6 +135,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                     metrics,
                     stop,
                     poll,
+                    drain_only,
                 )
             })
             .map_err(AgentError::CaptureThread)?
@@ -207,6 +212,7 @@ fn capture_loop(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     poll: Duration,
+    drain_only: bool,
 ) {
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
@@ -218,6 +224,7 @@ fn capture_loop(
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let d = reader::drain(&mut loaded.events, DRAIN_LIMIT, |rec| match rec {
+            reader::Record::Data(..) if drain_only => {}
             reader::Record::Data(h, p) => engine.on_data(&h, p),
             reader::Record::Conn(c) => engine.on_conn(&c),
         });

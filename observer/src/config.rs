@@ -41,6 +41,11 @@ pub struct CaptureArgs {
     /// early if the ring fills to 1/8 meanwhile.
     #[arg(long, value_name = "DURATION", default_value = "2ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Benchmarking only: drain the ring buffer as usual but drop every data record unread, so nothing is parsed,
+    /// paired or written. `cargo xtask bench` uses it to split what capturing costs into the kernel's and the
+    /// reader's part and the agent's processing.
+    #[arg(long, hide = true)]
+    pub drain_only: bool,
 }
 
 /// `--ports`: empty means all.

@@ -240,6 +240,7 @@ fn with_observer(
     duration: u64,
     port: u16,
     kernel_stats: bool,
+    extra: &[&str],
 ) -> Result<Observed> {
     let out = dir.join("events.ndjson");
     let mut child = Command::new(bin)
@@ -256,6 +257,7 @@ fn with_observer(
             "--key-secret-file",
             &dir.join("secret").display().to_string(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -318,12 +320,13 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     say(format!(
         "nginx on 127.0.0.1:{PORT}; {rounds} rounds of wrk -t1 -c50 -d{duration}s, each: without observer, \
          no-op cgroup_skb programs (the floor), observer with hooks only (--ports {IDLE_PORT}), observer capturing \
-         (--ports {PORT})"
+         with its reader dropping every record (--drain-only), observer capturing (--ports {PORT})"
     ));
     wrk(2)?; // warm-up
     let mut base = Vec::new();
     let mut floor = Vec::new();
     let mut idle = Vec::new();
+    let mut drain = Vec::new();
     let mut obs = Vec::new();
     for round in 1..=rounds {
         let b = wrk(duration)?;
@@ -341,7 +344,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
             f.rps, f.p99_ms
         ));
         floor.push(f);
-        let h = with_observer(bin, &dir, duration, IDLE_PORT, false)?;
+        let h = with_observer(bin, &dir, duration, IDLE_PORT, false, &[])?;
         say(format!(
             "round {round} hooks only: {:.0} req/s, p99 {:.2} ms, observer CPU {:.1}%",
             h.wrk.rps,
@@ -349,7 +352,16 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
             100.0 * h.cpu_s / duration as f64
         ));
         idle.push(h);
-        let o = with_observer(bin, &dir, duration, PORT, false)?;
+        let d = with_observer(bin, &dir, duration, PORT, false, &["--drain-only"])?;
+        say(format!(
+            "round {round} drain only: {:.0} req/s, p99 {:.2} ms, {:.0} drops, observer CPU {:.1}%",
+            d.wrk.rps,
+            d.wrk.p99_ms,
+            d.drops,
+            100.0 * d.cpu_s / duration as f64
+        ));
+        drain.push(d);
+        let o = with_observer(bin, &dir, duration, PORT, false, &[])?;
         say(format!(
             "round {round} capturing: {:.0} req/s, p99 {:.2} ms, {:.0} events, {:.0} drops, observer CPU {:.1}%",
             o.wrk.rps,
@@ -368,6 +380,15 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     let o_rps = mean(&obs.iter().map(|o| o.wrk.rps).collect::<Vec<_>>());
     let b_p99 = mean(&base.iter().map(|b| b.p99_ms).collect::<Vec<_>>());
     let h_p99 = mean(&idle.iter().map(|o| o.wrk.p99_ms).collect::<Vec<_>>());
+    let d_rps = mean(&drain.iter().map(|o| o.wrk.rps).collect::<Vec<_>>());
+    let d_p99 = mean(&drain.iter().map(|o| o.wrk.p99_ms).collect::<Vec<_>>());
+    let d_cpu = mean(
+        &drain
+            .iter()
+            .map(|o| 100.0 * o.cpu_s / duration as f64)
+            .collect::<Vec<_>>(),
+    );
+    let d_drops = drain.iter().map(|o| o.drops).sum::<f64>();
     let o_p99 = mean(&obs.iter().map(|o| o.wrk.p99_ms).collect::<Vec<_>>());
     let events = obs.iter().map(|o| o.events).sum::<f64>();
     let requests = obs.iter().map(|o| o.wrk.requests as f64).sum::<f64>();
@@ -382,8 +403,8 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     say(format!(
         "kernel program cost: one more hooks-only and one more capturing run, with {BPF_STATS} on"
     ));
-    let idle_k = with_observer(bin, &dir, duration, IDLE_PORT, true)?;
-    let obs_k = with_observer(bin, &dir, duration, PORT, true)?;
+    let idle_k = with_observer(bin, &dir, duration, IDLE_PORT, true, &[])?;
+    let obs_k = with_observer(bin, &dir, duration, PORT, true, &[])?;
 
     say("running criterion micro-benchmarks (cargo bench -p observer)");
     let crit = Command::new("cargo")
@@ -421,21 +442,35 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         cgroup's ingress and egress (the floor: what any cgroup_skb hook costs here before it reads a byte); \
         `observer run --ports {IDLE_PORT}` (hooks only: cgroup_skb + \
         sock_ops attached on the root cgroup and classifying every packet, nothing on that port so nothing emitted); \
-        `observer run --ports {PORT} --sink ndjson:...` (capturing every exchange).\n");
-    let _ = writeln!(md, "| round | baseline req/s | no-op req/s | hooks-only req/s | capturing req/s | baseline p99 ms | no-op p99 ms | hooks-only p99 ms | capturing p99 ms | events | drops | observer CPU % |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (i, (((b, f), h), o)) in base.iter().zip(&floor).zip(&idle).zip(&obs).enumerate() {
+        `observer run --ports {PORT} --drain-only` (drain only: the kernel captures every exchange and the reader \
+        drains the ring buffer on its usual cadence, but drops every record unread: nothing is parsed, paired or \
+        written); `observer run --ports {PORT} --sink ndjson:...` (capturing every exchange).\n");
+    let _ = writeln!(md, "| round | baseline req/s | no-op req/s | hooks-only req/s | drain-only req/s | capturing req/s | baseline p99 ms | no-op p99 ms | hooks-only p99 ms | drain-only p99 ms | capturing p99 ms | events | drops | observer CPU % |");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (i, ((((b, f), h), d), o)) in base
+        .iter()
+        .zip(&floor)
+        .zip(&idle)
+        .zip(&drain)
+        .zip(&obs)
+        .enumerate()
+    {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
             i + 1,
             b.rps,
             f.rps,
             h.wrk.rps,
+            d.wrk.rps,
             o.wrk.rps,
             b.p99_ms,
             f.p99_ms,
             h.wrk.p99_ms,
+            d.wrk.p99_ms,
             o.wrk.p99_ms,
             o.events,
             o.drops,
@@ -475,6 +510,20 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         b_p99,
         per_round(obs.iter().map(|o| o.wrk.p99_ms).collect(), &b_p99_r),
         "<= 1.05",
+    );
+    ratio_row(
+        "throughput, drain only / baseline",
+        d_rps,
+        b_rps,
+        per_round(drain.iter().map(|o| o.wrk.rps).collect(), &b_rps_r),
+        "",
+    );
+    ratio_row(
+        "p99, drain only / baseline",
+        d_p99,
+        b_p99,
+        per_round(drain.iter().map(|o| o.wrk.p99_ms).collect(), &b_p99_r),
+        "",
     );
     ratio_row(
         "throughput, hooks only / baseline",
@@ -521,16 +570,20 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         "| drops (kernel, flow evictions, sink) | {drops:.0} | 0 |"
     );
     let _ = writeln!(md, "| observer CPU while capturing (one core = 100%) | {cpu:.1}% ({us_per_event:.2} µs per event) | |");
+    let _ = writeln!(md, "| observer CPU, drain only | {d_cpu:.1}% | |");
+    let _ = writeln!(md, "| drops, drain only (kernel) | {d_drops:.0} | 0 |");
     let _ = writeln!(md, "\nEvents are the lines the agent wrote, counted after it flushed and exited. wrk counts requests \
         completed in its window; the agent also reports requests still in flight when wrk stops, so the event ratio can \
         exceed 1 by up to the connection count.\n");
-    let _ = writeln!(md, "How to read this: wrk and nginx each keep one vCPU busy, so on a machine with few cores every cycle the agent \
-        spends (the CPU column; per event, see `per_exchange` below) is taken from them and shows up almost one for one as \
-        lost throughput and as queueing in p99. The no-op rows show what the hook itself costs: the kernel \
-        runs a cgroup_skb program for every packet in both directions, and even one that returns at once is not free. The \
-        hooks-only rows add the observer's classification on every packet (nothing emitted); the difference between hooks-only and capturing is the per-event cost: the copy into the \
-        ring buffer and the agent's userspace work. On a node whose servers leave a core for the agent, the userspace part \
-        no longer competes with them.\n");
+    let _ = writeln!(md, "How to read this: each configuration adds one thing to the one before. No-op: running a \
+        cgroup_skb program on every packet at all. Hooks only: the observer's classification of every packet, nothing \
+        emitted. Drain only: the kernel copying every exchange into the ring buffer, and the reader waking on its \
+        cadence (every `--poll-interval` while records flow) to drain it, but none of the agent's processing. \
+        Capturing: the agent's parsing, pairing, enrichment and NDJSON writing on top. wrk and nginx keep both vCPUs of \
+        a small machine busy, so whatever the observer runs, in the kernel or on its own threads, is taken from them; \
+        the step from hooks only to drain only is what the capture and the reader's wake-ups cost, the step from drain \
+        only to capturing what the agent's work per event costs (the CPU column; per event, see `per_exchange` \
+        below).\n");
     let _ = writeln!(md, "## Kernel program cost\n");
     let _ = writeln!(md, "One more hooks-only run and one more capturing run (not part of the rounds above), with \
         `kernel.bpf_stats_enabled=1`: the kernel then times every program run, which adds two clock reads (some tens \
