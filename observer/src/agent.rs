@@ -134,8 +134,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                     sinks,
                     metrics,
                     stop,
-                    poll,
-                    drain_only,
+                    Reading { poll, drain_only },
                 )
             })
             .map_err(AgentError::CaptureThread)?
@@ -204,6 +203,14 @@ async fn wait_for_stop(run_for: Option<Duration>) {
     }
 }
 
+/// How the capture loop reads the ring buffer.
+struct Reading {
+    /// Drain cadence while records flow (`--poll-interval`).
+    poll: Duration,
+    /// Drop data records unread (`--drain-only`, benchmarking).
+    drain_only: bool,
+}
+
 fn capture_loop(
     mut loaded: loader::Loaded,
     mut engine: flow::Engine,
@@ -211,8 +218,7 @@ fn capture_loop(
     sinks: Arc<sink::SinkHandle>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    poll: Duration,
-    drain_only: bool,
+    Reading { poll, drain_only }: Reading,
 ) {
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
