@@ -491,18 +491,18 @@ pub async fn build(args: &SinkArgs) -> Result<SinkHandle, SinkError> {
                 tokio::spawn(run_stdout(rx, tokio::io::stdout(), metrics.clone())),
             ),
             SinkSpec::Ndjson(path) => {
-                let file = tokio::fs::OpenOptions::new()
+                let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .await
                     .map_err(|source| SinkError::NdjsonOpen {
                         path: path.clone(),
                         source,
                     })?;
+                let (path, m) = (path.clone(), metrics.clone());
                 (
                     format!("ndjson:{}", path.display()),
-                    tokio::spawn(run_ndjson(rx, file, path.clone(), metrics.clone())),
+                    tokio::task::spawn_blocking(move || run_ndjson(rx, file, path, m)),
                 )
             }
             SinkSpec::ClickHouse => {
@@ -674,41 +674,38 @@ impl SinkHandle {
     }
 }
 
-async fn run_ndjson(
+/// The NDJSON file sink, on a thread of its own: each batch is encoded and written with one `write(2)`, so lines
+/// reach the file as soon as their drain was processed and nothing waits in a buffer for a flush. Plain blocking
+/// writes, not tokio's file type: that one copies every write into its own buffer and hands it to yet another
+/// thread, a second hand-over per batch.
+fn run_ndjson(
     mut rx: QueueRx,
-    file: tokio::fs::File,
+    mut file: std::fs::File,
     path: PathBuf,
     metrics: Arc<SinkMetrics>,
 ) -> Result<(), SinkError> {
-    let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    use std::io::Write;
     let werr = |source| SinkError::NdjsonWrite {
         path: path.clone(),
         source,
     };
-    let mut line = Vec::with_capacity(1024);
-    loop {
-        tokio::select! {
-            batch = rx.recv() => {
-                let Some(batch) = batch else { break };
-                line.clear();
-                for ev in &batch {
-                    ndjson::write_event(ev, &mut line);
-                    line.push(b'\n');
-                }
-                if let Err(e) = w.write_all(&line).await {
-                    metrics.dropped_write_error.fetch_add(batch.len() as u64, Relaxed);
-                    return Err(werr(e));
-                }
-                metrics.ndjson_lines.fetch_add(batch.len() as u64, Relaxed);
-                rx.recycle(batch);
-            }
-            _ = tick.tick() => w.flush().await.map_err(werr)?,
+    let mut line = Vec::with_capacity(256 * 1024);
+    while let Some(batch) = rx.blocking_recv() {
+        line.clear();
+        for ev in &batch {
+            ndjson::write_event(ev, &mut line);
+            line.push(b'\n');
         }
+        if let Err(e) = file.write_all(&line) {
+            metrics
+                .dropped_write_error
+                .fetch_add(batch.len() as u64, Relaxed);
+            return Err(werr(e));
+        }
+        metrics.ndjson_lines.fetch_add(batch.len() as u64, Relaxed);
+        rx.recycle(batch);
     }
-    w.flush().await.map_err(werr)?;
-    w.get_mut().sync_data().await.map_err(werr)?;
+    file.sync_data().map_err(werr)?;
     Ok(())
 }
 

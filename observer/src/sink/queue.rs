@@ -132,6 +132,14 @@ impl QueueRx {
         Some(b)
     }
 
+    /// The next batch, waiting on this (non-async) thread; `None` once the sender is gone and everything was
+    /// received. For sinks that run on a thread of their own.
+    pub fn blocking_recv(&mut self) -> Option<Vec<Event>> {
+        let b = self.rx.blocking_recv()?;
+        self.queued.fetch_sub(b.len(), Ordering::AcqRel);
+        Some(b)
+    }
+
     /// The next batch if one is queued now.
     pub fn try_recv(&mut self) -> Option<Vec<Event>> {
         let b = self.rx.try_recv().ok()?;
@@ -211,6 +219,22 @@ mod tests {
             rx.recycle(events(1));
         }
         assert_eq!(spares.len(), Spares::KEEP);
+    }
+
+    #[test]
+    fn a_thread_of_its_own_receives_in_order_then_the_end() {
+        let (tx, mut rx) = queue(10, Arc::default());
+        let t = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while let Some(b) = rx.blocking_recv() {
+                got.extend(b.into_iter().map(|e| e.path));
+            }
+            got
+        });
+        tx.send(events(2));
+        tx.send(events(1));
+        drop(tx);
+        assert_eq!(t.join().expect("receiver"), ["/0", "/1", "/0"]);
     }
 
     #[tokio::test]
