@@ -90,12 +90,13 @@ fn count(idx: u32) {
     }
 }
 
-/// Submit flags for a record of `size` bytes: no wake-up (the reader polls), except for the record that takes the
-/// waiting bytes past [`RING_WAKE_BYTES`]: the reader is then in a long idle wait and a burst has begun. Only the
-/// crossing wakes: a reader that is merely behind is not sent a wake-up per record. `reserved` says whether the
-/// record is already reserved (and so already counted as waiting).
+/// Submit flags for a record of `size` bytes: no wake-up, except for the record that takes the bytes waiting in the
+/// ring past `wake_bytes` (`KernelConfig::wake_bytes`, [`RING_WAKE_BYTES`]). Under load these crossings are what
+/// wake the reader, one per drain's worth of records; only the crossing wakes, so a reader that is merely behind is
+/// not sent a wake-up per record. `reserved` says whether the record is already reserved (and so already counted as
+/// waiting).
 #[inline(always)]
-fn submit_flags(size: usize, reserved: bool) -> u64 {
+fn submit_flags(size: usize, reserved: bool, wake_bytes: u64) -> u64 {
     // Each record carries the ring's 8-byte header and is padded to 8 bytes.
     let rec = ((size as u64 + 8) + 7) & !7;
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
@@ -104,7 +105,7 @@ fn submit_flags(size: usize, reserved: bool) -> u64 {
     } else {
         avail
     };
-    if before < RING_WAKE_BYTES && before + rec >= RING_WAKE_BYTES {
+    if before < wake_bytes && before + rec >= wake_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -379,13 +380,13 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     // Reservations must have a constant size: the smallest record class that holds the copy. The payload is
     // loaded straight into the reserved record, so nothing is copied twice.
     if copy <= 256 {
-        emit::<256>(skb, &hdr, payload_off, copy)
+        emit::<256>(skb, &hdr, payload_off, copy, cfg)
     } else if copy <= 1024 {
-        emit::<1024>(skb, &hdr, payload_off, copy)
+        emit::<1024>(skb, &hdr, payload_off, copy, cfg)
     } else if copy <= 4096 {
-        emit::<4096>(skb, &hdr, payload_off, copy)
+        emit::<4096>(skb, &hdr, payload_off, copy, cfg)
     } else {
-        emit::<MAX_CAPTURE>(skb, &hdr, payload_off, copy)
+        emit::<MAX_CAPTURE>(skb, &hdr, payload_off, copy, cfg)
     }
 }
 
@@ -399,7 +400,13 @@ struct Record<const N: usize> {
 /// Reserves a record with room for `N` (a power of two) bytes, loads `1..=N` payload bytes at `off` into it and
 /// submits it without a wakeup. `copy` must be in `1..=N`.
 #[inline(always)]
-fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize) -> Result<(), ()> {
+fn emit<const N: usize>(
+    skb: &SkBuff,
+    hdr: &DataHeader,
+    off: usize,
+    copy: usize,
+    cfg: &KernelConfig,
+) -> Result<(), ()> {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count(CNT_RINGBUF_FULL);
         return Err(());
@@ -427,7 +434,11 @@ fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize)
             ..*hdr
         })
     };
-    entry.submit(submit_flags(core::mem::size_of::<Record<N>>(), true));
+    entry.submit(submit_flags(
+        core::mem::size_of::<Record<N>>(),
+        true,
+        u64::from(cfg.wake_bytes),
+    ));
     count(CNT_EVENTS);
     Ok(())
 }
@@ -506,7 +517,11 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     ev.bytes_acked = ops.bytes_acked;
     ev.bytes_received = ops.bytes_received;
     ev.total_retrans = ops.total_retrans;
-    let flags = submit_flags(core::mem::size_of::<ConnEvent>(), false);
+    let flags = submit_flags(
+        core::mem::size_of::<ConnEvent>(),
+        false,
+        u64::from(cfg.wake_bytes),
+    );
     if EVENTS.output::<ConnEvent>(&ev, flags).is_err() {
         count(CNT_RINGBUF_FULL);
         return Err(());

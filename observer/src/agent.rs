@@ -1,6 +1,6 @@
 //! `observer run`: wires loader -> reader -> flow -> enrich -> sinks, publishes metrics, and shuts down cleanly.
 //!
-//! Capture runs on one dedicated thread (ring-buffer drain every `--poll-interval`, flow engine, enrichment) so the
+//! Capture runs on one dedicated thread (ring-buffer drains, flow engine, enrichment) so the
 //! kernel side is never waiting on I/O; sinks and the metrics server run on a small tokio runtime. On SIGINT/SIGTERM or
 //! `--for`, the capture thread drains the ring buffer a last time, hands out every request still held, and detaches
 //! all programs; then the sinks flush and the process exits 0.
@@ -205,7 +205,7 @@ async fn wait_for_stop(run_for: Option<Duration>) {
 
 /// How the capture loop reads the ring buffer.
 struct Reading {
-    /// Drain cadence while records flow (`--poll-interval`).
+    /// Longest wait between drains while records flow (`--poll-interval`).
     poll: Duration,
     /// Drop data records unread (`--drain-only`, benchmarking).
     drain_only: bool,
@@ -267,7 +267,7 @@ fn capture_loop(
         }
         if d.records < DRAIN_LIMIT as u64 {
             let wait = pace.after(d.records);
-            if reader::wait(&loaded.events, wait, pace.is_busy()) {
+            if reader::wait(&loaded.events, wait) {
                 counts.early_wakeups += 1;
             }
         }
@@ -316,7 +316,7 @@ fn publish(
     ));
     k.push(Sample::counter(
         "ringbuf_early_wakeups_total",
-        "Idle waits ended early by waiting records (the kernel wakes the reader when the ring fills to 1/8)",
+        "Waits ended by waiting records rather than the timeout (records already waiting, or the kernel's wake-up once 256 KiB wait)",
         counts.early_wakeups,
     ));
     k.push(Sample::gauge(

@@ -34,12 +34,11 @@ pub struct CaptureArgs {
     /// A request still waiting for its response after this long is reported with status 0.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// How often the ring buffer is drained while records flow (they are submitted without wakeups). Measured
-    /// under load (`cargo xtask bench`): 2 ms reads records while they are still in cache and spreads the agent's
-    /// work, for higher server throughput and lower p99 than 5 or 10 ms. When drains come back nearly empty the
-    /// wait doubles up to 100 ms, so a quiet node is not woken 500 times a second; the kernel wakes the reader
-    /// early if the ring fills to 1/8 meanwhile.
-    #[arg(long, value_name = "DURATION", default_value = "2ms", value_parser = parse_duration)]
+    /// Longest wait between two drains of the ring buffer while records flow. Under load the kernel wakes the
+    /// reader sooner, once 256 KiB of records wait, so this matters only for light traffic: it bounds how late
+    /// its events appear. When drains come back nearly empty the wait doubles up to 100 ms. Keep it above the
+    /// scheduler tick (4 ms at 250 Hz): shorter timers cost a busy server throughput (`cargo xtask bench`).
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// Benchmarking only: drain the ring buffer as usual but drop every data record unread, so nothing is parsed,
     /// paired or written. `cargo xtask bench` uses it to split what capturing costs into the kernel's and the

@@ -1,7 +1,8 @@
-//! Drains the kernel ring buffer on a timer and decodes its records; owns nothing else.
+//! Drains the kernel ring buffer and decodes its records; owns nothing else.
 //!
-//! The kernel submits without wakeups (a wakeup per record costs a third of a loopback server's throughput), so the
-//! reader polls: drain everything, then wait as [`Pace`] says (`--poll-interval` while records flow, longer idle).
+//! The kernel submits without wakeups (a wakeup per record costs a third of a loopback server's throughput) except
+//! one per 256 KiB waiting, so the reader drains everything, then waits in poll(2) for that wake-up or for the
+//! timeout [`Pace`] gives (`--poll-interval` while records flow, longer idle).
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -82,17 +83,15 @@ pub fn drain(ring: &mut RingBuf<MapData>, limit: usize, mut f: impl FnMut(Record
     d
 }
 
-/// How long the capture loop waits between drains.
+/// How long the capture loop waits, at most, between drains.
 ///
-/// Records are submitted without wake-ups, so the reader polls. While records flow it polls every `busy` (short:
-/// records are read while still in cache, and each drain's work is small). When a drain finds fewer than
-/// [`Pace::QUIET`] records the wait doubles, up to `idle`, so an idle or lightly loaded node is not woken hundreds
-/// of times a second: each wake-up preempts whatever runs on that core. On a 2-vCPU VM, 500 wake-ups a second (an
-/// idle agent polling every 2 ms, or just a process sleeping 2 ms in a loop) cost a saturated loopback nginx about 8%
-/// of its throughput; backing off brought the idle agent's cost to the no-op programs' (`cargo xtask bench`,
-/// hooks-only against no-op rows). A burst after
-/// a long wait cannot overflow the ring: the kernel forces a wake-up once [`observer_common::RING_WAKE_BYTES`] are
-/// waiting (see [`wait`]).
+/// Records are submitted without wake-ups except one per [`observer_common::RING_WAKE_BYTES`] waiting: under load
+/// that wake-up, not this timeout, ends each wait (see [`wait`]). The timeout is the cadence for light traffic,
+/// which may take long to fill the mark: `busy` while drains find records, doubling up to `idle` when a drain
+/// finds fewer than [`Pace::QUIET`], so an idle node is not woken needlessly. Both are meant to be longer than the
+/// scheduler tick (4 ms at 250 Hz): a shorter timer makes the kernel reprogram the timer hardware for each wake-up,
+/// and on a 2-vCPU VM 500 such wake-ups a second (even a bare process sleeping 2 ms in a loop) cost a saturated
+/// loopback nginx 6 to 8% of its throughput.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     busy: Duration,
@@ -122,21 +121,17 @@ impl Pace {
         self.cur
     }
 
-    /// True when the reader polls at its shortest interval (records flow).
+    /// True when the wait is at its shortest (records flow).
     pub fn is_busy(&self) -> bool {
         self.cur == self.busy
     }
 }
 
-/// Waits `d` for the next drain. A long (idle) wait blocks in poll(2) on the ring buffer, so the kernel's forced
-/// wake-up at [`observer_common::RING_WAKE_BYTES`] ends it early; a busy wait just sleeps, because poll(2) returns
-/// at once whenever any record is waiting, which under load is always. Returns true when records ended the wait
-/// early.
-pub fn wait(ring: &RingBuf<MapData>, d: Duration, busy: bool) -> bool {
-    if busy {
-        std::thread::sleep(d);
-        return false;
-    }
+/// Waits in poll(2) on the ring buffer until records are waiting or `d` has passed. poll(2) returns at once when
+/// records already wait (the reader is behind: it drains again without sleeping), and otherwise blocks until the
+/// kernel's wake-up at [`observer_common::RING_WAKE_BYTES`] or the timeout. Returns true when records ended the
+/// wait.
+pub fn wait(ring: &RingBuf<MapData>, d: Duration) -> bool {
     let mut fds = [libc::pollfd {
         fd: ring.as_raw_fd(),
         events: libc::POLLIN,

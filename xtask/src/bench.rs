@@ -577,8 +577,8 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         exceed 1 by up to the connection count.\n");
     let _ = writeln!(md, "How to read this: each configuration adds one thing to the one before. No-op: running a \
         cgroup_skb program on every packet at all. Hooks only: the observer's classification of every packet, nothing \
-        emitted. Drain only: the kernel copying every exchange into the ring buffer, and the reader waking on its \
-        cadence (every `--poll-interval` while records flow) to drain it, but none of the agent's processing. \
+        emitted. Drain only: the kernel copying every exchange into the ring buffer, and the reader waking to drain it \
+        (the kernel wakes it once 256 KiB of records wait), but none of the agent's processing. \
         Capturing: the agent's parsing, pairing, enrichment and NDJSON writing on top. wrk and nginx keep both vCPUs of \
         a small machine busy, so whatever the observer runs, in the kernel or on its own threads, is taken from them; \
         the step from hooks only to drain only is what the capture and the reader's wake-ups cost, the step from drain \
