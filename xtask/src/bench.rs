@@ -138,6 +138,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `runs` against `base`, round by round, on the figure `f`: the ratio of the means and the median of the rounds'
+/// ratios.
+fn ratios(runs: &[&WrkResult], base: &[&WrkResult], f: impl Fn(&WrkResult) -> f64) -> (f64, f64) {
+    let mean = |v: &[&WrkResult]| v.iter().map(|w| f(w)).sum::<f64>() / v.len().max(1) as f64;
+    let per_round = runs.iter().zip(base).map(|(r, b)| f(r) / f(b)).collect();
+    (mean(runs) / mean(base), median(per_round))
+}
+
+/// The wrk results of observer runs.
+fn wrk_of(v: &[Observed]) -> Vec<&WrkResult> {
+    v.iter().map(|o| &o.wrk).collect()
+}
+
 fn count_lines(path: &Path) -> Result<u64> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -373,15 +386,6 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         obs.push(o);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let b_rps = mean(&base.iter().map(|b| b.rps).collect::<Vec<_>>());
-    let f_rps = mean(&floor.iter().map(|f| f.rps).collect::<Vec<_>>());
-    let f_p99 = mean(&floor.iter().map(|f| f.p99_ms).collect::<Vec<_>>());
-    let h_rps = mean(&idle.iter().map(|o| o.wrk.rps).collect::<Vec<_>>());
-    let o_rps = mean(&obs.iter().map(|o| o.wrk.rps).collect::<Vec<_>>());
-    let b_p99 = mean(&base.iter().map(|b| b.p99_ms).collect::<Vec<_>>());
-    let h_p99 = mean(&idle.iter().map(|o| o.wrk.p99_ms).collect::<Vec<_>>());
-    let d_rps = mean(&drain.iter().map(|o| o.wrk.rps).collect::<Vec<_>>());
-    let d_p99 = mean(&drain.iter().map(|o| o.wrk.p99_ms).collect::<Vec<_>>());
     let d_cpu = mean(
         &drain
             .iter()
@@ -389,7 +393,6 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
             .collect::<Vec<_>>(),
     );
     let d_drops = drain.iter().map(|o| o.drops).sum::<f64>();
-    let o_p99 = mean(&obs.iter().map(|o| o.wrk.p99_ms).collect::<Vec<_>>());
     let events = obs.iter().map(|o| o.events).sum::<f64>();
     let requests = obs.iter().map(|o| o.wrk.requests as f64).sum::<f64>();
     let drops = obs.iter().map(|o| o.drops).sum::<f64>();
@@ -483,76 +486,29 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     );
     // Each round's runs follow one another within a minute, so a round's ratio is the fairest single comparison on a
     // machine whose neighbours come and go; the median of them shrugs off one disturbed round.
-    let b_rps_r: Vec<f64> = base.iter().map(|b| b.rps).collect();
-    let b_p99_r: Vec<f64> = base.iter().map(|b| b.p99_ms).collect();
-    let mut ratio_row = |what: &str, num: f64, den: f64, per_round: Vec<f64>, goal: &str| {
-        let r = num / den;
-        let m = median(per_round);
-        let _ = writeln!(
-            md,
-            "| {what} | {r:.3} ({:+.1}%) | {m:.3} ({:+.1}%) | {goal} |",
-            100.0 * (r - 1.0),
-            100.0 * (m - 1.0)
-        );
-    };
-    let per_round =
-        |v: Vec<f64>, den: &[f64]| -> Vec<f64> { v.iter().zip(den).map(|(a, b)| a / b).collect() };
-    ratio_row(
-        "throughput, capturing / baseline",
-        o_rps,
-        b_rps,
-        per_round(obs.iter().map(|o| o.wrk.rps).collect(), &b_rps_r),
-        ">= 0.97",
-    );
-    ratio_row(
-        "p99, capturing / baseline",
-        o_p99,
-        b_p99,
-        per_round(obs.iter().map(|o| o.wrk.p99_ms).collect(), &b_p99_r),
-        "<= 1.05",
-    );
-    ratio_row(
-        "throughput, drain only / baseline",
-        d_rps,
-        b_rps,
-        per_round(drain.iter().map(|o| o.wrk.rps).collect(), &b_rps_r),
-        "",
-    );
-    ratio_row(
-        "p99, drain only / baseline",
-        d_p99,
-        b_p99,
-        per_round(drain.iter().map(|o| o.wrk.p99_ms).collect(), &b_p99_r),
-        "",
-    );
-    ratio_row(
-        "throughput, hooks only / baseline",
-        h_rps,
-        b_rps,
-        per_round(idle.iter().map(|o| o.wrk.rps).collect(), &b_rps_r),
-        "",
-    );
-    ratio_row(
-        "p99, hooks only / baseline",
-        h_p99,
-        b_p99,
-        per_round(idle.iter().map(|o| o.wrk.p99_ms).collect(), &b_p99_r),
-        "",
-    );
-    ratio_row(
-        "throughput, no-op programs / baseline (floor)",
-        f_rps,
-        b_rps,
-        per_round(floor.iter().map(|f| f.rps).collect(), &b_rps_r),
-        "",
-    );
-    ratio_row(
-        "p99, no-op programs / baseline (floor)",
-        f_p99,
-        b_p99,
-        per_round(floor.iter().map(|f| f.p99_ms).collect(), &b_p99_r),
-        "",
-    );
+    let base_w: Vec<&WrkResult> = base.iter().collect();
+    let configs = [
+        ("capturing", wrk_of(&obs), "", ">= 0.97", "<= 1.05"),
+        ("drain only", wrk_of(&drain), "", "", ""),
+        ("hooks only", wrk_of(&idle), "", "", ""),
+        ("no-op programs", floor.iter().collect(), " (floor)", "", ""),
+    ];
+    let mut capturing = (0.0, 0.0);
+    for (name, runs, note, rps_goal, p99_goal) in &configs {
+        let rps = ratios(runs, &base_w, |w| w.rps);
+        let p99 = ratios(runs, &base_w, |w| w.p99_ms);
+        for (what, (r, m), goal) in [("throughput", rps, rps_goal), ("p99", p99, p99_goal)] {
+            let _ = writeln!(
+                md,
+                "| {what}, {name} / baseline{note} | {r:.3} ({:+.1}%) | {m:.3} ({:+.1}%) | {goal} |",
+                100.0 * (r - 1.0),
+                100.0 * (m - 1.0)
+            );
+        }
+        if *name == "capturing" {
+            capturing = (rps.0, p99.0);
+        }
+    }
     let _ = writeln!(
         md,
         "| events / requests completed | {:.0} / {:.0} ({:.3}) | 1.000 |",
@@ -621,8 +577,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
     say(format!(
         "capturing: throughput ratio {:.3}, p99 ratio {:.3}, drops {drops:.0}; wrote BENCHMARKS.md",
-        o_rps / b_rps,
-        o_p99 / b_p99
+        capturing.0, capturing.1
     ));
     let _ = std::fs::remove_dir_all(&dir);
     if !crit.status.success() {
