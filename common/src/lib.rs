@@ -103,9 +103,10 @@ pub const RING_BYTES: u32 = 16 << 20;
 
 /// Records are submitted without waking the reader, except the one that takes the bytes waiting in the ring past
 /// this mark: under load, that is what wakes the reader, about once per 256 KiB (a few hundred records). Measured
-/// on a 2-vCPU VM under a saturated loopback nginx (`cargo xtask bench`): a reader woken by a 2 ms timer cost it
-/// about 12% of its throughput, one woken at this mark about 7%; 128 KiB and 1 MiB did worse than 256 KiB. A timer
-/// shorter than the scheduler tick makes the kernel reprogram the timer hardware twice per wake-up, which on a VM
+/// on a 2-vCPU VM in alternating runs against a saturated loopback nginx: capturing with a reader woken by a 2 ms
+/// timer cost it about 14% of its throughput, with a reader woken at this mark about 8%; marks of 128 KiB and
+/// 1 MiB did worse than 256 KiB. A timer
+/// shorter than the scheduler tick makes the kernel reprogram the timer hardware for each wake-up, which on a VM
 /// traps to the hypervisor; a wake-up at this mark does not.
 pub const RING_WAKE_BYTES: u32 = 256 << 10;
 
@@ -135,8 +136,7 @@ pub struct KernelConfig {
     /// Non-zero: cgroup ingress ignores loopback packets. Set when the programs sit on the cgroup v2 root: every
     /// loopback packet was then sent by a local socket whose egress is already captured.
     pub skip_lo_ingress: u32,
-    /// The record that takes the bytes waiting in the ring past this wakes the reader (see [`RING_WAKE_BYTES`]).
-    pub wake_bytes: u32,
+    pub _pad: u32,
 }
 
 impl Default for KernelConfig {
@@ -145,7 +145,7 @@ impl Default for KernelConfig {
             capture_bytes: DEFAULT_CAPTURE,
             filter_ports: 0,
             skip_lo_ingress: 0,
-            wake_bytes: RING_WAKE_BYTES,
+            _pad: 0,
         }
     }
 }

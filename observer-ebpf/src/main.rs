@@ -3,8 +3,8 @@
 //! Programs: cgroup_skb ingress/egress (every local socket, every netns, with the socket cookie and cgroup),
 //! TC clsact ingress/egress (traffic no local socket owns, `--iface`), and sock_ops (connection lifecycle, the
 //! connecting pid, stream end sequence numbers at close). Nothing is parsed here beyond the first bytes: user space
-//! owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups (unless the ring
-//! fills past a mark) and drained on a timer.
+//! owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups, except one each
+//! time the bytes waiting in the ring pass a mark (see [`submit_flags`]).
 #![no_std]
 #![no_main]
 
@@ -91,12 +91,13 @@ fn count(idx: u32) {
 }
 
 /// Submit flags for a record of `size` bytes: no wake-up, except for the record that takes the bytes waiting in the
-/// ring past `wake_bytes` (`KernelConfig::wake_bytes`, [`RING_WAKE_BYTES`]). Under load these crossings are what
+/// ring past [`RING_WAKE_BYTES`]. Under load these crossings are what
 /// wake the reader, one per drain's worth of records; only the crossing wakes, so a reader that is merely behind is
 /// not sent a wake-up per record. `reserved` says whether the record is already reserved (and so already counted as
 /// waiting).
 #[inline(always)]
-fn submit_flags(size: usize, reserved: bool, wake_bytes: u64) -> u64 {
+fn submit_flags(size: usize, reserved: bool) -> u64 {
+    let wake = RING_WAKE_BYTES as u64;
     // Each record carries the ring's 8-byte header and is padded to 8 bytes.
     let rec = ((size as u64 + 8) + 7) & !7;
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
@@ -105,7 +106,7 @@ fn submit_flags(size: usize, reserved: bool, wake_bytes: u64) -> u64 {
     } else {
         avail
     };
-    if before < wake_bytes && before + rec >= wake_bytes {
+    if before < wake && before + rec >= wake {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -380,13 +381,13 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     // Reservations must have a constant size: the smallest record class that holds the copy. The payload is
     // loaded straight into the reserved record, so nothing is copied twice.
     if copy <= 256 {
-        emit::<256>(skb, &hdr, payload_off, copy, cfg)
+        emit::<256>(skb, &hdr, payload_off, copy)
     } else if copy <= 1024 {
-        emit::<1024>(skb, &hdr, payload_off, copy, cfg)
+        emit::<1024>(skb, &hdr, payload_off, copy)
     } else if copy <= 4096 {
-        emit::<4096>(skb, &hdr, payload_off, copy, cfg)
+        emit::<4096>(skb, &hdr, payload_off, copy)
     } else {
-        emit::<MAX_CAPTURE>(skb, &hdr, payload_off, copy, cfg)
+        emit::<MAX_CAPTURE>(skb, &hdr, payload_off, copy)
     }
 }
 
@@ -398,15 +399,9 @@ struct Record<const N: usize> {
 }
 
 /// Reserves a record with room for `N` (a power of two) bytes, loads `1..=N` payload bytes at `off` into it and
-/// submits it without a wakeup. `copy` must be in `1..=N`.
+/// submits it (waking the reader only as [`submit_flags`] says). `copy` must be in `1..=N`.
 #[inline(always)]
-fn emit<const N: usize>(
-    skb: &SkBuff,
-    hdr: &DataHeader,
-    off: usize,
-    copy: usize,
-    cfg: &KernelConfig,
-) -> Result<(), ()> {
+fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize) -> Result<(), ()> {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count(CNT_RINGBUF_FULL);
         return Err(());
@@ -434,11 +429,7 @@ fn emit<const N: usize>(
             ..*hdr
         })
     };
-    entry.submit(submit_flags(
-        core::mem::size_of::<Record<N>>(),
-        true,
-        u64::from(cfg.wake_bytes),
-    ));
+    entry.submit(submit_flags(core::mem::size_of::<Record<N>>(), true));
     count(CNT_EVENTS);
     Ok(())
 }
@@ -517,11 +508,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     ev.bytes_acked = ops.bytes_acked;
     ev.bytes_received = ops.bytes_received;
     ev.total_retrans = ops.total_retrans;
-    let flags = submit_flags(
-        core::mem::size_of::<ConnEvent>(),
-        false,
-        u64::from(cfg.wake_bytes),
-    );
+    let flags = submit_flags(core::mem::size_of::<ConnEvent>(), false);
     if EVENTS.output::<ConnEvent>(&ev, flags).is_err() {
         count(CNT_RINGBUF_FULL);
         return Err(());

@@ -15,9 +15,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use observer_common::{
-    port_bit, port_word, KernelConfig, CNT_MAX, MAX_CAPTURE, PORT_WORDS, RING_WAKE_BYTES,
-};
+use observer_common::{port_bit, port_word, KernelConfig, CNT_MAX, MAX_CAPTURE, PORT_WORDS};
 use tracing::{info, warn};
 
 /// The eBPF programs, built by build.rs. Empty when the crate was built without the eBPF toolchain.
@@ -151,7 +149,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         capture_bytes: opts.capture_bytes.clamp(64, MAX_CAPTURE as u32),
         filter_ports: u32::from(!opts.ports.is_empty()),
         skip_lo_ingress: u32::from(at_root),
-        wake_bytes: RING_WAKE_BYTES,
+        _pad: 0,
     };
     {
         let mut config: Array<_, KernelConfig> =
