@@ -247,15 +247,17 @@ fn capture_loop(
             engine.tick(reader::monotonic_ns());
         }
         engine.drain(&mut out);
-        let mut batch = sinks.batch();
-        for mut ex in out.drain(..) {
-            if ex.event.client_pid == own_pid || ex.event.server_pid == own_pid {
-                counts.own_exchanges += 1;
-                continue;
-            }
-            enricher.enrich(&mut ex);
-            batch.push(ex.event);
+        out.retain(|ex| {
+            let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
+            counts.own_exchanges += u64::from(own);
+            !own
+        });
+        // Enriched where they lie, then each event is moved once, into the batch: exchanges are large.
+        for ex in &mut out {
+            enricher.enrich(ex);
         }
+        let mut batch = sinks.batch();
+        batch.extend(out.drain(..).map(|ex| ex.event));
         // One hand-over per drain: the sink tasks wake once, not once per event.
         sinks.send_batch(batch);
         if tick || stopping {

@@ -284,6 +284,10 @@ impl RequestHead {
 
 /// The origin-form part of a target: absolute-form `http://h/p?q` gives `/p?q`; `*` and origin-form are unchanged.
 fn origin_part(target: &str) -> &str {
+    if target.starts_with('/') {
+        // Origin form, nearly every request: no scheme to look for.
+        return target;
+    }
     match target.split_once("://") {
         Some((_, rest)) => match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
@@ -343,7 +347,11 @@ fn collect_headers<'a>(headers: impl Iterator<Item = &'a httparse::Header<'a>> +
     });
     let mut out = Headers::with_capacity(fields, bytes);
     for h in headers {
-        out.push(h.name, String::from_utf8_lossy(h.value).trim());
+        // Values are almost always ASCII: checked as UTF-8 first, which is much cheaper than a lossy copy.
+        match std::str::from_utf8(h.value) {
+            Ok(v) => out.push(h.name, v.trim()),
+            Err(_) => out.push(h.name, String::from_utf8_lossy(h.value).trim()),
+        }
     }
     out
 }
@@ -823,6 +831,10 @@ mod tests {
         let r = req(b"GET http://h?z=1 HTTP/1.1\r\n\r\n");
         assert_eq!(r.path(), "");
         assert_eq!(r.query(), "z=1");
+        // An origin-form target whose query holds a URL is not mistaken for absolute form.
+        let r = req(b"GET /login?next=https://x.example/home HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(r.path(), "/login");
+        assert_eq!(r.query(), "next=https://x.example/home");
     }
 
     #[test]

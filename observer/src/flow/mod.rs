@@ -391,7 +391,12 @@ impl Engine {
 
     /// Moves the finished exchanges into `out`.
     pub fn drain(&mut self, out: &mut Vec<Exchange>) {
-        out.append(&mut self.out);
+        if out.is_empty() {
+            // Exchanges are large: hand the whole vector over instead of copying them.
+            std::mem::swap(out, &mut self.out);
+        } else {
+            out.append(&mut self.out);
+        }
     }
 
     pub fn stats(&self) -> FlowStats {
