@@ -229,7 +229,7 @@ fn capture_loop(
     let mut pace = reader::Pace::new(poll, IDLE_POLL);
     loop {
         let stopping = stop.load(Ordering::SeqCst);
-        let d = reader::drain(&mut loaded.events, DRAIN_LIMIT, |rec| match rec {
+        let d = loaded.events.drain(DRAIN_LIMIT, |rec| match rec {
             reader::Record::Data(..) if drain_only => {}
             reader::Record::Data(h, p) => engine.on_data(&h, p),
             reader::Record::Conn(c) => engine.on_conn(&c),
@@ -269,7 +269,7 @@ fn capture_loop(
         }
         if d.records < DRAIN_LIMIT as u64 {
             let wait = pace.after(d.records);
-            if reader::wait(&loaded.events, wait) {
+            if loaded.events.wait(wait) {
                 counts.early_wakeups += 1;
             }
         }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::{
         tc::{self, SchedClassifierLinkId},
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SchedClassifier, SockOps, TcAttachType,
@@ -17,6 +17,8 @@ use aya::{
 };
 use observer_common::{port_bit, port_word, KernelConfig, CNT_MAX, MAX_CAPTURE, PORT_WORDS};
 use tracing::{info, warn};
+
+use crate::reader;
 
 /// The eBPF programs, built by build.rs. Empty when the crate was built without the eBPF toolchain.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -61,7 +63,7 @@ pub struct LoadOptions {
 /// Attached programs and the maps the agent reads. Dropping it detaches everything (links are fd-owned) and removes
 /// any clsact qdisc this process added.
 pub struct Loaded {
-    pub events: RingBuf<MapData>,
+    pub events: reader::Ring,
     pub counters: PerCpuArray<MapData, u64>,
     pub attached: Vec<String>,
     added_qdiscs: Vec<String>,
@@ -247,8 +249,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
 
-    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| miss("EVENTS"))?)
-        .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?;
+    let events = match ebpf.take_map("EVENTS").ok_or_else(|| miss("EVENTS"))? {
+        Map::RingBuf(data) => {
+            reader::Ring::new(data).map_err(|e| LoadError::Map("EVENTS", e.to_string()))?
+        }
+        _ => return Err(LoadError::Map("EVENTS", "not a ring buffer".into())),
+    };
     let counters =
         PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| miss("COUNTERS"))?)
             .map_err(|e| LoadError::Map("COUNTERS", e.to_string()))?;
