@@ -4,7 +4,7 @@
 //! (a BTreeMap from stamp to key) is brought up to date lazily, when the oldest entry is asked for, which happens only
 //! when a table is full or the agent shuts down.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{hash_map::Entry, BTreeMap, HashMap},
     hash::Hash,
 };
 
@@ -74,6 +74,29 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.order.insert(self.clock, k);
     }
 
+    /// Mutable access that marks the entry most recently used, inserting `make()` first when `k` is absent: one
+    /// hash lookup either way.
+    pub(crate) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
+        self.clock += 1;
+        let clock = self.clock;
+        match self.map.entry(k) {
+            Entry::Occupied(e) => {
+                let slot = e.into_mut();
+                slot.used = clock;
+                &mut slot.value
+            }
+            Entry::Vacant(e) => {
+                self.order.insert(clock, e.key().clone());
+                let slot = e.insert(Slot {
+                    value: make(),
+                    used: clock,
+                    placed: clock,
+                });
+                &mut slot.value
+            }
+        }
+    }
+
     pub(crate) fn remove(&mut self, k: &K) -> Option<V> {
         let slot = self.map.remove(k)?;
         self.order.remove(&slot.placed);
@@ -134,5 +157,17 @@ mod tests {
         l.insert(1, "z");
         assert_eq!(l.peek(&1), Some(&"z"), "insert replaces");
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn get_or_insert_with_inserts_once_and_counts_as_a_use() {
+        let mut l = Lru::new();
+        *l.get_or_insert_with(1, || 10) += 1;
+        l.insert(2, 20);
+        assert_eq!(*l.get_or_insert_with(1, || 99), 11, "present: make is not used");
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.pop_oldest(), Some((2, 20)), "1 was used after 2 was inserted");
+        assert_eq!(l.pop_oldest(), Some((1, 11)));
+        assert_eq!(l.pop_oldest(), None);
     }
 }

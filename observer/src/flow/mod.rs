@@ -152,6 +152,8 @@ pub struct Engine {
     conns: Lru<ConnKey, Conn>,
     socks: Lru<u64, SockInfo>,
     out: Vec<Exchange>,
+    /// Requests a record finished, reused from record to record.
+    done: Vec<Done>,
     stats: FlowStats,
 }
 
@@ -166,6 +168,7 @@ impl Engine {
             conns: Lru::new(),
             socks: Lru::new(),
             out: Vec::new(),
+            done: Vec::new(),
             stats: FlowStats::default(),
         }
     }
@@ -202,13 +205,14 @@ impl Engine {
             }
             self.conns.insert(key, Conn::new(key, hdr.ts_ns));
         }
-        let known = self.learn_socket(hdr, egress, key.ends[local_end], key.ends[1 - local_end]);
-        let info = if known {
-            self.socks.peek(&hdr.cookie)
-        } else {
-            None
-        };
-        let mut done = Vec::new();
+        let info = learn_socket(
+            &mut self.socks,
+            &mut self.stats,
+            self.cfg.max_connections,
+            hdr,
+            egress,
+            (key.ends[local_end], key.ends[1 - local_end]),
+        );
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -226,53 +230,23 @@ impl Engine {
         } else if hdr.cgroup_id != 0 {
             end.cgroup_id = hdr.cgroup_id;
         }
+        let mut done = std::mem::take(&mut self.done);
         let mut ctx = Ctx {
             cfg: &self.cfg,
             stats: &mut self.stats,
             done: &mut done,
         };
         conn.on_data(dir, hdr, payload, &mut ctx);
-        self.emit(&key, done);
-    }
-
-    /// Records what a data record tells about its local socket; false when it names none (cookie 0).
-    fn learn_socket(
-        &mut self,
-        hdr: &DataHeader,
-        egress: bool,
-        local: Endpoint,
-        remote: Endpoint,
-    ) -> bool {
-        if hdr.cookie == 0 {
-            return false;
-        }
-        if !self.socks.contains(&hdr.cookie) {
-            self.insert_sock(hdr.cookie, SockInfo::default());
-        }
-        let Some(info) = self.socks.get_mut(&hdr.cookie) else {
-            return false;
-        };
-        info.local = Some(local);
-        info.remote = Some(remote);
-        if hdr.cgroup_id != 0 {
-            info.cgroup_id = hdr.cgroup_id;
-        }
-        if egress && info.pid == 0 && hdr.pid_tgid != 0 {
-            info.pid = (hdr.pid_tgid >> 32) as u32;
-            info.comm = comm_str(&hdr.comm);
-        }
-        true
-    }
-
-    fn insert_sock(&mut self, cookie: u64, info: SockInfo) {
-        let cap = self.cfg.max_connections.saturating_mul(2);
-        while self.socks.len() >= cap {
-            if self.socks.pop_oldest().is_none() {
-                break;
-            }
-            self.stats.evicted_sockets += 1;
-        }
-        self.socks.insert(cookie, info);
+        // The connection is at hand: no second lookup to report what the record finished.
+        push_exchanges(
+            &self.cfg,
+            &mut *self.resolver,
+            &mut self.out,
+            &mut self.stats,
+            conn,
+            &mut done,
+        );
+        self.done = done;
     }
 
     /// A `ConnEvent` record from sock_ops.
@@ -284,12 +258,12 @@ impl Engine {
                 if ev.cookie == 0 {
                     return;
                 }
-                if !self.socks.contains(&ev.cookie) {
-                    self.insert_sock(ev.cookie, SockInfo::default());
-                }
-                let Some(info) = self.socks.get_mut(&ev.cookie) else {
-                    return;
-                };
+                let info = sock_entry(
+                    &mut self.socks,
+                    &mut self.stats,
+                    self.cfg.max_connections,
+                    ev.cookie,
+                );
                 if ev.cgroup_id != 0 {
                     info.cgroup_id = ev.cgroup_id;
                 }
@@ -407,27 +381,94 @@ impl Engine {
         s
     }
 
-    fn emit(&mut self, key: &ConnKey, done: Vec<Done>) {
+    fn emit(&mut self, key: &ConnKey, mut done: Vec<Done>) {
         if done.is_empty() {
             return;
         }
         let Some(conn) = self.conns.peek(key) else {
             return;
         };
-        for d in done {
-            let ex = build_exchange(&self.cfg, &mut *self.resolver, conn, d);
-            self.out.push(ex);
-            self.stats.exchanges += 1;
-        }
+        push_exchanges(
+            &self.cfg,
+            &mut *self.resolver,
+            &mut self.out,
+            &mut self.stats,
+            conn,
+            &mut done,
+        );
     }
 
-    fn emit_from(&mut self, conn: &Conn, done: Vec<Done>) {
-        for d in done {
-            let ex = build_exchange(&self.cfg, &mut *self.resolver, conn, d);
-            self.out.push(ex);
-            self.stats.exchanges += 1;
+    fn emit_from(&mut self, conn: &Conn, mut done: Vec<Done>) {
+        push_exchanges(
+            &self.cfg,
+            &mut *self.resolver,
+            &mut self.out,
+            &mut self.stats,
+            conn,
+            &mut done,
+        );
+    }
+}
+
+/// Appends an exchange for each request of `conn` in `done` to `out`, emptying `done`.
+fn push_exchanges(
+    cfg: &FlowConfig,
+    resolver: &mut dyn CgroupResolver,
+    out: &mut Vec<Exchange>,
+    stats: &mut FlowStats,
+    conn: &Conn,
+    done: &mut Vec<Done>,
+) {
+    for d in done.drain(..) {
+        out.push(build_exchange(cfg, resolver, conn, d));
+        stats.exchanges += 1;
+    }
+}
+
+/// The socket table's entry for `cookie`, marked most recently used; created when absent, after evicting the
+/// oldest sockets while the table holds `2 * max_connections`.
+fn sock_entry<'a>(
+    socks: &'a mut Lru<u64, SockInfo>,
+    stats: &mut FlowStats,
+    max_connections: usize,
+    cookie: u64,
+) -> &'a mut SockInfo {
+    let cap = max_connections.saturating_mul(2);
+    if socks.len() >= cap && !socks.contains(&cookie) {
+        while socks.len() >= cap {
+            if socks.pop_oldest().is_none() {
+                break;
+            }
+            stats.evicted_sockets += 1;
         }
     }
+    socks.get_or_insert_with(cookie, SockInfo::default)
+}
+
+/// Records what a data record tells about its local socket (`ends`: local, remote) and returns what is known of
+/// it; None when the record names no socket (cookie 0).
+fn learn_socket<'a>(
+    socks: &'a mut Lru<u64, SockInfo>,
+    stats: &mut FlowStats,
+    max_connections: usize,
+    hdr: &DataHeader,
+    egress: bool,
+    (local, remote): (Endpoint, Endpoint),
+) -> Option<&'a SockInfo> {
+    if hdr.cookie == 0 {
+        return None;
+    }
+    let info = sock_entry(socks, stats, max_connections, hdr.cookie);
+    info.local = Some(local);
+    info.remote = Some(remote);
+    if hdr.cgroup_id != 0 {
+        info.cgroup_id = hdr.cgroup_id;
+    }
+    if egress && info.pid == 0 && hdr.pid_tgid != 0 {
+        info.pid = (hdr.pid_tgid >> 32) as u32;
+        info.comm = comm_str(&hdr.comm);
+    }
+    Some(info)
 }
 
 fn build_exchange(
