@@ -138,12 +138,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// `runs` against `base`, round by round, on the figure `f`: the ratio of the means and the median of the rounds'
-/// ratios.
-fn ratios(runs: &[&WrkResult], base: &[&WrkResult], f: impl Fn(&WrkResult) -> f64) -> (f64, f64) {
+/// One configuration against the baseline on one figure.
+struct Ratios {
+    of_means: f64,
+    median: f64,
+    /// The lowest and highest of the rounds' ratios: how far a single round can stray on this machine.
+    lowest: f64,
+    highest: f64,
+}
+
+/// `runs` against `base`, round by round, on the figure `f`.
+fn ratios(runs: &[&WrkResult], base: &[&WrkResult], f: impl Fn(&WrkResult) -> f64) -> Ratios {
     let mean = |v: &[&WrkResult]| v.iter().map(|w| f(w)).sum::<f64>() / v.len().max(1) as f64;
-    let per_round = runs.iter().zip(base).map(|(r, b)| f(r) / f(b)).collect();
-    (mean(runs) / mean(base), median(per_round))
+    let per_round: Vec<f64> = runs.iter().zip(base).map(|(r, b)| f(r) / f(b)).collect();
+    Ratios {
+        of_means: mean(runs) / mean(base),
+        lowest: per_round.iter().copied().fold(f64::INFINITY, f64::min),
+        highest: per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        median: median(per_round),
+    }
 }
 
 /// The wrk results of observer runs.
@@ -482,7 +495,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "\n| figure | ratio of the means | median of the rounds' ratios | goal |\n|---|---|---|---|"
+        "\n| figure | ratio of the means | median of the rounds' ratios | rounds' ratios, lowest to highest | goal |\n|---|---|---|---|---|"
     );
     // Each round's runs follow one another within a minute, so a round's ratio is the fairest single comparison on a
     // machine whose neighbours come and go; the median of them shrugs off one disturbed round.
@@ -497,16 +510,20 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     for (name, runs, note, rps_goal, p99_goal) in &configs {
         let rps = ratios(runs, &base_w, |w| w.rps);
         let p99 = ratios(runs, &base_w, |w| w.p99_ms);
-        for (what, (r, m), goal) in [("throughput", rps, rps_goal), ("p99", p99, p99_goal)] {
+        if *name == "capturing" {
+            capturing = (rps.of_means, p99.of_means);
+        }
+        for (what, r, goal) in [("throughput", rps, rps_goal), ("p99", p99, p99_goal)] {
             let _ = writeln!(
                 md,
-                "| {what}, {name} / baseline{note} | {r:.3} ({:+.1}%) | {m:.3} ({:+.1}%) | {goal} |",
-                100.0 * (r - 1.0),
-                100.0 * (m - 1.0)
+                "| {what}, {name} / baseline{note} | {:.3} ({:+.1}%) | {:.3} ({:+.1}%) | {:.3} to {:.3} | {goal} |",
+                r.of_means,
+                100.0 * (r.of_means - 1.0),
+                r.median,
+                100.0 * (r.median - 1.0),
+                r.lowest,
+                r.highest,
             );
-        }
-        if *name == "capturing" {
-            capturing = (rps.0, p99.0);
         }
     }
     let _ = writeln!(
@@ -539,7 +556,8 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         a small machine busy, so whatever the observer runs, in the kernel or on its own threads, is taken from them; \
         the step from hooks only to drain only is what the capture and the reader's wake-ups cost, the step from drain \
         only to capturing what the agent's work per event costs (the CPU column; per event, see `per_exchange` \
-        below).\n");
+        below). The lowest-to-highest column shows how far one round strays from another on this machine: a step \
+        smaller than that spread is not resolved by one run of the bench.\n");
     let _ = writeln!(md, "## Kernel program cost\n");
     let _ = writeln!(md, "One more hooks-only run and one more capturing run (not part of the rounds above), with \
         `kernel.bpf_stats_enabled=1`: the kernel then times every program run, which adds two clock reads (some tens \
