@@ -320,6 +320,9 @@ fn with_observer(
     drop(stats);
     std::thread::sleep(Duration::from_millis(300));
     let cpu = cpu_seconds(child.id()) - cpu0;
+    // The agent publishes its counters once a second: wait for a publication made after the traffic ended, so
+    // drops in the run's last second are counted too.
+    std::thread::sleep(Duration::from_millis(1200));
     let drops = scrape("observer_kernel_ringbuf_full_total")
         + scrape("observer_kernel_flow_map_full_total")
         + scrape("observer_kernel_proc_map_full_total")

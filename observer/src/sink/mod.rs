@@ -727,15 +727,15 @@ async fn run_stdout<W: AsyncWrite + Unpin>(
             text.push_str(&format_line(ev));
             text.push('\n');
         }
-        if w.write_all(text.as_bytes()).await.is_err() {
-            metrics
-                .dropped_write_error
-                .fetch_add(batch.len() as u64, Relaxed);
-            continue;
-        }
-        metrics.stdout_lines.fetch_add(batch.len() as u64, Relaxed);
+        let written = w.write_all(text.as_bytes()).await.is_ok();
+        let counter = if written {
+            &metrics.stdout_lines
+        } else {
+            &metrics.dropped_write_error
+        };
+        counter.fetch_add(batch.len() as u64, Relaxed);
         rx.recycle(batch);
-        if rx.is_empty() {
+        if written && rx.is_empty() {
             let _ = w.flush().await;
         }
     }
