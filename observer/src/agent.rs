@@ -235,6 +235,7 @@ fn capture_loop(
             reader::Record::Conn(c) => engine.on_conn(&c),
         });
         counts.records += d.records;
+        counts.ring_bytes += d.bytes;
         counts.bad_records += d.bad;
         if d.oldest_ts_ns != 0 {
             counts.lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
@@ -283,6 +284,7 @@ fn capture_loop(
 #[derive(Debug, Default)]
 struct Counts {
     records: u64,
+    ring_bytes: u64,
     bad_records: u64,
     own_exchanges: u64,
     lag_ns: u64,
@@ -310,6 +312,11 @@ fn publish(
         "ringbuf_records_total",
         "Ring-buffer records read",
         counts.records,
+    ));
+    k.push(Sample::counter(
+        "ringbuf_bytes_total",
+        "Ring-buffer bytes read and given back to the kernel (records with their headers and padding)",
+        counts.ring_bytes,
     ));
     k.push(Sample::counter(
         "ringbuf_bad_records_total",

@@ -56,6 +56,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
 pub struct Drained {
     pub records: u64,
     pub bad: u64,
+    /// Ring bytes the drain gave back: records with their 8-byte headers and padding, discarded ones included.
+    pub bytes: u64,
     /// Kernel timestamp (CLOCK_MONOTONIC ns) of the oldest record of this drain; 0 when none.
     pub oldest_ts_ns: u64,
 }
@@ -163,6 +165,7 @@ impl Ring {
         let data: &[u8] =
             unsafe { std::slice::from_raw_parts(self.producer.as_ptr().add(self.page), 2 * size) };
         let mut d = Drained::default();
+        let start = self.pos;
         let mut prod = self.producer_pos();
         while (d.records as usize) < limit {
             if self.pos >= prod {
@@ -185,6 +188,7 @@ impl Ring {
             }
         }
         self.publish();
+        d.bytes = (self.pos - start) as u64;
         d
     }
 
@@ -209,7 +213,10 @@ impl Drop for Ring {
         // SAFETY: both regions were mapped in `new` with these lengths and are not used after this.
         unsafe {
             libc::munmap(self.consumer.as_ptr().cast(), self.page);
-            libc::munmap(self.producer.as_ptr().cast(), self.page + 2 * (self.mask + 1));
+            libc::munmap(
+                self.producer.as_ptr().cast(),
+                self.page + 2 * (self.mask + 1),
+            );
         }
     }
 }
@@ -238,8 +245,13 @@ enum Slot<'a> {
     /// Reserved and not yet submitted: nothing after it may be read yet.
     Busy,
     /// Discarded by the producer: skipped.
-    Discarded { next: usize },
-    Item { next: usize, bytes: &'a [u8] },
+    Discarded {
+        next: usize,
+    },
+    Item {
+        next: usize,
+        bytes: &'a [u8],
+    },
 }
 
 /// Reads the record header at `pos` of the twice-mapped `data` (`2 * (mask + 1)` bytes).
@@ -431,7 +443,11 @@ mod tests {
             "a record takes its 8-byte header plus its length rounded up to 8"
         );
         r.put(16, 3 | BUSY_BIT, b"abc");
-        assert_eq!(slot(r.bytes(), 63, 16), Slot::Busy, "reserved, not submitted");
+        assert_eq!(
+            slot(r.bytes(), 63, 16),
+            Slot::Busy,
+            "reserved, not submitted"
+        );
         r.put(16, 3 | DISCARD_BIT, b"abc");
         assert_eq!(slot(r.bytes(), 63, 16), Slot::Discarded { next: 32 });
         // Positions only grow; the offset wraps, and a record crossing the end reads on in the second copy.

@@ -233,12 +233,21 @@ fn nginx_under_wrk_every_request_exactly_once() {
     // A quiet spell first: the reader backs off to its longest wait, and the load below begins as a burst the
     // kernel has to wake it for.
     std::thread::sleep(Duration::from_millis(1500));
-    sh(Command::new("wrk").args([
-        "-t1",
-        "-c8",
-        "-d2s",
-        &format!("http://127.0.0.1:{port}/index.html"),
-    ]));
+    // Then load until the ring buffer has gone round at least twice (bounded: ten seconds of wrk), so records that
+    // straddle its end are read too.
+    let wrapped = 2.0 * f64::from(observer_common::RING_BYTES);
+    for _ in 0..10 {
+        sh(Command::new("wrk").args([
+            "-t1",
+            "-c8",
+            "-d1s",
+            &format!("http://127.0.0.1:{port}/index.html"),
+        ]));
+        std::thread::sleep(Duration::from_millis(300));
+        if obs.metric("observer_ringbuf_bytes_total") >= wrapped {
+            break;
+        }
+    }
     curl(
         None,
         &[
@@ -256,6 +265,12 @@ fn nginx_under_wrk_every_request_exactly_once() {
     );
     // Exported; whether a wake-up was needed depends on how fast this machine fills the ring.
     let _ = obs.metric("observer_ringbuf_early_wakeups_total");
+    let ring_bytes = obs.metric("observer_ringbuf_bytes_total");
+    assert!(
+        ring_bytes >= wrapped,
+        "ten seconds of wrk put only {ring_bytes} bytes through the {} byte ring buffer",
+        observer_common::RING_BYTES
+    );
     let all = obs.stop();
     let events = on_port(&all, port);
     let served = access_log(&dir);

@@ -164,9 +164,17 @@ mod tests {
         let mut l = Lru::new();
         *l.get_or_insert_with(1, || 10) += 1;
         l.insert(2, 20);
-        assert_eq!(*l.get_or_insert_with(1, || 99), 11, "present: make is not used");
+        assert_eq!(
+            *l.get_or_insert_with(1, || 99),
+            11,
+            "present: make is not used"
+        );
         assert_eq!(l.len(), 2);
-        assert_eq!(l.pop_oldest(), Some((2, 20)), "1 was used after 2 was inserted");
+        assert_eq!(
+            l.pop_oldest(),
+            Some((2, 20)),
+            "1 was used after 2 was inserted"
+        );
         assert_eq!(l.pop_oldest(), Some((1, 11)));
         assert_eq!(l.pop_oldest(), None);
     }

@@ -167,8 +167,9 @@ fn string(s: &str, out: &mut Vec<u8>) {
     // Nearly every value needs no escaping: checked 16 bytes at a time without a branch per byte (the compiler
     // vectorises it), then copied at once.
     let clean = bytes.chunks(16).all(|c| {
-        !c.iter()
-            .fold(false, |bad, &b| bad | (b < 0x20) | (b == b'"') | (b == b'\\'))
+        !c.iter().fold(false, |bad, &b| {
+            bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
     });
     if clean {
         out.extend_from_slice(bytes);
