@@ -148,10 +148,9 @@ fn tuple_id(key: &ConnKey) -> u64 {
 /// Rebuilds HTTP exchanges from captured segments; see the module documentation.
 pub struct Engine {
     cfg: FlowConfig,
-    resolver: Box<dyn CgroupResolver>,
     conns: Lru<ConnKey, Conn>,
     socks: Lru<u64, SockInfo>,
-    out: Vec<Exchange>,
+    reports: Reports,
     /// Requests a record finished, reused from record to record.
     done: Vec<Done>,
     stats: FlowStats,
@@ -164,10 +163,12 @@ impl Engine {
         cfg.max_pending_per_connection = cfg.max_pending_per_connection.max(1);
         Engine {
             cfg,
-            resolver,
             conns: Lru::new(),
             socks: Lru::new(),
-            out: Vec::new(),
+            reports: Reports {
+                resolver,
+                out: Vec::new(),
+            },
             done: Vec::new(),
             stats: FlowStats::default(),
         }
@@ -238,14 +239,8 @@ impl Engine {
         };
         conn.on_data(dir, hdr, payload, &mut ctx);
         // The connection is at hand: no second lookup to report what the record finished.
-        push_exchanges(
-            &self.cfg,
-            &mut *self.resolver,
-            &mut self.out,
-            &mut self.stats,
-            conn,
-            &mut done,
-        );
+        self.reports
+            .push(&self.cfg, &mut self.stats, conn, &mut done);
         self.done = done;
     }
 
@@ -367,9 +362,9 @@ impl Engine {
     pub fn drain(&mut self, out: &mut Vec<Exchange>) {
         if out.is_empty() {
             // Exchanges are large: hand the whole vector over instead of copying them.
-            std::mem::swap(out, &mut self.out);
+            std::mem::swap(out, &mut self.reports.out);
         } else {
-            out.append(&mut self.out);
+            out.append(&mut self.reports.out);
         }
     }
 
@@ -385,43 +380,32 @@ impl Engine {
         if done.is_empty() {
             return;
         }
-        let Some(conn) = self.conns.peek(key) else {
-            return;
-        };
-        push_exchanges(
-            &self.cfg,
-            &mut *self.resolver,
-            &mut self.out,
-            &mut self.stats,
-            conn,
-            &mut done,
-        );
+        if let Some(conn) = self.conns.peek(key) {
+            self.reports
+                .push(&self.cfg, &mut self.stats, conn, &mut done);
+        }
     }
 
     fn emit_from(&mut self, conn: &Conn, mut done: Vec<Done>) {
-        push_exchanges(
-            &self.cfg,
-            &mut *self.resolver,
-            &mut self.out,
-            &mut self.stats,
-            conn,
-            &mut done,
-        );
+        self.reports
+            .push(&self.cfg, &mut self.stats, conn, &mut done);
     }
 }
 
-/// Appends an exchange for each request of `conn` in `done` to `out`, emptying `done`.
-fn push_exchanges(
-    cfg: &FlowConfig,
-    resolver: &mut dyn CgroupResolver,
-    out: &mut Vec<Exchange>,
-    stats: &mut FlowStats,
-    conn: &Conn,
-    done: &mut Vec<Done>,
-) {
-    for d in done.drain(..) {
-        out.push(build_exchange(cfg, resolver, conn, d));
-        stats.exchanges += 1;
+/// Where finished exchanges are built and wait for [`Engine::drain`].
+struct Reports {
+    resolver: Box<dyn CgroupResolver>,
+    out: Vec<Exchange>,
+}
+
+impl Reports {
+    /// Appends an exchange for each request of `conn` in `done`, emptying `done`.
+    fn push(&mut self, cfg: &FlowConfig, stats: &mut FlowStats, conn: &Conn, done: &mut Vec<Done>) {
+        for d in done.drain(..) {
+            self.out
+                .push(build_exchange(cfg, &mut *self.resolver, conn, d));
+            stats.exchanges += 1;
+        }
     }
 }
 
