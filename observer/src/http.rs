@@ -133,9 +133,9 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub minor_version: u8,
     pub status: u16,
-    /// Only the headers that decide framing (see [`FRAMING_HEADERS`]): nothing else of a response is reported, and
-    /// copying every header of every response costs on the per-event path.
-    pub headers: Headers,
+    /// What the header fields say about framing: nothing else of a response is reported, and copying its header
+    /// fields would cost on the per-event path.
+    pub framing: Framing,
     /// Bytes of the head on the wire, including the final empty line.
     pub head_len: usize,
 }
@@ -176,42 +176,82 @@ fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Transfer-Encoding present: `Some(true)` when chunked is the final coding.
-fn chunked_last(headers: &Headers) -> Option<bool> {
-    let last = headers
-        .all("transfer-encoding")
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .last()?;
-    Some(last.eq_ignore_ascii_case("chunked"))
+/// What a head's header fields say about its body's framing and the connection, read field by field in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framing {
+    /// The last Transfer-Encoding coding, when there is one: true when it is chunked.
+    chunked_last: Option<bool>,
+    /// Content-Length, tolerating repeated identical values (`5, 5`); differing or non-numeric values are an
+    /// error naming the field's value.
+    content_length: Result<Option<u64>, String>,
+    close: bool,
+    keep_alive: bool,
 }
 
-/// Content-Length, tolerating repeated identical values (`5, 5`); differing values are an error.
-fn content_length(headers: &Headers) -> Result<Option<u64>, ParseError> {
-    let mut found: Option<u64> = None;
-    for v in headers.all("content-length") {
-        let bad = || ParseError::BadContentLength(v.to_string());
-        for part in v.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
+impl Default for Framing {
+    fn default() -> Self {
+        Framing {
+            chunked_last: None,
+            content_length: Ok(None),
+            close: false,
+            keep_alive: false,
+        }
+    }
+}
+
+impl Framing {
+    /// Framing of these (name, value) fields; values trimmed.
+    pub fn of<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Framing {
+        let mut f = Framing::default();
+        for (name, value) in fields {
+            f.add(name, value);
+        }
+        f
+    }
+
+    /// Takes one header field into account (value trimmed).
+    pub fn add(&mut self, name: &str, value: &str) {
+        let tokens = || value.split(',').map(str::trim);
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            if let Some(last) = tokens().filter(|t| !t.is_empty()).next_back() {
+                self.chunked_last = Some(last.eq_ignore_ascii_case("chunked"));
             }
-            let n: u64 = part.parse().map_err(|_| bad())?;
-            match found {
-                Some(prev) if prev != n => return Err(bad()),
-                _ => found = Some(n),
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let Ok(found) = &self.content_length else {
+                return; // the first bad value is the one reported
+            };
+            self.content_length = tokens()
+                .try_fold(*found, |found, part| {
+                    // Digits only: `parse` would also take a sign.
+                    let n = part
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| part.parse().ok());
+                    match (n.flatten(), found) {
+                        (Some(n), Some(prev)) if prev != n => Err(()),
+                        (Some(n), _) => Ok(Some(n)),
+                        (None, _) => Err(()),
+                    }
+                })
+                .map_err(|()| value.to_string());
+        } else if name.eq_ignore_ascii_case("connection") {
+            for t in tokens() {
+                self.close |= t.eq_ignore_ascii_case("close");
+                self.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
             }
         }
     }
-    Ok(found)
-}
 
-fn keep_alive(minor_version: u8, headers: &Headers) -> bool {
-    if has_token(headers, "connection", "close") {
-        return false;
+    fn content_length(&self) -> Result<Option<u64>, ParseError> {
+        self.content_length
+            .clone()
+            .map_err(ParseError::BadContentLength)
     }
-    minor_version >= 1 || has_token(headers, "connection", "keep-alive")
+
+    /// Whether the connection stays open after the message, for HTTP/1.`minor_version`.
+    fn keep_alive(&self, minor_version: u8) -> bool {
+        !self.close && (minor_version >= 1 || self.keep_alive)
+    }
 }
 
 impl RequestHead {
@@ -222,7 +262,8 @@ impl RequestHead {
 
     /// Body framing of the request (RFC 9112 §6.3): chunked wins over Content-Length; neither means no body.
     pub fn body_length(&self) -> Result<BodyLength, ParseError> {
-        match chunked_last(&self.headers) {
+        let framing = Framing::of(self.headers.iter());
+        match framing.chunked_last {
             Some(true) => return Ok(BodyLength::Chunked),
             Some(false) => {
                 return Err(ParseError::Malformed(
@@ -231,7 +272,7 @@ impl RequestHead {
             }
             None => {}
         }
-        Ok(match content_length(&self.headers)? {
+        Ok(match framing.content_length()? {
             Some(0) | None => BodyLength::Empty,
             Some(n) => BodyLength::Length(n),
         })
@@ -244,7 +285,7 @@ impl RequestHead {
 
     /// Whether the client asks to keep the connection open after this exchange.
     pub fn keep_alive(&self) -> bool {
-        keep_alive(self.minor_version, &self.headers)
+        Framing::of(self.headers.iter()).keep_alive(self.minor_version)
     }
 
     /// Path of the target without query string (absolute-form targets are reduced to their path).
@@ -298,9 +339,6 @@ fn origin_part(target: &str) -> &str {
     }
 }
 
-/// Response headers kept by [`parse_response`].
-pub const FRAMING_HEADERS: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
-
 impl ResponseHead {
     /// 1xx other than 101: an interim response that precedes the final one (e.g. `100 Continue`).
     pub fn is_interim(&self) -> bool {
@@ -323,12 +361,12 @@ impl ResponseHead {
         {
             return Ok(BodyLength::Empty);
         }
-        match chunked_last(&self.headers) {
+        match self.framing.chunked_last {
             Some(true) => return Ok(BodyLength::Chunked),
             Some(false) => return Ok(BodyLength::UntilClose),
             None => {}
         }
-        Ok(match content_length(&self.headers)? {
+        Ok(match self.framing.content_length()? {
             Some(0) => BodyLength::Empty,
             Some(n) => BodyLength::Length(n),
             None => BodyLength::UntilClose,
@@ -337,7 +375,7 @@ impl ResponseHead {
 
     /// Whether the server keeps the connection open after this response.
     pub fn keep_alive(&self) -> bool {
-        keep_alive(self.minor_version, &self.headers)
+        self.framing.keep_alive(self.minor_version)
     }
 }
 
@@ -381,11 +419,16 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
         httparse::Status::Complete(head_len) => Ok(Parsed::Complete(ResponseHead {
             minor_version: resp.version.unwrap_or(1),
             status: resp.code.unwrap_or(0),
-            headers: collect_headers(resp.headers.iter().filter(|h| {
-                FRAMING_HEADERS
-                    .iter()
-                    .any(|f| h.name.eq_ignore_ascii_case(f))
-            })),
+            framing: {
+                let mut f = Framing::default();
+                for h in resp.headers.iter() {
+                    match std::str::from_utf8(h.value) {
+                        Ok(v) => f.add(h.name, v.trim()),
+                        Err(_) => f.add(h.name, String::from_utf8_lossy(h.value).trim()),
+                    }
+                }
+                f
+            },
             head_len,
         })),
     }
@@ -460,7 +503,7 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
         return Some(Head::Response(ResponseHead {
             minor_version: u8::from(first.ends_with(".1")),
             status,
-            headers: Headers::default(),
+            framing: Framing::default(),
             head_len: buf.len(),
         }));
     }
@@ -816,6 +859,32 @@ mod tests {
         let r = resp(b"HTTP/1.1 200 Connection established\r\n\r\n");
         assert!(r.starts_tunnel("CONNECT"));
         assert_eq!(r.body_length("CONNECT"), Ok(BodyLength::Empty));
+        // Framing is read from the fields as parsed, without keeping them.
+        let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(r.body_length("GET"), Ok(BodyLength::Length(7)));
+        let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8, 9\r\nContent-Length: x\r\n\r\n");
+        assert_eq!(
+            r.body_length("GET"),
+            Err(ParseError::BadContentLength("8, 9".into())),
+            "the first bad field is named"
+        );
+        for bad in [&b""[..], b"+3", b"99999999999999999999", b"1\xff"] {
+            let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: ".to_vec();
+            head.extend_from_slice(bad);
+            head.extend_from_slice(b"\r\n\r\n");
+            assert!(resp(&head).body_length("GET").is_err(), "{bad:?}");
+        }
+        let r = resp(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(
+            r.body_length("GET"),
+            Ok(BodyLength::UntilClose),
+            "a final coding other than chunked runs to the close"
+        );
+        let r =
+            resp(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n");
+        assert!(!r.keep_alive(), "close wins");
     }
 
     #[test]
