@@ -213,7 +213,7 @@ impl Framing {
     pub fn add(&mut self, name: &str, value: &str) {
         let tokens = || value.split(',').map(str::trim);
         if name.eq_ignore_ascii_case("transfer-encoding") {
-            if let Some(last) = tokens().filter(|t| !t.is_empty()).next_back() {
+            if let Some(last) = tokens().rfind(|t| !t.is_empty()) {
                 self.chunked_last = Some(last.eq_ignore_ascii_case("chunked"));
             }
         } else if name.eq_ignore_ascii_case("content-length") {
