@@ -385,13 +385,18 @@ fn collect_headers<'a>(headers: impl Iterator<Item = &'a httparse::Header<'a>> +
     });
     let mut out = Headers::with_capacity(fields, bytes);
     for h in headers {
-        // Values are almost always ASCII: checked as UTF-8 first, which is much cheaper than a lossy copy.
-        match std::str::from_utf8(h.value) {
-            Ok(v) => out.push(h.name, v.trim()),
-            Err(_) => out.push(h.name, String::from_utf8_lossy(h.value).trim()),
-        }
+        with_text(h.value, |v| out.push(h.name, v));
     }
     out
+}
+
+/// Hands `f` a header value as text, trimmed. Values are almost always ASCII: checked as UTF-8 first, which is much
+/// cheaper than a lossy copy.
+fn with_text(raw: &[u8], f: impl FnOnce(&str)) {
+    match std::str::from_utf8(raw) {
+        Ok(v) => f(v.trim()),
+        Err(_) => f(String::from_utf8_lossy(raw).trim()),
+    }
 }
 
 /// Parses a request head at the start of `buf`.
@@ -422,10 +427,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
             framing: {
                 let mut f = Framing::default();
                 for h in resp.headers.iter() {
-                    match std::str::from_utf8(h.value) {
-                        Ok(v) => f.add(h.name, v.trim()),
-                        Err(_) => f.add(h.name, String::from_utf8_lossy(h.value).trim()),
-                    }
+                    with_text(h.value, |v| f.add(h.name, v));
                 }
                 f
             },

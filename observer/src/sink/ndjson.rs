@@ -87,9 +87,7 @@ impl Fields<'_> {
     }
 
     fn num(&mut self, key: &str, n: impl itoa::Integer) {
-        self.field(key, |out| {
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
-        });
+        self.field(key, |out| int(n, out));
     }
 
     /// An enum's name (`snake_case` ASCII: nothing to escape).
@@ -110,7 +108,7 @@ impl Fields<'_> {
                         if i > 0 {
                             out.push(b'.');
                         }
-                        out.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
+                        int(o, out);
                     }
                 }
                 IpAddr::V6(_) => {
@@ -119,6 +117,11 @@ impl Fields<'_> {
             })
         });
     }
+}
+
+/// `n` in decimal.
+fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `inner` between double quotes, for values that need no escaping.

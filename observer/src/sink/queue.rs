@@ -127,24 +127,24 @@ pub struct QueueRx {
 impl QueueRx {
     /// The next batch; `None` once the sender is gone and everything was received.
     pub async fn recv(&mut self) -> Option<Vec<Event>> {
-        let b = self.rx.recv().await?;
-        self.queued.fetch_sub(b.len(), Ordering::AcqRel);
-        Some(b)
+        self.rx.recv().await.map(|b| self.took(b))
     }
 
     /// The next batch, waiting on this (non-async) thread; `None` once the sender is gone and everything was
     /// received. For sinks that run on a thread of their own.
     pub fn blocking_recv(&mut self) -> Option<Vec<Event>> {
-        let b = self.rx.blocking_recv()?;
-        self.queued.fetch_sub(b.len(), Ordering::AcqRel);
-        Some(b)
+        self.rx.blocking_recv().map(|b| self.took(b))
     }
 
     /// The next batch if one is queued now.
     pub fn try_recv(&mut self) -> Option<Vec<Event>> {
-        let b = self.rx.try_recv().ok()?;
+        self.rx.try_recv().ok().map(|b| self.took(b))
+    }
+
+    /// A received batch, its events no longer counted against the bound.
+    fn took(&self, b: Vec<Event>) -> Vec<Event> {
         self.queued.fetch_sub(b.len(), Ordering::AcqRel);
-        Some(b)
+        b
     }
 
     /// True when nothing is queued.
