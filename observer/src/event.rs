@@ -140,8 +140,8 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// An immutable string shared by reference count. Process names, cgroup paths and registry names repeat for every
-/// exchange of a socket or an application: events share one copy instead of allocating and freeing their own.
+/// An immutable string shared by reference count. Process names and cgroup paths repeat for every exchange of a
+/// socket: events share one copy instead of allocating and freeing their own.
 /// Serialized as a plain string; the empty string allocates nothing.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SharedStr(Option<Arc<str>>);
@@ -155,12 +155,6 @@ impl SharedStr {
 impl Deref for SharedStr {
     type Target = str;
     fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl AsRef<str> for SharedStr {
-    fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
@@ -180,12 +174,6 @@ impl From<String> for SharedStr {
 impl From<&String> for SharedStr {
     fn from(s: &String) -> Self {
         SharedStr::from(s.as_str())
-    }
-}
-
-impl From<SharedStr> for String {
-    fn from(s: SharedStr) -> Self {
-        s.as_str().to_string()
     }
 }
 
@@ -364,6 +352,5 @@ mod tests {
         assert_eq!(serde_json::to_string(&a).expect("json"), "\"nginx\"");
         let back: SharedStr = serde_json::from_str("\"/system.slice\"").expect("json");
         assert_eq!(back, "/system.slice");
-        assert_eq!(String::from(back), "/system.slice");
     }
 }
