@@ -105,9 +105,8 @@ pub const RING_BYTES: u32 = 16 << 20;
 /// this mark: under load, that is what wakes the reader, about once per 256 KiB (a few hundred records). Measured
 /// on a 2-vCPU VM in alternating runs against a saturated loopback nginx: capturing with a reader woken by a 2 ms
 /// timer cost it about 14% of its throughput, with a reader woken at this mark about 8%; marks of 128 KiB and
-/// 1 MiB did worse than 256 KiB. A timer
-/// shorter than the scheduler tick makes the kernel reprogram the timer hardware for each wake-up, which on a VM
-/// traps to the hypervisor; a wake-up at this mark does not.
+/// 1 MiB did worse than 256 KiB. A timer shorter than the scheduler tick makes the kernel reprogram the timer
+/// hardware for each wake-up, which on a VM traps to the hypervisor; a wake-up at this mark does not.
 pub const RING_WAKE_BYTES: u32 = 256 << 10;
 
 /// Words in the `PORTS` bitmap: 65536 ports, 64 to a word.

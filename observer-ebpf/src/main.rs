@@ -91,10 +91,9 @@ fn count(idx: u32) {
 }
 
 /// Submit flags for a record of `size` bytes: no wake-up, except for the record that takes the bytes waiting in the
-/// ring past [`RING_WAKE_BYTES`]. Under load these crossings are what
-/// wake the reader, one per drain's worth of records; only the crossing wakes, so a reader that is merely behind is
-/// not sent a wake-up per record. `reserved` says whether the record is already reserved (and so already counted as
-/// waiting).
+/// ring past [`RING_WAKE_BYTES`]. Under load these crossings are what wake the reader, one per drain's worth of
+/// records; only the crossing wakes, so a reader that is merely behind is not sent a wake-up per record. `reserved`
+/// says whether the record is already reserved (and so already counted as waiting).
 #[inline(always)]
 fn submit_flags(size: usize, reserved: bool) -> u64 {
     let wake = RING_WAKE_BYTES as u64;
