@@ -145,6 +145,66 @@ struct Ratios {
     /// The lowest and highest of the rounds' ratios: how far a single round can stray on this machine.
     lowest: f64,
     highest: f64,
+    /// 95% confidence interval of the mean of the rounds' ratios (Student's t; the rounds are paired samples).
+    interval: (f64, f64),
+}
+
+/// Two-sided 95% quantile of Student's t for `df` degrees of freedom (the normal's 1.96 past 30).
+fn t95(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        d if d <= T.len() => T[d - 1],
+        _ => 1.96,
+    }
+}
+
+/// 95% confidence interval of the mean of `v`: unbounded with fewer than two samples.
+fn interval95(v: &[f64]) -> (f64, f64) {
+    let n = v.len();
+    let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (f64::NEG_INFINITY, f64::INFINITY);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = t95(n - 1) * (var / n as f64).sqrt();
+    (mean - half, mean + half)
+}
+
+/// A goal on a ratio.
+#[derive(Clone, Copy)]
+enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Goal {
+    /// Met when the whole interval is on the goal's side, not met when the whole interval is past it; otherwise this
+    /// run cannot tell (its rounds stray too far for the step asked about).
+    fn judge(self, (lo, hi): (f64, f64)) -> &'static str {
+        let (inside, outside) = match self {
+            Goal::AtLeast(g) => (lo >= g, hi < g),
+            Goal::AtMost(g) => (hi <= g, lo > g),
+        };
+        match (inside, outside) {
+            (true, _) => "met",
+            (_, true) => "not met",
+            _ => "not resolved by this run",
+        }
+    }
+}
+
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Goal::AtLeast(g) => write!(f, ">= {g:.2}"),
+            Goal::AtMost(g) => write!(f, "<= {g:.2}"),
+        }
+    }
 }
 
 /// `runs` against `base`, round by round, on the figure `f`.
@@ -155,6 +215,7 @@ fn ratios(runs: &[&WrkResult], base: &[&WrkResult], f: impl Fn(&WrkResult) -> f6
         of_means: mean(runs) / mean(base),
         lowest: per_round.iter().copied().fold(f64::INFINITY, f64::min),
         highest: per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        interval: interval95(&per_round),
         median: median(per_round),
     }
 }
@@ -498,32 +559,50 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "\n| figure | ratio of the means | median of the rounds' ratios | rounds' ratios, lowest to highest | goal |\n|---|---|---|---|---|"
+        "\n| figure | ratio of the means | median of the rounds' ratios | mean of the rounds' ratios, 95% interval | rounds' ratios, lowest to highest | goal |\n|---|---|---|---|---|---|"
     );
     // Each round's runs follow one another within a minute, so a round's ratio is the fairest single comparison on a
     // machine whose neighbours come and go; the median of them shrugs off one disturbed round.
     let base_w: Vec<&WrkResult> = base.iter().collect();
     let configs = [
-        ("capturing", wrk_of(&obs), "", ">= 0.97", "<= 1.05"),
-        ("drain only", wrk_of(&drain), "", "", ""),
-        ("hooks only", wrk_of(&idle), "", "", ""),
-        ("no-op programs", floor.iter().collect(), " (floor)", "", ""),
+        (
+            "capturing",
+            wrk_of(&obs),
+            "",
+            Some(Goal::AtLeast(0.97)),
+            Some(Goal::AtMost(1.05)),
+        ),
+        ("drain only", wrk_of(&drain), "", None, None),
+        ("hooks only", wrk_of(&idle), "", None, None),
+        (
+            "no-op programs",
+            floor.iter().collect(),
+            " (floor)",
+            None,
+            None,
+        ),
     ];
-    let mut capturing = (0.0, 0.0);
+    let mut capturing = String::new();
     for (name, runs, note, rps_goal, p99_goal) in &configs {
         let rps = ratios(runs, &base_w, |w| w.rps);
         let p99 = ratios(runs, &base_w, |w| w.p99_ms);
-        if *name == "capturing" {
-            capturing = (rps.of_means, p99.of_means);
-        }
         for (what, r, goal) in [("throughput", rps, rps_goal), ("p99", p99, p99_goal)] {
+            let goal = match goal {
+                None => String::new(),
+                Some(g) => format!("{g}: {}", g.judge(r.interval)),
+            };
+            if *name == "capturing" {
+                capturing += &format!("{what} ratio {:.3} ({goal}); ", r.of_means);
+            }
             let _ = writeln!(
                 md,
-                "| {what}, {name} / baseline{note} | {:.3} ({:+.1}%) | {:.3} ({:+.1}%) | {:.3} to {:.3} | {goal} |",
+                "| {what}, {name} / baseline{note} | {:.3} ({:+.1}%) | {:.3} ({:+.1}%) | {:.3} to {:.3} | {:.3} to {:.3} | {goal} |",
                 r.of_means,
                 100.0 * (r.of_means - 1.0),
                 r.median,
                 100.0 * (r.median - 1.0),
+                r.interval.0,
+                r.interval.1,
                 r.lowest,
                 r.highest,
             );
@@ -559,8 +638,10 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         a small machine busy, so whatever the observer runs, in the kernel or on its own threads, is taken from them; \
         the step from hooks only to drain only is what the capture and the reader's wake-ups cost, the step from drain \
         only to capturing what the agent's work per event costs (the CPU column; per event, see `per_exchange` \
-        below). The lowest-to-highest column shows how far one round strays from another on this machine: a step \
-        smaller than that spread is not resolved by one run of the bench.\n");
+        below). The lowest-to-highest column shows how far one round strays from another on this machine. The 95% \
+        interval is that of the mean of the rounds' ratios (Student's t over the rounds, each round a paired sample): \
+        a goal is met when the whole interval is on its side, not met when the whole interval is past it, and not \
+        resolved by this run otherwise; more rounds narrow the interval.\n");
     let _ = writeln!(md, "## Kernel program cost\n");
     let _ = writeln!(md, "One more hooks-only run and one more capturing run (not part of the rounds above), with \
         `kernel.bpf_stats_enabled=1`: the kernel then times every program run, which adds two clock reads (some tens \
@@ -597,8 +678,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     let _ = writeln!(md, "```");
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
     say(format!(
-        "capturing: throughput ratio {:.3}, p99 ratio {:.3}, drops {drops:.0}; wrote BENCHMARKS.md",
-        capturing.0, capturing.1
+        "capturing: {capturing}drops {drops:.0}; wrote BENCHMARKS.md"
     ));
     let _ = std::fs::remove_dir_all(&dir);
     if !crit.status.success() {
@@ -616,4 +696,42 @@ fn date() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_of_the_mean_uses_students_t() {
+        // mean 3, sample sd sqrt(2.5), standard error sqrt(0.5), t(4) = 2.776: half width 1.963.
+        let (lo, hi) = interval95(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert!(
+            (lo - 1.037).abs() < 1e-3 && (hi - 4.963).abs() < 1e-3,
+            "got {lo} to {hi}"
+        );
+        // Identical rounds: no spread, the interval is the value itself.
+        assert_eq!(interval95(&[0.9, 0.9, 0.9]), (0.9, 0.9));
+        // One round says nothing about the spread.
+        assert_eq!(interval95(&[0.9]), (f64::NEG_INFINITY, f64::INFINITY));
+        assert_eq!(t95(6), 2.447);
+        assert_eq!(t95(100), 1.96);
+    }
+
+    #[test]
+    fn a_goal_is_decided_only_when_the_whole_interval_is_on_one_side() {
+        let at_least = Goal::AtLeast(0.97);
+        assert_eq!(at_least.judge((0.975, 0.99)), "met");
+        assert_eq!(at_least.judge((0.88, 0.95)), "not met");
+        assert_eq!(at_least.judge((0.95, 0.99)), "not resolved by this run");
+        assert_eq!(
+            at_least.judge((f64::NEG_INFINITY, f64::INFINITY)),
+            "not resolved by this run"
+        );
+        let at_most = Goal::AtMost(1.05);
+        assert_eq!(at_most.judge((0.98, 1.04)), "met");
+        assert_eq!(at_most.judge((1.06, 1.20)), "not met");
+        assert_eq!(at_most.judge((1.00, 1.10)), "not resolved by this run");
+        assert_eq!(format!("{at_least} {at_most}"), ">= 0.97 <= 1.05");
+    }
 }
