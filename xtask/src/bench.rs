@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the observer's cost on a saturated loopback nginx, measured side by side in one run
-//! (rounds alternate without / with the agent), plus the criterion micro-benchmarks. Writes BENCHMARKS.md.
+//! (rounds run every configuration, baseline and capturing side by side), plus the criterion micro-benchmarks. Writes BENCHMARKS.md.
 use std::{
     fmt::Write as _,
     path::Path,
@@ -262,6 +262,50 @@ struct Observed {
     progs: Vec<ProgCost>,
 }
 
+impl Observed {
+    /// A run with no observer process.
+    fn bare(wrk: WrkResult) -> Self {
+        Observed {
+            wrk,
+            cpu_s: 0.0,
+            events: 0.0,
+            drops: 0.0,
+            progs: Vec::new(),
+        }
+    }
+}
+
+/// What runs beside nginx in one wrk run of a round.
+#[derive(Clone, Copy, PartialEq)]
+enum Config {
+    Baseline,
+    Capturing,
+    Drain,
+    Hooks,
+    Floor,
+}
+
+impl Config {
+    /// A round's order (reversed every other round).
+    const ALL: [Config; 5] = [
+        Config::Baseline,
+        Config::Capturing,
+        Config::Drain,
+        Config::Hooks,
+        Config::Floor,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::Capturing => "capturing",
+            Config::Drain => "drain only",
+            Config::Hooks => "hooks only",
+            Config::Floor => "no-op programs",
+        }
+    }
+}
+
 /// One program's kernel time, from `kernel.bpf_stats_enabled` (which adds two clock reads to every run).
 struct ProgCost {
     name: String,
@@ -408,9 +452,10 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _nginx = start_nginx(&dir)?;
     say(format!(
-        "nginx on 127.0.0.1:{PORT}; {rounds} rounds of wrk -t1 -c50 -d{duration}s, each: without observer, \
-         no-op cgroup_skb programs (the floor), observer with hooks only (--ports {IDLE_PORT}), observer capturing \
-         with its reader dropping every record (--drain-only), observer capturing (--ports {PORT})"
+        "nginx on 127.0.0.1:{PORT}; {rounds} rounds of wrk -t1 -c50 -d{duration}s, each (every other one in \
+         reverse): without observer, observer capturing (--ports {PORT}), observer capturing with its reader dropping \
+         every record (--drain-only), observer with hooks only (--ports {IDLE_PORT}), no-op cgroup_skb programs \
+         (the floor)"
     ));
     wrk(2)?; // warm-up
     let mut base = Vec::new();
@@ -419,48 +464,56 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     let mut drain = Vec::new();
     let mut obs = Vec::new();
     for round in 1..=rounds {
-        let b = wrk(duration)?;
-        say(format!(
-            "round {round} baseline: {:.0} req/s, p99 {:.2} ms",
-            b.rps, b.p99_ms
-        ));
-        base.push(b);
-        let f = {
-            let _hooks = NoopHooks::attach()?;
-            wrk(duration)?
-        };
-        say(format!(
-            "round {round} no-op programs: {:.0} req/s, p99 {:.2} ms",
-            f.rps, f.p99_ms
-        ));
-        floor.push(f);
-        let h = with_observer(bin, &dir, duration, IDLE_PORT, false, &[])?;
-        say(format!(
-            "round {round} hooks only: {:.0} req/s, p99 {:.2} ms, observer CPU {:.1}%",
-            h.wrk.rps,
-            h.wrk.p99_ms,
-            100.0 * h.cpu_s / duration as f64
-        ));
-        idle.push(h);
-        let d = with_observer(bin, &dir, duration, PORT, false, &["--drain-only"])?;
-        say(format!(
-            "round {round} drain only: {:.0} req/s, p99 {:.2} ms, {:.0} drops, observer CPU {:.1}%",
-            d.wrk.rps,
-            d.wrk.p99_ms,
-            d.drops,
-            100.0 * d.cpu_s / duration as f64
-        ));
-        drain.push(d);
-        let o = with_observer(bin, &dir, duration, PORT, false, &[])?;
-        say(format!(
-            "round {round} capturing: {:.0} req/s, p99 {:.2} ms, {:.0} events, {:.0} drops, observer CPU {:.1}%",
-            o.wrk.rps,
-            o.wrk.p99_ms,
-            o.events,
-            o.drops,
-            100.0 * o.cpu_s / duration as f64
-        ));
-        obs.push(o);
+        // Baseline and capturing, the pair the goal is about, run next to each other; every other round runs the
+        // configurations in reverse, so a machine that speeds up or slows down over minutes favours none of them.
+        let mut order = Config::ALL;
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for config in order {
+            let o = match config {
+                Config::Baseline | Config::Floor => {
+                    let _hooks = if config == Config::Floor {
+                        Some(NoopHooks::attach()?)
+                    } else {
+                        None
+                    };
+                    Observed::bare(wrk(duration)?)
+                }
+                Config::Hooks => with_observer(bin, &dir, duration, IDLE_PORT, false, &[])?,
+                Config::Drain => {
+                    with_observer(bin, &dir, duration, PORT, false, &["--drain-only"])?
+                }
+                Config::Capturing => with_observer(bin, &dir, duration, PORT, false, &[])?,
+            };
+            let mut line = format!(
+                "round {round} {}: {:.0} req/s, p99 {:.2} ms",
+                config.name(),
+                o.wrk.rps,
+                o.wrk.p99_ms
+            );
+            if config == Config::Capturing {
+                let _ = write!(line, ", {:.0} events", o.events);
+            }
+            if matches!(config, Config::Drain | Config::Capturing) {
+                let _ = write!(line, ", {:.0} drops", o.drops);
+            }
+            if matches!(config, Config::Hooks | Config::Drain | Config::Capturing) {
+                let _ = write!(
+                    line,
+                    ", observer CPU {:.1}%",
+                    100.0 * o.cpu_s / duration as f64
+                );
+            }
+            say(line);
+            match config {
+                Config::Baseline => base.push(o.wrk),
+                Config::Floor => floor.push(o.wrk),
+                Config::Hooks => idle.push(o),
+                Config::Drain => drain.push(o),
+                Config::Capturing => obs.push(o),
+            }
+        }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let d_cpu = mean(
@@ -517,14 +570,16 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         md,
         "## Loopback nginx under wrk, without and with the observer\n"
     );
-    let _ = writeln!(md, "nginx (1 worker, 612-byte page) on 127.0.0.1, `wrk -t1 -c50 -d{duration}s --latency`, {rounds} rounds; each \
-        round runs, one after the other: no observer (baseline); two no-op cgroup_skb programs (`r0 = 1; exit`) on the root \
-        cgroup's ingress and egress (the floor: what any cgroup_skb hook costs here before it reads a byte); \
-        `observer run --ports {IDLE_PORT}` (hooks only: cgroup_skb + \
-        sock_ops attached on the root cgroup and classifying every packet, nothing on that port so nothing emitted); \
+    let _ = writeln!(md, "nginx (1 worker, 612-byte page) on 127.0.0.1, `wrk -t1 -c50 -d{duration}s --latency`, {rounds} rounds. A round \
+        runs these one after the other, baseline and capturing next to each other, and every other round in reverse \
+        order (so that a machine speeding up or slowing down over minutes favours none): no observer (baseline); \
+        `observer run --ports {PORT} --sink ndjson:...` (capturing every exchange); \
         `observer run --ports {PORT} --drain-only` (drain only: the kernel captures every exchange and the reader \
         drains the ring buffer on its usual cadence, but drops every record unread: nothing is parsed, paired or \
-        written); `observer run --ports {PORT} --sink ndjson:...` (capturing every exchange).\n");
+        written); `observer run --ports {IDLE_PORT}` (hooks only: cgroup_skb + \
+        sock_ops attached on the root cgroup and classifying every packet, nothing on that port so nothing emitted); \
+        two no-op cgroup_skb programs (`r0 = 1; exit`) on the root \
+        cgroup's ingress and egress (the floor: what any cgroup_skb hook costs here before it reads a byte).\n");
     let _ = writeln!(md, "| round | baseline req/s | no-op req/s | hooks-only req/s | drain-only req/s | capturing req/s | baseline p99 ms | no-op p99 ms | hooks-only p99 ms | drain-only p99 ms | capturing p99 ms | events | drops | observer CPU % |");
     let _ = writeln!(
         md,

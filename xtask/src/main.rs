@@ -36,10 +36,11 @@ enum Cmd {
     /// nginx under wrk with and without the observer, alternated; criterion micro-benchmarks; writes BENCHMARKS.md.
     Bench {
         /// Seconds per wrk run.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         duration: u64,
-        /// Alternating rounds (each: one run without, one with the observer).
-        #[arg(long, default_value_t = 3)]
+        /// Rounds, each running every configuration once (baseline, capturing, drain only, hooks only, no-op
+        /// programs); more rounds narrow the interval the goals are judged on.
+        #[arg(long, default_value_t = 10)]
         rounds: u32,
     },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
