@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: the observer's cost on a saturated loopback nginx, measured side by side in one run
-//! (rounds run every configuration, baseline and capturing side by side), plus the criterion micro-benchmarks. Writes BENCHMARKS.md.
+//! `cargo xtask bench`: the observer's cost on a saturated loopback nginx, measured side by side in one run (every
+//! round runs every configuration, baseline and capturing next to each other), plus the criterion micro-benchmarks.
+//! Writes BENCHMARKS.md.
 use std::{
     fmt::Write as _,
     path::Path,
@@ -302,6 +303,14 @@ impl Config {
             Config::Drain => "drain only",
             Config::Hooks => "hooks only",
             Config::Floor => "no-op programs",
+        }
+    }
+
+    /// The goals for this configuration against the baseline: (throughput ratio, p99 ratio).
+    fn goals(self) -> (Option<Goal>, Option<Goal>) {
+        match self {
+            Config::Capturing => (Some(Goal::AtLeast(0.97)), Some(Goal::AtMost(1.05))),
+            _ => (None, None),
         }
     }
 }
@@ -620,25 +629,20 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     // machine whose neighbours come and go; the median of them shrugs off one disturbed round.
     let base_w: Vec<&WrkResult> = base.iter().collect();
     let configs = [
-        (
-            "capturing",
-            wrk_of(&obs),
-            "",
-            Some(Goal::AtLeast(0.97)),
-            Some(Goal::AtMost(1.05)),
-        ),
-        ("drain only", wrk_of(&drain), "", None, None),
-        ("hooks only", wrk_of(&idle), "", None, None),
-        (
-            "no-op programs",
-            floor.iter().collect(),
-            " (floor)",
-            None,
-            None,
-        ),
+        (Config::Capturing, wrk_of(&obs)),
+        (Config::Drain, wrk_of(&drain)),
+        (Config::Hooks, wrk_of(&idle)),
+        (Config::Floor, floor.iter().collect()),
     ];
     let mut capturing = String::new();
-    for (name, runs, note, rps_goal, p99_goal) in &configs {
+    for (config, runs) in &configs {
+        let name = config.name();
+        let note = if *config == Config::Floor {
+            " (floor)"
+        } else {
+            ""
+        };
+        let (rps_goal, p99_goal) = config.goals();
         let rps = ratios(runs, &base_w, |w| w.rps);
         let p99 = ratios(runs, &base_w, |w| w.p99_ms);
         for (what, r, goal) in [("throughput", rps, rps_goal), ("p99", p99, p99_goal)] {
@@ -646,7 +650,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
                 None => String::new(),
                 Some(g) => format!("{g}: {}", g.judge(r.interval)),
             };
-            if *name == "capturing" {
+            if *config == Config::Capturing {
                 capturing += &format!("{what} ratio {:.3} ({goal}); ", r.of_means);
             }
             let _ = writeln!(
