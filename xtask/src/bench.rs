@@ -481,12 +481,9 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         }
         for config in order {
             let o = match config {
-                Config::Baseline | Config::Floor => {
-                    let _hooks = if config == Config::Floor {
-                        Some(NoopHooks::attach()?)
-                    } else {
-                        None
-                    };
+                Config::Baseline => Observed::bare(wrk(duration)?),
+                Config::Floor => {
+                    let _hooks = NoopHooks::attach()?;
                     Observed::bare(wrk(duration)?)
                 }
                 Config::Hooks => with_observer(bin, &dir, duration, IDLE_PORT, false, &[])?,
@@ -504,13 +501,11 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
             if config == Config::Capturing {
                 let _ = write!(line, ", {:.0} events", o.events);
             }
-            if matches!(config, Config::Drain | Config::Capturing) {
-                let _ = write!(line, ", {:.0} drops", o.drops);
-            }
-            if matches!(config, Config::Hooks | Config::Drain | Config::Capturing) {
+            if !matches!(config, Config::Baseline | Config::Floor) {
                 let _ = write!(
                     line,
-                    ", observer CPU {:.1}%",
+                    ", {:.0} drops, observer CPU {:.1}%",
+                    o.drops,
                     100.0 * o.cpu_s / duration as f64
                 );
             }
@@ -634,7 +629,8 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         (Config::Hooks, wrk_of(&idle)),
         (Config::Floor, floor.iter().collect()),
     ];
-    let mut capturing = String::new();
+    // The goals' verdicts, for the last progress line.
+    let mut verdicts = String::new();
     for (config, runs) in &configs {
         let name = config.name();
         let note = if *config == Config::Floor {
@@ -648,11 +644,12 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
         for (what, r, goal) in [("throughput", rps, rps_goal), ("p99", p99, p99_goal)] {
             let goal = match goal {
                 None => String::new(),
-                Some(g) => format!("{g}: {}", g.judge(r.interval)),
+                Some(g) => {
+                    let goal = format!("{g}: {}", g.judge(r.interval));
+                    let _ = write!(verdicts, "{name} {what} ratio {:.3} ({goal}); ", r.of_means);
+                    goal
+                }
             };
-            if *config == Config::Capturing {
-                capturing += &format!("{what} ratio {:.3} ({goal}); ", r.of_means);
-            }
             let _ = writeln!(
                 md,
                 "| {what}, {name} / baseline{note} | {:.3} ({:+.1}%) | {:.3} ({:+.1}%) | {:.3} to {:.3} | {:.3} to {:.3} | {goal} |",
@@ -736,9 +733,7 @@ pub fn run(root: &Path, bin: &Path, duration: u64, rounds: u32) -> Result<()> {
     }
     let _ = writeln!(md, "```");
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
-    say(format!(
-        "capturing: {capturing}drops {drops:.0}; wrote BENCHMARKS.md"
-    ));
+    say(format!("{verdicts}drops {drops:.0}; wrote BENCHMARKS.md"));
     let _ = std::fs::remove_dir_all(&dir);
     if !crit.status.success() {
         bail!(
