@@ -8,17 +8,17 @@
 // Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
 #![allow(clippy::await_holding_lock)]
 mod common;
+#[path = "fixtures/traffic.rs"]
+mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use common::{apply, client, devserver_paths, insert_events, serial, DevServer};
-use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
-use observer::sink::clickhouse::write_registry;
-use observer::sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
+use common::{apply, client, devserver_paths, serial, DevServer};
+use observer::event::{Event, KeyState};
 use observer::sink::schema::{KEY_STATE_ENUM, ROLLUP_QUANTILES};
 use serde_json::{Map, Value};
+use traffic::{fixture_events, load_fixtures, SPAN_S, T0_S};
 
 const PLUGIN: &str = "grafana-clickhouse-datasource";
 /// The plugin's `format` values: time series, table, logs.
@@ -383,7 +383,12 @@ fn dashboards_are_well_formed() {
                     );
                     nonempty_str(&v["query"], &format!("{f}: query of variable {name}"));
                 }
-                Some("custom" | "constant" | "textbox" | "interval") => {}
+                Some("custom") => {
+                    nonempty_str(
+                        &v["query"],
+                        &format!("{f}: values of custom variable {name}"),
+                    );
+                }
                 other => panic!("{f}: variable {name} has unexpected type {other:?}"),
             }
         }
@@ -459,6 +464,17 @@ fn dashboards_are_well_formed() {
                     assert!(
                         defined.contains(used.as_str()),
                         "{what}: SQL uses ${used}, which templating does not define"
+                    );
+                }
+                // Values are strings: `:sqlstring` quotes each one and doubles its quotes, so a value holding a
+                // quote (or an injection attempt) stays one SQL string literal.
+                for r in var_refs(sql).iter().filter(|r| !r.name.starts_with("__")) {
+                    assert_eq!(
+                        r.format.as_deref(),
+                        Some("sqlstring"),
+                        "{what}: write ${{{}:sqlstring}}, not {:?}",
+                        r.name,
+                        &sql[r.start..r.end]
                     );
                 }
                 for r in var_refs(sql).iter().filter(|r| r.name.starts_with("__")) {
@@ -558,328 +574,6 @@ fn template_expansion_matches_grafana() {
 }
 
 // ------------------------------------------------------------------------------------------------------------------
-// Fixtures
-
-/// Start of the fixture traffic (2025-10-09T08:53:20Z); events spread over the two hours after it.
-const T0_S: i64 = 1_760_000_000;
-const SPAN_S: i64 = 2 * 3600;
-
-fn us(s: i64) -> Timestamp {
-    Timestamp(s * 1_000_000)
-}
-
-/// One kind of traffic: `n` exchanges of one client to one API route, spread over the fixture span.
-struct Flow {
-    n: u64,
-    api: (&'static str, &'static str),
-    host: &'static str,
-    method: &'static str,
-    route: &'static str,
-    app: Option<(&'static str, &'static str, &'static str, &'static str)>,
-    key: Option<(&'static str, &'static str)>,
-    key_state: KeyState,
-    attributed_by: AttributedBy,
-    comm: &'static str,
-    cgroup: &'static str,
-    src_ip: [u8; 4],
-}
-
-const SHOP: Option<(&str, &str, &str, &str)> = Some(("shop", "Shop", "web", "retail"));
-const BILLING: Option<(&str, &str, &str, &str)> =
-    Some(("billing", "Billing", "finance", "corporate"));
-const BATCH: Option<(&str, &str, &str, &str)> =
-    Some(("batch", "Nightly batch", "data", "wholesale"));
-const PAY: (&str, &str) = ("pay", "Payments");
-const ORDERS: (&str, &str) = ("orders", "Orders");
-const CATALOG: (&str, &str) = ("catalog", "Catalog");
-
-fn flows() -> Vec<Flow> {
-    let base = Flow {
-        n: 0,
-        api: PAY,
-        host: "pay.internal",
-        method: "GET",
-        route: "/v1/payments/{id}",
-        app: SHOP,
-        key: Some(("fp-shop", "sh01")),
-        key_state: KeyState::Valid,
-        attributed_by: AttributedBy::Key,
-        comm: "shop",
-        cgroup: "/kubepods/burstable/pod-shop/app",
-        src_ip: [10, 0, 0, 10],
-    };
-    vec![
-        Flow { n: 120, ..base },
-        Flow {
-            n: 40,
-            method: "POST",
-            route: "/v1/payments",
-            ..base
-        },
-        Flow {
-            n: 80,
-            api: ORDERS,
-            host: "orders.internal",
-            route: "/v1/orders/{id}",
-            ..base
-        },
-        // The shop's old key, expired for the catalog.
-        Flow {
-            n: 15,
-            api: CATALOG,
-            host: "catalog.internal",
-            route: "/v1/catalog/items",
-            key: Some(("fp-old", "0ld1")),
-            key_state: KeyState::Expired,
-            ..base
-        },
-        // Billing: valid calls, then calls with the revoked key.
-        Flow {
-            n: 30,
-            app: BILLING,
-            key: Some(("fp-billing", "b1ll")),
-            comm: "billing",
-            cgroup: "/kubepods/pod-billing/app",
-            src_ip: [10, 0, 1, 20],
-            ..base
-        },
-        Flow {
-            n: 25,
-            app: BILLING,
-            key: Some(("fp-billing", "b1ll")),
-            key_state: KeyState::Revoked,
-            comm: "billing",
-            cgroup: "/kubepods/pod-billing/app",
-            src_ip: [10, 0, 1, 20],
-            ..base
-        },
-        // The batch job: by workload (no key) on the catalog, and with its catalog key on payments.
-        Flow {
-            n: 50,
-            api: CATALOG,
-            host: "catalog.internal",
-            route: "/v1/catalog/items",
-            app: BATCH,
-            key: None,
-            key_state: KeyState::None,
-            attributed_by: AttributedBy::Workload,
-            comm: "java",
-            cgroup: "/kubepods/pod-batch/job",
-            src_ip: [10, 0, 2, 30],
-            ..base
-        },
-        Flow {
-            n: 12,
-            app: BATCH,
-            key: Some(("fp-batch", "b4tc")),
-            key_state: KeyState::NotGrantedForApi,
-            comm: "java",
-            cgroup: "/kubepods/pod-batch/job",
-            src_ip: [10, 0, 2, 30],
-            ..base
-        },
-        // Shadow consumers: no key, an unknown key, an API that is not in the registry.
-        Flow {
-            n: 20,
-            api: ORDERS,
-            host: "orders.internal",
-            route: "/v1/orders/{id}",
-            app: None,
-            key: None,
-            key_state: KeyState::None,
-            attributed_by: AttributedBy::None,
-            comm: "python3",
-            cgroup: "/user.slice/user-1000.slice/session-3.scope",
-            src_ip: [192, 168, 1, 77],
-            ..base
-        },
-        Flow {
-            n: 8,
-            app: None,
-            key: Some(("fp-unknown", "zz99")),
-            key_state: KeyState::Unknown,
-            attributed_by: AttributedBy::None,
-            comm: "curl",
-            cgroup: "/user.slice/user-1001.slice/session-9.scope",
-            src_ip: [192, 168, 1, 78],
-            ..base
-        },
-        Flow {
-            n: 10,
-            api: ("", ""),
-            host: "legacy.internal",
-            route: "/report/{id}",
-            app: None,
-            key: None,
-            key_state: KeyState::None,
-            attributed_by: AttributedBy::None,
-            comm: "cron-report",
-            cgroup: "/system.slice/cron.service",
-            src_ip: [10, 0, 3, 40],
-            ..base
-        },
-    ]
-}
-
-/// Mostly 2xx, some 4xx, 5xx and unanswered (status 0), deterministic in `i`.
-fn status(i: u64) -> u16 {
-    match i % 20 {
-        3 => 404,
-        7 => 503,
-        11 if i % 40 == 11 => 0,
-        13 => 201,
-        _ => 200,
-    }
-}
-
-fn fixture_events() -> Vec<Event> {
-    let mut out = Vec::new();
-    for (f_idx, f) in flows().iter().enumerate() {
-        for i in 0..f.n {
-            let ts_us = (T0_S * 1_000_000) + (i as i64 * SPAN_S * 1_000_000) / f.n as i64;
-            let (app_id, app_name, team, lob) = f.app.unwrap_or_default();
-            let (fp, suffix) = f.key.unwrap_or_default();
-            out.push(Event {
-                ts: Timestamp(ts_us + f_idx as i64 * 1_000),
-                // 1 ms .. 100 ms
-                duration_us: 1_000 + (i * 7_919 % 100) * 1_000,
-                side: Side::Client,
-                method: f.method.into(),
-                host: f.host.into(),
-                path: f.route.replace("{id}", &(1_000 + i).to_string()),
-                query_keys: vec![],
-                status: status(i),
-                req_bytes: 200 + i % 50,
-                resp_bytes: 1_000 + (i % 7) * 100,
-                src_ip: IpAddr::from(f.src_ip),
-                src_port: 40_000 + i as u16,
-                dst_ip: IpAddr::from([10, 1, 0, 1]),
-                dst_port: 8080,
-                client_pid: 100 + f_idx as u32,
-                client_comm: f.comm.into(),
-                client_cgroup: f.cgroup.into(),
-                server_pid: 9,
-                server_comm: "envoy".into(),
-                server_cgroup: "/kubepods/pod-gateway/envoy".into(),
-                user_agent: "fixture/1.0".into(),
-                request_id: format!("req-{f_idx}-{i}"),
-                truncated: false,
-                conn_id: ((f_idx as u64) << 32) | i,
-                api_id: f.api.0.into(),
-                api_name: f.api.1.into(),
-                api_owner: if f.api.0.is_empty() { "" } else { "platform" }.into(),
-                route: f.route.into(),
-                app_id: app_id.into(),
-                app_name: app_name.into(),
-                app_team: team.into(),
-                line_of_business: lob.into(),
-                key_fingerprint: fp.into(),
-                key_suffix: suffix.into(),
-                key_state: f.key_state,
-                attributed_by: f.attributed_by,
-            });
-        }
-    }
-    out
-}
-
-/// Registry version 1 (before the traffic) and version 2 (billing's key revoked by bob half an hour in).
-fn fixture_registry() -> (RegistryRows, RegistryRows) {
-    let v1_at = us(T0_S - 300);
-    let api = |id: &str, name: &str, host: &str| ApiRow {
-        api_id: id.into(),
-        name: name.into(),
-        owner: "platform".into(),
-        line_of_business: "retail".into(),
-        auth: "api_key".into(),
-        hosts: vec![host.into()],
-        base_path: "/v1".into(),
-        version: 1,
-        loaded_at: v1_at,
-        deleted: false,
-    };
-    let app = |a: Option<(&str, &str, &str, &str)>, workloads: &[&str]| {
-        let (id, name, team, lob) = a.expect("an application");
-        ApplicationRow {
-            app_id: id.into(),
-            name: name.into(),
-            team: team.into(),
-            line_of_business: lob.into(),
-            created_by: "registry-admin".into(),
-            created_at: Some(us(T0_S - 86_400 * 100)),
-            predecessor: String::new(),
-            workloads: workloads.iter().map(|w| w.to_string()).collect(),
-            version: 1,
-            loaded_at: v1_at,
-            deleted: false,
-        }
-    };
-    let grant = |fp: &str, suffix: &str, api: &str, app: &str, by: &str| KeyGrantRow {
-        key_fingerprint: fp.into(),
-        api_id: api.into(),
-        grant_seq: 0,
-        key_id: format!("{app}-key-{suffix}"),
-        key_suffix: suffix.into(),
-        app_id: app.into(),
-        granted_by: by.into(),
-        valid_from: Some(us(T0_S - 86_400 * 30)),
-        valid_until: None,
-        revoked_at: None,
-        revoked_by: String::new(),
-        note: String::new(),
-        version: 1,
-        loaded_at: v1_at,
-        deleted: false,
-    };
-    let team = |team: &str, name: &str, lob: &str| TeamRow {
-        team: team.into(),
-        name: name.into(),
-        line_of_business: lob.into(),
-        alert_contact: format!("{team}-oncall"),
-        version: 1,
-        loaded_at: v1_at,
-        deleted: false,
-    };
-    let mut expired = grant("fp-old", "0ld1", "catalog", "shop", "dave");
-    expired.valid_until = Some(us(T0_S - 86_400));
-    let v1 = RegistryRows {
-        apis: vec![
-            api("pay", "Payments", "pay.internal"),
-            api("orders", "Orders", "orders.internal"),
-            api("catalog", "Catalog", "catalog.internal"),
-        ],
-        applications: vec![
-            app(SHOP, &[]),
-            app(BILLING, &[]),
-            app(BATCH, &["cgroup=/kubepods/pod-batch/*"]),
-        ],
-        key_grants: vec![
-            grant("fp-shop", "sh01", "pay", "shop", "alice"),
-            grant("fp-shop", "sh01", "orders", "shop", "alice"),
-            expired,
-            grant("fp-billing", "b1ll", "pay", "billing", "carol"),
-            grant("fp-batch", "b4tc", "catalog", "batch", "erin"),
-        ],
-        teams: vec![
-            team("web", "Web shop", "retail"),
-            team("finance", "Finance", "corporate"),
-            team("data", "Data platform", "wholesale"),
-        ],
-    };
-    let mut revoked = v1.key_grants[3].clone();
-    revoked.revoked_at = Some(us(T0_S + 1800));
-    revoked.revoked_by = "bob".into();
-    revoked.note = "CHG-7 key leaked".into();
-    revoked.version = 2;
-    revoked.loaded_at = us(T0_S + 1800);
-    let v2 = RegistryRows {
-        key_grants: vec![revoked],
-        ..RegistryRows::default()
-    };
-    (v1, v2)
-}
-
-// ------------------------------------------------------------------------------------------------------------------
 // Running queries
 
 /// Runs `sql` and returns its result rows in `format` (`JSONEachRow` or `JSONCompactEachRow`), one value per row.
@@ -939,6 +633,91 @@ async fn variable_options(
         .collect()
 }
 
+/// Single-select variables have no "All": the value the fixture checks use, by dashboard and variable.
+const SINGLE_DEFAULTS: &[(&str, &str, &str)] = &[("application-detail.json", "app", "shop")];
+
+/// One template variable and the values Grafana would offer for it.
+struct VarChoice {
+    name: String,
+    multi: bool,
+    options: Vec<String>,
+    /// What a single-select variable holds when the others are at "All".
+    default: String,
+}
+
+impl VarChoice {
+    /// "All" for a multi-select variable (Grafana sends every option), the default for a single-select one.
+    fn all(&self) -> Vec<String> {
+        if self.multi {
+            self.options.clone()
+        } else {
+            vec![self.default.clone()]
+        }
+    }
+
+    /// The first `n` options (one for a single-select variable).
+    fn first(&self, n: usize) -> Vec<String> {
+        let n = if self.multi { n } else { 1 };
+        self.options.iter().take(n).cloned().collect()
+    }
+
+    /// An option holding a single quote, if any.
+    fn quoted(&self) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|o| o.contains('\''))
+            .map(String::as_str)
+    }
+}
+
+/// Every variable of `d` in definition order, its options resolved as Grafana does (query variables run with the
+/// earlier ones at "All", custom ones split at commas, the data source as one name).
+async fn variable_choices(c: &clickhouse::Client, d: &Dashboard, t: TimeRange) -> Vec<VarChoice> {
+    let mut out: Vec<VarChoice> = Vec::new();
+    for v in d.variables() {
+        let name = v["name"].as_str().unwrap_or_default().to_string();
+        let options = match v["type"].as_str() {
+            Some("query") => {
+                let earlier = selection(&out, VarChoice::all);
+                variable_options(c, d, v, &earlier, t).await
+            }
+            Some("custom") => v["query"]
+                .as_str()
+                .unwrap_or_default()
+                .split(',')
+                .map(|o| o.trim().to_string())
+                .collect(),
+            Some("datasource") => vec!["ClickHouse".into()],
+            other => panic!("{}: variable {name} of type {other:?}", d.file),
+        };
+        let multi = v["multi"] == true;
+        let default = SINGLE_DEFAULTS
+            .iter()
+            .find(|(f, n, _)| *f == d.file && *n == name)
+            .map_or_else(|| options[0].clone(), |(_, _, val)| val.to_string());
+        assert!(
+            options.contains(&default),
+            "{}: ${name} does not offer {default:?}: {options:?}",
+            d.file
+        );
+        out.push(VarChoice {
+            name,
+            multi,
+            options,
+            default,
+        });
+    }
+    out
+}
+
+/// Selected values of every variable, `pick` choosing each one's.
+fn selection(
+    vars: &[VarChoice],
+    pick: impl Fn(&VarChoice) -> Vec<String>,
+) -> BTreeMap<String, Vec<String>> {
+    vars.iter().map(|v| (v.name.clone(), pick(v))).collect()
+}
+
 fn num(row: &Row, col: &str) -> f64 {
     match row.get(col) {
         Some(Value::Number(n)) => n.as_f64().expect("finite"),
@@ -992,28 +771,9 @@ async fn every_panel_query_runs() {
     let url = srv.url();
     apply(&url, None).await;
 
-    // Fixtures: traffic through the real sink, the registry through write_registry.
     let events = fixture_events();
-    insert_events(&url, &dir.path().join("spool"), &events).await;
+    load_fixtures(&url, &dir.path().join("spool"), &events).await;
     let c = client(&url).with_database("observer");
-    let (v1, v2) = fixture_registry();
-    write_registry(&c, &v1)
-        .await
-        .unwrap_or_else(|e| panic!("write registry v1: {e}"));
-    write_registry(&c, &v2)
-        .await
-        .unwrap_or_else(|e| panic!("write registry v2: {e}"));
-    for dict in [
-        "apis_dict",
-        "applications_dict",
-        "key_grants_dict",
-        "teams_dict",
-    ] {
-        c.query(&format!("SYSTEM RELOAD DICTIONARY observer.{dict}"))
-            .execute()
-            .await
-            .unwrap_or_else(|e| panic!("reload {dict}: {e}"));
-    }
 
     // The dashboard time range covers the fixtures with margin; one-minute interval.
     let t = TimeRange {
@@ -1022,25 +782,10 @@ async fn every_panel_query_runs() {
         interval_ms: 60_000,
     };
     let mut results = BTreeMap::new();
+    let mut quoted_runs = Vec::new();
     for d in &dashboards {
-        // "All" selected everywhere: each variable's options, as Grafana resolves them, in definition order.
-        let mut all = BTreeMap::new();
-        let mut first = BTreeMap::new();
-        for v in d.variables() {
-            let name = v["name"].as_str().unwrap_or_default().to_string();
-            match v["type"].as_str() {
-                Some("query") => {
-                    let opts = variable_options(&c, d, v, &all, t).await;
-                    first.insert(name.clone(), vec![opts[0].clone()]);
-                    all.insert(name, opts);
-                }
-                Some("datasource") => {
-                    all.insert(name.clone(), vec!["ClickHouse".into()]);
-                    first.insert(name, vec!["ClickHouse".into()]);
-                }
-                other => panic!("{}: variable {name} of type {other:?}", d.file),
-            }
-        }
+        let vars = variable_choices(&c, d, t).await;
+        let all = selection(&vars, |v| v.all());
         let rows = run_panels(&c, d, &all, t, "All selected").await;
         for (title, r) in &rows {
             assert!(
@@ -1049,8 +794,30 @@ async fn every_panel_query_runs() {
                 d.file
             );
         }
-        // One value of each variable: the SQL must still be valid (rows may legitimately be empty).
-        run_panels(&c, d, &first, t, "first option selected").await;
+        // One value, then two values of each variable: the SQL must still be valid (rows may be empty).
+        run_panels(&c, d, &selection(&vars, |v| v.first(1)), t, "first option").await;
+        run_panels(
+            &c,
+            d,
+            &selection(&vars, |v| v.first(2)),
+            t,
+            "first two options",
+        )
+        .await;
+        // A value holding a quote, alone and beside another, in each variable that offers one.
+        for v in vars.iter().filter(|v| v.quoted().is_some()) {
+            let q = v.quoted().unwrap().to_string();
+            let mut one = all.clone();
+            one.insert(v.name.clone(), vec![q.clone()]);
+            let what = format!("${} = {q:?}", v.name);
+            let r = run_panels(&c, d, &one, t, &what).await;
+            if v.multi {
+                let other = v.options.iter().find(|o| **o != q).expect("another option");
+                one.insert(v.name.clone(), vec![other.clone(), q.clone()]);
+                run_panels(&c, d, &one, t, &format!("{what} and {other:?}")).await;
+            }
+            quoted_runs.push((d.file.clone(), v.name.clone(), r));
+        }
         // A five-minute interval buckets differently.
         let wide = TimeRange {
             interval_ms: 300_000,
@@ -1060,8 +827,16 @@ async fn every_panel_query_runs() {
         results.insert(d.file.clone(), rows);
     }
 
-    // Values the fixtures imply.
-    let count = |pred: &dyn Fn(&Event) -> bool| events.iter().filter(|e| pred(e)).count() as f64;
+    // Values the fixtures imply, from the events in the time range (the day-before traffic is outside it).
+    let in_range: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.ts.0 >= t.from_ms * 1000 && e.ts.0 <= t.to_ms * 1000)
+        .collect();
+    assert!(
+        in_range.len() < events.len(),
+        "some fixtures precede the range"
+    );
+    let count = |pred: &dyn Fn(&Event) -> bool| in_range.iter().filter(|e| pred(e)).count() as f64;
     let panel = |file: &str, title: &str| -> &Vec<Row> {
         results
             .get(file)
@@ -1071,7 +846,7 @@ async fn every_panel_query_runs() {
     let main = |title: &str| panel("api-consumption.json", title);
     assert_eq!(
         num(&main("Requests")[0], "requests"),
-        events.len() as f64,
+        in_range.len() as f64,
         "Requests stat"
     );
 
@@ -1151,7 +926,7 @@ async fn every_panel_query_runs() {
         .iter()
         .find(|r| text(r, "api") == "Payments")
         .unwrap_or_else(|| panic!("no Payments bytes: {bytes:#?}"));
-    let want_in: u64 = events
+    let want_in: u64 = in_range
         .iter()
         .filter(|e| e.api_id == "pay")
         .map(|e| e.req_bytes)
@@ -1161,19 +936,196 @@ async fn every_panel_query_runs() {
     let history = panel("key-audit.json", "Grant history");
     let billing_grant = history
         .iter()
-        .find(|r| text(r, "key_suffix") == "b1ll")
+        .find(|r| text(r, "key_suffix") == "b1ll" && text(r, "api") == "Payments")
         .unwrap_or_else(|| panic!("billing's grant in the history: {history:#?}"));
     assert_eq!(text(billing_grant, "revoked_by"), "bob");
     assert_eq!(text(billing_grant, "application"), "Billing");
     assert_eq!(
         history.len(),
-        5,
+        7,
         "one row per grant entry of the registry: {history:#?}"
     );
     let changes = panel("key-audit.json", "Grant changes loaded in the time range");
     assert_eq!(
         changes.len(),
-        6,
-        "five grants at version 1 and the revocation at version 2: {changes:#?}"
+        8,
+        "seven grants at version 1 and the revocation at version 2: {changes:#?}"
+    );
+
+    check_application_detail(&|title| panel("application-detail.json", title), &count);
+    check_governance(&|title| panel("governance-audit.json", title), &count);
+    check_operations(
+        &|title| panel("operations.json", title),
+        &count,
+        (t.to_ms - t.from_ms) as f64 / 1000.0,
+    );
+
+    // A quoted value selects its own rows: the shop's predecessor, whose id holds a quote.
+    let old_shop = quoted_runs
+        .iter()
+        .find(|(f, v, _)| f == "application-detail.json" && v == "app")
+        .map(|(_, _, rows)| rows)
+        .expect("application-detail.json: $app offers \"bob's-shop\"");
+    assert_eq!(
+        num(&old_shop["Requests"][0], "requests"),
+        count(&|e| e.app_id == "bob's-shop"),
+        "application detail of bob's-shop"
+    );
+    let by_app = quoted_runs
+        .iter()
+        .find(|(f, v, _)| f == "api-consumption.json" && v == "app")
+        .map(|(_, _, rows)| rows)
+        .expect("api-consumption.json: $app offers \"bob's-shop\"");
+    assert_eq!(
+        num(&by_app["Requests"][0], "requests"),
+        count(&|e| e.app_id == "bob's-shop"),
+        "API consumption with $app = bob's-shop"
+    );
+}
+
+type Panel<'a> = dyn Fn(&str) -> &'a Vec<Row> + 'a;
+type Count<'a> = dyn Fn(&dyn Fn(&Event) -> bool) -> f64 + 'a;
+
+/// Sum of `col` over `rows`.
+fn total(rows: &[Row], col: &str) -> f64 {
+    rows.iter()
+        .filter(|r| r.contains_key(col))
+        .map(|r| num(r, col))
+        .sum()
+}
+
+/// The application detail of the shop (its default): its rate, baseline and predecessor, its keys.
+fn check_application_detail(panel: &Panel, count: &Count) {
+    let shop = |e: &Event| e.app_id == "shop";
+    assert_eq!(num(&panel("Requests")[0], "requests"), count(&shop));
+    assert_eq!(text(&panel("Predecessor")[0], "predecessor"), "Bob's shop");
+    // One-minute buckets: requests per second times 60 is the bucket's count.
+    let rate = panel("Rate vs baseline vs predecessor");
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-6, "{what}: {a} != {b}");
+    close(total(rate, "this_app") * 60.0, count(&shop), "this_app");
+    close(
+        total(rate, "predecessor") * 60.0,
+        count(&|e| e.app_id == "bob's-shop"),
+        "predecessor",
+    );
+    // The day before is outside the range: 60 calls (the fixture flow starting a day before T0).
+    close(
+        total(rate, "baseline_day_before") * 60.0,
+        60.0,
+        "baseline_day_before",
+    );
+    let keys = panel("Keys and grants");
+    let state = |suffix: &str, api: &str| -> (String, f64) {
+        let r = keys
+            .iter()
+            .find(|r| text(r, "key_suffix") == suffix && text(r, "api") == api)
+            .unwrap_or_else(|| panic!("no grant {suffix} for {api}: {keys:#?}"));
+        (text(r, "state").to_string(), num(r, "calls"))
+    };
+    assert_eq!(keys.len(), 3, "the shop's three grants: {keys:#?}");
+    assert_eq!(
+        state("sh01", "Payments"),
+        (
+            "active".into(),
+            count(&|e| e.key_fingerprint == "fp-shop" && e.api_id == "pay")
+        )
+    );
+    assert_eq!(state("0ld1", "Catalog").0, "expired");
+    let routes = panel("APIs and routes called");
+    assert_eq!(total(routes, "requests"), count(&shop));
+    assert_eq!(
+        total(routes, "errors"),
+        count(&|e| shop(e) && (e.status >= 500 || e.status == 0))
+    );
+}
+
+/// Who can call what, unused and shared keys, calls outside the grant.
+fn check_governance(panel: &Panel, count: &Count) {
+    let grants = panel("Who can call what");
+    assert_eq!(grants.len(), 7, "one row per key and API: {grants:#?}");
+    let billing_pay = grants
+        .iter()
+        .find(|r| text(r, "key_suffix") == "b1ll" && text(r, "api") == "Payments")
+        .unwrap_or_else(|| panic!("billing's payments grant: {grants:#?}"));
+    assert_eq!(text(billing_pay, "state"), "revoked");
+    assert_eq!(text(billing_pay, "revoked_by"), "bob");
+    assert_eq!(text(billing_pay, "granted_by"), "carol");
+    assert_eq!(text(billing_pay, "team"), "finance");
+    assert_eq!(
+        num(billing_pay, "calls"),
+        count(&|e| e.key_fingerprint == "fp-billing")
+    );
+    let unused: BTreeSet<(&str, &str)> = panel("Grants unused in the time range")
+        .iter()
+        .map(|r| (text(r, "key_suffix"), text(r, "api")))
+        .collect();
+    assert_eq!(
+        unused,
+        [("b1ll", "Orders"), ("b4tc", "Catalog")]
+            .into_iter()
+            .collect(),
+        "granted, active and never used in the range"
+    );
+    assert_eq!(num(&panel("Unused grants")[0], "unused_grants"), 2.0);
+    let shared = panel("Shared keys");
+    assert_eq!(
+        shared.len(),
+        1,
+        "only the shop's key is shared: {shared:#?}"
+    );
+    assert_eq!(text(&shared[0], "key_suffix"), "sh01");
+    assert_eq!(num(&shared[0], "workloads"), 2.0);
+    assert_eq!(text(&shared[0], "processes"), "curl, shop");
+    let outside = |e: &Event| {
+        matches!(
+            e.key_state,
+            KeyState::Revoked
+                | KeyState::Expired
+                | KeyState::NotGrantedForApi
+                | KeyState::NotYetValid
+        )
+    };
+    assert_eq!(
+        num(&panel("Calls outside their grant")[0], "calls"),
+        count(&outside)
+    );
+    assert_eq!(
+        total(panel("Keys used outside their grant"), "calls"),
+        count(&outside)
+    );
+    assert_eq!(panel("Shadow consumers").len(), 3);
+}
+
+/// Rate, errors and latency per API, route and side.
+fn check_operations(panel: &Panel, count: &Count, range_s: f64) {
+    let all = count(&|_| true);
+    let table = panel("By API, route and observed side");
+    assert_eq!(total(table, "requests"), all);
+    assert_eq!(
+        total(table, "errors"),
+        count(&|e| e.status >= 500 || e.status == 0)
+    );
+    for r in table {
+        assert_eq!(
+            text(r, "side"),
+            "client",
+            "the fixtures are client side: {r:?}"
+        );
+        let (p50, p95, p99) = (num(r, "p50_ms"), num(r, "p95_ms"), num(r, "p99_ms"));
+        assert!(
+            1.0 <= p50 && p50 <= p95 && p95 <= p99 && p99 <= 100.0,
+            "latency quantiles out of order or range: {r:?}"
+        );
+    }
+    let rps = num(&panel("Requests per second")[0], "rps");
+    assert!(
+        (rps - all / range_s).abs() < 1e-9,
+        "{rps} vs {}",
+        all / range_s
+    );
+    assert_eq!(
+        total(panel("Status codes by API"), "requests"),
+        all,
+        "every exchange has one status"
     );
 }
