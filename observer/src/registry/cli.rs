@@ -134,11 +134,10 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
                 super::import_openapi::to_registry_yaml(&parsed, &spec.display().to_string())
             } else if let Some(kong) = kong {
                 let secret = secret.load()?;
-                let text =
-                    std::fs::read_to_string(&kong).map_err(|source| RegistryError::Read {
-                        path: kong.clone(),
-                        source,
-                    })?;
+                let text = super::yaml::read_text(&kong).map_err(|source| RegistryError::Read {
+                    path: kong.clone(),
+                    source,
+                })?;
                 let today = crate::event::Timestamp::now().to_rfc3339()[..10].to_string();
                 super::import_kong::import(&text, &kong.display().to_string(), &secret, &today)
                     .map_err(|message| RegistryError::Import {

@@ -32,8 +32,8 @@ const OPERATIONS: &[&str] = &[
 
 /// Reads and parses an OpenAPI 3 document; errors say what is wrong (with a line where one applies).
 pub fn read_spec(path: &Path) -> Result<OpenApiSpec, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        super::yaml::read_text(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_spec(&text)
 }
 

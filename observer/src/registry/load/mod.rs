@@ -80,7 +80,7 @@ pub struct Loaded {
 
 /// Reads and validates the registry at `path`. Relative paths inside it resolve against its directory.
 pub fn load_file(path: &Path, secret: &KeySecret) -> Result<Loaded, RegistryError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+    let text = super::yaml::read_text(path).map_err(|source| RegistryError::Read {
         path: path.to_path_buf(),
         source,
     })?;
