@@ -39,12 +39,21 @@ pub struct Api {
     /// Line of business of the API (defaults to the owner team's).
     pub line_of_business: String,
     pub matcher: ApiMatch,
-    pub auth: Auth,
+    /// Where the API's callers put their key, tried in order (the first location holding a credential wins).
+    pub auth: Vec<Auth>,
     /// Route templates: those written in the registry, then those taken from `openapi`.
     pub routes: Vec<RouteTemplate>,
     pub openapi: Option<PathBuf>,
     pub max_inferred_routes: usize,
     pub line: usize,
+}
+
+impl Api {
+    /// The auth kinds in order, comma-separated (`basic,bearer`).
+    pub fn auth_label(&self) -> String {
+        let kinds: Vec<&str> = self.auth.iter().map(|a| a.kind.as_str()).collect();
+        kinds.join(",")
+    }
 }
 
 /// How traffic is recognised as belonging to an API. Every criterion given must hold (a list holds when any of its

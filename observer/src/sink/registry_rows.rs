@@ -157,7 +157,7 @@ pub fn from_registry(
             name: a.name.clone(),
             owner: a.owner.clone(),
             line_of_business: a.line_of_business.clone(),
-            auth: a.auth.kind.as_str().to_string(),
+            auth: a.auth_label(),
             hosts: a
                 .matcher
                 .hosts

@@ -46,7 +46,7 @@ impl Ctx<'_> {
                 ApiMatch::default()
             }
         };
-        let auth = self.auth(n.get("auth"), &what);
+        let auth = self.auths(n.get("auth"), &what);
         let mut routes: Vec<RouteTemplate> = Vec::new();
         let mut route_lines: HashMap<(Option<String>, String), usize> = HashMap::new();
         for (text, line) in self.strings(n, "routes", &what) {
@@ -80,18 +80,20 @@ impl Ctx<'_> {
                     .and_then(|text| super::super::import_openapi::parse_spec(&text))
                 {
                     Ok(spec) => {
-                        for text in &spec.routes {
+                        for (text, spec_line) in &spec.routes {
                             match RouteTemplate::parse(text) {
                                 Ok(r) => {
                                     let k = (r.method.clone(), r.path.clone());
-                                    if let std::collections::hash_map::Entry::Vacant(e) = route_lines.entry(k) {
+                                    if let std::collections::hash_map::Entry::Vacant(e) =
+                                        route_lines.entry(k)
+                                    {
                                         e.insert(line);
                                         routes.push(r);
                                     }
                                 }
                                 Err(e) => self.err(
                                     line,
-                                    format!("{what}: OpenAPI file {file}: unparsable path `{text}`: {e}"),
+                                    format!("{what}: OpenAPI file {file} line {spec_line}: unparsable path `{text}`: {e}"),
                                 ),
                             }
                         }
@@ -217,11 +219,41 @@ impl Ctx<'_> {
         out
     }
 
-    pub(super) fn auth(&mut self, node: Option<&Node>, api: &str) -> Auth {
-        let what = format!("{api} auth");
+    /// `auth`: one location (a type name or a mapping) or a list of them, tried in order.
+    pub(super) fn auths(&mut self, node: Option<&Node>, api: &str) -> Vec<Auth> {
         let Some(node) = node.filter(|n| !n.is_null()) else {
-            return Auth::default();
+            return vec![Auth::default()];
         };
+        let Some(items) = node.as_seq() else {
+            return vec![self.auth(node, api)];
+        };
+        if items.is_empty() {
+            self.err(
+                node.line,
+                format!("{api} auth: empty list; give at least one location (or `anonymous`)"),
+            );
+            return vec![Auth::default()];
+        }
+        let out: Vec<Auth> = items.iter().map(|n| self.auth(n, api)).collect();
+        if out.len() > 1 && out.iter().any(|a| a.kind == AuthKind::Anonymous) {
+            self.err(
+                node.line,
+                format!("{api} auth: `anonymous` cannot be combined with other locations"),
+            );
+        }
+        for (i, a) in out.iter().enumerate() {
+            if out[..i].contains(a) {
+                self.err(
+                    items[i].line,
+                    format!("{api} auth: location `{}` listed twice", a.kind.as_str()),
+                );
+            }
+        }
+        out
+    }
+
+    pub(super) fn auth(&mut self, node: &Node, api: &str) -> Auth {
+        let what = format!("{api} auth");
         let parse_kind = |cx: &mut Self, s: &str, line: usize| match AuthKind::parse(s) {
             Some(k) => k,
             None => {
@@ -346,6 +378,33 @@ mod tests {
             format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {{ports: 80}}\n    auth: {auth}\n")
         };
         assert_problem(&api("oauth"), 6, "unknown auth type `oauth`");
+        assert_problem(&api("[]"), 6, "empty list");
+        assert_problem(
+            &api("[anonymous, bearer]"),
+            6,
+            "`anonymous` cannot be combined",
+        );
+        assert_problem(
+            &api("[bearer, bearer]"),
+            6,
+            "location `bearer` listed twice",
+        );
+        let several = load(&api("[basic, {type: api_key, query: key}, bearer]"))
+            .expect("several locations are valid");
+        let kinds: Vec<AuthKind> = several.registry.apis[0]
+            .auth
+            .iter()
+            .map(|a| a.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [AuthKind::Basic, AuthKind::ApiKey, AuthKind::Bearer],
+            "in order"
+        );
+        assert_eq!(
+            several.registry.apis[0].auth_label(),
+            "basic,api_key,bearer"
+        );
         assert_problem(
             &api("{type: bearer, headers: X-Key}"),
             6,
@@ -353,7 +412,7 @@ mod tests {
         );
         assert_problem(&api("{headers: \"X Key\"}"), 6, "not a valid header name");
         let ok = load(&api("{query: [key, api_key]}")).expect("query-only api_key auth is valid");
-        let auth = &ok.registry.apis[0].auth;
+        let auth = &ok.registry.apis[0].auth[0];
         assert_eq!(auth.kind, AuthKind::ApiKey);
         assert_eq!(
             auth.headers,
@@ -362,9 +421,7 @@ mod tests {
         );
         assert_eq!(auth.query, vec!["key", "api_key"]);
         assert_eq!(
-            load(&api("basic")).expect("valid").registry.apis[0]
-                .auth
-                .kind,
+            load(&api("basic")).expect("valid").registry.apis[0].auth[0].kind,
             AuthKind::Basic
         );
     }

@@ -64,6 +64,8 @@ pub enum RegistryError {
     Secret(#[from] SecretError),
     #[error("{path}: {message}")]
     Import { path: PathBuf, message: String },
+    #[error("{path}: --strict: {count} item(s) dropped or approximated by the import")]
+    Strict { path: PathBuf, count: usize },
     #[error("cannot read the key from standard input: {0}")]
     Stdin(std::io::Error),
     #[error("empty key: give the API key as an argument or on standard input")]
