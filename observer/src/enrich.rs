@@ -61,7 +61,14 @@ pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
     } else {
         ev.path.as_str()
     };
-    let api_idx = snap.match_api(host, ev.dst_port, path, &ev.server_comm, &ev.server_cgroup);
+    let api_idx = snap.match_api(
+        host,
+        ev.dst_port,
+        &ev.method,
+        path,
+        &ev.server_comm,
+        &ev.server_cgroup,
+    );
     let api = api_idx.map(|i| snap.api(i));
     match api {
         Some(a) => {

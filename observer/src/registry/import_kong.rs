@@ -407,7 +407,7 @@ mod tests {
         let ids: Vec<&str> = r.apis.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids, ["payments", "orders", "inventory"]);
         let pay = &r.apis[0];
-        assert_eq!(pay.matcher.base_paths, ["/v1/payments"]);
+        assert_eq!(pay.matchers[0].base_paths, ["/v1/payments"]);
         assert_eq!(pay.auth[0].headers, ["X-Api-Key"]);
         assert!(pay.auth[0].query.is_empty(), "key_in_query: false");
         let orders = &r.apis[1];
@@ -418,13 +418,13 @@ mod tests {
             "Kong accepts the key in the query by default"
         );
         assert_eq!(
-            orders.matcher.base_paths,
+            orders.matchers[0].base_paths,
             ["/v1/orders"],
             "regex path skipped"
         );
         assert!(yaml.contains("Regex route paths not imported"));
         let inv = &r.apis[2];
-        assert_eq!(inv.matcher.ports, [9090]);
+        assert_eq!(inv.matchers[0].ports, [9090]);
         assert_eq!(inv.auth[0].kind, crate::registry::AuthKind::Basic);
 
         let apps: Vec<&str> = r.applications.iter().map(|a| a.id.as_str()).collect();
@@ -509,7 +509,7 @@ acls:
             .unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}"))
             .registry;
         assert_eq!(
-            r.apis[0].matcher.hosts.len(),
+            r.apis[0].matchers[0].hosts.len(),
             1,
             "top-level route attached by service reference"
         );

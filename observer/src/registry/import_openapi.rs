@@ -728,7 +728,7 @@ components:
             .registry;
         assert_eq!(r.apis[0].id, "payments-api");
         assert_eq!(r.apis[0].routes.len(), 7);
-        assert_eq!(r.apis[0].matcher.base_paths, ["/v1"]);
+        assert_eq!(r.apis[0].matchers[0].base_paths, ["/v1"]);
     }
 
     #[test]
