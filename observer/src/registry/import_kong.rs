@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use super::fingerprint::{key_suffix, KeySecret};
 use super::import_openapi::{slug, split_url, unassigned_team_yaml};
+use super::load::Problem;
 use super::yaml::{self, flow_list, scalar, Node};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -121,7 +122,12 @@ fn add_route(svc: &mut Service, r: &Node) {
 
 /// Converts Kong declarative config text to registry YAML. Keys are fingerprinted with `secret`; raw keys are not
 /// printed. `today` (YYYY-MM-DD) dates the grants.
-pub fn import(text: &str, source: &str, secret: &KeySecret, today: &str) -> Result<String, String> {
+pub fn import(
+    text: &str,
+    source: &str,
+    secret: &KeySecret,
+    today: &str,
+) -> Result<(String, Vec<Problem>), String> {
     let root = yaml::parse(text)
         .map_err(|e| format!("YAML syntax error at line {}: {}", e.line, e.message))?;
     if root.get("_format_version").is_none() && root.get("services").is_none() {
@@ -235,7 +241,8 @@ pub fn import(text: &str, source: &str, secret: &KeySecret, today: &str) -> Resu
         }
     }
 
-    Ok(render(&services, &consumers, source, secret, today))
+    let notes = Vec::new();
+    Ok((render(&services, &consumers, source, secret, today), notes))
 }
 
 fn granted(svc: &Service, c: &Consumer) -> bool {
@@ -386,8 +393,9 @@ mod tests {
 
     #[test]
     fn kong_fixture_imports_to_a_valid_registry() {
-        let yaml =
-            import(&fixture(), "kong.yaml", &secret(), "2026-03-02").expect("fixture imports");
+        let yaml = import(&fixture(), "kong.yaml", &secret(), "2026-03-02")
+            .expect("fixture imports")
+            .0;
         assert!(
             !yaml.contains("sk_live_mobile_checkout_7Hq2x93f9a"),
             "raw keys never printed:\n{yaml}"
@@ -399,25 +407,25 @@ mod tests {
         let ids: Vec<&str> = r.apis.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids, ["payments", "orders", "inventory"]);
         let pay = &r.apis[0];
-        assert_eq!(pay.matcher.base_paths, ["/v1/payments"]);
-        assert_eq!(pay.auth.headers, ["X-Api-Key"]);
-        assert!(pay.auth.query.is_empty(), "key_in_query: false");
+        assert_eq!(pay.matchers[0].base_paths, ["/v1/payments"]);
+        assert_eq!(pay.auth[0].headers, ["X-Api-Key"]);
+        assert!(pay.auth[0].query.is_empty(), "key_in_query: false");
         let orders = &r.apis[1];
-        assert_eq!(orders.auth.headers, ["apikey"], "Kong default key name");
+        assert_eq!(orders.auth[0].headers, ["apikey"], "Kong default key name");
         assert_eq!(
-            orders.auth.query,
+            orders.auth[0].query,
             ["apikey"],
             "Kong accepts the key in the query by default"
         );
         assert_eq!(
-            orders.matcher.base_paths,
+            orders.matchers[0].base_paths,
             ["/v1/orders"],
             "regex path skipped"
         );
         assert!(yaml.contains("Regex route paths not imported"));
         let inv = &r.apis[2];
-        assert_eq!(inv.matcher.ports, [9090]);
-        assert_eq!(inv.auth.kind, crate::registry::AuthKind::Basic);
+        assert_eq!(inv.matchers[0].ports, [9090]);
+        assert_eq!(inv.auth[0].kind, crate::registry::AuthKind::Basic);
 
         let apps: Vec<&str> = r.applications.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(
@@ -496,12 +504,12 @@ acls:
   - consumer: bad
     group: blocked
 ";
-        let yaml = import(text, "k.yaml", &secret(), "2026-01-01").expect("imports");
+        let (yaml, _) = import(text, "k.yaml", &secret(), "2026-01-01").expect("imports");
         let r = load_str(&yaml, Path::new("."), &secret())
             .unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}"))
             .registry;
         assert_eq!(
-            r.apis[0].matcher.hosts.len(),
+            r.apis[0].matchers[0].hosts.len(),
             1,
             "top-level route attached by service reference"
         );

@@ -9,6 +9,17 @@ use super::super::yaml::Node;
 use super::fields::label;
 use super::Ctx;
 
+/// Criteria of one matcher (`methods` last: it narrows, but alone does not recognise an API).
+const MATCH_FIELDS: &[&str] = &[
+    "hosts",
+    "ports",
+    "base_path",
+    "path_regex",
+    "server_comm",
+    "server_cgroup",
+    "methods",
+];
+
 impl Ctx<'_> {
     pub(super) fn api(&mut self, n: &Node, i: usize) -> Option<Api> {
         let what = label("api", "apis", i, n.get("id").and_then(Node::as_str));
@@ -36,17 +47,24 @@ impl Ctx<'_> {
             .opt_str(n, "line_of_business", &what)
             .map(|v| v.0)
             .unwrap_or_default();
-        let matcher = match n.get("match") {
-            Some(m) if !m.is_null() => self.api_match(m, &what),
+        let matchers = match n.get("match") {
+            Some(m) if !m.is_null() => match m.as_seq() {
+                Some([]) => {
+                    self.err(m.line, format!("{what}: `match` is an empty list"));
+                    Vec::new()
+                }
+                Some(items) => items.iter().map(|m| self.api_match(m, &what)).collect(),
+                None => vec![self.api_match(m, &what)],
+            },
             _ => {
                 self.err(
                     n.line,
-                    format!("{what}: missing required field `match` (hosts, ports, base_path, server_comm or server_cgroup)"),
+                    format!("{what}: missing required field `match` (one matcher or a list of them: {})", MATCH_FIELDS.join(", ")),
                 );
-                ApiMatch::default()
+                Vec::new()
             }
         };
-        let auth = self.auth(n.get("auth"), &what);
+        let auth = self.auths(n.get("auth"), &what);
         let mut routes: Vec<RouteTemplate> = Vec::new();
         let mut route_lines: HashMap<(Option<String>, String), usize> = HashMap::new();
         for (text, line) in self.strings(n, "routes", &what) {
@@ -80,18 +98,20 @@ impl Ctx<'_> {
                     .and_then(|text| super::super::import_openapi::parse_spec(&text))
                 {
                     Ok(spec) => {
-                        for text in &spec.routes {
+                        for (text, spec_line) in &spec.routes {
                             match RouteTemplate::parse(text) {
                                 Ok(r) => {
                                     let k = (r.method.clone(), r.path.clone());
-                                    if let std::collections::hash_map::Entry::Vacant(e) = route_lines.entry(k) {
+                                    if let std::collections::hash_map::Entry::Vacant(e) =
+                                        route_lines.entry(k)
+                                    {
                                         e.insert(line);
                                         routes.push(r);
                                     }
                                 }
                                 Err(e) => self.err(
                                     line,
-                                    format!("{what}: OpenAPI file {file}: unparsable path `{text}`: {e}"),
+                                    format!("{what}: OpenAPI file {file} line {spec_line}: unparsable path `{text}`: {e}"),
                                 ),
                             }
                         }
@@ -121,7 +141,7 @@ impl Ctx<'_> {
             id,
             owner: owner?,
             line_of_business: lob,
-            matcher,
+            matchers,
             auth,
             routes,
             openapi,
@@ -132,20 +152,13 @@ impl Ctx<'_> {
 
     pub(super) fn api_match(&mut self, m: &Node, api: &str) -> ApiMatch {
         let what = format!("{api} match");
-        if !self.fields(
-            m,
-            &what,
-            &[
-                "hosts",
-                "ports",
-                "base_path",
-                "server_comm",
-                "server_cgroup",
-            ],
-        ) {
-            return ApiMatch::default();
+        let mut out = ApiMatch {
+            line: m.line,
+            ..ApiMatch::default()
+        };
+        if !self.fields(m, &what, MATCH_FIELDS) {
+            return out;
         }
-        let mut out = ApiMatch::default();
         for (h, line) in self.strings(m, "hosts", &what) {
             if h.is_empty() || h.contains(['/', ' ']) {
                 self.err(
@@ -185,6 +198,30 @@ impl Ctx<'_> {
                 });
             }
         }
+        for (r, line) in self.strings(m, "path_regex", &what) {
+            match PathRegex::new(&r) {
+                Ok(re) if r.starts_with('/') || r.starts_with('^') => out.path_regex.push(re),
+                Ok(_) => self.err(
+                    line,
+                    format!("{what}: path_regex `{r}` must start with `/`"),
+                ),
+                Err(e) => self.err(
+                    line,
+                    format!("{what}: path_regex `{r}` is not a regular expression: {e}"),
+                ),
+            }
+        }
+        for (x, line) in self.strings(m, "methods", &what) {
+            if x.is_empty()
+                || !x
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                self.err(line, format!("{what}: `{x}` is not a request method"));
+            } else {
+                out.methods.push(x.to_ascii_uppercase());
+            }
+        }
         for (c, line) in self.strings(m, "server_comm", &what) {
             if c.is_empty() {
                 self.err(line, format!("{what}: empty server_comm pattern"));
@@ -199,29 +236,57 @@ impl Ctx<'_> {
                 out.server_cgroup.push(Glob::path(&c));
             }
         }
-        let given = [
-            "hosts",
-            "ports",
-            "base_path",
-            "server_comm",
-            "server_cgroup",
-        ]
-        .iter()
-        .any(|k| m.get(k).is_some_and(|v| !v.is_null()));
+        let given = MATCH_FIELDS
+            .iter()
+            .filter(|k| **k != "methods")
+            .any(|k| m.get(k).is_some_and(|v| !v.is_null()));
         if !given {
             self.err(
                 m.line,
-                format!("{what}: no criteria; give at least one of hosts, ports, base_path, server_comm, server_cgroup"),
+                format!(
+                    "{what}: no criteria; give at least one of {}",
+                    MATCH_FIELDS[..MATCH_FIELDS.len() - 1].join(", ")
+                ),
             );
         }
         out
     }
 
-    pub(super) fn auth(&mut self, node: Option<&Node>, api: &str) -> Auth {
-        let what = format!("{api} auth");
+    /// `auth`: one location (a type name or a mapping) or a list of them, tried in order.
+    pub(super) fn auths(&mut self, node: Option<&Node>, api: &str) -> Vec<Auth> {
         let Some(node) = node.filter(|n| !n.is_null()) else {
-            return Auth::default();
+            return vec![Auth::default()];
         };
+        let Some(items) = node.as_seq() else {
+            return vec![self.auth(node, api)];
+        };
+        if items.is_empty() {
+            self.err(
+                node.line,
+                format!("{api} auth: empty list; give at least one location (or `anonymous`)"),
+            );
+            return vec![Auth::default()];
+        }
+        let out: Vec<Auth> = items.iter().map(|n| self.auth(n, api)).collect();
+        if out.len() > 1 && out.iter().any(|a| a.kind == AuthKind::Anonymous) {
+            self.err(
+                node.line,
+                format!("{api} auth: `anonymous` cannot be combined with other locations"),
+            );
+        }
+        for (i, a) in out.iter().enumerate() {
+            if out[..i].contains(a) {
+                self.err(
+                    items[i].line,
+                    format!("{api} auth: location `{}` listed twice", a.kind.as_str()),
+                );
+            }
+        }
+        out
+    }
+
+    pub(super) fn auth(&mut self, node: &Node, api: &str) -> Auth {
+        let what = format!("{api} auth");
         let parse_kind = |cx: &mut Self, s: &str, line: usize| match AuthKind::parse(s) {
             Some(k) => k,
             None => {
@@ -346,6 +411,33 @@ mod tests {
             format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {{ports: 80}}\n    auth: {auth}\n")
         };
         assert_problem(&api("oauth"), 6, "unknown auth type `oauth`");
+        assert_problem(&api("[]"), 6, "empty list");
+        assert_problem(
+            &api("[anonymous, bearer]"),
+            6,
+            "`anonymous` cannot be combined",
+        );
+        assert_problem(
+            &api("[bearer, bearer]"),
+            6,
+            "location `bearer` listed twice",
+        );
+        let several = load(&api("[basic, {type: api_key, query: key}, bearer]"))
+            .expect("several locations are valid");
+        let kinds: Vec<AuthKind> = several.registry.apis[0]
+            .auth
+            .iter()
+            .map(|a| a.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [AuthKind::Basic, AuthKind::ApiKey, AuthKind::Bearer],
+            "in order"
+        );
+        assert_eq!(
+            several.registry.apis[0].auth_label(),
+            "basic,api_key,bearer"
+        );
         assert_problem(
             &api("{type: bearer, headers: X-Key}"),
             6,
@@ -353,7 +445,7 @@ mod tests {
         );
         assert_problem(&api("{headers: \"X Key\"}"), 6, "not a valid header name");
         let ok = load(&api("{query: [key, api_key]}")).expect("query-only api_key auth is valid");
-        let auth = &ok.registry.apis[0].auth;
+        let auth = &ok.registry.apis[0].auth[0];
         assert_eq!(auth.kind, AuthKind::ApiKey);
         assert_eq!(
             auth.headers,
@@ -362,9 +454,7 @@ mod tests {
         );
         assert_eq!(auth.query, vec!["key", "api_key"]);
         assert_eq!(
-            load(&api("basic")).expect("valid").registry.apis[0]
-                .auth
-                .kind,
+            load(&api("basic")).expect("valid").registry.apis[0].auth[0].kind,
             AuthKind::Basic
         );
     }
@@ -396,5 +486,35 @@ mod tests {
             [dir.join("s.yaml")],
             "the document is watched"
         );
+    }
+
+    #[test]
+    fn several_matchers_with_methods_and_path_regexes() {
+        let text = "teams: [{id: t}]\napis:\n  - id: a\n    owner: t\n    match:\n      - {hosts: a.com, base_path: /admin, methods: [get, POST]}\n      - {hosts: b.com, path_regex: '/users/\\d+'}\n";
+        let l = load(text).unwrap_or_else(|p| panic!("valid: {p:?}"));
+        let m = &l.registry.apis[0].matchers;
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].line, m[0].methods.clone()),
+            (6, vec!["GET".to_string(), "POST".to_string()])
+        );
+        assert_eq!(m[1].path_regex[0].as_str(), "/users/\\d+");
+        assert_eq!(l.registry.apis[0].hosts(), ["a.com", "b.com"]);
+        let api = |m: &str| {
+            format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match: {m}\n")
+        };
+        assert_problem(&api("[]"), 5, "`match` is an empty list");
+        assert_problem(&api("{methods: GET}"), 5, "no criteria");
+        assert_problem(
+            &api("{hosts: a.com, methods: 'GE T'}"),
+            5,
+            "`GE T` is not a request method",
+        );
+        assert_problem(
+            &api("{path_regex: '/a/('}"),
+            5,
+            "path_regex `/a/(` is not a regular expression",
+        );
+        assert_problem(&api("{path_regex: 'a'}"), 5, "must start with `/`");
     }
 }

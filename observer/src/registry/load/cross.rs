@@ -54,8 +54,15 @@ impl Ctx<'_> {
         }
         for (i, a) in reg.apis.iter().enumerate() {
             for b in &reg.apis[i + 1..] {
-                if a.id != b.id {
-                    if let Some(why) = overlap(&a.matcher, &b.matcher) {
+                if a.id == b.id {
+                    continue;
+                }
+                let pairs = a
+                    .matchers
+                    .iter()
+                    .flat_map(|x| b.matchers.iter().map(move |y| (x, y)));
+                for (x, y) in pairs {
+                    if let Some(why) = overlap(x, y) {
                         self.err(
                             b.line,
                             format!(
@@ -63,6 +70,7 @@ impl Ctx<'_> {
                                 b.id, a.id, a.line
                             ),
                         );
+                        break;
                     }
                 }
             }
@@ -222,7 +230,8 @@ impl Ctx<'_> {
 /// Why two API matchers are ambiguous (some request matches both with equal specificity), or None.
 ///
 /// They are when they constrain the same kinds of criteria, share a base path (or have none), and every constrained
-/// kind has a common value: a port, process/cgroup patterns that may overlap, or host patterns of the same kind
+/// kind has a common value: a port, a method, the same path regex, process/cgroup patterns that may overlap, or
+/// host patterns of the same kind
 /// (literal vs. wildcard) that may overlap. A more specific matcher (a longer base path, a literal host over a
 /// wildcard, an extra criterion) wins at match time and is not reported.
 pub fn overlap(a: &ApiMatch, b: &ApiMatch) -> Option<String> {
@@ -231,6 +240,8 @@ pub fn overlap(a: &ApiMatch, b: &ApiMatch) -> Option<String> {
             m.hosts.is_empty(),
             m.ports.is_empty(),
             m.base_paths.is_empty(),
+            m.path_regex.is_empty(),
+            m.methods.is_empty(),
             m.server_comm.is_empty(),
             m.server_cgroup.is_empty(),
         ]
@@ -259,6 +270,14 @@ pub fn overlap(a: &ApiMatch, b: &ApiMatch) -> Option<String> {
     if !a.base_paths.is_empty() {
         let p = a.base_paths.iter().find(|p| b.base_paths.contains(p))?;
         why.push(format!("base_path {p}"));
+    }
+    if !a.path_regex.is_empty() {
+        let r = a.path_regex.iter().find(|r| b.path_regex.contains(r))?;
+        why.push(format!("path_regex {}", r.as_str()));
+    }
+    if !a.methods.is_empty() {
+        let m = a.methods.iter().find(|m| b.methods.contains(m))?;
+        why.push(format!("method {m}"));
     }
     for (x, y, name) in [
         (&a.server_comm, &b.server_comm, "server_comm"),
@@ -361,6 +380,22 @@ mod tests {
         );
         assert_problem(&two("{ports: [80, 8080]}", "{ports: 8080}"), 6, "port 8080");
         assert_problem(
+            &two(
+                "[{hosts: x.com, base_path: /a}, {hosts: y.com, base_path: /b}]",
+                "[{hosts: z.com}, {hosts: y.com, base_path: /b}]",
+            ),
+            6,
+            "both match host y.com, base_path /b",
+        );
+        assert_problem(
+            &two(
+                "{hosts: x.com, methods: [GET, PUT]}",
+                "{hosts: x.com, methods: put}",
+            ),
+            6,
+            "method PUT",
+        );
+        assert_problem(
             &two("{server_comm: \"pay*\"}", "{server_comm: payments}"),
             6,
             "server_comm",
@@ -378,6 +413,18 @@ mod tests {
             ("{hosts: \"*.x.com\"}", "{hosts: a.x.com}"),
             ("{hosts: x.com}", "{hosts: y.com}"),
             ("{ports: 80}", "{ports: 81}"),
+            (
+                "{hosts: x.com, methods: GET}",
+                "{hosts: x.com, methods: POST}",
+            ),
+            (
+                "{hosts: x.com, path_regex: /a/\\d+}",
+                "{hosts: x.com, path_regex: /b/\\d+}",
+            ),
+            (
+                "[{hosts: x.com, base_path: /a}, {hosts: y.com, base_path: /b}]",
+                "[{hosts: x.com, base_path: /b}, {hosts: y.com, base_path: /a}]",
+            ),
         ] {
             load(&two(a, b)).unwrap_or_else(|p| panic!("{a} vs {b} should not overlap: {p:?}"));
         }

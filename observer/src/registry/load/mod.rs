@@ -64,6 +64,8 @@ pub enum RegistryError {
     Secret(#[from] SecretError),
     #[error("{path}: {message}")]
     Import { path: PathBuf, message: String },
+    #[error("{path}: --strict: {count} item(s) dropped or approximated by the import")]
+    Strict { path: PathBuf, count: usize },
     #[error("cannot read the key from standard input: {0}")]
     Stdin(std::io::Error),
     #[error("empty key: give the API key as an argument or on standard input")]
@@ -80,7 +82,7 @@ pub struct Loaded {
 
 /// Reads and validates the registry at `path`. Relative paths inside it resolve against its directory.
 pub fn load_file(path: &Path, secret: &KeySecret) -> Result<Loaded, RegistryError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+    let text = super::yaml::read_text(path).map_err(|source| RegistryError::Read {
         path: path.to_path_buf(),
         source,
     })?;

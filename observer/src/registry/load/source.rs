@@ -17,7 +17,7 @@ pub struct System;
 
 impl Source for System {
     fn read_file(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        super::super::yaml::read_text(path)
     }
 
     fn env_var(&self, name: &str) -> Option<String> {
