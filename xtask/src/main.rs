@@ -85,16 +85,24 @@ fn main() -> Result<()> {
 pub fn build_release(root: &Path) -> Result<PathBuf> {
     toolchain::ensure_ebpf_toolchain()?;
     say("building observer (release, with eBPF programs)");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["build", "--release", "-p", "observer"])
-        .env_remove("AYA_BUILD_SKIP"))?;
+    toolchain::run_cargo(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "-p", "observer"])
+            .env_remove("AYA_BUILD_SKIP"),
+        &ebpf_log(root),
+    )?;
     let bin = root.join("target/release/observer");
     if !bin.exists() {
         bail!("build finished but {} is missing", bin.display());
     }
     say(format!("built {}", bin.display()));
     Ok(bin)
+}
+
+/// Where the nested eBPF build's output of the last build is kept.
+fn ebpf_log(root: &Path) -> PathBuf {
+    root.join("target/xtask/ebpf-build.log")
 }
 
 fn sudo_prefix() -> Vec<String> {
@@ -204,19 +212,22 @@ fn test_all(root: &Path) -> Result<()> {
         .current_dir(root))?;
 
     say("running unit and ClickHouse integration tests (cargo test)");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "observer-ebpf",
-            "--exclude",
-            "observer-tests",
-        ])
-        .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
-        .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
-        .env("OBSERVER_REQUIRE_CLICKHOUSE", "1"))?;
+    toolchain::run_cargo(
+        Command::new("cargo")
+            .current_dir(root)
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "observer-ebpf",
+                "--exclude",
+                "observer-tests",
+            ])
+            .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
+            .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
+            .env("OBSERVER_REQUIRE_CLICKHOUSE", "1"),
+        &ebpf_log(root),
+    )?;
 
     if !toolchain::is_root() {
         bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");

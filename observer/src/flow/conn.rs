@@ -12,7 +12,9 @@ use observer_common::{
 };
 
 use super::{FlowConfig, FlowStats};
-use crate::http::{self, BodyLength, ChunkStep, ChunkedDecoder, Head, Parsed, RequestHead};
+use crate::http::{
+    self, Anomalies, BodyLength, ChunkStep, ChunkedDecoder, Head, Parsed, RequestHead,
+};
 
 /// Address (IPv4-mapped IPv6) and port.
 pub(crate) type Endpoint = ([u8; 16], u16);
@@ -74,6 +76,9 @@ pub(crate) struct Resp {
     pub(crate) head_ts: u64,
     pub(crate) end: Option<u32>,
     pub(crate) truncated: bool,
+    /// The connection closed before the end its framing declared: `end` is where the bytes stopped.
+    pub(crate) incomplete: bool,
+    pub(crate) anomalies: Anomalies,
 }
 
 /// A request waiting for its response and sizes.
@@ -84,6 +89,8 @@ pub(crate) struct Pending {
     pub(crate) req: RequestHead,
     pub(crate) req_truncated: bool,
     pub(crate) req_end: Option<u32>,
+    /// The connection closed before the end the request's framing declared: `req_end` is where the bytes stopped.
+    pub(crate) req_incomplete: bool,
     pub(crate) resp: Option<Resp>,
     /// Bytes of interim (1xx) responses before the final one.
     pub(crate) interim_bytes: u64,
@@ -160,8 +167,14 @@ struct Stream {
     hook_seen: [VecDeque<u32>; 4],
     /// Highest segment end seen in this direction.
     max_end: Option<u32>,
+    /// Highest acknowledgement of this direction's bytes seen on the other direction's segments.
+    acked: Option<u32>,
     last_ts: u64,
     stash: Vec<Stashed>,
+    /// The open message has a framing anomaly and its framing gave its end: where that end falls is noted in
+    /// `anomaly_end`, and a message starting there is marked [`Anomalies::FOLLOWS_ANOMALY`].
+    anomalous_open: bool,
+    anomaly_end: Option<u32>,
 }
 
 impl Stream {
@@ -170,6 +183,12 @@ impl Stream {
             self.recent_starts.pop_front();
         }
         self.recent_starts.push_back(seq);
+    }
+
+    /// Whether the bytes up to `end` are known to have gone on the wire: seen, or acknowledged by the peer. A body
+    /// past the capture leaves no records, so a declared end is only taken once it is reached.
+    fn reached(&self, end: u32) -> bool {
+        self.max_end.is_some_and(|m| seq_le(end, m)) || self.acked.is_some_and(|a| seq_le(end, a))
     }
 
     /// End estimate for a message whose end was never delimited: the furthest byte seen, at least `min_end`.
@@ -238,6 +257,12 @@ impl Conn {
             ctx.stats.malformed += 1;
             return;
         };
+        if hdr.ack != 0 {
+            let peer = &mut self.streams[1 - dir];
+            if peer.acked.is_none_or(|a| seq_lt(a, hdr.ack)) {
+                peer.acked = Some(hdr.ack);
+            }
+        }
         let seq = hdr.seq;
         let seg_end = seq.wrapping_add(hdr.payload_len.max(payload.len() as u32));
         let st = &mut self.streams[dir];
@@ -371,6 +396,7 @@ impl Conn {
                     req: RequestHead::default(),
                     req_truncated: false,
                     req_end: Some(end),
+                    req_incomplete: false,
                     resp: None,
                     interim_bytes: 0,
                     phantom: true,
@@ -388,6 +414,8 @@ impl Conn {
                         head_ts: 0,
                         end: Some(end),
                         truncated: false,
+                        incomplete: false,
+                        anomalies: Anomalies::NONE,
                     });
                 }
             }
@@ -537,8 +565,17 @@ impl Conn {
         ctx: &mut Ctx,
     ) -> MsgState {
         let head_len = head.head_len() as u64;
+        let mut anomalies = match &head {
+            Head::Request(r) => r.anomalies,
+            Head::Response(r) => r.anomalies,
+        };
+        if self.streams[dir].anomaly_end.take() == Some(start) {
+            anomalies.insert(Anomalies::FOLLOWS_ANOMALY);
+        }
+        ctx.stats.count_anomalies(anomalies);
         let framing = match head {
-            Head::Request(req) => {
+            Head::Request(mut req) => {
+                req.anomalies = anomalies;
                 self.streams[dir].last_kind = Some(Kind::Request);
                 let framing = if truncated {
                     None
@@ -560,6 +597,7 @@ impl Conn {
                         req,
                         req_truncated: truncated,
                         req_end: None,
+                        req_incomplete: false,
                         resp: None,
                         interim_bytes: 0,
                         phantom: false,
@@ -611,6 +649,8 @@ impl Conn {
                             head_ts: ts,
                             end: None,
                             truncated,
+                            incomplete: false,
+                            anomalies,
                         });
                     }
                     if tunnel {
@@ -622,6 +662,8 @@ impl Conn {
         };
         let st = &mut self.streams[dir];
         st.open = Some(start);
+        st.anomalous_open = !anomalies.is_empty()
+            && matches!(framing, Some(BodyLength::Length(_) | BodyLength::Chunked));
         match framing {
             Some(BodyLength::Empty) => {
                 self.msg_end(dir, start, start.wrapping_add(head_len as u32));
@@ -670,6 +712,7 @@ impl Conn {
                     req: RequestHead::default(),
                     req_truncated: false,
                     req_end: None,
+                    req_incomplete: false,
                     resp: None,
                     interim_bytes: 0,
                     phantom: true,
@@ -686,6 +729,9 @@ impl Conn {
         let st = &mut self.streams[dir];
         if st.open == Some(start) {
             st.open = None;
+            if std::mem::take(&mut st.anomalous_open) {
+                st.anomaly_end = Some(end);
+            }
         }
         st.expect_next = Some(end);
         if let Some(p) = self.pending[dir]
@@ -724,6 +770,27 @@ impl Conn {
         self.pending[dir].push_back(p);
     }
 
+    /// The stream in direction `dir` ended at `end`: messages whose framing declared a later end stop there and are
+    /// marked incomplete, so their sizes count the bytes that were sent, not those announced.
+    fn clip(&mut self, dir: usize, end: u32) {
+        let cut = |start: u32, e: &mut Option<u32>| match *e {
+            Some(declared) if seq_le(start, end) && seq_lt(end, declared) => {
+                *e = Some(end);
+                true
+            }
+            _ => false,
+        };
+        for p in self.pending[dir].iter_mut() {
+            p.req_incomplete |= cut(p.req_start, &mut p.req_end);
+        }
+        for r in self.pending[1 - dir]
+            .iter_mut()
+            .filter_map(|p| p.resp.as_mut())
+        {
+            r.incomplete |= cut(r.start, &mut r.end);
+        }
+    }
+
     /// Gives an exchange that must go out now estimated ends for what was never delimited.
     fn settle(&self, dir: usize, p: &mut Pending) {
         if p.req_end.is_none() {
@@ -746,10 +813,16 @@ impl Conn {
         }
     }
 
-    /// Hands over every exchange at the front of a queue that is complete, in order.
+    /// Hands over every exchange at the front of a queue that is complete, in order. A request whose declared end
+    /// was not reached yet waits (for the close, a later segment or acknowledgement), so its size never counts a
+    /// body that was announced but not sent.
     fn flush(&mut self, ctx: &mut Ctx) {
         for dir in 0..2 {
-            while self.pending[dir].front().is_some_and(Pending::complete) {
+            let stream = &self.streams[dir];
+            while self.pending[dir]
+                .front()
+                .is_some_and(|p| p.complete() && p.req_end.is_some_and(|e| stream.reached(e)))
+            {
                 let Some(p) = self.pending[dir].pop_front() else {
                     break;
                 };
@@ -779,6 +852,7 @@ impl Conn {
                     self.msg_end(dir, open, end);
                 }
             }
+            self.clip(dir, end);
         }
         for dir in 0..2 {
             while let Some(mut p) = self.pending[dir].pop_front() {

@@ -110,6 +110,22 @@ pub struct FlowStats {
     pub pending_requests: u64,
     /// Gauge: local sockets whose identity is tracked.
     pub sockets: u64,
+    /// Messages with each framing anomaly, in [`http::Anomalies::ALL`] order.
+    pub framing_anomalies: [u64; http::Anomalies::ALL.len()],
+}
+
+impl FlowStats {
+    /// Counts a message's framing anomalies, one per reason.
+    pub(crate) fn count_anomalies(&mut self, a: http::Anomalies) {
+        if a.is_empty() {
+            return;
+        }
+        for (n, (reason, _)) in self.framing_anomalies.iter_mut().zip(http::Anomalies::ALL) {
+            if a.contains(reason) {
+                *n += 1;
+            }
+        }
+    }
 }
 
 /// What is known about one local socket, by cookie.
