@@ -216,7 +216,8 @@ fn test_all(root: &Path) -> Result<()> {
         ])
         .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
         .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
-        .env("OBSERVER_REQUIRE_CLICKHOUSE", "1"))?;
+        .env("OBSERVER_REQUIRE_CLICKHOUSE", "1")
+        .env("OBSERVER_REQUIRE_CHROMIUM", "1"))?;
 
     if !toolchain::is_root() {
         bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");
