@@ -225,7 +225,8 @@ fn test_all(root: &Path) -> Result<()> {
             ])
             .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
             .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
-            .env("OBSERVER_REQUIRE_CLICKHOUSE", "1"),
+            .env("OBSERVER_REQUIRE_CLICKHOUSE", "1")
+            .env("OBSERVER_REQUIRE_CHROMIUM", "1"),
         &ebpf_log(root),
     )?;
 

@@ -264,6 +264,9 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("bpftool", "bpftool"),
+    // The UI test loads every page in headless Chromium; fontconfig brings a font for its screenshots' text.
+    ("chromium", "chromium"),
+    ("fc-list", "fontconfig"),
 ];
 
 #[cfg(test)]
