@@ -74,6 +74,7 @@ struct Consumer {
     refs: Vec<String>,
     id: String,
     username: String,
+    line: usize,
     credentials: Vec<Credential>,
     groups: Vec<String>,
 }
@@ -397,6 +398,7 @@ impl Importer {
             refs: refs(n, &["id", "username", "custom_id"]),
             id: slug(username),
             username: username.to_string(),
+            line: n.line,
             ..Default::default()
         });
         let i = self.consumers.len() - 1;
@@ -499,32 +501,34 @@ impl Importer {
     }
 
     /// Makes API and application ids unique (`john.doe` and `john-doe` both slug to `john-doe`).
-    fn unique_ids(&mut self, svc_lines: &[usize], consumer_lines: &[usize]) {
-        let mut used = HashSet::new();
-        for (i, line) in svc_lines.iter().enumerate() {
-            if let Some(new) = unique(&mut used, &self.services[i].id) {
-                let old = std::mem::replace(&mut self.services[i].id, new.clone());
-                self.note(
-                    *line,
-                    format!(
-                        "service `{}`: id `{old}` already taken, using `{new}`",
-                        self.services[i].name
-                    ),
-                );
-            }
-        }
-        let mut used = HashSet::new();
-        for (i, line) in consumer_lines.iter().enumerate() {
-            if let Some(new) = unique(&mut used, &self.consumers[i].id) {
-                let old = std::mem::replace(&mut self.consumers[i].id, new.clone());
-                self.note(
-                    *line,
-                    format!(
-                        "consumer `{}`: id `{old}` already taken, using `{new}`",
-                        self.consumers[i].username
-                    ),
-                );
-            }
+    fn unique_ids(&mut self) {
+        let services = self
+            .services
+            .iter_mut()
+            .map(|s| (&mut s.id, s.name.as_str(), s.line));
+        uniquify(services, "service", &mut self.notes);
+        let consumers = self
+            .consumers
+            .iter_mut()
+            .map(|c| (&mut c.id, c.username.as_str(), c.line));
+        uniquify(consumers, "consumer", &mut self.notes);
+    }
+}
+
+/// Renames ids already taken by an earlier item to the first free `id-N`, noting each.
+fn uniquify<'a>(
+    items: impl Iterator<Item = (&'a mut String, &'a str, usize)>,
+    kind: &str,
+    notes: &mut Vec<Problem>,
+) {
+    let mut used = HashSet::new();
+    for (id, name, line) in items {
+        if let Some(new) = unique(&mut used, id) {
+            let old = std::mem::replace(id, new.clone());
+            notes.push(Problem {
+                line,
+                message: format!("{kind} `{name}`: id `{old}` already taken, using `{new}`"),
+            });
         }
     }
 }
@@ -560,18 +564,14 @@ pub fn import(
         ));
     }
     let mut im = Importer::default();
-    let services = list(&root, "services");
-    for n in services {
+    for n in list(&root, "services") {
         im.add_service(n);
     }
-    let consumers = list(&root, "consumers");
-    for n in consumers {
+    for n in list(&root, "consumers") {
         im.add_consumer(n);
     }
     im.add_top_level(&root);
-    let svc_lines: Vec<usize> = services.iter().map(|n| n.line).collect();
-    let consumer_lines: Vec<usize> = consumers.iter().map(|n| n.line).collect();
-    im.unique_ids(&svc_lines, &consumer_lines);
+    im.unique_ids();
     for i in 0..im.services.len() {
         if im.services[i].matchers.is_empty() {
             let line = im.services[i].line;
