@@ -486,6 +486,17 @@ mod tests {
             [dir.join("s.yaml")],
             "the document is watched"
         );
+        let bad = InMemory::default().file(
+            dir.join("s.yaml"),
+            "openapi: 3.0.3\npaths:\n  /ok: {get: {}}\n  /items/{id: {get: {}}\n",
+        );
+        let ps = load_with(text, dir, &secret(), &bad).expect_err("unparsable spec path");
+        assert!(
+            ps.iter().any(|p| p.line == 7
+                && p.message
+                    .contains("OpenAPI file s.yaml line 4: unparsable path `GET /items/{id`")),
+            "the spec's own line is named: {ps:?}"
+        );
     }
 
     #[test]
