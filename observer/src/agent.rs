@@ -165,12 +165,18 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
 /// with `deleted` rows for ids that disappeared.
 async fn follow_registry(live: Arc<registry::LiveRegistry>, sinks: Arc<sink::SinkHandle>) {
     let mut rx = live.subscribe();
-    let mut prev = sink::registry_rows::RegistryRows::default();
+    let mut prev = sink::clickhouse::registry_rows::RegistryRows::default();
     loop {
         let snap = rx.borrow_and_update().clone();
         let version = snap.loaded_at.0.max(0) as u64;
-        let rows = sink::registry_rows::from_registry(&snap.registry, version, snap.loaded_at);
-        let out = sink::registry_rows::with_deletions(&prev, rows.clone(), version, snap.loaded_at);
+        let rows =
+            sink::clickhouse::registry_rows::from_registry(&snap.registry, version, snap.loaded_at);
+        let out = sink::clickhouse::registry_rows::with_deletions(
+            &prev,
+            rows.clone(),
+            version,
+            snap.loaded_at,
+        );
         if !out.is_empty() {
             sinks.write_registry(out);
         }

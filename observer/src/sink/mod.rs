@@ -10,9 +10,6 @@
 pub mod clickhouse;
 pub mod ndjson;
 pub mod queue;
-pub mod registry_rows;
-pub mod schema;
-pub mod spool;
 
 use std::io;
 use std::path::PathBuf;
@@ -29,12 +26,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::event::{Event, KeyState, Side};
+use clickhouse::registry_rows::RegistryRows;
+pub use clickhouse::schema::{Retention, SchemaCommand};
 pub use clickhouse::ClickHouseConfig;
+use clickhouse::{schema, spool};
 use queue::{QueueRx, QueueTx};
-#[allow(unused_imports)]
-pub use registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
-#[allow(unused_imports)]
-pub use schema::{Retention, SchemaCommand};
 
 /// Errors building or stopping sinks.
 #[derive(Debug, Error)]

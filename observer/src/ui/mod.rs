@@ -19,7 +19,7 @@ use std::sync::Arc;
 use clap::Args;
 use thiserror::Error;
 
-use crate::sink::registry_rows::RegistryRows;
+use crate::sink::clickhouse::registry_rows::RegistryRows;
 use cells::{Cell, CellQuery};
 use model::{Insight, TailRow};
 

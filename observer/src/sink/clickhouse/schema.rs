@@ -6,7 +6,8 @@
 //! whose schema is newer than this binary knows.
 //!
 //! Layout (single node):
-//! - `http_requests`: one row per HTTP exchange, every [`crate::event::Event`] field (see [`HTTP_REQUESTS_COLUMNS`]).
+//! - `http_requests`: one row per HTTP exchange, every [`crate::event::Event`] field (see
+//!   [`http_requests_columns`], from [`crate::event_fields!`]).
 //! - `http_requests_1m` / `http_requests_1h`: AggregatingMergeTree rollups fed by materialized views.
 //! - `apis`, `applications`, `key_grants`, `teams`: registry history (one row per id and registry version), views
 //!   `*_latest` with the newest non-deleted version, and dictionaries `*_dict` over those views. `key_grants` keeps
@@ -21,59 +22,41 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use clap::{Args, Subcommand};
 use thiserror::Error;
 
-/// Column name, ClickHouse type and codec of `http_requests`, in [`crate::event::Event`] field order. The sink's
-/// RowBinary encoder writes exactly these columns in this order (checked by tests).
-pub const HTTP_REQUESTS_COLUMNS: &[(&str, &str, &str)] = &[
-    ("ts", "DateTime64(6, 'UTC')", "CODEC(Delta(8), ZSTD(1))"),
-    ("duration_us", "UInt64", "CODEC(T64, ZSTD(1))"),
-    ("side", SIDE_ENUM, ""),
-    ("method", "LowCardinality(String)", ""),
-    ("host", "LowCardinality(String)", ""),
-    ("path", "String", "CODEC(ZSTD(3))"),
-    ("query_keys", "Array(LowCardinality(String))", ""),
-    ("status", "UInt16", "CODEC(T64, ZSTD(1))"),
-    ("req_bytes", "UInt64", "CODEC(T64, ZSTD(1))"),
-    ("resp_bytes", "UInt64", "CODEC(T64, ZSTD(1))"),
-    ("src_ip", "IPv6", "CODEC(ZSTD(1))"),
-    ("src_port", "UInt16", "CODEC(T64, ZSTD(1))"),
-    ("dst_ip", "IPv6", "CODEC(ZSTD(1))"),
-    ("dst_port", "UInt16", "CODEC(T64, ZSTD(1))"),
-    ("client_pid", "UInt32", "CODEC(T64, ZSTD(1))"),
-    ("client_comm", "LowCardinality(String)", ""),
-    ("client_cgroup", "LowCardinality(String)", ""),
-    ("server_pid", "UInt32", "CODEC(T64, ZSTD(1))"),
-    ("server_comm", "LowCardinality(String)", ""),
-    ("server_cgroup", "LowCardinality(String)", ""),
-    ("user_agent", "LowCardinality(String)", ""),
-    ("request_id", "String", "CODEC(ZSTD(3))"),
-    ("truncated", "Bool", ""),
-    ("conn_id", "UInt64", "CODEC(T64, ZSTD(1))"),
-    ("api_id", "LowCardinality(String)", ""),
-    ("api_name", "LowCardinality(String)", ""),
-    ("api_owner", "LowCardinality(String)", ""),
-    ("route", "LowCardinality(String)", ""),
-    ("app_id", "LowCardinality(String)", ""),
-    ("app_name", "LowCardinality(String)", ""),
-    ("app_team", "LowCardinality(String)", ""),
-    ("line_of_business", "LowCardinality(String)", ""),
-    ("key_fingerprint", "LowCardinality(String)", ""),
-    ("key_suffix", "LowCardinality(String)", ""),
-    ("key_state", KEY_STATE_ENUM, ""),
-    ("attributed_by", ATTRIBUTED_BY_ENUM, ""),
-];
+use crate::event::{enum8, KeyState};
 
-/// `Side` as stored; values are fixed forever (the RowBinary encoder writes them).
-pub const SIDE_ENUM: &str = "Enum8('client' = 1, 'server' = 2, 'both' = 3)";
-/// `KeyState` as stored.
-pub const KEY_STATE_ENUM: &str =
-    "Enum8('none' = 0, 'valid' = 1, 'unknown' = 2, 'not_granted_for_api' = 3, \
-     'expired' = 4, 'revoked' = 5, 'not_yet_valid' = 6)";
-/// `AttributedBy` as stored.
-pub const ATTRIBUTED_BY_ENUM: &str = "Enum8('none' = 0, 'key' = 1, 'workload' = 2)";
+/// A column of `http_requests`, from [`crate::event_fields!`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    /// ClickHouse type.
+    pub ty: String,
+    /// `CODEC(...)`, or empty for the default.
+    pub codec: &'static str,
+    /// The schema version (migration) that adds the column.
+    pub since: u32,
+}
+
+macro_rules! columns {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty => $ch:expr, $codec:literal, $since:literal; )*) => {
+        fn build_columns() -> Vec<Column> {
+            vec![$( Column { name: stringify!($name), ty: String::from($ch), codec: $codec, since: $since }, )*]
+        }
+    };
+}
+
+crate::event_fields!(columns);
+
+/// The columns of `http_requests`, in [`crate::event::Event`] field order; the sink's RowBinary encoder writes
+/// exactly these, in this order.
+pub fn http_requests_columns() -> &'static [Column] {
+    static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(build_columns);
+    &COLUMNS
+}
 
 /// Latency quantiles kept in the rollups' `duration_quantiles` state, in this order.
 pub const ROLLUP_QUANTILES: &str = "0.5, 0.9, 0.95, 0.99";
@@ -325,12 +308,19 @@ pub struct Migration {
 }
 
 impl Migration {
+    /// The migration's own statements, then the `http_requests` columns whose `since` is this version.
     pub fn statements(&self, cfg: &SchemaConfig) -> Vec<String> {
-        (self.statements)(cfg)
+        let mut out = (self.statements)(cfg);
+        if self.version > 1 {
+            out.extend(add_columns(cfg, http_requests_columns(), self.version));
+        }
+        out
     }
 }
 
-/// All migrations, in version order. Never edit a released one: add a new version.
+/// All migrations, in version order. Never edit a released one: add a new version. A new event field only needs
+/// an entry here whose version is the field's `since` in [`crate::event_fields!`] (its `statements` may be
+/// [`no_statements`]): [`Migration::statements`] adds the column.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -348,6 +338,50 @@ pub const MIGRATIONS: &[Migration] = &[
         statements: v3_registry,
     },
 ];
+
+/// For a migration that only adds event columns.
+pub fn no_statements(_: &SchemaConfig) -> Vec<String> {
+    Vec::new()
+}
+
+/// `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` for the columns of `columns` added in `version`, each after its
+/// predecessor in the table so that upgraded and new databases have the same column order. On a cluster the
+/// Distributed table gets the column too.
+fn add_columns(cfg: &SchemaConfig, columns: &[Column], version: u32) -> Vec<String> {
+    let db = &cfg.database;
+    let mut out = Vec::new();
+    for (i, c) in columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.since == version)
+    {
+        let after = match i.checked_sub(1) {
+            Some(p) => format!(" AFTER {}", columns[p].name),
+            None => " FIRST".to_string(),
+        };
+        let mut tables = vec![cfg.storage("http_requests")];
+        if cfg.cluster.is_some() {
+            tables.push("http_requests".to_string());
+        }
+        for t in tables {
+            out.push(format!(
+                "ALTER TABLE {db}.{t}{oc} ADD COLUMN IF NOT EXISTS {def}{after}",
+                oc = cfg.on_cluster(),
+                def = column_definition(c),
+            ));
+        }
+    }
+    out
+}
+
+/// `name Type CODEC(...)`.
+fn column_definition(c: &Column) -> String {
+    if c.codec.is_empty() {
+        format!("{} {}", c.name, c.ty)
+    } else {
+        format!("{} {} {}", c.name, c.ty, c.codec)
+    }
+}
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> u32 {
@@ -371,15 +405,11 @@ pub fn bootstrap_statements(cfg: &SchemaConfig) -> Vec<String> {
 
 fn v1_http_requests(cfg: &SchemaConfig) -> Vec<String> {
     let db = &cfg.database;
-    let cols: Vec<String> = HTTP_REQUESTS_COLUMNS
+    // Columns added later come with their own migration (see `Migration::statements`).
+    let cols: Vec<String> = http_requests_columns()
         .iter()
-        .map(|(name, ty, codec)| {
-            if codec.is_empty() {
-                format!("    {name} {ty}")
-            } else {
-                format!("    {name} {ty} {codec}")
-            }
-        })
+        .filter(|c| c.since == 1)
+        .map(|c| format!("    {}", column_definition(c)))
         .collect();
     let mut out = vec![format!(
         "CREATE TABLE IF NOT EXISTS {db}.{table}{oc}\n(\n{cols}\n)\nENGINE = {engine}\n\
@@ -412,7 +442,7 @@ fn rollup(
          route LowCardinality(String),\n    \
          method LowCardinality(String),\n    \
          app_id LowCardinality(String),\n    \
-         key_state {KEY_STATE_ENUM},\n    \
+         key_state {key_state},\n    \
          status_class UInt8,\n    \
          requests SimpleAggregateFunction(sum, UInt64),\n    \
          errors SimpleAggregateFunction(sum, UInt64),\n    \
@@ -426,6 +456,7 @@ fn rollup(
          ORDER BY (api_id, app_id, {bucket}, route, method, key_state, status_class)\n\
          TTL {bucket} + {ttl}{dedup}",
         oc = cfg.on_cluster(),
+        key_state = enum8::<KeyState>(),
         engine = cfg.sharded_engine("AggregatingMergeTree", table),
         ttl = ttl.to_sql_interval(),
         dedup = cfg.dedup_setting(),
@@ -985,6 +1016,44 @@ mod tests {
             latest_version() >= 2,
             "at least two versions so upgrades are exercised"
         );
+    }
+
+    #[test]
+    fn every_event_column_belongs_to_a_known_migration() {
+        for c in http_requests_columns() {
+            assert!(
+                c.since >= 1 && c.since <= latest_version(),
+                "column {} has since = {}, but MIGRATIONS ends at {}: add the migration",
+                c.name,
+                c.since,
+                latest_version()
+            );
+        }
+    }
+
+    #[test]
+    fn a_later_column_is_added_after_its_predecessor() {
+        let col = |name, since| Column {
+            name,
+            ty: "String".into(),
+            codec: "",
+            since,
+        };
+        let cols = [col("ts", 1), col("extra", 4), col("path", 1)];
+        assert_eq!(
+            add_columns(&single(), &cols, 4),
+            vec![
+                "ALTER TABLE observer.http_requests ADD COLUMN IF NOT EXISTS extra String AFTER ts"
+            ]
+        );
+        assert_eq!(
+            add_columns(&clustered(), &cols, 4),
+            vec![
+                "ALTER TABLE obs.http_requests_local ON CLUSTER prod ADD COLUMN IF NOT EXISTS extra String AFTER ts",
+                "ALTER TABLE obs.http_requests ON CLUSTER prod ADD COLUMN IF NOT EXISTS extra String AFTER ts",
+            ]
+        );
+        assert!(add_columns(&single(), &cols, 5).is_empty());
     }
 
     #[test]
