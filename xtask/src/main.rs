@@ -1,7 +1,9 @@
-//! `cargo xtask build|run|test|bench|clickhouse`: installs what each needs, then runs cargo and the tools.
+//! `cargo xtask build|run|test|bench|clickhouse|k8s|image`: installs what each needs, then runs cargo and the tools.
 //! It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 mod bench;
 mod clickhouse;
+mod image;
+mod kube;
 mod noop_hooks;
 mod toolchain;
 
@@ -50,6 +52,30 @@ enum Cmd {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// The Helm chart and the plain manifests: `render` rewrites deploy/kubernetes from the chart, `check` lints,
+    /// renders and validates the chart for every values file (also part of `test`).
+    K8s {
+        #[arg(value_enum)]
+        action: K8sAction,
+    },
+    /// Build the OCI image (Dockerfile) with podman, buildah or docker, whichever is available.
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = concat!("observer:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        /// Base image of the build stage (default rust:1-bookworm).
+        #[arg(long)]
+        rust_image: Option<String>,
+        /// Base image of the runtime stage (default debian:bookworm-slim).
+        #[arg(long)]
+        runtime_image: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum K8sAction {
+    Render,
+    Check,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -77,6 +103,24 @@ fn main() -> Result<()> {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
             clickhouse::run_foreground(&root, port, &data)?;
         }
+        Cmd::Image {
+            tag,
+            rust_image,
+            runtime_image,
+        } => image::build(
+            &root,
+            &tag,
+            &image::Bases {
+                rust: rust_image,
+                runtime: runtime_image,
+            },
+        )?,
+        Cmd::K8s { action } => match action {
+            K8sAction::Render => kube::render(&root)?,
+            K8sAction::Check => {
+                kube::check(&root)?;
+            }
+        },
     }
     Ok(())
 }
@@ -211,6 +255,8 @@ fn test_all(root: &Path) -> Result<()> {
         .arg(root.join("xtask/clickhouse/test_devserver.py"))
         .current_dir(root))?;
 
+    let rendered = kube::check(root)?;
+
     say("running unit and ClickHouse integration tests (cargo test)");
     toolchain::run_cargo(
         Command::new("cargo")
@@ -226,7 +272,8 @@ fn test_all(root: &Path) -> Result<()> {
             .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
             .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
             .env("OBSERVER_REQUIRE_CLICKHOUSE", "1")
-            .env("OBSERVER_REQUIRE_CHROMIUM", "1"),
+            .env("OBSERVER_REQUIRE_CHROMIUM", "1")
+            .env("OBSERVER_K8S_RENDERED", &rendered),
         &ebpf_log(root),
     )?;
 
