@@ -38,6 +38,8 @@ pub struct RunArgs {
     pub registry: registry::RegistryArgs,
     #[command(flatten)]
     pub sink: sink::SinkArgs,
+    #[command(flatten)]
+    pub ui: crate::ui::UiArgs,
 }
 
 /// Why `observer run` stopped with an error. Each names the step that failed; the cause follows it.
@@ -66,6 +68,8 @@ pub enum AgentError {
     SinksInUse,
     #[error("flushing the sinks: {0}")]
     Flush(sink::SinkError),
+    #[error("starting the web UI: {0}")]
+    Ui(crate::ui::UiError),
 }
 
 pub fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -104,6 +108,20 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         tokio::spawn(server);
         info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
     }
+    let has_clickhouse = args.sink.sinks.contains(&sink::SinkSpec::ClickHouse);
+    let ui_client = if has_clickhouse {
+        Some(
+            args.sink
+                .clickhouse_config()
+                .map_err(AgentError::Sinks)?
+                .client(),
+        )
+    } else {
+        None
+    };
+    let ui = crate::ui::start(&args.ui, ui_client, live.clone())
+        .await
+        .map_err(AgentError::Ui)?;
     metrics.set_ready(true);
     info!(programs = loaded.attached.len(), "capturing");
 
@@ -134,7 +152,11 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                     sinks,
                     metrics,
                     stop,
-                    Reading { poll, drain_only },
+                    Reading {
+                        poll,
+                        drain_only,
+                        ui,
+                    },
                 )
             })
             .map_err(AgentError::CaptureThread)?
@@ -215,6 +237,8 @@ struct Reading {
     poll: Duration,
     /// Drop data records unread (`--drain-only`, benchmarking).
     drain_only: bool,
+    /// The web UI's recent aggregates, when it has no ClickHouse to read.
+    ui: Option<Arc<crate::ui::memory::MemoryStore>>,
 }
 
 fn capture_loop(
@@ -224,7 +248,11 @@ fn capture_loop(
     sinks: Arc<sink::SinkHandle>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    Reading { poll, drain_only }: Reading,
+    Reading {
+        poll,
+        drain_only,
+        ui,
+    }: Reading,
 ) {
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
@@ -265,6 +293,9 @@ fn capture_loop(
         }
         let mut batch = sinks.batch();
         batch.extend(out.drain(..).map(|ex| ex.event));
+        if let Some(ui) = &ui {
+            ui.ingest(&batch);
+        }
         // One hand-over per drain: the sink tasks wake once, not once per event.
         sinks.send_batch(batch);
         if tick || stopping {

@@ -1,7 +1,8 @@
-//! `cargo xtask build|run|test|bench|clickhouse|k8s|image`: installs what each needs, then runs cargo and the tools.
-//! It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
+//! `cargo xtask build|run|test|bench|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
+//! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 mod bench;
 mod clickhouse;
+mod demo;
 mod image;
 mod kube;
 mod noop_hooks;
@@ -44,6 +45,25 @@ enum Cmd {
         /// programs); more rounds narrow the interval the goals are judged on.
         #[arg(long, default_value_t = 10)]
         rounds: u32,
+    },
+    /// A demo world in network namespaces (three APIs, five client applications, a registry, ClickHouse, the
+    /// agent with its UI); prints the UI's address. Ctrl-C removes everything it started.
+    Demo {
+        /// Start, after --scenario-after seconds, the behaviour one insight is about: new-app, novel-stream,
+        /// retry-storm, client-bug, flood or key-misuse.
+        #[arg(long)]
+        scenario: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        scenario_after: u64,
+        /// Stop by itself after this many seconds (default: until Ctrl-C).
+        #[arg(long = "for")]
+        run_for: Option<u64>,
+        /// Use this agent binary instead of building one (the end-to-end test does).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// Extra arguments for `observer run` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
@@ -98,6 +118,28 @@ fn main() -> Result<()> {
             let bin = build_release(&root)?;
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
             bench::run(&root, &bin, duration, rounds)?;
+        }
+        Cmd::Demo {
+            scenario,
+            scenario_after,
+            run_for,
+            bin,
+            args,
+        } => {
+            let bin = match bin {
+                Some(b) => b,
+                None => build_release(&root)?,
+            };
+            demo::run(
+                &root,
+                &bin,
+                demo::DemoOptions {
+                    scenario,
+                    scenario_after,
+                    run_for: run_for.map(std::time::Duration::from_secs),
+                    agent_args: args,
+                },
+            )?;
         }
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
@@ -203,6 +245,8 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
         spool.display().to_string(),
         "--metrics".into(),
         "127.0.0.1:9464".into(),
+        "--ui".into(),
+        demo::UI.into(),
     ];
     if !extra.iter().any(|a| a == "--key-secret-file") {
         args.extend(["--key-secret-file".into(), secret.display().to_string()]);
@@ -221,7 +265,8 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
          \x20   python3 -m http.server 8000 &\n\
          \x20   curl -H 'Host: api.example.com' -H 'X-Api-Key: sk_live_mobile_checkout_7Hq2x93f9a' http://127.0.0.1:8000/v1/payments/42\n\
          \x20   curl http://127.0.0.1:8000/\n\
-         \x20 metrics: curl http://127.0.0.1:9464/metrics; data: curl '{url}/?query=SELECT+app_id,route,count()+FROM+observer.http_requests+GROUP+BY+ALL'"));
+         \x20 web UI: http://{ui}/\n\
+         \x20 metrics: curl http://127.0.0.1:9464/metrics; data: curl '{url}/?query=SELECT+app_id,route,count()+FROM+observer.http_requests+GROUP+BY+ALL'", ui = demo::UI));
     let prefix = sudo_prefix();
     let mut cmd = if prefix.is_empty() {
         Command::new(&bin)
@@ -285,6 +330,7 @@ fn test_all(root: &Path) -> Result<()> {
         .current_dir(root)
         .args(["test", "-p", "observer-tests", "--", "--test-threads=1"])
         .env("OBSERVER_BIN", &bin)
+        .env("OBSERVER_XTASK", std::env::current_exe()?)
         .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
         .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver))?;
     say("all tests passed");

@@ -161,6 +161,57 @@ pub async fn serve(
     Ok((bound, async move { axum::serve(listener, app).await }))
 }
 
+/// Starts the UI of `observer run` when `--ui` is given: reads ClickHouse through `clickhouse` (the sink's client),
+/// else the returned memory store, which the caller feeds with every batch of events.
+pub async fn start(
+    args: &UiArgs,
+    clickhouse: Option<::clickhouse::Client>,
+    live: Arc<crate::registry::LiveRegistry>,
+) -> Result<Option<Arc<memory::MemoryStore>>, UiError> {
+    let Some(addr) = args.addr else {
+        return Ok(None);
+    };
+    let token = args.check(addr)?;
+    let (source, store) = match clickhouse {
+        Some(c) => (
+            Source::ClickHouse(clickhouse::ClickHouseSource::new(c)),
+            None,
+        ),
+        None => {
+            let m = Arc::new(memory::MemoryStore::new());
+            (Source::Memory(m.clone()), Some(m))
+        }
+    };
+    let registry: RegistryFn = Arc::new(move || {
+        let snap = live.snapshot();
+        Arc::new(crate::sink::registry_rows::from_registry(
+            &snap.registry,
+            snap.loaded_at.0.max(0) as u64,
+            snap.loaded_at,
+        ))
+    });
+    let state = UiState {
+        source,
+        registry,
+        token: token.map(Arc::from),
+    };
+    let (bound, server) = serve(addr, state).await?;
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "the UI server stopped");
+        }
+    });
+    tracing::info!(
+        "web UI on http://{bound}/ (data from {})",
+        if store.is_some() {
+            "the agent's last hour"
+        } else {
+            "ClickHouse"
+        }
+    );
+    Ok(store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

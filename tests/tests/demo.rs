@@ -1,0 +1,132 @@
+//! End to end: `cargo xtask demo --scenario new-app` shows consumption by application in the UI, the scenario's new
+//! application appears, and SIGINT (Ctrl-C) leaves no namespace, cgroup, process or attached program behind.
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use observer_tests::*;
+use serde_json::Value;
+
+const UI: &str = "127.0.0.1:9465";
+
+/// Programs attached to the cgroup hierarchy's root, as bpftool lists them.
+fn attached() -> String {
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).join("cgroup.procs").exists())
+        .unwrap();
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show", root])
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn world_processes() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("demo/world.py") || (cmd.contains("observer") && cmd.contains(UI)) {
+                out.push(cmd);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn demo_shows_consumption_and_ctrl_c_removes_everything() {
+    require_root();
+    let xtask = std::env::var_os("OBSERVER_XTASK")
+        .map(PathBuf::from)
+        .expect("OBSERVER_XTASK: run with `cargo xtask test`");
+    let before = attached();
+    let dir = scratch("demo");
+    let log = std::fs::File::create(dir.join("xtask.log")).unwrap();
+    let mut demo = Command::new(&xtask)
+        .args([
+            "demo",
+            "--scenario",
+            "new-app",
+            "--scenario-after",
+            "5",
+            "--bin",
+        ])
+        .arg(observer_bin())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start cargo xtask demo");
+
+    // Within two minutes the overview shows consumption by application, and the scenario's new application.
+    let mut overview = Value::Null;
+    let shown = eventually(Duration::from_secs(120), || {
+        overview = http_get(UI, "/api/overview?range=15m")
+            .and_then(|(s, body)| {
+                (s == 200)
+                    .then(|| serde_json::from_str(&body).ok())
+                    .flatten()
+            })
+            .unwrap_or(Value::Null);
+        let lines = overview["consumption"]["lines"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let apps: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l["label"].as_str().map(str::to_string))
+            .collect();
+        let new = overview["new_apps"].as_array().cloned().unwrap_or_default();
+        ["Web Shop", "Checkout v2", "Billing Batch", "Inventory Sync"]
+            .iter()
+            .all(|a| apps.iter().any(|l| l.ends_with(a)))
+            && new.iter().any(|n| n["app_id"] == "partner-portal")
+    });
+    let log_text = std::fs::read_to_string(dir.join("xtask.log")).unwrap_or_default();
+    if !shown {
+        // SAFETY: kill(2) on the child we spawned.
+        unsafe { libc_kill(demo.id() as i32, 2) };
+        let _ = demo.wait();
+        panic!("the UI did not show the demo's consumption: {overview:#}\n{log_text}");
+    }
+    assert!(
+        log_text.contains("http://127.0.0.1:9465/"),
+        "the demo prints the UI's address:\n{log_text}"
+    );
+
+    // Ctrl-C.
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc_kill(demo.id() as i32, 2) };
+    let mut status = None;
+    let stopped = eventually(Duration::from_secs(90), || {
+        status = demo.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(stopped, "the demo did not stop after SIGINT");
+    assert!(status.unwrap().success(), "demo exit: {status:?}");
+    for ns in ["uidemo-s", "uidemo-c"] {
+        assert!(
+            !std::path::Path::new("/run/netns").join(ns).exists(),
+            "namespace {ns} left behind"
+        );
+    }
+    for root in ["/sys/fs/cgroup/unified/uidemo", "/sys/fs/cgroup/uidemo"] {
+        assert!(
+            !std::path::Path::new(root).exists(),
+            "cgroup {root} left behind"
+        );
+    }
+    assert_eq!(
+        world_processes(),
+        Vec::<String>::new(),
+        "processes left behind"
+    );
+    assert_eq!(attached(), before, "programs left attached");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

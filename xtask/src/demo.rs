@@ -1,0 +1,463 @@
+//! `cargo xtask demo [--scenario NAME]`: a small world to look at in the UI, on this machine, in two minutes.
+//!
+//! Two network namespaces joined by a veth pair: `uidemo-s` runs three HTTP APIs (`xtask/demo/world.py servers`:
+//! payments with an API key, catalog anonymous, orders with a bearer token), `uidemo-c` runs five client
+//! applications, each its own process in its own cgroup under `uidemo/` (one of them, checkout-v2, replaces
+//! checkout-v1 and calls three times as often). A demo registry names them all; the local ClickHouse dev server
+//! stores the traffic; the agent runs with the UI. A scenario starts, after a short delay, the behaviour its insight
+//! is about. Ctrl-C (or `--for`) stops the clients, the agent (which detaches its programs), the servers and
+//! ClickHouse, then deletes the namespaces and cgroups: [`World`]'s drop does it on every exit path.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::toolchain::{run as run_cmd, say};
+use crate::{clickhouse, toolchain};
+
+/// Namespaces, cgroup and addresses of the demo world.
+const NS_SERVERS: &str = "uidemo-s";
+const NS_CLIENTS: &str = "uidemo-c";
+const VETH: (&str, &str) = ("uidemo-vs", "uidemo-vc");
+const SERVER_IP: &str = "10.77.0.1";
+const CLIENT_IP: &str = "10.77.0.2";
+const CGROUP: &str = "uidemo";
+const CLICKHOUSE_PORT: u16 = 8124;
+const METRICS: &str = "127.0.0.1:9466";
+pub const UI: &str = "127.0.0.1:9465";
+/// The clients that run from the start.
+const CLIENTS: &[&str] = &[
+    "web-shop",
+    "checkout-v1",
+    "checkout-v2",
+    "billing-batch",
+    "inventory-sync",
+];
+
+/// What a scenario starts: (client, behaviour) processes, and what to look at.
+fn scenario(name: &str) -> Result<(&'static [(&'static str, &'static str)], &'static str)> {
+    Ok(match name {
+        "new-app" => (
+            &[("partner-portal", "normal")],
+            "Partner Portal, registered but never seen, starts calling catalog and orders: Overview → new \
+             applications, Insights → new-app",
+        ),
+        "novel-stream" => (
+            &[("web-shop", "novel-stream")],
+            "Web Shop starts calling POST /v1/payments/{id}/refunds, a route it never called: Insights → \
+             novel-stream, API Payments → routes",
+        ),
+        "retry-storm" => (
+            &[("billing-batch", "retry-storm")],
+            "orders fail for Billing Batch, which retries at once, six times: Insights → retry-storm, \
+             Application Billing Batch → errors",
+        ),
+        "client-bug" => (
+            &[("checkout-v2", "client-bug")],
+            "Checkout v2 starts sending requests the APIs reject with 400: Insights → client-bug",
+        ),
+        "flood" => (
+            &[("inventory-sync", "flood")],
+            "Inventory Sync calls the catalog 25 times as often as its baseline: Insights → flood, \
+             Application Inventory Sync → rate vs baseline",
+        ),
+        "key-misuse" => (
+            &[("laptop", "normal"), ("ci-job", "normal")],
+            "Web Shop's key is used from a laptop (curl) and CI uses a revoked key: Access and audit → shared \
+             keys and keys used outside their grant, Insights → key-misuse",
+        ),
+        other => bail!(
+            "unknown scenario {other:?}: new-app, novel-stream, retry-storm, client-bug, flood or key-misuse"
+        ),
+    })
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run_cmd(Command::new("ip").args(args))
+}
+
+fn cgroup_root() -> PathBuf {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+}
+
+/// Everything the demo started; dropping it stops and removes it all.
+struct World {
+    cgroup: PathBuf,
+    /// Clients first, then the agent, then the servers: stopped in that order.
+    clients: Vec<(String, Child)>,
+    agent: Option<Child>,
+    servers: Option<Child>,
+    clickhouse: Option<clickhouse::DevServer>,
+}
+
+impl World {
+    fn new() -> Result<World> {
+        let w = World {
+            cgroup: cgroup_root().join(CGROUP),
+            clients: Vec::new(),
+            agent: None,
+            servers: None,
+            clickhouse: None,
+        };
+        w.remove_network(); // leftovers of a demo that was killed
+        for ns in [NS_SERVERS, NS_CLIENTS] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "link", "add", VETH.0, "type", "veth", "peer", "name", VETH.1,
+        ])?;
+        for (veth, ns, addr) in [
+            (VETH.0, NS_SERVERS, SERVER_IP),
+            (VETH.1, NS_CLIENTS, CLIENT_IP),
+        ] {
+            ip(&["link", "set", veth, "netns", ns])?;
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", veth])?;
+            ip(&["-n", ns, "link", "set", veth, "up"])?;
+        }
+        std::fs::create_dir_all(&w.cgroup)
+            .with_context(|| format!("creating cgroup {}", w.cgroup.display()))?;
+        Ok(w)
+    }
+
+    /// Runs `python3 world.py ARGS` in namespace `ns` and cgroup `uidemo/GROUP`, in its own process group.
+    fn spawn_world(&self, script: &Path, ns: &str, group: &str, args: &[&str]) -> Result<Child> {
+        let cg = self.cgroup.join(group);
+        std::fs::create_dir_all(&cg)?;
+        // The shell joins the cgroup before exec, so the program's first connection is already in it.
+        let mut full = Command::new("sh");
+        full.arg("-c")
+            .arg(r#"cg=$1; ns=$2; script=$3; shift 3; echo $$ > "$cg/cgroup.procs" && exec nsenter --net="/run/netns/$ns" python3 "$script" "$@""#)
+            .arg("demo")
+            .arg(&cg)
+            .arg(ns)
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut full, 0);
+        full.spawn()
+            .context("starting python3 in the demo namespace")
+    }
+
+    fn remove_network(&self) {
+        for ns in [NS_SERVERS, NS_CLIENTS] {
+            if Path::new("/run/netns").join(ns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+}
+
+/// Sends `sig` to `child` and waits up to `grace` for it, then kills it.
+fn stop(child: &mut Child, sig: libc::c_int, grace: Duration) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    // SAFETY: kill(2) on a pid we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.clients {
+            stop(c, libc::SIGINT, Duration::from_secs(3));
+        }
+        if let Some(a) = &mut self.agent {
+            // SIGINT: the agent drains, detaches every program and flushes its sinks.
+            stop(a, libc::SIGINT, Duration::from_secs(30));
+        }
+        if let Some(s) = &mut self.servers {
+            stop(s, libc::SIGINT, Duration::from_secs(3));
+        }
+        if let Some(ch) = self.clickhouse.take() {
+            let _ = ch.stop();
+        }
+        self.remove_network();
+        // Children first; a cgroup is removable once its processes are gone.
+        if let Ok(dir) = std::fs::read_dir(&self.cgroup) {
+            for e in dir.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+        say("demo stopped: namespaces, cgroups and processes removed, programs detached");
+    }
+}
+
+fn fingerprint(bin: &Path, secret: &Path, key: &str) -> Result<String> {
+    let out = Command::new(bin)
+        .args(["registry", "fingerprint", "--key-secret-file"])
+        .arg(secret)
+        .arg(key)
+        .output()
+        .context("observer registry fingerprint")?;
+    if !out.status.success() {
+        bail!(
+            "observer registry fingerprint failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .with_context(|| format!("no fingerprint in {text:?}"))
+}
+
+/// The demo registry: teams, the three APIs, the applications and their keys' grants.
+fn registry(
+    fp: &serde_json::Map<String, serde_json::Value>,
+    bin: &Path,
+    secret: &Path,
+) -> Result<String> {
+    let mut keys = String::new();
+    for (name, key) in fp {
+        let key = key.as_str().unwrap_or_default();
+        let f = fingerprint(bin, secret, key)?;
+        let suffix = &key[key.len() - 4..];
+        let (app, grants) = match name.as_str() {
+            "web-shop" => ("web-shop", "[payments-api, orders-api]"),
+            "checkout-v1" | "checkout-v2" => (name.as_str(), "[payments-api]"),
+            "billing-batch" => ("billing-batch", "[orders-api, payments-api]"),
+            "partner-portal" => ("partner-portal", "[orders-api]"),
+            _ => ("ci-pipeline", "[payments-api]"),
+        };
+        let revoked = if name == "revoked-ci" {
+            "\n    revoked_at: 2026-01-20T10:00:00Z\n    revoked_by: bob\n    note: CHG-311 key leaked in a build log"
+        } else {
+            ""
+        };
+        keys.push_str(&format!(
+            "  - id: {name}-key\n    application: {app}\n    fingerprint: {f}\n    suffix: \"{suffix}\"\n    \
+             granted_by: alice\n    granted_at: 2026-01-05\n    apis: {grants}{revoked}\n"
+        ));
+    }
+    Ok(format!(
+        "version: 1\n\
+teams:\n\
+  - {{id: web, name: Web shop, line_of_business: Retail, alert_contact: web@example.com}}\n\
+  - {{id: mobile, name: Mobile, line_of_business: Retail, alert_contact: mobile@example.com}}\n\
+  - {{id: finance, name: Finance, line_of_business: Corporate, alert_contact: finance@example.com}}\n\
+  - {{id: data, name: Data platform, line_of_business: Wholesale, alert_contact: data@example.com}}\n\
+  - {{id: partners, name: Partnerships, line_of_business: Partnerships, alert_contact: partners@example.com}}\n\
+apis:\n\
+  - id: payments-api\n    name: Payments\n    owner: finance\n    match: {{hosts: [payments.demo], ports: [8081]}}\n\
+    auth: {{type: api_key, headers: [X-Api-Key]}}\n\
+    routes: [GET /v1/payments/{{id}}, POST /v1/payments, POST /v1/payments/{{id}}/refunds]\n\
+  - id: catalog-api\n    name: Catalog\n    owner: web\n    match: {{hosts: [catalog.demo], ports: [8082]}}\n\
+    auth: anonymous\n    routes: [GET /v1/items, GET /v1/items/{{sku}}]\n\
+  - id: orders-api\n    name: Orders\n    owner: web\n    match: {{hosts: [orders.demo], ports: [8083]}}\n\
+    auth: bearer\n    routes: [GET /v1/orders/{{id}}, POST /v1/orders]\n\
+applications:\n\
+  - {{id: web-shop, name: Web Shop, team: web, created_by: alice, created_at: 2025-06-01}}\n\
+  - {{id: checkout-v1, name: Checkout v1, team: mobile, created_by: alice, created_at: 2024-03-01}}\n\
+  - {{id: checkout-v2, name: Checkout v2, team: mobile, created_by: alice, created_at: 2026-01-05, predecessor: checkout-v1}}\n\
+  - {{id: billing-batch, name: Billing Batch, team: finance, created_by: carol, created_at: 2025-02-01}}\n\
+  - id: inventory-sync\n    name: Inventory Sync\n    team: data\n    created_by: dave\n    created_at: 2025-09-01\n\
+    workload: {{cgroup: /{CGROUP}/inventory-sync}}\n\
+  - {{id: partner-portal, name: Partner Portal, team: partners, created_by: erin, created_at: 2026-01-05}}\n\
+  - {{id: ci-pipeline, name: CI pipeline, team: web, created_by: alice, created_at: 2025-01-01}}\n\
+keys:\n{keys}"
+    ))
+}
+
+fn http_ok(addr: &str, path: &str) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    s.read(&mut buf)
+        .is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+/// Options of `cargo xtask demo`.
+pub struct DemoOptions {
+    pub scenario: Option<String>,
+    /// Seconds after the start at which the scenario begins.
+    pub scenario_after: u64,
+    /// Stop by itself after this long (tests); default: until Ctrl-C.
+    pub run_for: Option<Duration>,
+    /// Extra arguments for `observer run` (e.g. insights options).
+    pub agent_args: Vec<String>,
+}
+
+pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!("the demo needs root (network namespaces, cgroups, eBPF): run `sudo -E cargo xtask demo`");
+    }
+    let scenario = opts.scenario.as_deref().map(scenario).transpose()?;
+    toolchain::ensure_packages(&[
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("python3", "python3"),
+    ])?;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        let handler = on_signal as extern "C" fn(libc::c_int) as *const () as libc::sighandler_t;
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    let dir = root.join(".data/demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let script = root.join("xtask/demo/world.py");
+    let secret = dir.join("key-secret");
+
+    let keys = Command::new("python3").arg(&script).arg("keys").output()?;
+    let keys: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&keys.stdout).context("world.py keys")?;
+    let reg = dir.join("registry.yaml");
+    std::fs::write(&reg, registry(&keys, bin, &secret)?)?;
+    run_cmd(Command::new(bin).args(["registry", "check"]).arg(&reg))?;
+
+    let mut world = World::new()?;
+    say(format!(
+        "starting the local ClickHouse on port {CLICKHOUSE_PORT} (data in {})",
+        dir.join("clickhouse").display()
+    ));
+    let ch = clickhouse::spawn(root, CLICKHOUSE_PORT, &dir.join("clickhouse"))?;
+    let url = ch.url();
+    world.clickhouse = Some(ch);
+    run_cmd(Command::new(bin).args(["schema", "apply", "--clickhouse-url", &url]))?;
+
+    let log = std::fs::File::create(dir.join("agent.log"))?;
+    let mut agent = Command::new(bin);
+    agent
+        .args(["run", "--registry"])
+        .arg(&reg)
+        .arg("--key-secret-file")
+        .arg(&secret)
+        .args([
+            "--sink",
+            "clickhouse",
+            "--clickhouse-url",
+            &url,
+            "--spool-dir",
+        ])
+        .arg(dir.join("spool"))
+        .args([
+            "--ports",
+            "8081,8082,8083",
+            "--metrics",
+            METRICS,
+            "--ui",
+            UI,
+        ])
+        .args(&opts.agent_args)
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut agent, 0);
+    world.agent = Some(agent.spawn().context("starting the agent")?);
+    let ready = Instant::now() + Duration::from_secs(60);
+    while !http_ok(METRICS, "/readyz") {
+        if Instant::now() > ready || STOP.load(Ordering::SeqCst) {
+            bail!(
+                "the agent did not become ready; see {}",
+                dir.join("agent.log").display()
+            );
+        }
+        if let Some(status) = world
+            .agent
+            .as_mut()
+            .and_then(|a| a.try_wait().ok().flatten())
+        {
+            bail!(
+                "the agent exited ({status}); see {}",
+                dir.join("agent.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    world.servers =
+        Some(world.spawn_world(&script, NS_SERVERS, "apis", &["servers", SERVER_IP])?);
+    std::thread::sleep(Duration::from_secs(1));
+    for name in CLIENTS {
+        let c = world.spawn_world(
+            &script,
+            NS_CLIENTS,
+            name,
+            &["client", name, SERVER_IP, "normal"],
+        )?;
+        world.clients.push((name.to_string(), c));
+    }
+    say(format!(
+        "the demo is running. Open http://{UI}/ (Overview: consumption by application within a minute or two; \
+         Applications → Checkout v2: three times its predecessor; Access and audit: grants and their use).\n\
+         \x20 agent log: {}; ClickHouse: {url}; Ctrl-C stops everything.",
+        dir.join("agent.log").display()
+    ));
+    let started = Instant::now();
+    let mut pending = scenario;
+    loop {
+        if STOP.load(Ordering::SeqCst) {
+            say("stopping the demo");
+            break;
+        }
+        if opts.run_for.is_some_and(|d| started.elapsed() >= d) {
+            say("--for elapsed: stopping the demo");
+            break;
+        }
+        if let Some(status) = world
+            .agent
+            .as_mut()
+            .and_then(|a| a.try_wait().ok().flatten())
+        {
+            bail!(
+                "the agent exited ({status}); see {}",
+                dir.join("agent.log").display()
+            );
+        }
+        if let Some((procs, what)) = pending {
+            if started.elapsed() >= Duration::from_secs(opts.scenario_after) {
+                for (name, behaviour) in procs {
+                    let c = world.spawn_world(
+                        &script,
+                        NS_CLIENTS,
+                        name,
+                        &["client", name, SERVER_IP, behaviour],
+                    )?;
+                    world.clients.push((format!("{name} ({behaviour})"), c));
+                }
+                say(format!("scenario started: {what}"));
+                pending = None;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(world);
+    Ok(())
+}
