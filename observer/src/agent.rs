@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     cgroups::FsCgroupResolver,
-    config::CaptureArgs,
+    config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
     metrics::{Metrics, Sample},
     reader, registry, sink,
@@ -37,7 +37,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub registry: registry::RegistryArgs,
     #[command(flatten)]
-    pub sink: sink::SinkArgs,
+    pub sink: SinkArgs,
 }
 
 /// Why `observer run` stopped with an error. Each names the step that failed; the cause follows it.
@@ -95,7 +95,8 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let loaded = loader::load(&opts)?;
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
     let enricher = enrich::Enricher::new(live.clone());
-    let sinks = Arc::new(sink::build(&args.sink).await.map_err(AgentError::Sinks)?);
+    let sink_cfg = args.sink.sink_config().map_err(AgentError::Sinks)?;
+    let sinks = Arc::new(sink::build(&sink_cfg).await.map_err(AgentError::Sinks)?);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
         let server = crate::metrics::serve(addr, metrics.clone())

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod reader;
 pub mod registry;
 pub mod sink;
+pub mod units;

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 use common::{apply, client, devserver_paths, insert_events, serial, DevServer};
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
+use observer::sink::clickhouse::migrations::ROLLUP_QUANTILES;
 use observer::sink::clickhouse::registry_rows::{
     ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow,
 };
-use observer::sink::clickhouse::schema::ROLLUP_QUANTILES;
 use observer::sink::clickhouse::write_registry;
 use serde_json::{Map, Value};
 
