@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     cgroups::FsCgroupResolver,
+    clock,
     config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
     metrics::{Metrics, Sample},
@@ -110,7 +111,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let flow_cfg = flow::FlowConfig {
-        mono_to_unix_offset_ns: flow::mono_to_unix_offset_ns(),
+        mono_to_unix_offset_ns: clock::mono_to_unix_offset_ns(),
         capture_bytes: args.capture.capture_bytes,
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
@@ -245,14 +246,14 @@ fn capture_loop(
         counts.ring_bytes += d.bytes;
         counts.bad_records += d.bad;
         if d.oldest_ts_ns != 0 {
-            counts.lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+            counts.lag_ns = clock::monotonic_ns().saturating_sub(d.oldest_ts_ns);
         }
         if stopping {
             engine.finish();
         }
         let tick = last_tick.elapsed() >= Duration::from_secs(1);
         if tick {
-            engine.tick(reader::monotonic_ns());
+            engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
         out.retain(|ex| {
