@@ -18,7 +18,8 @@ use tracing::{info, warn};
 
 use crate::{
     cgroups::FsCgroupResolver,
-    config::CaptureArgs,
+    clock,
+    config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
     metrics::{Metrics, Sample},
     reader, registry, sink,
@@ -37,7 +38,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub registry: registry::RegistryArgs,
     #[command(flatten)]
-    pub sink: sink::SinkArgs,
+    pub sink: SinkArgs,
     #[command(flatten)]
     pub ui: crate::ui::UiArgs,
 }
@@ -99,7 +100,8 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let loaded = loader::load(&opts)?;
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
     let enricher = enrich::Enricher::new(live.clone());
-    let sinks = Arc::new(sink::build(&args.sink).await.map_err(AgentError::Sinks)?);
+    let sink_cfg = args.sink.sink_config().map_err(AgentError::Sinks)?;
+    let sinks = Arc::new(sink::build(&sink_cfg).await.map_err(AgentError::Sinks)?);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
         let server = crate::metrics::serve(addr, metrics.clone())
@@ -108,17 +110,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         tokio::spawn(server);
         info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
     }
-    let has_clickhouse = args.sink.sinks.contains(&sink::SinkSpec::ClickHouse);
-    let ui_client = if has_clickhouse {
-        Some(
-            args.sink
-                .clickhouse_config()
-                .map_err(AgentError::Sinks)?
-                .client(),
-        )
-    } else {
-        None
-    };
+    let ui_client = sink_cfg.clickhouse.as_ref().map(|c| c.client());
     let ui = crate::ui::start(&args.ui, ui_client, live.clone())
         .await
         .map_err(AgentError::Ui)?;
@@ -127,7 +119,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let flow_cfg = flow::FlowConfig {
-        mono_to_unix_offset_ns: flow::mono_to_unix_offset_ns(),
+        mono_to_unix_offset_ns: clock::mono_to_unix_offset_ns(),
         capture_bytes: args.capture.capture_bytes,
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
@@ -272,14 +264,14 @@ fn capture_loop(
         counts.ring_bytes += d.bytes;
         counts.bad_records += d.bad;
         if d.oldest_ts_ns != 0 {
-            counts.lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+            counts.lag_ns = clock::monotonic_ns().saturating_sub(d.oldest_ts_ns);
         }
         if stopping {
             engine.finish();
         }
         let tick = last_tick.elapsed() >= Duration::from_secs(1);
         if tick {
-            engine.tick(reader::monotonic_ns());
+            engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
         out.retain(|ex| {

@@ -19,6 +19,7 @@ use common::{
 };
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
 use observer::sink;
+use observer::sink::clickhouse::migrations;
 use observer::sink::clickhouse::registry_rows::{
     ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow,
 };
@@ -193,7 +194,7 @@ async fn upgrade_from_previous_version_keeps_data() {
     let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
     let url = srv.url();
 
-    let prev = schema::latest_version() - 1;
+    let prev = migrations::latest_version() - 1;
     let r = apply(&url, Some(prev)).await;
     assert_eq!(r.to, prev);
     let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 1024)
@@ -208,7 +209,7 @@ async fn upgrade_from_previous_version_keeps_data() {
 
     let r = apply(&url, None).await;
     assert_eq!(r.from, Some(prev));
-    assert_eq!(r.applied, vec![schema::latest_version()], "{r}");
+    assert_eq!(r.applied, vec![migrations::latest_version()], "{r}");
     assert_eq!(
         count(&url, "SELECT count() FROM observer.http_requests").await,
         500
@@ -226,7 +227,7 @@ async fn upgrade_from_previous_version_keeps_data() {
         schema::current_version(&client(&url), &url, "observer")
             .await
             .expect("version"),
-        Some(schema::latest_version())
+        Some(migrations::latest_version())
     );
 }
 
@@ -351,6 +352,29 @@ async fn round_trip_every_column_with_edge_values() {
     assert_eq!(
         text,
         "::ffff:192.0.2.1 not_granted_for_api 2025-12-31 23:59:59.999999"
+    );
+
+    // The two encoders generated from the event table agree: the same events as NDJSON (JSONEachRow, parsed by
+    // the server) are the same rows as the sink's RowBinary.
+    let mut body = Vec::new();
+    for e in &events {
+        observer::sink::ndjson::write_event(e, &mut body);
+        body.push(b'\n');
+    }
+    let mut ins = c
+        .insert_formatted_with("INSERT INTO http_requests FORMAT JSONEachRow")
+        .with_setting("date_time_input_format", "best_effort");
+    ins.send(body.into()).await.expect("send NDJSON");
+    ins.end().await.expect("insert NDJSON");
+    let distinct = count(
+        &url,
+        "SELECT count() FROM (SELECT DISTINCT * FROM observer.http_requests)",
+    )
+    .await;
+    assert_eq!(
+        distinct,
+        events.len() as u64,
+        "NDJSON and RowBinary encodings differ"
     );
 }
 

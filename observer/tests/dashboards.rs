@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use common::{apply, client, devserver_paths, serial, DevServer};
 use observer::event::{Event, KeyState};
-use observer::sink::clickhouse::schema::ROLLUP_QUANTILES;
+use observer::sink::clickhouse::migrations::ROLLUP_QUANTILES;
 use serde_json::{Map, Value};
 use traffic::{fixture_events, load_fixtures, SPAN_S, T0_S};
 

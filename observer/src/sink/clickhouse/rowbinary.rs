@@ -5,7 +5,7 @@
 //! checks every column's name and type against what we send.
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::schema::http_requests_columns;
+use super::migrations::http_requests_columns;
 use crate::event::{AttributedBy, Event, KeyState, SharedStr, Side, StoredEnum, Timestamp};
 
 /// A field type's RowBinary form. A new field type needs an impl here (and its ClickHouse type in `CH_TYPE`).
