@@ -311,7 +311,11 @@ pub enum Start {
 #[inline(always)]
 pub fn classify_start(buf: &[u8; START_WINDOW], len: usize) -> Start {
     const MASK: usize = START_WINDOW - 1;
-    let len = if len > START_WINDOW { START_WINDOW } else { len };
+    let len = if len > START_WINDOW {
+        START_WINDOW
+    } else {
+        len
+    };
     // Empty lines.
     let mut lead = 0usize;
     while lead < MAX_LEADING_EMPTY {
@@ -340,7 +344,11 @@ pub fn classify_start(buf: &[u8; START_WINDOW], len: usize) -> Start {
     let sep = buf[at & MASK];
     if sep == b'/' {
         // `HTTP/1.` after the empty lines: a status line.
-        if words == HTTP_WORDS && at + 2 < len && buf[(at + 1) & MASK] == b'1' && buf[(at + 2) & MASK] == b'.' {
+        if words == HTTP_WORDS
+            && at + 2 < len
+            && buf[(at + 1) & MASK] == b'1'
+            && buf[(at + 2) & MASK] == b'.'
+        {
             return Start::Response;
         }
         return Start::No;

@@ -489,7 +489,14 @@ impl Conn {
         }
     }
 
-    pub(super) fn on_truncated_head(&mut self, dir: usize, start: u32, ts: u64, buf: &[u8], ctx: &mut Ctx) {
+    pub(super) fn on_truncated_head(
+        &mut self,
+        dir: usize,
+        start: u32,
+        ts: u64,
+        buf: &[u8],
+        ctx: &mut Ctx,
+    ) {
         ctx.stats.truncated_heads += 1;
         match http::parse_truncated_head(buf) {
             Some(head) => {
@@ -534,9 +541,7 @@ impl Conn {
             st.open = None;
         }
     }
-
 }
-
 
 /// Longest head buffer kept for one message.
 fn http_limit(cfg: &FlowConfig) -> usize {

@@ -21,8 +21,8 @@ use observer_common::{
 };
 
 use self::conn::{Conn, ConnKey, Ctx, Endpoint};
-use self::pairing::Done;
 use self::lru::Lru;
+use self::pairing::Done;
 use crate::cgroups::CgroupResolver;
 use crate::event::{Event, Exchange, SharedStr, Side, Timestamp};
 use crate::http;

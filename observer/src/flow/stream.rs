@@ -21,7 +21,6 @@ pub(super) const MAX_STASH: usize = 4;
 /// Message starts remembered per stream to recognize a second observation of the same start.
 pub(super) const RECENT_STARTS: usize = 16;
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Request,
