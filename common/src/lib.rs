@@ -302,103 +302,121 @@ pub enum Start {
 }
 
 /// Classifies the first `len` bytes of `buf` (at most [`START_WINDOW`]) as a message start, after up to
-/// [`MAX_LEADING_EMPTY`] CR/LF bytes. Written for the eBPF verifier: two bounded loops, no indexing it cannot
-/// follow.
+/// [`MAX_LEADING_EMPTY`] CR/LF bytes.
+///
+/// Written for the eBPF verifier, which follows every path: three "find the first byte that ..." loops, each with a
+/// single way out per iteration, so what a loop carries from one iteration to the next is its index alone and
+/// paths that reach the same index merge; the method token is compared as three words loaded at once, not built
+/// byte by byte; every index into `buf` is masked into it.
 #[inline(always)]
 pub fn classify_start(buf: &[u8; START_WINDOW], len: usize) -> Start {
+    const MASK: usize = START_WINDOW - 1;
     let len = if len > START_WINDOW {
         START_WINDOW
     } else {
         len
     };
-    // The method token, packed as it is read; `at` ends on the byte after it.
-    let mut words: MethodWords = [0; 3];
-    let mut tok = 0usize;
-    let mut at = len;
-    let mut i = 0;
-    while i < MAX_LEADING_EMPTY + MAX_METHOD_LEN + 1 {
-        if i >= len {
+    // Empty lines.
+    let mut lead = 0usize;
+    while lead < MAX_LEADING_EMPTY {
+        if lead >= len {
             return Start::No;
         }
-        let b = buf[i];
-        if tok == 0 && (b == b'\r' || b == b'\n') {
-            if i >= MAX_LEADING_EMPTY {
-                return Start::No;
-            }
-        } else if is_tchar(b) {
-            if tok >= MAX_METHOD_LEN {
-                return Start::No;
-            }
-            let shift = (tok % 8) * 8;
-            match tok / 8 {
-                0 => words[0] |= (b as u64) << shift,
-                1 => words[1] |= (b as u64) << shift,
-                _ => words[2] |= (b as u64) << shift,
-            }
-            tok += 1;
-        } else {
-            at = i;
+        let b = buf[lead & MASK];
+        if b != b'\r' && b != b'\n' {
             break;
         }
-        i += 1;
+        lead += 1;
     }
-    if tok == 0 || at >= len {
+    // The method token: `at` is the byte after it.
+    let mut at = lead;
+    while at < lead + MAX_METHOD_LEN + 1 {
+        if at >= len || !is_tchar(buf[at & MASK]) {
+            break;
+        }
+        at += 1;
+    }
+    let tok = at - lead;
+    if tok == 0 || tok > MAX_METHOD_LEN || at + 1 >= len {
         return Start::No;
     }
-    let sep = buf[at & (START_WINDOW - 1)];
+    let words = token_words(buf, lead & 15, tok);
+    let sep = buf[at & MASK];
     if sep == b'/' {
         // `HTTP/1.` after the empty lines: a status line.
-        let http = [u64::from_le_bytes(*b"HTTP\0\0\0\0"), 0, 0];
-        let v = (at + 1) & (START_WINDOW - 1);
-        let v2 = (at + 2) & (START_WINDOW - 1);
-        if words[0] == http[0] && words[1] == 0 && at + 2 < len && buf[v] == b'1' && buf[v2] == b'.'
+        if words == HTTP_WORDS
+            && at + 2 < len
+            && buf[(at + 1) & MASK] == b'1'
+            && buf[(at + 2) & MASK] == b'.'
         {
             return Start::Response;
         }
         return Start::No;
     }
-    if sep != b' ' || at + 1 >= len {
-        return Start::No;
-    }
-    // The target's first byte: visible, not a space.
-    let t = buf[(at + 1) & (START_WINDOW - 1)];
-    if !(0x21..0x7f).contains(&t) {
+    // A space, then the target's first byte: visible, not a space.
+    let t = buf[(at + 1) & MASK];
+    if sep != b' ' || t < 0x21 || t == 0x7f {
         return Start::No;
     }
     let mut m = 0;
     while m < HTTP_METHOD_WORDS.len() {
-        let w = HTTP_METHOD_WORDS[m];
-        if w[0] == words[0] && w[1] == words[1] && w[2] == words[2] {
+        if HTTP_METHOD_WORDS[m] == words {
             return Start::Request;
         }
         m += 1;
     }
     // An unregistered method: the target must end at a space followed by `HTTP/1.` within the window.
-    const VERSION: &[u8; 8] = b" HTTP/1.";
-    let mut k = 0usize;
-    let mut j = at + 2;
-    while j < START_WINDOW {
-        if j >= len {
+    let mut end = at + 2;
+    while end < START_WINDOW {
+        if end >= len {
             return Start::Unconfirmed;
         }
-        let b = buf[j];
-        if k > 0 {
-            if b != VERSION[k & 7] {
-                return Start::Rejected;
-            }
-            k += 1;
-            if k == VERSION.len() {
-                return Start::Request;
-            }
-        } else if b == b' ' {
-            k = 1;
-        } else if b < 0x21 || b == 0x7f {
-            // A control character (CR, LF, TAB) inside the target: not a request line.
+        let b = buf[end & MASK];
+        if b <= b' ' || b == 0x7f {
+            break;
+        }
+        end += 1;
+    }
+    if end >= START_WINDOW {
+        return Start::Unconfirmed;
+    }
+    if buf[end & MASK] != b' ' {
+        // A control character (CR, LF, TAB) inside or right after the target: not a request line.
+        return Start::Rejected;
+    }
+    if end + 8 > len {
+        return Start::Unconfirmed;
+    }
+    let mut k = 1;
+    while k < 8 {
+        if buf[(end + k) & MASK] != b" HTTP/1."[k] {
             return Start::Rejected;
         }
-        j += 1;
+        k += 1;
     }
-    Start::Unconfirmed
+    Start::Request
+}
+
+/// `HTTP` as [`MethodWords`].
+const HTTP_WORDS: MethodWords = [u64::from_le_bytes(*b"HTTP\0\0\0\0"), 0, 0];
+
+/// The `tok` bytes at `off` (`tok` <= [`MAX_METHOD_LEN`], `off` < 16) as [`MethodWords`], zero-padded: three loads and
+/// three masks instead of a loop.
+#[inline(always)]
+fn token_words(buf: &[u8; START_WINDOW], off: usize, tok: usize) -> MethodWords {
+    let word = |k: usize| {
+        let i = (off & 15) + 8 * k;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&buf[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        let keep = tok.saturating_sub(8 * k);
+        if keep >= 8 {
+            w
+        } else {
+            w & ((1u64 << (8 * keep)) - 1)
+        }
+    };
+    [word(0), word(1), word(2)]
 }
 
 /// Per-CPU counters (array index). Failures and the few successes needed to compute rates.

@@ -452,7 +452,22 @@ fn publish(
                 s.sockets as f64,
             )
             .label("table", "sockets"),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            crate::http::Anomalies::ALL
+                .iter()
+                .zip(s.framing_anomalies)
+                .map(|((_, reason), n)| {
+                    c(
+                        "flow_framing_anomalies_total",
+                        "Messages whose framing another reader may take differently (smuggling), per reason",
+                        n,
+                    )
+                    .label("reason", *reason)
+                }),
+        )
+        .collect(),
     );
     let r = enricher.live().stats();
     metrics.publish(

@@ -7,6 +7,8 @@
 //! every eviction, drop and oddity is counted in [`FlowStats`].
 mod conn;
 mod lru;
+mod pairing;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -18,8 +20,9 @@ use observer_common::{
     HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, MAX_CAPTURE,
 };
 
-use self::conn::{Conn, ConnKey, Ctx, Done, Endpoint};
+use self::conn::{Conn, ConnKey, Ctx, Endpoint};
 use self::lru::Lru;
+use self::pairing::Done;
 use crate::cgroups::CgroupResolver;
 use crate::event::{Event, Exchange, SharedStr, Side, Timestamp};
 use crate::http;

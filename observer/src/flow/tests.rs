@@ -11,7 +11,6 @@ use observer_common::{
 use super::{Engine, FlowConfig, FlowStats};
 use crate::cgroups::MapResolver;
 use crate::event::{Exchange, Side};
-use crate::http;
 
 const C2S: usize = 0;
 const S2C: usize = 1;
