@@ -38,6 +38,8 @@ pub struct RunArgs {
     pub registry: registry::RegistryArgs,
     #[command(flatten)]
     pub sink: sink::SinkArgs,
+    #[command(flatten)]
+    pub kube: crate::kube::KubeArgs,
 }
 
 /// Why `observer run` stopped with an error. Each names the step that failed; the cause follows it.
@@ -54,6 +56,8 @@ pub enum AgentError {
         addr: std::net::SocketAddr,
         err: std::io::Error,
     },
+    #[error("starting pod identity: {0}")]
+    Kube(crate::kube::KubeError),
     #[error("finding the cgroup v2 hierarchy: {0}")]
     Cgroup(crate::cgroups::CgroupError),
     #[error(transparent)]
@@ -104,7 +108,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         tokio::spawn(server);
         info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
     }
-    metrics.set_ready(true);
+    let pods = crate::kube::start(&args.kube, metrics.clone())
+        .await
+        .map_err(AgentError::Kube)?;
+    crate::kube::ready_when_synced(pods.as_ref(), &metrics);
     info!(programs = loaded.attached.len(), "capturing");
 
     let stop = Arc::new(AtomicBool::new(false));
