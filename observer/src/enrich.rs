@@ -61,7 +61,14 @@ pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
     } else {
         ev.path.as_str()
     };
-    let api_idx = snap.match_api(host, ev.dst_port, path, &ev.server_comm, &ev.server_cgroup);
+    let api_idx = snap.match_api(
+        host,
+        ev.dst_port,
+        &ev.method,
+        path,
+        &ev.server_comm,
+        &ev.server_cgroup,
+    );
     let api = api_idx.map(|i| snap.api(i));
     match api {
         Some(a) => {
@@ -85,15 +92,19 @@ pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
 
     // --- key ---
     let default_auth;
-    let auth = match api {
+    let auths: &[Auth] = match api {
         Some(a) => &a.auth,
         None => {
-            default_auth = Auth::default();
+            default_auth = [Auth::default()];
             &default_auth
         }
     };
     let mut scratch = [0u8; SCRATCH];
-    let key = extract_key(auth, request_headers, raw_query, &mut scratch);
+    // The first location holding a credential wins; it is extracted again so the probe's borrow of `scratch` ends.
+    let key = auths
+        .iter()
+        .position(|a| extract_key(a, request_headers, raw_query, &mut scratch).is_some())
+        .and_then(|i| extract_key(&auths[i], request_headers, raw_query, &mut scratch));
     let mut app: Option<&Application> = None;
     match key {
         None => {
@@ -569,6 +580,58 @@ mod tests {
         assert_eq!(
             (ev.api_id.as_str(), ev.key_state),
             ("status-api", KeyState::None)
+        );
+    }
+
+    #[test]
+    fn the_first_auth_location_holding_a_key_wins() {
+        let text = format!(
+            "teams: [{{id: t}}]\napis:\n  - id: s\n    owner: t\n    match: {{hosts: s.com}}\n    auth: [basic, bearer]\napplications: [{{id: app, team: t}}]\nkeys:\n  - id: k\n    application: app\n    fingerprint: {}\n    grants: [{{api: s, granted_by: me, granted_at: 2026-01-01}}]\n",
+            example_secret().fingerprint_hex(b"bearer-key-0123456789")
+        );
+        let reg = load_str(&text, Path::new("."), &example_secret()).expect("valid registry");
+        let snap = Snapshot::build(reg.registry, example_secret(), 0, None, None);
+        let bearer = run(
+            &snap,
+            exchange(
+                "GET",
+                "s.com",
+                "/",
+                &[("Authorization", "Bearer bearer-key-0123456789")],
+            ),
+        );
+        assert_eq!(
+            (bearer.key_state, bearer.app_id.as_str()),
+            (KeyState::Valid, "app"),
+            "second location"
+        );
+        let basic = run(
+            &snap,
+            exchange(
+                "GET",
+                "s.com",
+                "/",
+                &[("Authorization", "Basic dW5rbm93bjpwdw==")],
+            ),
+        );
+        assert_eq!(
+            basic.key_state,
+            KeyState::Unknown,
+            "first location: user `unknown` is not a registered key"
+        );
+        let none = run(
+            &snap,
+            exchange(
+                "GET",
+                "s.com",
+                "/",
+                &[("X-Api-Key", "bearer-key-0123456789")],
+            ),
+        );
+        assert_eq!(
+            none.key_state,
+            KeyState::None,
+            "a header neither location names"
         );
     }
 

@@ -157,14 +157,9 @@ pub fn from_registry(
             name: a.name.clone(),
             owner: a.owner.clone(),
             line_of_business: a.line_of_business.clone(),
-            auth: a.auth.kind.as_str().to_string(),
-            hosts: a
-                .matcher
-                .hosts
-                .iter()
-                .map(|h| h.as_str().to_string())
-                .collect(),
-            base_path: a.matcher.base_paths.first().cloned().unwrap_or_default(),
+            auth: a.auth_label(),
+            hosts: a.hosts().into_iter().map(str::to_string).collect(),
+            base_path: a.first_base_path().to_string(),
             version,
             loaded_at,
             deleted: false,
