@@ -41,6 +41,8 @@ pub struct RunArgs {
     pub sink: SinkArgs,
     #[command(flatten)]
     pub ui: crate::ui::UiArgs,
+    #[command(flatten)]
+    pub kube: crate::kube::KubeArgs,
 }
 
 /// Why `observer run` stopped with an error. Each names the step that failed; the cause follows it.
@@ -57,6 +59,8 @@ pub enum AgentError {
         addr: std::net::SocketAddr,
         err: std::io::Error,
     },
+    #[error("starting pod identity: {0}")]
+    Kube(crate::kube::KubeError),
     #[error("finding the cgroup v2 hierarchy: {0}")]
     Cgroup(crate::cgroups::CgroupError),
     #[error(transparent)]
@@ -114,7 +118,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let ui = crate::ui::start(&args.ui, ui_client, live.clone())
         .await
         .map_err(AgentError::Ui)?;
-    metrics.set_ready(true);
+    let pods = crate::kube::start(&args.kube, metrics.clone())
+        .await
+        .map_err(AgentError::Kube)?;
+    crate::kube::ready_when_synced(pods.as_ref(), &metrics);
     info!(programs = loaded.attached.len(), "capturing");
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -97,11 +97,36 @@ impl PodIdentity {
         }
     }
 
+    /// Returns once [`Self::is_synced`] holds.
+    pub async fn synced(&self) {
+        loop {
+            let seen = self.generation();
+            if self.is_synced() {
+                return;
+            }
+            self.changed_since(seen).await;
+        }
+    }
+
     pub(crate) fn publish(&self, index: PodIndex, synced: bool) {
         self.index.store(Arc::new(index));
         self.synced.store(synced, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
+    }
+}
+
+/// Marks the agent ready (its programs are attached) now, or with `--kubernetes` once this node's pods are synced.
+pub fn ready_when_synced(pods: Option<&Arc<PodIdentity>>, metrics: &Arc<crate::metrics::Metrics>) {
+    match pods {
+        None => metrics.set_ready(true),
+        Some(pods) => {
+            let (pods, metrics) = (pods.clone(), metrics.clone());
+            tokio::spawn(async move {
+                pods.synced().await;
+                metrics.set_ready(true);
+            });
+        }
     }
 }
 
