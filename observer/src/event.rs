@@ -306,6 +306,12 @@ macro_rules! event_fields {
             /// Stable id of the connection (socket cookie of the client socket when local, else of the server
             /// socket).
             conn_id: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
+            /// The connection closed before a message's declared end: its size counts the bytes sent.
+            incomplete: bool => "Bool", "", 4;
+            /// Why the request's or response's framing may be read differently by another reader (request
+            /// smuggling): `bare_lf`, `cl_and_te`, `content_length`, `transfer_encoding`, `follows_anomaly`
+            /// (`http::Anomalies`); empty for nearly every exchange.
+            framing_anomaly: Vec<String> => "Array(LowCardinality(String))", "", 4;
 
             // --- business context (enrich) ---
             api_id: String => "LowCardinality(String)", "", 1;

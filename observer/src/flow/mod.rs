@@ -491,7 +491,7 @@ fn build_exchange(
     let mut req = p.req;
     let span = |start: u32, end: Option<u32>| u64::from(end.map_or(0, |e| e.wrapping_sub(start)));
     let req_bytes = span(p.req_start, p.req_end);
-    let (status, resp_bytes, duration_us, resp_truncated) = match &p.resp {
+    let (status, resp_bytes, duration_us, resp_truncated, resp_incomplete) = match &p.resp {
         Some(r) => (
             r.status,
             p.interim_bytes + span(r.start, r.end),
@@ -501,9 +501,14 @@ fn build_exchange(
                 0
             },
             r.truncated,
+            r.incomplete,
         ),
-        None => (0, p.interim_bytes, 0, false),
+        None => (0, p.interim_bytes, 0, false, false),
     };
+    let anomalies = req.anomalies
+        | p.resp
+            .as_ref()
+            .map_or(http::Anomalies::NONE, |r| r.anomalies);
     let request_id = match req.header("x-request-id") {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => req
@@ -544,6 +549,8 @@ fn build_exchange(
         user_agent: req.header("user-agent").unwrap_or_default().to_string(),
         request_id,
         truncated: p.req_truncated || resp_truncated,
+        incomplete: p.req_incomplete || resp_incomplete,
+        framing_anomaly: anomalies.names().map(str::to_string).collect(),
         conn_id,
         ..Event::default()
     };

@@ -1385,6 +1385,18 @@ fn a_declared_body_cut_short_counts_the_bytes_sent() {
         "the bytes sent, not the 1000 announced"
     );
     assert_eq!(e.resp_bytes, resp.len() as u64);
+    assert!(e.incomplete, "the request stopped before its declared end");
+    // A body that did go on the wire (acknowledged by the response) is complete.
+    let mut s = Sim::new(Obs::Server);
+    s.request(head);
+    s.write(C2S, &body(1000), 1448);
+    s.response(&ok(b""));
+    let ex = s.take();
+    let e = &one(&ex).event;
+    assert_eq!(
+        (e.req_bytes, e.incomplete),
+        (head.len() as u64 + 1000, false)
+    );
 }
 
 #[test]
@@ -1398,13 +1410,24 @@ fn a_body_framed_by_a_hidden_field_marks_the_request_it_hides() {
     s.response(&ok(b"1"));
     s.response(&ok(b"2"));
     let ex = s.take();
-    let paths: Vec<&str> = ex.iter().map(|x| x.event.path.as_str()).collect();
-    assert_eq!(paths, ["/front", "/admin"]);
+    let got: Vec<(&str, Vec<String>)> = ex
+        .iter()
+        .map(|x| (x.event.path.as_str(), x.event.framing_anomaly.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/front", vec!["bare_lf".to_string()]),
+            ("/admin", vec!["follows_anomaly".to_string()])
+        ]
+    );
     // bare_lf, cl_and_te, content_length, transfer_encoding, follows_anomaly
     assert_eq!(s.stats().framing_anomalies, [1, 0, 0, 0, 1]);
     // A clean request after it is not marked.
     s.request(&get("/clean"));
     s.response(&ok(b""));
-    assert_eq!(one(&s.take()).event.path, "/clean");
+    let ex = s.take();
+    assert_eq!(one(&ex).event.path, "/clean");
+    assert!(one(&ex).event.framing_anomaly.is_empty());
     assert_eq!(s.stats().framing_anomalies, [1, 0, 0, 0, 1]);
 }

@@ -297,6 +297,8 @@ mod tests {
             request_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             truncated: true,
             conn_id: 1 << 60,
+            incomplete: true,
+            framing_anomaly: vec!["bare_lf".into(), "follows_anomaly".into()],
             api_id: "payments-api".into(),
             api_name: "Payments\tAPI".into(),
             api_owner: "team-payments".into(),
