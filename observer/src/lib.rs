@@ -7,6 +7,7 @@ pub mod enrich;
 pub mod event;
 pub mod flow;
 pub mod http;
+pub mod insights;
 pub mod loader;
 pub mod metrics;
 pub mod reader;
