@@ -8,6 +8,7 @@ pub mod enrich;
 pub mod event;
 pub mod flow;
 pub mod http;
+pub mod insights;
 pub mod kube;
 pub mod loader;
 pub mod metrics;
