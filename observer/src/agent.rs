@@ -98,7 +98,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     // everything again (dropping `loaded`).
     let loaded = loader::load(&opts)?;
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
-    let enricher = enrich::Enricher::new(live.clone());
+    let pods = crate::kube::start(&args.kube, metrics.clone())
+        .await
+        .map_err(AgentError::Kube)?;
+    let enricher = enrich::Enricher::new(live.clone()).with_pods(pods.clone());
     let sinks = Arc::new(sink::build(&args.sink).await.map_err(AgentError::Sinks)?);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
@@ -108,9 +111,6 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         tokio::spawn(server);
         info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
     }
-    let pods = crate::kube::start(&args.kube, metrics.clone())
-        .await
-        .map_err(AgentError::Kube)?;
     crate::kube::ready_when_synced(pods.as_ref(), &metrics);
     info!(programs = loaded.attached.len(), "capturing");
 
