@@ -103,7 +103,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     // everything again (dropping `loaded`).
     let loaded = loader::load(&opts)?;
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
-    let enricher = enrich::Enricher::new(live.clone());
+    let pods = crate::kube::start(&args.kube, metrics.clone())
+        .await
+        .map_err(AgentError::Kube)?;
+    let enricher = enrich::Enricher::new(live.clone()).with_pods(pods.clone());
     let sink_cfg = args.sink.sink_config().map_err(AgentError::Sinks)?;
     let sinks = Arc::new(sink::build(&sink_cfg).await.map_err(AgentError::Sinks)?);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
@@ -118,9 +121,6 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let ui = crate::ui::start(&args.ui, ui_client, live.clone())
         .await
         .map_err(AgentError::Ui)?;
-    let pods = crate::kube::start(&args.kube, metrics.clone())
-        .await
-        .map_err(AgentError::Kube)?;
     crate::kube::ready_when_synced(pods.as_ref(), &metrics);
     info!(programs = loaded.attached.len(), "capturing");
 

@@ -18,11 +18,19 @@ const SCRATCH: usize = 512;
 #[derive(Debug, Clone)]
 pub struct Enricher {
     live: Arc<LiveRegistry>,
+    /// Pod identity (`--kubernetes`), for the registry's Kubernetes selector terms.
+    pods: Option<Arc<crate::kube::PodIdentity>>,
 }
 
 impl Enricher {
     pub fn new(live: Arc<LiveRegistry>) -> Self {
-        Enricher { live }
+        Enricher { live, pods: None }
+    }
+
+    /// Looks up the client's pod by its cgroup for workload selectors with Kubernetes terms.
+    pub fn with_pods(mut self, pods: Option<Arc<crate::kube::PodIdentity>>) -> Self {
+        self.pods = pods;
+        self
     }
 
     pub fn live(&self) -> &Arc<LiveRegistry> {
@@ -31,7 +39,11 @@ impl Enricher {
 
     /// Fills the business-context fields of `ex.event` from the current registry snapshot.
     pub fn enrich(&self, ex: &mut Exchange) {
-        enrich(&self.live.load(), ex);
+        let pod = self
+            .pods
+            .as_ref()
+            .and_then(|p| p.by_cgroup(&ex.event.client_cgroup));
+        enrich_with(&self.live.load(), ex, pod.as_deref());
     }
 }
 
@@ -43,6 +55,11 @@ fn set(field: &mut String, value: &str) {
 /// Fills `api_*`, `route`, `app_*`, `line_of_business`, `key_*` and `attributed_by` of `ex.event` from `snap`.
 /// Key states are judged at the event's time (`ts`; now when unset).
 pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
+    enrich_with(snap, ex, None)
+}
+
+/// [`enrich`], with the client's pod when it is one (for the Kubernetes terms of workload selectors).
+pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, pod: Option<&crate::kube::PodMeta>) {
     let Exchange {
         event: ev,
         request_headers,
@@ -136,7 +153,7 @@ pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
     ev.attributed_by = if app.is_some() {
         AttributedBy::Key
     } else {
-        app = snap.app_by_workload(&ev.client_comm, &ev.client_cgroup);
+        app = snap.app_by_workload(&ev.client_comm, &ev.client_cgroup, pod);
         if app.is_some() {
             AttributedBy::Workload
         } else {

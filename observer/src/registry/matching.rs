@@ -263,11 +263,16 @@ impl Snapshot {
     }
 
     /// The application whose workload selectors match the client (most specific selector first, then file order).
-    pub fn app_by_workload(&self, comm: &str, cgroup: &str) -> Option<&Application> {
+    pub fn app_by_workload(
+        &self,
+        comm: &str,
+        cgroup: &str,
+        pod: Option<&crate::kube::PodMeta>,
+    ) -> Option<&Application> {
         let first_match = |ranks: &[usize]| {
             ranks.iter().copied().find(|&r| {
                 let (a, s) = self.selectors[r];
-                self.registry.applications[a].workload[s].matches(comm, cgroup)
+                self.registry.applications[a].workload[s].matches(comm, cgroup, pod)
             })
         };
         let by_comm = self

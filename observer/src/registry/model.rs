@@ -203,23 +203,65 @@ pub struct Application {
     pub line: usize,
 }
 
-/// Client workload selector: every criterion given must match.
+/// Client workload selector: every criterion given must match. The Kubernetes terms (`namespace`, `workload`,
+/// `labels`) match only a client that is a pod on this node known from the API (`observer run --kubernetes`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadSelector {
     pub comm: Option<Glob>,
     pub cgroup: Option<Glob>,
+    pub namespace: Option<Glob>,
+    /// `Kind/name` of the owning workload (`Deployment/checkout`; globs allowed in the name).
+    pub workload: Option<Glob>,
+    /// Labels the pod must carry with exactly these values (`matchLabels`).
+    pub labels: Vec<(String, String)>,
     pub line: usize,
 }
 
+/// The workload kinds a `workload` selector may name (what pod identity resolves owners to).
+pub const WORKLOAD_KINDS: &[&str] = &[
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicaSet",
+];
+
 impl WorkloadSelector {
-    pub fn matches(&self, comm: &str, cgroup: &str) -> bool {
-        self.comm.as_ref().is_none_or(|g| g.matches(comm))
-            && self.cgroup.as_ref().is_none_or(|g| g.matches(cgroup))
+    pub fn matches(&self, comm: &str, cgroup: &str, pod: Option<&crate::kube::PodMeta>) -> bool {
+        let host = self.comm.as_ref().is_none_or(|g| g.matches(comm))
+            && self.cgroup.as_ref().is_none_or(|g| g.matches(cgroup));
+        if !host || !self.uses_kubernetes() {
+            return host;
+        }
+        let Some(pod) = pod else { return false };
+        self.namespace
+            .as_ref()
+            .is_none_or(|g| g.matches(&pod.namespace))
+            && self
+                .workload
+                .as_ref()
+                .is_none_or(|g| g.matches(&pod.workload))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| pod.labels.get(k).is_some_and(|have| have == v))
+    }
+
+    /// Whether a Kubernetes term is given.
+    pub fn uses_kubernetes(&self) -> bool {
+        self.namespace.is_some() || self.workload.is_some() || !self.labels.is_empty()
     }
 
     /// More criteria is more specific.
     pub fn specificity(&self) -> u8 {
-        self.comm.is_some() as u8 + self.cgroup.is_some() as u8
+        let terms = [
+            self.comm.is_some(),
+            self.cgroup.is_some(),
+            self.namespace.is_some(),
+            self.workload.is_some(),
+        ];
+        terms.iter().map(|&t| t as u8).sum::<u8>() + self.labels.len().min(200) as u8
     }
 }
 

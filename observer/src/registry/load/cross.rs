@@ -147,10 +147,13 @@ impl Ctx<'_> {
         let mut selectors: Vec<(&WorkloadSelector, &str)> = Vec::new();
         for a in &reg.applications {
             for s in &a.workload {
-                if let Some((_, other)) = selectors
-                    .iter()
-                    .find(|(o, _)| o.comm == s.comm && o.cgroup == s.cgroup)
-                {
+                if let Some((_, other)) = selectors.iter().find(|(o, _)| {
+                    o.comm == s.comm
+                        && o.cgroup == s.cgroup
+                        && o.namespace == s.namespace
+                        && o.workload == s.workload
+                        && o.labels == s.labels
+                }) {
                     self.problems.push(Problem {
                         line: s.line,
                         message: format!(
