@@ -124,6 +124,8 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
             _ => KeyState::Valid,
         },
         attributed_by: AttributedBy::Key,
+        incomplete: rng.next().is_multiple_of(500),
+        framing_anomaly: vec![],
     }
 }
 
@@ -269,6 +271,8 @@ fn edge_events() -> Vec<Event> {
         key_suffix: "x9z1".into(),
         key_state: KeyState::NotGrantedForApi,
         attributed_by: AttributedBy::Workload,
+        incomplete: true,
+        framing_anomaly: vec!["bare_lf".into(), "cl_and_te".into()],
     };
     // Retention TTLs drop rows older than the retention at insert, so edge rows carry recent times.
     let empty = Event {
