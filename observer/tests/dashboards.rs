@@ -785,7 +785,8 @@ fn fixture_events() -> Vec<Event> {
     out
 }
 
-/// Registry version 1 (before the traffic) and version 2 (billing's key revoked by bob half an hour in).
+/// Registry version 1 (before the traffic) and version 2 (billing's key revoked by bob half an hour in, and granted
+/// again by frank after the traffic).
 fn fixture_registry() -> (RegistryRows, RegistryRows) {
     let v1_at = us(T0_S - 300);
     let api = |id: &str, name: &str, host: &str| ApiRow {
@@ -874,8 +875,17 @@ fn fixture_registry() -> (RegistryRows, RegistryRows) {
     revoked.note = "CHG-7 key leaked".into();
     revoked.version = 2;
     revoked.loaded_at = us(T0_S + 1800);
+    // Billing is granted the API again after the traffic: audit views must still show the entry in force at each
+    // call (carol's, revoked by bob), not this later one.
+    let mut regrant = v1.key_grants[3].clone();
+    regrant.grant_seq = 1;
+    regrant.granted_by = "frank".into();
+    regrant.valid_from = Some(us(T0_S + SPAN_S + 1800));
+    regrant.note = "CHG-8 new key issued".into();
+    regrant.version = 2;
+    regrant.loaded_at = us(T0_S + 1800);
     let v2 = RegistryRows {
-        key_grants: vec![revoked],
+        key_grants: vec![revoked, regrant],
         ..RegistryRows::default()
     };
     (v1, v2)
@@ -1009,6 +1019,7 @@ async fn every_panel_query_runs() {
         "apis_dict",
         "applications_dict",
         "key_grants_dict",
+        "key_grants_at_dict",
         "teams_dict",
     ] {
         c.query(&format!("SYSTEM RELOAD DICTIONARY observer.{dict}"))
@@ -1115,7 +1126,11 @@ async fn every_panel_query_runs() {
         "bob",
         "the revoked call shows who revoked its grant: {revoked:?}"
     );
-    assert_eq!(text(revoked, "granted_by"), "carol", "{revoked:?}");
+    assert_eq!(
+        text(revoked, "granted_by"),
+        "carol",
+        "the grant in force at the call, not frank's later re-grant: {revoked:?}"
+    );
     assert_eq!(text(revoked, "key_suffix"), "b1ll", "{revoked:?}");
     assert_eq!(
         num(revoked, "calls"),
@@ -1169,13 +1184,13 @@ async fn every_panel_query_runs() {
     assert_eq!(text(billing_grant, "application"), "Billing");
     assert_eq!(
         history.len(),
-        5,
+        6,
         "one row per grant entry of the registry: {history:#?}"
     );
     let changes = panel("key-audit.json", "Grant changes loaded in the time range");
     assert_eq!(
         changes.len(),
-        6,
-        "five grants at version 1 and the revocation at version 2: {changes:#?}"
+        7,
+        "five grants at version 1, the revocation and the re-grant at version 2: {changes:#?}"
     );
 }
