@@ -254,13 +254,13 @@ impl<'de> Deserialize<'de> for SharedStr {
 }
 
 /// Every field of [`Event`], described once. The struct itself, the ClickHouse columns of `http_requests`
-/// (`sink::clickhouse::schema`), the RowBinary encoder (`sink::clickhouse::rowbinary`), the NDJSON writer
+/// (`sink::clickhouse::migrations`), the RowBinary encoder (`sink::clickhouse::rowbinary`), the NDJSON writer
 /// (`sink::ndjson`) and the tests' row decoder (`observer/tests/common`) are all generated from this table by
 /// passing it to a macro of theirs: `event_fields!(their_macro)`.
 ///
 /// One line per field: `name: RustType => ClickHouse type, codec ("" for the default), schema version`. The
 /// version is the ClickHouse migration that adds the column (1 for the original table; a new field takes a new
-/// version, listed in `sink::clickhouse::schema::MIGRATIONS`, which adds the column to existing tables). Names
+/// version, listed in `sink::clickhouse::migrations::MIGRATIONS`, which adds the column to existing tables). Names
 /// are a public contract (NDJSON keys and ClickHouse columns): add fields, never rename or reorder released ones.
 /// The Rust type must be one the sinks know how to write (see `RowBinary` and `JsonValue`; a new type is a
 /// compile error there until it is added). See README, "How to add an event field".

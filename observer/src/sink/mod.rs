@@ -322,7 +322,7 @@ impl SinkHandle {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{KeyState, Timestamp};
     use std::time::Duration;
@@ -346,7 +346,8 @@ mod tests {
         assert!(err.contains("--clickhouse-url"), "{err}");
     }
 
-    fn sample() -> Event {
+    /// An exchange with the fields the sinks' tests look at.
+    pub(crate) fn sample() -> Event {
         Event {
             ts: Timestamp::parse_rfc3339("2026-01-02T12:00:01.123456Z").expect("time"),
             duration_us: 1_234,

@@ -120,28 +120,7 @@ pub fn format_line(e: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Timestamp;
-
-    fn sample() -> Event {
-        Event {
-            ts: Timestamp::parse_rfc3339("2026-01-02T12:00:01.123456Z").expect("time"),
-            duration_us: 1_234,
-            method: "GET".into(),
-            host: "example.com".into(),
-            path: "/v1/x".into(),
-            status: 200,
-            resp_bytes: 345,
-            client_comm: "curl".into(),
-            client_pid: 1234,
-            server_comm: "nginx".into(),
-            server_pid: 99,
-            api_id: "payments".into(),
-            app_id: "shop".into(),
-            key_suffix: "a1b2".into(),
-            key_state: KeyState::Valid,
-            ..Event::default()
-        }
-    }
+    use crate::sink::tests::sample;
 
     #[test]
     fn stdout_line_is_readable() {
