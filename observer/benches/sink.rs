@@ -34,6 +34,8 @@ fn event() -> Event {
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         truncated: false,
         conn_id: 1 << 40,
+        incomplete: false,
+        framing_anomaly: Vec::new(),
         api_id: "orders-api".into(),
         api_name: "Orders API".into(),
         api_owner: "shop".into(),
