@@ -3,6 +3,7 @@
 mod bench;
 mod clickhouse;
 mod noop_hooks;
+mod scenarios;
 mod toolchain;
 
 use std::{
@@ -43,6 +44,15 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         rounds: u32,
     },
+    /// Score the insights detectors on generated scenarios and write the insights section of BENCHMARKS.md.
+    Scenarios {
+        /// Seeds the thresholds were tuned on.
+        #[arg(long, default_value = "1..5")]
+        tuning: String,
+        /// Seeds never used for tuning.
+        #[arg(long, default_value = "101..105")]
+        held_out: String,
+    },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
         #[arg(long, default_value_t = clickhouse::DEFAULT_PORT)]
@@ -72,6 +82,10 @@ fn main() -> Result<()> {
             let bin = build_release(&root)?;
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
             bench::run(&root, &bin, duration, rounds)?;
+        }
+        Cmd::Scenarios { tuning, held_out } => {
+            let bin = build_release(&root)?;
+            scenarios::run(&root, &bin, &tuning, &held_out)?;
         }
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
