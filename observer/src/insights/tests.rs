@@ -348,8 +348,10 @@ fn a_successor_outpacing_its_predecessor_and_a_metronome_newcomer_are_found_and_
     for m in onset..onset + 10 {
         for s in 0..40 {
             n += 1;
+            // Irregular arrivals: a busy client is no metronome.
+            let jitter = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as i64 % 1_000_000;
             all.push(ev(
-                T0 + m * MIN + s * MIN / 40 + 5,
+                T0 + m * MIN + s * MIN / 40 + jitter,
                 "pay-api",
                 "a2",
                 "10.0.0.5",
