@@ -6,6 +6,7 @@ mod demo;
 mod image;
 mod kube;
 mod noop_hooks;
+mod scenarios;
 mod toolchain;
 
 use std::{
@@ -64,6 +65,15 @@ enum Cmd {
         /// Extra arguments for `observer run` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Score the insights detectors on generated scenarios and write the insights section of BENCHMARKS.md.
+    Scenarios {
+        /// Seeds the thresholds were tuned on.
+        #[arg(long, default_value = "1..5")]
+        tuning: String,
+        /// Seeds never used for tuning.
+        #[arg(long, default_value = "101..105")]
+        held_out: String,
     },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
@@ -140,6 +150,10 @@ fn main() -> Result<()> {
                     agent_args: args,
                 },
             )?;
+    },
+        Cmd::Scenarios { tuning, held_out } => {
+            let bin = build_release(&root)?;
+            scenarios::run(&root, &bin, &tuning, &held_out)?;
         }
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));

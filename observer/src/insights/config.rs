@@ -76,7 +76,6 @@ pub struct Spike {
     pub repeat_window_secs: f64,
     pub retry_repeat_share: f64,
     pub repeat_excess: f64,
-    pub client_bug_top_share: f64,
     pub client_bug_repeat_share: f64,
     pub client_bug_4xx_share: f64,
     pub flood_min_sources: u32,

@@ -122,9 +122,25 @@ pub fn judge(
     } else if ep.rate_run >= s.sustain_minutes {
         if let Some(o) = flood(cfg, ctx, api_id, api, &x) {
             tracker.observe(now, o.since(api.episodes.rate_start), every);
-        } else if !api.episodes.errors_before_rate {
-            client_bug(cfg, ctx, api_id, api, &x, m, now, tracker, every);
         }
+    }
+    // A client above its own band: judged per client, since one application's burst can hide in a busy API's band.
+    for c in api.clients.values_mut() {
+        let above = c.minute.count as f64 >= b.min_volume_per_minute
+            && c.profile
+                .expected(m, b)
+                .is_some_and(|e| c.minute.count as f64 > e.upper);
+        if above {
+            if c.burst_run == 0 {
+                c.burst_start = m;
+            }
+            c.burst_run += 1;
+        } else {
+            c.burst_run = 0;
+        }
+    }
+    if !retry {
+        client_bug(cfg, ctx, api_id, api, &x, m, now, tracker, every);
     }
     // Errors sustained one minute longer than a rate rise must be: a blip spans at most three minutes.
     if api.episodes.err_run > s.sustain_minutes && !rate_anomalous && !x.retries_elevated {
@@ -271,29 +287,43 @@ fn client_bug(
     every: i64,
 ) {
     let s = &cfg.spike;
-    let excess = x.count - x.expected.unwrap_or(0.0);
-    if excess <= 0.0 {
-        return;
+    let ep = &api.episodes;
+    for (id, c) in &api.clients {
+        // Sustained, with no server errors in the 5 minutes before it began (those make it a retry).
+        if c.burst_run < s.sustain_minutes || ep.last_err.is_some_and(|l| l >= c.burst_start - 5) {
+            continue;
+        }
+        let n = c.minute.count.max(1) as f64;
+        let repeats = c.minute.repeats as f64 / n;
+        let four = c.minute.four as f64 / n;
+        let identical = repeats >= s.client_bug_repeat_share;
+        let rejected = four >= s.client_bug_4xx_share && four >= c.four.value + s.repeat_excess;
+        if identical || rejected {
+            client_bug_found(
+                cfg, ctx, api_id, x, m, now, tracker, every, id, c, repeats, four,
+            );
+        }
     }
-    let client_excess = |c: &super::state::ClientState| {
-        c.minute.count as f64 - c.profile.expected(m, &cfg.baseline).map_or(0.0, |e| e.mean)
-    };
-    let Some((id, c)) = api
-        .clients
-        .iter()
-        .max_by(|a, b| client_excess(a.1).total_cmp(&client_excess(b.1)))
-    else {
-        return;
-    };
-    let share = client_excess(c) / excess;
+}
+
+/// Raises client_bug for client `id` of the API.
+#[allow(clippy::too_many_arguments)]
+fn client_bug_found(
+    cfg: &Config,
+    ctx: &Context,
+    api_id: &str,
+    x: &Minute,
+    m: i64,
+    now: Timestamp,
+    tracker: &mut Tracker,
+    every: i64,
+    id: &str,
+    c: &super::state::ClientState,
+    repeats: f64,
+    four: f64,
+) {
+    let s = &cfg.spike;
     let n = c.minute.count.max(1) as f64;
-    let repeats = c.minute.repeats as f64 / n;
-    let four = c.minute.four as f64 / n;
-    let identical = repeats >= s.client_bug_repeat_share;
-    let rejected = four >= s.client_bug_4xx_share && four >= c.four.value + s.repeat_excess;
-    if share < s.client_bug_top_share || !(identical || rejected) {
-        return;
-    }
     let usual = c.profile.expected(m, &cfg.baseline).map(|e| e.mean);
     let new_ua = c.minute.new_ua as f64 / n;
     let mut o = rate_evidence(
@@ -302,13 +332,12 @@ fn client_bug(
     )
     .with("app_rate_per_min", c.minute.count)
     .with("app_baseline_per_min", usual.map(round2))
-    .with("share_of_excess", round2(share))
     .with("app_repeat_share", round2(repeats))
     .with("app_4xx_share", round2(four))
     .with("new_user_agent_share", round2(new_ua))
     .with("new_user_agent", c.minute.new_ua_example.as_str())
-    .since(api.episodes.rate_start);
-    o.app_id = id.clone();
+    .since(c.burst_start);
+    o.app_id = id.to_string();
     o.workload = c.workload.clone();
     o.team = ctx.app_team(id).to_string();
     let ua = if new_ua >= 0.5 {
@@ -321,13 +350,13 @@ fn client_bug(
         String::new()
     };
     o.explanation = format!(
-        "client bug: {} sends {} calls a minute to {} (usually {:.0}), {} of the API's excess; {} repeat a request \
-         it sent within {} s and {} are answered 4xx, with no server errors before{ua}",
+        "client bug: {} sends {} calls a minute to {} (usually {:.0}, since {}); {} repeat a request it sent \
+         within {} s and {} are answered 4xx, with no server errors before{ua}",
         ctx.app_name(id),
         c.minute.count,
         ctx.api_name(api_id),
         usual.unwrap_or(0.0),
-        pct(share.min(1.0)),
+        hhmm(c.burst_start),
         pct(repeats),
         s.repeat_window_secs,
         pct(four),

@@ -138,6 +138,11 @@ pub struct ClientState {
     /// Routes not in the baseline, by the minute they were first called.
     #[serde(skip)]
     pub new_routes: FastMap<u64, i64>,
+    /// Consecutive minutes above its own band, and the minute that run began.
+    #[serde(skip)]
+    pub burst_run: u32,
+    #[serde(skip)]
+    pub burst_start: i64,
     /// Consecutive minutes above the predecessor's rate.
     #[serde(skip)]
     pub outpace_run: u32,

@@ -38,6 +38,12 @@ keys:
     revoked_at: 2026-03-04
     revoked_by: y
     apis: [pay-api]
+  - id: kb
+    application: b
+    fingerprint: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
+    granted_by: z
+    granted_at: 2020-01-01
+    apis: [pay-api]
 ";
 
 fn engine() -> Engine {
@@ -348,8 +354,10 @@ fn a_successor_outpacing_its_predecessor_and_a_metronome_newcomer_are_found_and_
     for m in onset..onset + 10 {
         for s in 0..40 {
             n += 1;
+            // Irregular arrivals: a busy client is no metronome.
+            let jitter = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as i64 % 1_000_000;
             all.push(ev(
-                T0 + m * MIN + s * MIN / 40 + 5,
+                T0 + m * MIN + s * MIN / 40 + jitter,
                 "pay-api",
                 "a2",
                 "10.0.0.5",
@@ -417,5 +425,40 @@ fn a_successor_outpacing_its_predecessor_and_a_metronome_newcomer_are_found_and_
     assert!(
         !kinds(&out).contains(&Kind::UndeclaredPredecessor),
         "a2 declares its predecessor"
+    );
+}
+
+#[test]
+fn a_grant_unused_for_the_whole_period_is_reported_once_the_stream_covers_it() {
+    let mut e = engine();
+    let day = 1440 * MIN;
+    let mut used = ev(T0, "pay-api", "b", "10.0.0.2", 200, 1);
+    used.key_fingerprint = "b".repeat(64).into();
+    let quiet = ev(T0 + 89 * day, "pay-api", "a", "10.0.0.1", 200, 2);
+    for i in [&used, &quiet] {
+        e.ingest(i);
+    }
+    e.advance(Timestamp(T0 + 89 * day + 120 * MIN));
+    let mut out = Vec::new();
+    e.drain(&mut out);
+    assert!(
+        !kinds(&out).contains(&Kind::UnusedGrant),
+        "used 89 days ago: {out:#?}"
+    );
+    e.advance(Timestamp(T0 + 91 * day));
+    e.advance(Timestamp(T0 + 91 * day + 120 * MIN));
+    e.drain(&mut out);
+    let f = out
+        .iter()
+        .find(|f| f.kind == Kind::UnusedGrant)
+        .expect("unused grant");
+    assert_eq!(
+        (f.key_id.as_str(), f.api_id.as_str(), f.team.as_str()),
+        ("kb", "pay-api", "ux")
+    );
+    assert!(
+        f.explanation.contains("no call to it in 90 days"),
+        "{}",
+        f.explanation
     );
 }
