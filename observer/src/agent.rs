@@ -18,7 +18,8 @@ use tracing::{info, warn};
 
 use crate::{
     cgroups::FsCgroupResolver,
-    config::CaptureArgs,
+    clock,
+    config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
     metrics::{Metrics, Sample},
     reader, registry, sink,
@@ -37,7 +38,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub registry: registry::RegistryArgs,
     #[command(flatten)]
-    pub sink: sink::SinkArgs,
+    pub sink: SinkArgs,
     #[command(flatten)]
     pub kube: crate::kube::KubeArgs,
 }
@@ -102,7 +103,8 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         .await
         .map_err(AgentError::Kube)?;
     let enricher = enrich::Enricher::new(live.clone()).with_pods(pods.clone());
-    let sinks = Arc::new(sink::build(&args.sink).await.map_err(AgentError::Sinks)?);
+    let sink_cfg = args.sink.sink_config().map_err(AgentError::Sinks)?;
+    let sinks = Arc::new(sink::build(&sink_cfg).await.map_err(AgentError::Sinks)?);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
         let server = crate::metrics::serve(addr, metrics.clone())
@@ -116,7 +118,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let flow_cfg = flow::FlowConfig {
-        mono_to_unix_offset_ns: flow::mono_to_unix_offset_ns(),
+        mono_to_unix_offset_ns: clock::mono_to_unix_offset_ns(),
         capture_bytes: args.capture.capture_bytes,
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
@@ -172,12 +174,18 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
 /// with `deleted` rows for ids that disappeared.
 async fn follow_registry(live: Arc<registry::LiveRegistry>, sinks: Arc<sink::SinkHandle>) {
     let mut rx = live.subscribe();
-    let mut prev = sink::registry_rows::RegistryRows::default();
+    let mut prev = sink::clickhouse::registry_rows::RegistryRows::default();
     loop {
         let snap = rx.borrow_and_update().clone();
         let version = snap.loaded_at.0.max(0) as u64;
-        let rows = sink::registry_rows::from_registry(&snap.registry, version, snap.loaded_at);
-        let out = sink::registry_rows::with_deletions(&prev, rows.clone(), version, snap.loaded_at);
+        let rows =
+            sink::clickhouse::registry_rows::from_registry(&snap.registry, version, snap.loaded_at);
+        let out = sink::clickhouse::registry_rows::with_deletions(
+            &prev,
+            rows.clone(),
+            version,
+            snap.loaded_at,
+        );
         if !out.is_empty() {
             sinks.write_registry(out);
         }
@@ -245,14 +253,14 @@ fn capture_loop(
         counts.ring_bytes += d.bytes;
         counts.bad_records += d.bad;
         if d.oldest_ts_ns != 0 {
-            counts.lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+            counts.lag_ns = clock::monotonic_ns().saturating_sub(d.oldest_ts_ns);
         }
         if stopping {
             engine.finish();
         }
         let tick = last_tick.elapsed() >= Duration::from_secs(1);
         if tick {
-            engine.tick(reader::monotonic_ns());
+            engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
         out.retain(|ex| {

@@ -1,7 +1,7 @@
 //! Per-event enrichment: joins each exchange with the registry (API, route, application, key state and how the
 //! application was identified). Pure and allocation-light: fields are overwritten in place, the raw key is only
-//! borrowed (or decoded into a stack buffer) and never stored.
-// Until `run` wires the live registry in (another branch); tests cover all of it.
+//! borrowed (or decoded into a stack buffer) and never stored. The agent's capture thread calls
+//! [`Enricher::enrich`] on every exchange before it goes to the sinks.
 use std::sync::Arc;
 
 use crate::event::{AttributedBy, Event, Exchange, KeyState, Timestamp};
@@ -241,70 +241,46 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Percent-decodes (and `+` -> space) into `scratch` when needed; borrows `v` otherwise.
+/// Percent-decodes (and `+` -> space, as forms encode it) into `scratch` when needed; borrows `v` otherwise.
+/// `None` when the decoded value does not fit.
 fn percent_decode<'a>(v: &'a str, scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
     if !v.contains(['%', '+']) {
         return Some(v.as_bytes());
     }
-    let b = v.as_bytes();
-    let (mut i, mut n) = (0, 0);
-    while i < b.len() {
-        if n == SCRATCH {
-            return None;
+    let mut n = 0;
+    for (i, part) in v.split('+').enumerate() {
+        let space = (i > 0).then_some(b' ');
+        for b in space
+            .into_iter()
+            .chain(percent_encoding::percent_decode_str(part))
+        {
+            *scratch.get_mut(n)? = b;
+            n += 1;
         }
-        let out = match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hi = (b[i + 1] as char).to_digit(16);
-                let lo = (b[i + 2] as char).to_digit(16);
-                match (hi, lo) {
-                    (Some(h), Some(l)) => {
-                        i += 2;
-                        (h * 16 + l) as u8
-                    }
-                    _ => b'%',
-                }
-            }
-            b'+' => b' ',
-            c => c,
-        };
-        scratch[n] = out;
-        n += 1;
-        i += 1;
     }
     Some(&scratch[..n])
 }
 
-/// Standard base64 (padding optional) into `scratch`; None when invalid or too long.
-fn base64_decode<'a>(input: &[u8], scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let input = match input.iter().position(|&c| c == b'=') {
-        Some(p) if input[p..].iter().all(|&c| c == b'=') => &input[..p],
-        Some(_) => return None,
-        None => input,
+/// Base64 as `Authorization: Basic` carries it: the standard alphabet or the URL-safe one, padding optional.
+const BASE64: [base64::engine::GeneralPurpose; 2] = {
+    use base64::engine::{
+        general_purpose::GeneralPurposeConfig, DecodePaddingMode, GeneralPurpose,
     };
-    if input.len() % 4 == 1 || input.len() / 4 * 3 + 3 > SCRATCH {
-        return None;
-    }
-    let mut n = 0;
-    for chunk in input.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= val(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        let take = chunk.len() - 1;
-        scratch[n..n + take].copy_from_slice(&bytes[1..1 + take]);
-        n += take;
-    }
+    let cfg = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, cfg),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, cfg),
+    ]
+};
+
+/// Base64 (see [`BASE64`]) into `scratch`; None when invalid or too long.
+fn base64_decode<'a>(input: &[u8], scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
+    use base64::Engine;
+    let n = BASE64
+        .iter()
+        .find_map(|e| e.decode_slice(input, &mut scratch[..]).ok())?;
     Some(&scratch[..n])
 }
 

@@ -2,6 +2,7 @@
 //! modules; benches and integration tests use them directly.
 pub mod agent;
 pub mod cgroups;
+pub mod clock;
 pub mod config;
 pub mod enrich;
 pub mod event;
@@ -13,3 +14,4 @@ pub mod metrics;
 pub mod reader;
 pub mod registry;
 pub mod sink;
+pub mod units;

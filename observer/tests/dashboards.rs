@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 
 use common::{apply, client, devserver_paths, insert_events, serial, DevServer};
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
+use observer::sink::clickhouse::migrations::ROLLUP_QUANTILES;
+use observer::sink::clickhouse::registry_rows::{
+    ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow,
+};
 use observer::sink::clickhouse::write_registry;
-use observer::sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
-use observer::sink::schema::{KEY_STATE_ENUM, ROLLUP_QUANTILES};
 use serde_json::{Map, Value};
 
 const PLUGIN: &str = "grafana-clickhouse-datasource";
@@ -493,7 +495,7 @@ fn dashboards_are_well_formed() {
         .find(|v| v["name"] == "key_state")
         .expect("api-consumption.json: key_state variable");
     let q = key_state["query"].as_str().unwrap_or_default();
-    for state in KEY_STATE_ENUM.split('\'').skip(1).step_by(2) {
+    for state in KeyState::NAMES {
         assert!(
             q.contains(&format!("'{state}'")),
             "api-consumption.json: key_state variable misses {state:?}: {q}"

@@ -52,24 +52,7 @@ impl Default for FlowConfig {
     }
 }
 
-/// Current `CLOCK_REALTIME - CLOCK_MONOTONIC` in ns, for [`FlowConfig::mono_to_unix_offset_ns`].
-pub fn mono_to_unix_offset_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    (unix - mono) as i64
-}
+pub use crate::clock::mono_to_unix_offset_ns;
 
 /// Counters (monotonic) and gauges (`connections`, `pending_requests`, `sockets`) of the engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
