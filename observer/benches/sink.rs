@@ -46,6 +46,7 @@ fn event() -> Event {
         key_suffix: "3f9a".into(),
         key_state: KeyState::Valid,
         attributed_by: AttributedBy::Key,
+        ..Default::default()
     }
 }
 

@@ -124,6 +124,7 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
             _ => KeyState::Valid,
         },
         attributed_by: AttributedBy::Key,
+        ..Default::default()
     }
 }
 
@@ -269,6 +270,14 @@ fn edge_events() -> Vec<Event> {
         key_suffix: "x9z1".into(),
         key_state: KeyState::NotGrantedForApi,
         attributed_by: AttributedBy::Workload,
+        client_pod: "checkout-7d9f8b6c5d-x2x9z".into(),
+        client_namespace: "shop".into(),
+        client_workload: "Deployment/checkout".into(),
+        client_labels: vec!["app=checkout".into(), "team=payments".into()],
+        server_pod: "db-0".into(),
+        server_namespace: "shop".into(),
+        server_workload: "StatefulSet/db".into(),
+        server_labels: vec!["app=db".into()],
     };
     // Retention TTLs drop rows older than the retention at insert, so edge rows carry recent times.
     let empty = Event {

@@ -779,6 +779,7 @@ fn fixture_events() -> Vec<Event> {
                 key_suffix: suffix.into(),
                 key_state: f.key_state,
                 attributed_by: f.attributed_by,
+                ..Default::default()
             });
         }
     }

@@ -80,6 +80,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "registry_and_dictionaries",
         statements: v3_registry,
     },
+    Migration {
+        version: 4,
+        name: "pod_identity",
+        statements: no_statements,
+    },
 ];
 
 /// For a migration that only adds event columns.
