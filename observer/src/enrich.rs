@@ -39,10 +39,10 @@ impl Enricher {
 
     /// Fills the business-context fields of `ex.event` from the current registry snapshot.
     pub fn enrich(&self, ex: &mut Exchange) {
-        let pod = self
-            .pods
-            .as_ref()
-            .and_then(|p| p.by_cgroup(&ex.event.client_cgroup));
+        let pod = self.pods.as_ref().and_then(|p| {
+            p.fill(&mut ex.event);
+            p.by_cgroup(&ex.event.client_cgroup)
+        });
         enrich_with(&self.live.load(), ex, pod.as_deref());
     }
 }

@@ -328,6 +328,19 @@ macro_rules! event_fields {
             attributed_by: $crate::event::AttributedBy
                 => $crate::event::enum8::<$crate::event::AttributedBy>(), "", 1;
 
+            // --- Kubernetes pod identity (`observer run --kubernetes`; empty when the end is no pod on this node) ---
+            /// Pod name of the client end.
+            client_pod: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            client_namespace: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            /// Owning workload as `Kind/name` (`Deployment/checkout`, `CronJob/report`; "" for a bare pod).
+            client_workload: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            /// The pod's labels among `--pod-labels`, as `key=value`.
+            client_labels: Vec<String> => "Array(LowCardinality(String))", "", 6;
+            server_pod: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            server_namespace: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            server_workload: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            server_labels: Vec<String> => "Array(LowCardinality(String))", "", 6;
+
             // --- new fields go here (or at the end of the section they belong to), with a new schema version ---
         }
     };

@@ -150,7 +150,7 @@ fn main() -> Result<()> {
                     agent_args: args,
                 },
             )?;
-    },
+        }
         Cmd::Scenarios { tuning, held_out } => {
             let bin = build_release(&root)?;
             scenarios::run(&root, &bin, &tuning, &held_out)?;

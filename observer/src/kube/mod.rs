@@ -27,6 +27,14 @@ pub struct KubeArgs {
     /// This node's name, whose pods are watched (default: $NODE_NAME, then the host name).
     #[arg(long, value_name = "NAME", requires = "kubernetes")]
     pub node_name: Option<String>,
+    /// Pod label keys copied into events (`client_labels`, `server_labels`); selectors may use any label.
+    #[arg(
+        long,
+        value_name = "KEY,...",
+        value_delimiter = ',',
+        default_value = "app,app.kubernetes.io/name,app.kubernetes.io/instance,app.kubernetes.io/component,app.kubernetes.io/version,team"
+    )]
+    pub pod_labels: Vec<String>,
 }
 
 impl KubeArgs {
@@ -58,6 +66,8 @@ pub enum KubeError {
 /// Pod metadata by cgroup path, as the watchers last published it.
 #[derive(Debug, Default)]
 pub struct PodIdentity {
+    /// Label keys events carry.
+    label_keys: Vec<String>,
     index: ArcSwap<PodIndex>,
     synced: AtomicBool,
     generation: AtomicU64,
@@ -65,6 +75,34 @@ pub struct PodIdentity {
 }
 
 impl PodIdentity {
+    /// An empty view whose events will carry the labels with these keys.
+    pub fn new(label_keys: Vec<String>) -> Self {
+        Self {
+            label_keys,
+            ..Self::default()
+        }
+    }
+
+    pub fn label_keys(&self) -> &[String] {
+        &self.label_keys
+    }
+
+    /// Sets the pod fields of `ev` from its ends' cgroups (those that are pods of this node).
+    pub fn fill(&self, ev: &mut crate::event::Event) {
+        if let Some(p) = self.by_cgroup(&ev.client_cgroup) {
+            ev.client_pod = p.name.clone();
+            ev.client_namespace = p.namespace.clone();
+            ev.client_workload = p.workload.clone();
+            ev.client_labels.clone_from(&p.event_labels);
+        }
+        if let Some(p) = self.by_cgroup(&ev.server_cgroup) {
+            ev.server_pod = p.name.clone();
+            ev.server_namespace = p.namespace.clone();
+            ev.server_workload = p.workload.clone();
+            ev.server_labels.clone_from(&p.event_labels);
+        }
+    }
+
     /// The pod a cgroup path (relative to the cgroup2 mount) belongs to, when it is one of this node's known pods.
     pub fn by_cgroup(&self, path: &str) -> Option<Arc<PodMeta>> {
         let pod = cgroup::parse(path)?;
@@ -141,7 +179,7 @@ pub async fn start(
     }
     let node = args.node()?;
     let client = watch::default_client().await?;
-    let identity = Arc::new(PodIdentity::default());
+    let identity = Arc::new(PodIdentity::new(args.pod_labels.clone()));
     tokio::spawn(watch::run(client, node, identity.clone(), metrics));
     Ok(Some(identity))
 }

@@ -11,15 +11,19 @@ use std::{
     sync::Arc,
 };
 
-/// The identity of one pod, as events carry it.
+use crate::event::SharedStr;
+
+/// The identity of one pod, as events carry it (shared strings: an event takes a reference, not a copy).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PodMeta {
     pub uid: String,
-    pub name: String,
-    pub namespace: String,
+    pub name: SharedStr,
+    pub namespace: SharedStr,
     /// `Kind/name` of the owning workload (`Deployment/checkout`), or empty for a pod nothing owns.
-    pub workload: String,
+    pub workload: SharedStr,
     pub labels: BTreeMap<String, String>,
+    /// The labels events carry (`--pod-labels`), as `key=value`.
+    pub event_labels: Vec<String>,
 }
 
 /// The resolved pods by UID: what a lookup by cgroup path reads.
@@ -139,18 +143,22 @@ impl Store {
         }
     }
 
-    /// The resolved view of every pod, for publication.
-    pub fn index(&self) -> PodIndex {
+    /// The resolved view of every pod, for publication; events carry the labels whose keys are in `label_keys`.
+    pub fn index(&self, label_keys: &[String]) -> PodIndex {
         let by_uid = self
             .pods
             .values()
             .map(|p| {
                 let meta = PodMeta {
                     uid: p.uid.clone(),
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    workload: self.workload(p),
+                    name: SharedStr::from(&p.name),
+                    namespace: SharedStr::from(&p.namespace),
+                    workload: SharedStr::from(self.workload(p)),
                     labels: p.labels.clone(),
+                    event_labels: label_keys
+                        .iter()
+                        .filter_map(|k| Some(format!("{k}={}", p.labels.get(k)?)))
+                        .collect(),
                 };
                 (p.uid.clone(), Arc::new(meta))
             })
@@ -290,7 +298,7 @@ mod tests {
             l.init_done();
         }
         assert!(s.synced());
-        assert_eq!(s.index().by_uid.len(), 2);
+        assert_eq!(s.index(&[]).by_uid.len(), 2);
         s.pods.apply("c".into(), pod("c", "c", None, None));
         s.pods.delete(&"a".to_string());
         // After a 410 Gone the watcher lists again: `b` was deleted while the watch was down.
@@ -302,9 +310,14 @@ mod tests {
             "the previous listing serves until the new one is complete"
         );
         s.pods.init_done();
-        let index = s.index();
+        let index = s.index(&["app".to_string(), "absent".to_string()]);
         assert_eq!(index.by_uid.keys().collect::<Vec<_>>(), ["c"]);
         assert_eq!(index.by_uid["c"].labels["app"], "c");
+        assert_eq!(
+            index.by_uid["c"].event_labels,
+            ["app=c"],
+            "selected keys only"
+        );
         assert!(s.synced());
     }
 }

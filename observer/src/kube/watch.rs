@@ -83,7 +83,7 @@ pub async fn run(client: Client, node: String, identity: Arc<PodIdentity>, metri
             }
         }
         let was_synced = identity.is_synced();
-        identity.publish(store.index(), store.synced());
+        identity.publish(store.index(identity.label_keys()), store.synced());
         if !was_synced && store.synced() {
             info!(pods = store.pods.len(), "pod metadata synced");
         }

@@ -311,6 +311,14 @@ mod tests {
             key_suffix: "3f9a".into(),
             key_state: KeyState::NotGrantedForApi,
             attributed_by: AttributedBy::Workload,
+            client_pod: "checkout-7d9f8b6c5d-x2x9z".into(),
+            client_namespace: "shop".into(),
+            client_workload: "Deployment/checkout".into(),
+            client_labels: vec!["app=checkout".into(), "team=pay\"ments".into()],
+            server_pod: "db-0".into(),
+            server_namespace: "shop".into(),
+            server_workload: "StatefulSet/db".into(),
+            server_labels: Vec::new(),
         };
         same_as_serde(&full);
         // Every variant of every enum, and timestamps at the edges of what the fast path formats.

@@ -90,6 +90,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "key_grants_in_force",
         statements: v5_grants_in_force,
     },
+    Migration {
+        version: 6,
+        name: "pod_identity",
+        statements: no_statements,
+    },
 ];
 
 /// For a migration that only adds event columns.

@@ -197,12 +197,14 @@ mod tests {
         // ts 8, duration 8, side 1, 3 empty strings, empty array, status 2, 2 counters 16, ip 16, port 2, ip 16,
         // port 2, pid 4, 2 strings, pid 4, 4 strings, truncated 1, conn_id 8, incomplete 1, empty array,
         // 10 strings, 2 enums.
-        let want =
+        let enums_end =
             8 + 8 + 1 + 3 + 1 + 2 + 16 + 16 + 2 + 16 + 2 + 4 + 2 + 4 + 4 + 1 + 8 + 1 + 1 + 10 + 2;
+        // Pod identity: 3 strings and an array per end.
+        let want = enums_end + 2 * (3 + 1);
         assert_eq!(b.len(), want);
         assert_eq!(b[16], 1, "Side::Client is Enum8 value 1");
         assert_eq!(
-            b[b.len() - 2..],
+            b[enums_end - 2..enums_end],
             [0, 0],
             "KeyState::None and AttributedBy::None are 0"
         );
