@@ -1,6 +1,7 @@
-//! The application / API-key registry: model, loading and validation with line numbers, matching, importers,
-//! fingerprints and hot reload. `enrich` joins each event with it.
-// Until `run` wires the live registry in (another branch); tests cover all of it.
+//! The application / API-key registry: the model (`model`), loading and validation with line numbers (`load`, one
+//! submodule per section, reading files and variables through a `Source`), bounded line-tracking YAML (`yaml`),
+//! API and workload matching (`matching`, `route`, `glob`), the OpenAPI and Kong importers, key fingerprints and hot
+//! reload (`watch`). `enrich` joins each event with it; the agent runs it from `RegistryArgs`.
 mod cli;
 mod fingerprint;
 mod glob;
