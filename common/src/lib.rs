@@ -58,7 +58,9 @@ pub struct DataHeader {
     pub cap_len: u32,
     /// `DATA_FLAG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// TCP acknowledgement number: every byte the peer sent before it had arrived when the segment left. A
+    /// response's tells whether the request's declared body went on the wire (its uncopied segments send nothing).
+    pub ack: u32,
 }
 
 /// `ConnEvent::op`: a socket connect() from a local process (pid is reliable).
@@ -149,6 +151,274 @@ impl Default for KernelConfig {
     }
 }
 
+/// Methods of the IANA HTTP Method Registry (<https://www.iana.org/assignments/http-methods>), recognised by name
+/// whatever follows them. `PRI` is left out: it only opens the HTTP/2 connection preface (`PRI * HTTP/2.0`).
+/// Other methods (PURGE, M-SEARCH, ...) are recognised by the shape of their request line ([`classify_start`]).
+pub const HTTP_METHODS: [&str; 39] = [
+    "ACL",
+    "BASELINE-CONTROL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "OPTIONS",
+    "ORDERPATCH",
+    "PATCH",
+    "POST",
+    "PROPFIND",
+    "PROPPATCH",
+    "PUT",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "TRACE",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "VERSION-CONTROL",
+];
+
+/// Longest method token recognised, registered or not (the packed form [`MethodWords`] holds this many bytes).
+pub const MAX_METHOD_LEN: usize = 24;
+/// Bytes of a segment's start the kernel reads to classify it when its first bytes are not one of the common
+/// methods: a request line with an unregistered method must show its ` HTTP/1.` within them.
+pub const START_WINDOW: usize = 256;
+/// CR and LF bytes skipped before a message start (RFC 9112 §2.2: empty lines before a request line are ignored).
+pub const MAX_LEADING_EMPTY: usize = 8;
+
+/// A method token packed little-endian into three words, zero-padded: compared in three instructions.
+pub type MethodWords = [u64; 3];
+
+/// [`HTTP_METHODS`] packed as [`MethodWords`].
+pub const HTTP_METHOD_WORDS: [MethodWords; HTTP_METHODS.len()] = {
+    let mut out = [[0u64; 3]; HTTP_METHODS.len()];
+    let mut m = 0;
+    while m < HTTP_METHODS.len() {
+        let b = HTTP_METHODS[m].as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            out[m][i / 8] |= (b[i] as u64) << ((i % 8) * 8);
+            i += 1;
+        }
+        m += 1;
+    }
+    out
+};
+
+const _: () = {
+    let mut m = 0;
+    while m < HTTP_METHODS.len() {
+        assert!(HTTP_METHODS[m].len() <= MAX_METHOD_LEN);
+        m += 1;
+    }
+};
+
+/// `tchar` of RFC 9110 §5.6.2: the characters of a method token.
+#[inline(always)]
+pub const fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// True when the first payload bytes are the start of a request with one of the common methods or of a response:
+/// nearly every message start, told from 8 bytes the kernel reads straight from the packet. The rest go through
+/// [`classify_start`].
+#[inline(always)]
+pub fn is_common_start(p: &[u8; 8]) -> bool {
+    match &p[..4] {
+        b"GET " | b"PUT " | b"POST" | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC" => {
+            true
+        }
+        b"HTTP" => p[4] == b'/' && p[5] == b'1' && p[6] == b'.',
+        _ => false,
+    }
+}
+
+/// Whether a segment starting with `payload` is classified as a message start by the kernel: [`is_common_start`]
+/// or, for what could still be one, [`classify_start`]. The kernel runs the same two steps without this function
+/// (it reads the bytes from the packet and counts rejections); user-space tests use it to mirror the kernel.
+pub fn kernel_sees_start(payload: &[u8]) -> bool {
+    let Some(head) = payload.first_chunk::<8>() else {
+        return false;
+    };
+    if is_common_start(head) {
+        return true;
+    }
+    let mut buf = [0u8; START_WINDOW];
+    let n = payload.len().min(START_WINDOW);
+    buf[..n].copy_from_slice(&payload[..n]);
+    matches!(classify_start(&buf, n), Start::Request | Start::Response)
+}
+
+/// What the first bytes of a segment are, as [`classify_start`] reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Not the start of an HTTP/1.x message.
+    No,
+    /// A request line: a registered method and a target, or any method token, a target and ` HTTP/1.`.
+    Request,
+    /// A status line (`HTTP/1.`).
+    Response,
+    /// A token, a space and a target, but what follows the target is not ` HTTP/1.`: not a request line (body
+    /// text usually). Counted (`CNT_START_REJECTED`).
+    Rejected,
+    /// An unregistered method whose request line goes on past the bytes read (the window or the segment): cannot
+    /// be told from body text, so not captured. Counted (`CNT_START_UNCONFIRMED`).
+    Unconfirmed,
+}
+
+/// Classifies the first `len` bytes of `buf` (at most [`START_WINDOW`]) as a message start, after up to
+/// [`MAX_LEADING_EMPTY`] CR/LF bytes.
+///
+/// Written for the eBPF verifier, which follows every path: three "find the first byte that ..." loops, each with a
+/// single way out per iteration, so what a loop carries from one iteration to the next is its index alone and
+/// paths that reach the same index merge; the method token is compared as three words loaded at once, not built
+/// byte by byte; every index into `buf` is masked into it.
+#[inline(always)]
+pub fn classify_start(buf: &[u8; START_WINDOW], len: usize) -> Start {
+    const MASK: usize = START_WINDOW - 1;
+    let len = if len > START_WINDOW {
+        START_WINDOW
+    } else {
+        len
+    };
+    // Empty lines.
+    let mut lead = 0usize;
+    while lead < MAX_LEADING_EMPTY {
+        if lead >= len {
+            return Start::No;
+        }
+        let b = buf[lead & MASK];
+        if b != b'\r' && b != b'\n' {
+            break;
+        }
+        lead += 1;
+    }
+    // The method token: `at` is the byte after it.
+    let mut at = lead;
+    while at < lead + MAX_METHOD_LEN + 1 {
+        if at >= len || !is_tchar(buf[at & MASK]) {
+            break;
+        }
+        at += 1;
+    }
+    let tok = at - lead;
+    if tok == 0 || tok > MAX_METHOD_LEN || at + 1 >= len {
+        return Start::No;
+    }
+    let words = token_words(buf, lead & 15, tok);
+    let sep = buf[at & MASK];
+    if sep == b'/' {
+        // `HTTP/1.` after the empty lines: a status line.
+        if words == HTTP_WORDS
+            && at + 2 < len
+            && buf[(at + 1) & MASK] == b'1'
+            && buf[(at + 2) & MASK] == b'.'
+        {
+            return Start::Response;
+        }
+        return Start::No;
+    }
+    // A space, then the target's first byte: visible, not a space.
+    let t = buf[(at + 1) & MASK];
+    if sep != b' ' || t < 0x21 || t == 0x7f {
+        return Start::No;
+    }
+    let mut m = 0;
+    while m < HTTP_METHOD_WORDS.len() {
+        if HTTP_METHOD_WORDS[m] == words {
+            return Start::Request;
+        }
+        m += 1;
+    }
+    // An unregistered method: the target must end at a space followed by `HTTP/1.` within the window.
+    let mut end = at + 2;
+    while end < START_WINDOW {
+        if end >= len {
+            return Start::Unconfirmed;
+        }
+        let b = buf[end & MASK];
+        if b <= b' ' || b == 0x7f {
+            break;
+        }
+        end += 1;
+    }
+    if end >= START_WINDOW {
+        return Start::Unconfirmed;
+    }
+    if buf[end & MASK] != b' ' {
+        // A control character (CR, LF, TAB) inside or right after the target: not a request line.
+        return Start::Rejected;
+    }
+    if end + 8 > len {
+        return Start::Unconfirmed;
+    }
+    let mut k = 1;
+    while k < 8 {
+        if buf[(end + k) & MASK] != b" HTTP/1."[k] {
+            return Start::Rejected;
+        }
+        k += 1;
+    }
+    Start::Request
+}
+
+/// `HTTP` as [`MethodWords`].
+const HTTP_WORDS: MethodWords = [u64::from_le_bytes(*b"HTTP\0\0\0\0"), 0, 0];
+
+/// The `tok` bytes at `off` (`tok` <= [`MAX_METHOD_LEN`], `off` < 16) as [`MethodWords`], zero-padded: three loads and
+/// three masks instead of a loop.
+#[inline(always)]
+fn token_words(buf: &[u8; START_WINDOW], off: usize, tok: usize) -> MethodWords {
+    let word = |k: usize| {
+        let i = (off & 15) + 8 * k;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&buf[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        let keep = tok.saturating_sub(8 * k);
+        if keep >= 8 {
+            w
+        } else {
+            w & ((1u64 << (8 * keep)) - 1)
+        }
+    };
+    [word(0), word(1), word(2)]
+}
+
 /// Per-CPU counters (array index). Failures and the few successes needed to compute rates.
 pub const CNT_EVENTS: u32 = 0;
 pub const CNT_RINGBUF_FULL: u32 = 1;
@@ -158,7 +428,12 @@ pub const CNT_TRUNCATED: u32 = 4;
 pub const CNT_NOT_PARSED: u32 = 5;
 pub const CNT_CONN_EVENTS: u32 = 6;
 pub const CNT_PROC_MAP_FULL: u32 = 7;
-pub const CNT_MAX: u32 = 8;
+/// Segments starting with a token, a space and a target but no ` HTTP/1.` after the target ([`Start::Rejected`]).
+pub const CNT_START_REJECTED: u32 = 8;
+/// Segments starting with an unregistered method whose request line did not end in the bytes read
+/// ([`Start::Unconfirmed`]): possibly a request, not captured.
+pub const CNT_START_UNCONFIRMED: u32 = 9;
+pub const CNT_MAX: u32 = 10;
 
 /// Names the agent exports each counter under (`observer_kernel_<name>_total`).
 pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
@@ -170,6 +445,8 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "not_parsed",
     "conn_events",
     "proc_map_full",
+    "start_rejected",
+    "start_unconfirmed",
 ];
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 112);
@@ -192,4 +469,109 @@ pub fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
     }
     // SAFETY: length checked; T is a repr(C) POD; read_unaligned tolerates any alignment.
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    fn classify(bytes: &[u8]) -> Start {
+        let mut buf = [0xaa; START_WINDOW];
+        let n = bytes.len().min(START_WINDOW);
+        buf[..n].copy_from_slice(&bytes[..n]);
+        classify_start(&buf, n)
+    }
+
+    #[test]
+    fn message_starts_by_registered_method_or_request_line_shape() {
+        for req in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"\r\n\r\nGET /x HTTP/1.1\r\n",
+            b"\nPOST /x HTTP/1.0\r\n",
+            b"PURGE /x HTTP/1.1\r\n",
+            b"M-SEARCH * HTTP/1.1\r\n",
+            b"QUERY /q HTTP/1.1\r\n",
+            b"x_Custom.v2 http://h/ HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                classify(req),
+                Start::Request,
+                "{:?}",
+                std::str::from_utf8(req)
+            );
+        }
+        let mut long = std::vec::Vec::from(&b"BASELINE-CONTROL /"[..]);
+        long.resize(400, b'a');
+        assert_eq!(
+            classify(&long),
+            Start::Request,
+            "a registered method needs no version"
+        );
+        for resp in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"\r\nHTTP/1.0 404 Not Found\r\n",
+        ] {
+            assert_eq!(
+                classify(resp),
+                Start::Response,
+                "{:?}",
+                std::str::from_utf8(resp)
+            );
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_start_is_rejected_or_unconfirmed() {
+        for no in [
+            &b"Host: x\r\n"[..],
+            b"{\"a\": 1}",
+            b"\x00\x01\x02\x03 x",
+            b"GET  / HTTP/1.1",
+            b"HTTP/2 200\r\n",
+            b"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n",
+            b"ABCDEFGHIJKLMNOPQRSTUVWXY / HTTP/1.1\r\n",
+            b"GET",
+        ] {
+            assert_eq!(classify(no), Start::No, "{:?}", std::str::from_utf8(no));
+        }
+        for rejected in [
+            &b"hello world and more text"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"NOTREG /a\r\nHost: x\r\n",
+        ] {
+            assert_eq!(
+                classify(rejected),
+                Start::Rejected,
+                "{:?}",
+                std::str::from_utf8(rejected)
+            );
+        }
+        let mut long = std::vec::Vec::from(&b"NOTREG /"[..]);
+        long.resize(400, b'a');
+        long.extend_from_slice(b" HTTP/1.1\r\n");
+        assert_eq!(
+            classify(&long),
+            Start::Unconfirmed,
+            "line longer than the window"
+        );
+        assert_eq!(
+            classify(b"NOTREG /short"),
+            Start::Unconfirmed,
+            "segment ends in the line"
+        );
+    }
+
+    #[test]
+    fn registry_words_match_their_names() {
+        assert_eq!(
+            HTTP_METHOD_WORDS[8][0],
+            u64::from_le_bytes(*b"GET\0\0\0\0\0")
+        );
+        let i = HTTP_METHODS
+            .iter()
+            .position(|m| *m == "UPDATEREDIRECTREF")
+            .unwrap_or(0);
+        assert_eq!(HTTP_METHOD_WORDS[i][2], u64::from(b'F'));
+    }
 }

@@ -47,6 +47,10 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
+/// Room to classify a segment's first bytes in ([`message_start`]): too large for the program's stack.
+#[map]
+static SCRATCH: PerCpuArray<[u8; START_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per stream (and hook) state: how much of the current message may still be copied.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
@@ -86,6 +90,7 @@ const IPPROTO_TCP: u8 = 6;
 #[inline(always)]
 fn count(idx: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: a per-CPU array slot, valid for the program's run and written only by this CPU meanwhile.
         unsafe { *c += 1 };
     }
 }
@@ -133,8 +138,10 @@ fn port_wanted(port: u16) -> bool {
 /// through `bpf_skb_load_bytes`. Direct reads cost no helper call on a path every packet takes.
 #[inline(always)]
 fn read<T: Copy>(skb: &SkBuff, off: usize) -> Result<T, ()> {
-    // SAFETY: data and data_end are readable context fields in cgroup_skb and TC programs.
+    // SAFETY: the context pointer is valid for the program's run; data and data_end are readable context fields in
+    // cgroup_skb and TC programs.
     let data = unsafe { (*skb.skb).data } as usize;
+    // SAFETY: as above.
     let end = unsafe { (*skb.skb).data_end } as usize;
     let p = data + off;
     if p + core::mem::size_of::<T>() <= end {
@@ -179,15 +186,55 @@ pub fn observer_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_PIPE
 }
 
-/// True when the first payload bytes look like the start of an HTTP/1.x request or response.
+/// True when the `len` payload bytes at `off` start an HTTP/1.x message. The common cases are told from the first
+/// 8 bytes; a segment that could still be a start (a token character first, or the empty lines allowed before a
+/// message) has its first [`START_WINDOW`] bytes loaded into [`SCRATCH`] and read by [`classify_start`], and what
+/// that rejects is counted.
 #[inline(always)]
-fn is_message_start(p: &[u8; 8]) -> bool {
-    match &p[..4] {
-        b"GET " | b"PUT " | b"POST" | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC" => {
-            true
+fn message_start(skb: &SkBuff, off: usize, len: usize) -> bool {
+    if len < 8 {
+        return false;
+    }
+    let Ok(head) = read::<[u8; 8]>(skb, off) else {
+        return false;
+    };
+    if is_common_start(&head) {
+        return true;
+    }
+    if !is_tchar(head[0]) && head[0] != b'\r' && head[0] != b'\n' {
+        return false;
+    }
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // 1 <= n <= START_WINDOW in a form the verifier can follow.
+    let n = ((if len < START_WINDOW {
+        len
+    } else {
+        START_WINDOW
+    }) - 1)
+        & (START_WINDOW - 1);
+    let n = n + 1;
+    // SAFETY: `buf` is this CPU's scratch slot (START_WINDOW bytes, valid for the program's run) and n <= its size;
+    // the helper checks `off + n` against the packet.
+    let ret =
+        unsafe { bpf_skb_load_bytes(skb.skb as *const _, off as u32, buf as *mut _, n as u32) };
+    if ret != 0 {
+        count(CNT_LOAD_FAILED);
+        return false;
+    }
+    // SAFETY: the slot was just written up to `n`; classify_start reads no further.
+    match classify_start(unsafe { &*buf }, n) {
+        Start::Request | Start::Response => true,
+        Start::Rejected => {
+            count(CNT_START_REJECTED);
+            false
         }
-        b"HTTP" => p[4] == b'/' && p[5] == b'1' && p[6] == b'.',
-        _ => false,
+        Start::Unconfirmed => {
+            count(CNT_START_UNCONFIRMED);
+            false
+        }
+        Start::No => false,
     }
 }
 
@@ -267,26 +314,26 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
             hook: HOOK_CGROUP_EGRESS,
             ..key
         };
+        // SAFETY: the value is only tested for presence, never read, so a concurrent update cannot be observed.
         if unsafe { FLOWS.get(&sender) }.is_some() {
             return Ok(());
         }
     }
 
-    let start = payload_len >= 8
-        && match read::<[u8; 8]>(skb, payload_off) {
-            Ok(head) => is_message_start(&head),
-            Err(_) => false,
-        };
+    let start = message_start(skb, payload_off, payload_len);
     let mut cap = cfg.capture_bytes as usize;
     if cap > MAX_CAPTURE {
         cap = MAX_CAPTURE;
     }
     let ctx_ptr = skb.skb as *mut _;
+    // SAFETY: the helper takes the program's own context, valid for its run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
     // The stream's state when it is known: every message after a connection's first, and every continuation. State
     // left by an earlier connection on the same 4-tuple does not count.
     let entry = FLOWS.get_ptr_mut(&key);
     let known = match entry {
+        // SAFETY: a map value pointer from a successful lookup, valid for the program's run; another CPU updating
+        // the same stream at once can at worst give a stale cookie, which makes this record a stream start.
         Some(p) if unsafe { (*p).cookie } == cookie => Some(p),
         _ => None,
     };
@@ -299,6 +346,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         let Some(st) = known else {
             return Ok(());
         };
+        // SAFETY: as for the cookie above: a valid map value, read while this packet's stream is processed.
         let st = unsafe { &*st };
         if st.remaining == 0 || st.next_seq != seq {
             return Ok(());
@@ -319,11 +367,13 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     if trunc != 0 {
         count(CNT_TRUNCATED);
     }
+    // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     // The sending task, on egress, in a stream's first record and then once a second: user space keeps it per
     // socket, and reading the task's name is a good part of this program's cost per record.
     let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
     let task_ns = match known {
+        // SAFETY: a valid map value (see `known`).
         Some(p) => unsafe { (*p).task_ns },
         None => 0,
     };
@@ -336,6 +386,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     };
     // Updated in place when present: an LRU insert allocates and unlinks an element.
     match entry {
+        // SAFETY: a valid map value (see `known`); FlowState is plain data, so a racing writer leaves one of the
+        // two states, either of which is a consistent stream state.
         Some(p) => unsafe { *p = st },
         None => {
             if FLOWS.insert(&key, &st, 0).is_err() {
@@ -361,6 +413,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         ts_ns,
         cookie,
         cgroup_id: if cgroup || cookie != 0 {
+            // SAFETY: the helper takes the program's own context, valid for its run.
             unsafe { bpf_skb_cgroup_id(ctx_ptr) }
         } else {
             0
@@ -375,7 +428,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         payload_len: payload_len as u32,
         cap_len: 0,
         flags: flags | trunc,
-        _pad: 0,
+        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
     };
     // Reservations must have a constant size: the smallest record class that holds the copy. The payload is
     // loaded straight into the reserved record, so nothing is copied twice.
@@ -409,6 +462,8 @@ fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize)
     // 1 <= n <= N in a form the verifier can follow.
     let n = ((copy - 1) & (N - 1)) + 1;
     // Raw helper: aya's load_bytes clamps to skb->len, which lets the verifier see a possible zero length.
+    // SAFETY: `rec` is a reserved ring-buffer record with room for N >= n payload bytes, ours until submitted or
+    // discarded; the helper checks `off + n` against the packet.
     let ret = unsafe {
         bpf_skb_load_bytes(
             skb.skb as *const _,
@@ -422,6 +477,8 @@ fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize)
         count(CNT_LOAD_FAILED);
         return Err(());
     }
+    // SAFETY: the header field of the reserved record, ours until submitted; the ring buffer places records at 8-byte
+    // boundaries, DataHeader's alignment, and addr_of_mut makes no reference to the uninitialised record.
     unsafe {
         core::ptr::addr_of_mut!((*rec).hdr).write(DataHeader {
             cap_len: n as u32,
@@ -469,7 +526,9 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     let mut ev = ConnEvent {
         kind: EVENT_CONN,
         op: kind,
+        // SAFETY: a helper without arguments or side effects.
         ts_ns: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: the helper takes the program's own sock_ops context, valid for its run.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         lport,
         rport,
@@ -479,6 +538,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         // connect() runs in the calling task: the pid, comm and cgroup are the client's.
         ev.pid_tgid = bpf_get_current_pid_tgid();
         ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // SAFETY: a helper without arguments; connect() runs in task context, where the current cgroup is defined.
         ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
     if family == 2 {
@@ -492,7 +552,9 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         // The context only allows 4-byte loads of these arrays: read each word volatile so none are merged.
         let ops = ctx.ops;
         for i in 0..4 {
+            // SAFETY: `ops` is the program's context, valid for its run; i < 4 indexes the 4-word arrays.
             let l = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[i])) };
+            // SAFETY: as above.
             let r = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[i])) };
             ev.laddr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
             ev.raddr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
@@ -500,6 +562,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     } else {
         return Ok(());
     }
+    // SAFETY: the program's own context, valid and only read for the rest of its run.
     let ops = unsafe { &*ctx.ops };
     ev.snd_nxt = ops.snd_nxt;
     ev.rcv_nxt = ops.rcv_nxt;

@@ -80,7 +80,7 @@ impl Conn {
             payload_len: payload.len() as u32,
             cap_len: payload.len() as u32,
             flags: DATA_FLAG_START,
-            _pad: 0,
+            ack: 0,
         };
         self.seq[dir] = self.seq[dir].wrapping_add(payload.len() as u32);
         self.now += 20_000;

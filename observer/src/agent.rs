@@ -18,7 +18,8 @@ use tracing::{info, warn};
 
 use crate::{
     cgroups::FsCgroupResolver,
-    config::CaptureArgs,
+    clock,
+    config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
     metrics::{Metrics, Sample},
     reader, registry, sink,
@@ -37,9 +38,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub registry: registry::RegistryArgs,
     #[command(flatten)]
-    pub sink: sink::SinkArgs,
+    pub sink: SinkArgs,
     #[command(flatten)]
     pub ui: crate::ui::UiArgs,
+    #[command(flatten)]
+    pub kube: crate::kube::KubeArgs,
 }
 
 /// Why `observer run` stopped with an error. Each names the step that failed; the cause follows it.
@@ -56,6 +59,8 @@ pub enum AgentError {
         addr: std::net::SocketAddr,
         err: std::io::Error,
     },
+    #[error("starting pod identity: {0}")]
+    Kube(crate::kube::KubeError),
     #[error("finding the cgroup v2 hierarchy: {0}")]
     Cgroup(crate::cgroups::CgroupError),
     #[error(transparent)]
@@ -98,8 +103,12 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     // everything again (dropping `loaded`).
     let loaded = loader::load(&opts)?;
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
-    let enricher = enrich::Enricher::new(live.clone());
-    let sinks = Arc::new(sink::build(&args.sink).await.map_err(AgentError::Sinks)?);
+    let pods = crate::kube::start(&args.kube, metrics.clone())
+        .await
+        .map_err(AgentError::Kube)?;
+    let enricher = enrich::Enricher::new(live.clone()).with_pods(pods.clone());
+    let sink_cfg = args.sink.sink_config().map_err(AgentError::Sinks)?;
+    let sinks = Arc::new(sink::build(&sink_cfg).await.map_err(AgentError::Sinks)?);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
         let server = crate::metrics::serve(addr, metrics.clone())
@@ -108,26 +117,16 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         tokio::spawn(server);
         info!("metrics on http://{addr}/metrics, readiness on http://{addr}/readyz");
     }
-    let has_clickhouse = args.sink.sinks.contains(&sink::SinkSpec::ClickHouse);
-    let ui_client = if has_clickhouse {
-        Some(
-            args.sink
-                .clickhouse_config()
-                .map_err(AgentError::Sinks)?
-                .client(),
-        )
-    } else {
-        None
-    };
+    let ui_client = sink_cfg.clickhouse.as_ref().map(|c| c.client());
     let ui = crate::ui::start(&args.ui, ui_client, live.clone())
         .await
         .map_err(AgentError::Ui)?;
-    metrics.set_ready(true);
+    crate::kube::ready_when_synced(pods.as_ref(), &metrics);
     info!(programs = loaded.attached.len(), "capturing");
 
     let stop = Arc::new(AtomicBool::new(false));
     let flow_cfg = flow::FlowConfig {
-        mono_to_unix_offset_ns: flow::mono_to_unix_offset_ns(),
+        mono_to_unix_offset_ns: clock::mono_to_unix_offset_ns(),
         capture_bytes: args.capture.capture_bytes,
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
@@ -187,12 +186,18 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
 /// with `deleted` rows for ids that disappeared.
 async fn follow_registry(live: Arc<registry::LiveRegistry>, sinks: Arc<sink::SinkHandle>) {
     let mut rx = live.subscribe();
-    let mut prev = sink::registry_rows::RegistryRows::default();
+    let mut prev = sink::clickhouse::registry_rows::RegistryRows::default();
     loop {
         let snap = rx.borrow_and_update().clone();
         let version = snap.loaded_at.0.max(0) as u64;
-        let rows = sink::registry_rows::from_registry(&snap.registry, version, snap.loaded_at);
-        let out = sink::registry_rows::with_deletions(&prev, rows.clone(), version, snap.loaded_at);
+        let rows =
+            sink::clickhouse::registry_rows::from_registry(&snap.registry, version, snap.loaded_at);
+        let out = sink::clickhouse::registry_rows::with_deletions(
+            &prev,
+            rows.clone(),
+            version,
+            snap.loaded_at,
+        );
         if !out.is_empty() {
             sinks.write_registry(out);
         }
@@ -266,14 +271,14 @@ fn capture_loop(
         counts.ring_bytes += d.bytes;
         counts.bad_records += d.bad;
         if d.oldest_ts_ns != 0 {
-            counts.lag_ns = reader::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+            counts.lag_ns = clock::monotonic_ns().saturating_sub(d.oldest_ts_ns);
         }
         if stopping {
             engine.finish();
         }
         let tick = last_tick.elapsed() >= Duration::from_secs(1);
         if tick {
-            engine.tick(reader::monotonic_ns());
+            engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
         out.retain(|ex| {
@@ -454,7 +459,22 @@ fn publish(
                 s.sockets as f64,
             )
             .label("table", "sockets"),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            crate::http::Anomalies::ALL
+                .iter()
+                .zip(s.framing_anomalies)
+                .map(|((_, reason), n)| {
+                    c(
+                        "flow_framing_anomalies_total",
+                        "Messages whose framing another reader may take differently (smuggling), per reason",
+                        n,
+                    )
+                    .label("reason", *reason)
+                }),
+        )
+        .collect(),
     );
     let r = enricher.live().stats();
     metrics.publish(

@@ -1,7 +1,13 @@
-//! Command-line configuration of `observer run`: capture scope, limits, and how long to run.
+//! Command-line configuration of `observer run`: capture scope, limits, how long to run, and the sinks (durations
+//! and sizes through [`crate::units`]). The agent turns these into the plain configurations the components take (`loader::LoadOptions`,
+//! `flow::FlowConfig`, `sink::SinkConfig`).
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
+
+use crate::sink::clickhouse::schema::read_password;
+use crate::sink::{ClickHouseConfig, Retention, SinkConfig, SinkError, SinkSpec};
+use crate::units::{parse_bytes, parse_duration};
 
 /// Capture options of `observer run`.
 #[derive(Debug, Clone, Args)]
@@ -78,14 +84,107 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
     Ok(PortList(out))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30s, 5m, 1h)"))
+/// Sink options of `observer run`.
+#[derive(Debug, Clone, Args)]
+pub struct SinkArgs {
+    /// Where events go: stdout, clickhouse, ndjson:PATH. Repeat or separate with commas for several.
+    #[arg(long = "sink", value_delimiter = ',', default_value = "stdout", value_parser = |s: &str| s.parse::<SinkSpec>().map_err(|e| e.to_string()))]
+    pub sinks: Vec<SinkSpec>,
+    /// Events queued per sink before new ones are dropped (counted) instead of slowing capture.
+    #[arg(long, default_value_t = 65_536)]
+    pub sink_queue: usize,
+    /// ClickHouse HTTP(S) URL, e.g. http://127.0.0.1:8123.
+    #[arg(long, env = "CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database holding observer's tables.
+    #[arg(long, default_value = "observer")]
+    pub clickhouse_database: String,
+    /// ClickHouse user.
+    #[arg(long, env = "CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    /// File holding the ClickHouse password.
+    #[arg(long)]
+    pub clickhouse_password_file: Option<PathBuf>,
+    /// Apply the schema (idempotent migrations) at start.
+    #[arg(long)]
+    pub clickhouse_apply_schema: bool,
+    /// Raw event retention used when applying the schema.
+    #[arg(long, default_value = "30d")]
+    pub retention: Retention,
+    /// Insert a batch at this many rows...
+    #[arg(long, default_value_t = 100_000)]
+    pub batch_rows: usize,
+    /// ...or this many bytes...
+    #[arg(long, default_value = "32MiB", value_parser = parse_bytes)]
+    pub batch_max_bytes: u64,
+    /// ...or this long after its first row.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub batch_interval: Duration,
+    /// Timeout of one ClickHouse insert.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub clickhouse_timeout: Duration,
+    /// Directory for batches ClickHouse could not take yet (replayed in order, also after a restart).
+    #[arg(long, default_value = "/var/lib/observer/spool")]
+    pub spool_dir: PathBuf,
+    /// Spool size bound; past it new batches are dropped and counted.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// This agent's id in insert deduplication tokens (default: host name).
+    #[arg(long, env = "OBSERVER_AGENT_ID")]
+    pub agent_id: Option<String>,
+}
+
+impl SinkArgs {
+    /// The sinks' configuration. Fails when ClickHouse is selected without a URL, or its password file cannot be
+    /// read.
+    pub fn sink_config(&self) -> Result<SinkConfig, SinkError> {
+        let clickhouse = if self.sinks.contains(&SinkSpec::ClickHouse) {
+            Some(self.clickhouse_config()?)
+        } else {
+            None
+        };
+        Ok(SinkConfig {
+            sinks: self.sinks.clone(),
+            queue: self.sink_queue,
+            clickhouse,
+            apply_schema: self.clickhouse_apply_schema.then_some(self.retention),
+        })
+    }
+
+    /// The ClickHouse sink's configuration (also when `--sink clickhouse` is not selected).
+    pub fn clickhouse_config(&self) -> Result<ClickHouseConfig, SinkError> {
+        let url = self
+            .clickhouse_url
+            .as_deref()
+            .ok_or(SinkError::MissingClickHouseUrl)?;
+        let mut c = ClickHouseConfig::new(url, self.spool_dir.clone());
+        c.database = self.clickhouse_database.clone();
+        c.user = self.clickhouse_user.clone();
+        if let Some(p) = &self.clickhouse_password_file {
+            c.password = Some(read_password(p)?);
+        }
+        if let Some(a) = &self.agent_id {
+            c.agent_id = a.clone();
+        }
+        c.batch_rows = self.batch_rows.max(1);
+        c.batch_max_bytes = usize::try_from(self.batch_max_bytes).unwrap_or(usize::MAX);
+        c.batch_interval = self.batch_interval;
+        c.insert_timeout = self.clickhouse_timeout;
+        c.spool_max_bytes = self.spool_max_bytes;
+        Ok(c)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sink: SinkArgs,
+    }
 
     #[test]
     fn ports_parse_lists_ranges_and_all() {
@@ -106,10 +205,69 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("soon")
-            .unwrap_err()
-            .contains("invalid duration"));
+    fn sink_specs_parse_as_list_and_repeated() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--sink",
+            "stdout,ndjson:/tmp/a.json",
+            "--sink",
+            "clickhouse",
+            "--clickhouse-url",
+            "http://h:8123",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.sink.sinks,
+            vec![
+                SinkSpec::Stdout,
+                SinkSpec::Ndjson("/tmp/a.json".into()),
+                SinkSpec::ClickHouse
+            ]
+        );
+        let err = Cli::try_parse_from(["x", "--sink", "kafka"])
+            .err()
+            .expect("kafka is rejected")
+            .to_string();
+        assert!(
+            err.contains("expected stdout, clickhouse or ndjson:PATH"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_follow_clickhouse_guidance() {
+        let cli = Cli::try_parse_from(["x", "--clickhouse-url", "http://h:8123"]).expect("parses");
+        let c = cli.sink.clickhouse_config().expect("config");
+        assert_eq!(c.batch_rows, 100_000);
+        assert_eq!(c.batch_interval, Duration::from_secs(1));
+        assert_eq!(c.spool_max_bytes, 1 << 30);
+        assert_eq!(c.database, "observer");
+        assert_eq!(cli.sink.sinks, vec![SinkSpec::Stdout]);
+    }
+
+    #[test]
+    fn missing_password_file_names_the_file() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--clickhouse-url",
+            "http://h",
+            "--clickhouse-password-file",
+            "/nonexistent/pw",
+        ])
+        .expect("parses");
+        let err = cli.sink.clickhouse_config().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/pw"), "{err}");
+    }
+
+    #[test]
+    fn clickhouse_sink_requires_url() {
+        let args = Cli::try_parse_from(["x", "--sink", "clickhouse"])
+            .expect("parses")
+            .sink;
+        if args.clickhouse_url.is_some() {
+            return; // CLICKHOUSE_URL set in the environment
+        }
+        let err = args.sink_config().expect_err("must fail").to_string();
+        assert!(err.contains("--clickhouse-url"), "{err}");
     }
 }

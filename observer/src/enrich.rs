@@ -1,7 +1,7 @@
 //! Per-event enrichment: joins each exchange with the registry (API, route, application, key state and how the
 //! application was identified). Pure and allocation-light: fields are overwritten in place, the raw key is only
-//! borrowed (or decoded into a stack buffer) and never stored.
-// Until `run` wires the live registry in (another branch); tests cover all of it.
+//! borrowed (or decoded into a stack buffer) and never stored. The agent's capture thread calls
+//! [`Enricher::enrich`] on every exchange before it goes to the sinks.
 use std::sync::Arc;
 
 use crate::event::{AttributedBy, Event, Exchange, KeyState, Timestamp};
@@ -18,11 +18,19 @@ const SCRATCH: usize = 512;
 #[derive(Debug, Clone)]
 pub struct Enricher {
     live: Arc<LiveRegistry>,
+    /// Pod identity (`--kubernetes`), for the registry's Kubernetes selector terms.
+    pods: Option<Arc<crate::kube::PodIdentity>>,
 }
 
 impl Enricher {
     pub fn new(live: Arc<LiveRegistry>) -> Self {
-        Enricher { live }
+        Enricher { live, pods: None }
+    }
+
+    /// Looks up the client's pod by its cgroup for workload selectors with Kubernetes terms.
+    pub fn with_pods(mut self, pods: Option<Arc<crate::kube::PodIdentity>>) -> Self {
+        self.pods = pods;
+        self
     }
 
     pub fn live(&self) -> &Arc<LiveRegistry> {
@@ -31,7 +39,11 @@ impl Enricher {
 
     /// Fills the business-context fields of `ex.event` from the current registry snapshot.
     pub fn enrich(&self, ex: &mut Exchange) {
-        enrich(&self.live.load(), ex);
+        let pod = self
+            .pods
+            .as_ref()
+            .and_then(|p| p.by_cgroup(&ex.event.client_cgroup));
+        enrich_with(&self.live.load(), ex, pod.as_deref());
     }
 }
 
@@ -43,6 +55,11 @@ fn set(field: &mut String, value: &str) {
 /// Fills `api_*`, `route`, `app_*`, `line_of_business`, `key_*` and `attributed_by` of `ex.event` from `snap`.
 /// Key states are judged at the event's time (`ts`; now when unset).
 pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
+    enrich_with(snap, ex, None)
+}
+
+/// [`enrich`], with the client's pod when it is one (for the Kubernetes terms of workload selectors).
+pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, pod: Option<&crate::kube::PodMeta>) {
     let Exchange {
         event: ev,
         request_headers,
@@ -61,7 +78,14 @@ pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
     } else {
         ev.path.as_str()
     };
-    let api_idx = snap.match_api(host, ev.dst_port, path, &ev.server_comm, &ev.server_cgroup);
+    let api_idx = snap.match_api(
+        host,
+        ev.dst_port,
+        &ev.method,
+        path,
+        &ev.server_comm,
+        &ev.server_cgroup,
+    );
     let api = api_idx.map(|i| snap.api(i));
     match api {
         Some(a) => {
@@ -85,15 +109,19 @@ pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
 
     // --- key ---
     let default_auth;
-    let auth = match api {
+    let auths: &[Auth] = match api {
         Some(a) => &a.auth,
         None => {
-            default_auth = Auth::default();
+            default_auth = [Auth::default()];
             &default_auth
         }
     };
     let mut scratch = [0u8; SCRATCH];
-    let key = extract_key(auth, request_headers, raw_query, &mut scratch);
+    // The first location holding a credential wins; it is extracted again so the probe's borrow of `scratch` ends.
+    let key = auths
+        .iter()
+        .position(|a| extract_key(a, request_headers, raw_query, &mut scratch).is_some())
+        .and_then(|i| extract_key(&auths[i], request_headers, raw_query, &mut scratch));
     let mut app: Option<&Application> = None;
     match key {
         None => {
@@ -125,7 +153,7 @@ pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
     ev.attributed_by = if app.is_some() {
         AttributedBy::Key
     } else {
-        app = snap.app_by_workload(&ev.client_comm, &ev.client_cgroup);
+        app = snap.app_by_workload(&ev.client_comm, &ev.client_cgroup, pod);
         if app.is_some() {
             AttributedBy::Workload
         } else {
@@ -213,70 +241,46 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Percent-decodes (and `+` -> space) into `scratch` when needed; borrows `v` otherwise.
+/// Percent-decodes (and `+` -> space, as forms encode it) into `scratch` when needed; borrows `v` otherwise.
+/// `None` when the decoded value does not fit.
 fn percent_decode<'a>(v: &'a str, scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
     if !v.contains(['%', '+']) {
         return Some(v.as_bytes());
     }
-    let b = v.as_bytes();
-    let (mut i, mut n) = (0, 0);
-    while i < b.len() {
-        if n == SCRATCH {
-            return None;
+    let mut n = 0;
+    for (i, part) in v.split('+').enumerate() {
+        let space = (i > 0).then_some(b' ');
+        for b in space
+            .into_iter()
+            .chain(percent_encoding::percent_decode_str(part))
+        {
+            *scratch.get_mut(n)? = b;
+            n += 1;
         }
-        let out = match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hi = (b[i + 1] as char).to_digit(16);
-                let lo = (b[i + 2] as char).to_digit(16);
-                match (hi, lo) {
-                    (Some(h), Some(l)) => {
-                        i += 2;
-                        (h * 16 + l) as u8
-                    }
-                    _ => b'%',
-                }
-            }
-            b'+' => b' ',
-            c => c,
-        };
-        scratch[n] = out;
-        n += 1;
-        i += 1;
     }
     Some(&scratch[..n])
 }
 
-/// Standard base64 (padding optional) into `scratch`; None when invalid or too long.
-fn base64_decode<'a>(input: &[u8], scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let input = match input.iter().position(|&c| c == b'=') {
-        Some(p) if input[p..].iter().all(|&c| c == b'=') => &input[..p],
-        Some(_) => return None,
-        None => input,
+/// Base64 as `Authorization: Basic` carries it: the standard alphabet or the URL-safe one, padding optional.
+const BASE64: [base64::engine::GeneralPurpose; 2] = {
+    use base64::engine::{
+        general_purpose::GeneralPurposeConfig, DecodePaddingMode, GeneralPurpose,
     };
-    if input.len() % 4 == 1 || input.len() / 4 * 3 + 3 > SCRATCH {
-        return None;
-    }
-    let mut n = 0;
-    for chunk in input.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= val(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        let take = chunk.len() - 1;
-        scratch[n..n + take].copy_from_slice(&bytes[1..1 + take]);
-        n += take;
-    }
+    let cfg = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, cfg),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, cfg),
+    ]
+};
+
+/// Base64 (see [`BASE64`]) into `scratch`; None when invalid or too long.
+fn base64_decode<'a>(input: &[u8], scratch: &'a mut [u8; SCRATCH]) -> Option<&'a [u8]> {
+    use base64::Engine;
+    let n = BASE64
+        .iter()
+        .find_map(|e| e.decode_slice(input, &mut scratch[..]).ok())?;
     Some(&scratch[..n])
 }
 
@@ -569,6 +573,58 @@ mod tests {
         assert_eq!(
             (ev.api_id.as_str(), ev.key_state),
             ("status-api", KeyState::None)
+        );
+    }
+
+    #[test]
+    fn the_first_auth_location_holding_a_key_wins() {
+        let text = format!(
+            "teams: [{{id: t}}]\napis:\n  - id: s\n    owner: t\n    match: {{hosts: s.com}}\n    auth: [basic, bearer]\napplications: [{{id: app, team: t}}]\nkeys:\n  - id: k\n    application: app\n    fingerprint: {}\n    grants: [{{api: s, granted_by: me, granted_at: 2026-01-01}}]\n",
+            example_secret().fingerprint_hex(b"bearer-key-0123456789")
+        );
+        let reg = load_str(&text, Path::new("."), &example_secret()).expect("valid registry");
+        let snap = Snapshot::build(reg.registry, example_secret(), 0, None, None);
+        let bearer = run(
+            &snap,
+            exchange(
+                "GET",
+                "s.com",
+                "/",
+                &[("Authorization", "Bearer bearer-key-0123456789")],
+            ),
+        );
+        assert_eq!(
+            (bearer.key_state, bearer.app_id.as_str()),
+            (KeyState::Valid, "app"),
+            "second location"
+        );
+        let basic = run(
+            &snap,
+            exchange(
+                "GET",
+                "s.com",
+                "/",
+                &[("Authorization", "Basic dW5rbm93bjpwdw==")],
+            ),
+        );
+        assert_eq!(
+            basic.key_state,
+            KeyState::Unknown,
+            "first location: user `unknown` is not a registered key"
+        );
+        let none = run(
+            &snap,
+            exchange(
+                "GET",
+                "s.com",
+                "/",
+                &[("X-Api-Key", "bearer-key-0123456789")],
+            ),
+        );
+        assert_eq!(
+            none.key_state,
+            KeyState::None,
+            "a header neither location names"
         );
     }
 

@@ -9,92 +9,126 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Which end(s) of the exchange a local socket observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    #[default]
-    Client,
-    Server,
-    Both,
+/// Defines an enum stored as a ClickHouse `Enum8`: each variant's code (its discriminant and its `Enum8` value,
+/// fixed forever once released) and its name (NDJSON value and `Enum8` label) are written here once; `ALL`,
+/// `as_str`, `code`, `from_code`, serde and [`enum8`] derive from them.
+macro_rules! stored_enum {
+    (
+        $(#[$m:meta])*
+        pub enum $name:ident default $def:ident {
+            $( $(#[$vm:meta])* $var:ident = $code:literal => $text:literal, )*
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(i8)]
+        pub enum $name {
+            $( $(#[$vm])* $var = $code, )*
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [$name; [$($text),*].len()] = [$($name::$var),*];
+            /// Every name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($text),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$var => $text,)*
+                }
+            }
+
+            /// The stored `Enum8` value.
+            pub const fn code(self) -> i8 {
+                self as i8
+            }
+
+            /// The variant stored as `code`; `None` for a code this binary does not know.
+            pub fn from_code(code: i8) -> Option<Self> {
+                Self::ALL.into_iter().find(|v| v.code() == code)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$def
+            }
+        }
+
+        impl StoredEnum for $name {
+            const ALL: &'static [Self] = &$name::ALL;
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+            fn code(self) -> i8 {
+                $name::code(self)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = std::borrow::Cow::<str>::deserialize(d)?;
+                $name::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| serde::de::Error::unknown_variant(&s, $name::NAMES))
+            }
+        }
+    };
 }
 
-impl Side {
-    /// Every variant.
-    pub const ALL: [Side; 3] = [Side::Client, Side::Server, Side::Both];
+/// What the sinks need of an enum field: its variants, names and stored codes.
+pub trait StoredEnum: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+    fn code(self) -> i8;
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Server => "server",
-            Side::Both => "both",
-        }
+/// The ClickHouse `Enum8` type of `T`, values in code order: `Enum8('client' = 1, 'server' = 2, 'both' = 3)`.
+pub fn enum8<T: StoredEnum>() -> String {
+    let mut all = T::ALL.to_vec();
+    all.sort_by_key(|v| v.code());
+    let values: Vec<String> = all
+        .iter()
+        .map(|v| format!("'{}' = {}", v.as_str(), v.code()))
+        .collect();
+    format!("Enum8({})", values.join(", "))
+}
+
+stored_enum! {
+    /// Which end(s) of the exchange a local socket observed.
+    pub enum Side default Client {
+        Client = 1 => "client",
+        Server = 2 => "server",
+        Both = 3 => "both",
     }
 }
 
-/// State of the API key an exchange presented, against the registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyState {
-    Valid,
-    Unknown,
-    NotGrantedForApi,
-    Expired,
-    Revoked,
-    NotYetValid,
-    #[default]
-    None,
-}
-
-impl KeyState {
-    /// Every variant.
-    pub const ALL: [KeyState; 7] = [
-        KeyState::Valid,
-        KeyState::Unknown,
-        KeyState::NotGrantedForApi,
-        KeyState::Expired,
-        KeyState::Revoked,
-        KeyState::NotYetValid,
-        KeyState::None,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Valid => "valid",
-            KeyState::Unknown => "unknown",
-            KeyState::NotGrantedForApi => "not_granted_for_api",
-            KeyState::Expired => "expired",
-            KeyState::Revoked => "revoked",
-            KeyState::NotYetValid => "not_yet_valid",
-            KeyState::None => "none",
-        }
+stored_enum! {
+    /// State of the API key an exchange presented, against the registry.
+    pub enum KeyState default None {
+        Valid = 1 => "valid",
+        Unknown = 2 => "unknown",
+        NotGrantedForApi = 3 => "not_granted_for_api",
+        Expired = 4 => "expired",
+        Revoked = 5 => "revoked",
+        NotYetValid = 6 => "not_yet_valid",
+        None = 0 => "none",
     }
 }
 
-/// How the calling application was identified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AttributedBy {
-    Key,
-    Workload,
-    #[default]
-    None,
-}
-
-impl AttributedBy {
-    /// Every variant.
-    pub const ALL: [AttributedBy; 3] = [
-        AttributedBy::Key,
-        AttributedBy::Workload,
-        AttributedBy::None,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttributedBy::Key => "key",
-            AttributedBy::Workload => "workload",
-            AttributedBy::None => "none",
-        }
+stored_enum! {
+    /// How the calling application was identified.
+    pub enum AttributedBy default None {
+        Key = 1 => "key",
+        Workload = 2 => "workload",
+        None = 0 => "none",
     }
 }
 
@@ -219,101 +253,140 @@ impl<'de> Deserialize<'de> for SharedStr {
     }
 }
 
-/// One HTTP exchange (request and its response), with capture identity and business context.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    // --- capture (flow) ---
-    /// Request start (first byte of the request seen).
-    pub ts: Timestamp,
-    /// Request start to end of response headers, microseconds.
-    pub duration_us: u64,
-    pub side: Side,
-    pub method: String,
-    pub host: String,
-    /// Path without the query string.
-    pub path: String,
-    /// Query parameter names only (values never leave the agent).
-    pub query_keys: Vec<String>,
-    /// Response status; 0 when no response was seen (connection closed or timed out).
-    pub status: u16,
-    /// Request bytes on the wire: headers plus body.
-    pub req_bytes: u64,
-    /// Response bytes on the wire: headers plus body.
-    pub resp_bytes: u64,
-    pub src_ip: IpAddr,
-    pub src_port: u16,
-    pub dst_ip: IpAddr,
-    pub dst_port: u16,
-    pub client_pid: u32,
-    pub client_comm: SharedStr,
-    /// cgroup v2 path of the client socket ("" when not local).
-    pub client_cgroup: SharedStr,
-    pub server_pid: u32,
-    pub server_comm: SharedStr,
-    pub server_cgroup: SharedStr,
-    pub user_agent: String,
-    /// From `X-Request-Id`, else the trace id of `traceparent`.
-    pub request_id: String,
-    /// Headers exceeded the capture cap.
-    pub truncated: bool,
-    /// Stable id of the connection (socket cookie of the client socket when local, else of the server socket).
-    pub conn_id: u64,
+/// Every field of [`Event`], described once. The struct itself, the ClickHouse columns of `http_requests`
+/// (`sink::clickhouse::schema`), the RowBinary encoder (`sink::clickhouse::rowbinary`), the NDJSON writer
+/// (`sink::ndjson`) and the tests' row decoder (`observer/tests/common`) are all generated from this table by
+/// passing it to a macro of theirs: `event_fields!(their_macro)`.
+///
+/// One line per field: `name: RustType => ClickHouse type, codec ("" for the default), schema version`. The
+/// version is the ClickHouse migration that adds the column (1 for the original table; a new field takes a new
+/// version, listed in `sink::clickhouse::schema::MIGRATIONS`, which adds the column to existing tables). Names
+/// are a public contract (NDJSON keys and ClickHouse columns): add fields, never rename or reorder released ones.
+/// The Rust type must be one the sinks know how to write (see `RowBinary` and `JsonValue`; a new type is a
+/// compile error there until it is added). See README, "How to add an event field".
+#[macro_export]
+macro_rules! event_fields {
+    ($then:ident) => {
+        $then! {
+            // --- capture (flow) ---
+            /// Request start (first byte of the request seen).
+            ts: $crate::event::Timestamp => "DateTime64(6, 'UTC')", "CODEC(Delta(8), ZSTD(1))", 1;
+            /// Request start to end of response headers, microseconds.
+            duration_us: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
+            side: $crate::event::Side => $crate::event::enum8::<$crate::event::Side>(), "", 1;
+            method: String => "LowCardinality(String)", "", 1;
+            host: String => "LowCardinality(String)", "", 1;
+            /// Path without the query string.
+            path: String => "String", "CODEC(ZSTD(3))", 1;
+            /// Query parameter names only (values never leave the agent).
+            query_keys: Vec<String> => "Array(LowCardinality(String))", "", 1;
+            /// Response status; 0 when no response was seen (connection closed or timed out).
+            status: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 1;
+            /// Request bytes on the wire: headers plus body.
+            req_bytes: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
+            /// Response bytes on the wire: headers plus body.
+            resp_bytes: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
+            /// Stored as IPv6 (IPv4 as `::ffff:a.b.c.d`).
+            src_ip: std::net::IpAddr => "IPv6", "CODEC(ZSTD(1))", 1;
+            src_port: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 1;
+            dst_ip: std::net::IpAddr => "IPv6", "CODEC(ZSTD(1))", 1;
+            dst_port: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 1;
+            client_pid: u32 => "UInt32", "CODEC(T64, ZSTD(1))", 1;
+            client_comm: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
+            /// cgroup v2 path of the client socket ("" when not local).
+            client_cgroup: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
+            server_pid: u32 => "UInt32", "CODEC(T64, ZSTD(1))", 1;
+            server_comm: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
+            server_cgroup: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
+            user_agent: String => "LowCardinality(String)", "", 1;
+            /// From `X-Request-Id`, else the trace id of `traceparent`.
+            request_id: String => "String", "CODEC(ZSTD(3))", 1;
+            /// Headers exceeded the capture cap.
+            truncated: bool => "Bool", "", 1;
+            /// Stable id of the connection (socket cookie of the client socket when local, else of the server
+            /// socket).
+            conn_id: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
+            /// The connection closed before a message's declared end: its size counts the bytes sent.
+            incomplete: bool => "Bool", "", 4;
+            /// Why the request's or response's framing may be read differently by another reader (request
+            /// smuggling): `bare_lf`, `cl_and_te`, `content_length`, `transfer_encoding`, `follows_anomaly`
+            /// (`http::Anomalies`); empty for nearly every exchange.
+            framing_anomaly: Vec<String> => "Array(LowCardinality(String))", "", 4;
 
-    // --- business context (enrich) ---
-    pub api_id: String,
-    pub api_name: String,
-    pub api_owner: String,
-    pub route: String,
-    pub app_id: String,
-    pub app_name: String,
-    pub app_team: String,
-    pub line_of_business: String,
-    pub key_fingerprint: String,
-    pub key_suffix: String,
-    pub key_state: KeyState,
-    pub attributed_by: AttributedBy,
+            // --- business context (enrich) ---
+            api_id: String => "LowCardinality(String)", "", 1;
+            api_name: String => "LowCardinality(String)", "", 1;
+            api_owner: String => "LowCardinality(String)", "", 1;
+            route: String => "LowCardinality(String)", "", 1;
+            app_id: String => "LowCardinality(String)", "", 1;
+            app_name: String => "LowCardinality(String)", "", 1;
+            app_team: String => "LowCardinality(String)", "", 1;
+            line_of_business: String => "LowCardinality(String)", "", 1;
+            key_fingerprint: String => "LowCardinality(String)", "", 1;
+            key_suffix: String => "LowCardinality(String)", "", 1;
+            key_state: $crate::event::KeyState => $crate::event::enum8::<$crate::event::KeyState>(), "", 1;
+            attributed_by: $crate::event::AttributedBy
+                => $crate::event::enum8::<$crate::event::AttributedBy>(), "", 1;
+
+            // --- new fields go here (or at the end of the section they belong to), with a new schema version ---
+        }
+    };
 }
 
-impl Default for Event {
-    fn default() -> Self {
-        Event {
-            ts: Timestamp::default(),
-            duration_us: 0,
-            side: Side::default(),
-            method: String::new(),
-            host: String::new(),
-            path: String::new(),
-            query_keys: Vec::new(),
-            status: 0,
-            req_bytes: 0,
-            resp_bytes: 0,
-            src_ip: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            src_port: 0,
-            dst_ip: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            dst_port: 0,
-            client_pid: 0,
-            client_comm: SharedStr::default(),
-            client_cgroup: SharedStr::default(),
-            server_pid: 0,
-            server_comm: SharedStr::default(),
-            server_cgroup: SharedStr::default(),
-            user_agent: String::new(),
-            request_id: String::new(),
-            truncated: false,
-            conn_id: 0,
-            api_id: String::new(),
-            api_name: String::new(),
-            api_owner: String::new(),
-            route: String::new(),
-            app_id: String::new(),
-            app_name: String::new(),
-            app_team: String::new(),
-            line_of_business: String::new(),
-            key_fingerprint: String::new(),
-            key_suffix: String::new(),
-            key_state: KeyState::None,
-            attributed_by: AttributedBy::None,
+/// Defines [`Event`] and its `Default` from [`event_fields!`].
+macro_rules! define_event {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty => $ch:expr, $codec:literal, $since:literal; )*) => {
+        /// One HTTP exchange (request and its response), with capture identity and business context. Fields:
+        /// see [`event_fields!`].
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct Event {
+            $( $(#[$doc])* pub $name: $ty, )*
         }
+
+        impl Default for Event {
+            fn default() -> Self {
+                Event {
+                    $( $name: Empty::empty(), )*
+                }
+            }
+        }
+    };
+}
+
+crate::event_fields!(define_event);
+
+/// The value of a field in `Event::default()`: zero, empty, the enum's default, the unspecified address.
+trait Empty {
+    fn empty() -> Self;
+}
+
+macro_rules! empty_is_default {
+    ($($t:ty),*) => {
+        $(impl Empty for $t {
+            fn empty() -> Self {
+                Self::default()
+            }
+        })*
+    };
+}
+
+empty_is_default!(
+    u16,
+    u32,
+    u64,
+    bool,
+    String,
+    SharedStr,
+    Vec<String>,
+    Timestamp,
+    Side,
+    KeyState,
+    AttributedBy
+);
+
+impl Empty for IpAddr {
+    fn empty() -> Self {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     }
 }
 
@@ -331,6 +404,42 @@ pub struct Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enums_have_fixed_codes_and_enum8_lists_them_in_code_order() {
+        assert_eq!(
+            enum8::<Side>(),
+            "Enum8('client' = 1, 'server' = 2, 'both' = 3)"
+        );
+        assert_eq!(
+            enum8::<KeyState>(),
+            "Enum8('none' = 0, 'valid' = 1, 'unknown' = 2, 'not_granted_for_api' = 3, \
+             'expired' = 4, 'revoked' = 5, 'not_yet_valid' = 6)"
+        );
+        assert_eq!(
+            enum8::<AttributedBy>(),
+            "Enum8('none' = 0, 'key' = 1, 'workload' = 2)"
+        );
+        for k in KeyState::ALL {
+            assert_eq!(KeyState::from_code(k.code()), Some(k));
+            let json = serde_json::to_string(&k).expect("json");
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(serde_json::from_str::<KeyState>(&json).expect("back"), k);
+        }
+        assert_eq!(KeyState::from_code(7), None);
+        let err = serde_json::from_str::<Side>("\"sideways\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sideways") && err.contains("client"), "{err}");
+        assert_eq!(
+            (
+                Side::default(),
+                KeyState::default(),
+                AttributedBy::default()
+            ),
+            (Side::Client, KeyState::None, AttributedBy::None)
+        );
+    }
 
     #[test]
     fn shared_str_reads_compares_and_serializes_as_a_plain_string() {

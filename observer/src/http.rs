@@ -5,6 +5,8 @@
 //! stored; [`BodyLength`] says how far the message extends and [`ChunkedDecoder`] walks chunked framing byte by byte
 //! across segment boundaries.
 
+use observer_common::{is_tchar, MAX_METHOD_LEN};
+
 /// Headers kept per message; a head with more is malformed (and counted by the caller).
 pub const MAX_HEADERS: usize = 64;
 
@@ -38,6 +40,69 @@ pub enum Parsed<T> {
     Complete(T),
     /// The head is not complete in the bytes given.
     Partial,
+}
+
+/// Framing a server and a proxy may read differently (request smuggling, response splitting), as a set of reasons.
+/// The message is still read the lenient way (as most servers do); the set says where another reading was possible.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Anomalies(u8);
+
+impl Anomalies {
+    /// A line of the head ends in a bare LF: a reader that wants CRLF sees one line where this one sees two (how a
+    /// header hidden in another's value, "missing CR between headers", becomes a body length).
+    pub const BARE_LF: Anomalies = Anomalies(1);
+    /// Both Content-Length and Transfer-Encoding: chunked framing was used, a reader that trusts the length is off.
+    pub const CL_AND_TE: Anomalies = Anomalies(2);
+    /// Content-Length other than one plain number: spaces inside, a list, several fields, a sign, no digits.
+    pub const CONTENT_LENGTH: Anomalies = Anomalies(4);
+    /// A request's Transfer-Encoding whose final coding is not chunked: its length is unknowable.
+    pub const TRANSFER_ENCODING: Anomalies = Anomalies(8);
+    /// The message starts where an anomalous message before it on the same stream was read to end: under another
+    /// reading these bytes were part of that message (the smuggled request).
+    pub const FOLLOWS_ANOMALY: Anomalies = Anomalies(16);
+
+    /// Every reason with its name (stable: event values and metric labels), in bit order.
+    pub const ALL: [(Anomalies, &'static str); 5] = [
+        (Anomalies::BARE_LF, "bare_lf"),
+        (Anomalies::CL_AND_TE, "cl_and_te"),
+        (Anomalies::CONTENT_LENGTH, "content_length"),
+        (Anomalies::TRANSFER_ENCODING, "transfer_encoding"),
+        (Anomalies::FOLLOWS_ANOMALY, "follows_anomaly"),
+    ];
+
+    pub const NONE: Anomalies = Anomalies(0);
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, other: Anomalies) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn insert(&mut self, other: Anomalies) {
+        self.0 |= other.0;
+    }
+
+    /// The names of the reasons present, in [`Anomalies::ALL`] order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Anomalies::ALL
+            .into_iter()
+            .filter(move |(a, _)| self.contains(*a))
+            .map(|(_, n)| n)
+    }
+}
+
+impl std::ops::BitOr for Anomalies {
+    type Output = Anomalies;
+    fn bitor(self, rhs: Anomalies) -> Anomalies {
+        Anomalies(self.0 | rhs.0)
+    }
+}
+
+/// Whether a line of `head` ends in LF without CR.
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// Header fields of one message in two allocations, not two per field: names and values sit back to back in one
@@ -124,8 +189,12 @@ pub struct RequestHead {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     pub headers: Headers,
+    /// What the header fields say about framing, read while they were collected.
+    pub framing: Framing,
     /// Bytes of the head on the wire, including the final empty line.
     pub head_len: usize,
+    /// Where the head's framing allows another reading.
+    pub anomalies: Anomalies,
 }
 
 /// A parsed status line and header block.
@@ -138,6 +207,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Bytes of the head on the wire, including the final empty line.
     pub head_len: usize,
+    /// Where the head's framing allows another reading.
+    pub anomalies: Anomalies,
 }
 
 /// Either kind of head.
@@ -184,6 +255,9 @@ pub struct Framing {
     /// Content-Length, tolerating repeated identical values (`5, 5`); differing or non-numeric values are an
     /// error naming the field's value.
     content_length: Result<Option<u64>, String>,
+    /// A Content-Length field was there, and one was not a single plain number (see [`Anomalies::CONTENT_LENGTH`]).
+    content_length_seen: bool,
+    content_length_odd: bool,
     close: bool,
     keep_alive: bool,
 }
@@ -193,6 +267,8 @@ impl Default for Framing {
         Framing {
             chunked_last: None,
             content_length: Ok(None),
+            content_length_seen: false,
+            content_length_odd: false,
             close: false,
             keep_alive: false,
         }
@@ -217,6 +293,10 @@ impl Framing {
                 self.chunked_last = Some(last.eq_ignore_ascii_case("chunked"));
             }
         } else if name.eq_ignore_ascii_case("content-length") {
+            self.content_length_odd |= self.content_length_seen
+                || value.is_empty()
+                || !value.bytes().all(|b| b.is_ascii_digit());
+            self.content_length_seen = true;
             let Ok(found) = &self.content_length else {
                 return; // the first bad value is the one reported
             };
@@ -242,6 +322,21 @@ impl Framing {
         }
     }
 
+    /// What in these fields allows another reading of the framing; `request` adds the request-only rules.
+    fn anomalies(&self, request: bool) -> Anomalies {
+        let mut a = Anomalies::NONE;
+        if self.content_length_seen && self.chunked_last.is_some() {
+            a.insert(Anomalies::CL_AND_TE);
+        }
+        if self.content_length_odd {
+            a.insert(Anomalies::CONTENT_LENGTH);
+        }
+        if request && self.chunked_last == Some(false) {
+            a.insert(Anomalies::TRANSFER_ENCODING);
+        }
+        a
+    }
+
     fn content_length(&self) -> Result<Option<u64>, ParseError> {
         self.content_length
             .clone()
@@ -262,7 +357,7 @@ impl RequestHead {
 
     /// Body framing of the request (RFC 9112 §6.3): chunked wins over Content-Length; neither means no body.
     pub fn body_length(&self) -> Result<BodyLength, ParseError> {
-        let framing = Framing::of(self.headers.iter());
+        let framing = &self.framing;
         match framing.chunked_last {
             Some(true) => return Ok(BodyLength::Chunked),
             Some(false) => {
@@ -285,13 +380,15 @@ impl RequestHead {
 
     /// Whether the client asks to keep the connection open after this exchange.
     pub fn keep_alive(&self) -> bool {
-        Framing::of(self.headers.iter()).keep_alive(self.minor_version)
+        self.framing.keep_alive(self.minor_version)
     }
 
-    /// Path of the target without query string (absolute-form targets are reduced to their path).
+    /// Path of the target without query string (absolute-form targets are reduced to their path, `/` when it is
+    /// empty: RFC 9112 §3.2.2).
     pub fn path(&self) -> &str {
         let t = origin_part(&self.target);
         match t.find(['?', '#']) {
+            Some(0) => "/",
             Some(i) => &t[..i],
             None => t,
         }
@@ -308,19 +405,27 @@ impl RequestHead {
         }
     }
 
-    /// Host header, else the authority of an absolute-form or authority-form target.
+    /// Host header, else the authority of an absolute-form or authority-form target; any userinfo
+    /// (`user:password@`) is left out, so credentials never reach an event.
     pub fn host(&self) -> &str {
         if let Some(h) = self.header("host") {
-            return h.trim();
+            return without_userinfo(h.trim());
         }
         if let Some(rest) = self.target.split_once("://").map(|(_, r)| r) {
-            return rest.split(['/', '?', '#']).next().unwrap_or("");
+            return without_userinfo(rest.split(['/', '?', '#']).next().unwrap_or(""));
         }
         if self.method.eq_ignore_ascii_case("CONNECT") {
-            return &self.target;
+            return without_userinfo(&self.target);
         }
         ""
     }
+}
+
+/// An authority without its userinfo: `user:pass@host:1234` gives `host:1234` (userinfo cannot hold `@`).
+fn without_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }
 
 /// The origin-form part of a target: absolute-form `http://h/p?q` gives `/p?q`; `*` and origin-form are unchanged.
@@ -379,15 +484,22 @@ impl ResponseHead {
     }
 }
 
-fn collect_headers<'a>(headers: impl Iterator<Item = &'a httparse::Header<'a>> + Clone) -> Headers {
+/// The fields as [`Headers`], and what they say about framing.
+fn collect_headers<'a>(
+    headers: impl Iterator<Item = &'a httparse::Header<'a>> + Clone,
+) -> (Headers, Framing) {
     let (fields, bytes) = headers.clone().fold((0, 0), |(f, b), h| {
         (f + 1, b + h.name.len() + h.value.len())
     });
     let mut out = Headers::with_capacity(fields, bytes);
+    let mut framing = Framing::default();
     for h in headers {
-        with_text(h.value, |v| out.push(h.name, v));
+        with_text(h.value, |v| {
+            framing.add(h.name, v);
+            out.push(h.name, v)
+        });
     }
-    out
+    (out, framing)
 }
 
 /// Hands `f` a header value as text, trimmed. Values are almost always ASCII: checked as UTF-8 first, which is much
@@ -405,13 +517,22 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf)? {
         httparse::Status::Partial => Ok(Parsed::Partial),
-        httparse::Status::Complete(head_len) => Ok(Parsed::Complete(RequestHead {
-            method: req.method.unwrap_or_default().to_string(),
-            target: req.path.unwrap_or_default().to_string(),
-            minor_version: req.version.unwrap_or(1),
-            headers: collect_headers(req.headers.iter()),
-            head_len,
-        })),
+        httparse::Status::Complete(head_len) => {
+            let (headers, framing) = collect_headers(req.headers.iter());
+            let mut anomalies = framing.anomalies(true);
+            if has_bare_lf(&buf[..head_len]) {
+                anomalies.insert(Anomalies::BARE_LF);
+            }
+            Ok(Parsed::Complete(RequestHead {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+                minor_version: req.version.unwrap_or(1),
+                headers,
+                framing,
+                head_len,
+                anomalies,
+            }))
+        }
     }
 }
 
@@ -421,18 +542,23 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf)? {
         httparse::Status::Partial => Ok(Parsed::Partial),
-        httparse::Status::Complete(head_len) => Ok(Parsed::Complete(ResponseHead {
-            minor_version: resp.version.unwrap_or(1),
-            status: resp.code.unwrap_or(0),
-            framing: {
-                let mut f = Framing::default();
-                for h in resp.headers.iter() {
-                    with_text(h.value, |v| f.add(h.name, v));
-                }
-                f
-            },
-            head_len,
-        })),
+        httparse::Status::Complete(head_len) => {
+            let mut framing = Framing::default();
+            for h in resp.headers.iter() {
+                with_text(h.value, |v| framing.add(h.name, v));
+            }
+            let mut anomalies = framing.anomalies(false);
+            if has_bare_lf(&buf[..head_len]) {
+                anomalies.insert(Anomalies::BARE_LF);
+            }
+            Ok(Parsed::Complete(ResponseHead {
+                minor_version: resp.version.unwrap_or(1),
+                status: resp.code.unwrap_or(0),
+                framing,
+                head_len,
+                anomalies,
+            }))
+        }
     }
 }
 
@@ -442,14 +568,14 @@ fn is_response_prefix(buf: &[u8]) -> bool {
     buf[..n] == b"HTTP/"[..n]
 }
 
-/// The bytes start with a method-like token (uppercase letters, then a space), as the kernel classifier requires.
+/// The bytes start with a method token (token characters, then a space), as the kernel classifier requires.
 pub fn looks_like_request(buf: &[u8]) -> bool {
     let token_len = buf
         .iter()
-        .take(20)
-        .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
+        .take(MAX_METHOD_LEN + 1)
+        .take_while(|b| is_tchar(**b))
         .count();
-    token_len > 0 && buf.get(token_len) == Some(&b' ')
+    (1..=MAX_METHOD_LEN).contains(&token_len) && buf.get(token_len) == Some(&b' ')
 }
 
 /// Parses whichever head starts `buf`: a response if it begins with `HTTP/`, else a request.
@@ -466,7 +592,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<Head>, ParseError> {
             Parsed::Partial => Parsed::Partial,
         });
     }
-    if !buf[0].is_ascii_alphabetic() {
+    if !is_tchar(buf[0]) {
         return Err(ParseError::NotHttp);
     }
     Ok(match parse_request(buf)? {
@@ -505,8 +631,8 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
         return Some(Head::Response(ResponseHead {
             minor_version: u8::from(first.ends_with(".1")),
             status,
-            framing: Framing::default(),
             head_len: buf.len(),
+            ..ResponseHead::default()
         }));
     }
     if !looks_like_request(buf) {
@@ -517,8 +643,8 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
         method: first.to_string(),
         target,
         minor_version: 1,
-        headers: Headers::default(),
         head_len: buf.len(),
+        ..RequestHead::default()
     }))
 }
 
@@ -900,12 +1026,85 @@ mod tests {
         let r = req(b"CONNECT db:5432 HTTP/1.1\r\n\r\n");
         assert_eq!(r.host(), "db:5432");
         let r = req(b"GET http://h?z=1 HTTP/1.1\r\n\r\n");
-        assert_eq!(r.path(), "");
+        assert_eq!(r.path(), "/", "an empty absolute-form path is /");
         assert_eq!(r.query(), "z=1");
+        let r = req(b"GET http://h#f HTTP/1.1\r\n\r\n");
+        assert_eq!(r.path(), "/");
         // An origin-form target whose query holds a URL is not mistaken for absolute form.
         let r = req(b"GET /login?next=https://x.example/home HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(r.path(), "/login");
         assert_eq!(r.query(), "next=https://x.example/home");
+    }
+
+    #[test]
+    fn userinfo_never_reaches_the_host() {
+        let r = req(b"GET http://user:pass@h.example:1234/p HTTP/1.1\r\n\r\n");
+        assert_eq!((r.host(), r.path()), ("h.example:1234", "/p"));
+        let r = req(b"GET http://a%40b:p%40ss@h?x=1 HTTP/1.1\r\n\r\n");
+        assert_eq!((r.host(), r.path(), r.query()), ("h", "/", "x=1"));
+        let r = req(b"GET / HTTP/1.1\r\nHost: user:pw@h.example\r\n\r\n");
+        assert_eq!(r.host(), "h.example");
+        let r = req(b"CONNECT user:pw@db:5432 HTTP/1.1\r\n\r\n");
+        assert_eq!(r.host(), "db:5432");
+        let r = req(b"GET /a@b HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(
+            (r.host(), r.path()),
+            ("h", "/a@b"),
+            "an @ in the path is not userinfo"
+        );
+    }
+
+    #[test]
+    fn methods_by_shape() {
+        for line in [
+            &b"PURGE /x HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"M-SEARCH * HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"QUERY /q HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"VERSION-CONTROL /v HTTP/1.1\r\n\r\n",
+            b"x-custom.1 /v HTTP/1.1\r\n\r\n",
+        ] {
+            let method = line.split(|b| *b == b' ').next().unwrap_or_default();
+            assert!(looks_like_request(line), "{line:?}");
+            match parse_head(line) {
+                Ok(Parsed::Complete(Head::Request(r))) => assert_eq!(r.method.as_bytes(), method),
+                other => panic!("{line:?}: {other:?}"),
+            }
+        }
+        assert!(!looks_like_request(b"{\"a\": 1}"));
+        assert!(!looks_like_request(b"Host: x"));
+    }
+
+    #[test]
+    fn framing_anomalies_are_named() {
+        let names = |a: Anomalies| a.names().collect::<Vec<_>>();
+        let r = req(b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n");
+        assert!(r.anomalies.is_empty(), "{:?}", names(r.anomalies));
+        let r = req(b"GET / HTTP/1.1\nHost: h\n\n");
+        assert_eq!(names(r.anomalies), ["bare_lf"]);
+        // "Missing CR between headers": the smuggling reading takes the hidden field as the body length.
+        let r = req(b"GET / HTTP/1.1\r\nDummy: x\nContent-Length: 23\r\n\r\n");
+        assert_eq!(names(r.anomalies), ["bare_lf"]);
+        assert_eq!(
+            r.body_length(),
+            Ok(BodyLength::Length(23)),
+            "read the lenient way"
+        );
+        let r = req(b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(names(r.anomalies), ["cl_and_te"]);
+        assert_eq!(r.body_length(), Ok(BodyLength::Chunked));
+        let r = req(b"POST / HTTP/1.1\r\nContent-Length: 1 0\r\n\r\n");
+        assert_eq!(names(r.anomalies), ["content_length"]);
+        let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(names(r.anomalies), ["content_length"]);
+        assert_eq!(r.body_length(), Ok(BodyLength::Length(5)));
+        let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(names(r.anomalies), ["content_length"]);
+        let r = req(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!(names(r.anomalies), ["transfer_encoding"]);
+        let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\n\r\n");
+        assert_eq!(names(r.anomalies), ["bare_lf", "cl_and_te"]);
+        let r = resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert!(r.anomalies.is_empty(), "a response may run until the close");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! observer: eBPF HTTP traffic observer with business context.
 use clap::{Parser, Subcommand};
-use observer::{agent, registry, sink};
+use observer::{agent, insights, registry, sink};
 
 /// Every exchange allocates its strings on the capture thread and frees them on a sink's; mimalloc handles that
 /// cross-thread pattern with less work than glibc's arenas (`cargo xtask bench`).
@@ -26,6 +26,8 @@ enum Command {
     Registry(registry::RegistryCommand),
     /// Manage observer's ClickHouse schema (apply migrations, print DDL).
     Schema(sink::SchemaCommand),
+    /// Findings from traffic: replay an events file through the detectors, evaluate them on generated scenarios.
+    Insights(insights::cli::InsightsCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => agent::run(*args)?,
         Command::Registry(cmd) => registry::run(cmd)?,
         Command::Schema(cmd) => tokio::runtime::Runtime::new()?.block_on(cmd.run())?,
+        Command::Insights(cmd) => insights::cli::run(cmd)?,
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The agent's own health: counters and gauges every component publishes, served as Prometheus text on
-//! `/metrics`, and `/readyz`, which answers 200 only once every program is attached.
+//! `/metrics`, `/healthz` (the process answers: liveness) and `/readyz`, which answers 200 only once every program is
+//! attached (and, with `--kubernetes`, this node's pods are listed).
 use std::{
     fmt::Write as _,
     net::SocketAddr,
@@ -147,7 +148,7 @@ async fn ready_handler(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static s
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: programs not attached\n",
+            "not ready: programs not attached (or, with --kubernetes, pods not listed yet)\n",
         )
     }
 }
@@ -161,6 +162,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/readyz", get(ready_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(metrics);
     Ok(async move {
         if let Err(e) = axum::serve(listener, app).await {

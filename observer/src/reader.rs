@@ -337,34 +337,14 @@ impl Pace {
     }
 }
 
-/// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` uses.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Offset that turns a CLOCK_MONOTONIC timestamp into Unix time (ns).
-#[allow(clippy::unnecessary_cast)] // time_t and c_long are not i64 on every target
-pub fn mono_to_unix_offset_ns() -> i64 {
-    let mut rt = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let mono = monotonic_ns();
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut rt) };
-    (rt.tv_sec as i64 * 1_000_000_000 + rt.tv_nsec as i64) - mono as i64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         let p = v as *const T as *const u8;
+        // SAFETY: `v` is a live, initialised `T` (the records are `#[repr(C)]` plain data without padding), so
+        // its size_of::<T>() bytes are readable for the borrow's duration.
         unsafe { std::slice::from_raw_parts(p, size_of::<T>()) }.to_vec()
     }
 
@@ -404,6 +384,8 @@ mod tests {
         }
         fn bytes(&mut self) -> &mut [u8] {
             let n = self.0.len() * 8;
+            // SAFETY: the Vec<u64> owns exactly n initialised bytes, any byte pattern is a valid u64, and the
+            // returned slice borrows `self` mutably, so nothing else aliases it.
             unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), n) }
         }
         /// Writes a header at `pos` and its payload, into both copies of the data.

@@ -19,12 +19,16 @@ use common::{
 };
 use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
 use observer::sink;
-use observer::sink::clickhouse::{
-    column_list, encode_event, rbwnat_header, write_registry, HttpRequestRow, TABLE,
+use observer::sink::clickhouse::migrations;
+use observer::sink::clickhouse::registry_rows::{
+    ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow,
 };
-use observer::sink::registry_rows::{ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow};
-use observer::sink::schema::{self, Retention, SchemaConfig, SchemaError};
-use observer::sink::spool::{BatchId, Spool, SpooledBatch};
+use observer::sink::clickhouse::rowbinary::{
+    column_list, encode_event, from_ipv6, rbwnat_header, to_ipv6,
+};
+use observer::sink::clickhouse::schema::{self, Retention, SchemaConfig, SchemaError};
+use observer::sink::clickhouse::spool::{BatchId, Spool, SpooledBatch};
+use observer::sink::clickhouse::{write_registry, TABLE};
 
 /// Deterministic pseudo-random numbers.
 struct Lcg(u64);
@@ -190,7 +194,7 @@ async fn upgrade_from_previous_version_keeps_data() {
     let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
     let url = srv.url();
 
-    let prev = schema::latest_version() - 1;
+    let prev = migrations::latest_version() - 1;
     let r = apply(&url, Some(prev)).await;
     assert_eq!(r.to, prev);
     let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 1024)
@@ -205,7 +209,7 @@ async fn upgrade_from_previous_version_keeps_data() {
 
     let r = apply(&url, None).await;
     assert_eq!(r.from, Some(prev));
-    assert_eq!(r.applied, vec![schema::latest_version()], "{r}");
+    assert_eq!(r.applied, vec![migrations::latest_version()], "{r}");
     assert_eq!(
         count(&url, "SELECT count() FROM observer.http_requests").await,
         500
@@ -223,7 +227,7 @@ async fn upgrade_from_previous_version_keeps_data() {
         schema::current_version(&client(&url), &url, "observer")
             .await
             .expect("version"),
-        Some(schema::latest_version())
+        Some(migrations::latest_version())
     );
 }
 
@@ -315,24 +319,23 @@ async fn round_trip_every_column_with_edge_values() {
     insert_events(&url, &dir.path().join("spool"), &events).await;
 
     let c = client(&url).with_database("observer");
-    let rows: Vec<HttpRequestRow> = c
-        .query("SELECT ?fields FROM http_requests ORDER BY conn_id")
-        .fetch_all()
+    let bytes = c
+        .query(&format!(
+            "SELECT {} FROM http_requests ORDER BY conn_id",
+            column_list()
+        ))
+        .fetch_bytes("RowBinary")
+        .expect("query")
+        .collect()
         .await
-        .expect("read back with the crate's validated RowBinary decoder");
+        .expect("read back as RowBinary");
+    let got = common::rowbinary::decode_events(&bytes);
     let mut want = events.clone();
     want.sort_by_key(|e| e.conn_id);
     // IPv4-mapped IPv6 reads back as IPv4, by design.
     for e in want.iter_mut() {
-        e.src_ip = sink::clickhouse::from_ipv6(sink::clickhouse::to_ipv6(e.src_ip));
+        e.src_ip = from_ipv6(to_ipv6(e.src_ip));
     }
-    let got: Vec<Event> = rows
-        .iter()
-        .map(|r| {
-            r.to_event()
-                .unwrap_or_else(|| panic!("unknown enum code in {r:?}"))
-        })
-        .collect();
     assert_eq!(
         got.iter().map(|e| e.conn_id).collect::<Vec<_>>(),
         want.iter().map(|e| e.conn_id).collect::<Vec<_>>()
@@ -351,17 +354,18 @@ async fn round_trip_every_column_with_edge_values() {
         "::ffff:192.0.2.1 not_granted_for_api 2025-12-31 23:59:59.999999"
     );
 
-    // The crate's own typed insert of the same rows stores identical data: our encoder matches its serializer.
-    let mut ins = c
-        .insert::<HttpRequestRow>(TABLE)
-        .await
-        .expect("typed insert");
+    // The two encoders generated from the event table agree: the same events as NDJSON (JSONEachRow, parsed by
+    // the server) are the same rows as the sink's RowBinary.
+    let mut body = Vec::new();
     for e in &events {
-        ins.write(&HttpRequestRow::from(e))
-            .await
-            .expect("write row");
+        observer::sink::ndjson::write_event(e, &mut body);
+        body.push(b'\n');
     }
-    ins.end().await.expect("end typed insert");
+    let mut ins = c
+        .insert_formatted_with("INSERT INTO http_requests FORMAT JSONEachRow")
+        .with_setting("date_time_input_format", "best_effort");
+    ins.send(body.into()).await.expect("send NDJSON");
+    ins.end().await.expect("insert NDJSON");
     let distinct = count(
         &url,
         "SELECT count() FROM (SELECT DISTINCT * FROM observer.http_requests)",
@@ -370,7 +374,7 @@ async fn round_trip_every_column_with_edge_values() {
     assert_eq!(
         distinct,
         events.len() as u64,
-        "typed insert and sink encoding differ"
+        "NDJSON and RowBinary encodings differ"
     );
 }
 

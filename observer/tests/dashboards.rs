@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use common::{apply, client, devserver_paths, serial, DevServer};
 use observer::event::{Event, KeyState};
-use observer::sink::schema::{KEY_STATE_ENUM, ROLLUP_QUANTILES};
+use observer::sink::clickhouse::migrations::ROLLUP_QUANTILES;
 use serde_json::{Map, Value};
 use traffic::{fixture_events, load_fixtures, SPAN_S, T0_S};
 
@@ -509,7 +509,7 @@ fn dashboards_are_well_formed() {
         .find(|v| v["name"] == "key_state")
         .expect("api-consumption.json: key_state variable");
     let q = key_state["query"].as_str().unwrap_or_default();
-    for state in KEY_STATE_ENUM.split('\'').skip(1).step_by(2) {
+    for state in KeyState::NAMES {
         assert!(
             q.contains(&format!("'{state}'")),
             "api-consumption.json: key_state variable misses {state:?}: {q}"

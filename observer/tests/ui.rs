@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use common::{apply, client, devserver_paths, serial, DevServer};
 use observer::event::{Event, KeyState};
-use observer::sink::registry_rows::RegistryRows;
+use observer::sink::clickhouse::registry_rows::RegistryRows;
 use observer::ui::{self, memory::MemoryStore, Source, UiState};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -393,6 +393,24 @@ pub fn python_server(dir: &Path, ns: Option<&str>, addr: &str, port: u16) -> Pro
     p
 }
 
+/// A byte-level python3 HTTP/1.x server that answers any request line. See `raw_server.py` next to this file.
+pub const RAW_SERVER: &str = include_str!("raw_server.py");
+
+/// Starts the raw test server on `addr:port` (on loopback: no namespace).
+pub fn raw_server(dir: &Path, addr: &str, port: u16) -> Proc {
+    let script = dir.join("raw_server.py");
+    std::fs::write(&script, RAW_SERVER).expect("writing raw_server.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .arg(addr)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = Proc::spawn(&mut cmd, "python raw test server");
+    wait_tcp(&format!("{addr}:{port}"), None);
+    p
+}
+
 /// nginx serving `dir/html` on `addr:port` with an access log counting every request it answered.
 pub fn nginx(dir: &Path, ns: Option<&str>, addr: &str, port: u16) -> Proc {
     std::fs::create_dir_all(dir.join("html")).expect("html dir");

@@ -556,3 +556,159 @@ fn clean_exit_detaches_everything_and_bad_input_is_named() {
     );
     fail(&["run", "--ports", "http"], "invalid port");
 }
+
+/// Sends `bytes` as they are on a new connection to the raw server, ends the sending side and reads until the
+/// server closes.
+fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.write_all(bytes).expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut resp = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.read_to_end(&mut resp).expect("read");
+    resp
+}
+
+#[test]
+fn real_world_messages_every_method_empty_lines_userinfo_short_bodies_and_ambiguous_framing() {
+    require_root();
+    let dir = scratch("shapes");
+    let port = 18321;
+    let _server = raw_server(&dir, "127.0.0.1", port);
+    let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
+    let base = format!("http://127.0.0.1:{port}");
+    // Registered methods the kernel used to miss, and extension methods recognised by their request line.
+    let methods = [
+        "PURGE",
+        "QUERY",
+        "REPORT",
+        "SEARCH",
+        "LINK",
+        "UNLINK",
+        "M-SEARCH",
+        "PROPFIND",
+        "MKCOL",
+        "BASELINE-CONTROL",
+        "X_Custom.v2",
+    ];
+    for m in methods {
+        curl(None, &["-X", m, &format!("{base}/m/{m}")]);
+    }
+    // An extension method whose request line does not end within the kernel's window: not captured, counted.
+    let long = format!("/long/{}", "a".repeat(300));
+    curl(None, &["-X", "NOTREGISTERED", &format!("{base}{long}")]);
+    // Empty lines before a request, and before a response.
+    raw_exchange(
+        port,
+        b"\r\n\r\nGET /lead-crlf HTTP/1.1\r\nHost: lead.test\r\n\r\n",
+    );
+    raw_exchange(port, b"GET /crlf-first HTTP/1.1\r\nHost: lead.test\r\n\r\n");
+    // Absolute form with an empty path, and with credentials.
+    raw_exchange(port, b"GET http://abs.test?x=1 HTTP/1.1\r\n\r\n");
+    raw_exchange(
+        port,
+        b"GET http://alice:s3cret-pw@creds.test:1234/creds HTTP/1.1\r\n\r\n",
+    );
+    // A declared body that never goes on the wire.
+    let short = raw_exchange(
+        port,
+        b"POST /short-body HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc",
+    );
+    assert!(short.starts_with(b"HTTP/1.1 400"), "{short:?}");
+    // Ambiguous framing, read leniently and marked.
+    raw_exchange(port, b"GET /bare-lf HTTP/1.1\nHost: h\n\n");
+    raw_exchange(
+        port,
+        b"POST /cl-te HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    raw_exchange(
+        port,
+        b"POST /cl-spaces HTTP/1.1\r\nHost: h\r\nContent-Length: 1 0\r\n\r\n",
+    );
+    // "Missing CR between headers": under the lenient reading the hidden field frames a body and a second request.
+    let smuggle = b"GET /front HTTP/1.1\r\nHost: h\r\nDummy: x\nContent-Length: 23\r\n\r\nGET / HTTP/1.1\r\nDummy: GET /admin HTTP/1.1\r\nHost: h\r\n\r\n";
+    raw_exchange(port, smuggle);
+    let counted = |name: &str| {
+        eventually(Duration::from_secs(5), || {
+            obs.metrics_text()
+                .lines()
+                .any(|l| l.starts_with(name) && !l.ends_with(" 0"))
+        })
+    };
+    assert!(
+        counted("observer_kernel_start_unconfirmed_total "),
+        "{}",
+        obs.metrics_text()
+    );
+    for reason in ["bare_lf", "cl_and_te", "content_length", "follows_anomaly"] {
+        assert!(
+            counted(&format!(
+                "observer_flow_framing_anomalies_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}: {}",
+            obs.metrics_text()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = obs.log();
+    let all = obs.stop();
+    let events = on_port(&all, port);
+    let m = by_path(&events);
+    for method in methods {
+        let e = one(&m, &format!("{method} /m/{method}"), &events);
+        assert_eq!(e["status"], 200, "{e}");
+        assert_eq!(e["framing_anomaly"], serde_json::json!([]), "{e}");
+        assert_eq!(e["incomplete"], false, "{e}");
+    }
+    assert!(
+        !events.iter().any(|e| e["method"] == "NOTREGISTERED"),
+        "{}",
+        brief(&events)
+    );
+    let e = one(&m, "GET /lead-crlf", &events);
+    assert_eq!(
+        (&e["host"], &e["status"]),
+        (&"lead.test".into(), &200.into()),
+        "{e}"
+    );
+    let e = one(&m, "GET /crlf-first", &events);
+    assert_eq!(
+        e["status"], 200,
+        "a response after an empty line is paired: {e}"
+    );
+    let e = one(&m, "GET /", &events);
+    assert_eq!(
+        (&e["host"], &e["query_keys"]),
+        (&"abs.test".into(), &serde_json::json!(["x"])),
+        "{e}"
+    );
+    let e = one(&m, "GET /creds", &events);
+    assert_eq!(e["host"], "creds.test:1234", "{e}");
+    let written = std::fs::read_to_string(dir.join("events.ndjson")).expect("events");
+    assert!(
+        !written.contains("s3cret"),
+        "credentials written: {written}"
+    );
+    assert!(!log.contains("s3cret"), "credentials logged: {log}");
+    let e = one(&m, "POST /short-body", &events);
+    let head = b"POST /short-body HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n".len();
+    assert_eq!(e["req_bytes"], head + 3, "only the bytes sent: {e}");
+    assert_eq!(e["incomplete"], true, "{e}");
+    assert_eq!(e["status"], 400, "{e}");
+    let anomaly = |key: &str| one(&m, key, &events)["framing_anomaly"].clone();
+    assert_eq!(anomaly("GET /bare-lf"), serde_json::json!(["bare_lf"]));
+    assert_eq!(anomaly("POST /cl-te"), serde_json::json!(["cl_and_te"]));
+    assert_eq!(
+        anomaly("POST /cl-spaces"),
+        serde_json::json!(["content_length"])
+    );
+    assert_eq!(anomaly("GET /front"), serde_json::json!(["bare_lf"]));
+    assert_eq!(
+        anomaly("GET /admin"),
+        serde_json::json!(["follows_anomaly"]),
+        "the smuggled request is marked:\n{}",
+        brief(&events)
+    );
+}

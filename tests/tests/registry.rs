@@ -157,13 +157,42 @@ fn events_carry_api_application_and_key_state_and_follow_registry_edits() {
             &format!("{base}/v1/orders/1002"),
         ],
     );
+    // A hostile edit (nested aliases: 9^9 nodes from 500 bytes) is refused; the agent keeps the last good registry.
+    let mut laughs = String::from("x0: &x0 [lol]\n");
+    for i in 1..10 {
+        laughs.push_str(&format!(
+            "x{i}: &x{i} [{}]\n",
+            vec![format!("*x{}", i - 1); 9].join(", ")
+        ));
+    }
+    let hostile = format!(
+        "{}{laughs}",
+        registry_yaml(port, &fp_orders, &fp_both, false)
+    );
+    std::fs::write(&reg, hostile).expect("hostile registry edit");
+    let refused = eventually(Duration::from_secs(4), || {
+        obs.metrics_text()
+            .lines()
+            .any(|l| l.starts_with("observer_registry_reload_failures_total") && !l.ends_with(" 0"))
+    });
+    assert!(refused, "hostile edit not refused:\n{}", obs.metrics_text());
+    curl(
+        None,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("X-Api-Key: {k_orders}"),
+            &format!("{base}/v1/orders/1003"),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let all = obs.stop();
     let events = on_port(&all, port);
     assert_eq!(
         events.len(),
-        6,
-        "six requests, six events:\n{}",
+        7,
+        "seven requests, seven events:\n{}",
         brief(&events)
     );
 
@@ -239,5 +268,12 @@ fn events_carry_api_application_and_key_state_and_follow_registry_edits() {
         (e["app_id"].as_str(), e["key_state"].as_str()),
         (Some("web-shop"), Some("revoked")),
         "after the edit the key is revoked: {e}"
+    );
+
+    let e = find(&events, "GET", "/v1/orders/1003")[0];
+    assert_eq!(
+        (e["app_id"].as_str(), e["key_state"].as_str()),
+        (Some("web-shop"), Some("revoked")),
+        "the refused edit would un-revoke the key; the last good registry stays: {e}"
     );
 }

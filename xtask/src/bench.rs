@@ -21,6 +21,8 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our own child, not yet
+        // reaped (we wait for it just below), so it cannot name another process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
@@ -442,6 +444,8 @@ fn with_observer(
         + scrape("observer_kernel_proc_map_full_total")
         + scrape("observer_flow_evicted_total")
         + scrape("observer_sink_dropped_total");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our own child, not yet
+    // reaped (we wait for it just below), so it cannot name another process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
     // Every event the agent wrote, counted after it flushed and exited.

@@ -1,8 +1,10 @@
-//! `cargo xtask build|run|test|bench|clickhouse|demo`: installs what each needs, then runs cargo and the tools.
-//! It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
+//! `cargo xtask build|run|test|bench|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
+//! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 mod bench;
 mod clickhouse;
 mod demo;
+mod image;
+mod kube;
 mod noop_hooks;
 mod toolchain;
 
@@ -70,6 +72,30 @@ enum Cmd {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// The Helm chart and the plain manifests: `render` rewrites deploy/kubernetes from the chart, `check` lints,
+    /// renders and validates the chart for every values file (also part of `test`).
+    K8s {
+        #[arg(value_enum)]
+        action: K8sAction,
+    },
+    /// Build the OCI image (Dockerfile) with podman, buildah or docker, whichever is available.
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = concat!("observer:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        /// Base image of the build stage (default rust:1-bookworm).
+        #[arg(long)]
+        rust_image: Option<String>,
+        /// Base image of the runtime stage (default debian:bookworm-slim).
+        #[arg(long)]
+        runtime_image: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum K8sAction {
+    Render,
+    Check,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -119,6 +145,24 @@ fn main() -> Result<()> {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
             clickhouse::run_foreground(&root, port, &data)?;
         }
+        Cmd::Image {
+            tag,
+            rust_image,
+            runtime_image,
+        } => image::build(
+            &root,
+            &tag,
+            &image::Bases {
+                rust: rust_image,
+                runtime: runtime_image,
+            },
+        )?,
+        Cmd::K8s { action } => match action {
+            K8sAction::Render => kube::render(&root)?,
+            K8sAction::Check => {
+                kube::check(&root)?;
+            }
+        },
     }
     Ok(())
 }
@@ -127,16 +171,24 @@ fn main() -> Result<()> {
 pub fn build_release(root: &Path) -> Result<PathBuf> {
     toolchain::ensure_ebpf_toolchain()?;
     say("building observer (release, with eBPF programs)");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["build", "--release", "-p", "observer"])
-        .env_remove("AYA_BUILD_SKIP"))?;
+    toolchain::run_cargo(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "-p", "observer"])
+            .env_remove("AYA_BUILD_SKIP"),
+        &ebpf_log(root),
+    )?;
     let bin = root.join("target/release/observer");
     if !bin.exists() {
         bail!("build finished but {} is missing", bin.display());
     }
     say(format!("built {}", bin.display()));
     Ok(bin)
+}
+
+/// Where the nested eBPF build's output of the last build is kept.
+fn ebpf_log(root: &Path) -> PathBuf {
+    root.join("target/xtask/ebpf-build.log")
 }
 
 fn sudo_prefix() -> Vec<String> {
@@ -248,21 +300,27 @@ fn test_all(root: &Path) -> Result<()> {
         .arg(root.join("xtask/clickhouse/test_devserver.py"))
         .current_dir(root))?;
 
+    let rendered = kube::check(root)?;
+
     say("running unit and ClickHouse integration tests (cargo test)");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "observer-ebpf",
-            "--exclude",
-            "observer-tests",
-        ])
-        .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
-        .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
-        .env("OBSERVER_REQUIRE_CLICKHOUSE", "1")
-        .env("OBSERVER_REQUIRE_CHROMIUM", "1"))?;
+    toolchain::run_cargo(
+        Command::new("cargo")
+            .current_dir(root)
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "observer-ebpf",
+                "--exclude",
+                "observer-tests",
+            ])
+            .env("OBSERVER_CLICKHOUSE_PYTHON", &py)
+            .env("OBSERVER_CLICKHOUSE_DEVSERVER", &devserver)
+            .env("OBSERVER_REQUIRE_CLICKHOUSE", "1")
+            .env("OBSERVER_REQUIRE_CHROMIUM", "1")
+            .env("OBSERVER_K8S_RENDERED", &rendered),
+        &ebpf_log(root),
+    )?;
 
     if !toolchain::is_root() {
         bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");

@@ -1,8 +1,9 @@
 //! Installs, idempotently and saying what it does, what building and testing observer needs: the nightly's
 //! rust-src, bpf-linker built against the nightly's own LLVM, and the Debian packages the tests drive.
 use std::{
+    io::{BufRead, BufReader, IsTerminal, Write},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,88 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// Runs a cargo command whose build runs observer/build.rs, showing the nested eBPF build (aya-build forwards every
+/// line of it as a `warning: observer@...:` line) as one progress line instead; everything else cargo prints goes
+/// through. The nested output is kept in `log` and printed in full when the command fails.
+pub fn run_cargo(cmd: &mut Command, log: &Path) -> Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        cmd.env("CARGO_TERM_COLOR", "always");
+    }
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stderr = child.stderr.take().context("cargo's stderr")?;
+    let mut nested = Vec::new();
+    let mut err = std::io::stderr().lock();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.context("reading cargo's output")?;
+        match nested_ebpf_line(&line) {
+            Some(text) => {
+                if nested.is_empty() {
+                    let _ = writeln!(
+                        err,
+                        "xtask: building the eBPF programs (nested cargo build, output kept in {})",
+                        log.display()
+                    );
+                }
+                nested.push(text);
+            }
+            None => {
+                let _ = writeln!(err, "{line}");
+            }
+        }
+    }
+    drop(err);
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {cmd:?}"))?;
+    if !nested.is_empty() {
+        if let Some(dir) = log.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(log, nested.join("\n") + "\n");
+    }
+    if !status.success() {
+        if !nested.is_empty() {
+            eprintln!("xtask: output of the nested eBPF build:");
+            for line in &nested {
+                eprintln!("    {line}");
+            }
+        }
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// The text of a line cargo prints for a build script's `cargo:warning=` of the observer package (aya-build's
+/// forwarding of the nested eBPF build), colour codes removed; None for any other line.
+fn nested_ebpf_line(line: &str) -> Option<String> {
+    let plain = strip_ansi(line);
+    let rest = plain.strip_prefix("warning: observer@")?;
+    let text = rest.split_once(": ").map_or("", |(_version, text)| text);
+    Some(text.to_string())
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -185,3 +268,34 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("fc-list", "fontconfig"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_build_lines_are_recognised_with_or_without_colour() {
+        assert_eq!(
+            nested_ebpf_line("warning: observer@0.1.0:    Compiling core v0.0.0").as_deref(),
+            Some("   Compiling core v0.0.0")
+        );
+        assert_eq!(
+            nested_ebpf_line(
+                "\x1b[1m\x1b[33mwarning\x1b[0m\x1b[1m:\x1b[0m observer@0.1.0: error[E0425]: x"
+            )
+            .as_deref(),
+            Some("error[E0425]: x")
+        );
+        assert_eq!(
+            nested_ebpf_line("warning: observer@0.1.0: ").as_deref(),
+            Some("")
+        );
+        for other in [
+            "   Compiling observer v0.1.0",
+            "warning: unused variable: `x`",
+            "warning: observer-common@0.1.0: something",
+        ] {
+            assert_eq!(nested_ebpf_line(other), None, "{other}");
+        }
+    }
+}

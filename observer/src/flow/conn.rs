@@ -1,40 +1,29 @@
-//! One TCP connection: its two byte streams rebuilt from captured segments, and requests paired with responses.
+//! One TCP connection: its two byte streams rebuilt from captured segments, message by message.
 //!
-//! Each direction is a [`Stream`] that walks the captured bytes message by message (head, then body framing), using
-//! TCP sequence numbers to place segments, merge the second observation of locally looped traffic, drop
-//! retransmits and measure message sizes. Parsed requests wait in a per-direction queue until their response (from
-//! the opposite stream) and both sizes are known; finished ones are handed to the caller through [`Ctx::done`].
+//! Each direction is a [`Stream`] whose captured bytes are walked message by message (head, then body framing),
+//! using TCP sequence numbers to place segments, merge the second observation of locally looped traffic, drop
+//! retransmits and measure message sizes. Parsed heads go to the pairing (`pairing.rs`), which hands finished
+//! exchanges to the caller through [`Ctx::done`].
 use std::collections::VecDeque;
 
-use observer_common::{
-    DataHeader, DATA_FLAG_START, DATA_FLAG_TRUNCATED, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS,
-    HOOK_TC_EGRESS, HOOK_TC_INGRESS,
-};
+use observer_common::{DataHeader, DATA_FLAG_START, DATA_FLAG_TRUNCATED};
 
+use super::pairing::{Done, Pending, Resp};
+use super::stream::{
+    hook_slot, seq_le, seq_lt, Kind, MsgState, Stashed, Stream, MAX_STASH, RECENT_STARTS,
+};
 use super::{FlowConfig, FlowStats};
-use crate::http::{self, BodyLength, ChunkStep, ChunkedDecoder, Head, Parsed, RequestHead};
+use crate::http::{
+    self, Anomalies, BodyLength, ChunkStep, ChunkedDecoder, Head, Parsed, RequestHead,
+};
 
 /// Address (IPv4-mapped IPv6) and port.
 pub(crate) type Endpoint = ([u8; 16], u16);
-
-/// `a < b`: serial-number comparison of TCP sequence numbers.
-pub(crate) fn seq_lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
-
-pub(crate) fn seq_le(a: u32, b: u32) -> bool {
-    a == b || seq_lt(a, b)
-}
 
 /// Bodies at least this long cannot be placed with 32-bit sequence arithmetic; their end is left unknown.
 const MAX_SEQ_SPAN: u64 = 1 << 30;
 /// No HTTP/1.x message is shorter than this (`GET / HTTP/1.1\r\n\r\n` is 18 bytes).
 const MIN_MESSAGE: u32 = 16;
-/// Out-of-order continuation segments kept per stream, waiting for the gap before them to fill.
-const MAX_STASH: usize = 4;
-/// Message starts remembered per stream to recognize a second observation of the same start.
-const RECENT_STARTS: usize = 16;
-
 /// Both directions of a connection, endpoints in a fixed order so either direction finds the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConnKey {
@@ -64,131 +53,11 @@ pub(crate) struct EndInfo {
     pub(crate) comm: crate::event::SharedStr,
 }
 
-/// The final response of an exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Resp {
-    pub(crate) start: u32,
-    /// 0 when the response was lost (a gap in the response stream) and only its size is known.
-    pub(crate) status: u16,
-    /// When its head was complete (CLOCK_MONOTONIC ns).
-    pub(crate) head_ts: u64,
-    pub(crate) end: Option<u32>,
-    pub(crate) truncated: bool,
-}
-
-/// A request waiting for its response and sizes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Pending {
-    pub(crate) req_start: u32,
-    pub(crate) req_ts: u64,
-    pub(crate) req: RequestHead,
-    pub(crate) req_truncated: bool,
-    pub(crate) req_end: Option<u32>,
-    pub(crate) resp: Option<Resp>,
-    /// Bytes of interim (1xx) responses before the final one.
-    pub(crate) interim_bytes: u64,
-    /// Stands for a request that was lost or unparseable: takes its response's place, never emitted.
-    pub(crate) phantom: bool,
-}
-
-impl Pending {
-    fn complete(&self) -> bool {
-        self.req_end.is_some() && self.resp.as_ref().is_some_and(|r| r.end.is_some())
-    }
-}
-
-/// A finished request handed back to the engine; `dir` is the direction the request travelled.
-#[derive(Debug)]
-pub(crate) struct Done {
-    pub(crate) dir: usize,
-    pub(crate) p: Pending,
-}
-
 /// What a connection operation needs from the engine.
 pub(crate) struct Ctx<'a> {
     pub(crate) cfg: &'a FlowConfig,
     pub(crate) stats: &'a mut FlowStats,
     pub(crate) done: &'a mut Vec<Done>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Request,
-    Response,
-}
-
-/// Where the byte walker of a stream is.
-#[derive(Debug, Default)]
-enum MsgState {
-    /// The next byte starts a message.
-    #[default]
-    Idle,
-    /// Collecting a head that started at `start` (record time `ts`).
-    Head { start: u32, ts: u64, buf: Vec<u8> },
-    /// Skipping this many body bytes of a message whose end is known.
-    Body(u64),
-    /// Walking a chunked body.
-    Chunked(ChunkedDecoder),
-    /// Bytes cannot be placed (unknown framing, malformed): wait for the next message start.
-    Unknown,
-}
-
-#[derive(Debug)]
-struct Stashed {
-    seq: u32,
-    ts: u64,
-    flags: u32,
-    data: Vec<u8>,
-}
-
-/// One direction of the connection.
-#[derive(Debug, Default)]
-struct Stream {
-    state: MsgState,
-    /// Sequence number of the next captured byte expected (contiguous capture of the current message).
-    next_seq: Option<u32>,
-    /// Bytes captured since the last message start segment, and whether the kernel stopped copying.
-    captured: u64,
-    capture_over: bool,
-    /// Start of the message whose end is not known yet.
-    open: Option<u32>,
-    /// End of the last message when its framing gave it: where the next message must start.
-    expect_next: Option<u32>,
-    last_kind: Option<Kind>,
-    recent_starts: VecDeque<u32>,
-    /// Per hook: sequence numbers of its latest segments (a hook seeing one again is a retransmission).
-    hook_seen: [VecDeque<u32>; 4],
-    /// Highest segment end seen in this direction.
-    max_end: Option<u32>,
-    last_ts: u64,
-    stash: Vec<Stashed>,
-}
-
-impl Stream {
-    fn remember_start(&mut self, seq: u32) {
-        if self.recent_starts.len() >= RECENT_STARTS {
-            self.recent_starts.pop_front();
-        }
-        self.recent_starts.push_back(seq);
-    }
-
-    /// End estimate for a message whose end was never delimited: the furthest byte seen, at least `min_end`.
-    fn estimate_end(&self, min_end: u32) -> u32 {
-        match self.max_end {
-            Some(m) if seq_lt(min_end, m) => m,
-            _ => min_end,
-        }
-    }
-}
-
-fn hook_slot(hook: u32) -> Option<usize> {
-    match hook {
-        HOOK_CGROUP_INGRESS => Some(0),
-        HOOK_CGROUP_EGRESS => Some(1),
-        HOOK_TC_INGRESS => Some(2),
-        HOOK_TC_EGRESS => Some(3),
-        _ => None,
-    }
 }
 
 /// One TCP connection.
@@ -197,16 +66,16 @@ pub(crate) struct Conn {
     pub(crate) key: ConnKey,
     /// Local socket identity per endpoint (index as in `key.ends`).
     pub(crate) ends: [EndInfo; 2],
-    streams: [Stream; 2],
+    pub(super) streams: [Stream; 2],
     /// Requests sent in direction `d`, oldest first.
-    pending: [VecDeque<Pending>; 2],
+    pub(super) pending: [VecDeque<Pending>; 2],
     /// Final responses still to come in direction `d` whose request was already given up.
-    skip_resp: [u32; 2],
+    pub(super) skip_resp: [u32; 2],
     /// Final responses in direction `d` that found no request since the last request: a request found missing
     /// later (sequence gap) was answered by one of them.
-    orphan_resp: [u32; 2],
+    pub(super) orphan_resp: [u32; 2],
     /// Upgraded (101) or CONNECT tunnel: no more HTTP here.
-    tunnel: bool,
+    pub(super) tunnel: bool,
     pub(crate) last_ts: u64,
 }
 
@@ -238,6 +107,12 @@ impl Conn {
             ctx.stats.malformed += 1;
             return;
         };
+        if hdr.ack != 0 {
+            let peer = &mut self.streams[1 - dir];
+            if peer.acked.is_none_or(|a| seq_lt(a, hdr.ack)) {
+                peer.acked = Some(hdr.ack);
+            }
+        }
         let seq = hdr.seq;
         let seg_end = seq.wrapping_add(hdr.payload_len.max(payload.len() as u32));
         let st = &mut self.streams[dir];
@@ -357,42 +232,6 @@ impl Conn {
             }
         }
         self.streams[dir].expect_next = None;
-    }
-
-    /// A message we did not capture travelled in `dir` between `start` and `end`.
-    fn lost_message(&mut self, dir: usize, start: u32, end: u32, ctx: &mut Ctx) {
-        match self.streams[dir].last_kind {
-            Some(Kind::Request) if self.orphan_resp[1 - dir] > 0 => self.orphan_resp[1 - dir] -= 1,
-            Some(Kind::Request) => self.push_request(
-                dir,
-                Pending {
-                    req_start: start,
-                    req_ts: 0,
-                    req: RequestHead::default(),
-                    req_truncated: false,
-                    req_end: Some(end),
-                    resp: None,
-                    interim_bytes: 0,
-                    phantom: true,
-                },
-                ctx,
-            ),
-            Some(Kind::Response) => {
-                if self.skip_resp[dir] > 0 {
-                    self.skip_resp[dir] -= 1;
-                } else if let Some(p) = self.pending[1 - dir].iter_mut().find(|p| p.resp.is_none())
-                {
-                    p.resp = Some(Resp {
-                        start,
-                        status: 0,
-                        head_ts: 0,
-                        end: Some(end),
-                        truncated: false,
-                    });
-                }
-            }
-            None => {}
-        }
     }
 
     /// Walks `bytes`, the captured continuation of direction `dir` at `next_seq`.
@@ -537,8 +376,17 @@ impl Conn {
         ctx: &mut Ctx,
     ) -> MsgState {
         let head_len = head.head_len() as u64;
+        let mut anomalies = match &head {
+            Head::Request(r) => r.anomalies,
+            Head::Response(r) => r.anomalies,
+        };
+        if self.streams[dir].anomaly_end.take() == Some(start) {
+            anomalies.insert(Anomalies::FOLLOWS_ANOMALY);
+        }
+        ctx.stats.count_anomalies(anomalies);
         let framing = match head {
-            Head::Request(req) => {
+            Head::Request(mut req) => {
+                req.anomalies = anomalies;
                 self.streams[dir].last_kind = Some(Kind::Request);
                 let framing = if truncated {
                     None
@@ -560,6 +408,7 @@ impl Conn {
                         req,
                         req_truncated: truncated,
                         req_end: None,
+                        req_incomplete: false,
                         resp: None,
                         interim_bytes: 0,
                         phantom: false,
@@ -611,6 +460,8 @@ impl Conn {
                             head_ts: ts,
                             end: None,
                             truncated,
+                            incomplete: false,
+                            anomalies,
                         });
                     }
                     if tunnel {
@@ -622,6 +473,8 @@ impl Conn {
         };
         let st = &mut self.streams[dir];
         st.open = Some(start);
+        st.anomalous_open = !anomalies.is_empty()
+            && matches!(framing, Some(BodyLength::Length(_) | BodyLength::Chunked));
         match framing {
             Some(BodyLength::Empty) => {
                 self.msg_end(dir, start, start.wrapping_add(head_len as u32));
@@ -636,7 +489,14 @@ impl Conn {
         }
     }
 
-    fn on_truncated_head(&mut self, dir: usize, start: u32, ts: u64, buf: &[u8], ctx: &mut Ctx) {
+    pub(super) fn on_truncated_head(
+        &mut self,
+        dir: usize,
+        start: u32,
+        ts: u64,
+        buf: &[u8],
+        ctx: &mut Ctx,
+    ) {
         ctx.stats.truncated_heads += 1;
         match http::parse_truncated_head(buf) {
             Some(head) => {
@@ -670,6 +530,7 @@ impl Conn {
                     req: RequestHead::default(),
                     req_truncated: false,
                     req_end: None,
+                    req_incomplete: false,
                     resp: None,
                     interim_bytes: 0,
                     phantom: true,
@@ -679,158 +540,6 @@ impl Conn {
         } else {
             st.open = None;
         }
-    }
-
-    /// The message that started at `start` in direction `dir` ends at `end`.
-    fn msg_end(&mut self, dir: usize, start: u32, end: u32) {
-        let st = &mut self.streams[dir];
-        if st.open == Some(start) {
-            st.open = None;
-        }
-        st.expect_next = Some(end);
-        if let Some(p) = self.pending[dir]
-            .iter_mut()
-            .find(|p| p.req_start == start && p.req_end.is_none())
-        {
-            p.req_end = Some(end);
-            return;
-        }
-        if let Some(r) = self.pending[1 - dir]
-            .iter_mut()
-            .filter_map(|p| p.resp.as_mut())
-            .find(|r| r.start == start && r.end.is_none())
-        {
-            r.end = Some(end);
-        }
-    }
-
-    fn push_request(&mut self, dir: usize, p: Pending, ctx: &mut Ctx) {
-        if !p.phantom {
-            self.orphan_resp[1 - dir] = 0;
-        }
-        if self.pending[dir].len() >= ctx.cfg.max_pending_per_connection.max(1) {
-            if let Some(mut old) = self.pending[dir].pop_front() {
-                ctx.stats.evicted_pending += 1;
-                if old.resp.is_none() {
-                    // Its response, when it comes, must not be taken for the next request's.
-                    self.skip_resp[1 - dir] += 1;
-                }
-                self.settle(dir, &mut old);
-                if !old.phantom {
-                    ctx.done.push(Done { dir, p: old });
-                }
-            }
-        }
-        self.pending[dir].push_back(p);
-    }
-
-    /// Gives an exchange that must go out now estimated ends for what was never delimited.
-    fn settle(&self, dir: usize, p: &mut Pending) {
-        if p.req_end.is_none() {
-            let min = p.req_start.wrapping_add(p.req.head_len as u32);
-            let next = self.pending[dir]
-                .iter()
-                .map(|q| q.req_start)
-                .find(|s| seq_lt(p.req_start, *s));
-            p.req_end = Some(next.unwrap_or_else(|| self.streams[dir].estimate_end(min)));
-        }
-        if let Some(r) = p.resp.as_mut() {
-            if r.end.is_none() {
-                let next = self.pending[dir]
-                    .iter()
-                    .filter_map(|q| q.resp.as_ref())
-                    .map(|q| q.start)
-                    .find(|s| seq_lt(r.start, *s));
-                r.end = Some(next.unwrap_or_else(|| self.streams[1 - dir].estimate_end(r.start)));
-            }
-        }
-    }
-
-    /// Hands over every exchange at the front of a queue that is complete, in order.
-    fn flush(&mut self, ctx: &mut Ctx) {
-        for dir in 0..2 {
-            while self.pending[dir].front().is_some_and(Pending::complete) {
-                let Some(p) = self.pending[dir].pop_front() else {
-                    break;
-                };
-                if !p.phantom {
-                    ctx.done.push(Done { dir, p });
-                }
-            }
-        }
-    }
-
-    /// The connection is gone (closed, idle or evicted): delimit what `ends` allows (stream end sequence numbers as
-    /// sock_ops reports them, FIN included) and hand over every request.
-    pub(crate) fn finalize(&mut self, ends: [Option<u32>; 2], ctx: &mut Ctx) {
-        for (dir, end) in ends.into_iter().enumerate() {
-            if let MsgState::Head { start, ts, buf } = std::mem::take(&mut self.streams[dir].state)
-            {
-                self.on_truncated_head(dir, start, ts, &buf, ctx);
-            }
-            let Some(mut end) = end else { continue };
-            let st = &self.streams[dir];
-            if st.max_end.is_some_and(|m| seq_lt(m, end)) {
-                // The FIN takes one sequence number after the last data byte.
-                end = end.wrapping_sub(1);
-            }
-            if let Some(open) = st.open {
-                if seq_le(open, end) {
-                    self.msg_end(dir, open, end);
-                }
-            }
-        }
-        for dir in 0..2 {
-            while let Some(mut p) = self.pending[dir].pop_front() {
-                if !p.complete() {
-                    if p.resp.is_none() {
-                        ctx.stats.no_response += 1;
-                    }
-                    self.settle(dir, &mut p);
-                }
-                if !p.phantom {
-                    ctx.done.push(Done { dir, p });
-                }
-            }
-        }
-    }
-
-    /// Time-outs at `now`: true when the whole connection has been idle and should be dropped (after
-    /// [`Conn::finalize`]). Otherwise exchanges whose response started but cannot be delimited are handed over once
-    /// their response direction has been quiet for the idle timeout.
-    pub(crate) fn expire(&mut self, now: u64, ctx: &mut Ctx) -> bool {
-        let idle = ctx.cfg.idle_timeout_ns;
-        if now.saturating_sub(self.last_ts) >= idle {
-            return true;
-        }
-        for dir in 0..2 {
-            let rdir = 1 - dir;
-            while let Some((rstart, head_ts)) = self.pending[dir]
-                .front()
-                .and_then(|p| p.resp.as_ref())
-                .map(|r| (r.start, r.head_ts))
-            {
-                if now.saturating_sub(self.streams[rdir].last_ts) < idle
-                    || now.saturating_sub(head_ts) < idle
-                {
-                    break;
-                }
-                let Some(mut p) = self.pending[dir].pop_front() else {
-                    break;
-                };
-                self.settle(dir, &mut p);
-                let st = &mut self.streams[rdir];
-                if st.open == Some(rstart) {
-                    st.open = None;
-                    st.state = MsgState::Unknown;
-                }
-                ctx.stats.timed_out += 1;
-                if !p.phantom {
-                    ctx.done.push(Done { dir, p });
-                }
-            }
-        }
-        false
     }
 }
 

@@ -7,6 +7,8 @@
 //! every eviction, drop and oddity is counted in [`FlowStats`].
 mod conn;
 mod lru;
+mod pairing;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -18,8 +20,9 @@ use observer_common::{
     HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, MAX_CAPTURE,
 };
 
-use self::conn::{Conn, ConnKey, Ctx, Done, Endpoint};
+use self::conn::{Conn, ConnKey, Ctx, Endpoint};
 use self::lru::Lru;
+use self::pairing::Done;
 use crate::cgroups::CgroupResolver;
 use crate::event::{Event, Exchange, SharedStr, Side, Timestamp};
 use crate::http;
@@ -52,24 +55,7 @@ impl Default for FlowConfig {
     }
 }
 
-/// Current `CLOCK_REALTIME - CLOCK_MONOTONIC` in ns, for [`FlowConfig::mono_to_unix_offset_ns`].
-pub fn mono_to_unix_offset_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    (unix - mono) as i64
-}
+pub use crate::clock::mono_to_unix_offset_ns;
 
 /// Counters (monotonic) and gauges (`connections`, `pending_requests`, `sockets`) of the engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,6 +96,22 @@ pub struct FlowStats {
     pub pending_requests: u64,
     /// Gauge: local sockets whose identity is tracked.
     pub sockets: u64,
+    /// Messages with each framing anomaly, in [`http::Anomalies::ALL`] order.
+    pub framing_anomalies: [u64; http::Anomalies::ALL.len()],
+}
+
+impl FlowStats {
+    /// Counts a message's framing anomalies, one per reason.
+    pub(crate) fn count_anomalies(&mut self, a: http::Anomalies) {
+        if a.is_empty() {
+            return;
+        }
+        for (n, (reason, _)) in self.framing_anomalies.iter_mut().zip(http::Anomalies::ALL) {
+            if a.contains(reason) {
+                *n += 1;
+            }
+        }
+    }
 }
 
 /// What is known about one local socket, by cookie.
@@ -489,7 +491,7 @@ fn build_exchange(
     let mut req = p.req;
     let span = |start: u32, end: Option<u32>| u64::from(end.map_or(0, |e| e.wrapping_sub(start)));
     let req_bytes = span(p.req_start, p.req_end);
-    let (status, resp_bytes, duration_us, resp_truncated) = match &p.resp {
+    let (status, resp_bytes, duration_us, resp_truncated, resp_incomplete) = match &p.resp {
         Some(r) => (
             r.status,
             p.interim_bytes + span(r.start, r.end),
@@ -499,9 +501,14 @@ fn build_exchange(
                 0
             },
             r.truncated,
+            r.incomplete,
         ),
-        None => (0, p.interim_bytes, 0, false),
+        None => (0, p.interim_bytes, 0, false, false),
     };
+    let anomalies = req.anomalies
+        | p.resp
+            .as_ref()
+            .map_or(http::Anomalies::NONE, |r| r.anomalies);
     let request_id = match req.header("x-request-id") {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => req
@@ -542,6 +549,8 @@ fn build_exchange(
         user_agent: req.header("user-agent").unwrap_or_default().to_string(),
         request_id,
         truncated: p.req_truncated || resp_truncated,
+        incomplete: p.req_incomplete || resp_incomplete,
+        framing_anomaly: anomalies.names().map(str::to_string).collect(),
         conn_id,
         ..Event::default()
     };

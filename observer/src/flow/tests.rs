@@ -11,7 +11,6 @@ use observer_common::{
 use super::{Engine, FlowConfig, FlowStats};
 use crate::cgroups::MapResolver;
 use crate::event::{Exchange, Side};
-use crate::http;
 
 const C2S: usize = 0;
 const S2C: usize = 1;
@@ -48,7 +47,7 @@ fn comm(s: &str) -> [u8; 16] {
 
 /// What the kernel classifier treats as a message start.
 fn looks_like_start(b: &[u8]) -> bool {
-    http::looks_like_request(b) || b.starts_with(b"HTTP/1.")
+    observer_common::kernel_sees_start(b)
 }
 
 /// One TCP connection between a client and a server, observed as `obs` says, feeding an [`Engine`].
@@ -155,7 +154,8 @@ impl Sim {
             payload_len: seg.len() as u32,
             cap_len: copy as u32,
             flags,
-            _pad: 0,
+            // Everything the peer wrote has arrived (the simulated network delivers at once).
+            ack: self.seq[1 - dir],
         };
         self.deliver(Rec::Data(hdr, seg[..copy].to_vec()));
     }
@@ -1245,7 +1245,7 @@ fn random_records_never_panic() {
                     },
                 cap_len,
                 flags: rng.below(8) as u32,
-                _pad: 0,
+                ack: 0,
             };
             eng.on_data(&hdr, &payload);
             match rng.below(20) {
@@ -1330,4 +1330,104 @@ fn random_splits_of_a_valid_conversation_give_the_same_events() {
             .collect();
         assert_eq!(got, want, "round {round} ({obs:?})");
     }
+}
+
+#[test]
+fn empty_lines_before_a_request_and_a_response_are_skipped() {
+    let mut s = Sim::new(Obs::Server);
+    let req = b"\r\n\r\nGET /lead HTTP/1.1\r\nHost: lead.example\r\n\r\n";
+    s.request(req);
+    s.response(b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let ex = s.take();
+    let e = &one(&ex).event;
+    assert_eq!(
+        (e.path.as_str(), e.host.as_str(), e.status),
+        ("/lead", "lead.example", 200)
+    );
+    assert_eq!(
+        e.req_bytes,
+        req.len() as u64 - 4,
+        "the empty lines are not the request's"
+    );
+    assert_eq!(s.stats().malformed + s.stats().out_of_order, 0);
+}
+
+#[test]
+fn registered_and_extension_methods_are_messages() {
+    let mut s = Sim::new(Obs::Server);
+    let methods = ["PURGE", "M-SEARCH", "QUERY", "PROPFIND", "X_Custom.v2"];
+    for m in methods {
+        s.request(format!("{m} /m HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        s.response(&ok(b"ok"));
+    }
+    let ex = s.take();
+    let got: Vec<&str> = ex.iter().map(|x| x.event.method.as_str()).collect();
+    assert_eq!(got, methods);
+}
+
+#[test]
+fn a_declared_body_cut_short_counts_the_bytes_sent() {
+    let mut s = Sim::new(Obs::Server);
+    s.connect();
+    let head = b"POST /short HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n";
+    let mut req = head.to_vec();
+    req.extend_from_slice(b"abc");
+    s.request(&req);
+    let resp = status(400, "Content-Length: 0\r\nConnection: close\r\n");
+    s.response(&resp);
+    s.close();
+    let ex = s.take();
+    let e = &one(&ex).event;
+    assert_eq!((e.path.as_str(), e.status), ("/short", 400));
+    assert_eq!(
+        e.req_bytes,
+        req.len() as u64,
+        "the bytes sent, not the 1000 announced"
+    );
+    assert_eq!(e.resp_bytes, resp.len() as u64);
+    assert!(e.incomplete, "the request stopped before its declared end");
+    // A body that did go on the wire (acknowledged by the response) is complete.
+    let mut s = Sim::new(Obs::Server);
+    s.request(head);
+    s.write(C2S, &body(1000), 1448);
+    s.response(&ok(b""));
+    let ex = s.take();
+    let e = &one(&ex).event;
+    assert_eq!(
+        (e.req_bytes, e.incomplete),
+        (head.len() as u64 + 1000, false)
+    );
+}
+
+#[test]
+fn a_body_framed_by_a_hidden_field_marks_the_request_it_hides() {
+    let mut s = Sim::new(Obs::Server);
+    // "Missing CR between headers": Content-Length hides in Dummy's value for a reader that wants CRLF; the
+    // lenient reading takes it, and the 23 bytes after the head as a body.
+    s.request(
+        b"GET /front HTTP/1.1\r\nHost: h\r\nDummy: x\nContent-Length: 23\r\n\r\nGET / HTTP/1.1\r\nDummy: GET /admin HTTP/1.1\r\nHost: h\r\n\r\n",
+    );
+    s.response(&ok(b"1"));
+    s.response(&ok(b"2"));
+    let ex = s.take();
+    let got: Vec<(&str, Vec<String>)> = ex
+        .iter()
+        .map(|x| (x.event.path.as_str(), x.event.framing_anomaly.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/front", vec!["bare_lf".to_string()]),
+            ("/admin", vec!["follows_anomaly".to_string()])
+        ]
+    );
+    // bare_lf, cl_and_te, content_length, transfer_encoding, follows_anomaly
+    assert_eq!(s.stats().framing_anomalies, [1, 0, 0, 0, 1]);
+    // A clean request after it is not marked.
+    s.request(&get("/clean"));
+    s.response(&ok(b""));
+    let ex = s.take();
+    assert_eq!(one(&ex).event.path, "/clean");
+    assert!(one(&ex).event.framing_anomaly.is_empty());
+    assert_eq!(s.stats().framing_anomalies, [1, 0, 0, 0, 1]);
 }

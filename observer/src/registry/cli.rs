@@ -1,11 +1,11 @@
 //! Command-line surface of the registry: the `RegistryArgs` the `run` command flattens, and `observer registry
 //! check | import | fingerprint`.
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::fingerprint::{key_suffix, KeySecret};
-use super::load::{load_file, Problems, RegistryError};
+use super::load::{load_file, Problem, Problems, RegistryError};
 use super::watch::LiveRegistry;
 use super::yaml::scalar;
 
@@ -74,6 +74,10 @@ pub enum RegistryAction {
         /// Kong declarative config: services -> apis, consumers -> applications, credentials -> keys, ACLs -> grants.
         #[arg(long, value_name = "FILE")]
         kong: Option<PathBuf>,
+        /// Fail (exit non-zero, print nothing to merge) when anything was dropped or approximated.
+        #[arg(long)]
+        strict: bool,
+        /// Keys the fingerprints of Kong credentials; OpenAPI import reads no secret.
         #[command(flatten)]
         secret: KeySecretArgs,
     },
@@ -84,6 +88,70 @@ pub enum RegistryAction {
         #[command(flatten)]
         secret: KeySecretArgs,
     },
+}
+
+/// Registry YAML from an importer and what it dropped or approximated (lines of the source document).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    pub yaml: String,
+    pub notes: Vec<Problem>,
+}
+
+/// Imports an OpenAPI document; needs no key secret (nothing is fingerprinted).
+pub fn import_openapi(spec: &Path) -> Result<Imported, RegistryError> {
+    let parsed =
+        super::import_openapi::read_spec(spec).map_err(|message| RegistryError::Import {
+            path: spec.to_path_buf(),
+            message,
+        })?;
+    Ok(Imported {
+        yaml: super::import_openapi::to_registry_yaml(&parsed, &spec.display().to_string()),
+        notes: parsed.notes,
+    })
+}
+
+/// Imports a Kong declarative config, fingerprinting its credentials with `secret`.
+pub fn import_kong(kong: &Path, secret: &KeySecret) -> Result<Imported, RegistryError> {
+    let text = super::yaml::read_text(kong).map_err(|source| RegistryError::Read {
+        path: kong.to_path_buf(),
+        source,
+    })?;
+    let today = crate::event::Timestamp::now().to_rfc3339()[..10].to_string();
+    let (yaml, notes) =
+        super::import_kong::import(&text, &kong.display().to_string(), secret, &today).map_err(
+            |message| RegistryError::Import {
+                path: kong.to_path_buf(),
+                message,
+            },
+        )?;
+    Ok(Imported { yaml, notes })
+}
+
+/// Prints what an import dropped or approximated on stderr as `FILE:LINE: message` plus a count; with `strict`
+/// any of it is an error.
+fn report_notes(source: &Path, notes: &[Problem], strict: bool) -> Result<(), RegistryError> {
+    if notes.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "{}",
+        Problems {
+            path: source,
+            problems: notes
+        }
+    );
+    eprintln!(
+        "{}: {} item(s) dropped or approximated (see above)",
+        source.display(),
+        notes.len()
+    );
+    if strict {
+        return Err(RegistryError::Strict {
+            path: source.to_path_buf(),
+            count: notes.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Runs a registry subcommand, printing results to stdout.
@@ -120,35 +188,22 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
         RegistryAction::Import {
             openapi,
             kong,
+            strict,
             secret,
         } => {
-            let yaml = if let Some(spec) = openapi {
-                // Created even though OpenAPI import needs no key, so every command leaves the same secret behind.
-                secret.load()?;
-                let parsed = super::import_openapi::read_spec(&spec).map_err(|message| {
-                    RegistryError::Import {
-                        path: spec.clone(),
-                        message,
-                    }
-                })?;
-                super::import_openapi::to_registry_yaml(&parsed, &spec.display().to_string())
-            } else if let Some(kong) = kong {
-                let secret = secret.load()?;
-                let text =
-                    std::fs::read_to_string(&kong).map_err(|source| RegistryError::Read {
-                        path: kong.clone(),
-                        source,
-                    })?;
-                let today = crate::event::Timestamp::now().to_rfc3339()[..10].to_string();
-                super::import_kong::import(&text, &kong.display().to_string(), &secret, &today)
-                    .map_err(|message| RegistryError::Import {
-                        path: kong.clone(),
-                        message,
-                    })?
-            } else {
-                unreachable!("clap requires --openapi or --kong")
+            let (source, imported) = match (openapi, kong) {
+                (Some(spec), _) => {
+                    let imported = import_openapi(&spec)?;
+                    (spec, imported)
+                }
+                (None, Some(kong)) => {
+                    let imported = import_kong(&kong, &secret.load()?)?;
+                    (kong, imported)
+                }
+                (None, None) => unreachable!("clap requires --openapi or --kong"),
             };
-            print!("{yaml}");
+            report_notes(&source, &imported.notes, strict)?;
+            print!("{}", imported.yaml);
             Ok(())
         }
         RegistryAction::Fingerprint { key, secret } => {
@@ -176,8 +231,6 @@ pub fn run(cmd: RegistryCommand) -> Result<(), RegistryError> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use clap::{CommandFactory, Parser};
 
     use super::*;
@@ -270,5 +323,53 @@ mod tests {
         assert!(dir.join("secret").exists(), "secret created on first run");
         assert_eq!(live.snapshot().registry.apis.len(), 4);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn openapi_import_reads_no_key_secret() {
+        let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/payments-openapi.yaml");
+        let Top {
+            cmd: Sub::Registry(c),
+        } = Top::try_parse_from([
+            "x",
+            "registry",
+            "import",
+            "--openapi",
+            spec.to_str().expect("utf-8 path"),
+            "--key-secret-file",
+            "/proc/observer-no-such-dir/secret",
+        ])
+        .expect("parses");
+        let RegistryAction::Import {
+            openapi: Some(spec),
+            secret,
+            ..
+        } = c.action
+        else {
+            panic!("import action");
+        };
+        assert!(secret.load().is_err(), "the secret path is unusable");
+        let imported = import_openapi(&spec).unwrap_or_else(|e| panic!("no secret needed: {e}"));
+        assert!(
+            imported.yaml.contains("id: payments-api"),
+            "{}",
+            imported.yaml
+        );
+        assert!(!secret.key_secret_file.exists());
+    }
+
+    #[test]
+    fn strict_turns_notes_into_an_error() {
+        let notes = [Problem {
+            line: 4,
+            message: "extension `x-a` under `paths` ignored".into(),
+        }];
+        report_notes(Path::new("s.yaml"), &notes, false).expect("reported, not fatal");
+        let err = report_notes(Path::new("s.yaml"), &notes, true).expect_err("strict fails");
+        assert_eq!(
+            err.to_string(),
+            "s.yaml: --strict: 1 item(s) dropped or approximated by the import"
+        );
+        report_notes(Path::new("s.yaml"), &[], true).expect("nothing dropped passes strict");
     }
 }

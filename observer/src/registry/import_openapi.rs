@@ -1,7 +1,9 @@
-//! Importing an OpenAPI 3 document (YAML or JSON): its servers become an API matcher, its security scheme the key
-//! extraction, its paths x operations the route templates. Output is registry YAML to merge.
+//! Importing an OpenAPI 3 document (YAML or JSON): its servers become an API matcher, its security schemes the key
+//! locations, its paths x operations the route templates. Output is registry YAML to merge. What cannot be carried
+//! over exactly is kept as a note with the document's line, for the importer to report.
 use std::path::Path;
 
+use super::load::Problem;
 use super::model::AuthKind;
 use super::yaml::{self, flow_list, scalar, Node};
 
@@ -14,9 +16,12 @@ pub struct OpenApiSpec {
     pub ports: Vec<u16>,
     /// Path of the first server URL (routes are prefixed with it), "" when none.
     pub base_path: String,
-    /// `METHOD /path` templates, base path included, in document order.
-    pub routes: Vec<String>,
-    pub auth: Option<ImportedAuth>,
+    /// `METHOD /path` templates, server path included, in document order, with the line each comes from.
+    pub routes: Vec<(String, usize)>,
+    /// Key locations, in the order the document lists its schemes.
+    pub auth: Vec<ImportedAuth>,
+    /// What was dropped or approximated, at the document's line.
+    pub notes: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +34,22 @@ pub struct ImportedAuth {
 const OPERATIONS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
+/// Most hosts one server URL's variables expand to.
+const MAX_VARIANTS: usize = 16;
 
 /// Reads and parses an OpenAPI 3 document; errors say what is wrong (with a line where one applies).
 pub fn read_spec(path: &Path) -> Result<OpenApiSpec, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = yaml::read_text(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_spec(&text)
+}
+
+impl OpenApiSpec {
+    fn note(&mut self, line: usize, message: impl Into<String>) {
+        self.notes.push(Problem {
+            line,
+            message: message.into(),
+        });
+    }
 }
 
 pub fn parse_spec(text: &str) -> Result<OpenApiSpec, String> {
@@ -64,59 +79,233 @@ pub fn parse_spec(text: &str) -> Result<OpenApiSpec, String> {
             .to_string(),
         ..Default::default()
     };
-    for (i, server) in root
-        .get("servers")
-        .and_then(Node::as_seq)
-        .unwrap_or(&[])
-        .iter()
-        .enumerate()
-    {
-        let Some(url) = server.get("url").and_then(Node::as_str) else {
-            continue;
-        };
-        let (host, port, path) = split_url(url);
-        if let Some(h) = host.filter(|h| !h.contains('{')) {
-            if !spec.hosts.contains(&h) {
-                spec.hosts.push(h);
-            }
+    let top_paths = servers(&mut spec, root.get("servers"));
+    spec.base_path = top_paths.first().cloned().unwrap_or_default();
+    if let Some(other) = top_paths.iter().find(|p| **p != spec.base_path) {
+        let line = root.get("servers").map_or(root.line, |n| n.line);
+        spec.note(
+            line,
+            format!(
+                "servers have different paths (`{}` and `{other}`): routes use the first server's",
+                spec.base_path
+            ),
+        );
+    }
+    let paths = match root.get("paths") {
+        Some(p) => p
+            .as_map()
+            .ok_or_else(|| format!("line {}: `paths` must be a mapping", p.line))?,
+        None if version.starts_with("3.0") => {
+            return Err(format!(
+                "line {}: document has no `paths` mapping",
+                root.line
+            ))
         }
-        if let Some(p) = port.filter(|p| !spec.ports.contains(p)) {
-            spec.ports.push(p);
-        }
-        if i == 0 && !path.contains('{') {
-            spec.base_path = path;
+        None => &[],
+    };
+    if let Some(w) = root.get("webhooks").and_then(Node::as_map) {
+        if !w.is_empty() {
+            let line = root.get("webhooks").map_or(root.line, |n| n.line);
+            spec.note(
+                line,
+                format!("{} webhook(s) not imported: they are calls the API makes, not calls it receives", w.len()),
+            );
         }
     }
-    let paths = root
-        .get("paths")
-        .and_then(Node::as_map)
-        .ok_or_else(|| format!("line {}: document has no `paths` mapping", root.line))?;
     for (k, item) in paths {
         let Some(p) = k.as_str() else { continue };
+        if p.starts_with("x-") {
+            spec.note(k.line, format!("extension `{p}` under `paths` ignored"));
+            continue;
+        }
         if !p.starts_with('/') {
             return Err(format!("line {}: path `{p}` must start with `/`", k.line));
         }
-        let full = if spec.base_path.is_empty() {
-            p.to_string()
-        } else if p == "/" {
-            spec.base_path.clone()
-        } else {
-            format!("{}{p}", spec.base_path)
-        };
-        let mut any = false;
-        for (op, _) in item.as_map().unwrap_or(&[]) {
-            if let Some(op) = op.as_str().filter(|o| OPERATIONS.contains(o)) {
-                spec.routes
-                    .push(format!("{} {full}", op.to_ascii_uppercase()));
-                any = true;
+        let item = match resolve(&root, item) {
+            Ok(i) => i,
+            Err(why) => {
+                spec.note(
+                    k.line,
+                    format!("path `{p}`: {why}; imported for any method"),
+                );
+                item
             }
+        };
+        let item_paths = servers(&mut spec, item.get("servers"));
+        let mut any = false;
+        for (op, body) in item.as_map().unwrap_or(&[]) {
+            let Some(op) = op.as_str().filter(|o| OPERATIONS.contains(o)) else {
+                continue;
+            };
+            let op_paths = servers(&mut spec, body.get("servers"));
+            let base = op_paths
+                .first()
+                .or(item_paths.first())
+                .unwrap_or(&spec.base_path)
+                .clone();
+            let route = format!("{} {}", op.to_ascii_uppercase(), join(&base, p));
+            push_route(&mut spec, route, k.line);
+            any = true;
         }
         if !any {
-            spec.routes.push(full);
+            let base = item_paths.first().unwrap_or(&spec.base_path).clone();
+            push_route(&mut spec, join(&base, p), k.line);
         }
     }
-    spec.auth = security(&root);
+    spec.auth = security(&root, &mut spec.notes);
     Ok(spec)
+}
+
+/// `base` + `path` (`/v1` + `/` is `/v1`).
+fn join(base: &str, path: &str) -> String {
+    if base.is_empty() {
+        path.to_string()
+    } else if path == "/" {
+        base.to_string()
+    } else {
+        format!("{base}{path}")
+    }
+}
+
+/// Adds a route made valid for the registry, noting any rewrite.
+fn push_route(spec: &mut OpenApiSpec, route: String, line: usize) {
+    let (fixed, why) = valid_template(&route);
+    if let Some(why) = why {
+        spec.note(
+            line,
+            format!("route `{route}` imported as `{fixed}`: {why}"),
+        );
+    }
+    if !spec.routes.iter().any(|(r, _)| *r == fixed) {
+        spec.routes.push((fixed, line));
+    }
+}
+
+/// Rewrites what the registry's templates refuse: a repeated parameter name gets a suffix (`{id}` .. `{id_2}`)
+/// and adjacent parameters (`{a}{b}`) become one (`{a_b}`).
+fn valid_template(route: &str) -> (String, Option<&'static str>) {
+    let mut names: Vec<String> = Vec::new();
+    let mut out = String::with_capacity(route.len());
+    let mut why = None;
+    let mut rest = route;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            return (out, why);
+        };
+        let mut name = rest[open + 1..open + close].to_string();
+        rest = &rest[open + close + 1..];
+        while rest.starts_with('{') {
+            let Some(c) = rest.find('}') else { break };
+            name = format!("{name}_{}", &rest[1..c]);
+            rest = &rest[c + 1..];
+            why = Some("adjacent parameters cannot be told apart, so they are one");
+        }
+        if names.contains(&name) {
+            let mut n = 2;
+            while names.contains(&format!("{name}_{n}")) {
+                n += 1;
+            }
+            name = format!("{name}_{n}");
+            why = Some("a parameter name repeats, so later ones are numbered");
+        }
+        out.push('{');
+        out.push_str(&name);
+        out.push('}');
+        names.push(name);
+    }
+    out.push_str(rest);
+    (out, why)
+}
+
+/// Follows a local `$ref` (`#/components/pathItems/x`), repeatedly; other references are refused with a reason.
+fn resolve<'a>(root: &'a Node, mut node: &'a Node) -> Result<&'a Node, String> {
+    for _ in 0..16 {
+        let Some(r) = node.get("$ref").and_then(Node::as_str) else {
+            return Ok(node);
+        };
+        let Some(pointer) = r.strip_prefix("#/") else {
+            return Err(format!("reference `{r}` to another document not followed"));
+        };
+        let mut cur = root;
+        for part in pointer.split('/') {
+            let part = part.replace("~1", "/").replace("~0", "~");
+            cur = cur
+                .get(&part)
+                .ok_or_else(|| format!("reference `{r}` not found in the document"))?;
+        }
+        node = cur;
+    }
+    Err("reference chain longer than 16".into())
+}
+
+/// Adds the hosts and ports of a `servers` list to `spec`; returns each server's path (variables substituted).
+fn servers(spec: &mut OpenApiSpec, list: Option<&Node>) -> Vec<String> {
+    let mut paths = Vec::new();
+    for server in list.and_then(Node::as_seq).unwrap_or(&[]) {
+        let Some(url) = server.get("url").and_then(Node::as_str) else {
+            continue;
+        };
+        let urls = expand_variables(url, server.get("variables"));
+        if urls.iter().any(|u| u.contains('{')) {
+            spec.note(
+                server.line,
+                format!("server `{url}`: a variable without a default is left out of the matcher"),
+            );
+        }
+        for u in &urls {
+            let (host, port, path) = split_url(u);
+            if let Some(h) = host.filter(|h| !h.contains('{')) {
+                if !spec.hosts.contains(&h) {
+                    spec.hosts.push(h);
+                }
+            }
+            if let Some(p) = port.filter(|p| !spec.ports.contains(p)) {
+                spec.ports.push(p);
+            }
+            if !path.contains('{') && !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+    }
+    paths
+}
+
+/// A server URL with its variables substituted: the default of each, plus the other `enum` values of variables in
+/// the host (each such variable multiplies the URLs, up to [`MAX_VARIANTS`]).
+fn expand_variables(url: &str, vars: Option<&Node>) -> Vec<String> {
+    let mut urls = vec![url.to_string()];
+    for (name, var) in vars.and_then(Node::as_map).unwrap_or(&[]) {
+        let Some(name) = name.as_str() else { continue };
+        let placeholder = format!("{{{name}}}");
+        let default = var.get("default").and_then(Node::as_str);
+        let in_host = url
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+            .is_some_and(|authority| authority.contains(&placeholder));
+        let mut values: Vec<&str> = default.into_iter().collect();
+        if in_host {
+            for v in var.get("enum").and_then(Node::as_seq).unwrap_or(&[]) {
+                if let Some(v) = v.as_str().filter(|v| !values.contains(v)) {
+                    values.push(v);
+                }
+            }
+        }
+        if values.is_empty() {
+            continue;
+        }
+        let mut next = Vec::new();
+        for u in &urls {
+            for v in &values {
+                if next.len() < MAX_VARIANTS {
+                    next.push(u.replace(&placeholder, v));
+                }
+            }
+        }
+        urls = next;
+    }
+    urls
 }
 
 /// `scheme://host:port/path` -> (host, port, path without trailing `/`). Relative URLs give only a path.
@@ -148,58 +337,79 @@ pub fn split_url(url: &str) -> (Option<String>, Option<u16>, String) {
     (Some(host.to_ascii_lowercase()), port, path)
 }
 
-fn security(root: &Node) -> Option<ImportedAuth> {
-    let schemes = root.get("components")?.get("securitySchemes")?.as_map()?;
-    // Prefer the first scheme the document requires globally, else the first defined.
-    let required = root
-        .get("security")
-        .and_then(Node::as_seq)
-        .and_then(|s| s.first())
-        .and_then(Node::as_map)
-        .and_then(|m| m.first())
-        .and_then(|(k, _)| k.as_str());
-    let (_, scheme) = schemes
-        .iter()
-        .find(|(k, _)| required.is_some() && k.as_str() == required)
-        .or_else(|| schemes.first())?;
-    let get = |k: &str| scheme.get(k).and_then(Node::as_str).unwrap_or("");
-    match get("type") {
-        "apiKey" => {
-            let name = get("name").to_string();
-            match get("in") {
-                "header" => Some(ImportedAuth {
-                    kind: AuthKind::ApiKey,
-                    headers: vec![name],
-                    query: vec![],
-                }),
-                "query" => Some(ImportedAuth {
-                    kind: AuthKind::ApiKey,
-                    headers: vec![],
-                    query: vec![name],
-                }),
-                _ => None,
+/// Names of the schemes security requirements list (global and per operation), in order of appearance.
+fn required_schemes(root: &Node) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |sec: Option<&Node>| {
+        for req in sec.and_then(Node::as_seq).unwrap_or(&[]) {
+            for (k, _) in req.as_map().unwrap_or(&[]) {
+                if let Some(k) = k.as_str().filter(|k| !out.iter().any(|o| o == k)) {
+                    out.push(k.to_string());
+                }
             }
         }
-        "http" => match get("scheme").to_ascii_lowercase().as_str() {
-            "bearer" => Some(ImportedAuth {
-                kind: AuthKind::Bearer,
-                headers: vec![],
-                query: vec![],
-            }),
-            "basic" => Some(ImportedAuth {
-                kind: AuthKind::Basic,
-                headers: vec![],
-                query: vec![],
-            }),
-            _ => None,
-        },
-        "oauth2" | "openIdConnect" => Some(ImportedAuth {
-            kind: AuthKind::Bearer,
-            headers: vec![],
-            query: vec![],
-        }),
-        _ => None,
+    };
+    add(root.get("security"));
+    for (_, item) in root.get("paths").and_then(Node::as_map).unwrap_or(&[]) {
+        for (_, op) in item.as_map().unwrap_or(&[]) {
+            add(op.get("security"));
+        }
     }
+    out
+}
+
+/// Every scheme the document requires (all defined ones when it requires none), as key locations; schemes with no
+/// key the registry can read are noted.
+fn security(root: &Node, notes: &mut Vec<Problem>) -> Vec<ImportedAuth> {
+    let Some(schemes) = root
+        .get("components")
+        .and_then(|c| c.get("securitySchemes"))
+        .and_then(Node::as_map)
+    else {
+        return Vec::new();
+    };
+    let required = required_schemes(root);
+    let mut out: Vec<ImportedAuth> = Vec::new();
+    for (k, scheme) in schemes {
+        let Some(name) = k.as_str() else { continue };
+        if !required.is_empty() && !required.iter().any(|r| r == name) {
+            continue;
+        }
+        let scheme = resolve(root, scheme).unwrap_or(scheme);
+        let get = |k: &str| scheme.get(k).and_then(Node::as_str).unwrap_or("");
+        let auth = |kind, headers: Vec<String>, query: Vec<String>| ImportedAuth {
+            kind,
+            headers,
+            query,
+        };
+        let found = match get("type") {
+            "apiKey" => match get("in") {
+                "header" => Some(auth(AuthKind::ApiKey, vec![get("name").into()], vec![])),
+                "query" => Some(auth(AuthKind::ApiKey, vec![], vec![get("name").into()])),
+                _ => None,
+            },
+            "http" => match get("scheme").to_ascii_lowercase().as_str() {
+                "bearer" => Some(auth(AuthKind::Bearer, vec![], vec![])),
+                "basic" => Some(auth(AuthKind::Basic, vec![], vec![])),
+                _ => None,
+            },
+            "oauth2" | "openIdConnect" => Some(auth(AuthKind::Bearer, vec![], vec![])),
+            _ => None,
+        };
+        match found {
+            Some(a) if !out.contains(&a) => out.push(a),
+            Some(_) => {}
+            None => notes.push(Problem {
+                line: scheme.line,
+                message: format!(
+                    "security scheme `{name}` ({} {}) has no key the registry can read; not imported",
+                    get("type"),
+                    [get("in"), get("scheme")].concat()
+                ),
+            }),
+        }
+    }
+    out
 }
 
 /// Lower-case id from a title: `Payments API v2` -> `payments-api-v2`.
@@ -267,23 +477,26 @@ pub fn to_registry_yaml(spec: &OpenApiSpec, source: &str) -> String {
             scalar(&id)
         ));
     }
-    match &spec.auth {
-        None => y.push_str("    # No usable security scheme in the document: keys are looked for in X-Api-Key / Api-Key.\n"),
-        Some(a) => {
-            y.push_str(&format!("    auth:\n      type: {}\n", a.kind.as_str()));
+    if spec.auth.is_empty() {
+        y.push_str("    # No usable security scheme in the document: keys are looked for in X-Api-Key / Api-Key.\n");
+    } else {
+        y.push_str("    auth:\n");
+        for a in &spec.auth {
+            y.push_str(&format!("      - {{type: {}", a.kind.as_str()));
             if !a.headers.is_empty() {
-                y.push_str(&format!("      headers: {}\n", flow_list(&a.headers)));
+                y.push_str(&format!(", headers: {}", flow_list(&a.headers)));
             }
             if !a.query.is_empty() {
-                y.push_str(&format!("      query: {}\n", flow_list(&a.query)));
+                y.push_str(&format!(", query: {}", flow_list(&a.query)));
             }
+            y.push_str("}\n");
         }
     }
     if spec.routes.is_empty() {
         y.push_str("    routes: []\n");
     } else {
         y.push_str("    routes:\n");
-        for r in &spec.routes {
+        for (r, _) in &spec.routes {
             y.push_str(&format!("      - {}\n", scalar(r)));
         }
     }
@@ -326,6 +539,154 @@ mod fixture_tests {
     use super::*;
     use crate::registry::{load_str, KeySecret};
 
+    fn routes(spec: &OpenApiSpec) -> Vec<&str> {
+        spec.routes.iter().map(|(r, _)| r.as_str()).collect()
+    }
+
+    fn notes(spec: &OpenApiSpec) -> Vec<(usize, &str)> {
+        spec.notes
+            .iter()
+            .map(|n| (n.line, n.message.as_str()))
+            .collect()
+    }
+
+    fn valid(spec: &OpenApiSpec) -> crate::registry::Registry {
+        let yaml = to_registry_yaml(spec, "spec.yaml");
+        let secret = KeySecret::from_bytes(b"openapi-import-secret");
+        load_str(&yaml, Path::new("."), &secret)
+            .unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"))
+            .registry
+    }
+
+    #[test]
+    fn several_security_schemes_are_several_key_locations() {
+        // Stripe's shape: basic and bearer both accepted.
+        let text = "openapi: 3.0.0\ninfo: {title: S, version: '1'}\nsecurity:\n  - basicAuth: []\n  - bearerAuth: []\npaths:\n  /v1/charges:\n    get:\n      security: [{apiKeyQuery: []}]\ncomponents:\n  securitySchemes:\n    basicAuth: {type: http, scheme: basic}\n    bearerAuth: {type: http, scheme: bearer}\n    apiKeyQuery: {type: apiKey, in: query, name: key}\n    cookie: {type: apiKey, in: cookie, name: sid}\n    tls: {type: mutualTLS}\n";
+        let spec = parse_spec(text).expect("parses");
+        let kinds: Vec<AuthKind> = spec.auth.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            [AuthKind::Basic, AuthKind::Bearer, AuthKind::ApiKey],
+            "every required scheme, operation-level too"
+        );
+        assert_eq!(spec.notes, [], "unrequired schemes are not reported");
+        let r = valid(&spec);
+        let auth: Vec<(AuthKind, Vec<String>)> = r.apis[0]
+            .auth
+            .iter()
+            .map(|a| (a.kind, a.query.clone()))
+            .collect();
+        assert_eq!(
+            auth,
+            [
+                (AuthKind::Basic, vec![]),
+                (AuthKind::Bearer, vec![]),
+                (AuthKind::ApiKey, vec!["key".to_string()])
+            ]
+        );
+        let only_defined = "openapi: 3.0.0\npaths: {}\ncomponents:\n  securitySchemes:\n    cookie: {type: apiKey, in: cookie, name: sid}\n    b: {type: http, scheme: bearer}\n";
+        let spec = parse_spec(only_defined).expect("parses");
+        assert_eq!(spec.auth.len(), 1);
+        assert_eq!(notes(&spec), [(5, "security scheme `cookie` (apiKey cookie) has no key the registry can read; not imported")]);
+    }
+
+    #[test]
+    fn path_item_refs_server_variables_and_operation_servers() {
+        let text = "\
+openapi: 3.1.0
+info: {title: Vars, version: '2'}
+servers:
+  - url: https://{env}.api.example.com/{version}
+    variables:
+      env: {default: prod, enum: [prod, staging]}
+      version: {default: v2}
+paths:
+  /items:
+    $ref: '#/components/pathItems/Items'
+  /upload:
+    post:
+      servers: [{url: 'https://upload.example.com/u'}]
+  x-internal: {get: {}}
+  /remote:
+    $ref: 'other.yaml#/paths/~1remote'
+components:
+  pathItems:
+    Items: {get: {}, post: {}}
+";
+        let spec = parse_spec(text).expect("parses");
+        assert_eq!(
+            spec.hosts,
+            [
+                "prod.api.example.com",
+                "staging.api.example.com",
+                "upload.example.com"
+            ]
+        );
+        assert_eq!(spec.base_path, "/v2", "server variables substituted");
+        assert_eq!(
+            routes(&spec),
+            [
+                "GET /v2/items",
+                "POST /v2/items",
+                "POST /u/upload",
+                "/v2/remote"
+            ]
+        );
+        assert_eq!(
+            notes(&spec),
+            [
+                (14, "extension `x-internal` under `paths` ignored"),
+                (15, "path `/remote`: reference `other.yaml#/paths/~1remote` to another document not followed; imported for any method"),
+            ]
+        );
+        valid(&spec);
+    }
+
+    #[test]
+    fn webhooks_only_document_is_accepted() {
+        let text =
+            "openapi: 3.1.0\ninfo: {title: Hooks, version: '1'}\nwebhooks:\n  newPet: {post: {}}\n";
+        let spec = parse_spec(text).expect("3.1 makes paths optional");
+        assert!(spec.routes.is_empty());
+        assert_eq!(
+            notes(&spec),
+            [(
+                4,
+                "1 webhook(s) not imported: they are calls the API makes, not calls it receives"
+            )]
+        );
+        valid(&spec);
+        let err = parse_spec("openapi: 3.0.3\ninfo: {title: H, version: '1'}\n")
+            .expect_err("3.0 requires paths");
+        assert!(err.contains("no `paths`"), "{err}");
+    }
+
+    #[test]
+    fn templates_are_made_valid_and_the_rewrite_is_noted() {
+        let text = "openapi: 3.0.0\npaths:\n  /a/{id}/b/{id}: {get: {}}\n  /files/{name}{ext}: {get: {}}\n";
+        let spec = parse_spec(text).expect("parses");
+        assert_eq!(
+            routes(&spec),
+            ["GET /a/{id}/b/{id_2}", "GET /files/{name_ext}"]
+        );
+        assert_eq!(
+            notes(&spec),
+            [
+                (3, "route `GET /a/{id}/b/{id}` imported as `GET /a/{id}/b/{id_2}`: a parameter name repeats, so later ones are numbered"),
+                (4, "route `GET /files/{name}{ext}` imported as `GET /files/{name_ext}`: adjacent parameters cannot be told apart, so they are one"),
+            ]
+        );
+        valid(&spec);
+    }
+
+    #[test]
+    fn byte_order_mark_does_not_hide_the_version() {
+        let spec =
+            parse_spec("\u{feff}{\"openapi\": \"3.0.0\", \"paths\": {\"/x\": {\"get\": {}}}}")
+                .expect("BOM skipped");
+        assert_eq!(routes(&spec), ["GET /x"]);
+    }
+
     fn fixture() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/payments-openapi.yaml")
     }
@@ -338,7 +699,7 @@ mod fixture_tests {
         assert_eq!(spec.ports, [8443]);
         assert_eq!(spec.base_path, "/v1");
         assert_eq!(
-            spec.routes,
+            routes(&spec),
             [
                 "GET /v1/payments",
                 "POST /v1/payments",
@@ -352,13 +713,14 @@ mod fixture_tests {
         );
         assert_eq!(
             spec.auth,
-            Some(ImportedAuth {
+            [ImportedAuth {
                 kind: AuthKind::ApiKey,
                 headers: vec!["X-Api-Key".into()],
                 query: vec![]
-            }),
+            }],
             "the globally required scheme is used"
         );
+        assert_eq!(spec.notes, [], "nothing dropped");
         let yaml = to_registry_yaml(&spec, "payments-openapi.yaml");
         let secret = KeySecret::from_bytes(b"openapi-import-secret");
         let r = load_str(&yaml, Path::new("."), &secret)
@@ -366,7 +728,7 @@ mod fixture_tests {
             .registry;
         assert_eq!(r.apis[0].id, "payments-api");
         assert_eq!(r.apis[0].routes.len(), 7);
-        assert_eq!(r.apis[0].matcher.base_paths, ["/v1"]);
+        assert_eq!(r.apis[0].matchers[0].base_paths, ["/v1"]);
     }
 
     #[test]
@@ -376,13 +738,16 @@ mod fixture_tests {
             "components": {"securitySchemes": {"k": {"type": "apiKey", "in": "query", "name": "key"}}}}"#;
         let spec = parse_spec(json).expect("JSON OpenAPI parses");
         assert_eq!(
-            spec.routes,
+            routes(&spec),
             ["GET /things", "/health"],
             "path without operations matches any method"
         );
         assert_eq!(
-            spec.auth.as_ref().map(|a| a.query.clone()),
-            Some(vec!["key".to_string()])
+            spec.auth
+                .iter()
+                .map(|a| a.query.clone())
+                .collect::<Vec<_>>(),
+            [vec!["key".to_string()]]
         );
         let yaml = to_registry_yaml(&spec, "q.json");
         assert!(yaml.contains("The document names no server"), "{yaml}");
@@ -390,8 +755,13 @@ mod fixture_tests {
         load_str(&yaml, Path::new("."), &secret).unwrap_or_else(|p| panic!("valid: {p:?}\n{yaml}"));
         let basic = "openapi: 3.0.0\npaths: {}\ncomponents:\n  securitySchemes:\n    b: {type: http, scheme: Basic}\n";
         assert_eq!(
-            parse_spec(basic).expect("parses").auth.map(|a| a.kind),
-            Some(AuthKind::Basic)
+            parse_spec(basic)
+                .expect("parses")
+                .auth
+                .iter()
+                .map(|a| a.kind)
+                .collect::<Vec<_>>(),
+            [AuthKind::Basic]
         );
         let err = parse_spec("openapi: 3.0.0\npaths:\n  things: {}\n")
             .expect_err("relative path refused");

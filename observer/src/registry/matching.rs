@@ -8,7 +8,7 @@ use std::sync::RwLock;
 use crate::event::Timestamp;
 
 use super::fingerprint::{parse_fingerprint, KeySecret};
-use super::model::{Api, Application, Key, Registry, Team, DEFAULT_MAX_INFERRED_ROUTES};
+use super::model::{Api, ApiMatch, Application, Key, Registry, Team, DEFAULT_MAX_INFERRED_ROUTES};
 
 /// Route emitted once an API's inferred-route cap is reached.
 pub const OVERFLOW_ROUTE: &str = "{other}";
@@ -207,63 +207,29 @@ impl Snapshot {
 
     /// The most specific API matching the request, by index. `host` may carry a port (it is stripped).
     ///
-    /// Specificity, compared in order: longer matching base path; literal host over wildcard host; more server
-    /// workload criteria; a port criterion. Ties go to the API defined first (validation reports true ties).
+    /// Specificity, compared in order: longer matching base path (or literal start of a matching path regex);
+    /// literal host over wildcard host; more server workload criteria; a port criterion; a method criterion. Each
+    /// API scores by its best matcher. Ties go to the API defined first (validation reports true ties).
     pub fn match_api(
         &self,
         host: &str,
         port: u16,
+        method: &str,
         path: &str,
         server_comm: &str,
         server_cgroup: &str,
     ) -> Option<usize> {
         let host = strip_port(host);
-        let mut best: Option<(usize, (usize, u8, u8, u8))> = None;
+        let mut best: Option<(usize, Score)> = None;
         for (i, api) in self.registry.apis.iter().enumerate() {
-            let m = &api.matcher;
-            let host_score = if m.hosts.is_empty() {
-                0
-            } else {
-                match m
-                    .hosts
-                    .iter()
-                    .filter(|g| g.matches(host))
-                    .map(|g| if g.is_literal() { 2 } else { 1 })
-                    .max()
-                {
-                    Some(s) => s,
-                    None => continue,
+            for m in &api.matchers {
+                let Some(score) = score(m, host, port, method, path, server_comm, server_cgroup)
+                else {
+                    continue;
+                };
+                if best.is_none_or(|(_, b)| score > b) {
+                    best = Some((i, score));
                 }
-            };
-            if !m.ports.is_empty() && !m.ports.contains(&port) {
-                continue;
-            }
-            let base_score = if m.base_paths.is_empty() {
-                0
-            } else {
-                match m
-                    .base_paths
-                    .iter()
-                    .filter(|b| has_path_prefix(path, b))
-                    .map(|b| b.len() + 1)
-                    .max()
-                {
-                    Some(s) => s,
-                    None => continue,
-                }
-            };
-            if !m.server_comm.is_empty() && !m.server_comm.iter().any(|g| g.matches(server_comm)) {
-                continue;
-            }
-            if !m.server_cgroup.is_empty()
-                && !m.server_cgroup.iter().any(|g| g.matches(server_cgroup))
-            {
-                continue;
-            }
-            let workload = !m.server_comm.is_empty() as u8 + !m.server_cgroup.is_empty() as u8;
-            let score = (base_score, host_score, workload, !m.ports.is_empty() as u8);
-            if best.is_none_or(|(_, b)| score > b) {
-                best = Some((i, score));
             }
         }
         best.map(|(i, _)| i)
@@ -297,11 +263,16 @@ impl Snapshot {
     }
 
     /// The application whose workload selectors match the client (most specific selector first, then file order).
-    pub fn app_by_workload(&self, comm: &str, cgroup: &str) -> Option<&Application> {
+    pub fn app_by_workload(
+        &self,
+        comm: &str,
+        cgroup: &str,
+        pod: Option<&crate::kube::PodMeta>,
+    ) -> Option<&Application> {
         let first_match = |ranks: &[usize]| {
             ranks.iter().copied().find(|&r| {
                 let (a, s) = self.selectors[r];
-                self.registry.applications[a].workload[s].matches(comm, cgroup)
+                self.registry.applications[a].workload[s].matches(comm, cgroup, pod)
             })
         };
         let by_comm = self
@@ -315,6 +286,68 @@ impl Snapshot {
         };
         Some(&self.registry.applications[self.selectors[rank].0])
     }
+}
+
+/// (path, host, workload, port, method) specificity of a matching matcher.
+type Score = (usize, u8, u8, u8, u8);
+
+/// How specifically `m` matches the request, or None when it does not.
+fn score(
+    m: &ApiMatch,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    server_comm: &str,
+    server_cgroup: &str,
+) -> Option<Score> {
+    let host_score = if m.hosts.is_empty() {
+        0
+    } else {
+        m.hosts
+            .iter()
+            .filter(|g| g.matches(host))
+            .map(|g| if g.is_literal() { 2 } else { 1 })
+            .max()?
+    };
+    if !m.ports.is_empty() && !m.ports.contains(&port) {
+        return None;
+    }
+    if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(method)) {
+        return None;
+    }
+    let base_score = if m.base_paths.is_empty() {
+        0
+    } else {
+        m.base_paths
+            .iter()
+            .filter(|b| has_path_prefix(path, b))
+            .map(|b| b.len() + 1)
+            .max()?
+    };
+    let regex_score = if m.path_regex.is_empty() {
+        0
+    } else {
+        m.path_regex
+            .iter()
+            .filter(|r| r.is_match(path))
+            .map(|r| r.literal_prefix_len() + 1)
+            .max()?
+    };
+    if !m.server_comm.is_empty() && !m.server_comm.iter().any(|g| g.matches(server_comm)) {
+        return None;
+    }
+    if !m.server_cgroup.is_empty() && !m.server_cgroup.iter().any(|g| g.matches(server_cgroup)) {
+        return None;
+    }
+    let workload = !m.server_comm.is_empty() as u8 + !m.server_cgroup.is_empty() as u8;
+    Some((
+        base_score.max(regex_score),
+        host_score,
+        workload,
+        !m.ports.is_empty() as u8,
+        !m.methods.is_empty() as u8,
+    ))
 }
 
 /// `host:port` / `[v6]:port` -> host.
@@ -336,5 +369,52 @@ pub fn has_path_prefix(path: &str, base: &str) -> bool {
     match path.strip_prefix(base) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::registry::load_str;
+
+    fn snapshot(text: &str) -> Snapshot {
+        let secret = KeySecret::from_bytes(b"matching-test-secret");
+        let loaded =
+            load_str(text, Path::new("."), &secret).unwrap_or_else(|p| panic!("valid: {p:?}"));
+        Snapshot::build(loaded.registry, secret, 0, None, None)
+    }
+
+    #[test]
+    fn each_matcher_keeps_its_own_hosts_paths_and_methods() {
+        let snap = snapshot("teams: [{id: t}]\napis:\n  - id: admin\n    owner: t\n    match:\n      - {hosts: a.com, base_path: /admin}\n      - {hosts: b.com, base_path: /api, methods: [GET]}\n  - id: users\n    owner: t\n    match: {hosts: b.com, path_regex: '/users/\\d+'}\n  - id: fallback\n    owner: t\n    match: {hosts: [a.com, b.com]}\n");
+        let api = |host: &str, method: &str, path: &str| {
+            snap.match_api(host, 80, method, path, "", "")
+                .map(|i| snap.api(i).id.as_str())
+        };
+        assert_eq!(api("a.com", "GET", "/admin/x"), Some("admin"));
+        assert_eq!(api("b.com", "GET", "/api/x"), Some("admin"));
+        assert_eq!(
+            api("b.com", "GET", "/admin/x"),
+            Some("fallback"),
+            "host B with /admin is not the first route's"
+        );
+        assert_eq!(
+            api("b.com", "POST", "/api/x"),
+            Some("fallback"),
+            "the route's methods hold"
+        );
+        assert_eq!(
+            api("b.com", "GET", "/users/42/x"),
+            Some("users"),
+            "regex anchored at the start"
+        );
+        assert_eq!(
+            api("b.com", "GET", "/users/me"),
+            Some("fallback"),
+            "regex does not widen to the host"
+        );
+        assert_eq!(api("c.com", "GET", "/admin"), None);
     }
 }

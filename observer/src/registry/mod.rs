@@ -16,7 +16,8 @@ mod yaml;
 // The public surface for `run` and the ClickHouse registry writer; not all of it is used inside this crate yet.
 #[allow(unused_imports)]
 pub use cli::{
-    run, KeySecretArgs, RegistryAction, RegistryArgs, RegistryCommand, DEFAULT_KEY_SECRET_FILE,
+    import_kong, import_openapi, run, Imported, KeySecretArgs, RegistryAction, RegistryArgs,
+    RegistryCommand, DEFAULT_KEY_SECRET_FILE,
 };
 #[allow(unused_imports)]
 pub use fingerprint::{key_suffix, write_hex, KeySecret, SecretError};

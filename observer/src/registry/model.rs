@@ -38,13 +38,42 @@ pub struct Api {
     pub owner: String,
     /// Line of business of the API (defaults to the owner team's).
     pub line_of_business: String,
-    pub matcher: ApiMatch,
-    pub auth: Auth,
+    /// Any of these recognises the API's traffic (several for a gateway service with several routes).
+    pub matchers: Vec<ApiMatch>,
+    /// Where the API's callers put their key, tried in order (the first location holding a credential wins).
+    pub auth: Vec<Auth>,
     /// Route templates: those written in the registry, then those taken from `openapi`.
     pub routes: Vec<RouteTemplate>,
     pub openapi: Option<PathBuf>,
     pub max_inferred_routes: usize,
     pub line: usize,
+}
+
+impl Api {
+    /// Host patterns of all matchers, each once, in order.
+    pub fn hosts(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for h in self.matchers.iter().flat_map(|m| &m.hosts) {
+            if !out.contains(&h.as_str()) {
+                out.push(h.as_str());
+            }
+        }
+        out
+    }
+
+    /// The first base path of any matcher ("" when none).
+    pub fn first_base_path(&self) -> &str {
+        self.matchers
+            .iter()
+            .find_map(|m| m.base_paths.first())
+            .map_or("", String::as_str)
+    }
+
+    /// The auth kinds in order, comma-separated (`basic,bearer`).
+    pub fn auth_label(&self) -> String {
+        let kinds: Vec<&str> = self.auth.iter().map(|a| a.kind.as_str()).collect();
+        kinds.join(",")
+    }
 }
 
 /// How traffic is recognised as belonging to an API. Every criterion given must hold (a list holds when any of its
@@ -57,10 +86,52 @@ pub struct ApiMatch {
     pub ports: Vec<u16>,
     /// Path prefixes, matched on segment boundaries (`/v1/pay` does not match `/v1/payments`).
     pub base_paths: Vec<String>,
+    /// Path regular expressions, anchored at the start of the path (gateway routes written as regexes).
+    pub path_regex: Vec<PathRegex>,
+    /// Request methods, upper case.
+    pub methods: Vec<String>,
     /// Server process name globs.
     pub server_comm: Vec<Glob>,
     /// Server cgroup path globs.
     pub server_cgroup: Vec<Glob>,
+    pub line: usize,
+}
+
+/// A path regular expression matched from the start of the path; equal when written the same.
+#[derive(Debug, Clone)]
+pub struct PathRegex {
+    written: String,
+    regex: regex::Regex,
+}
+
+impl PathRegex {
+    pub fn new(written: &str) -> Result<Self, regex::Error> {
+        Ok(PathRegex {
+            written: written.to_string(),
+            regex: regex::Regex::new(&format!("^(?:{written})"))?,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.written
+    }
+
+    pub fn is_match(&self, path: &str) -> bool {
+        self.regex.is_match(path)
+    }
+
+    /// Length of the literal text the expression starts with (its specificity next to base paths).
+    pub fn literal_prefix_len(&self) -> usize {
+        self.written
+            .find(|c: char| !(c.is_alphanumeric() || matches!(c, '/' | '-' | '_')))
+            .unwrap_or(self.written.len())
+    }
+}
+
+impl PartialEq for PathRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.written == other.written
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,23 +203,65 @@ pub struct Application {
     pub line: usize,
 }
 
-/// Client workload selector: every criterion given must match.
+/// Client workload selector: every criterion given must match. The Kubernetes terms (`namespace`, `workload`,
+/// `labels`) match only a client that is a pod on this node known from the API (`observer run --kubernetes`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadSelector {
     pub comm: Option<Glob>,
     pub cgroup: Option<Glob>,
+    pub namespace: Option<Glob>,
+    /// `Kind/name` of the owning workload (`Deployment/checkout`; globs allowed in the name).
+    pub workload: Option<Glob>,
+    /// Labels the pod must carry with exactly these values (`matchLabels`).
+    pub labels: Vec<(String, String)>,
     pub line: usize,
 }
 
+/// The workload kinds a `workload` selector may name (what pod identity resolves owners to).
+pub const WORKLOAD_KINDS: &[&str] = &[
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicaSet",
+];
+
 impl WorkloadSelector {
-    pub fn matches(&self, comm: &str, cgroup: &str) -> bool {
-        self.comm.as_ref().is_none_or(|g| g.matches(comm))
-            && self.cgroup.as_ref().is_none_or(|g| g.matches(cgroup))
+    pub fn matches(&self, comm: &str, cgroup: &str, pod: Option<&crate::kube::PodMeta>) -> bool {
+        let host = self.comm.as_ref().is_none_or(|g| g.matches(comm))
+            && self.cgroup.as_ref().is_none_or(|g| g.matches(cgroup));
+        if !host || !self.uses_kubernetes() {
+            return host;
+        }
+        let Some(pod) = pod else { return false };
+        self.namespace
+            .as_ref()
+            .is_none_or(|g| g.matches(&pod.namespace))
+            && self
+                .workload
+                .as_ref()
+                .is_none_or(|g| g.matches(&pod.workload))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| pod.labels.get(k).is_some_and(|have| have == v))
+    }
+
+    /// Whether a Kubernetes term is given.
+    pub fn uses_kubernetes(&self) -> bool {
+        self.namespace.is_some() || self.workload.is_some() || !self.labels.is_empty()
     }
 
     /// More criteria is more specific.
     pub fn specificity(&self) -> u8 {
-        self.comm.is_some() as u8 + self.cgroup.is_some() as u8
+        let terms = [
+            self.comm.is_some(),
+            self.cgroup.is_some(),
+            self.namespace.is_some(),
+            self.workload.is_some(),
+        ];
+        terms.iter().map(|&t| t as u8).sum::<u8>() + self.labels.len().min(200) as u8
     }
 }
 

@@ -91,14 +91,35 @@ fn stamps(paths: impl IntoIterator<Item = PathBuf>) -> Vec<(PathBuf, FileStamp)>
         .collect()
 }
 
-/// SHA-256 over the contents of all files (missing files hash as a marker).
+/// Length and SHA-256 of one file, read in chunks.
+fn hash_file(path: &Path) -> std::io::Result<(u64, [u8; 32])> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&h.finalize());
+    Ok((len, out))
+}
+
+/// SHA-256 over the contents of all files (missing files hash as a marker), streamed so an oversized file costs
+/// no memory (the loader refuses it).
 fn content_hash(files: &[(PathBuf, FileStamp)]) -> [u8; 32] {
     let mut h = Sha256::new();
     for (p, _) in files {
-        match std::fs::read(p) {
-            Ok(bytes) => {
-                h.update((bytes.len() as u64).to_le_bytes());
-                h.update(&bytes);
+        match hash_file(p) {
+            Ok((len, digest)) => {
+                h.update(len.to_le_bytes());
+                h.update(digest);
             }
             Err(_) => h.update(b"\xffmissing"),
         }
@@ -371,6 +392,35 @@ mod tests {
             err.to_string().contains("cannot read registry"),
             "message: {err}"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn hostile_edit_is_refused_and_the_last_good_registry_stays() {
+        let dir = tmpdir("laughs");
+        let path = dir.join("r.yaml");
+        write(&path, &registry(false));
+        let live = LiveRegistry::open(Some(&path), secret()).expect("valid registry opens");
+        // Nine levels of nine aliases: 9^9 nodes once expanded, from 500 bytes.
+        let mut laughs = "x0: &x0 [lol]\n".to_string();
+        for i in 1..10 {
+            laughs.push_str(&format!(
+                "x{i}: &x{i} [{}]\n",
+                vec![format!("*x{}", i - 1); 9].join(", ")
+            ));
+        }
+        write(&path, &format!("{}{laughs}", registry(true)));
+        let out = live.reload_if_changed();
+        assert!(
+            matches!(&out, ReloadOutcome::Rejected { error } if error.contains("aliases expand to more than")),
+            "hostile edit rejected with a clear error: {out:?}"
+        );
+        assert_eq!(
+            key_state(&live),
+            KeyState::Valid,
+            "last good registry still in use"
+        );
+        assert_eq!(live.stats().failures, 1);
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use clap::Args;
 use thiserror::Error;
 
-use crate::sink::registry_rows::RegistryRows;
+use crate::sink::clickhouse::registry_rows::RegistryRows;
 use cells::{Cell, CellQuery};
 use model::{Insight, TailRow};
 
@@ -181,7 +181,7 @@ pub async fn start(
     };
     let registry: RegistryFn = Arc::new(move || {
         let snap = live.snapshot();
-        Arc::new(crate::sink::registry_rows::from_registry(
+        Arc::new(crate::sink::clickhouse::registry_rows::from_registry(
             &snap.registry,
             snap.loaded_at.0.max(0) as u64,
             snap.loaded_at,

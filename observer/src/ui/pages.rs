@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use crate::sink::registry_rows::{KeyGrantRow, RegistryRows};
+use crate::sink::clickhouse::registry_rows::{KeyGrantRow, RegistryRows};
 
 use super::cells::{buckets, Cell, CellQuery, Dims, Filter, Hist};
 use super::model::*;

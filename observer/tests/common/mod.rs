@@ -6,14 +6,16 @@
 //! free port with a temporary data directory and holds [`serial`] while it runs (the engine is memory-hungry).
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
+pub mod rowbinary;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use observer::sink::clickhouse::schema::{self, Retention, SchemaConfig};
 use observer::sink::clickhouse::ClickHouseConfig;
-use observer::sink::schema::{self, Retention, SchemaConfig};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -4,6 +4,8 @@
 //! counter or the source's modification time); writing the same version again replaces the row, a new version adds
 //! a history row. `deleted` marks an id that disappeared from the registry at that version. The `*_latest` views and
 //! `*_dict` dictionaries (see [`super::schema`]) expose the newest non-deleted version of every id.
+use std::sync::Arc;
+
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
@@ -157,14 +159,9 @@ pub fn from_registry(
             name: a.name.clone(),
             owner: a.owner.clone(),
             line_of_business: a.line_of_business.clone(),
-            auth: a.auth.kind.as_str().to_string(),
-            hosts: a
-                .matcher
-                .hosts
-                .iter()
-                .map(|h| h.as_str().to_string())
-                .collect(),
-            base_path: a.matcher.base_paths.first().cloned().unwrap_or_default(),
+            auth: a.auth_label(),
+            hosts: a.hosts().into_iter().map(str::to_string).collect(),
+            base_path: a.first_base_path().to_string(),
             version,
             loaded_at,
             deleted: false,
@@ -298,6 +295,74 @@ pub fn with_deletions(
         }
     }
     next
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writing
+
+/// Inserts registry rows (the client must point at observer's database).
+pub async fn write_registry(
+    client: &clickhouse::Client,
+    rows: &RegistryRows,
+) -> Result<(), clickhouse::error::Error> {
+    async fn put<T>(
+        client: &clickhouse::Client,
+        table: &str,
+        rows: &[T],
+    ) -> Result<(), clickhouse::error::Error>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut ins = client.insert::<T>(table).await?;
+        for r in rows {
+            ins.write(r).await?;
+        }
+        ins.end().await
+    }
+    put(client, "apis", &rows.apis).await?;
+    put(client, "applications", &rows.applications).await?;
+    put(client, "key_grants", &rows.key_grants).await?;
+    put(client, "teams", &rows.teams).await?;
+    Ok(())
+}
+
+/// Writes the newest registry state, retrying with backoff until it lands or a newer one replaces it.
+pub(crate) async fn registry_task(
+    client: clickhouse::Client,
+    mut rx: tokio::sync::watch::Receiver<Option<Arc<RegistryRows>>>,
+    metrics: Arc<crate::sink::SinkMetrics>,
+    backoff_min: std::time::Duration,
+    backoff_max: std::time::Duration,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut backoff = super::shipper::Backoff::new(backoff_min, backoff_max);
+    while rx.changed().await.is_ok() {
+        let Some(rows) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        loop {
+            match write_registry(&client, &rows).await {
+                Ok(()) => {
+                    metrics.registry_writes.fetch_add(1, Relaxed);
+                    backoff.reset();
+                    tracing::info!(rows = rows.len(), "registry written to ClickHouse");
+                    break;
+                }
+                Err(e) => {
+                    metrics.registry_errors.fetch_add(1, Relaxed);
+                    let wait = backoff.fail();
+                    tracing::warn!(error = %e, retry_in = ?wait, "writing the registry to ClickHouse failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        r = rx.changed() => if r.is_err() { return } else { break },
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

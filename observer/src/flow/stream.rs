@@ -1,0 +1,114 @@
+//! One direction of a connection as its walker sees it: where it is in the current message, segments stashed
+//! ahead of a gap, what each hook saw (to tell retransmissions from the other end's copy), how far the bytes are
+//! known to reach; and TCP sequence-number arithmetic.
+use std::collections::VecDeque;
+
+use observer_common::{HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS};
+
+use crate::http::ChunkedDecoder;
+
+/// `a < b`: serial-number comparison of TCP sequence numbers.
+pub(crate) fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+pub(crate) fn seq_le(a: u32, b: u32) -> bool {
+    a == b || seq_lt(a, b)
+}
+
+/// Out-of-order continuation segments kept per stream, waiting for the gap before them to fill.
+pub(super) const MAX_STASH: usize = 4;
+/// Message starts remembered per stream to recognize a second observation of the same start.
+pub(super) const RECENT_STARTS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Request,
+    Response,
+}
+
+/// Where the byte walker of a stream is.
+#[derive(Debug, Default)]
+pub(super) enum MsgState {
+    /// The next byte starts a message.
+    #[default]
+    Idle,
+    /// Collecting a head that started at `start` (record time `ts`).
+    Head { start: u32, ts: u64, buf: Vec<u8> },
+    /// Skipping this many body bytes of a message whose end is known.
+    Body(u64),
+    /// Walking a chunked body.
+    Chunked(ChunkedDecoder),
+    /// Bytes cannot be placed (unknown framing, malformed): wait for the next message start.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub(super) struct Stashed {
+    pub(super) seq: u32,
+    pub(super) ts: u64,
+    pub(super) flags: u32,
+    pub(super) data: Vec<u8>,
+}
+
+/// One direction of the connection.
+#[derive(Debug, Default)]
+pub(super) struct Stream {
+    pub(super) state: MsgState,
+    /// Sequence number of the next captured byte expected (contiguous capture of the current message).
+    pub(super) next_seq: Option<u32>,
+    /// Bytes captured since the last message start segment, and whether the kernel stopped copying.
+    pub(super) captured: u64,
+    pub(super) capture_over: bool,
+    /// Start of the message whose end is not known yet.
+    pub(super) open: Option<u32>,
+    /// End of the last message when its framing gave it: where the next message must start.
+    pub(super) expect_next: Option<u32>,
+    pub(super) last_kind: Option<Kind>,
+    pub(super) recent_starts: VecDeque<u32>,
+    /// Per hook: sequence numbers of its latest segments (a hook seeing one again is a retransmission).
+    pub(super) hook_seen: [VecDeque<u32>; 4],
+    /// Highest segment end seen in this direction.
+    pub(super) max_end: Option<u32>,
+    /// Highest acknowledgement of this direction's bytes seen on the other direction's segments.
+    pub(super) acked: Option<u32>,
+    pub(super) last_ts: u64,
+    pub(super) stash: Vec<Stashed>,
+    /// The open message has a framing anomaly and its framing gave its end: where that end falls is noted in
+    /// `anomaly_end`, and a message starting there is marked [`Anomalies::FOLLOWS_ANOMALY`].
+    pub(super) anomalous_open: bool,
+    pub(super) anomaly_end: Option<u32>,
+}
+
+impl Stream {
+    pub(super) fn remember_start(&mut self, seq: u32) {
+        if self.recent_starts.len() >= RECENT_STARTS {
+            self.recent_starts.pop_front();
+        }
+        self.recent_starts.push_back(seq);
+    }
+
+    /// Whether the bytes up to `end` are known to have gone on the wire: seen, or acknowledged by the peer. A body
+    /// past the capture leaves no records, so a declared end is only taken once it is reached.
+    pub(super) fn reached(&self, end: u32) -> bool {
+        self.max_end.is_some_and(|m| seq_le(end, m)) || self.acked.is_some_and(|a| seq_le(end, a))
+    }
+
+    /// End estimate for a message whose end was never delimited: the furthest byte seen, at least `min_end`.
+    pub(super) fn estimate_end(&self, min_end: u32) -> u32 {
+        match self.max_end {
+            Some(m) if seq_lt(min_end, m) => m,
+            _ => min_end,
+        }
+    }
+}
+
+pub(super) fn hook_slot(hook: u32) -> Option<usize> {
+    match hook {
+        HOOK_CGROUP_INGRESS => Some(0),
+        HOOK_CGROUP_EGRESS => Some(1),
+        HOOK_TC_INGRESS => Some(2),
+        HOOK_TC_EGRESS => Some(3),
+        _ => None,
+    }
+}

@@ -1,0 +1,317 @@
+//! The engine: feeds each input to the per-event detectors, accumulates per-minute figures per API and client,
+//! and when stream time passes a minute judges it with the per-minute detectors, trains
+//! the baselines with it and closes findings whose condition ended. Time is the events' time only.
+use std::path::Path;
+
+use super::config::{minutes_us, Config, MINUTE_US};
+use super::context::Context;
+use super::finding::{Finding, Kind, Tracker};
+use super::governance::{self, Counts};
+use super::input::{fnv64, Input};
+use super::state::{ApiState, ClientState, State, StateError, MAX_CLIENTS};
+use super::{novelty, spike, successor};
+use crate::event::{KeyState, Timestamp};
+use crate::registry::Registry;
+
+/// New user agents are counted as new for this long after their first use.
+const NEW_UA_US: i64 = 3600 * 1_000_000;
+/// Most user agents remembered per client.
+const MAX_USER_AGENTS: usize = 1000;
+/// A gap in the stream longer than this is missing data (the agent was down), not minutes without traffic.
+const MAX_GAP_MINUTES: i64 = 10;
+
+pub struct Engine {
+    cfg: Config,
+    ctx: Context,
+    state: State,
+    tracker: Tracker,
+    counts: Counts,
+    /// The minute being accumulated (minutes since the epoch).
+    minute: Option<i64>,
+    /// The newest event time seen.
+    now: Timestamp,
+    next_hourly: i64,
+}
+
+impl Engine {
+    pub fn new(cfg: Config, registry: Registry) -> Self {
+        Engine {
+            cfg,
+            ctx: Context::new(registry),
+            state: State::default(),
+            tracker: Tracker::default(),
+            counts: Counts::default(),
+            minute: None,
+            now: Timestamp(i64::MIN),
+            next_hourly: i64::MIN,
+        }
+    }
+
+    /// Continues from a saved state (baselines, known sources, key use, open findings).
+    pub fn restore(&mut self, mut state: State) {
+        self.tracker.restore(std::mem::take(&mut state.open));
+        self.state = state;
+    }
+
+    /// Loads the state saved in `dir`, if any; returns whether there was one.
+    pub fn restore_from(&mut self, dir: &Path) -> Result<bool, StateError> {
+        Ok(match State::load(dir)? {
+            Some(s) => {
+                self.restore(s);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Saves the state to `dir`.
+    pub fn save(&mut self, dir: &Path) -> Result<(), StateError> {
+        self.state.open = self.tracker.open_findings().cloned().collect();
+        let r = self.state.save(dir);
+        self.state.open.clear();
+        r
+    }
+
+    /// Uses a new registry version from now on.
+    pub fn set_registry(&mut self, registry: Registry) {
+        self.ctx = Context::new(registry);
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The findings' versions produced so far (opened, updated, closed), in order.
+    pub fn drain(&mut self, out: &mut Vec<Finding>) {
+        self.tracker.drain(out);
+    }
+
+    pub fn open_findings(&self) -> impl Iterator<Item = &Finding> {
+        self.tracker.open_findings()
+    }
+
+    fn learning_us(&self) -> i64 {
+        (self.cfg.general.learning_hours * 3600e6) as i64
+    }
+
+    /// Whether the engine is still in its first learning period at `t`.
+    fn learning_at(&self, t: Timestamp) -> bool {
+        self.state
+            .started
+            .is_none_or(|s| t.0 - s.0 < self.learning_us())
+    }
+
+    /// Stream time moves to `t` (an event's time, or an idle agent's clock): every minute before `t`'s is judged.
+    /// Events arrive in time order give or take a few seconds; one older than the minute being accumulated counts
+    /// in it.
+    pub fn advance(&mut self, t: Timestamp) {
+        if t > self.now {
+            self.now = t;
+        }
+        let Some(mut cur) = self.minute else {
+            return;
+        };
+        let target = self.now.0.div_euclid(MINUTE_US);
+        if target - cur > MAX_GAP_MINUTES {
+            // Missing data: judge the minute at hand, forget the gap.
+            self.close_minute(cur);
+            self.minute = Some(target);
+            for api in self.state.apis.values_mut() {
+                api.episodes = Default::default();
+            }
+            return;
+        }
+        while cur < target {
+            self.close_minute(cur);
+            cur += 1;
+        }
+        self.minute = Some(cur);
+    }
+
+    /// Feeds one exchange.
+    pub fn ingest(&mut self, i: &Input) {
+        let ts = i.ts;
+        if self.state.started.is_none() {
+            self.state.started = Some(ts);
+        }
+        if self.minute.is_none() {
+            self.minute = Some(ts.0.div_euclid(MINUTE_US));
+        }
+        if ts > self.now {
+            self.advance(ts);
+        }
+        let learning = self.learning_at(ts);
+        governance::on_event(
+            &self.cfg,
+            &self.ctx,
+            &mut self.state,
+            &mut self.counts,
+            &mut self.tracker,
+            i,
+            learning,
+        );
+        if i.api_id.is_empty() {
+            return;
+        }
+        let minute = self.minute.unwrap_or(0);
+        let learning_us = self.learning_us();
+        let started = self.state.started.unwrap_or(ts);
+        let api_id = i.api_id.as_ref();
+        if !self.state.apis.contains_key(api_id) {
+            self.state
+                .apis
+                .insert(api_id.to_string(), ApiState::default());
+        }
+        let api = self.state.apis.get_mut(api_id).expect("inserted above");
+        let mn = &mut api.minute;
+        mn.count += 1;
+        let error = i.is_error();
+        mn.errors += error as u32;
+        mn.keyless += matches!(i.key_state, KeyState::None | KeyState::Unknown) as u32;
+        let src = i.source_hash();
+        if mn.sources.insert(src) && !api.known_sources.contains(&src) {
+            mn.new_sources += 1;
+        }
+        let route = fnv64([i.route.as_bytes()]);
+        mn.routes.insert(route);
+        let window = (self.cfg.spike.repeat_window_secs * 1e6) as i64;
+        let prev = api
+            .episodes
+            .recent
+            .insert((src, i.request_identity()), (ts.0, error))
+            .filter(|&(t, _)| ts.0 - t <= window);
+        let repeat = prev.is_some();
+        let retry = prev.is_some_and(|(_, failed)| failed);
+        mn.retries += retry as u32;
+
+        let client_id: &str = if !i.app_id.is_empty() {
+            &i.app_id
+        } else if !i.client_comm.is_empty() || !i.client_cgroup.is_empty() {
+            &i.workload()
+        } else {
+            return;
+        };
+        let workload;
+        let client_id = if i.app_id.is_empty() {
+            workload = client_id.to_string();
+            workload.as_str()
+        } else {
+            client_id
+        };
+        if !api.clients.contains_key(client_id) {
+            if api.clients.len() >= MAX_CLIENTS {
+                return;
+            }
+            let learn_until = if learning {
+                Timestamp(started.0 + learning_us)
+            } else {
+                Timestamp(ts.0 + learning_us)
+            };
+            api.clients.insert(
+                client_id.to_string(),
+                ClientState {
+                    first_seen: ts,
+                    in_baseline: learning,
+                    learn_until,
+                    ..Default::default()
+                },
+            );
+            if !learning {
+                novelty::new_client(
+                    &self.cfg,
+                    &self.ctx,
+                    api,
+                    api_id,
+                    &i.app_id,
+                    ts,
+                    &mut self.tracker,
+                );
+            }
+        }
+        let c = api.clients.get_mut(client_id).expect("inserted above");
+        let cm = &mut c.minute;
+        cm.count += 1;
+        cm.errors += error as u32;
+        cm.four += i.is_4xx() as u32;
+        cm.repeats += repeat as u32;
+        cm.retries += retry as u32;
+        let client_learning = ts < c.learn_until;
+        if !i.user_agent.is_empty() {
+            let ua = fnv64([i.user_agent.as_bytes()]);
+            let first = match c.user_agents.get(&ua) {
+                Some(t) => *t,
+                None if c.user_agents.len() < MAX_USER_AGENTS => {
+                    c.user_agents.insert(ua, ts);
+                    ts
+                }
+                None => ts,
+            };
+            if !client_learning && ts.0 - first.0 <= NEW_UA_US {
+                cm.new_ua += 1;
+                if cm.new_ua_example.is_empty() {
+                    cm.new_ua_example = i.user_agent.to_string();
+                }
+            }
+        }
+        if client_learning {
+            c.routes.insert(route);
+        } else if !c.routes.contains(&route) {
+            c.new_routes.entry(route).or_insert(minute);
+        }
+        c.arrivals.push_back(ts.0);
+        if c.arrivals.len() > self.cfg.novelty.metronome_arrivals {
+            c.arrivals.pop_front();
+        }
+        if c.workload.is_empty() && (!i.client_comm.is_empty() || !i.client_cgroup.is_empty()) {
+            c.workload = i.workload();
+        }
+    }
+
+    /// Judges minute `m` with the per-minute detectors, trains baselines, closes ended findings.
+    fn close_minute(&mut self, m: i64) {
+        let end = Timestamp((m + 1) * MINUTE_US);
+        let cfg = &self.cfg;
+        let repeat_us = (cfg.spike.repeat_window_secs * 1e6) as i64;
+        for (api_id, api) in self.state.apis.iter_mut() {
+            spike::judge(cfg, &self.ctx, api_id, api, m, end, &mut self.tracker);
+            successor::judge(cfg, &self.ctx, api_id, api, m, end, &mut self.tracker);
+            novelty::judge(cfg, &self.ctx, api_id, api, m, end, &mut self.tracker);
+            // A predecessor whose successor calls the API keeps the profile it had: that is what the successor is
+            // compared with, not the trickle (or nothing) it sends once replaced.
+            let replaced: Vec<String> = api
+                .clients
+                .keys()
+                .filter_map(|id| self.ctx.app(id)?.predecessor.clone())
+                .collect();
+            for (id, c) in api.clients.iter_mut() {
+                let n = c.minute.count as f64;
+                if c.minute.count > 0 {
+                    c.last_active = m;
+                }
+                if m - c.last_active <= 60 && !replaced.contains(id) {
+                    c.profile.learn(m, n, &cfg.baseline);
+                }
+                if c.minute.count > 0 {
+                    let slow = cfg.baseline.alpha / 10.0;
+                    c.four.learn(c.minute.four as f64 / n, slow);
+                }
+                c.minute = Default::default();
+            }
+            api.minute = Default::default();
+            api.episodes
+                .recent
+                .retain(|_, &mut (t, _)| end.0 - t <= repeat_us);
+        }
+        let rate_close = minutes_us(cfg.spike.close_after_minutes);
+        let event_close = minutes_us(cfg.governance.close_after_minutes);
+        self.tracker.sweep(end, |k| match k {
+            Kind::UnusedGrant => 2 * 60 * MINUTE_US,
+            k if k.per_event() => event_close,
+            _ => rate_close,
+        });
+        if end.0 >= self.next_hourly {
+            self.next_hourly = end.0 + 60 * MINUTE_US;
+            governance::unused_grants(cfg, &self.ctx, &self.state, &mut self.tracker, end);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Pod and workload identity on Kubernetes: which pod, namespace and workload a local socket's cgroup belongs to.
+//!
+//! [`cgroup`] reads the pod UID (and container id) from the kubepods cgroup path; [`watch`] keeps this node's pods
+//! and the owners of their ReplicaSets and Jobs from the API server ([`store`]); [`PodIdentity`] joins the two for
+//! the capture thread. `observer run --kubernetes [--node-name NAME]` turns it on.
+pub mod cgroup;
+pub mod store;
+pub mod watch;
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc,
+};
+
+use arc_swap::ArcSwap;
+use clap::Args;
+
+pub use store::{PodIndex, PodMeta};
+
+/// Options of `observer run` for Kubernetes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubeArgs {
+    /// Name each local end's pod, namespace and workload from the Kubernetes API (in-cluster service account, else
+    /// KUBECONFIG or ~/.kube/config). Readiness then waits for this node's pods to be listed.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// This node's name, whose pods are watched (default: $NODE_NAME, then the host name).
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    pub node_name: Option<String>,
+}
+
+impl KubeArgs {
+    /// The node whose pods are watched: `--node-name`, `$NODE_NAME`, then the kernel's host name.
+    pub fn node(&self) -> Result<String, KubeError> {
+        if let Some(n) = self.node_name.as_ref().filter(|n| !n.is_empty()) {
+            return Ok(n.clone());
+        }
+        if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+            return Ok(n);
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|n| !n.is_empty())
+            .ok_or(KubeError::NoNodeName)
+    }
+}
+
+/// Why pod identity could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("no node name: pass --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)")]
+    NoNodeName,
+    #[error("no Kubernetes client configuration (in-cluster service account, KUBECONFIG or ~/.kube/config): {0}")]
+    Config(#[source] ::kube::Error),
+}
+
+/// Pod metadata by cgroup path, as the watchers last published it.
+#[derive(Debug, Default)]
+pub struct PodIdentity {
+    index: ArcSwap<PodIndex>,
+    synced: AtomicBool,
+    generation: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl PodIdentity {
+    /// The pod a cgroup path (relative to the cgroup2 mount) belongs to, when it is one of this node's known pods.
+    pub fn by_cgroup(&self, path: &str) -> Option<Arc<PodMeta>> {
+        let pod = cgroup::parse(path)?;
+        self.index.load().by_uid.get(&pod.pod_uid).cloned()
+    }
+
+    /// Whether every watched kind has been listed completely at least once.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// How many pods are known.
+    pub fn pods(&self) -> usize {
+        self.index.load().by_uid.len()
+    }
+
+    /// Number of publications so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Waits for the next publication after `seen` (a value of [`Self::generation`]).
+    pub async fn changed_since(&self, seen: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.generation() > seen {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Returns once [`Self::is_synced`] holds.
+    pub async fn synced(&self) {
+        loop {
+            let seen = self.generation();
+            if self.is_synced() {
+                return;
+            }
+            self.changed_since(seen).await;
+        }
+    }
+
+    pub(crate) fn publish(&self, index: PodIndex, synced: bool) {
+        self.index.store(Arc::new(index));
+        self.synced.store(synced, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Marks the agent ready (its programs are attached) now, or with `--kubernetes` once this node's pods are synced.
+pub fn ready_when_synced(pods: Option<&Arc<PodIdentity>>, metrics: &Arc<crate::metrics::Metrics>) {
+    match pods {
+        None => metrics.set_ready(true),
+        Some(pods) => {
+            let (pods, metrics) = (pods.clone(), metrics.clone());
+            tokio::spawn(async move {
+                pods.synced().await;
+                metrics.set_ready(true);
+            });
+        }
+    }
+}
+
+/// With `--kubernetes`: connects with the standard client configuration and spawns the watchers on the current
+/// tokio runtime. `None` without `--kubernetes`.
+pub async fn start(
+    args: &KubeArgs,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Option<Arc<PodIdentity>>, KubeError> {
+    if !args.kubernetes {
+        return Ok(None);
+    }
+    let node = args.node()?;
+    let client = watch::default_client().await?;
+    let identity = Arc::new(PodIdentity::default());
+    tokio::spawn(watch::run(client, node, identity.clone(), metrics));
+    Ok(Some(identity))
+}

@@ -1,0 +1,120 @@
+//! The batcher: encodes events straight into a `RowBinaryWithNamesAndTypes` buffer and seals a batch at
+//! `batch_rows` rows, `batch_max_bytes` bytes or `batch_interval` after its first row (memory stays bounded by a
+//! few batches). A sealed batch gets an id (agent run id + sequence) and a deterministic
+//! `insert_deduplication_token`, and goes to the shipper; if the shipper is behind, straight to the spool.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::config::TABLE;
+use super::rowbinary::{column_list, encode_event, rbwnat_header};
+use super::shipper::Ctx;
+use super::spool::{BatchId, SpooledBatch};
+use crate::event::{Event, Timestamp};
+use crate::sink::queue::QueueRx;
+
+/// A batch being filled.
+struct OpenBatch {
+    header: Arc<Vec<u8>>,
+    buf: Vec<u8>,
+    rows: u64,
+    opened: Option<Instant>,
+}
+
+impl OpenBatch {
+    fn new(header: Arc<Vec<u8>>) -> Self {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(&header);
+        OpenBatch {
+            header,
+            buf,
+            rows: 0,
+            opened: None,
+        }
+    }
+
+    fn push(&mut self, e: &Event) {
+        if self.rows == 0 {
+            self.opened = Some(Instant::now());
+        }
+        encode_event(&mut self.buf, e);
+        self.rows += 1;
+    }
+
+    fn take(&mut self) -> (Vec<u8>, u64) {
+        let mut next = Vec::with_capacity(self.buf.capacity().min(4 << 20));
+        next.extend_from_slice(&self.header);
+        let rows = self.rows;
+        self.rows = 0;
+        self.opened = None;
+        (std::mem::replace(&mut self.buf, next), rows)
+    }
+}
+
+pub(super) async fn batcher(mut rx: QueueRx, ship_tx: mpsc::Sender<SpooledBatch>, ctx: Arc<Ctx>) {
+    let header = Arc::new(rbwnat_header());
+    let columns = column_list();
+    let mut open = OpenBatch::new(header);
+    let mut seq: u64 = 0;
+    let seal = |open: &mut OpenBatch, seq: &mut u64| {
+        let (payload, rows) = open.take();
+        let id = BatchId {
+            run_id: ctx.run_id,
+            seq: *seq,
+        };
+        *seq += 1;
+        SpooledBatch {
+            id,
+            rows,
+            created_us: Timestamp::now().0,
+            token: format!("{}:{:016x}:{}", ctx.cfg.agent_id, id.run_id, id.seq),
+            table: TABLE.to_string(),
+            columns: columns.clone(),
+            payload: Bytes::from(payload),
+        }
+    };
+    loop {
+        let deadline = open.opened.map(|t| t + ctx.cfg.batch_interval);
+        let full = tokio::select! {
+            evs = rx.recv() => match evs {
+                Some(evs) => {
+                    // A capture batch goes into one insert batch whole: an insert batch may exceed
+                    // `batch_rows` by at most one capture drain.
+                    evs.iter().for_each(|ev| open.push(ev));
+                    rx.recycle(evs);
+                    // Take whatever else is queued without going through select! again.
+                    while open.rows < ctx.cfg.batch_rows as u64 && open.buf.len() < ctx.cfg.batch_max_bytes {
+                        match rx.try_recv() {
+                            Some(evs) => {
+                                evs.iter().for_each(|ev| open.push(ev));
+                                rx.recycle(evs);
+                            }
+                            None => break,
+                        }
+                    }
+                    open.rows >= ctx.cfg.batch_rows as u64 || open.buf.len() >= ctx.cfg.batch_max_bytes
+                }
+                None => break,
+            },
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => true,
+        };
+        if full && open.rows > 0 {
+            let batch = seal(&mut open, &mut seq);
+            match ship_tx.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+                    // The shipper is busy (slow or failing ClickHouse): keep capture moving, park it on disk.
+                    ctx.spool_push(b).await;
+                }
+            }
+        }
+    }
+    if open.rows > 0 {
+        let batch = seal(&mut open, &mut seq);
+        if let Err(mpsc::error::SendError(b)) = ship_tx.send(batch).await {
+            ctx.spool_push(b).await;
+        }
+    }
+}

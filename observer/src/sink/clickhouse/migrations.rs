@@ -1,0 +1,615 @@
+//! Every version of observer's ClickHouse schema, in order: the one place to change the tables.
+//!
+//! A migration is a function from [`SchemaConfig`] to `IF NOT EXISTS` statements (safe to re-run after an
+//! interruption); [`super::schema::apply`] runs the versions a database lacks and records them. Released versions
+//! are never edited. To change the schema, append a [`Migration`] to [`MIGRATIONS`] with the next version:
+//! - a new event field: its line in [`crate::event_fields!`] names this version as the column's `since`, and
+//!   [`Migration::statements`] adds the column (`statements: no_statements` when that is all the version does);
+//! - anything else (a rollup, a view, a registry table): its DDL in a `vN_...` function here.
+use std::sync::LazyLock;
+
+use super::schema::{Retention, SchemaConfig};
+use crate::event::{enum8, KeyState};
+
+/// A column of `http_requests`, from [`crate::event_fields!`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    /// ClickHouse type.
+    pub ty: String,
+    /// `CODEC(...)`, or empty for the default.
+    pub codec: &'static str,
+    /// The schema version (migration) that adds the column.
+    pub since: u32,
+}
+
+macro_rules! columns {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty => $ch:expr, $codec:literal, $since:literal; )*) => {
+        fn build_columns() -> Vec<Column> {
+            vec![$( Column { name: stringify!($name), ty: String::from($ch), codec: $codec, since: $since }, )*]
+        }
+    };
+}
+
+crate::event_fields!(columns);
+
+/// The columns of `http_requests`, in [`crate::event::Event`] field order; the sink's RowBinary encoder writes
+/// exactly these, in this order.
+pub fn http_requests_columns() -> &'static [Column] {
+    static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(build_columns);
+    &COLUMNS
+}
+
+/// Latency quantiles kept in the rollups' `duration_quantiles` state, in this order.
+pub const ROLLUP_QUANTILES: &str = "0.5, 0.9, 0.95, 0.99";
+
+/// One schema version.
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    statements: fn(&SchemaConfig) -> Vec<String>,
+}
+
+impl Migration {
+    /// The migration's own statements, then the `http_requests` columns whose `since` is this version.
+    pub fn statements(&self, cfg: &SchemaConfig) -> Vec<String> {
+        let mut out = (self.statements)(cfg);
+        if self.version > 1 {
+            out.extend(add_columns(cfg, http_requests_columns(), self.version));
+        }
+        out
+    }
+}
+
+/// All migrations, in version order. Never edit a released one: add a new version. A new event field only needs
+/// an entry here whose version is the field's `since` in [`crate::event_fields!`] (its `statements` may be
+/// [`no_statements`]): [`Migration::statements`] adds the column.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "http_requests",
+        statements: v1_http_requests,
+    },
+    Migration {
+        version: 2,
+        name: "rollups_1m_1h",
+        statements: v2_rollups,
+    },
+    Migration {
+        version: 3,
+        name: "registry_and_dictionaries",
+        statements: v3_registry,
+    },
+    Migration {
+        version: 4,
+        name: "capture_incomplete_and_framing_anomaly",
+        statements: no_statements,
+    },
+];
+
+/// For a migration that only adds event columns.
+pub fn no_statements(_: &SchemaConfig) -> Vec<String> {
+    Vec::new()
+}
+
+/// `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` for the columns of `columns` added in `version`, each after its
+/// predecessor in the table so that upgraded and new databases have the same column order. On a cluster the
+/// Distributed table gets the column too.
+fn add_columns(cfg: &SchemaConfig, columns: &[Column], version: u32) -> Vec<String> {
+    let db = &cfg.database;
+    let mut out = Vec::new();
+    for (i, c) in columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.since == version)
+    {
+        let after = match i.checked_sub(1) {
+            Some(p) => format!(" AFTER {}", columns[p].name),
+            None => " FIRST".to_string(),
+        };
+        let mut tables = vec![cfg.storage("http_requests")];
+        if cfg.cluster.is_some() {
+            tables.push("http_requests".to_string());
+        }
+        for t in tables {
+            out.push(format!(
+                "ALTER TABLE {db}.{t}{oc} ADD COLUMN IF NOT EXISTS {def}{after}",
+                oc = cfg.on_cluster(),
+                def = column_definition(c),
+            ));
+        }
+    }
+    out
+}
+
+/// `name Type CODEC(...)`.
+fn column_definition(c: &Column) -> String {
+    if c.codec.is_empty() {
+        format!("{} {}", c.name, c.ty)
+    } else {
+        format!("{} {} {}", c.name, c.ty, c.codec)
+    }
+}
+
+/// The newest schema version this binary knows.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
+}
+
+/// Statements creating the database and `schema_migrations` (run before every apply; idempotent).
+pub fn bootstrap_statements(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}{}", cfg.on_cluster()),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations{oc}\n(\n    \
+             version UInt32,\n    name String,\n    applied_at DateTime64(3, 'UTC') DEFAULT now64(3),\n    \
+             observer_version String\n)\nENGINE = {engine}\nORDER BY version",
+            oc = cfg.on_cluster(),
+            engine = cfg.everywhere_engine("ReplacingMergeTree", "(applied_at)", "schema_migrations"),
+        ),
+    ]
+}
+
+fn v1_http_requests(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    // Columns added later come with their own migration (see `Migration::statements`).
+    let cols: Vec<String> = http_requests_columns()
+        .iter()
+        .filter(|c| c.since == 1)
+        .map(|c| format!("    {}", column_definition(c)))
+        .collect();
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{table}{oc}\n(\n{cols}\n)\nENGINE = {engine}\n\
+         PARTITION BY toDate(ts)\nORDER BY (api_id, app_id, ts)\n\
+         TTL toDateTime(ts) + {ttl}{dedup}",
+        table = cfg.storage("http_requests"),
+        oc = cfg.on_cluster(),
+        cols = cols.join(",\n"),
+        engine = cfg.sharded_engine("MergeTree", "http_requests"),
+        ttl = cfg.retention.to_sql_interval(),
+        dedup = cfg.dedup_setting(),
+    )];
+    out.extend(cfg.distributed("http_requests", "cityHash64(api_id, app_id)"));
+    out
+}
+
+fn rollup(
+    cfg: &SchemaConfig,
+    table: &str,
+    bucket: &str,
+    bucket_expr: &str,
+    ttl: Retention,
+) -> Vec<String> {
+    let db = &cfg.database;
+    let storage = cfg.storage(table);
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{storage}{oc}\n(\n    \
+         {bucket} DateTime('UTC') CODEC(Delta(4), ZSTD(1)),\n    \
+         api_id LowCardinality(String),\n    \
+         route LowCardinality(String),\n    \
+         method LowCardinality(String),\n    \
+         app_id LowCardinality(String),\n    \
+         key_state {key_state},\n    \
+         status_class UInt8,\n    \
+         requests SimpleAggregateFunction(sum, UInt64),\n    \
+         errors SimpleAggregateFunction(sum, UInt64),\n    \
+         req_bytes SimpleAggregateFunction(sum, UInt64),\n    \
+         resp_bytes SimpleAggregateFunction(sum, UInt64),\n    \
+         duration_us_sum SimpleAggregateFunction(sum, UInt64),\n    \
+         duration_us_max SimpleAggregateFunction(max, UInt64),\n    \
+         duration_quantiles AggregateFunction(quantilesTDigest({ROLLUP_QUANTILES}), UInt64),\n    \
+         client_workloads AggregateFunction(uniq, IPv6, LowCardinality(String), LowCardinality(String))\n)\n\
+         ENGINE = {engine}\nPARTITION BY toYYYYMM({bucket})\n\
+         ORDER BY (api_id, app_id, {bucket}, route, method, key_state, status_class)\n\
+         TTL {bucket} + {ttl}{dedup}",
+        oc = cfg.on_cluster(),
+        key_state = enum8::<KeyState>(),
+        engine = cfg.sharded_engine("AggregatingMergeTree", table),
+        ttl = ttl.to_sql_interval(),
+        dedup = cfg.dedup_setting(),
+    )];
+    out.extend(cfg.distributed(table, "cityHash64(api_id, app_id)"));
+    out.push(format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{storage}_mv{oc} TO {db}.{storage}\nAS SELECT\n    \
+         {bucket_expr} AS {bucket},\n    api_id,\n    route,\n    method,\n    app_id,\n    key_state,\n    \
+         toUInt8(intDiv(status, 100)) AS status_class,\n    \
+         count() AS requests,\n    \
+         countIf(status >= 500 OR status = 0) AS errors,\n    \
+         sum(req_bytes) AS req_bytes,\n    \
+         sum(resp_bytes) AS resp_bytes,\n    \
+         sum(duration_us) AS duration_us_sum,\n    \
+         max(duration_us) AS duration_us_max,\n    \
+         quantilesTDigestState({ROLLUP_QUANTILES})(duration_us) AS duration_quantiles,\n    \
+         uniqState(src_ip, client_cgroup, client_comm) AS client_workloads\n\
+         FROM {db}.{source}\nGROUP BY {bucket}, api_id, route, method, app_id, key_state, status_class",
+        oc = cfg.on_cluster(),
+        source = cfg.storage("http_requests"),
+    ));
+    out
+}
+
+fn v2_rollups(cfg: &SchemaConfig) -> Vec<String> {
+    let mut out = rollup(
+        cfg,
+        "http_requests_1m",
+        "minute",
+        "toStartOfMinute(toDateTime(ts, 'UTC'))",
+        cfg.rollup_1m_retention,
+    );
+    out.extend(rollup(
+        cfg,
+        "http_requests_1h",
+        "hour",
+        "toStartOfHour(toDateTime(ts, 'UTC'))",
+        cfg.rollup_1h_retention,
+    ));
+    out
+}
+
+/// One registry table: its columns (besides `version`, `loaded_at`, `deleted`), key, and dictionary key.
+struct RegistryTable {
+    name: &'static str,
+    columns: &'static [(&'static str, &'static str)],
+    /// The id of one row of history: with `version` it orders the table, `*_latest` has one row per key.
+    key: &'static [&'static str],
+    /// The dictionary key, a prefix of `key`. When shorter, a `*_current` view keeps, per dictionary key, the row
+    /// of `*_latest` with the greatest remaining key (for `key_grants`: the newest grant entry of a key for an API),
+    /// and the dictionary reads that view.
+    dict_key: &'static [&'static str],
+}
+
+/// Registry tables; [`super::registry_rows`] mirrors these columns.
+const REGISTRY_TABLES: &[RegistryTable] = &[
+    RegistryTable {
+        name: "apis",
+        columns: &[
+            ("api_id", "String"),
+            ("name", "String"),
+            ("owner", "String"),
+            ("line_of_business", "String"),
+            ("auth", "String"),
+            ("hosts", "Array(String)"),
+            ("base_path", "String"),
+        ],
+        key: &["api_id"],
+        dict_key: &["api_id"],
+    },
+    RegistryTable {
+        name: "applications",
+        columns: &[
+            ("app_id", "String"),
+            ("name", "String"),
+            ("team", "String"),
+            ("line_of_business", "String"),
+            ("created_by", "String"),
+            ("created_at", "Nullable(DateTime64(6, 'UTC'))"),
+            ("predecessor", "String"),
+            ("workloads", "Array(String)"),
+        ],
+        key: &["app_id"],
+        dict_key: &["app_id"],
+    },
+    RegistryTable {
+        name: "key_grants",
+        columns: &[
+            ("key_fingerprint", "String"),
+            ("api_id", "String"),
+            ("grant_seq", "UInt32"),
+            ("key_id", "String"),
+            ("key_suffix", "String"),
+            ("app_id", "String"),
+            ("granted_by", "String"),
+            ("valid_from", "Nullable(DateTime64(6, 'UTC'))"),
+            ("valid_until", "Nullable(DateTime64(6, 'UTC'))"),
+            ("revoked_at", "Nullable(DateTime64(6, 'UTC'))"),
+            ("revoked_by", "String"),
+            ("note", "String"),
+        ],
+        key: &["key_fingerprint", "api_id", "grant_seq"],
+        dict_key: &["key_fingerprint", "api_id"],
+    },
+    RegistryTable {
+        name: "teams",
+        columns: &[
+            ("team", "String"),
+            ("name", "String"),
+            ("line_of_business", "String"),
+            ("alert_contact", "String"),
+        ],
+        key: &["team"],
+        dict_key: &["team"],
+    },
+];
+
+fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let oc = cfg.on_cluster();
+    let mut out = Vec::new();
+    for t in REGISTRY_TABLES {
+        let name = t.name;
+        let mut cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|(c, ty)| {
+                let ty = if t.key.contains(c) && *ty == "String" {
+                    format!("LowCardinality({ty})")
+                } else {
+                    ty.to_string()
+                };
+                format!("    {c} {ty}")
+            })
+            .collect();
+        cols.push("    version UInt64".into());
+        cols.push("    loaded_at DateTime64(6, 'UTC')".into());
+        cols.push("    deleted Bool".into());
+        let key = t.key.join(", ");
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{name}{oc}\n(\n{cols}\n)\nENGINE = {engine}\n\
+             ORDER BY ({key}, version)",
+            cols = cols.join(",\n"),
+            engine = cfg.everywhere_engine("ReplacingMergeTree", "(loaded_at)", name),
+        ));
+        // Newest version of every id that is not deleted.
+        let latest = newest(
+            t.columns
+                .iter()
+                .map(|(c, _)| *c)
+                .filter(|c| !t.key.contains(c)),
+            "v",
+        );
+        out.push(format!(
+            "CREATE VIEW IF NOT EXISTS {db}.{name}_latest{oc} AS\nSELECT {key}, {latest}, \
+             max(v) AS version, argMax(loaded_at, v) AS loaded_at\n\
+             FROM (SELECT *, version AS v FROM {db}.{name})\nGROUP BY {key}\nHAVING argMax(deleted, v) = false",
+        ));
+        let mut dict_source = format!("{name}_latest");
+        if t.dict_key.len() < t.key.len() {
+            // Per dictionary key, the row with the greatest rest-of-key (e.g. the newest grant entry).
+            let rest = &t.key[t.dict_key.len()..];
+            let cols = newest(
+                t.columns
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .chain(["version", "loaded_at"])
+                    .filter(|c| !t.dict_key.contains(c)),
+                "o",
+            );
+            out.push(format!(
+                "CREATE VIEW IF NOT EXISTS {db}.{name}_current{oc} AS\nSELECT {dkey}, {cols}\n\
+                 FROM (SELECT *, tuple({rest}) AS o FROM {db}.{name}_latest)\nGROUP BY {dkey}",
+                rest = rest.join(", "),
+                dkey = t.dict_key.join(", "),
+            ));
+            dict_source = format!("{name}_current");
+        }
+        let dict_cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|(c, ty)| {
+                let default = match *ty {
+                    "String" => " DEFAULT ''",
+                    "UInt32" => " DEFAULT 0",
+                    "Array(String)" => "",
+                    _ => " DEFAULT NULL",
+                };
+                format!("    {c} {ty}{default}")
+            })
+            .collect();
+        out.push(format!(
+            "CREATE DICTIONARY IF NOT EXISTS {db}.{name}_dict{oc}\n(\n{cols},\n    version UInt64 DEFAULT 0\n)\n\
+             PRIMARY KEY {dkey}\nSOURCE(CLICKHOUSE(DB '{db}' TABLE '{dict_source}'))\n\
+             LIFETIME(MIN 30 MAX 120)\nLAYOUT(COMPLEX_KEY_HASHED())",
+            cols = dict_cols.join(",\n"),
+            dkey = t.dict_key.join(", "),
+        ));
+    }
+    out
+}
+
+/// `argMax(tuple(c), by).1 AS c` for each column: its value in the row with the greatest `by`. Through a tuple
+/// because argMax skips NULL values, and a cleared date (a grant revoked, then granted again) must win.
+fn newest<'a>(columns: impl Iterator<Item = &'a str>, by: &str) -> String {
+    columns
+        .map(|c| format!("argMax(tuple({c}), {by}).1 AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every statement of the full schema (bootstrap, then each migration up to `target`), for `schema print`.
+pub fn all_statements(cfg: &SchemaConfig, target: u32) -> Vec<String> {
+    let mut out = bootstrap_statements(cfg);
+    for m in MIGRATIONS.iter().filter(|m| m.version <= target) {
+        out.extend(m.statements(cfg));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single() -> SchemaConfig {
+        SchemaConfig::new("observer", None, Retention::days(30)).expect("valid config")
+    }
+
+    fn clustered() -> SchemaConfig {
+        SchemaConfig::new("obs", Some("prod"), "7d".parse().expect("7d parses"))
+            .expect("valid config")
+    }
+
+    #[test]
+    fn versions_are_dense_and_increasing() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as u32 + 1, "migration {} out of order", m.name);
+        }
+        assert!(
+            latest_version() >= 2,
+            "at least two versions so upgrades are exercised"
+        );
+    }
+
+    #[test]
+    fn every_event_column_belongs_to_a_known_migration() {
+        for c in http_requests_columns() {
+            assert!(
+                c.since >= 1 && c.since <= latest_version(),
+                "column {} has since = {}, but MIGRATIONS ends at {}: add the migration",
+                c.name,
+                c.since,
+                latest_version()
+            );
+        }
+    }
+
+    #[test]
+    fn a_later_column_is_added_after_its_predecessor() {
+        let col = |name, since| Column {
+            name,
+            ty: "String".into(),
+            codec: "",
+            since,
+        };
+        let cols = [col("ts", 1), col("extra", 4), col("path", 1)];
+        assert_eq!(
+            add_columns(&single(), &cols, 4),
+            vec![
+                "ALTER TABLE observer.http_requests ADD COLUMN IF NOT EXISTS extra String AFTER ts"
+            ]
+        );
+        assert_eq!(
+            add_columns(&clustered(), &cols, 4),
+            vec![
+                "ALTER TABLE obs.http_requests_local ON CLUSTER prod ADD COLUMN IF NOT EXISTS extra String AFTER ts",
+                "ALTER TABLE obs.http_requests ON CLUSTER prod ADD COLUMN IF NOT EXISTS extra String AFTER ts",
+            ]
+        );
+        assert!(add_columns(&single(), &cols, 5).is_empty());
+    }
+
+    #[test]
+    fn every_statement_is_idempotent() {
+        for cfg in [single(), clustered()] {
+            for s in all_statements(&cfg, latest_version()) {
+                let head: String = s.lines().next().unwrap_or_default().to_string();
+                assert!(
+                    head.contains("IF NOT EXISTS"),
+                    "statement is not idempotent: {head}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn http_requests_ddl_single_node() {
+        let ddl = v1_http_requests(&single());
+        assert_eq!(ddl.len(), 1, "no Distributed table on a single node");
+        let t = &ddl[0];
+        for needle in [
+            "CREATE TABLE IF NOT EXISTS observer.http_requests\n",
+            "ts DateTime64(6, 'UTC') CODEC(Delta(8), ZSTD(1))",
+            "src_ip IPv6 CODEC(ZSTD(1))",
+            "method LowCardinality(String)",
+            "req_bytes UInt64 CODEC(T64, ZSTD(1))",
+            "key_state Enum8('none' = 0",
+            "ENGINE = MergeTree\n",
+            "PARTITION BY toDate(ts)",
+            "ORDER BY (api_id, app_id, ts)",
+            "TTL toDateTime(ts) + INTERVAL 30 DAY",
+            "non_replicated_deduplication_window",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
+        }
+        assert!(
+            !t.contains("ON CLUSTER"),
+            "single node DDL must not use ON CLUSTER:\n{t}"
+        );
+    }
+
+    #[test]
+    fn http_requests_ddl_cluster() {
+        let ddl = v1_http_requests(&clustered());
+        assert_eq!(ddl.len(), 2, "local table plus Distributed table: {ddl:#?}");
+        assert!(ddl[0]
+            .starts_with("CREATE TABLE IF NOT EXISTS obs.http_requests_local ON CLUSTER prod\n"));
+        assert!(ddl[0].contains(
+            "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/obs/http_requests_local', '{replica}')"
+        ), "{}", ddl[0]);
+        assert!(ddl[0].contains("TTL toDateTime(ts) + INTERVAL 7 DAY"));
+        assert!(!ddl[0].contains("non_replicated_deduplication_window"));
+        assert_eq!(
+            ddl[1],
+            "CREATE TABLE IF NOT EXISTS obs.http_requests ON CLUSTER prod AS obs.http_requests_local\n\
+             ENGINE = Distributed(prod, obs, http_requests_local, cityHash64(api_id, app_id))"
+        );
+    }
+
+    #[test]
+    fn rollups_cluster_read_local_tables() {
+        let ddl = v2_rollups(&clustered()).join(";\n");
+        for needle in [
+            "CREATE TABLE IF NOT EXISTS obs.http_requests_1m_local ON CLUSTER prod",
+            "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/obs/http_requests_1m_local', '{replica}')",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS obs.http_requests_1m_local_mv ON CLUSTER prod TO obs.http_requests_1m_local",
+            "FROM obs.http_requests_local\n",
+            "ENGINE = Distributed(prod, obs, http_requests_1h_local, cityHash64(api_id, app_id))",
+            "TTL hour + INTERVAL 400 DAY",
+        ] {
+            assert!(ddl.contains(needle), "missing {needle:?} in:\n{ddl}");
+        }
+    }
+
+    #[test]
+    fn rollups_single_node() {
+        let ddl = v2_rollups(&single()).join(";\n");
+        for needle in [
+            "CREATE TABLE IF NOT EXISTS observer.http_requests_1m\n",
+            "ENGINE = AggregatingMergeTree\n",
+            "quantilesTDigestState(0.5, 0.9, 0.95, 0.99)(duration_us)",
+            "uniqState(src_ip, client_cgroup, client_comm)",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS observer.http_requests_1h_mv TO observer.http_requests_1h",
+            "TTL minute + INTERVAL 90 DAY",
+            "non_replicated_deduplication_window",
+        ] {
+            assert!(ddl.contains(needle), "missing {needle:?} in:\n{ddl}");
+        }
+    }
+
+    #[test]
+    fn registry_ddl_and_dictionaries() {
+        let ddl = v3_registry(&single()).join(";\n");
+        for needle in [
+            "CREATE TABLE IF NOT EXISTS observer.key_grants\n",
+            "ENGINE = ReplacingMergeTree(loaded_at)\nORDER BY (key_fingerprint, api_id, grant_seq, version)",
+            "    grant_seq UInt32,\n",
+            "CREATE VIEW IF NOT EXISTS observer.key_grants_current AS\nSELECT key_fingerprint, api_id, \
+             argMax(tuple(grant_seq), o).1 AS grant_seq,",
+            "SOURCE(CLICKHOUSE(DB 'observer' TABLE 'key_grants_current'))",
+            "CREATE VIEW IF NOT EXISTS observer.apis_latest AS",
+            "HAVING argMax(deleted, v) = false",
+            "CREATE DICTIONARY IF NOT EXISTS observer.applications_dict\n",
+            "SOURCE(CLICKHOUSE(DB 'observer' TABLE 'applications_latest'))",
+            "LIFETIME(MIN 30 MAX 120)",
+            "PRIMARY KEY key_fingerprint, api_id",
+        ] {
+            assert!(ddl.contains(needle), "missing {needle:?} in:\n{ddl}");
+        }
+        let c = v3_registry(&clustered()).join(";\n");
+        assert!(c.contains(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/all/obs/teams', '{replica}', loaded_at)"
+        ), "{c}");
+        assert!(
+            c.contains("CREATE DICTIONARY IF NOT EXISTS obs.teams_dict ON CLUSTER prod"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn bootstrap_cluster() {
+        let b = bootstrap_statements(&clustered());
+        assert_eq!(b[0], "CREATE DATABASE IF NOT EXISTS obs ON CLUSTER prod");
+        assert!(b[1].contains(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/all/obs/schema_migrations', '{replica}', applied_at)"
+        ), "{}", b[1]);
+    }
+}

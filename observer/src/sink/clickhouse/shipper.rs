@@ -1,0 +1,243 @@
+//! The shipper: inserts sealed batches in order, each with its deduplication token. A failed batch goes to the
+//! on-disk [`Spool`]; while the spool holds anything, new batches are spooled behind it and the spool is replayed
+//! oldest first with exponential backoff. Because every retry carries the batch's token, a batch whose first
+//! insert succeeded without us hearing back is stored once.
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as StdInstant};
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::config::ClickHouseConfig;
+use super::spool::{Spool, SpoolError, SpooledBatch};
+use crate::sink::SinkMetrics;
+
+/// Exponential backoff with a cap.
+pub(super) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    pub(super) fn fail(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Shared state of the batcher and the shipper.
+pub(super) struct Ctx {
+    pub(super) cfg: ClickHouseConfig,
+    pub(super) client: clickhouse::Client,
+    pub(super) spool: Arc<Mutex<Spool>>,
+    pub(super) metrics: Arc<SinkMetrics>,
+    pub(super) run_id: u64,
+}
+
+impl Ctx {
+    pub(super) fn update_spool_gauges(&self, s: &Spool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics.spool_bytes.store(s.bytes(), Relaxed);
+        self.metrics.spool_batches.store(s.len() as u64, Relaxed);
+        self.metrics
+            .quarantined_files
+            .store(s.quarantined(), Relaxed);
+    }
+
+    pub(super) fn spool_len(&self) -> usize {
+        self.spool.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    async fn with_spool<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let ctx = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = ctx.spool.lock().unwrap_or_else(|p| p.into_inner());
+            let r = f(&mut s);
+            ctx.update_spool_gauges(&s);
+            r
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(SpoolError::Io {
+                path: self.cfg.spool_dir.clone(),
+                source: std::io::Error::other(format!("spool task failed: {e}")),
+            })
+        })
+    }
+
+    /// Stores a batch on disk; counts the rows as dropped when that fails.
+    pub(super) async fn spool_push(self: &Arc<Self>, batch: SpooledBatch) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rows = batch.rows;
+        let id = batch.id;
+        match self.with_spool(move |s| s.push(&batch)).await {
+            Ok(_) => {
+                self.metrics.spooled_batches.fetch_add(1, Relaxed);
+                self.metrics.spooled_rows.fetch_add(rows, Relaxed);
+                tracing::debug!(?id, rows, "batch spooled");
+            }
+            Err(e @ SpoolError::Full { .. }) => {
+                self.metrics.dropped_spool_full.fetch_add(rows, Relaxed);
+                tracing::warn!(error = %e, rows, "ClickHouse unavailable and spool full: dropping a batch");
+            }
+            Err(e) => {
+                self.metrics.dropped_spool_error.fetch_add(rows, Relaxed);
+                tracing::error!(error = %e, rows, "cannot write batch to the spool: dropping it");
+            }
+        }
+    }
+
+    /// One INSERT of a batch, with its deduplication token.
+    async fn insert(&self, b: &SpooledBatch) -> Result<(), clickhouse::error::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = StdInstant::now();
+        let sql = format!(
+            "INSERT INTO {}.{} ({}) FORMAT RowBinaryWithNamesAndTypes",
+            self.cfg.database, b.table, b.columns
+        );
+        let t = Some(self.cfg.insert_timeout);
+        let mut ins = self
+            .client
+            .insert_formatted_with(sql)
+            .with_setting("insert_deduplicate", "1")
+            .with_setting("insert_deduplication_token", b.token.clone())
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
+            .with_timeouts(t, t);
+        let res = async {
+            const CHUNK: usize = 1 << 20;
+            let mut off = 0;
+            while off < b.payload.len() {
+                let end = (off + CHUNK).min(b.payload.len());
+                ins.send(b.payload.slice(off..end)).await?;
+                off = end;
+            }
+            ins.end().await
+        };
+        let res = match tokio::time::timeout(self.cfg.insert_timeout * 2, res).await {
+            Ok(r) => r,
+            Err(_) => Err(clickhouse::error::Error::TimedOut),
+        };
+        match &res {
+            Ok(()) => {
+                self.metrics.rows_sent.fetch_add(b.rows, Relaxed);
+                self.metrics.batches_sent.fetch_add(1, Relaxed);
+                self.metrics.insert_latency.observe(started.elapsed());
+            }
+            Err(_) => {
+                self.metrics.insert_errors.fetch_add(1, Relaxed);
+            }
+        }
+        res
+    }
+
+    /// Inserts the oldest spooled batch and deletes it. `Ok(false)` when the spool was empty.
+    async fn replay_oldest(self: &Arc<Self>) -> Result<bool, clickhouse::error::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let batch = match self.with_spool(|s| s.read_oldest()).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                // An unreadable spool directory: nothing we can replay now; retry later.
+                tracing::error!(error = %e, "cannot read the spool");
+                return Err(clickhouse::error::Error::Custom(e.to_string()));
+            }
+        };
+        self.insert(&batch).await?;
+        self.metrics.replayed_batches.fetch_add(1, Relaxed);
+        self.metrics.replayed_rows.fetch_add(batch.rows, Relaxed);
+        let id = batch.id;
+        if let Err(e) = self.with_spool(move |s| s.remove(id)).await {
+            // It was inserted; replaying it again is harmless thanks to the token.
+            tracing::error!(error = %e, ?id, "cannot delete a replayed spool file");
+        }
+        tracing::debug!(?id, rows = batch.rows, "spooled batch replayed");
+        Ok(true)
+    }
+}
+
+pub(super) async fn shipper(mut rx: mpsc::Receiver<SpooledBatch>, ctx: Arc<Ctx>) {
+    let mut backoff = Backoff::new(ctx.cfg.backoff_min, ctx.cfg.backoff_max);
+    let mut next_try = Instant::now();
+    let mut closing: Option<Instant> = None;
+    loop {
+        if ctx.spool_len() > 0 {
+            // Keep production order: what queued up behind the backlog goes to disk behind it.
+            while let Ok(b) = rx.try_recv() {
+                ctx.spool_push(b).await;
+            }
+            if let Some(deadline) = closing {
+                if Instant::now() >= deadline || Instant::now() < next_try {
+                    break;
+                }
+            } else if Instant::now() < next_try {
+                tokio::select! {
+                    _ = sleep_until(next_try) => {}
+                    b = rx.recv() => match b {
+                        Some(b) => ctx.spool_push(b).await,
+                        None => closing = Some(Instant::now() + ctx.cfg.shutdown_grace),
+                    },
+                }
+                continue;
+            }
+            match ctx.replay_oldest().await {
+                Ok(_) => backoff.reset(),
+                Err(e) => {
+                    let wait = backoff.fail();
+                    next_try = Instant::now() + wait;
+                    tracing::warn!(error = %e, retry_in = ?wait, spooled = ctx.spool_len(), "replaying spooled batch failed");
+                }
+            }
+            continue;
+        }
+        if closing.is_some() {
+            break;
+        }
+        match rx.recv().await {
+            None => closing = Some(Instant::now() + ctx.cfg.shutdown_grace),
+            Some(b) => match ctx.insert(&b).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    let wait = backoff.fail();
+                    next_try = Instant::now() + wait;
+                    tracing::warn!(error = %e, rows = b.rows, retry_in = ?wait, "ClickHouse insert failed; spooling the batch");
+                    ctx.spool_push(b).await;
+                }
+            },
+        }
+    }
+    let left = ctx.spool_len();
+    if left > 0 {
+        tracing::warn!(batches = left, dir = %ctx.cfg.spool_dir.display(), "shutting down with spooled batches; the next start replays them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let got: Vec<_> = (0..4).map(|_| b.fail().as_millis()).collect();
+        assert_eq!(got, vec![100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.fail().as_millis(), 100);
+    }
+}
