@@ -46,6 +46,8 @@ fn event() -> Event {
         key_suffix: "3f9a".into(),
         key_state: KeyState::Valid,
         attributed_by: AttributedBy::Key,
+        incomplete: false,
+        framing_anomaly: vec![],
     }
 }
 

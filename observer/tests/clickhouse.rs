@@ -124,6 +124,8 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
             _ => KeyState::Valid,
         },
         attributed_by: AttributedBy::Key,
+        incomplete: rng.next().is_multiple_of(500),
+        framing_anomaly: vec![],
     }
 }
 
@@ -142,7 +144,7 @@ async fn migrations_from_empty_reapply_and_newer_version() {
 
     let r = apply(&url, None).await;
     assert_eq!(r.from, None, "empty server has no schema");
-    assert_eq!(r.applied, vec![1, 2, 3], "{r}");
+    assert_eq!(r.applied, vec![1, 2, 3, 4], "{r}");
 
     let snapshot = || async {
         let c = client(&url);
@@ -160,7 +162,7 @@ async fn migrations_from_empty_reapply_and_newer_version() {
         "{:?}",
         before.0
     );
-    assert_eq!(before.1, 3);
+    assert_eq!(before.1, 4);
 
     let again = apply(&url, None).await;
     assert!(
@@ -220,8 +222,8 @@ async fn upgrade_from_previous_version_keeps_data() {
             "SELECT count() FROM system.dictionaries WHERE database = 'observer'"
         )
         .await,
-        4,
-        "dictionaries created by the upgrade"
+        5,
+        "the upgrade adds key_grants_at_dict to the registry's four dictionaries"
     );
     assert_eq!(
         schema::current_version(&client(&url), &url, "observer")
@@ -269,6 +271,8 @@ fn edge_events() -> Vec<Event> {
         key_suffix: "x9z1".into(),
         key_state: KeyState::NotGrantedForApi,
         attributed_by: AttributedBy::Workload,
+        incomplete: true,
+        framing_anomaly: vec!["bare_lf".into(), "cl_and_te".into()],
     };
     // Retention TTLs drop rows older than the retention at insert, so edge rows carry recent times.
     let empty = Event {
@@ -526,6 +530,34 @@ async fn registry_rows_and_dictionaries() {
         current,
         ("carol".to_string(), None, "CHG-2 re-enabled".to_string())
     );
+    // Audit views ask for the entry in force at the call's time: before the re-grant (at 3 s) it is alice's
+    // (revoked by bob at 2 s), after it carol's.
+    c.query("SYSTEM RELOAD DICTIONARY observer.key_grants_at_dict")
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("reload dictionary: {e}"));
+    let at = |micros: i64| {
+        format!(
+            "SELECT dictGet('observer.key_grants_at_dict', 'granted_by', tuple('fp1', 'pay'), fromUnixTimestamp64Micro({micros}, 'UTC')), \
+             dictGet('observer.key_grants_at_dict', 'revoked_by', tuple('fp1', 'pay'), fromUnixTimestamp64Micro({micros}, 'UTC'))"
+        )
+    };
+    for (micros, want) in [
+        (2_500_000, ("alice", "bob")),
+        (3_000_000, ("carol", "")),
+        (9_000_000, ("carol", "")),
+    ] {
+        let got: (String, String) = c
+            .query(&at(micros))
+            .fetch_one()
+            .await
+            .unwrap_or_else(|e| panic!("dictGet grant in force: {e}"));
+        assert_eq!(
+            got,
+            (want.0.to_string(), want.1.to_string()),
+            "grant in force at {micros} µs"
+        );
+    }
     let history: Vec<(u32, String, String)> = c
         .query(
             "SELECT grant_seq, granted_by, revoked_by FROM observer.key_grants_latest \

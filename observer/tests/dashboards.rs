@@ -888,7 +888,11 @@ async fn every_panel_query_runs() {
         "bob",
         "the revoked call shows who revoked its grant: {revoked:?}"
     );
-    assert_eq!(text(revoked, "granted_by"), "carol", "{revoked:?}");
+    assert_eq!(
+        text(revoked, "granted_by"),
+        "carol",
+        "the grant in force at the call, not frank's later re-grant: {revoked:?}"
+    );
     assert_eq!(text(revoked, "key_suffix"), "b1ll", "{revoked:?}");
     assert_eq!(
         num(revoked, "calls"),
@@ -942,14 +946,14 @@ async fn every_panel_query_runs() {
     assert_eq!(text(billing_grant, "application"), "Billing");
     assert_eq!(
         history.len(),
-        7,
+        8,
         "one row per grant entry of the registry: {history:#?}"
     );
     let changes = panel("key-audit.json", "Grant changes loaded in the time range");
     assert_eq!(
         changes.len(),
-        8,
-        "seven grants at version 1 and the revocation at version 2: {changes:#?}"
+        9,
+        "seven grants at version 1, the revocation and the re-grant at version 2: {changes:#?}"
     );
 
     check_application_detail(&|title| panel("application-detail.json", title), &count);

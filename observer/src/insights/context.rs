@@ -61,12 +61,12 @@ impl Context {
     /// Whether callers must present a key (a registered API whose auth is not anonymous).
     pub fn api_is_keyed(&self, api: &str) -> bool {
         self.api(api)
-            .is_some_and(|a| a.auth.kind != AuthKind::Anonymous)
+            .is_some_and(|a| a.auth.iter().any(|x| x.kind != AuthKind::Anonymous))
     }
 
     pub fn api_is_anonymous(&self, api: &str) -> bool {
         self.api(api)
-            .is_some_and(|a| a.auth.kind == AuthKind::Anonymous)
+            .is_some_and(|a| a.auth.iter().all(|x| x.kind == AuthKind::Anonymous))
     }
 
     /// Whether the registry documents routes for the API and none of them matches this request; None when the API

@@ -170,11 +170,11 @@ fn key_shared(
         return;
     };
     let reason = if !app.workload.is_empty() {
-        if app
-            .workload
-            .iter()
-            .any(|s| s.matches(&i.client_comm, &i.client_cgroup))
-        {
+        if app.workload.iter().any(|s| {
+            // A Kubernetes selector needs the client's pod, which the insights input does not carry: it is
+            // not judged here rather than judged wrong.
+            s.uses_kubernetes() || s.matches(&i.client_comm, &i.client_cgroup, None)
+        }) {
             return;
         }
         "none of its application's workload selectors matches it"

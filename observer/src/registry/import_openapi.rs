@@ -402,9 +402,13 @@ fn security(root: &Node, notes: &mut Vec<Problem>) -> Vec<ImportedAuth> {
             None => notes.push(Problem {
                 line: scheme.line,
                 message: format!(
-                    "security scheme `{name}` ({} {}) has no key the registry can read; not imported",
-                    get("type"),
-                    [get("in"), get("scheme")].concat()
+                    "security scheme `{name}` ({}) has no key the registry can read; not imported",
+                    [get("type"), get("in"), get("scheme")]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 ),
             }),
         }
@@ -584,6 +588,14 @@ mod fixture_tests {
                 (AuthKind::ApiKey, vec!["key".to_string()])
             ]
         );
+        // Shaped like the OAI 3.1 `securitySchemes.yaml` example: a client certificate or OAuth2 per operation.
+        let mtls = "openapi: 3.1.0\npaths:\n  /pets:\n    get:\n      security: [{ClientCertificate: [read]}, {OAuth2: [read]}]\ncomponents:\n  securitySchemes:\n    OAuth2: {type: oauth2, flows: {}}\n    ClientCertificate: {type: mutualTLS}\n";
+        let spec = parse_spec(mtls).expect("parses");
+        assert_eq!(
+            spec.auth.iter().map(|a| a.kind).collect::<Vec<_>>(),
+            [AuthKind::Bearer]
+        );
+        assert_eq!(notes(&spec), [(9, "security scheme `ClientCertificate` (mutualTLS) has no key the registry can read; not imported")]);
         let only_defined = "openapi: 3.0.0\npaths: {}\ncomponents:\n  securitySchemes:\n    cookie: {type: apiKey, in: cookie, name: sid}\n    b: {type: http, scheme: bearer}\n";
         let spec = parse_spec(only_defined).expect("parses");
         assert_eq!(spec.auth.len(), 1);

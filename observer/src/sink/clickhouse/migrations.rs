@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "capture_incomplete_and_framing_anomaly",
         statements: no_statements,
     },
+    Migration {
+        version: 5,
+        name: "key_grants_in_force",
+        statements: v5_grants_in_force,
+    },
 ];
 
 /// For a migration that only adds event columns.
@@ -405,6 +410,57 @@ fn v3_registry(cfg: &SchemaConfig) -> Vec<String> {
         ));
     }
     out
+}
+
+/// The grant entry in force at a call's time, for audit views: `key_grants_in_force` gives every entry of
+/// `key_grants_latest` the time it takes effect (`valid_from`, or the epoch when unset), and `key_grants_at_dict`
+/// answers `dictGet('observer.key_grants_at_dict', 'granted_by', tuple(key_fingerprint, api_id), ts)` with the
+/// entry that had most recently taken effect at `ts` (a later re-grant does not rewrite an earlier call's grantor).
+fn v5_grants_in_force(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let oc = cfg.on_cluster();
+    let grants = REGISTRY_TABLES
+        .iter()
+        .find(|t| t.name == "key_grants")
+        .expect("key_grants is a registry table");
+    let cols: Vec<&str> = grants.columns.iter().map(|(c, _)| *c).collect();
+    let dict_cols: Vec<String> = grants
+        .columns
+        .iter()
+        .filter(|(c, _)| !grants.dict_key.contains(c))
+        .map(|(c, ty)| {
+            let default = match *ty {
+                "String" => " DEFAULT ''",
+                "UInt32" => " DEFAULT 0",
+                _ => " DEFAULT NULL",
+            };
+            format!("    {c} {ty}{default}")
+        })
+        .collect();
+    let keys: Vec<String> = grants
+        .dict_key
+        .iter()
+        .map(|c| format!("    {c} String"))
+        .collect();
+    vec![
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.key_grants_in_force{oc} AS
+SELECT {cols}, \
+             ifNull(valid_from, toDateTime64(0, 6, 'UTC')) AS in_force_from, \
+             toDateTime64('2299-12-31 00:00:00', 6, 'UTC') AS in_force_until\nFROM {db}.key_grants_latest",
+            cols = cols.join(", "),
+        ),
+        format!(
+            "CREATE DICTIONARY IF NOT EXISTS {db}.key_grants_at_dict{oc}\n(\n{keys},\n\
+             \x20   in_force_from DateTime64(6, 'UTC'),\n    in_force_until DateTime64(6, 'UTC'),\n{dict_cols}\n)\n\
+             PRIMARY KEY {dkey}\nSOURCE(CLICKHOUSE(DB '{db}' TABLE 'key_grants_in_force'))\n\
+             LIFETIME(MIN 30 MAX 120)\nLAYOUT(COMPLEX_KEY_RANGE_HASHED(range_lookup_strategy 'max'))\n\
+             RANGE(MIN in_force_from MAX in_force_until)",
+            keys = keys.join(",\n"),
+            dict_cols = dict_cols.join(",\n"),
+            dkey = grants.dict_key.join(", "),
+        ),
+    ]
 }
 
 /// `argMax(tuple(c), by).1 AS c` for each column: its value in the row with the greatest `by`. Through a tuple
