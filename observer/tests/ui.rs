@@ -30,12 +30,13 @@ const TO: i64 = T0_S + SPAN_S + 3600;
 fn current_registry() -> RegistryRows {
     let (mut v1, v2) = fixture_registry();
     for g in v2.key_grants {
-        if let Some(old) = v1.key_grants.iter_mut().find(|o| {
+        match v1.key_grants.iter_mut().find(|o| {
             o.key_fingerprint == g.key_fingerprint
                 && o.api_id == g.api_id
                 && o.grant_seq == g.grant_seq
         }) {
-            *old = g;
+            Some(old) => *old = g,
+            None => v1.key_grants.push(g),
         }
     }
     v1
@@ -301,9 +302,26 @@ async fn endpoints_and_pages_show_the_fixture_traffic() {
         |g| g["key_suffix"] == "b1ll" && g["api_id"] == "pay",
         "billing's payments grant",
     );
-    assert_eq!(billing["state"], "revoked");
-    assert_eq!(billing["revoked_by"], "bob");
+    // At the end of the range frank's re-grant is in force; before it, carol's grant revoked by bob.
+    assert_eq!(billing["state"], "active");
+    assert_eq!(billing["granted_by"], "frank");
     assert_eq!(billing["team"], "finance");
+    let (status, body) = get_raw(
+        addr,
+        &format!("/api/access?from={FROM}&to={}&step=60", T0_S + SPAN_S),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let earlier: Value = serde_json::from_str(&body).unwrap();
+    let then = find(
+        rows(&earlier, "grants"),
+        |g| g["key_suffix"] == "b1ll" && g["api_id"] == "pay",
+        "billing's payments grant before the re-grant",
+    );
+    assert_eq!(then["state"], "revoked");
+    assert_eq!(then["revoked_by"], "bob");
+    assert_eq!(then["granted_by"], "carol");
     assert_eq!(
         n(&billing["calls"]),
         count(&|e| e.key_fingerprint == "fp-billing")

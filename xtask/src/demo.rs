@@ -246,7 +246,7 @@ fn registry(
             _ => ("ci-pipeline", "[payments-api]"),
         };
         let revoked = if name == "revoked-ci" {
-            "\n    revoked_at: 2026-01-20T10:00:00Z\n    revoked_by: bob\n    note: CHG-311 key leaked in a build log"
+            "\n    revoked_at: 2026-01-20T10:00:00Z\n    revoked_by: bob"
         } else {
             ""
         };
@@ -256,31 +256,47 @@ fn registry(
         ));
     }
     Ok(format!(
-        "version: 1\n\
-teams:\n\
-  - {{id: web, name: Web shop, line_of_business: Retail, alert_contact: web@example.com}}\n\
-  - {{id: mobile, name: Mobile, line_of_business: Retail, alert_contact: mobile@example.com}}\n\
-  - {{id: finance, name: Finance, line_of_business: Corporate, alert_contact: finance@example.com}}\n\
-  - {{id: data, name: Data platform, line_of_business: Wholesale, alert_contact: data@example.com}}\n\
-  - {{id: partners, name: Partnerships, line_of_business: Partnerships, alert_contact: partners@example.com}}\n\
-apis:\n\
-  - id: payments-api\n    name: Payments\n    owner: finance\n    match: {{hosts: [payments.demo], ports: [8081]}}\n\
-    auth: {{type: api_key, headers: [X-Api-Key]}}\n\
-    routes: [GET /v1/payments/{{id}}, POST /v1/payments, POST /v1/payments/{{id}}/refunds]\n\
-  - id: catalog-api\n    name: Catalog\n    owner: web\n    match: {{hosts: [catalog.demo], ports: [8082]}}\n\
-    auth: anonymous\n    routes: [GET /v1/items, GET /v1/items/{{sku}}]\n\
-  - id: orders-api\n    name: Orders\n    owner: web\n    match: {{hosts: [orders.demo], ports: [8083]}}\n\
-    auth: bearer\n    routes: [GET /v1/orders/{{id}}, POST /v1/orders]\n\
-applications:\n\
-  - {{id: web-shop, name: Web Shop, team: web, created_by: alice, created_at: 2025-06-01}}\n\
-  - {{id: checkout-v1, name: Checkout v1, team: mobile, created_by: alice, created_at: 2024-03-01}}\n\
-  - {{id: checkout-v2, name: Checkout v2, team: mobile, created_by: alice, created_at: 2026-01-05, predecessor: checkout-v1}}\n\
-  - {{id: billing-batch, name: Billing Batch, team: finance, created_by: carol, created_at: 2025-02-01}}\n\
-  - id: inventory-sync\n    name: Inventory Sync\n    team: data\n    created_by: dave\n    created_at: 2025-09-01\n\
-    workload: {{cgroup: /{CGROUP}/inventory-sync}}\n\
-  - {{id: partner-portal, name: Partner Portal, team: partners, created_by: erin, created_at: 2026-01-05}}\n\
-  - {{id: ci-pipeline, name: CI pipeline, team: web, created_by: alice, created_at: 2025-01-01}}\n\
-keys:\n{keys}"
+        r#"version: 1
+teams:
+  - {{id: web, name: Web shop, line_of_business: Retail, alert_contact: web@example.com}}
+  - {{id: mobile, name: Mobile, line_of_business: Retail, alert_contact: mobile@example.com}}
+  - {{id: finance, name: Finance, line_of_business: Corporate, alert_contact: finance@example.com}}
+  - {{id: data, name: Data platform, line_of_business: Wholesale, alert_contact: data@example.com}}
+  - {{id: partners, name: Partnerships, line_of_business: Partnerships, alert_contact: partners@example.com}}
+apis:
+  - id: payments-api
+    name: Payments
+    owner: finance
+    match: {{hosts: [payments.demo], ports: [8081]}}
+    auth: {{type: api_key, headers: [X-Api-Key]}}
+    routes: ["GET /v1/payments/{{id}}", "POST /v1/payments", "POST /v1/payments/{{id}}/refunds"]
+  - id: catalog-api
+    name: Catalog
+    owner: web
+    match: {{hosts: [catalog.demo], ports: [8082]}}
+    auth: anonymous
+    routes: ["GET /v1/items", "GET /v1/items/{{sku}}"]
+  - id: orders-api
+    name: Orders
+    owner: web
+    match: {{hosts: [orders.demo], ports: [8083]}}
+    auth: bearer
+    routes: ["GET /v1/orders/{{id}}", "POST /v1/orders"]
+applications:
+  - {{id: web-shop, name: Web Shop, team: web, created_by: alice, created_at: 2025-06-01, workload: {{cgroup: /{CGROUP}/web-shop}}}}
+  - {{id: checkout-v1, name: Checkout v1, team: mobile, created_by: alice, created_at: 2024-03-01, workload: {{cgroup: /{CGROUP}/checkout-v1}}}}
+  - {{id: checkout-v2, name: Checkout v2, team: mobile, created_by: alice, created_at: 2026-01-05, predecessor: checkout-v1, workload: {{cgroup: /{CGROUP}/checkout-v2}}}}
+  - {{id: billing-batch, name: Billing Batch, team: finance, created_by: carol, created_at: 2025-02-01, workload: {{cgroup: /{CGROUP}/billing-batch}}}}
+  - id: inventory-sync
+    name: Inventory Sync
+    team: data
+    created_by: dave
+    created_at: 2025-09-01
+    workload: {{cgroup: /{CGROUP}/inventory-sync}}
+  - {{id: partner-portal, name: Partner Portal, team: partners, created_by: erin, created_at: 2026-01-05, workload: {{cgroup: /{CGROUP}/partner-portal}}}}
+  - {{id: ci-pipeline, name: CI pipeline, team: web, created_by: alice, created_at: 2025-01-01}}
+keys:
+{keys}"#
     ))
 }
 

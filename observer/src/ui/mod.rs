@@ -23,9 +23,6 @@ use crate::sink::clickhouse::registry_rows::RegistryRows;
 use cells::{Cell, CellQuery};
 use model::{Insight, TailRow};
 
-/// Default address of the UI.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
-
 /// Errors of the UI: at start (address, token) and while answering (ClickHouse).
 #[derive(Debug, Error)]
 pub enum UiError {

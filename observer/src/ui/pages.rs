@@ -376,16 +376,25 @@ pub async fn api_page(ctx: &Ctx<'_>, api_id: &str) -> Result<ApiPage, UiError> {
     })
 }
 
-/// The newest entry of every (key, API) grant.
-fn current_grants(reg: &RegistryRows) -> Vec<&KeyGrantRow> {
-    let mut newest: BTreeMap<(&str, &str), &KeyGrantRow> = BTreeMap::new();
+/// The entry of every (key, API) grant in force at `at` (Unix seconds): the newest one already valid then, else
+/// (a grant that starts later) the oldest.
+fn grants_at(reg: &RegistryRows, at: i64) -> Vec<&KeyGrantRow> {
+    let at_us = at * 1_000_000;
+    let started = |g: &KeyGrantRow| g.valid_from.is_none_or(|f| f.0 <= at_us);
+    let mut pick: BTreeMap<(&str, &str), &KeyGrantRow> = BTreeMap::new();
     for g in &reg.key_grants {
-        let e = newest.entry((&g.key_fingerprint, &g.api_id)).or_insert(g);
-        if g.grant_seq > e.grant_seq {
+        let e = pick.entry((&g.key_fingerprint, &g.api_id)).or_insert(g);
+        let better = match (started(g), started(e)) {
+            (true, false) => true,
+            (true, true) => g.grant_seq > e.grant_seq,
+            (false, false) => g.grant_seq < e.grant_seq,
+            (false, true) => false,
+        };
+        if better {
             *e = g;
         }
     }
-    newest.into_values().collect()
+    pick.into_values().collect()
 }
 
 fn secs(t: Option<crate::event::Timestamp>) -> Option<f64> {
@@ -409,7 +418,7 @@ pub fn grant_state(g: &KeyGrantRow, at: i64) -> &'static str {
 /// Every current grant `keep` selects, with its use in `cells` (dimensions: key and API).
 fn grant_uses(ctx: &Ctx<'_>, cells: &[Cell], keep: impl Fn(&KeyGrantRow) -> bool) -> Vec<GrantUse> {
     let used = group_by(cells, |c| (c.key_fingerprint.clone(), c.api_id.clone()));
-    current_grants(ctx.registry)
+    grants_at(ctx.registry, ctx.range.to)
         .into_iter()
         .filter(|g| keep(g))
         .map(|g| {
@@ -617,8 +626,9 @@ pub async fn access(ctx: &Ctx<'_>) -> Result<Access, UiError> {
         .filter(|g| g.state == "active" && g.calls == 0)
         .cloned()
         .collect();
-    let grant_of = |fp: &str, api: &str| {
-        current_grants(ctx.registry)
+    // Who granted and revoked the entry in force at the last such call.
+    let grant_of = |fp: &str, api: &str, at: f64| {
+        grants_at(ctx.registry, at as i64)
             .into_iter()
             .find(|g| g.key_fingerprint == fp && g.api_id == api)
             .map(|g| (g.granted_by.clone(), g.revoked_by.clone()))
@@ -635,7 +645,7 @@ pub async fn access(ctx: &Ctx<'_>) -> Result<Access, UiError> {
     .into_values()
     .filter(|g| OUTSIDE_GRANT.contains(&g[0].key_state.as_str()))
     .map(|g| {
-        let (granted_by, revoked_by) = grant_of(&g[0].key_fingerprint, &g[0].api_id);
+        let (granted_by, revoked_by) = grant_of(&g[0].key_fingerprint, &g[0].api_id, last_seen(&g));
         OutsideUse {
             key_suffix: g[0].key_suffix.clone(),
             app_name: g[0].app_label(),
