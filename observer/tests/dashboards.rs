@@ -767,6 +767,8 @@ fn fixture_events() -> Vec<Event> {
                 request_id: format!("req-{f_idx}-{i}"),
                 truncated: false,
                 conn_id: ((f_idx as u64) << 32) | i,
+                incomplete: false,
+                framing_anomaly: Vec::new(),
                 api_id: f.api.0.into(),
                 api_name: f.api.1.into(),
                 api_owner: if f.api.0.is_empty() { "" } else { "platform" }.into(),
