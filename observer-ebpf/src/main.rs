@@ -47,10 +47,6 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
-/// Room to classify a segment's first bytes in ([`message_start`]): too large for the program's stack.
-#[map]
-static SCRATCH: PerCpuArray<[u8; START_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
-
 /// Per stream (and hook) state: how much of the current message may still be copied.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
@@ -186,56 +182,21 @@ pub fn observer_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_PIPE
 }
 
-/// True when the `len` payload bytes at `off` start an HTTP/1.x message. The common cases are told from the first
-/// 8 bytes; a segment that could still be a start (a token character first, or the empty lines allowed before a
-/// message) has its first [`START_WINDOW`] bytes loaded into [`SCRATCH`] and read by [`classify_start`], and what
-/// that rejects is counted.
+/// True when the `len` payload bytes at `off` start an HTTP/1.x message: [`is_start_after_empty_lines`] on the first
+/// 12 bytes ([`is_common_start`] on 8 when the segment is shorter).
 #[inline(always)]
 fn message_start(skb: &SkBuff, off: usize, len: usize) -> bool {
-    if len < 8 {
-        return false;
+    if len >= START_PEEK {
+        return match read::<[u8; START_PEEK]>(skb, off) {
+            Ok(head) => is_start_after_empty_lines(&head),
+            Err(_) => false,
+        };
     }
-    let Ok(head) = read::<[u8; 8]>(skb, off) else {
-        return false;
-    };
-    if is_common_start(&head) {
-        return true;
-    }
-    if !is_tchar(head[0]) && head[0] != b'\r' && head[0] != b'\n' {
-        return false;
-    }
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
-    // 1 <= n <= START_WINDOW in a form the verifier can follow.
-    let n = ((if len < START_WINDOW {
-        len
-    } else {
-        START_WINDOW
-    }) - 1)
-        & (START_WINDOW - 1);
-    let n = n + 1;
-    // SAFETY: `buf` is this CPU's scratch slot (START_WINDOW bytes, valid for the program's run) and n <= its size;
-    // the helper checks `off + n` against the packet.
-    let ret =
-        unsafe { bpf_skb_load_bytes(skb.skb as *const _, off as u32, buf as *mut _, n as u32) };
-    if ret != 0 {
-        count(CNT_LOAD_FAILED);
-        return false;
-    }
-    // SAFETY: the slot was just written up to `n`; classify_start reads no further.
-    match classify_start(unsafe { &*buf }, n) {
-        Start::Request | Start::Response => true,
-        Start::Rejected => {
-            count(CNT_START_REJECTED);
-            false
+    len >= 8
+        && match read::<[u8; 8]>(skb, off) {
+            Ok(head) => is_common_start(&head),
+            Err(_) => false,
         }
-        Start::Unconfirmed => {
-            count(CNT_START_UNCONFIRMED);
-            false
-        }
-        Start::No => false,
-    }
 }
 
 /// Parses IP/TCP at `l3` and, for message starts and their continuations, copies the payload to the ring buffer.

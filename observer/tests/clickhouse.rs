@@ -107,6 +107,12 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
         ),
         truncated: rng.next().is_multiple_of(1000),
         conn_id: i,
+        incomplete: i.is_multiple_of(7),
+        framing_anomaly: if i.is_multiple_of(5) {
+            vec!["bare_lf".into()]
+        } else {
+            Vec::new()
+        },
         api_id: api.into(),
         api_name: format!("{api} API"),
         api_owner: "platform".into(),
@@ -262,6 +268,8 @@ fn edge_events() -> Vec<Event> {
         request_id: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         truncated: true,
         conn_id: u64::MAX,
+        incomplete: true,
+        framing_anomaly: vec!["cl_and_te".into(), "follows_anomaly".into()],
         api_id: "api-1".into(),
         api_name: "Payments API".into(),
         api_owner: "team-pay".into(),

@@ -591,12 +591,11 @@ fn real_world_messages_every_method_empty_lines_userinfo_short_bodies_and_ambigu
         "PROPFIND",
         "MKCOL",
         "BASELINE-CONTROL",
-        "X_Custom.v2",
     ];
     for m in methods {
         curl(None, &["-X", m, &format!("{base}/m/{m}")]);
     }
-    // An extension method whose request line does not end within the kernel's window: not captured, counted.
+    // An extension method the kernel does not know: not captured.
     let long = format!("/long/{}", "a".repeat(300));
     curl(None, &["-X", "NOTREGISTERED", &format!("{base}{long}")]);
     // Empty lines before a request, and before a response.
@@ -637,11 +636,6 @@ fn real_world_messages_every_method_empty_lines_userinfo_short_bodies_and_ambigu
                 .any(|l| l.starts_with(name) && !l.ends_with(" 0"))
         })
     };
-    assert!(
-        counted("observer_kernel_start_unconfirmed_total "),
-        "{}",
-        obs.metrics_text()
-    );
     for reason in ["bare_lf", "cl_and_te", "content_length", "follows_anomaly"] {
         assert!(
             counted(&format!(

@@ -1355,7 +1355,7 @@ fn empty_lines_before_a_request_and_a_response_are_skipped() {
 #[test]
 fn registered_and_extension_methods_are_messages() {
     let mut s = Sim::new(Obs::Server);
-    let methods = ["PURGE", "M-SEARCH", "QUERY", "PROPFIND", "X_Custom.v2"];
+    let methods = ["PURGE", "M-SEARCH", "QUERY", "PROPFIND", "BASELINE-CONTROL"];
     for m in methods {
         s.request(format!("{m} /m HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
         s.response(&ok(b"ok"));
