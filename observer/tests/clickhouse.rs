@@ -130,8 +130,6 @@ fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
             _ => KeyState::Valid,
         },
         attributed_by: AttributedBy::Key,
-        incomplete: rng.next().is_multiple_of(500),
-        framing_anomaly: vec![],
         ..Default::default()
     }
 }
@@ -282,8 +280,6 @@ fn edge_events() -> Vec<Event> {
         key_suffix: "x9z1".into(),
         key_state: KeyState::NotGrantedForApi,
         attributed_by: AttributedBy::Workload,
-        incomplete: true,
-        framing_anomaly: vec!["bare_lf".into(), "cl_and_te".into()],
         client_pod: "checkout-7d9f8b6c5d-x2x9z".into(),
         client_namespace: "shop".into(),
         client_workload: "Deployment/checkout".into(),
