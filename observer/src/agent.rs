@@ -43,6 +43,8 @@ pub struct RunArgs {
     pub ui: crate::ui::UiArgs,
     #[command(flatten)]
     pub kube: crate::kube::KubeArgs,
+    #[command(flatten)]
+    pub insights: crate::insights::live::LiveArgs,
 }
 
 /// Why `observer run` stopped with an error. Each names the step that failed; the cause follows it.
@@ -75,6 +77,8 @@ pub enum AgentError {
     Flush(sink::SinkError),
     #[error("starting the web UI: {0}")]
     Ui(crate::ui::UiError),
+    #[error("starting insights: {0}")]
+    Insights(crate::insights::live::LiveError),
 }
 
 pub fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -121,6 +125,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let ui = crate::ui::start(&args.ui, ui_client, live.clone())
         .await
         .map_err(AgentError::Ui)?;
+    let (insights, insights_task) =
+        crate::insights::live::start(&args.insights, live.clone(), metrics.clone())
+            .map_err(AgentError::Insights)?
+            .unzip();
     crate::kube::ready_when_synced(pods.as_ref(), &metrics);
     info!(programs = loaded.attached.len(), "capturing");
 
@@ -155,6 +163,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                         poll,
                         drain_only,
                         ui,
+                        insights,
                     },
                 )
             })
@@ -168,6 +177,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     metrics.set_ready(false);
     if !matches!(joined, Ok(Ok(()))) {
         return Err(AgentError::CapturePanicked);
+    }
+    // The capture thread dropped its insights feed: the engine judges what is queued and saves its baselines.
+    if let Some(task) = insights_task {
+        let _ = task.await;
     }
     // The capture thread and the registry follower held the other references.
     follower.abort();
@@ -238,6 +251,8 @@ struct Reading {
     drain_only: bool,
     /// The web UI's recent aggregates, when it has no ClickHouse to read.
     ui: Option<Arc<crate::ui::memory::MemoryStore>>,
+    /// The insights engine's queue (`--insights`).
+    insights: Option<crate::insights::live::Feed>,
 }
 
 fn capture_loop(
@@ -251,6 +266,7 @@ fn capture_loop(
         poll,
         drain_only,
         ui,
+        insights,
     }: Reading,
 ) {
     let mut out = Vec::new();
@@ -294,6 +310,9 @@ fn capture_loop(
         batch.extend(out.drain(..).map(|ex| ex.event));
         if let Some(ui) = &ui {
             ui.ingest(&batch);
+        }
+        if let Some(feed) = &insights {
+            feed.offer(&batch);
         }
         // One hand-over per drain: the sink tasks wake once, not once per event.
         sinks.send_batch(batch);

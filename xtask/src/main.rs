@@ -262,6 +262,14 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
         "--ui".into(),
         demo::UI.into(),
     ];
+    if !extra.iter().any(|a| a == "--insights") {
+        let state = root.join(".data/insights");
+        args.extend([
+            "--insights".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ]);
+    }
     if !extra.iter().any(|a| a == "--key-secret-file") {
         args.extend(["--key-secret-file".into(), secret.display().to_string()]);
     }

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod finding;
 pub mod governance;
 pub mod input;
+pub mod live;
 pub mod novelty;
 pub mod scenarios;
 pub mod spike;
