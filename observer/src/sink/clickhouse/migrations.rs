@@ -95,7 +95,66 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pod_identity",
         statements: no_statements,
     },
+    Migration {
+        version: 7,
+        name: "insights",
+        statements: v7_insights,
+    },
 ];
+
+/// The columns of `insights`: one row per version of a finding (see [`crate::insights::finding::Finding`]).
+pub const INSIGHTS_COLUMNS: &[(&str, &str)] = &[
+    // detected_at of this version
+    ("ts", "DateTime64(6, 'UTC')"),
+    ("id", "String"),
+    ("version", "UInt32"),
+    // open | update | closed
+    ("status", "LowCardinality(String)"),
+    ("kind", "LowCardinality(String)"),
+    // info | warning | critical
+    ("severity", "LowCardinality(String)"),
+    ("team", "LowCardinality(String)"),
+    ("api_id", "LowCardinality(String)"),
+    ("app_id", "LowCardinality(String)"),
+    ("key_id", "String"),
+    ("key_fingerprint", "String"),
+    ("workload", "String"),
+    ("route", "String"),
+    // who or what the finding is about, in words ("app checkout-v2 on payments")
+    ("subject", "String"),
+    // one short line for lists and alerts
+    ("title", "String"),
+    ("explanation", "String"),
+    // the figures, as a JSON object
+    ("evidence", "String"),
+    ("first_seen", "DateTime64(6, 'UTC')"),
+    ("last_seen", "DateTime64(6, 'UTC')"),
+    // who raised it: `agent:<node>` or `fleet`
+    ("source", "LowCardinality(String)"),
+];
+
+/// Findings of the insights detectors (the agent's `--insights` and the fleet-wide `insights run`), one row per
+/// version; `insights_latest` keeps the newest version of each finding.
+fn v7_insights(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let oc = cfg.on_cluster();
+    let cols: Vec<String> = INSIGHTS_COLUMNS
+        .iter()
+        .map(|(c, ty)| format!("    {c} {ty}"))
+        .collect();
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.insights{oc}\n(\n{cols}\n)\nENGINE = {engine}\n\
+             PARTITION BY toYYYYMM(ts)\nORDER BY (kind, id, version)",
+            cols = cols.join(",\n"),
+            engine = cfg.everywhere_engine("ReplacingMergeTree", "", "insights"),
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.insights_latest{oc} AS\n\
+             SELECT * FROM {db}.insights FINAL ORDER BY id, version DESC LIMIT 1 BY id"
+        ),
+    ]
+}
 
 /// For a migration that only adds event columns.
 pub fn no_statements(_: &SchemaConfig) -> Vec<String> {
