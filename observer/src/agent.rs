@@ -1,4 +1,4 @@
-//! `observer run`: wires loader -> reader -> flow -> enrich -> sinks, publishes metrics, and shuts down cleanly.
+//! `observer run`: wires loader -> reader -> flow -> enrich -> sinks, registers its metrics, and shuts down cleanly.
 //!
 //! Capture runs on one dedicated thread (ring-buffer drains, flow engine, enrichment) so the
 //! kernel side is never waiting on I/O; sinks and the metrics server run on a small tokio runtime. On SIGINT/SIGTERM or
@@ -13,7 +13,11 @@ use std::{
 };
 
 use clap::Args;
-use observer_common::COUNTER_NAMES;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -21,7 +25,7 @@ use crate::{
     clock,
     config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
-    metrics::{Metrics, Sample},
+    metrics::{Counter, FGauge, Metrics},
     reader, registry, sink,
 };
 
@@ -106,6 +110,8 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     // exchanges (ClickHouse inserts) are recognised by pid and not reported. A sink that fails to open detaches
     // everything again (dropping `loaded`).
     let loaded = loader::load(&opts)?;
+    metrics.register_collector(loaded.counters.clone());
+    metrics.register_collector(RegistryMetrics(live.clone()));
     let _watcher = live.spawn_watcher(registry::POLL_INTERVAL);
     let pods = crate::kube::start(&args.kube, metrics.clone())
         .await
@@ -113,6 +119,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let enricher = enrich::Enricher::new(live.clone()).with_pods(pods.clone());
     let sink_cfg = args.sink.sink_config().map_err(AgentError::Sinks)?;
     let sinks = Arc::new(sink::build(&sink_cfg).await.map_err(AgentError::Sinks)?);
+    sinks.metrics_handle().register(&metrics);
     let follower = tokio::spawn(follow_registry(live.clone(), sinks.clone()));
     if let Some(addr) = args.capture.metrics {
         let server = crate::metrics::serve(addr, metrics.clone())
@@ -145,19 +152,21 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     if drain_only {
         warn!("--drain-only: data records are dropped unread; no exchange will be reported");
     }
+    let engine = flow::Engine::new(flow_cfg, Box::new(resolver));
+    engine.counters().register(&metrics);
+    let counts = CaptureMetrics::new(&metrics);
     let capture = {
         let stop = stop.clone();
-        let metrics = metrics.clone();
         let sinks = sinks.clone();
         std::thread::Builder::new()
             .name("observer-capture".into())
             .spawn(move || {
                 capture_loop(
                     loaded,
-                    flow::Engine::new(flow_cfg, Box::new(resolver)),
+                    engine,
                     enricher,
                     sinks,
-                    metrics,
+                    counts,
                     stop,
                     Reading {
                         poll,
@@ -260,7 +269,7 @@ fn capture_loop(
     mut engine: flow::Engine,
     enricher: enrich::Enricher,
     sinks: Arc<sink::SinkHandle>,
-    metrics: Arc<Metrics>,
+    counts: CaptureMetrics,
     stop: Arc<AtomicBool>,
     Reading {
         poll,
@@ -271,7 +280,6 @@ fn capture_loop(
 ) {
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
-    let mut counts = Counts::default();
     // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
     // event that causes the next insert.
     let own_pid = std::process::id();
@@ -283,11 +291,12 @@ fn capture_loop(
             reader::Record::Data(h, p) => engine.on_data(&h, p),
             reader::Record::Conn(c) => engine.on_conn(&c),
         });
-        counts.records += d.records;
-        counts.ring_bytes += d.bytes;
-        counts.bad_records += d.bad;
+        counts.records.inc_by(d.records);
+        counts.ring_bytes.inc_by(d.bytes);
+        counts.bad_records.inc_by(d.bad);
         if d.oldest_ts_ns != 0 {
-            counts.lag_ns = clock::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+            let lag_ns = clock::monotonic_ns().saturating_sub(d.oldest_ts_ns);
+            counts.lag.set(lag_ns as f64 / 1e9);
         }
         if stopping {
             engine.finish();
@@ -297,11 +306,9 @@ fn capture_loop(
             engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
-        out.retain(|ex| {
-            let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
-            counts.own_exchanges += u64::from(own);
-            !own
-        });
+        let before = out.len();
+        out.retain(|ex| ex.event.client_pid != own_pid && ex.event.server_pid != own_pid);
+        counts.own_exchanges.inc_by((before - out.len()) as u64);
         // Enriched where they lie, then each event is moved once, into the batch: exchanges are large.
         for ex in &mut out {
             enricher.enrich(ex);
@@ -316,9 +323,8 @@ fn capture_loop(
         }
         // One hand-over per drain: the sink tasks wake once, not once per event.
         sinks.send_batch(batch);
-        if tick || stopping {
+        if tick {
             last_tick = Instant::now();
-            publish(&metrics, &loaded, &engine, &enricher, &sinks, &counts);
         }
         if stopping {
             break;
@@ -326,195 +332,91 @@ fn capture_loop(
         if d.records < DRAIN_LIMIT as u64 {
             let wait = pace.after(d.records);
             if loaded.events.wait(wait) {
-                counts.early_wakeups += 1;
+                counts.early_wakeups.inc();
             }
         }
     }
-    let kernel = loader::read_counters(&loaded.counters);
+    let kernel = loaded.counters.read();
     drop(loaded);
     info!(?kernel, "programs detached");
 }
 
-/// The capture loop's own counters, for [`publish`].
-#[derive(Debug, Default)]
-struct Counts {
-    records: u64,
-    ring_bytes: u64,
-    bad_records: u64,
-    own_exchanges: u64,
-    lag_ns: u64,
-    early_wakeups: u64,
+/// The capture loop's own series, bumped once per drain.
+struct CaptureMetrics {
+    records: Counter,
+    ring_bytes: Counter,
+    bad_records: Counter,
+    own_exchanges: Counter,
+    early_wakeups: Counter,
+    lag: FGauge,
 }
 
-fn publish(
-    metrics: &Metrics,
-    loaded: &loader::Loaded,
-    engine: &flow::Engine,
-    enricher: &enrich::Enricher,
-    sinks: &sink::SinkHandle,
-    counts: &Counts,
-) {
-    let kernel = loader::read_counters(&loaded.counters);
-    let mut k = Vec::with_capacity(kernel.len() + 3);
-    for (name, v) in COUNTER_NAMES.iter().zip(kernel) {
-        k.push(Sample::counter(
-            format!("kernel_{name}_total"),
-            "Kernel-side counter (summed over CPUs)",
-            v,
-        ));
-    }
-    k.push(Sample::counter(
-        "ringbuf_records_total",
-        "Ring-buffer records read",
-        counts.records,
-    ));
-    k.push(Sample::counter(
-        "ringbuf_bytes_total",
-        "Ring-buffer bytes read and given back to the kernel (records with their headers and padding)",
-        counts.ring_bytes,
-    ));
-    k.push(Sample::counter(
-        "ringbuf_bad_records_total",
-        "Ring-buffer records that could not be decoded",
-        counts.bad_records,
-    ));
-    k.push(Sample::counter(
-        "ringbuf_early_wakeups_total",
-        "Waits ended by waiting records rather than the timeout (records already waiting, or the kernel's wake-up once 256 KiB wait)",
-        counts.early_wakeups,
-    ));
-    k.push(Sample::gauge(
-        "ringbuf_lag_seconds",
-        "Age of the oldest record in the last drain (how far the reader is behind the kernel)",
-        counts.lag_ns as f64 / 1e9,
-    ));
-    metrics.publish("kernel", k);
-
-    let s = engine.stats();
-    let c = |name: &str, help: &'static str, v: u64| Sample::counter(name.to_string(), help, v);
-    metrics.publish(
-        "flow",
-        vec![
-            c("exchanges_total", "HTTP exchanges reported", s.exchanges),
-            c(
-                "own_exchanges_total",
+impl CaptureMetrics {
+    fn new(m: &Metrics) -> Self {
+        let counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            m.register(name, help, c.clone());
+            c
+        };
+        let lag = FGauge::default();
+        m.register(
+            "ringbuf_lag_seconds",
+            "Age of the oldest record in the last drain (how far the reader is behind the kernel)",
+            lag.clone(),
+        );
+        CaptureMetrics {
+            records: counter("ringbuf_records", "Ring-buffer records read"),
+            ring_bytes: counter(
+                "ringbuf_bytes",
+                "Ring-buffer bytes read and given back to the kernel (records with their headers and padding)",
+            ),
+            bad_records: counter(
+                "ringbuf_bad_records",
+                "Ring-buffer records that could not be decoded",
+            ),
+            own_exchanges: counter(
+                "own_exchanges",
                 "The agent's own exchanges (sink inserts, metrics scrapes), not sent to the sinks",
-                counts.own_exchanges,
             ),
-            c(
-                "flow_malformed_total",
-                "Heads or records that could not be parsed",
-                s.malformed,
+            early_wakeups: counter(
+                "ringbuf_early_wakeups",
+                "Waits ended by waiting records rather than the timeout (records already waiting, or the kernel's wake-up once 256 KiB wait)",
             ),
-            c(
-                "flow_duplicates_total",
-                "Segments seen by both local ends, merged",
-                s.duplicates,
-            ),
-            c(
-                "flow_retransmits_total",
-                "Retransmitted segments dropped",
-                s.retransmits,
-            ),
-            c(
-                "flow_out_of_order_total",
-                "Records out of order or continuing an unseen start",
-                s.out_of_order,
-            ),
-            c(
-                "flow_gaps_total",
-                "Captured bytes or messages known to be missing",
-                s.gaps,
-            ),
-            c(
-                "flow_misframed_total",
-                "Message starts inside a delimited body, ignored",
-                s.misframed,
-            ),
-            c(
-                "flow_truncated_heads_total",
-                "Heads longer than the capture",
-                s.truncated_heads,
-            ),
-            c(
-                "flow_unmatched_responses_total",
-                "Responses without a request",
-                s.unmatched_responses,
-            ),
-            c(
-                "flow_no_response_total",
-                "Requests reported without a response",
-                s.no_response,
-            ),
-            c(
-                "flow_timed_out_total",
-                "Exchanges reported by the idle timeout",
-                s.timed_out,
-            ),
-            c(
-                "flow_evicted_total",
-                "Table evictions",
-                s.evicted_connections,
-            )
-            .label("table", "connections"),
-            c("flow_evicted_total", "Table evictions", s.evicted_pending)
-                .label("table", "pending_requests"),
-            c("flow_evicted_total", "Table evictions", s.evicted_sockets).label("table", "sockets"),
-            Sample::gauge(
-                "flow_table_size",
-                "Entries in the engine's tables",
-                s.connections as f64,
-            )
-            .label("table", "connections"),
-            Sample::gauge(
-                "flow_table_size",
-                "Entries in the engine's tables",
-                s.pending_requests as f64,
-            )
-            .label("table", "pending_requests"),
-            Sample::gauge(
-                "flow_table_size",
-                "Entries in the engine's tables",
-                s.sockets as f64,
-            )
-            .label("table", "sockets"),
-        ]
-        .into_iter()
-        .chain(
-            crate::http::Anomalies::ALL
-                .iter()
-                .zip(s.framing_anomalies)
-                .map(|((_, reason), n)| {
-                    c(
-                        "flow_framing_anomalies_total",
-                        "Messages whose framing another reader may take differently (smuggling), per reason",
-                        n,
-                    )
-                    .label("reason", *reason)
-                }),
-        )
-        .collect(),
-    );
-    let r = enricher.live().stats();
-    metrics.publish(
-        "registry",
-        vec![
-            Sample::gauge(
-                "registry_generation",
-                "Registry snapshot in use (0 = loaded at start)",
-                r.generation as f64,
-            ),
-            Sample::counter(
-                "registry_reloads_total",
-                "Registry reloads applied",
-                r.reloads,
-            ),
-            Sample::counter(
-                "registry_reload_failures_total",
-                "Registry edits rejected (last good kept)",
+            lag,
+        }
+    }
+}
+
+/// `observer_registry_*`: the live registry's generation and reload counts, read at each scrape.
+struct RegistryMetrics(Arc<registry::LiveRegistry>);
+
+impl std::fmt::Debug for RegistryMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryMetrics")
+    }
+}
+
+impl Collector for RegistryMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let r = self.0.stats();
+        let generation = ConstGauge::new(r.generation as i64);
+        generation.encode(encoder.encode_descriptor(
+            "registry_generation",
+            "Registry snapshot in use (0 = loaded at start).",
+            None,
+            generation.metric_type(),
+        )?)?;
+        for (name, help, v) in [
+            ("registry_reloads", "Registry reloads applied.", r.reloads),
+            (
+                "registry_reload_failures",
+                "Registry edits rejected (last good kept).",
                 r.failures,
             ),
-        ],
-    );
-    metrics.publish_text("sink", sinks.metrics().to_prometheus());
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
 }

@@ -5,6 +5,7 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
@@ -15,7 +16,14 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use observer_common::{port_bit, port_word, KernelConfig, CNT_MAX, MAX_CAPTURE, PORT_WORDS};
+use observer_common::{
+    port_bit, port_word, KernelConfig, CNT_MAX, COUNTER_NAMES, MAX_CAPTURE, PORT_WORDS,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::counter::ConstCounter,
+};
 use tracing::{info, warn};
 
 use crate::reader;
@@ -64,7 +72,7 @@ pub struct LoadOptions {
 /// any clsact qdisc this process added.
 pub struct Loaded {
     pub events: reader::Ring,
-    pub counters: PerCpuArray<MapData, u64>,
+    pub counters: KernelCounters,
     pub attached: Vec<String>,
     added_qdiscs: Vec<String>,
     _tc_links: Vec<SchedClassifierLinkId>,
@@ -263,7 +271,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     Ok(Loaded {
         events,
-        counters,
+        counters: KernelCounters(Arc::new(counters)),
         attached,
         added_qdiscs,
         _tc_links: tc_links,
@@ -275,15 +283,45 @@ fn miss(name: &'static str) -> LoadError {
     LoadError::Map(name, "not in the eBPF object".into())
 }
 
-/// Reads the per-CPU kernel counters, summed over CPUs, in `COUNTER_NAMES` order.
-pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> [u64; CNT_MAX as usize] {
-    let mut out = [0u64; CNT_MAX as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        if let Ok(values) = counters.get(&(i as u32), 0) {
-            *slot = values.iter().sum();
-        }
+/// The kernel's per-CPU failure and event counters (`COUNTERS` map); clones share the map, which stays readable
+/// after the programs are detached. Registered on `/metrics`, it is read at each scrape.
+#[derive(Clone)]
+pub struct KernelCounters(Arc<PerCpuArray<MapData, u64>>);
+
+impl std::fmt::Debug for KernelCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KernelCounters").field(&self.read()).finish()
     }
-    out
+}
+
+impl KernelCounters {
+    /// The counters summed over CPUs, in `COUNTER_NAMES` order.
+    pub fn read(&self) -> [u64; CNT_MAX as usize] {
+        let mut out = [0u64; CNT_MAX as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.0.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+impl Collector for KernelCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, v) in COUNTER_NAMES.iter().zip(self.read()) {
+            let counter = ConstCounter::new(v);
+            let name = format!("kernel_{name}");
+            let metric = encoder.encode_descriptor(
+                &name,
+                "Kernel-side counter (summed over CPUs).",
+                None,
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raising it is harmless elsewhere.

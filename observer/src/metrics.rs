@@ -1,8 +1,22 @@
 //! The agent's own health: counters and gauges every component publishes, served as Prometheus text on
 //! `/metrics`, `/healthz` (the process answers: liveness) and `/readyz`, which answers 200 only once every program is
 //! attached (and, with `--kubernetes`, this node's pods are listed).
+//! The agent's own health: every component registers its counters and gauges (the `prometheus-client` crate) in one
+//! [`Metrics`] registry, which `/metrics` encodes at scrape time as Prometheus text 0.0.4; `/healthz` (the process
+//! answers: liveness) and `/readyz`, which answers 200 only once every program is attached (and, with `--kubernetes`,
+//! this node's pods are listed).
+//!
+//! How a component adds a metric (and how a former `Sample`/`publish` metric converts):
+//! - Keep a [`Counter`] / [`Gauge`] (or [`FGauge`] for fractions) in the component and bump it where the fact happens
+//!   (`c.inc()`, `c.inc_by(n)`, `g.set(v)`): an atomic add, no lock, no per-tick snapshot. Register it once at start
+//!   with [`Metrics::register`], named without the `observer_` prefix and, for counters, without `_total` (the encoder
+//!   adds both): `Sample::counter("kube_watch_errors_total", ..)` becomes `register("kube_watch_errors", ..)`.
+//! - A label with a fixed set of values: [`Metrics::labelled`] registers the family and hands back one child per value,
+//!   in order, to keep and bump like a plain counter (no lookup on the hot path). Open label sets: a [`Family`] of
+//!   [`Labels`], registered as it is.
+//! - Values another structure already holds (kernel per-CPU maps, the registry's reload counts): a
+//!   [`prometheus_client::collector::Collector`] read at scrape time, registered with [`Metrics::register_collector`].
 use std::{
-    fmt::Write as _,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -11,57 +25,48 @@ use std::{
 };
 
 use axum::{extract::State, http::StatusCode, routing::get, Router};
+pub use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::{
+    collector::Collector,
+    encoding::prometheus_text,
+    metrics::TypedMetric,
+    registry::{Metric, Registry},
+};
 
-/// A named sample: `observer_<name>{labels} value`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub help: &'static str,
-    pub kind: Kind,
-    pub labels: Vec<(&'static str, String)>,
-    pub value: f64,
+/// A gauge holding a fraction (seconds, ratios).
+pub type FGauge = Gauge<f64, AtomicU64>;
+
+/// Label pairs of a [`Family`] whose label values are fixed strings.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+/// A family with one label whose values are `values` (each created, so shown at 0), and the child of each value in
+/// the same order: bump the children (no lookup), register the family.
+pub fn labelled<M>(label: &'static str, values: &[&'static str]) -> (Family<Labels, M>, Vec<M>)
+where
+    M: Metric + TypedMetric + Clone + Default,
+{
+    let family = Family::<Labels, M>::default();
+    let children = values
+        .iter()
+        .map(|v| family.get_or_create_owned(&vec![(label, *v)]))
+        .collect();
+    (family, children)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-}
-
-impl Sample {
-    pub fn counter(name: impl Into<String>, help: &'static str, value: u64) -> Self {
-        Sample {
-            name: name.into(),
-            help,
-            kind: Kind::Counter,
-            labels: Vec::new(),
-            value: value as f64,
-        }
-    }
-    pub fn gauge(name: impl Into<String>, help: &'static str, value: f64) -> Self {
-        Sample {
-            name: name.into(),
-            help,
-            kind: Kind::Gauge,
-            labels: Vec::new(),
-            value,
-        }
-    }
-    pub fn label(mut self, k: &'static str, v: impl Into<String>) -> Self {
-        self.labels.push((k, v.into()));
-        self
-    }
-}
-
-/// Shared between the capture thread (which publishes a fresh snapshot every poll) and the HTTP server.
-#[derive(Default)]
+/// The registry `/metrics` encodes, shared by every component and the HTTP server.
 pub struct Metrics {
     ready: AtomicBool,
-    /// Samples published by each component, replaced wholesale on each publish.
-    snapshots: Mutex<Vec<(&'static str, Vec<Sample>)>>,
-    /// Pre-rendered exposition text published by components that format their own (the sinks).
-    texts: Mutex<Vec<(&'static str, String)>>,
-    pub scrapes: AtomicU64,
+    /// Locked only to register (at start) and to encode (per scrape); metrics are bumped without it.
+    registry: Mutex<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            ready: AtomicBool::new(false),
+            registry: Mutex::new(Registry::with_prefix("observer")),
+        }
+    }
 }
 
 impl Metrics {
@@ -73,64 +78,42 @@ impl Metrics {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Replaces the samples of `component`.
-    pub fn publish(&self, component: &'static str, samples: Vec<Sample>) {
-        let mut snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        match snaps.iter_mut().find(|(c, _)| *c == component) {
-            Some(slot) => slot.1 = samples,
-            None => snaps.push((component, samples)),
-        }
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces the pre-rendered Prometheus text of `component`.
-    pub fn publish_text(&self, component: &'static str, text: String) {
-        let mut texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
-        match texts.iter_mut().find(|(c, _)| *c == component) {
-            Some(slot) => slot.1 = text,
-            None => texts.push((component, text)),
-        }
+    /// Registers `metric` as `observer_<name>` (counters also get `_total`); `help` is one sentence, no final dot.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry().register(name, help, metric);
+    }
+
+    /// Registers a family with one label whose values are `values`, all shown from the start (at 0), and returns
+    /// the child of each value, in the same order.
+    pub fn labelled<M>(
+        &self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: &[&'static str],
+    ) -> Vec<M>
+    where
+        M: Metric + TypedMetric + Clone + Default,
+    {
+        let (family, children) = labelled(label, values);
+        self.register(name, help, family);
+        children
+    }
+
+    /// Registers a collector, read on every scrape.
+    pub fn register_collector(&self, collector: impl Collector) {
+        self.registry().register_collector(Box::new(collector));
     }
 
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<&Sample> = snaps.iter().flat_map(|(_, s)| s.iter()).collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
         let mut out = String::new();
-        let mut last = String::new();
-        for s in all {
-            let full = format!("observer_{}", s.name);
-            if full != last {
-                let kind = match s.kind {
-                    Kind::Counter => "counter",
-                    Kind::Gauge => "gauge",
-                };
-                let _ = writeln!(out, "# HELP {full} {}\n# TYPE {full} {kind}", s.help);
-            }
-            out.push_str(&full);
-            if !s.labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in s.labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let v = v
-                        .replace('\\', "\\\\")
-                        .replace('"', "\\\"")
-                        .replace('\n', "\\n");
-                    let _ = write!(out, "{k}=\"{v}\"");
-                }
-                out.push('}');
-            }
-            let _ = writeln!(out, " {}", s.value);
-            last = full;
-        }
-        for (_, text) in self.texts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            out.push_str(text);
-            if !text.is_empty() && !text.ends_with('\n') {
-                out.push('\n');
-            }
-        }
+        // Writing to a String cannot fail; an encoder error would only truncate the text.
+        let _ = prometheus_text::encode(&mut out, &self.registry());
         out
     }
 }
@@ -138,8 +121,10 @@ impl Metrics {
 async fn metrics_handler(
     State(m): State<Arc<Metrics>>,
 ) -> ([(&'static str, &'static str); 1], String) {
-    m.scrapes.fetch_add(1, Ordering::Relaxed);
-    ([("content-type", "text/plain; version=0.0.4")], m.render())
+    (
+        [("content-type", prometheus_text::CONTENT_TYPE)],
+        m.render(),
+    )
 }
 
 async fn ready_handler(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
@@ -176,21 +161,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text_grouped_by_name() {
+    fn renders_registered_metrics_as_prometheus_text() {
         let m = Metrics::default();
-        m.publish(
-            "kernel",
-            vec![
-                Sample::counter("drops_total", "Dropped records", 3)
-                    .label("reason", "ringbuf_full"),
-                Sample::counter("drops_total", "Dropped records", 1)
-                    .label("reason", "load \"failed\""),
-            ],
+        let drops: Vec<Counter> = m.labelled(
+            "drops",
+            "Dropped records",
+            "reason",
+            &["ringbuf_full", "load \"failed\""],
         );
-        m.publish(
-            "flow",
-            vec![Sample::gauge("connections", "Open connections", 7.0)],
-        );
+        let open = Gauge::<i64>::default();
+        m.register("connections", "Open connections", open.clone());
+        drops[0].inc_by(3);
+        drops[1].inc();
+        open.set(7);
         let text = m.render();
         assert_eq!(
             text.matches("# TYPE observer_drops_total counter").count(),
@@ -209,13 +192,10 @@ mod tests {
             text.contains("# TYPE observer_connections gauge\nobserver_connections 7\n"),
             "{text}"
         );
-        m.publish(
-            "flow",
-            vec![Sample::gauge("connections", "Open connections", 2.0)],
-        );
+        open.set(2);
         assert!(
             m.render().contains("observer_connections 2\n"),
-            "publish replaces a component's samples"
+            "a scrape reads the live value"
         );
     }
 }

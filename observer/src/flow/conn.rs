@@ -12,7 +12,7 @@ use super::pairing::{Done, Pending, Resp};
 use super::stream::{
     hook_slot, seq_le, seq_lt, Kind, MsgState, Stashed, Stream, MAX_STASH, RECENT_STARTS,
 };
-use super::{FlowConfig, FlowStats};
+use super::{FlowConfig, FlowCounters};
 use crate::http::{
     self, Anomalies, BodyLength, ChunkStep, ChunkedDecoder, Head, Parsed, RequestHead,
 };
@@ -56,7 +56,7 @@ pub(crate) struct EndInfo {
 /// What a connection operation needs from the engine.
 pub(crate) struct Ctx<'a> {
     pub(crate) cfg: &'a FlowConfig,
-    pub(crate) stats: &'a mut FlowStats,
+    pub(crate) stats: &'a FlowCounters,
     pub(crate) done: &'a mut Vec<Done>,
 }
 
@@ -104,7 +104,7 @@ impl Conn {
             return;
         }
         let Some(slot) = hook_slot(hdr.hook) else {
-            ctx.stats.malformed += 1;
+            ctx.stats.malformed.inc();
             return;
         };
         if hdr.ack != 0 {
@@ -143,12 +143,12 @@ impl Conn {
         if walked {
             if seen_by_hook {
                 // The same hook saw these bytes before: a TCP retransmission.
-                ctx.stats.retransmits += 1;
+                ctx.stats.retransmits.inc();
             } else if is_start && !st.recent_starts.contains(&seq) {
-                ctx.stats.out_of_order += 1;
+                ctx.stats.out_of_order.inc();
             } else {
                 // The other end's observation of bytes already walked (both ends local).
-                ctx.stats.duplicates += 1;
+                ctx.stats.duplicates.inc();
             }
             return;
         }
@@ -158,7 +158,7 @@ impl Conn {
                 && st.expect_next.is_some_and(|e| seq_lt(seq, e))
             {
                 // Body bytes that happen to look like a message start; the framing says otherwise.
-                ctx.stats.misframed += 1;
+                ctx.stats.misframed.inc();
                 return;
             }
             self.start_message(dir, seq, ctx);
@@ -171,7 +171,7 @@ impl Conn {
         } else {
             let Some(ns) = st.next_seq else {
                 // A continuation of a message whose start we never saw.
-                ctx.stats.out_of_order += 1;
+                ctx.stats.out_of_order.inc();
                 return;
             };
             if seq_lt(ns, seq) {
@@ -182,9 +182,9 @@ impl Conn {
                         flags: hdr.flags,
                         data: payload.to_vec(),
                     });
-                    ctx.stats.out_of_order += 1;
+                    ctx.stats.out_of_order.inc();
                 } else {
-                    ctx.stats.gaps += 1;
+                    ctx.stats.gaps.inc();
                 }
                 return;
             }
@@ -227,7 +227,7 @@ impl Conn {
             if seq.wrapping_sub(e) >= MIN_MESSAGE && seq_lt(e, seq) {
                 // Bytes between the end of the last message and this start were never captured: a whole message.
                 // (A few stray bytes, like the CRLF some clients add after a body, are not a message.)
-                ctx.stats.gaps += 1;
+                ctx.stats.gaps.inc();
                 self.lost_message(dir, e, seq, ctx);
             }
         }
@@ -340,7 +340,7 @@ impl Conn {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "bad chunked body");
-                        ctx.stats.malformed += 1;
+                        ctx.stats.malformed.inc();
                         i = len;
                         MsgState::Unknown
                     }
@@ -395,7 +395,7 @@ impl Conn {
                         Ok(f) => Some(f),
                         Err(e) => {
                             tracing::debug!(error = %e, "request framing");
-                            ctx.stats.malformed += 1;
+                            ctx.stats.malformed.inc();
                             None
                         }
                     }
@@ -434,7 +434,7 @@ impl Conn {
                     } else {
                         let t = self.pending[qdir].iter_mut().find(|p| p.resp.is_none());
                         if t.is_none() {
-                            ctx.stats.unmatched_responses += 1;
+                            ctx.stats.unmatched_responses.inc();
                             self.orphan_resp[dir] += 1;
                         }
                         t
@@ -448,7 +448,7 @@ impl Conn {
                             Ok(f) => Some(f),
                             Err(e) => {
                                 tracing::debug!(error = %e, "response framing");
-                                ctx.stats.malformed += 1;
+                                ctx.stats.malformed.inc();
                                 None
                             }
                         }
@@ -497,7 +497,7 @@ impl Conn {
         buf: &[u8],
         ctx: &mut Ctx,
     ) {
-        ctx.stats.truncated_heads += 1;
+        ctx.stats.truncated_heads.inc();
         match http::parse_truncated_head(buf) {
             Some(head) => {
                 self.on_head(dir, start, ts, ts, head, true, ctx);
@@ -515,7 +515,7 @@ impl Conn {
         ctx: &mut Ctx,
     ) {
         tracing::debug!(error = %e, len = buf.len(), "malformed HTTP message start");
-        ctx.stats.malformed += 1;
+        ctx.stats.malformed.inc();
         let st = &mut self.streams[dir];
         st.expect_next = None;
         if http::looks_like_request(buf) {

@@ -8,6 +8,7 @@
 mod conn;
 mod lru;
 mod pairing;
+mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ use observer_common::{
 use self::conn::{Conn, ConnKey, Ctx, Endpoint};
 use self::lru::Lru;
 use self::pairing::Done;
+pub use self::stats::{FlowCounters, FlowStats};
 use crate::cgroups::CgroupResolver;
 use crate::event::{Event, Exchange, SharedStr, Side, Timestamp};
 use crate::http;
@@ -56,63 +58,6 @@ impl Default for FlowConfig {
 }
 
 pub use crate::clock::mono_to_unix_offset_ns;
-
-/// Counters (monotonic) and gauges (`connections`, `pending_requests`, `sockets`) of the engine.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlowStats {
-    /// Exchanges handed out.
-    pub exchanges: u64,
-    /// Heads or bodies that could not be parsed, invalid records.
-    pub malformed: u64,
-    /// Segments seen a second time by another hook (both ends local): merged, not parsed twice.
-    pub duplicates: u64,
-    /// Segments a hook saw again (TCP retransmissions): dropped.
-    pub retransmits: u64,
-    /// Records that arrived late or ahead of a gap, or continue a message whose start was never seen.
-    pub out_of_order: u64,
-    /// Captured bytes or whole messages known to be missing (ring buffer loss, reordering beyond repair).
-    pub gaps: u64,
-    /// Message starts inside a body whose length the headers gave: ignored.
-    pub misframed: u64,
-    /// Heads longer than the capture (parsed as far as captured).
-    pub truncated_heads: u64,
-    /// Final responses with no request to pair with.
-    pub unmatched_responses: u64,
-    /// Requests handed out without a response (connection closed, idle or evicted first).
-    pub no_response: u64,
-    /// Exchanges handed out by the idle timeout with sizes estimated.
-    pub timed_out: u64,
-    /// Connections dropped after the idle timeout.
-    pub idle_connections: u64,
-    /// Connections evicted because the table was full.
-    pub evicted_connections: u64,
-    /// Requests handed out early because a connection had too many waiting.
-    pub evicted_pending: u64,
-    /// Socket identities evicted because the table was full.
-    pub evicted_sockets: u64,
-    /// Gauge: connections tracked.
-    pub connections: u64,
-    /// Gauge: requests awaiting a response or their sizes.
-    pub pending_requests: u64,
-    /// Gauge: local sockets whose identity is tracked.
-    pub sockets: u64,
-    /// Messages with each framing anomaly, in [`http::Anomalies::ALL`] order.
-    pub framing_anomalies: [u64; http::Anomalies::ALL.len()],
-}
-
-impl FlowStats {
-    /// Counts a message's framing anomalies, one per reason.
-    pub(crate) fn count_anomalies(&mut self, a: http::Anomalies) {
-        if a.is_empty() {
-            return;
-        }
-        for (n, (reason, _)) in self.framing_anomalies.iter_mut().zip(http::Anomalies::ALL) {
-            if a.contains(reason) {
-                *n += 1;
-            }
-        }
-    }
-}
 
 /// What is known about one local socket, by cookie.
 #[derive(Debug, Clone, Default)]
@@ -155,7 +100,7 @@ pub struct Engine {
     reports: Reports,
     /// Requests a record finished, reused from record to record.
     done: Vec<Done>,
-    stats: FlowStats,
+    stats: FlowCounters,
 }
 
 impl Engine {
@@ -172,7 +117,7 @@ impl Engine {
                 out: Vec::new(),
             },
             done: Vec::new(),
-            stats: FlowStats::default(),
+            stats: FlowCounters::default(),
         }
     }
 
@@ -183,7 +128,7 @@ impl Engine {
     /// A `DataHeader` record and the `cap_len` payload bytes that followed it.
     pub fn on_data(&mut self, hdr: &DataHeader, payload: &[u8]) {
         if hdr.kind != EVENT_DATA || hdr.cap_len > hdr.payload_len {
-            self.stats.malformed += 1;
+            self.stats.malformed.inc();
             return;
         }
         let payload = &payload[..payload.len().min(hdr.cap_len as usize)];
@@ -194,13 +139,13 @@ impl Engine {
             HOOK_CGROUP_EGRESS | HOOK_TC_EGRESS => (dir, true),
             HOOK_CGROUP_INGRESS | HOOK_TC_INGRESS => (1 - dir, false),
             _ => {
-                self.stats.malformed += 1;
+                self.stats.malformed.inc();
                 return;
             }
         };
         if !self.conns.contains(&key) {
             if hdr.flags & DATA_FLAG_START == 0 {
-                self.stats.out_of_order += 1;
+                self.stats.out_of_order.inc();
                 return;
             }
             if self.conns.len() >= self.cfg.max_connections {
@@ -210,7 +155,7 @@ impl Engine {
         }
         let info = learn_socket(
             &mut self.socks,
-            &mut self.stats,
+            &self.stats,
             self.cfg.max_connections,
             hdr,
             egress,
@@ -236,13 +181,12 @@ impl Engine {
         let mut done = std::mem::take(&mut self.done);
         let mut ctx = Ctx {
             cfg: &self.cfg,
-            stats: &mut self.stats,
+            stats: &self.stats,
             done: &mut done,
         };
         conn.on_data(dir, hdr, payload, &mut ctx);
         // The connection is at hand: no second lookup to report what the record finished.
-        self.reports
-            .push(&self.cfg, &mut self.stats, conn, &mut done);
+        self.reports.push(&self.cfg, &self.stats, conn, &mut done);
         self.done = done;
     }
 
@@ -257,7 +201,7 @@ impl Engine {
                 }
                 let info = sock_entry(
                     &mut self.socks,
-                    &mut self.stats,
+                    &self.stats,
                     self.cfg.max_connections,
                     ev.cookie,
                 );
@@ -276,7 +220,9 @@ impl Engine {
                 }
             }
             CONN_CLOSE => self.on_close(ev, local, remote),
-            _ => self.stats.malformed += 1,
+            _ => {
+                self.stats.malformed.inc();
+            }
         }
     }
 
@@ -299,7 +245,7 @@ impl Engine {
         let mut done = Vec::new();
         let mut ctx = Ctx {
             cfg: &self.cfg,
-            stats: &mut self.stats,
+            stats: &self.stats,
             done: &mut done,
         };
         conn.finalize(ends, &mut ctx);
@@ -310,11 +256,11 @@ impl Engine {
         let Some((_, mut conn)) = self.conns.pop_oldest() else {
             return;
         };
-        self.stats.evicted_connections += 1;
+        self.stats.evicted[0].inc();
         let mut done = Vec::new();
         let mut ctx = Ctx {
             cfg: &self.cfg,
-            stats: &mut self.stats,
+            stats: &self.stats,
             done: &mut done,
         };
         conn.finalize([None, None], &mut ctx);
@@ -331,12 +277,12 @@ impl Engine {
             };
             let mut ctx = Ctx {
                 cfg: &self.cfg,
-                stats: &mut self.stats,
+                stats: &self.stats,
                 done: &mut done,
             };
             if conn.expire(now_mono_ns, &mut ctx) {
                 conn.finalize([None, None], &mut ctx);
-                ctx.stats.idle_connections += 1;
+                ctx.stats.idle_connections.inc();
                 if let Some(conn) = self.conns.remove(&key) {
                     self.emit_from(&conn, done);
                 }
@@ -344,6 +290,7 @@ impl Engine {
                 self.emit(&key, done);
             }
         }
+        self.set_table_gauges();
     }
 
     /// Finalizes every connection (shutdown): every request still held is handed out.
@@ -352,12 +299,13 @@ impl Engine {
             let mut done = Vec::new();
             let mut ctx = Ctx {
                 cfg: &self.cfg,
-                stats: &mut self.stats,
+                stats: &self.stats,
                 done: &mut done,
             };
             conn.finalize([None, None], &mut ctx);
             self.emit_from(&conn, done);
         }
+        self.set_table_gauges();
     }
 
     /// Moves the finished exchanges into `out`.
@@ -370,12 +318,28 @@ impl Engine {
         }
     }
 
+    /// The live counters, to register on `/metrics`.
+    pub fn counters(&self) -> &FlowCounters {
+        &self.stats
+    }
+
+    /// The counters now, with the table sizes counted now.
     pub fn stats(&self) -> FlowStats {
-        let mut s = self.stats.clone();
-        s.connections = self.conns.len() as u64;
-        s.pending_requests = self.conns.values().map(|c| c.pending_len() as u64).sum();
-        s.sockets = self.socks.len() as u64;
-        s
+        self.set_table_gauges();
+        self.stats.snapshot()
+    }
+
+    /// Sets the table-size gauges (counting pending requests walks every connection: done per tick, not per record).
+    fn set_table_gauges(&self) {
+        let pending: usize = self.conns.values().map(|c| c.pending_len()).sum();
+        for (g, n) in self
+            .stats
+            .tables
+            .iter()
+            .zip([self.conns.len(), pending, self.socks.len()])
+        {
+            g.set(n as i64);
+        }
     }
 
     fn emit(&mut self, key: &ConnKey, mut done: Vec<Done>) {
@@ -383,14 +347,12 @@ impl Engine {
             return;
         }
         if let Some(conn) = self.conns.peek(key) {
-            self.reports
-                .push(&self.cfg, &mut self.stats, conn, &mut done);
+            self.reports.push(&self.cfg, &self.stats, conn, &mut done);
         }
     }
 
     fn emit_from(&mut self, conn: &Conn, mut done: Vec<Done>) {
-        self.reports
-            .push(&self.cfg, &mut self.stats, conn, &mut done);
+        self.reports.push(&self.cfg, &self.stats, conn, &mut done);
     }
 }
 
@@ -402,11 +364,11 @@ struct Reports {
 
 impl Reports {
     /// Appends an exchange for each request of `conn` in `done`, emptying `done`.
-    fn push(&mut self, cfg: &FlowConfig, stats: &mut FlowStats, conn: &Conn, done: &mut Vec<Done>) {
+    fn push(&mut self, cfg: &FlowConfig, stats: &FlowCounters, conn: &Conn, done: &mut Vec<Done>) {
         for d in done.drain(..) {
             self.out
                 .push(build_exchange(cfg, &mut *self.resolver, conn, d));
-            stats.exchanges += 1;
+            stats.exchanges.inc();
         }
     }
 }
@@ -415,7 +377,7 @@ impl Reports {
 /// oldest sockets while the table holds `2 * max_connections`.
 fn sock_entry<'a>(
     socks: &'a mut Lru<u64, SockInfo>,
-    stats: &mut FlowStats,
+    stats: &FlowCounters,
     max_connections: usize,
     cookie: u64,
 ) -> &'a mut SockInfo {
@@ -425,7 +387,7 @@ fn sock_entry<'a>(
             if socks.pop_oldest().is_none() {
                 break;
             }
-            stats.evicted_sockets += 1;
+            stats.evicted[2].inc();
         }
     }
     socks.get_or_insert_with(cookie, SockInfo::default)
@@ -435,7 +397,7 @@ fn sock_entry<'a>(
 /// it; None when the record names no socket (cookie 0).
 fn learn_socket<'a>(
     socks: &'a mut Lru<u64, SockInfo>,
-    stats: &mut FlowStats,
+    stats: &FlowCounters,
     max_connections: usize,
     hdr: &DataHeader,
     egress: bool,

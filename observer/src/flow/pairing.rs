@@ -122,7 +122,7 @@ impl Conn {
         }
         if self.pending[dir].len() >= ctx.cfg.max_pending_per_connection.max(1) {
             if let Some(mut old) = self.pending[dir].pop_front() {
-                ctx.stats.evicted_pending += 1;
+                ctx.stats.evicted[1].inc();
                 if old.resp.is_none() {
                     // Its response, when it comes, must not be taken for the next request's.
                     self.skip_resp[1 - dir] += 1;
@@ -224,7 +224,7 @@ impl Conn {
             while let Some(mut p) = self.pending[dir].pop_front() {
                 if !p.complete() {
                     if p.resp.is_none() {
-                        ctx.stats.no_response += 1;
+                        ctx.stats.no_response.inc();
                     }
                     self.settle(dir, &mut p);
                 }
@@ -264,7 +264,7 @@ impl Conn {
                     st.open = None;
                     st.state = MsgState::Unknown;
                 }
-                ctx.stats.timed_out += 1;
+                ctx.stats.timed_out.inc();
                 if !p.phantom {
                     ctx.done.push(Done { dir, p });
                 }

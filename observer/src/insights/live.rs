@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use super::finding::{Finding, Kind, Status};
 use super::state::StateError;
 use super::{Config, Engine, Input};
 use crate::event::{Event, Timestamp};
-use crate::metrics::{Metrics, Sample};
+use crate::metrics::{Counter, Family, Gauge, Labels, Metrics};
 use crate::registry::LiveRegistry;
 
 /// Batches (one per capture drain) waiting for the engine before new ones are dropped.
@@ -52,7 +51,7 @@ pub enum LiveError {
 /// The capture thread's end of the queue.
 pub struct Feed {
     tx: mpsc::Sender<Vec<Input<'static>>>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl Feed {
@@ -64,8 +63,7 @@ impl Feed {
         match self.tx.try_reserve() {
             Ok(permit) => permit.send(events.iter().map(|e| owned(Input::from_event(e))).collect()),
             Err(_) => {
-                self.dropped
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.dropped.inc_by(events.len() as u64);
             }
         }
     }
@@ -97,13 +95,81 @@ fn owned(i: Input<'_>) -> Input<'static> {
     }
 }
 
+/// The insights series on `/metrics`, bumped where findings and events are handled.
+#[derive(Debug, Clone)]
+pub struct InsightsMetrics {
+    /// Events the engine judged.
+    pub events: Counter,
+    /// Events dropped by [`Feed::offer`] (queue full).
+    pub dropped: Counter,
+    findings: Family<Labels, Counter>,
+    open: Family<Labels, Gauge>,
+}
+
+const STATUSES: [Status; 3] = [Status::Open, Status::Update, Status::Closed];
+
+impl Default for InsightsMetrics {
+    fn default() -> Self {
+        let m = InsightsMetrics {
+            events: Counter::default(),
+            dropped: Counter::default(),
+            findings: Family::default(),
+            open: Family::default(),
+        };
+        // Every kind and status is shown from the start, at 0.
+        for kind in Kind::ALL {
+            for status in STATUSES {
+                m.findings
+                    .get_or_create_owned(&finding_labels(kind, status));
+            }
+            m.open.get_or_create_owned(&vec![("kind", kind.as_str())]);
+        }
+        m
+    }
+}
+
+fn finding_labels(kind: Kind, status: Status) -> Labels {
+    vec![("kind", kind.as_str()), ("status", status_str(status))]
+}
+
+impl InsightsMetrics {
+    /// Finding versions produced so far, by kind and status.
+    pub fn versions(&self, kind: Kind, status: Status) -> u64 {
+        self.findings
+            .get_or_create(&finding_labels(kind, status))
+            .get()
+    }
+
+    pub fn register(&self, m: &Metrics) {
+        m.register(
+            "insights_events",
+            "Events the insights engine judged",
+            self.events.clone(),
+        );
+        m.register(
+            "insights_events_dropped",
+            "Events not judged because the insights engine was behind (queue full)",
+            self.dropped.clone(),
+        );
+        m.register(
+            "insights_findings",
+            "Finding versions raised, per kind and status (open, update, closed)",
+            self.findings.clone(),
+        );
+        m.register(
+            "insights_open_findings",
+            "Findings open now, per kind",
+            self.open.clone(),
+        );
+    }
+}
+
 /// The engine with what the agent adds around it: finding logs and counts, periodic saves. Time is given, never read.
 pub struct Runner {
     engine: Engine,
     state_dir: Option<PathBuf>,
     last_save: Option<Timestamp>,
-    events: u64,
-    versions: HashMap<(Kind, Status), u64>,
+    metrics: InsightsMetrics,
     out: Vec<Finding>,
 }
 
@@ -122,14 +188,20 @@ impl Runner {
                 info!(dir = %dir.display(), "insights: no saved baselines, learning from scratch");
             }
         }
-        Ok(Runner {
+        let runner = Runner {
             engine,
             state_dir,
             last_save: None,
-            events: 0,
-            versions: HashMap::new(),
+            metrics: InsightsMetrics::default(),
             out: Vec::new(),
-        })
+        };
+        runner.count_open();
+        Ok(runner)
+    }
+
+    /// The series this runner bumps.
+    pub fn metrics(&self) -> &InsightsMetrics {
+        &self.metrics
     }
 
     pub fn engine_mut(&mut self) -> &mut Engine {
@@ -141,7 +213,7 @@ impl Runner {
         for i in batch {
             self.engine.ingest(i);
         }
-        self.events += batch.len() as u64;
+        self.metrics.events.inc_by(batch.len() as u64);
         self.collect()
     }
 
@@ -171,57 +243,30 @@ impl Runner {
     fn collect(&mut self) -> Vec<Finding> {
         self.engine.drain(&mut self.out);
         for f in &self.out {
-            *self.versions.entry((f.kind, f.status)).or_default() += 1;
+            self.metrics
+                .findings
+                .get_or_create(&finding_labels(f.kind, f.status))
+                .inc();
             log(f);
+        }
+        if !self.out.is_empty() {
+            self.count_open();
         }
         std::mem::take(&mut self.out)
     }
 
-    /// Finding versions produced so far, by kind and status.
-    pub fn versions(&self, kind: Kind, status: Status) -> u64 {
-        self.versions.get(&(kind, status)).copied().unwrap_or(0)
-    }
-
-    /// The `/metrics` samples: events judged and dropped, finding versions per kind and status, open findings.
-    pub fn samples(&self, dropped: u64) -> Vec<Sample> {
-        let mut s = vec![
-            Sample::counter(
-                "insights_events_total",
-                "Events the insights engine judged",
-                self.events,
-            ),
-            Sample::counter(
-                "insights_events_dropped_total",
-                "Events not judged because the insights engine was behind (queue full)",
-                dropped,
-            ),
-        ];
-        let mut open: HashMap<Kind, u64> = HashMap::new();
+    /// Sets the open-findings gauges from the engine (findings open or close only with a new version).
+    fn count_open(&self) {
+        let mut open: HashMap<Kind, i64> = HashMap::new();
         for f in self.engine.open_findings() {
             *open.entry(f.kind).or_default() += 1;
         }
         for kind in Kind::ALL {
-            for status in [Status::Open, Status::Update, Status::Closed] {
-                s.push(
-                    Sample::counter(
-                        "insights_findings_total",
-                        "Finding versions raised, per kind and status (open, update, closed)",
-                        self.versions(kind, status),
-                    )
-                    .label("kind", kind.as_str())
-                    .label("status", status_str(status)),
-                );
-            }
-            s.push(
-                Sample::gauge(
-                    "insights_open_findings",
-                    "Findings open now, per kind",
-                    open.get(&kind).copied().unwrap_or(0) as f64,
-                )
-                .label("kind", kind.as_str()),
-            );
+            self.metrics
+                .open
+                .get_or_create(&vec![("kind", kind.as_str())])
+                .set(open.get(&kind).copied().unwrap_or(0));
         }
-        s
     }
 }
 
@@ -269,13 +314,13 @@ pub fn start(
         live.snapshot().registry.clone(),
         args.state_dir.clone(),
     )?;
+    runner.metrics().register(&metrics);
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-    let dropped = Arc::new(AtomicU64::new(0));
     let feed = Feed {
         tx,
-        dropped: dropped.clone(),
+        dropped: runner.metrics().dropped.clone(),
     };
-    let task = tokio::spawn(run(runner, rx, live, metrics, dropped));
+    let task = tokio::spawn(run(runner, rx, live));
     Ok(Some((feed, task)))
 }
 
@@ -283,8 +328,6 @@ async fn run(
     mut runner: Runner,
     mut rx: mpsc::Receiver<Vec<Input<'static>>>,
     live: Arc<LiveRegistry>,
-    metrics: Arc<Metrics>,
-    dropped: Arc<AtomicU64>,
 ) {
     let mut reg = live.subscribe();
     reg.borrow_and_update();
@@ -300,7 +343,6 @@ async fn run(
             },
             _ = tick.tick() => {
                 runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US));
-                metrics.publish("insights", runner.samples(dropped.load(Ordering::Relaxed)));
             }
             Ok(()) = reg.changed() => {
                 let r = reg.borrow_and_update().registry.clone();
@@ -308,7 +350,6 @@ async fn run(
             }
         }
     }
-    metrics.publish("insights", runner.samples(dropped.load(Ordering::Relaxed)));
     match runner.save() {
         Ok(()) => info!("insights: baselines saved"),
         Err(e) => warn!(error = %e, "insights: saving baselines at exit"),

@@ -22,7 +22,7 @@ use super::{
     store::{Listing, NamespacedName, Owner, PodRecord, Store},
     KubeError, PodIdentity,
 };
-use crate::metrics::{Metrics, Sample};
+use crate::metrics::{Counter, Gauge, Metrics};
 
 /// Most events applied before the index is republished (bounds a re-list's publication delay).
 const BATCH: usize = 1024;
@@ -72,13 +72,29 @@ pub async fn run(client: Client, node: String, identity: Arc<PodIdentity>, metri
         jobs.boxed(),
     );
     let mut store = Store::default();
-    let mut errors = [0u64; 3];
+    let (pods_known, synced) = (Gauge::<i64>::default(), Gauge::<i64>::default());
+    metrics.register(
+        "kube_pods",
+        "Pods of this node known from the API",
+        pods_known.clone(),
+    );
+    metrics.register(
+        "kube_synced",
+        "1 once pods, ReplicaSets and Jobs have been listed",
+        synced.clone(),
+    );
+    let errors: Vec<Counter> = metrics.labelled(
+        "kube_watch_errors",
+        "Failed list or watch calls, retried with backoff",
+        "kind",
+        &WATCHED,
+    );
     while let Some(first) = updates.next().await {
-        apply(&mut store, first, &mut errors);
+        apply(&mut store, first, &errors);
         // Take what is already there without waiting, then publish once.
         for _ in 1..BATCH {
             match updates.next().now_or_never() {
-                Some(Some(u)) => apply(&mut store, u, &mut errors),
+                Some(Some(u)) => apply(&mut store, u, &errors),
                 _ => break,
             }
         }
@@ -87,47 +103,22 @@ pub async fn run(client: Client, node: String, identity: Arc<PodIdentity>, metri
         if !was_synced && store.synced() {
             info!(pods = store.pods.len(), "pod metadata synced");
         }
-        metrics.publish("kube", samples(&store, &errors));
+        pods_known.set(store.pods.len() as i64);
+        synced.set(i64::from(store.synced()));
     }
 }
 
-fn samples(store: &Store, errors: &[u64; 3]) -> Vec<Sample> {
-    let mut out = vec![
-        Sample::gauge(
-            "kube_pods",
-            "Pods of this node known from the API",
-            store.pods.len() as f64,
-        ),
-        Sample::gauge(
-            "kube_synced",
-            "1 once pods, ReplicaSets and Jobs have been listed",
-            f64::from(u8::from(store.synced())),
-        ),
-    ];
-    for (kind, n) in ["pods", "replicasets", "jobs"].iter().zip(errors) {
-        out.push(
-            Sample::counter(
-                "kube_watch_errors_total",
-                "Failed list or watch calls, retried with backoff",
-                *n,
-            )
-            .label("kind", *kind),
-        );
-    }
-    out
-}
+/// The kinds watched, as `observer_kube_watch_errors_total` labels them.
+const WATCHED: [&str; 3] = ["pods", "replicasets", "jobs"];
 
-fn apply(store: &mut Store, update: Update, errors: &mut [u64; 3]) {
+fn apply(store: &mut Store, update: Update, errors: &[Counter]) {
     match update {
         Update::Pod(e) => drive(&mut store.pods, e, |p| (p.uid.clone(), p)),
         Update::ReplicaSet(e) => drive(&mut store.replicasets, e, |kv| kv),
         Update::Job(e) => drive(&mut store.jobs, e, |kv| kv),
         Update::Error(kind, e) => {
-            let i = ["pods", "replicasets", "jobs"]
-                .iter()
-                .position(|k| *k == kind)
-                .unwrap_or(0);
-            errors[i] += 1;
+            let i = WATCHED.iter().position(|k| *k == kind).unwrap_or(0);
+            errors[i].inc();
             warn!(kind, error = %e, "Kubernetes watch failed; retrying");
         }
     }

@@ -7,7 +7,6 @@
 //! with serde_json's for events that exercise every escape and variant.
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::queue::QueueRx;
@@ -239,12 +238,10 @@ pub(super) fn run_ndjson(
             line.push(b'\n');
         }
         if let Err(e) = file.write_all(&line) {
-            metrics
-                .dropped_write_error
-                .fetch_add(batch.len() as u64, Relaxed);
+            metrics.dropped_write_error.inc_by(batch.len() as u64);
             return Err(werr(e));
         }
-        metrics.ndjson_lines.fetch_add(batch.len() as u64, Relaxed);
+        metrics.ndjson_lines.inc_by(batch.len() as u64);
         rx.recycle(batch);
     }
     file.sync_data().map_err(werr)?;

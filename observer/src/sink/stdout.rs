@@ -1,6 +1,5 @@
 //! The stdout sink: one human-readable line per exchange, for a person watching a terminal (NDJSON is the
 //! machine format).
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
@@ -28,7 +27,7 @@ pub(super) async fn run_stdout<W: AsyncWrite + Unpin>(
         } else {
             &metrics.dropped_write_error
         };
-        counter.fetch_add(batch.len() as u64, Relaxed);
+        counter.inc_by(batch.len() as u64);
         rx.recycle(batch);
         if written && rx.is_empty() {
             let _ = w.flush().await;

@@ -44,17 +44,23 @@ fn unknown_key(ts: i64) -> Input<'static> {
     }
 }
 
-fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
-        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
-        .value
+/// The runner's series as `/metrics` shows them.
+fn scrape(r: &Runner) -> String {
+    let m = Metrics::default();
+    r.metrics().register(&m);
+    m.render()
+}
+
+/// The value of the series `name{labels}` (labels in registration order) in `text`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let series = match labels.is_empty() {
+        true => format!("observer_{name} "),
+        false => format!("observer_{name}{{{}}} ", labels.join(",")),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
 #[test]
@@ -66,7 +72,8 @@ fn findings_are_counted_per_kind_and_status() {
     assert_eq!(out[0].detected_at, Timestamp(T0));
     // The same key again a second later: the finding is open already, no new version.
     assert!(r.ingest(&[unknown_key(T0 + 1_000_000)]).is_empty());
-    let s = r.samples(7);
+    r.metrics().dropped.inc_by(7);
+    let s = scrape(&r);
     let kind = ("kind", "unknown_key");
     assert_eq!(sample(&s, "insights_events_total", &[]), 2.0);
     assert_eq!(sample(&s, "insights_events_dropped_total", &[]), 7.0);
@@ -102,8 +109,12 @@ fn baselines_are_saved_on_schedule_and_restored() {
 
     // A restarted agent continues: the open finding is known, so the same key is no new finding.
     let mut again = Runner::new(Config::default(), registry(), Some(dir.path().into())).unwrap();
-    assert_eq!(again.samples(0)[2..].len(), Kind::ALL.len() * 4);
-    let s = again.samples(0);
+    let s = scrape(&again);
+    let labelled = s
+        .lines()
+        .filter(|l| l.starts_with("observer_insights_") && l.contains('{'))
+        .count();
+    assert_eq!(labelled, Kind::ALL.len() * 4);
     assert_eq!(
         sample(&s, "insights_open_findings", &[("kind", "unknown_key")]),
         1.0
@@ -124,7 +135,7 @@ fn without_state_dir_nothing_is_written_and_restart_starts_fresh() {
 #[test]
 fn a_full_queue_drops_and_counts_without_waiting() {
     let (tx, mut rx) = mpsc::channel(1);
-    let dropped = Arc::new(AtomicU64::new(0));
+    let dropped = Counter::default();
     let feed = Feed {
         tx,
         dropped: dropped.clone(),
@@ -138,7 +149,7 @@ fn a_full_queue_drops_and_counts_without_waiting() {
     feed.offer(&[e.clone(), e.clone()]);
     feed.offer(&[e.clone(), e.clone(), e.clone()]);
     feed.offer(&[]);
-    assert_eq!(dropped.load(Ordering::Relaxed), 3);
+    assert_eq!(dropped.get(), 3);
     let got = rx.try_recv().unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].api_id, "pay-api");
@@ -147,5 +158,5 @@ fn a_full_queue_drops_and_counts_without_waiting() {
     // Room again: the next batch goes through.
     feed.offer(&[e]);
     assert_eq!(rx.try_recv().unwrap().len(), 1);
-    assert_eq!(dropped.load(Ordering::Relaxed), 3);
+    assert_eq!(dropped.get(), 3);
 }

@@ -337,7 +337,6 @@ pub(crate) async fn registry_task(
     backoff_min: std::time::Duration,
     backoff_max: std::time::Duration,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut backoff = super::shipper::Backoff::new(backoff_min, backoff_max);
     while rx.changed().await.is_ok() {
         let Some(rows) = rx.borrow_and_update().clone() else {
@@ -346,13 +345,13 @@ pub(crate) async fn registry_task(
         loop {
             match write_registry(&client, &rows).await {
                 Ok(()) => {
-                    metrics.registry_writes.fetch_add(1, Relaxed);
+                    metrics.registry_writes.inc();
                     backoff.reset();
                     tracing::info!(rows = rows.len(), "registry written to ClickHouse");
                     break;
                 }
                 Err(e) => {
-                    metrics.registry_errors.fetch_add(1, Relaxed);
+                    metrics.registry_errors.inc();
                     let wait = backoff.fail();
                     tracing::warn!(error = %e, retry_in = ?wait, "writing the registry to ClickHouse failed");
                     tokio::select! {

@@ -50,12 +50,11 @@ pub(super) struct Ctx {
 
 impl Ctx {
     pub(super) fn update_spool_gauges(&self, s: &Spool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.metrics.spool_bytes.store(s.bytes(), Relaxed);
-        self.metrics.spool_batches.store(s.len() as u64, Relaxed);
-        self.metrics
-            .quarantined_files
-            .store(s.quarantined(), Relaxed);
+        self.metrics.spool_bytes.set(s.bytes() as i64);
+        self.metrics.spool_batches.set(s.len() as i64);
+        // The spool counts the files it quarantined since it opened: the counter follows it.
+        let quarantined = &self.metrics.quarantined_files;
+        quarantined.inc_by(s.quarantined().saturating_sub(quarantined.get()));
     }
 
     pub(super) fn spool_len(&self) -> usize {
@@ -84,21 +83,20 @@ impl Ctx {
 
     /// Stores a batch on disk; counts the rows as dropped when that fails.
     pub(super) async fn spool_push(self: &Arc<Self>, batch: SpooledBatch) {
-        use std::sync::atomic::Ordering::Relaxed;
         let rows = batch.rows;
         let id = batch.id;
         match self.with_spool(move |s| s.push(&batch)).await {
             Ok(_) => {
-                self.metrics.spooled_batches.fetch_add(1, Relaxed);
-                self.metrics.spooled_rows.fetch_add(rows, Relaxed);
+                self.metrics.spooled_batches.inc();
+                self.metrics.spooled_rows.inc_by(rows);
                 tracing::debug!(?id, rows, "batch spooled");
             }
             Err(e @ SpoolError::Full { .. }) => {
-                self.metrics.dropped_spool_full.fetch_add(rows, Relaxed);
+                self.metrics.dropped_spool_full.inc_by(rows);
                 tracing::warn!(error = %e, rows, "ClickHouse unavailable and spool full: dropping a batch");
             }
             Err(e) => {
-                self.metrics.dropped_spool_error.fetch_add(rows, Relaxed);
+                self.metrics.dropped_spool_error.inc_by(rows);
                 tracing::error!(error = %e, rows, "cannot write batch to the spool: dropping it");
             }
         }
@@ -106,7 +104,6 @@ impl Ctx {
 
     /// One INSERT of a batch, with its deduplication token.
     async fn insert(&self, b: &SpooledBatch) -> Result<(), clickhouse::error::Error> {
-        use std::sync::atomic::Ordering::Relaxed;
         let started = StdInstant::now();
         let sql = format!(
             "INSERT INTO {}.{} ({}) FORMAT RowBinaryWithNamesAndTypes",
@@ -136,12 +133,12 @@ impl Ctx {
         };
         match &res {
             Ok(()) => {
-                self.metrics.rows_sent.fetch_add(b.rows, Relaxed);
-                self.metrics.batches_sent.fetch_add(1, Relaxed);
-                self.metrics.insert_latency.observe(started.elapsed());
+                self.metrics.rows_sent.inc_by(b.rows);
+                self.metrics.batches_sent.inc();
+                self.metrics.observe_insert(started.elapsed());
             }
             Err(_) => {
-                self.metrics.insert_errors.fetch_add(1, Relaxed);
+                self.metrics.insert_errors.inc();
             }
         }
         res
@@ -149,7 +146,6 @@ impl Ctx {
 
     /// Inserts the oldest spooled batch and deletes it. `Ok(false)` when the spool was empty.
     async fn replay_oldest(self: &Arc<Self>) -> Result<bool, clickhouse::error::Error> {
-        use std::sync::atomic::Ordering::Relaxed;
         let batch = match self.with_spool(|s| s.read_oldest()).await {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(false),
@@ -160,8 +156,8 @@ impl Ctx {
             }
         };
         self.insert(&batch).await?;
-        self.metrics.replayed_batches.fetch_add(1, Relaxed);
-        self.metrics.replayed_rows.fetch_add(batch.rows, Relaxed);
+        self.metrics.replayed_batches.inc();
+        self.metrics.replayed_rows.inc_by(batch.rows);
         let id = batch.id;
         if let Err(e) = self.with_spool(move |s| s.remove(id)).await {
             // It was inserted; replaying it again is harmless thanks to the token.
