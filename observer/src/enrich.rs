@@ -248,15 +248,9 @@ fn percent_decode<'a>(v: &'a str, scratch: &'a mut [u8; SCRATCH]) -> Option<&'a 
         return Some(v.as_bytes());
     }
     let mut n = 0;
-    for (i, part) in v.split('+').enumerate() {
-        let space = (i > 0).then_some(b' ');
-        for b in space
-            .into_iter()
-            .chain(percent_encoding::percent_decode_str(part))
-        {
-            *scratch.get_mut(n)? = b;
-            n += 1;
-        }
+    for b in crate::http::form_decoded(v) {
+        *scratch.get_mut(n)? = b;
+        n += 1;
     }
     Some(&scratch[..n])
 }

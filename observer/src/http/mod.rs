@@ -1,0 +1,494 @@
+//! Pure HTTP/1.x parsing: request/response heads with `httparse`, body framing rules and an incremental chunk walker.
+//!
+//! Nothing here knows about TCP or sockets: callers hand in the bytes of a message start and get back a parsed head
+//! (with its length on the wire), `Partial` when more bytes are needed, or a [`ParseError`]. Body bytes are never
+//! stored; [`BodyLength`] says how far the message extends and [`ChunkedDecoder`] walks chunked framing byte by byte
+//! across segment boundaries.
+//!
+//! This file holds the heads (request and status lines, header fields); `framing` what the fields say about the
+//! body and where another reader could disagree, `chunked` the chunk walker, `query` query strings.
+mod chunked;
+mod framing;
+mod query;
+#[cfg(test)]
+mod tests;
+
+use observer_common::{is_tchar, MAX_METHOD_LEN};
+
+pub use self::chunked::{ChunkStep, ChunkedDecoder};
+use self::framing::{has_bare_lf, has_token};
+pub use self::framing::{Anomalies, BodyLength, Framing};
+pub use self::query::{form_decoded, query_keys};
+
+/// Headers kept per message; a head with more is malformed (and counted by the caller).
+pub const MAX_HEADERS: usize = 64;
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("not an HTTP/1.x message")]
+    NotHttp,
+    #[error("malformed HTTP head: {0}")]
+    Malformed(String),
+    #[error("invalid Content-Length {0:?}")]
+    BadContentLength(String),
+    #[error("invalid chunked framing")]
+    BadChunk,
+}
+
+impl From<httparse::Error> for ParseError {
+    fn from(e: httparse::Error) -> Self {
+        match e {
+            httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+            other => ParseError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// Result of parsing a prefix of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<T> {
+    Complete(T),
+    /// The head is not complete in the bytes given.
+    Partial,
+}
+
+/// Header fields of one message in two allocations, not two per field: names and values sit back to back in one
+/// string, `ends` marks where each name and each value ends. Requests carry a dozen fields or more, and they are
+/// parsed for every exchange.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    /// Per field: (end of the name, end of the value) in `text`.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Headers {
+    /// Room for `fields` fields of `bytes` bytes in all.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Headers {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let n = self.text.len() as u32;
+        self.text.push_str(value);
+        self.ends.push((n, self.text.len() as u32));
+    }
+
+    /// Every (name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(n, v)| {
+            let (n, v) = (n as usize, v as usize);
+            let field = (&self.text[start..n], &self.text[n..v]);
+            start = v;
+            field
+        })
+    }
+
+    /// Every value of the fields named `name` (case-insensitive), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of `name` (case-insensitive).
+    pub fn get<'a>(&'a self, name: &str) -> Option<&'a str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Headers::default();
+        for (n, v) in iter {
+            h.push(n.as_ref(), v.as_ref());
+        }
+        h
+    }
+}
+
+/// A parsed request line and header block.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestHead {
+    pub method: String,
+    /// Request target as sent (origin-form `/p?q`, absolute-form, authority-form or `*`).
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Headers,
+    /// What the header fields say about framing, read while they were collected.
+    pub framing: Framing,
+    /// Bytes of the head on the wire, including the final empty line.
+    pub head_len: usize,
+    /// Where the head's framing allows another reading.
+    pub anomalies: Anomalies,
+}
+
+/// A parsed status line and header block.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResponseHead {
+    pub minor_version: u8,
+    pub status: u16,
+    /// What the header fields say about framing: nothing else of a response is reported, and copying its header
+    /// fields would cost on the per-event path.
+    pub framing: Framing,
+    /// Bytes of the head on the wire, including the final empty line.
+    pub head_len: usize,
+    /// Where the head's framing allows another reading.
+    pub anomalies: Anomalies,
+}
+
+/// Either kind of head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    Request(RequestHead),
+    Response(ResponseHead),
+}
+
+impl Head {
+    pub fn head_len(&self) -> usize {
+        match self {
+            Head::Request(r) => r.head_len,
+            Head::Response(r) => r.head_len,
+        }
+    }
+}
+
+impl RequestHead {
+    /// First value of a header, case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)
+    }
+
+    /// Body framing of the request (RFC 9112 §6.3): chunked wins over Content-Length; neither means no body.
+    pub fn body_length(&self) -> Result<BodyLength, ParseError> {
+        let framing = &self.framing;
+        match framing.chunked_last {
+            Some(true) => return Ok(BodyLength::Chunked),
+            Some(false) => {
+                return Err(ParseError::Malformed(
+                    "request transfer coding without chunked".into(),
+                ))
+            }
+            None => {}
+        }
+        Ok(match framing.content_length()? {
+            Some(0) | None => BodyLength::Empty,
+            Some(n) => BodyLength::Length(n),
+        })
+    }
+
+    /// `Expect: 100-continue`: interim 100 responses may precede the final one.
+    pub fn expects_continue(&self) -> bool {
+        has_token(&self.headers, "expect", "100-continue")
+    }
+
+    /// Whether the client asks to keep the connection open after this exchange.
+    pub fn keep_alive(&self) -> bool {
+        self.framing.keep_alive(self.minor_version)
+    }
+
+    /// Path of the target without query string (absolute-form targets are reduced to their path, `/` when it is
+    /// empty: RFC 9112 §3.2.2).
+    pub fn path(&self) -> &str {
+        let t = origin_part(&self.target);
+        match t.find(['?', '#']) {
+            Some(0) => "/",
+            Some(i) => &t[..i],
+            None => t,
+        }
+    }
+
+    /// Raw query string without the leading `?` (and without any fragment), "" when absent.
+    pub fn query(&self) -> &str {
+        let t = origin_part(&self.target);
+        let Some(i) = t.find('?') else { return "" };
+        let q = &t[i + 1..];
+        match q.find('#') {
+            Some(j) => &q[..j],
+            None => q,
+        }
+    }
+
+    /// Host header, else the authority of an absolute-form or authority-form target; any userinfo
+    /// (`user:password@`) is left out, so credentials never reach an event.
+    pub fn host(&self) -> &str {
+        if let Some(h) = self.header("host") {
+            return without_userinfo(h.trim());
+        }
+        if let Some(rest) = self.target.split_once("://").map(|(_, r)| r) {
+            return without_userinfo(rest.split(['/', '?', '#']).next().unwrap_or(""));
+        }
+        if self.method.eq_ignore_ascii_case("CONNECT") {
+            return without_userinfo(&self.target);
+        }
+        ""
+    }
+}
+
+/// An authority without its userinfo: `user:pass@host:1234` gives `host:1234` (userinfo cannot hold `@`).
+fn without_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// The origin-form part of a target: absolute-form `http://h/p?q` gives `/p?q`; `*` and origin-form are unchanged.
+fn origin_part(target: &str) -> &str {
+    if target.starts_with('/') {
+        // Origin form, nearly every request: no scheme to look for.
+        return target;
+    }
+    match target.split_once("://") {
+        Some((_, rest)) => match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+            Some(i) => &rest[i..],
+            None => "/",
+        },
+        None => target,
+    }
+}
+
+impl ResponseHead {
+    /// 1xx other than 101: an interim response that precedes the final one (e.g. `100 Continue`).
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+
+    /// After this response the connection stops carrying HTTP (101 upgrade, 2xx to CONNECT).
+    pub fn starts_tunnel(&self, request_method: &str) -> bool {
+        self.status == 101
+            || (request_method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&self.status))
+    }
+
+    /// Body framing of the response to a request with `request_method` (RFC 9112 §6.3).
+    pub fn body_length(&self, request_method: &str) -> Result<BodyLength, ParseError> {
+        if request_method.eq_ignore_ascii_case("HEAD")
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+            || self.starts_tunnel(request_method)
+        {
+            return Ok(BodyLength::Empty);
+        }
+        match self.framing.chunked_last {
+            Some(true) => return Ok(BodyLength::Chunked),
+            Some(false) => return Ok(BodyLength::UntilClose),
+            None => {}
+        }
+        Ok(match self.framing.content_length()? {
+            Some(0) => BodyLength::Empty,
+            Some(n) => BodyLength::Length(n),
+            None => BodyLength::UntilClose,
+        })
+    }
+
+    /// Whether the server keeps the connection open after this response.
+    pub fn keep_alive(&self) -> bool {
+        self.framing.keep_alive(self.minor_version)
+    }
+}
+
+/// The fields as [`Headers`], and what they say about framing.
+fn collect_headers<'a>(
+    headers: impl Iterator<Item = &'a httparse::Header<'a>> + Clone,
+) -> (Headers, Framing) {
+    let (fields, bytes) = headers.clone().fold((0, 0), |(f, b), h| {
+        (f + 1, b + h.name.len() + h.value.len())
+    });
+    let mut out = Headers::with_capacity(fields, bytes);
+    let mut framing = Framing::default();
+    for h in headers {
+        with_text(h.value, |v| {
+            framing.add(h.name, v);
+            out.push(h.name, v)
+        });
+    }
+    (out, framing)
+}
+
+/// Hands `f` a header value as text, trimmed. Values are almost always ASCII: checked as UTF-8 first, which is much
+/// cheaper than a lossy copy.
+fn with_text(raw: &[u8], f: impl FnOnce(&str)) {
+    match std::str::from_utf8(raw) {
+        Ok(v) => f(v.trim()),
+        Err(_) => f(String::from_utf8_lossy(raw).trim()),
+    }
+}
+
+/// Parses a request head at the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf)? {
+        httparse::Status::Partial => Ok(Parsed::Partial),
+        httparse::Status::Complete(head_len) => {
+            let (headers, framing) = collect_headers(req.headers.iter());
+            let mut anomalies = framing.anomalies(true);
+            if has_bare_lf(&buf[..head_len]) {
+                anomalies.insert(Anomalies::BARE_LF);
+            }
+            Ok(Parsed::Complete(RequestHead {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+                minor_version: req.version.unwrap_or(1),
+                headers,
+                framing,
+                head_len,
+                anomalies,
+            }))
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf`.
+pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf)? {
+        httparse::Status::Partial => Ok(Parsed::Partial),
+        httparse::Status::Complete(head_len) => {
+            let mut framing = Framing::default();
+            for h in resp.headers.iter() {
+                with_text(h.value, |v| framing.add(h.name, v));
+            }
+            let mut anomalies = framing.anomalies(false);
+            if has_bare_lf(&buf[..head_len]) {
+                anomalies.insert(Anomalies::BARE_LF);
+            }
+            Ok(Parsed::Complete(ResponseHead {
+                minor_version: resp.version.unwrap_or(1),
+                status: resp.code.unwrap_or(0),
+                framing,
+                head_len,
+                anomalies,
+            }))
+        }
+    }
+}
+
+/// The bytes start like a response (`HTTP/`), or could still become one.
+fn is_response_prefix(buf: &[u8]) -> bool {
+    let n = buf.len().min(5);
+    buf[..n] == b"HTTP/"[..n]
+}
+
+/// The bytes start with a method token (token characters, then a space), as the kernel classifier requires.
+pub fn looks_like_request(buf: &[u8]) -> bool {
+    let token_len = buf
+        .iter()
+        .take(MAX_METHOD_LEN + 1)
+        .take_while(|b| is_tchar(**b))
+        .count();
+    (1..=MAX_METHOD_LEN).contains(&token_len) && buf.get(token_len) == Some(&b' ')
+}
+
+/// Parses whichever head starts `buf`: a response if it begins with `HTTP/`, else a request.
+pub fn parse_head(buf: &[u8]) -> Result<Parsed<Head>, ParseError> {
+    if buf.is_empty() {
+        return Ok(Parsed::Partial);
+    }
+    if is_response_prefix(buf) {
+        if buf.len() < 5 {
+            return Ok(Parsed::Partial);
+        }
+        return Ok(match parse_response(buf)? {
+            Parsed::Complete(r) => Parsed::Complete(Head::Response(r)),
+            Parsed::Partial => Parsed::Partial,
+        });
+    }
+    if !is_tchar(buf[0]) {
+        return Err(ParseError::NotHttp);
+    }
+    Ok(match parse_request(buf)? {
+        Parsed::Complete(r) => Parsed::Complete(Head::Request(r)),
+        Parsed::Partial => Parsed::Partial,
+    })
+}
+
+/// Best-effort parse of a head cut short by the capture cap: the complete lines seen are parsed as if the head ended
+/// there; a request line cut in the middle still gives the method and the beginning of the target. `head_len` of
+/// the result is the number of bytes given (the real length is unknown). `None` when nothing usable is there.
+pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
+    let last_line_end = buf.windows(2).rposition(|w| w == b"\r\n").map(|i| i + 2);
+    if let Some(end) = last_line_end {
+        let mut fixed = Vec::with_capacity(end + 2);
+        fixed.extend_from_slice(&buf[..end]);
+        fixed.extend_from_slice(b"\r\n");
+        if let Ok(Parsed::Complete(mut head)) = parse_head(&fixed) {
+            match &mut head {
+                Head::Request(r) => r.head_len = buf.len(),
+                Head::Response(r) => r.head_len = buf.len(),
+            }
+            return Some(head);
+        }
+    }
+    // The start line itself is cut: take what it holds.
+    let line_end = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(buf.len());
+    let line = String::from_utf8_lossy(&buf[..line_end]);
+    let mut parts = line.splitn(3, ' ');
+    let first = parts.next()?;
+    if first.starts_with("HTTP/1.") {
+        let status: u16 = parts.next()?.get(..3)?.parse().ok()?;
+        return Some(Head::Response(ResponseHead {
+            minor_version: u8::from(first.ends_with(".1")),
+            status,
+            head_len: buf.len(),
+            ..ResponseHead::default()
+        }));
+    }
+    if !looks_like_request(buf) {
+        return None;
+    }
+    let target = parts.next()?.to_string();
+    Some(Head::Request(RequestHead {
+        method: first.to_string(),
+        target,
+        minor_version: 1,
+        head_len: buf.len(),
+        ..RequestHead::default()
+    }))
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed and not all zeros.
+pub fn traceparent_trace_id(value: &str) -> Option<&str> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace_id = parts.next()?;
+    let parent_id = parts.next()?;
+    let flags = parts.next()?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version == "ff" || !hex(parent_id, 16) || !hex(flags, 2) {
+        return None;
+    }
+    if !hex(trace_id, 32) || trace_id.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(trace_id)
+}

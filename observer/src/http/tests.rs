@@ -1,0 +1,356 @@
+//! Parser fixtures: heads, framing and anomalies, the chunk walker, query keys.
+use super::*;
+
+#[test]
+fn headers_keep_order_and_find_names_case_insensitively() {
+    let h: Headers = [
+        ("Host", "a.example"),
+        ("X-Empty", ""),
+        ("Accept", "text/html"),
+        ("accept", "application/json"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(h.len(), 4);
+    assert_eq!(
+        h.iter().collect::<Vec<_>>(),
+        [
+            ("Host", "a.example"),
+            ("X-Empty", ""),
+            ("Accept", "text/html"),
+            ("accept", "application/json")
+        ]
+    );
+    assert_eq!(h.get("HOST"), Some("a.example"));
+    assert_eq!(h.get("x-empty"), Some(""));
+    assert_eq!(h.get("missing"), None);
+    assert_eq!(
+        h.all("ACCEPT").collect::<Vec<_>>(),
+        ["text/html", "application/json"]
+    );
+    let mut h = h;
+    h.clear();
+    assert!(h.is_empty() && h.iter().next().is_none());
+}
+
+#[test]
+fn parsed_request_headers_are_trimmed_and_lossy_utf8() {
+    let Ok(Parsed::Complete(r)) =
+        parse_request(b"GET / HTTP/1.1\r\nHost:  h  \r\nX-Bin: a\xffb\r\nX-Last: z\r\n\r\n")
+    else {
+        panic!("complete request expected")
+    };
+    assert_eq!(
+        r.headers.iter().collect::<Vec<_>>(),
+        [("Host", "h"), ("X-Bin", "a\u{fffd}b"), ("X-Last", "z")]
+    );
+}
+
+fn req(buf: &[u8]) -> RequestHead {
+    match parse_request(buf) {
+        Ok(Parsed::Complete(r)) => r,
+        other => panic!("expected a complete request from {buf:?}, got {other:?}"),
+    }
+}
+
+fn resp(buf: &[u8]) -> ResponseHead {
+    match parse_response(buf) {
+        Ok(Parsed::Complete(r)) => r,
+        other => panic!("expected a complete response from {buf:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn simple_get() {
+    let raw =
+        b"GET /a/b?x=1&y=2&x=3 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\nrest";
+    let r = req(raw);
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.path(), "/a/b");
+    assert_eq!(r.query(), "x=1&y=2&x=3");
+    assert_eq!(r.host(), "example.com");
+    assert_eq!(r.header("user-agent"), Some("curl/8"));
+    assert_eq!(r.head_len, raw.len() - 4, "head length excludes the body");
+    assert_eq!(r.body_length(), Ok(BodyLength::Empty));
+    assert!(r.keep_alive(), "HTTP/1.1 defaults to keep-alive");
+}
+
+#[test]
+fn partial_and_errors() {
+    assert_eq!(
+        parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+        Ok(Parsed::Partial)
+    );
+    assert_eq!(parse_head(b"HTT"), Ok(Parsed::Partial));
+    assert_eq!(parse_head(b""), Ok(Parsed::Partial));
+    assert_eq!(parse_head(b"\x00\x01binary"), Err(ParseError::NotHttp));
+    assert!(
+        matches!(
+            parse_head(b"GET / HTTP/9.9\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ),
+        "bad version must be malformed"
+    );
+    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..(MAX_HEADERS + 1) {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(parse_head(&many), Err(ParseError::TooManyHeaders));
+}
+
+#[test]
+fn request_framing() {
+    let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 10\r\n\r\n");
+    assert_eq!(r.body_length(), Ok(BodyLength::Length(10)));
+    let r =
+        req(b"POST /u HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n");
+    assert_eq!(r.body_length(), Ok(BodyLength::Chunked), "chunked wins");
+    let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n");
+    assert_eq!(r.body_length(), Ok(BodyLength::Length(4)));
+    let r = req(b"POST /u HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n");
+    assert!(
+        r.body_length().is_err(),
+        "conflicting lengths are malformed"
+    );
+    let r = req(b"POST /u HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+    assert!(r.body_length().is_err(), "negative length is malformed");
+    let r = req(b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+    assert!(r.expects_continue());
+}
+
+#[test]
+fn response_framing() {
+    let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::Length(5)));
+    assert_eq!(
+        r.body_length("HEAD"),
+        Ok(BodyLength::Empty),
+        "HEAD has no body"
+    );
+    let r = resp(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
+    let r = resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
+    let r = resp(b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(r.is_interim());
+    assert_eq!(r.body_length("POST"), Ok(BodyLength::Empty));
+    let r = resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+    assert!(!r.is_interim(), "101 is final");
+    assert!(r.starts_tunnel("GET"));
+    let r = resp(b"HTTP/1.0 200 OK\r\n\r\n");
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::UntilClose));
+    assert!(!r.keep_alive(), "HTTP/1.0 defaults to close");
+    let r = resp(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n");
+    assert!(r.keep_alive());
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
+    let r = resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::Chunked));
+    let r = resp(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n");
+    assert!(!r.keep_alive());
+    let r = resp(b"HTTP/1.1 200 Connection established\r\n\r\n");
+    assert!(r.starts_tunnel("CONNECT"));
+    assert_eq!(r.body_length("CONNECT"), Ok(BodyLength::Empty));
+    // Framing is read from the fields as parsed, without keeping them.
+    let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n");
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::Length(7)));
+    let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8, 9\r\nContent-Length: x\r\n\r\n");
+    assert_eq!(
+        r.body_length("GET"),
+        Err(ParseError::BadContentLength("8, 9".into())),
+        "the first bad field is named"
+    );
+    for bad in [&b""[..], b"+3", b"99999999999999999999", b"1\xff"] {
+        let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: ".to_vec();
+        head.extend_from_slice(bad);
+        head.extend_from_slice(b"\r\n\r\n");
+        assert!(resp(&head).body_length("GET").is_err(), "{bad:?}");
+    }
+    let r =
+        resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nContent-Length: 3\r\n\r\n");
+    assert_eq!(
+        r.body_length("GET"),
+        Ok(BodyLength::UntilClose),
+        "a final coding other than chunked runs to the close"
+    );
+    let r = resp(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n");
+    assert!(!r.keep_alive(), "close wins");
+}
+
+#[test]
+fn targets() {
+    let r = req(b"GET http://h.example:8080/p/q?a=1#f HTTP/1.1\r\n\r\n");
+    assert_eq!(r.path(), "/p/q");
+    assert_eq!(r.query(), "a=1");
+    assert_eq!(r.host(), "h.example:8080");
+    let r = req(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.path(), "*");
+    let r = req(b"CONNECT db:5432 HTTP/1.1\r\n\r\n");
+    assert_eq!(r.host(), "db:5432");
+    let r = req(b"GET http://h?z=1 HTTP/1.1\r\n\r\n");
+    assert_eq!(r.path(), "/", "an empty absolute-form path is /");
+    assert_eq!(r.query(), "z=1");
+    let r = req(b"GET http://h#f HTTP/1.1\r\n\r\n");
+    assert_eq!(r.path(), "/");
+    // An origin-form target whose query holds a URL is not mistaken for absolute form.
+    let r = req(b"GET /login?next=https://x.example/home HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.path(), "/login");
+    assert_eq!(r.query(), "next=https://x.example/home");
+}
+
+#[test]
+fn userinfo_never_reaches_the_host() {
+    let r = req(b"GET http://user:pass@h.example:1234/p HTTP/1.1\r\n\r\n");
+    assert_eq!((r.host(), r.path()), ("h.example:1234", "/p"));
+    let r = req(b"GET http://a%40b:p%40ss@h?x=1 HTTP/1.1\r\n\r\n");
+    assert_eq!((r.host(), r.path(), r.query()), ("h", "/", "x=1"));
+    let r = req(b"GET / HTTP/1.1\r\nHost: user:pw@h.example\r\n\r\n");
+    assert_eq!(r.host(), "h.example");
+    let r = req(b"CONNECT user:pw@db:5432 HTTP/1.1\r\n\r\n");
+    assert_eq!(r.host(), "db:5432");
+    let r = req(b"GET /a@b HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(
+        (r.host(), r.path()),
+        ("h", "/a@b"),
+        "an @ in the path is not userinfo"
+    );
+}
+
+#[test]
+fn methods_by_shape() {
+    for line in [
+        &b"PURGE /x HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"M-SEARCH * HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"QUERY /q HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"VERSION-CONTROL /v HTTP/1.1\r\n\r\n",
+        b"x-custom.1 /v HTTP/1.1\r\n\r\n",
+    ] {
+        let method = line.split(|b| *b == b' ').next().unwrap_or_default();
+        assert!(looks_like_request(line), "{line:?}");
+        match parse_head(line) {
+            Ok(Parsed::Complete(Head::Request(r))) => assert_eq!(r.method.as_bytes(), method),
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+    assert!(!looks_like_request(b"{\"a\": 1}"));
+    assert!(!looks_like_request(b"Host: x"));
+}
+
+#[test]
+fn framing_anomalies_are_named() {
+    let names = |a: Anomalies| a.names().collect::<Vec<_>>();
+    let r = req(b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n");
+    assert!(r.anomalies.is_empty(), "{:?}", names(r.anomalies));
+    let r = req(b"GET / HTTP/1.1\nHost: h\n\n");
+    assert_eq!(names(r.anomalies), ["bare_lf"]);
+    // "Missing CR between headers": the smuggling reading takes the hidden field as the body length.
+    let r = req(b"GET / HTTP/1.1\r\nDummy: x\nContent-Length: 23\r\n\r\n");
+    assert_eq!(names(r.anomalies), ["bare_lf"]);
+    assert_eq!(
+        r.body_length(),
+        Ok(BodyLength::Length(23)),
+        "read the lenient way"
+    );
+    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(names(r.anomalies), ["cl_and_te"]);
+    assert_eq!(r.body_length(), Ok(BodyLength::Chunked));
+    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 1 0\r\n\r\n");
+    assert_eq!(names(r.anomalies), ["content_length"]);
+    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+    assert_eq!(names(r.anomalies), ["content_length"]);
+    assert_eq!(r.body_length(), Ok(BodyLength::Length(5)));
+    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(names(r.anomalies), ["content_length"]);
+    let r = req(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
+    assert_eq!(names(r.anomalies), ["transfer_encoding"]);
+    let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\n\r\n");
+    assert_eq!(names(r.anomalies), ["bare_lf", "cl_and_te"]);
+    let r = resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+    assert!(r.anomalies.is_empty(), "a response may run until the close");
+}
+
+#[test]
+fn query_key_extraction() {
+    assert_eq!(query_keys("b=1&a=2&b=3&&=x&c"), vec!["b", "a", "c"]);
+    assert_eq!(
+        query_keys("na%6De=1&x+y=2&bad%zz=3&tail%"),
+        vec!["name", "x y", "bad%zz", "tail%"]
+    );
+    assert!(query_keys("").is_empty());
+}
+
+#[test]
+fn traceparent() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(
+        traceparent_trace_id(tp),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(
+        traceparent_trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        None
+    );
+    assert_eq!(traceparent_trace_id("garbage"), None);
+    assert_eq!(
+        traceparent_trace_id("00-4bf92f35-00f067aa0ba902b7-01"),
+        None
+    );
+}
+
+#[test]
+fn truncated_heads() {
+    let cut = b"GET /long?k=v HTTP/1.1\r\nHost: a\r\nCookie: xxxxxxxx";
+    let Some(Head::Request(r)) = parse_truncated_head(cut) else {
+        panic!("a request cut after its host line must still parse");
+    };
+    assert_eq!(
+        (r.method.as_str(), r.path(), r.host()),
+        ("GET", "/long", "a")
+    );
+    assert_eq!(r.head_len, cut.len());
+    let Some(Head::Request(r)) = parse_truncated_head(b"GET /very/long/path/aaaa") else {
+        panic!("a request cut inside its request line must still give the method");
+    };
+    assert_eq!(
+        (r.method.as_str(), r.target.as_str()),
+        ("GET", "/very/long/path/aaaa")
+    );
+    let Some(Head::Response(r)) = parse_truncated_head(b"HTTP/1.1 404 Not Found\r\nX-A: aaaa")
+    else {
+        panic!("a cut response must give its status");
+    };
+    assert_eq!(r.status, 404);
+    assert_eq!(parse_truncated_head(b"\x01\x02\x03"), None);
+}
+
+#[test]
+fn chunked_walk() {
+    let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+    let mut d = ChunkedDecoder::new();
+    assert_eq!(d.feed(body), Ok(ChunkStep::Done(body.len() - 4)));
+
+    // Byte by byte gives the same end.
+    let mut d = ChunkedDecoder::new();
+    let mut done = None;
+    for (i, b) in body.iter().enumerate() {
+        if let ChunkStep::Done(n) = d.feed(std::slice::from_ref(b)).expect("valid chunking") {
+            assert_eq!(n, 1, "the final byte ends the body");
+            done = Some(i + 1);
+            break;
+        }
+    }
+    assert_eq!(done, Some(body.len() - 4));
+
+    let mut d = ChunkedDecoder::new();
+    assert_eq!(d.feed(b"10\r\n0123456789"), Ok(ChunkStep::NeedMore));
+    assert_eq!(d.feed(b"abcdef\r\n0\r\n\r\n"), Ok(ChunkStep::Done(13)));
+
+    let mut d = ChunkedDecoder::new();
+    assert_eq!(d.feed(b"zz\r\n"), Err(ParseError::BadChunk));
+    let mut d = ChunkedDecoder::new();
+    assert_eq!(
+        d.feed(b"ffffffffffffffff\r\n"),
+        Err(ParseError::BadChunk),
+        "size overflow"
+    );
+}
