@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::sink::clickhouse::schema::read_password;
+use crate::sink::clickhouse::schema::ConnectArgs;
 use crate::sink::{ClickHouseConfig, Retention, SinkConfig, SinkError, SinkSpec};
 use crate::units::{parse_bytes, parse_duration};
 
@@ -93,18 +93,11 @@ pub struct SinkArgs {
     /// Events queued per sink before new ones are dropped (counted) instead of slowing capture.
     #[arg(long, default_value_t = 65_536)]
     pub sink_queue: usize,
-    /// ClickHouse HTTP(S) URL, e.g. http://127.0.0.1:8123.
-    #[arg(long, env = "CLICKHOUSE_URL")]
-    pub clickhouse_url: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// ClickHouse database holding observer's tables.
     #[arg(long, default_value = "observer")]
     pub clickhouse_database: String,
-    /// ClickHouse user.
-    #[arg(long, env = "CLICKHOUSE_USER")]
-    pub clickhouse_user: Option<String>,
-    /// File holding the ClickHouse password.
-    #[arg(long)]
-    pub clickhouse_password_file: Option<PathBuf>,
     /// Apply the schema (idempotent migrations) at start.
     #[arg(long)]
     pub clickhouse_apply_schema: bool,
@@ -154,15 +147,14 @@ impl SinkArgs {
     /// The ClickHouse sink's configuration (also when `--sink clickhouse` is not selected).
     pub fn clickhouse_config(&self) -> Result<ClickHouseConfig, SinkError> {
         let url = self
+            .connect
             .clickhouse_url
             .as_deref()
             .ok_or(SinkError::MissingClickHouseUrl)?;
         let mut c = ClickHouseConfig::new(url, self.spool_dir.clone());
         c.database = self.clickhouse_database.clone();
-        c.user = self.clickhouse_user.clone();
-        if let Some(p) = &self.clickhouse_password_file {
-            c.password = Some(read_password(p)?);
-        }
+        c.user = self.connect.clickhouse_user.clone();
+        c.password = self.connect.password()?;
         if let Some(a) = &self.agent_id {
             c.agent_id = a.clone();
         }
@@ -264,7 +256,7 @@ mod tests {
         let args = Cli::try_parse_from(["x", "--sink", "clickhouse"])
             .expect("parses")
             .sink;
-        if args.clickhouse_url.is_some() {
+        if args.connect.clickhouse_url.is_some() {
             return; // CLICKHOUSE_URL set in the environment
         }
         let err = args.sink_config().expect_err("must fail").to_string();

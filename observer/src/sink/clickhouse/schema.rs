@@ -262,12 +262,13 @@ impl SchemaConfig {
     }
 }
 
-/// Connection settings for schema commands.
-#[derive(Debug, Clone, Args)]
+/// How to reach ClickHouse, for `observer run` (flattened into its sink options) and the schema commands (which
+/// make the URL required).
+#[derive(Debug, Clone, Default, Args)]
 pub struct ConnectArgs {
     /// ClickHouse HTTP(S) URL, e.g. http://127.0.0.1:8123.
     #[arg(long, env = "CLICKHOUSE_URL")]
-    pub clickhouse_url: String,
+    pub clickhouse_url: Option<String>,
     /// ClickHouse user.
     #[arg(long, env = "CLICKHOUSE_USER")]
     pub clickhouse_user: Option<String>,
@@ -277,13 +278,26 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    /// The URL; the schema commands' parser requires it, so it is there.
+    fn url(&self) -> &str {
+        self.clickhouse_url.as_deref().unwrap_or_default()
+    }
+
+    /// The password from `--clickhouse-password-file`, if given.
+    pub fn password(&self) -> Result<Option<String>, SchemaError> {
+        self.clickhouse_password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()
+    }
+
     pub fn client(&self) -> Result<clickhouse::Client, SchemaError> {
-        let mut client = clickhouse::Client::default().with_url(&self.clickhouse_url);
+        let mut client = clickhouse::Client::default().with_url(self.url());
         if let Some(user) = &self.clickhouse_user {
             client = client.with_user(user);
         }
-        if let Some(path) = &self.clickhouse_password_file {
-            client = client.with_password(read_password(path)?);
+        if let Some(password) = self.password()? {
+            client = client.with_password(password);
         }
         Ok(client)
     }
@@ -340,6 +354,7 @@ pub struct SchemaCommand {
 #[derive(Debug, Subcommand)]
 pub enum SchemaAction {
     /// Create or upgrade observer's tables, views and dictionaries (idempotent).
+    #[command(mut_arg("clickhouse_url", |a| a.required(true)))]
     Apply {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -355,6 +370,7 @@ pub enum SchemaAction {
         layout: LayoutArgs,
     },
     /// Print the database's schema version and the newest this binary knows.
+    #[command(mut_arg("clickhouse_url", |a| a.required(true)))]
     Status {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -373,7 +389,7 @@ impl SchemaCommand {
             } => {
                 let cfg = layout.config()?;
                 let client = connect.client()?;
-                let report = apply(&client, &connect.clickhouse_url, &cfg, target_version).await?;
+                let report = apply(&client, connect.url(), &cfg, target_version).await?;
                 println!("{report}");
             }
             SchemaAction::Print { layout } => {
@@ -385,7 +401,7 @@ impl SchemaCommand {
             SchemaAction::Status { connect, database } => {
                 check_identifier("database name", &database)?;
                 let client = connect.client()?;
-                let v = current_version(&client, &connect.clickhouse_url, &database).await?;
+                let v = current_version(&client, connect.url(), &database).await?;
                 println!(
                     "database {database}: schema version {}; this binary knows up to {}",
                     v.map_or("none".to_string(), |v| v.to_string()),
@@ -584,5 +600,28 @@ mod tests {
             err.contains("database name"),
             "error names the problem: {err}"
         );
+    }
+
+    #[test]
+    fn schema_commands_require_the_url_run_does_not() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            action: SchemaAction,
+        }
+        use clap::Parser;
+        let status = Cli::try_parse_from(["x", "status", "--clickhouse-url", "http://h:8123"])
+            .expect("parses");
+        let SchemaAction::Status { connect, .. } = status.action else {
+            panic!("status");
+        };
+        assert_eq!(connect.url(), "http://h:8123");
+        if std::env::var_os("CLICKHOUSE_URL").is_none() {
+            for cmd in ["status", "apply"] {
+                let err = Cli::try_parse_from(["x", cmd]).unwrap_err().to_string();
+                assert!(err.contains("--clickhouse-url"), "{cmd}: {err}");
+            }
+            assert!(Cli::try_parse_from(["x", "print"]).is_ok());
+        }
     }
 }
