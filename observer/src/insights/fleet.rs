@@ -198,8 +198,8 @@ pub async fn load_registry(client: &clickhouse::Client) -> Result<Registry, Flee
         key_grants: client
             .query(
                 "SELECT key_fingerprint, api_id, grant_seq, key_id, key_suffix, app_id, granted_by, valid_from, \
-                 valid_until, revoked_at, revoked_by, note, version, loaded_at, false AS deleted \
-                 FROM key_grants_in_force ORDER BY key_fingerprint, api_id, grant_seq",
+                 valid_until, revoked_at, revoked_by, note, toUInt64(0) AS version, \
+                 toDateTime64(0, 6, 'UTC') AS loaded_at, false AS deleted FROM key_grants_in_force ORDER BY key_fingerprint, api_id, grant_seq",
             )
             .fetch_all()
             .await
