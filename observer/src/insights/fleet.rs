@@ -456,7 +456,18 @@ pub async fn run(args: RunArgs) -> Result<(), FleetError> {
         None => Config::default(),
     };
     let client = args.store.client()?;
-    let mut engine = Engine::new(cfg, load_registry(&client).await?);
+    // ClickHouse may start after the runner: retry, except with --once.
+    let registry = loop {
+        match load_registry(&client).await {
+            Ok(r) => break r,
+            Err(e) if !args.once => {
+                warn!(error = %e, retry_in = ?args.poll_interval, "insights: reading the registry failed");
+                tokio::time::sleep(args.poll_interval).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut engine = Engine::new(cfg, registry);
     let restored = match &args.state_dir {
         Some(d) => engine.restore_from(d)?,
         None => false,
@@ -471,7 +482,13 @@ pub async fn run(args: RunArgs) -> Result<(), FleetError> {
         .or(saved)
         .unwrap_or(Timestamp(now.0 - args.lookback.as_micros() as i64));
     if !restored {
-        warm_up(&client, &mut engine, wm, args.warmup_days).await?;
+        match warm_up(&client, &mut engine, wm, args.warmup_days).await {
+            Ok(()) => {}
+            Err(e) if !args.once => {
+                warn!(error = %e, "insights: warming up from history failed; learning")
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut ch = ClickHouseConfig::new(&args.store.connect.clickhouse_url, args.spool_dir.clone());
     ch.database = args.store.database.clone();

@@ -24,8 +24,8 @@ pub const INSIGHTS_TABLE: &str = "insights";
 pub const QUEUE_BATCHES: usize = 1024;
 /// A batch is inserted at this many rows, or `batch_interval` after its first row.
 const BATCH_ROWS: u64 = 5_000;
-/// The findings spool is small: findings are few, and a backlog this large means ClickHouse is gone for long.
-const SPOOL_MAX_BYTES: u64 = 64 << 20;
+/// The findings spool is small (findings are few; the fleet runner spools to a 64 MiB /tmp in the Helm chart).
+const SPOOL_MAX_BYTES: u64 = 32 << 20;
 
 /// Who or what a finding is about, in words: "app checkout-v2 on payments-api", "key mobile-prod on orders-api",
 /// "workload curl /batch on rates-api", "route /v1/x/{id} on rates-api", "api rates-api".
