@@ -1,6 +1,7 @@
 //! The agent's own insights (`observer run --insights`): the capture thread offers each batch of events to a bounded
 //! queue without ever waiting (a full queue drops the batch and counts it), and one task runs the engine on them,
-//! logs and counts every finding version, follows registry reloads and keeps the baselines in `--state-dir`.
+//! logs, counts and stores every finding version ([`super::out`]: ClickHouse `insights`, `findings.ndjson`), follows
+//! registry reloads and keeps the baselines in `--state-dir`.
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 
 use super::config::ConfigError;
 use super::finding::{Finding, Kind, Status};
+use super::out::Outputs;
 use super::state::StateError;
 use super::{Config, Engine, Input};
 use crate::event::{Event, Timestamp};
@@ -29,7 +31,8 @@ const CLOCK_SLACK_US: i64 = 5_000_000;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LiveArgs {
-    /// Run the insights detectors on this agent's own events (findings are logged and counted in /metrics).
+    /// Run the insights detectors on this agent's own events (findings are logged, counted in /metrics, and stored in
+    /// ClickHouse's `insights` table and/or `findings.ndjson` next to the NDJSON sink's file when those sinks run).
     #[arg(long)]
     pub insights: bool,
     /// Thresholds (TOML; defaults: examples/insights.toml).
@@ -129,7 +132,7 @@ impl Default for InsightsMetrics {
 }
 
 fn finding_labels(kind: Kind, status: Status) -> Labels {
-    vec![("kind", kind.as_str()), ("status", status_str(status))]
+    vec![("kind", kind.as_str()), ("status", status.as_str())]
 }
 
 impl InsightsMetrics {
@@ -270,16 +273,8 @@ impl Runner {
     }
 }
 
-fn status_str(s: Status) -> &'static str {
-    match s {
-        Status::Open => "open",
-        Status::Update => "update",
-        Status::Closed => "closed",
-    }
-}
-
 fn log(f: &Finding) {
-    let (kind, severity, status) = (f.kind.as_str(), f.severity.as_str(), status_str(f.status));
+    let (kind, severity, status) = (f.kind.as_str(), f.severity.as_str(), f.status.as_str());
     let at = f.detected_at.to_rfc3339();
     info!(
         kind,
@@ -301,6 +296,7 @@ pub fn start(
     args: &LiveArgs,
     live: Arc<LiveRegistry>,
     metrics: Arc<Metrics>,
+    outputs: Outputs,
 ) -> Result<Option<(Feed, tokio::task::JoinHandle<()>)>, LiveError> {
     if !args.insights {
         return Ok(None);
@@ -315,12 +311,13 @@ pub fn start(
         args.state_dir.clone(),
     )?;
     runner.metrics().register(&metrics);
+    outputs.register(&metrics);
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
     let feed = Feed {
         tx,
         dropped: runner.metrics().dropped.clone(),
     };
-    let task = tokio::spawn(run(runner, rx, live));
+    let task = tokio::spawn(run(runner, rx, live, outputs));
     Ok(Some((feed, task)))
 }
 
@@ -328,6 +325,7 @@ async fn run(
     mut runner: Runner,
     mut rx: mpsc::Receiver<Vec<Input<'static>>>,
     live: Arc<LiveRegistry>,
+    mut outputs: Outputs,
 ) {
     let mut reg = live.subscribe();
     reg.borrow_and_update();
@@ -336,13 +334,11 @@ async fn run(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(b) => {
-                    runner.ingest(&b);
-                }
+                Some(b) => outputs.write(&runner.ingest(&b)),
                 None => break,
             },
             _ = tick.tick() => {
-                runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US));
+                outputs.write(&runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US)));
             }
             Ok(()) = reg.changed() => {
                 let r = reg.borrow_and_update().registry.clone();
@@ -354,6 +350,7 @@ async fn run(
         Ok(()) => info!("insights: baselines saved"),
         Err(e) => warn!(error = %e, "insights: saving baselines at exit"),
     }
+    outputs.shutdown().await;
 }
 
 #[cfg(test)]
