@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use crate::event::Event;
 
 use super::cells::{regroup, Cell, CellQuery, Hist};
-use super::model::{Insight, TailRow};
+use super::model::{latest, Insight, TailRow};
 
 /// Seconds of traffic kept.
 pub const RETENTION_S: i64 = 3600;
@@ -18,7 +18,7 @@ pub const RETENTION_S: i64 = 3600;
 pub const GRANULARITY_S: i64 = 10;
 /// Exchanges kept for the live tail.
 pub const TAIL_LEN: usize = 2000;
-/// Findings kept.
+/// Finding versions kept.
 pub const INSIGHTS_LEN: usize = 1000;
 
 #[derive(Default)]
@@ -188,7 +188,7 @@ impl MemoryStore {
         }
     }
 
-    /// Adds a finding of the insights engine.
+    /// Adds a version of a finding of the insights engine.
     pub fn push_insight(&self, i: Insight) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.insights.push_back(i);
@@ -235,18 +235,14 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Findings of `[from, to)`, newest first.
+    /// The newest version (before `to`) of each finding active in `[from, to)`, newest first.
     pub fn insights(&self, from: i64, to: i64) -> Vec<Insight> {
         let Ok(inner) = self.inner.lock() else {
             return Vec::new();
         };
-        inner
-            .insights
-            .iter()
-            .rev()
-            .filter(|i| i.ts >= from as f64 && i.ts < to as f64)
-            .cloned()
-            .collect()
+        let versions: Vec<Insight> = inner.insights.iter().cloned().collect();
+        drop(inner);
+        latest(versions, from, to)
     }
 }
 
