@@ -1,5 +1,7 @@
-//! End to end: `cargo xtask demo --scenario new-app` shows consumption by application in the UI, the scenario's new
-//! application appears, and SIGINT (Ctrl-C) leaves no namespace, cgroup, process or attached program behind.
+//! End to end: `cargo xtask demo --scenario new-app,key-misuse` shows consumption by application in the UI, the
+//! new application appears, the agent raises the scenarios' findings (new_consumer for the new application,
+//! key_outside_grant for the revoked key), and SIGINT (Ctrl-C) leaves no namespace, cgroup, process or attached
+//! program behind.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -8,6 +10,22 @@ use observer_tests::*;
 use serde_json::Value;
 
 const UI: &str = "127.0.0.1:9465";
+const METRICS: &str = "127.0.0.1:9466";
+/// The demo's insights learn for 50 s (xtask/demo/insights.toml): a new application is new after that.
+const SCENARIO_AFTER: &str = "60";
+
+/// Finding versions of `kind` opened so far, from the agent's /metrics.
+fn opened(metrics: &str, kind: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("observer_insights_findings_total{")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains("status=\"open\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
 
 /// Programs attached to the cgroup hierarchy's root, as bpftool lists them.
 fn attached() -> String {
@@ -48,9 +66,9 @@ fn demo_shows_consumption_and_ctrl_c_removes_everything() {
         .args([
             "demo",
             "--scenario",
-            "new-app",
+            "new-app,key-misuse",
             "--scenario-after",
-            "5",
+            SCENARIO_AFTER,
             "--bin",
         ])
         .arg(observer_bin())
@@ -84,12 +102,29 @@ fn demo_shows_consumption_and_ctrl_c_removes_everything() {
             .all(|a| apps.iter().any(|l| l.ends_with(a)))
             && new.iter().any(|n| n["app_id"] == "partner-portal")
     });
+    // The scenarios' findings: per-event kinds, raised as soon as their traffic is seen.
+    let mut metrics = String::new();
+    let found = shown
+        && eventually(Duration::from_secs(60), || {
+            metrics = http_get(METRICS, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            opened(&metrics, "new_consumer") > 0 && opened(&metrics, "key_outside_grant") > 0
+        });
     let log_text = std::fs::read_to_string(dir.join("xtask.log")).unwrap_or_default();
-    if !shown {
+    if !found {
         // SAFETY: kill(2) on the child we spawned.
         unsafe { libc_kill(demo.id() as i32, 2) };
         let _ = demo.wait();
-        panic!("the UI did not show the demo's consumption: {overview:#}\n{log_text}");
+        let findings: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.contains("insights_findings_total{") && !l.ends_with(" 0"))
+            .collect();
+        assert!(
+            shown,
+            "the UI did not show the demo's consumption: {overview:#}\n{log_text}"
+        );
+        panic!("the scenarios' findings were not raised: {findings:#?}\n{log_text}");
     }
     assert!(
         log_text.contains("http://127.0.0.1:9465/"),
