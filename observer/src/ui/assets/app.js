@@ -72,7 +72,7 @@ function chartCard(id, title, cls = "") {
 
 /// Draws `series` ({t, lines:[{label, values}]}) into the card `id`; `stacked` stacks areas, `dashed` labels
 /// get dashed strokes.
-function drawChart(id, series, { stacked = false, dashed = [], unit = "req/s" } = {}) {
+function drawChart(id, series, { stacked = false, dashed = [], unit = "req/s", counts = false } = {}) {
   const el = document.getElementById(`chart-${id}`);
   if (!el) return;
   const lines = series.lines || [];
@@ -92,7 +92,9 @@ function drawChart(id, series, { stacked = false, dashed = [], unit = "req/s" } 
     width: Math.max(300, el.clientWidth - 4),
     height: 260,
     scales: { x: { time: true } },
-    axes: [{}, { values: (u, ticks) => ticks.map((v) => num(v, v < 10 ? 2 : 0)), size: 60, label: unit }],
+    axes: [{}, counts
+      ? { values: (u, ticks) => ticks.map((v) => (Number.isInteger(v) ? num(v) : "")), size: 60, label: unit }
+      : { values: (u, ticks) => ticks.map((v) => num(v, v < 10 ? 2 : 0)), size: 60, label: unit }],
     legend: { live: true },
     series: [{}].concat(ordered.map((l, i) => {
       const color = PALETTE[(stacked ? ordered.length - 1 - i : i) % PALETTE.length];
@@ -271,7 +273,7 @@ const pages = {
       </div>`;
     document.getElementById("f-team").onchange = (e) => { f.team = e.target.value; render(); };
     document.getElementById("f-kind").onchange = (e) => { f.kind = e.target.value; render(); };
-    drawChart("findings", d.timeline, { stacked: true, unit: "findings" });
+    drawChart("findings", d.timeline, { stacked: true, unit: "findings", counts: true });
   },
 
   async tail() {
