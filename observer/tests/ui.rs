@@ -621,13 +621,22 @@ fn browse(addr: SocketAddr, in_range: &[&Event]) {
             "api",
             "#/api/pay",
             &["rate"],
-            &[("routes", "/v1/payments/{id}"), ("consumers", "revoked")],
+            &[
+                ("routes", "/v1/payments/{id}"),
+                ("consumers", "revoked"),
+                ("insights", "retry share"),
+            ],
         ),
         (
             "application",
             "#/app/shop",
             &["compare"],
-            &[("calls", "Orders"), ("keys", "sh01"), ("errors", "503")],
+            &[
+                ("calls", "Orders"),
+                ("keys", "sh01"),
+                ("errors", "503"),
+                ("insights", "predecessor per min"),
+            ],
         ),
         (
             "access",
