@@ -125,8 +125,20 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let ui = crate::ui::start(&args.ui, ui_client, live.clone())
         .await
         .map_err(AgentError::Ui)?;
+    let insights_out = if args.insights.insights {
+        let node = args
+            .sink
+            .agent_id
+            .clone()
+            .unwrap_or_else(crate::sink::clickhouse::config::default_agent_id);
+        crate::insights::out::Outputs::from_sinks(&sink_cfg, &format!("agent:{node}"))
+            .await
+            .map_err(AgentError::Sinks)?
+    } else {
+        Default::default()
+    };
     let (insights, insights_task) =
-        crate::insights::live::start(&args.insights, live.clone(), metrics.clone())
+        crate::insights::live::start(&args.insights, live.clone(), metrics.clone(), insights_out)
             .map_err(AgentError::Insights)?
             .unzip();
     crate::kube::ready_when_synced(pods.as_ref(), &metrics);

@@ -26,7 +26,8 @@ enum Command {
     Registry(registry::RegistryCommand),
     /// Manage observer's ClickHouse schema (apply migrations, print DDL).
     Schema(sink::SchemaCommand),
-    /// Findings from traffic: replay an events file through the detectors, evaluate them on generated scenarios.
+    /// Findings from traffic: the fleet-wide runner over ClickHouse, list findings, replay an events file through
+    /// the detectors, evaluate them on generated scenarios.
     Insights(insights::cli::InsightsCommand),
 }
 

@@ -1,5 +1,6 @@
-//! `observer insights replay` (the findings a stream of NDJSON events would have raised) and `observer insights
-//! scenarios` (generate labelled synthetic traffic, score the detectors on it, optionally write it out).
+//! `observer insights ...`: `replay` (the findings a stream of NDJSON events would have raised), `scenarios`
+//! (generate labelled synthetic traffic, score the detectors on it, optionally write it out), `run` (the fleet-wide
+//! runner over ClickHouse, [`super::fleet`]) and `list` (findings from ClickHouse, [`super::list`]).
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 
@@ -24,6 +25,10 @@ pub enum CliError {
     BadLines(u64, PathBuf),
     #[error("invalid seed range {0:?} (examples: 1..5, 7, 1,2,9)")]
     Seeds(String),
+    #[error(transparent)]
+    Fleet(#[from] super::fleet::FleetError),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,6 +39,11 @@ pub struct InsightsCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum InsightsAction {
+    /// Fleet-wide: read what every node stored in ClickHouse (from a watermark, in time order), run the detectors
+    /// on it and write the findings to the `insights` table (source `fleet`).
+    Run(super::fleet::RunArgs),
+    /// Print the newest version of each finding from ClickHouse, newest first.
+    List(super::list::ListArgs),
     /// Print the findings a file of events (the NDJSON sink's format, any version, in time order) would have
     /// raised: each finding's versions as it opens, updates and closes.
     Replay {
@@ -99,8 +109,28 @@ pub fn print_finding(f: &Finding, json: bool, out: &mut impl Write) -> std::io::
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
 pub fn run(cmd: InsightsCommand) -> Result<(), CliError> {
     match cmd.action {
+        InsightsAction::Run(args) => Ok(runtime()?.block_on(super::fleet::run(args))?),
+        InsightsAction::List(args) => {
+            let rows = runtime()?.block_on(super::list::fetch(&args))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            super::list::print(&rows, args.json, &mut out)
+                .and_then(|()| out.flush())
+                .map_err(|source| CliError::Io {
+                    path: "stdout".into(),
+                    source,
+                })
+        }
         InsightsAction::Replay {
             registry,
             events,

@@ -101,6 +101,64 @@ impl Engine {
             .is_none_or(|s| t.0 - s.0 < self.learning_us())
     }
 
+    /// History read before the stream starts (the fleet runner's 1h rollup): `requests` calls of `app` ("" for all
+    /// callers together) to `api` in the hour starting at minute `hour_minute`, spread evenly over its minutes.
+    /// Trains the same baselines the minutes of a stream would, and counts as time the engine has seen.
+    pub fn warm_hour(
+        &mut self,
+        api: &str,
+        app: &str,
+        hour_minute: i64,
+        requests: u64,
+        errors: u64,
+    ) {
+        let start = Timestamp(hour_minute * MINUTE_US);
+        self.state.started = Some(self.state.started.map_or(start, |s| s.min(start)));
+        let b = &self.cfg.baseline;
+        let api = self.state.apis.entry(api.to_string()).or_default();
+        let per_min = requests as f64 / 60.0;
+        if app.is_empty() {
+            for m in hour_minute..hour_minute + 60 {
+                api.profile.learn(m, per_min, b);
+            }
+            if requests > 0 {
+                api.errors
+                    .learn(errors as f64 / requests as f64, b.alpha / 10.0);
+            }
+            return;
+        }
+        if !api.clients.contains_key(app) && api.clients.len() >= MAX_CLIENTS {
+            return;
+        }
+        let c = api
+            .clients
+            .entry(app.to_string())
+            .or_insert_with(|| ClientState {
+                first_seen: start,
+                in_baseline: true,
+                learn_until: start,
+                ..Default::default()
+            });
+        c.first_seen = c.first_seen.min(start);
+        c.last_active = c.last_active.max(hour_minute + 59);
+        for m in hour_minute..hour_minute + 60 {
+            c.profile.learn(m, per_min, b);
+        }
+    }
+
+    /// History of a key's use (the fleet runner's `key_use_1d`): its last call to `api`, and since when the history
+    /// goes back (`covered_from`), so `unused_grant` can judge grants over days the stream has not replayed.
+    pub fn warm_key_use(&mut self, fingerprint: &str, api: &str, last: Timestamp) {
+        let u = self.state.keys.entry(fingerprint.to_string()).or_default();
+        let e = u.last_used.entry(api.to_string()).or_insert(last);
+        *e = (*e).max(last);
+    }
+
+    /// The stream's history reaches back to `t` (for judgements over days: learning, unused grants).
+    pub fn history_from(&mut self, t: Timestamp) {
+        self.state.started = Some(self.state.started.map_or(t, |s| s.min(t)));
+    }
+
     /// Stream time moves to `t` (an event's time, or an idle agent's clock): every minute before `t`'s is judged.
     /// Events arrive in time order give or take a few seconds; one older than the minute being accumulated counts
     /// in it.

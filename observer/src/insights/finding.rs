@@ -120,6 +120,16 @@ pub enum Status {
     Closed,
 }
 
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Update => "update",
+            Status::Closed => "closed",
+        }
+    }
+}
+
 /// One version of a finding. `id` is stable over the versions of one finding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {

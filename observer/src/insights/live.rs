@@ -1,6 +1,7 @@
 //! The agent's own insights (`observer run --insights`): the capture thread offers each batch of events to a bounded
 //! queue without ever waiting (a full queue drops the batch and counts it), and one task runs the engine on them,
-//! logs and counts every finding version, follows registry reloads and keeps the baselines in `--state-dir`.
+//! logs, counts and stores every finding version ([`super::out`]: ClickHouse `insights`, `findings.ndjson`), follows
+//! registry reloads and keeps the baselines in `--state-dir`.
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 use super::config::ConfigError;
 use super::finding::{Finding, Kind, Status};
+use super::out::Outputs;
 use super::state::StateError;
 use super::{Config, Engine, Input};
 use crate::event::{Event, Timestamp};
@@ -30,7 +32,8 @@ const CLOCK_SLACK_US: i64 = 5_000_000;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LiveArgs {
-    /// Run the insights detectors on this agent's own events (findings are logged and counted in /metrics).
+    /// Run the insights detectors on this agent's own events (findings are logged, counted in /metrics, and stored in
+    /// ClickHouse's `insights` table and/or `findings.ndjson` next to the NDJSON sink's file when those sinks run).
     #[arg(long)]
     pub insights: bool,
     /// Thresholds (TOML; defaults: examples/insights.toml).
@@ -209,7 +212,7 @@ impl Runner {
                         self.versions(kind, status),
                     )
                     .label("kind", kind.as_str())
-                    .label("status", status_str(status)),
+                    .label("status", status.as_str()),
                 );
             }
             s.push(
@@ -225,16 +228,8 @@ impl Runner {
     }
 }
 
-fn status_str(s: Status) -> &'static str {
-    match s {
-        Status::Open => "open",
-        Status::Update => "update",
-        Status::Closed => "closed",
-    }
-}
-
 fn log(f: &Finding) {
-    let (kind, severity, status) = (f.kind.as_str(), f.severity.as_str(), status_str(f.status));
+    let (kind, severity, status) = (f.kind.as_str(), f.severity.as_str(), f.status.as_str());
     let at = f.detected_at.to_rfc3339();
     info!(
         kind,
@@ -256,6 +251,7 @@ pub fn start(
     args: &LiveArgs,
     live: Arc<LiveRegistry>,
     metrics: Arc<Metrics>,
+    outputs: Outputs,
 ) -> Result<Option<(Feed, tokio::task::JoinHandle<()>)>, LiveError> {
     if !args.insights {
         return Ok(None);
@@ -275,7 +271,7 @@ pub fn start(
         tx,
         dropped: dropped.clone(),
     };
-    let task = tokio::spawn(run(runner, rx, live, metrics, dropped));
+    let task = tokio::spawn(run(runner, rx, live, metrics, dropped, outputs));
     Ok(Some((feed, task)))
 }
 
@@ -285,7 +281,13 @@ async fn run(
     live: Arc<LiveRegistry>,
     metrics: Arc<Metrics>,
     dropped: Arc<AtomicU64>,
+    mut outputs: Outputs,
 ) {
+    let publish = |runner: &Runner, outputs: &Outputs| {
+        let mut s = runner.samples(dropped.load(Ordering::Relaxed));
+        s.extend(outputs.samples());
+        metrics.publish("insights", s);
+    };
     let mut reg = live.subscribe();
     reg.borrow_and_update();
     let mut tick = tokio::time::interval(TICK);
@@ -293,14 +295,12 @@ async fn run(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(b) => {
-                    runner.ingest(&b);
-                }
+                Some(b) => outputs.write(&runner.ingest(&b)),
                 None => break,
             },
             _ = tick.tick() => {
-                runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US));
-                metrics.publish("insights", runner.samples(dropped.load(Ordering::Relaxed)));
+                outputs.write(&runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US)));
+                publish(&runner, &outputs);
             }
             Ok(()) = reg.changed() => {
                 let r = reg.borrow_and_update().registry.clone();
@@ -308,11 +308,12 @@ async fn run(
             }
         }
     }
-    metrics.publish("insights", runner.samples(dropped.load(Ordering::Relaxed)));
+    publish(&runner, &outputs);
     match runner.save() {
         Ok(()) => info!("insights: baselines saved"),
         Err(e) => warn!(error = %e, "insights: saving baselines at exit"),
     }
+    outputs.shutdown().await;
 }
 
 #[cfg(test)]

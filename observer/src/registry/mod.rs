@@ -22,6 +22,7 @@ pub use cli::{
 };
 #[allow(unused_imports)]
 pub use fingerprint::{key_suffix, write_hex, KeySecret, SecretError};
+pub use glob::Glob;
 #[allow(unused_imports)]
 pub use load::{load_file, load_str, Loaded, Problem, Problems, RegistryError};
 #[allow(unused_imports)]

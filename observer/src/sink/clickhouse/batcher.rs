@@ -4,15 +4,14 @@
 //! `insert_deduplication_token`, and goes to the shipper; if the shipper is behind, straight to the spool.
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use super::config::TABLE;
 use super::rowbinary::{column_list, encode_event, rbwnat_header};
 use super::shipper::Ctx;
-use super::spool::{BatchId, SpooledBatch};
-use crate::event::{Event, Timestamp};
+use super::spool::SpooledBatch;
+use crate::event::Event;
 use crate::sink::queue::QueueRx;
 
 /// A batch being filled.
@@ -60,20 +59,8 @@ pub(super) async fn batcher(mut rx: QueueRx, ship_tx: mpsc::Sender<SpooledBatch>
     let mut seq: u64 = 0;
     let seal = |open: &mut OpenBatch, seq: &mut u64| {
         let (payload, rows) = open.take();
-        let id = BatchId {
-            run_id: ctx.run_id,
-            seq: *seq,
-        };
         *seq += 1;
-        SpooledBatch {
-            id,
-            rows,
-            created_us: Timestamp::now().0,
-            token: format!("{}:{:016x}:{}", ctx.cfg.agent_id, id.run_id, id.seq),
-            table: TABLE.to_string(),
-            columns: columns.clone(),
-            payload: Bytes::from(payload),
-        }
+        ctx.seal(*seq - 1, TABLE, &columns, payload, rows)
     };
     loop {
         let deadline = open.opened.map(|t| t + ctx.cfg.batch_interval);

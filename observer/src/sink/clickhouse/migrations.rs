@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "insights",
         statements: v7_insights,
     },
+    Migration {
+        version: 8,
+        name: "key_use_1d",
+        statements: v8_key_use,
+    },
 ];
 
 /// The columns of `insights`: one row per version of a finding (see [`crate::insights::finding::Finding`]).
@@ -154,6 +159,36 @@ fn v7_insights(cfg: &SchemaConfig) -> Vec<String> {
              SELECT * FROM {db}.insights FINAL ORDER BY id, version DESC LIMIT 1 BY id"
         ),
     ]
+}
+
+/// `key_use_1d`: calls and last call per (API key, API, day), kept as long as the 1h rollup. The fleet-wide insights
+/// runner reads it for `unused_grant` (a grant with no call for N days, longer than raw events are kept).
+fn v8_key_use(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let oc = cfg.on_cluster();
+    let storage = cfg.storage("key_use_1d");
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{storage}{oc}\n(\n    \
+         day Date,\n    \
+         key_fingerprint String,\n    \
+         api_id LowCardinality(String),\n    \
+         calls SimpleAggregateFunction(sum, UInt64),\n    \
+         last_call SimpleAggregateFunction(max, DateTime64(6, 'UTC'))\n)\n\
+         ENGINE = {engine}\nPARTITION BY toYYYYMM(day)\nORDER BY (key_fingerprint, api_id, day)\n\
+         TTL day + {ttl}{dedup}",
+        engine = cfg.sharded_engine("AggregatingMergeTree", "key_use_1d"),
+        ttl = cfg.rollup_1h_retention.to_sql_interval(),
+        dedup = cfg.dedup_setting(),
+    )];
+    out.extend(cfg.distributed("key_use_1d", "cityHash64(key_fingerprint)"));
+    out.push(format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{storage}_mv{oc} TO {db}.{storage}\nAS SELECT\n    \
+         toDate(ts, 'UTC') AS day,\n    key_fingerprint,\n    api_id,\n    \
+         count() AS calls,\n    max(ts) AS last_call\n\
+         FROM {db}.{source}\nWHERE key_fingerprint != ''\nGROUP BY day, key_fingerprint, api_id",
+        source = cfg.storage("http_requests"),
+    ));
+    out
 }
 
 /// For a migration that only adds event columns.
@@ -693,6 +728,24 @@ mod tests {
         ] {
             assert!(ddl.contains(needle), "missing {needle:?} in:\n{ddl}");
         }
+    }
+
+    #[test]
+    fn key_use_rollup_reads_keyed_events() {
+        let ddl = v8_key_use(&single()).join(";\n");
+        for needle in [
+            "CREATE TABLE IF NOT EXISTS observer.key_use_1d\n",
+            "last_call SimpleAggregateFunction(max, DateTime64(6, 'UTC'))",
+            "ORDER BY (key_fingerprint, api_id, day)",
+            "TTL day + INTERVAL 400 DAY",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS observer.key_use_1d_mv TO observer.key_use_1d",
+            "WHERE key_fingerprint != ''",
+        ] {
+            assert!(ddl.contains(needle), "missing {needle:?} in:\n{ddl}");
+        }
+        let c = v8_key_use(&clustered()).join(";\n");
+        assert!(c.contains("FROM obs.http_requests_local\n"), "{c}");
+        assert!(c.contains("Distributed(prod, obs, key_use_1d_local"), "{c}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! One file per job: [`config`] (settings), [`rowbinary`] (the row encoding, generated from the event table),
 //! [`batcher`] and [`shipper`] (below), [`spool`] (batches on disk), [`schema`] (DDL, `observer schema`) with
 //! [`migrations`] (every schema version: the one place to change the tables), [`registry_rows`] (the registry as
-//! rows, and writing them).
+//! rows, and writing them), [`insights_rows`] (findings as rows, and their writer).
 //!
 //! Two cooperating futures run in one task:
 //! - the *batcher* encodes events straight into a `RowBinaryWithNamesAndTypes` buffer and seals a batch at
@@ -19,6 +19,7 @@
 //! binary replays unchanged. Only a full (or failing) spool drops rows, and those are counted.
 mod batcher;
 pub mod config;
+pub mod insights_rows;
 pub mod migrations;
 pub mod registry_rows;
 pub mod rowbinary;

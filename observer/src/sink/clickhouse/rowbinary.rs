@@ -28,7 +28,8 @@ pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     }
 }
 
-fn put_str(buf: &mut Vec<u8>, s: &str) {
+/// A RowBinary `String`: length, then bytes.
+pub fn put_str(buf: &mut Vec<u8>, s: &str) {
     put_varint(buf, s.len() as u64);
     buf.extend_from_slice(s.as_bytes());
 }
@@ -147,14 +148,22 @@ crate::event_fields!(encoder);
 
 /// `RowBinaryWithNamesAndTypes` header for `http_requests`: the server checks names and types.
 pub fn rbwnat_header() -> Vec<u8> {
-    let columns = http_requests_columns();
+    header_for(
+        http_requests_columns()
+            .iter()
+            .map(|c| (c.name, c.ty.as_str())),
+    )
+}
+
+/// `RowBinaryWithNamesAndTypes` header for any `(name, ClickHouse type)` columns, in insert order.
+pub fn header_for<'a>(columns: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Vec<u8> {
     let mut b = Vec::with_capacity(1024);
-    put_varint(&mut b, columns.len() as u64);
-    for c in columns {
-        put_str(&mut b, c.name);
+    put_varint(&mut b, columns.clone().count() as u64);
+    for (name, _) in columns.clone() {
+        put_str(&mut b, name);
     }
-    for c in columns {
-        put_str(&mut b, &c.ty);
+    for (_, ty) in columns {
+        put_str(&mut b, ty);
     }
     b
 }

@@ -137,7 +137,7 @@ impl fmt::Display for Retention {
     }
 }
 
-fn check_identifier(what: &'static str, value: &str) -> Result<(), SchemaError> {
+pub fn check_identifier(what: &'static str, value: &str) -> Result<(), SchemaError> {
     let ok = !value.is_empty()
         && !value.starts_with(|c: char| c.is_ascii_digit())
         && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use super::config::ClickHouseConfig;
-use super::spool::{Spool, SpoolError, SpooledBatch};
+use super::spool::{BatchId, Spool, SpoolError, SpooledBatch};
 use crate::sink::SinkMetrics;
 
 /// Exponential backoff with a cap.
@@ -56,6 +56,30 @@ impl Ctx {
         self.metrics
             .quarantined_files
             .store(s.quarantined(), Relaxed);
+    }
+
+    /// A sealed batch: number `seq` of this run, with its deterministic `insert_deduplication_token`.
+    pub(super) fn seal(
+        &self,
+        seq: u64,
+        table: &str,
+        columns: &str,
+        payload: Vec<u8>,
+        rows: u64,
+    ) -> SpooledBatch {
+        let id = BatchId {
+            run_id: self.run_id,
+            seq,
+        };
+        SpooledBatch {
+            id,
+            rows,
+            created_us: crate::event::Timestamp::now().0,
+            token: format!("{}:{:016x}:{}", self.cfg.agent_id, id.run_id, id.seq),
+            table: table.to_string(),
+            columns: columns.to_string(),
+            payload: bytes::Bytes::from(payload),
+        }
     }
 
     pub(super) fn spool_len(&self) -> usize {
