@@ -528,6 +528,26 @@ fn dashboards_are_well_formed() {
     }
 }
 
+/// The insights dashboard offers every kind of finding the detectors raise, by the names they are stored under.
+#[test]
+fn the_insights_kinds_are_the_detectors_kinds() {
+    let d = load_dashboards()
+        .into_iter()
+        .find(|d| d.file == "insights.json")
+        .expect("dashboards/insights.json");
+    let kind = d
+        .variables()
+        .iter()
+        .find(|v| v["name"] == "kind")
+        .expect("a kind variable");
+    let offered: Vec<&str> = kind["query"].as_str().unwrap().split(',').collect();
+    let raised: Vec<&str> = observer::insights::Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(offered, raised);
+}
+
 #[test]
 fn template_expansion_matches_grafana() {
     let values: BTreeMap<String, Vec<String>> = [
@@ -956,6 +976,7 @@ async fn every_panel_query_runs() {
         "seven grants at version 1, the revocation and the re-grant at version 2: {changes:#?}"
     );
 
+    check_insights(&|title| panel("insights.json", title));
     check_application_detail(&|title| panel("application-detail.json", title), &count);
     check_governance(&|title| panel("governance-audit.json", title), &count);
     check_operations(
@@ -988,6 +1009,49 @@ async fn every_panel_query_runs() {
 }
 
 type Panel<'a> = dyn Fn(&str) -> &'a Vec<Row> + 'a;
+
+/// The insights dashboard on the fixture findings (`fixtures/traffic.rs`): at the end of the range f2, f3 and f6
+/// are open; f1 and f4 closed in it; f5 ended the day before; f1's second version was written twice.
+fn check_insights(panel: &Panel) {
+    let one = |title: &str, col: &str| num(&panel(title)[0], col);
+    assert_eq!(one("Open findings", "open_findings"), 3.0);
+    assert_eq!(one("Critical open findings", "critical_open"), 1.0);
+    assert_eq!(
+        one("New findings", "new_findings"),
+        4.0,
+        "f1-f4 began in it"
+    );
+    assert_eq!(one("Closed findings", "closed_findings"), 2.0);
+    let open = panel("Open findings with explanation and evidence");
+    let ids: BTreeSet<&str> = open.iter().map(|r| text(r, "id")).collect();
+    assert_eq!(ids, ["f2", "f3", "f6"].into_iter().collect(), "{open:#?}");
+    assert_eq!(text(&open[0], "severity"), "critical", "severest first");
+    let timeline = panel("Findings timeline");
+    assert_eq!(
+        timeline.len(),
+        8,
+        "every version in the range once (f1's duplicate row merged): {timeline:#?}"
+    );
+    let per_kind = panel("Findings per kind and team");
+    let storm = per_kind
+        .iter()
+        .find(|r| text(r, "kind") == "retry_storm")
+        .unwrap_or_else(|| panic!("retry_storm row: {per_kind:#?}"));
+    assert_eq!(text(storm, "team_name"), "finance");
+    assert_eq!((num(storm, "findings"), num(storm, "open")), (1.0, 0.0));
+    assert_eq!(
+        total(per_kind, "findings"),
+        5.0,
+        "f5 was not active in the range"
+    );
+    assert_eq!(total(panel("New findings by team"), "findings"), 4.0);
+    assert_eq!(total(panel("New findings by kind"), "findings"), 4.0);
+    assert_eq!(
+        total(panel("Finding versions by severity"), "versions"),
+        8.0,
+        "versions written in the range, the duplicate row once"
+    );
+}
 type Count<'a> = dyn Fn(&dyn Fn(&Event) -> bool) -> f64 + 'a;
 
 /// Sum of `col` over `rows`.

@@ -15,12 +15,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::{apply, client, devserver_paths, serial, DevServer};
-use observer::event::{Event, KeyState};
+use observer::event::{Event, KeyState, Timestamp};
 use observer::sink::clickhouse::registry_rows::RegistryRows;
-use observer::ui::{self, memory::MemoryStore, Source, UiState};
+use observer::ui::{self, memory::MemoryStore, model::Insight, Source, UiState};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use traffic::{fixture_events, fixture_registry, load_fixtures, SPAN_S, T0_S};
+use traffic::{fixture_events, fixture_insights, fixture_registry, load_fixtures, SPAN_S, T0_S};
 
 /// The range every request asks for: the fixture traffic with margin.
 const FROM: i64 = T0_S - 600;
@@ -202,7 +202,8 @@ async fn endpoints_and_pages_show_the_fixture_traffic() {
         new_consumers,
         ["cron-report", "curl", "python3"].into_iter().collect()
     );
-    assert_eq!(rows(&o, "insights").len(), 0, "no insights table here");
+    // Open insights: the newest version of each finding, open at the end of the range.
+    assert_eq!(ids(&o["insights"]), ["f2", "f3", "f6"]);
 
     // API page.
     let a = get(addr, "/api/apis/pay", "").await;
@@ -384,8 +385,7 @@ async fn endpoints_and_pages_show_the_fixture_traffic() {
         rows(&py, "rows").len() as f64,
         count(&|e| e.client_comm == "python3")
     );
-    let i = get(addr, "/api/insights", "").await;
-    assert_eq!(rows(&i, "items").len(), 0);
+    check_insights(addr).await;
     let m = get(addr, "/api/meta", "").await;
     assert_eq!(rows(&m, "apps").len(), 4);
 
@@ -397,6 +397,9 @@ async fn endpoints_and_pages_show_the_fixture_traffic() {
     // The in-memory store gives the same pages for its last hour.
     let mem = Arc::new(MemoryStore::new());
     mem.ingest(&events);
+    for v in fixture_insights() {
+        mem.push_insight(as_insight(&v));
+    }
     let maddr = start(Source::Memory(mem), None).await;
     // 25 minutes, so the baseline window before them is still in the store's hour.
     let last_hour = format!("from={}&to={}&step=60", T0_S + SPAN_S - 1500, T0_S + SPAN_S);
@@ -455,6 +458,95 @@ async fn endpoints_and_pages_show_the_fixture_traffic() {
     );
 
     browse(addr, &in_range);
+}
+
+/// Ids of the findings of a list, in order.
+fn ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a list of findings")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect()
+}
+
+/// A fixture row of the `insights` table as the memory store holds a finding version.
+fn as_insight(row: &Value) -> Insight {
+    let secs = |f: &str| {
+        let t = row[f].as_str().unwrap().replace(' ', "T") + "Z";
+        Timestamp::parse_rfc3339(&t).unwrap().0 as f64 / 1e6
+    };
+    let mut v = row.clone();
+    for f in ["ts", "first_seen", "last_seen"] {
+        v[f] = secs(f).into();
+    }
+    serde_json::from_value(v).expect("a finding version")
+}
+
+/// `/api/insights` and the insights of the API and application pages, from the fixture findings (see
+/// `fixtures/traffic.rs`): the newest version of each finding active in the range, newest first.
+async fn check_insights(addr: SocketAddr) {
+    let i = get(addr, "/api/insights", "").await;
+    assert_eq!(
+        ids(&i["items"]),
+        ["f4", "f2", "f1", "f3", "f6"],
+        "f5 ended before the range; f6 opened before it and is still open"
+    );
+    let f1 = &rows(&i, "items")[2];
+    assert_eq!(
+        (n(&f1["version"]), f1["status"].as_str()),
+        (3.0, Some("closed"))
+    );
+    assert_eq!(f1["severity"], "critical");
+    assert_eq!(f1["api_name"], "Payments", "names from the registry");
+    assert_eq!(
+        n(&f1["evidence"]["retry_share"]),
+        0.35,
+        "evidence is an object"
+    );
+    assert_eq!(f1["evidence"]["retrying_apps"][0], "billing");
+    close(n(&f1["first_seen"]), (T0_S + 540) as f64, "first seen");
+    close(n(&f1["last_seen"]), (T0_S + 2100) as f64, "last seen");
+    assert_eq!(i["teams"], serde_json::json!(["data", "finance", "web"]));
+    assert_eq!(rows(&i, "kinds").len(), 5);
+    // The timeline: one line per kind, a finding counted in each bucket it was active in.
+    let storm = find(
+        rows(&i["timeline"], "lines"),
+        |l| l["label"] == "retry_storm",
+        "retry_storm line",
+    );
+    let active: Vec<f64> = rows(storm, "values").iter().map(n).collect();
+    assert_eq!(
+        active.iter().cloned().fold(0.0, f64::max),
+        1.0,
+        "{active:?}"
+    );
+    let step = n(&i["range"]["step"]);
+    let buckets = active.iter().filter(|v| **v > 0.0).count() as f64;
+    assert!(
+        buckets * step >= 1560.0 && buckets * step <= 1560.0 + 2.0 * step,
+        "active from T0+540 to T0+2100: {buckets} buckets of {step} s"
+    );
+    let finance = get(addr, "/api/insights", "&team=finance").await;
+    assert_eq!(ids(&finance["items"]), ["f1", "f3"]);
+    let storms = get(addr, "/api/insights", "&kind=retry_storm&team=finance").await;
+    assert_eq!(ids(&storms["items"]), ["f1"]);
+    assert_eq!(
+        rows(&storms, "kinds").len(),
+        5,
+        "the pickers offer every kind"
+    );
+
+    let pay = get(addr, "/api/apis/pay", "").await;
+    assert_eq!(ids(&pay["insights"]), ["f2", "f1", "f3"]);
+    let billing = get(addr, "/api/apps/billing", "").await;
+    assert_eq!(
+        ids(&billing["insights"]),
+        ["f1", "f3"],
+        "its own finding, and the storm its retries are evidence of"
+    );
+    let shop = get(addr, "/api/apps/shop", "").await;
+    assert_eq!(ids(&shop["insights"]), ["f2"]);
+    assert_eq!(shop["insights"][0]["app_name"], "Shop");
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -529,13 +621,22 @@ fn browse(addr: SocketAddr, in_range: &[&Event]) {
             "api",
             "#/api/pay",
             &["rate"],
-            &[("routes", "/v1/payments/{id}"), ("consumers", "revoked")],
+            &[
+                ("routes", "/v1/payments/{id}"),
+                ("consumers", "revoked"),
+                ("insights", "retry share"),
+            ],
         ),
         (
             "application",
             "#/app/shop",
             &["compare"],
-            &[("calls", "Orders"), ("keys", "sh01"), ("errors", "503")],
+            &[
+                ("calls", "Orders"),
+                ("keys", "sh01"),
+                ("errors", "503"),
+                ("insights", "predecessor per min"),
+            ],
         ),
         (
             "access",
@@ -548,7 +649,12 @@ fn browse(addr: SocketAddr, in_range: &[&Event]) {
                 ("outside", "revoked"),
             ],
         ),
-        ("insights", "#/insights", &["findings"], &[]),
+        (
+            "insights",
+            "#/insights",
+            &["findings"],
+            &[("insights", "python3"), ("insights", "retry share")],
+        ),
         ("tail", "#/tail", &[], &[("tail", "Shop")]),
     ];
     for (name, hash, charts, tables) in pages {
@@ -581,19 +687,25 @@ fn browse(addr: SocketAddr, in_range: &[&Event]) {
                 dom[at..].contains("<canvas"),
                 "{name}: chart {chart} has no canvas"
             );
-            if *chart != "findings" {
-                assert!(
-                    nonempty > 0,
-                    "{name}: chart {chart} has no non-empty series"
-                );
-            }
+            assert!(
+                nonempty > 0,
+                "{name}: chart {chart} has no non-empty series"
+            );
         }
         for (table, want) in *tables {
             let marker = format!("data-table=\"{table}\"");
             let at = dom
                 .find(&marker)
                 .unwrap_or_else(|| panic!("{name}: no table {table}:\n{dom}"));
-            let end = dom[at..].find("</table>").map_or(dom.len(), |e| at + e);
+            // The element carrying the marker (a table, or the findings' list) ends at its own closing tag.
+            let tag_at = dom[..at].rfind('<').unwrap_or(at);
+            let tag: String = dom[tag_at + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            let end = dom[at..]
+                .find(&format!("</{tag}>"))
+                .map_or(dom.len(), |e| at + e);
             assert!(
                 dom[at..end].contains(want),
                 "{name}: table {table} lacks {want:?}:\n{}",

@@ -1,5 +1,7 @@
-//! End to end: `cargo xtask demo --scenario new-app` shows consumption by application in the UI, the scenario's new
-//! application appears, and SIGINT (Ctrl-C) leaves no namespace, cgroup, process or attached program behind.
+//! End to end: `cargo xtask demo --scenario new-app,key-misuse` shows consumption by application in the UI, the
+//! new application appears, the UI lists the scenarios' findings from the insights table (new_consumer for the new
+//! application, key_outside_grant for the revoked key), and SIGINT (Ctrl-C) leaves no namespace, cgroup, process or
+//! attached program behind.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -8,6 +10,26 @@ use observer_tests::*;
 use serde_json::Value;
 
 const UI: &str = "127.0.0.1:9465";
+/// The demo's insights learn for 50 s (xtask/demo/insights.toml): a new application is new after that.
+const SCENARIO_AFTER: &str = "60";
+
+/// Findings (kind, application) the UI lists for the last 15 minutes, read from the `insights` table.
+fn ui_findings() -> Vec<(String, String)> {
+    let body = http_get(UI, "/api/insights?range=15m")
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let s = |f: &str| i[f].as_str().unwrap_or_default().to_string();
+            (s("kind"), s("app_id"))
+        })
+        .collect()
+}
 
 /// Programs attached to the cgroup hierarchy's root, as bpftool lists them.
 fn attached() -> String {
@@ -48,9 +70,9 @@ fn demo_shows_consumption_and_ctrl_c_removes_everything() {
         .args([
             "demo",
             "--scenario",
-            "new-app",
+            "new-app,key-misuse",
             "--scenario-after",
-            "5",
+            SCENARIO_AFTER,
             "--bin",
         ])
         .arg(observer_bin())
@@ -84,12 +106,25 @@ fn demo_shows_consumption_and_ctrl_c_removes_everything() {
             .all(|a| apps.iter().any(|l| l.ends_with(a)))
             && new.iter().any(|n| n["app_id"] == "partner-portal")
     });
+    // The scenarios' findings, written by the agent to the insights table and listed by the UI: per-event kinds,
+    // raised as soon as their traffic is seen.
+    let mut findings = Vec::new();
+    let found = shown
+        && eventually(Duration::from_secs(60), || {
+            findings = ui_findings();
+            let has = |kind: &str, app: &str| findings.iter().any(|(k, a)| k == kind && a == app);
+            has("new_consumer", "partner-portal") && has("key_outside_grant", "ci-pipeline")
+        });
     let log_text = std::fs::read_to_string(dir.join("xtask.log")).unwrap_or_default();
-    if !shown {
+    if !found {
         // SAFETY: kill(2) on the child we spawned.
         unsafe { libc_kill(demo.id() as i32, 2) };
         let _ = demo.wait();
-        panic!("the UI did not show the demo's consumption: {overview:#}\n{log_text}");
+        assert!(
+            shown,
+            "the UI did not show the demo's consumption: {overview:#}\n{log_text}"
+        );
+        panic!("the scenarios' findings were not raised: {findings:#?}\n{log_text}");
     }
     assert!(
         log_text.contains("http://127.0.0.1:9465/"),

@@ -7,8 +7,11 @@
 
 Each client runs as its own process (its own process name and, set by xtask, its own cgroup), paced with jitter, and
 stops after `--for` seconds if given. Behaviours change what a client does, so the agent's insights have something
-to find. Requests carry no header that tells the server what to answer except X-Demo-Status, which the retry-storm
-and client-bug behaviours use to make the server fail the way a broken backend or a broken client would.
+to find: `novel-stream` calls a route never called before, `retry-storm` gets 503s and retries six times at once,
+`client-bug` sends eight times its usual calls, each twice, all answered 400, `flood` runs a hundred keyless threads
+(each its own process name, so its own source to the agent) scanning the catalog. Requests carry no header that tells
+the server what to answer except X-Demo-Status, which the retry-storm and client-bug behaviours use to make the server
+fail the way a broken backend or a broken client would.
 """
 import ctypes
 import http.client
@@ -50,7 +53,12 @@ CLIENTS = {
     "report-tool": ("report-tool", 1.0, [("orders", "GET", "/v1/orders/{n}", 1)], None),
     "laptop": ("curl", 0.8, [("payments", "GET", "/v1/payments/{n}", 1)], "web-shop"),
     "ci-job": ("ci-job", 0.8, [("payments", "POST", "/v1/payments", 1)], "revoked-ci"),
+    # Many keyless bots, one thread (its own process name) each, scanning the catalog: --scenario flood.
+    "bots": ("bot", 0.12, [("catalog", "GET", "/v1/items", 1), ("catalog", "GET", "/v1/items/{n}", 2),
+                           ("catalog", "GET", "/v1/items/{n}/stock", 1)], None),
 }
+# Threads of the flood, each a distinct source (process name) to the agent.
+BOTS = 100
 
 
 def set_comm(name):
@@ -118,15 +126,31 @@ def request(conns, addr, api, method, path, headers, body):
 
 
 def client(name, addr, behaviour, seconds):
-    comm, rate, calls, key_of = CLIENTS[name]
+    comm = CLIENTS[name][0]
+    if behaviour == "flood":
+        bots = [threading.Thread(target=calling, args=(name, f"{comm}-{n:03}", addr, behaviour, seconds),
+                                 daemon=True) for n in range(BOTS)]
+        for b in bots:
+            b.start()
+        for b in bots:
+            while b.is_alive():
+                b.join(1)
+        return
+    calling(name, comm, addr, behaviour, seconds)
+
+
+def calling(name, comm, addr, behaviour, seconds):
+    """Client `name`'s loop as process (thread) name `comm` until `seconds` pass (or forever): paced requests,
+    shaped by `behaviour`."""
+    _, rate, calls, key_of = CLIENTS[name]
     set_comm(comm)
     key = KEYS.get(key_of) if key_of else None
-    if behaviour == "flood":
-        rate *= 25
+    if behaviour == "client-bug":
+        rate *= 8  # a bug loop: eight times the usual calls, each sent twice, all rejected
     conns = {}
     weights = [w for *_, w in calls]
     end = time.time() + seconds if seconds else None
-    rng = random.Random(name)
+    rng = random.Random(comm)
     while end is None or time.time() < end:
         api, method, template, _ = rng.choices(calls, weights)[0]
         if behaviour == "novel-stream" and rng.random() < 0.5:
@@ -146,6 +170,8 @@ def client(name, addr, behaviour, seconds):
         if behaviour == "retry-storm":
             headers["X-Demo-Status"] = "503"
         status = request(conns, addr, api, method, path, headers, body)
+        if behaviour == "client-bug":
+            request(conns, addr, api, method, path, headers, body)
         if behaviour == "retry-storm" and (status >= 500 or status == 0):
             for attempt in range(6):  # retries without backoff: the storm
                 status = request(conns, addr, api, method, path, headers, body)

@@ -37,41 +37,63 @@ const CLIENTS: &[&str] = &[
     "inventory-sync",
 ];
 
-/// What a scenario starts: (client, behaviour) processes, and what to look at.
-fn scenario(name: &str) -> Result<(&'static [(&'static str, &'static str)], &'static str)> {
+/// A scenario: the (client, behaviour) processes it starts, the kinds of finding it makes the agent raise, and
+/// what to look at.
+type Scenario = (
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+    &'static str,
+);
+
+/// The scenarios `--scenario` accepts.
+pub const SCENARIOS: &[&str] = &[
+    "new-app",
+    "novel-stream",
+    "retry-storm",
+    "client-bug",
+    "flood",
+    "key-misuse",
+];
+
+fn scenario(name: &str) -> Result<Scenario> {
     Ok(match name {
         "new-app" => (
             &[("partner-portal", "normal")],
+            &["new_consumer"],
             "Partner Portal, registered but never seen, starts calling catalog and orders: Overview → new \
-             applications, Insights → new-app",
+             applications, Insights → new_consumer",
         ),
         "novel-stream" => (
             &[("web-shop", "novel-stream")],
+            &["novel_pattern"],
             "Web Shop starts calling POST /v1/payments/{id}/refunds, a route it never called: Insights → \
-             novel-stream, API Payments → routes",
+             novel_pattern, API Payments → routes",
         ),
         "retry-storm" => (
             &[("billing-batch", "retry-storm")],
-            "orders fail for Billing Batch, which retries at once, six times: Insights → retry-storm, \
-             Application Billing Batch → errors",
+            &["retry_storm"],
+            "orders fail for Billing Batch, which retries at once, six times: Insights → retry_storm (once the \
+             agent has learned an hour of error ratios), Application Billing Batch → errors",
         ),
         "client-bug" => (
             &[("checkout-v2", "client-bug")],
-            "Checkout v2 starts sending requests the APIs reject with 400: Insights → client-bug",
+            &["client_bug"],
+            "Checkout v2 sends eight times its usual calls, each twice, all rejected with 400: Insights → \
+             client_bug (after 2-3 minutes), Application Checkout v2 → errors",
         ),
         "flood" => (
-            &[("inventory-sync", "flood")],
-            "Inventory Sync calls the catalog 25 times as often as its baseline: Insights → flood, \
-             Application Inventory Sync → rate vs baseline",
+            &[("bots", "flood")],
+            &["flood"],
+            "a hundred keyless bots scan the catalog: Insights → flood (after 2-3 minutes), API Catalog → \
+             consumers",
         ),
         "key-misuse" => (
             &[("laptop", "normal"), ("ci-job", "normal")],
+            &["key_outside_grant", "key_shared"],
             "Web Shop's key is used from a laptop (curl) and CI uses a revoked key: Access and audit → shared \
-             keys and keys used outside their grant, Insights → key-misuse",
+             keys and keys used outside their grant, Insights → key_outside_grant",
         ),
-        other => bail!(
-            "unknown scenario {other:?}: new-app, novel-stream, retry-storm, client-bug, flood or key-misuse"
-        ),
+        other => bail!("unknown scenario {other:?}: {}", SCENARIOS.join(", ")),
     })
 }
 
@@ -151,6 +173,30 @@ impl World {
         std::os::unix::process::CommandExt::process_group(&mut full, 0);
         full.spawn()
             .context("starting python3 in the demo namespace")
+    }
+
+    /// Starts client `name` of world.py with `behaviour` in the clients' namespace and its own cgroup.
+    fn spawn_client(&mut self, script: &Path, name: &str, behaviour: &str) -> Result<()> {
+        let c = self.spawn_world(
+            script,
+            NS_CLIENTS,
+            name,
+            &["client", name, SERVER_IP, behaviour],
+        )?;
+        self.clients.push((format!("{name} ({behaviour})"), c));
+        Ok(())
+    }
+
+    /// An error if the agent has exited.
+    fn check_agent(&mut self, log: &Path) -> Result<()> {
+        if let Some(status) = self
+            .agent
+            .as_mut()
+            .and_then(|a| a.try_wait().ok().flatten())
+        {
+            bail!("the agent exited ({status}); see {}", log.display());
+        }
+        Ok(())
     }
 
     fn remove_network(&self) {
@@ -321,8 +367,9 @@ fn http_ok(addr: &str, path: &str) -> bool {
 
 /// Options of `cargo xtask demo`.
 pub struct DemoOptions {
+    /// Scenarios, comma-separated (see [`SCENARIOS`]).
     pub scenario: Option<String>,
-    /// Seconds after the start at which the scenario begins.
+    /// Seconds after the start at which the scenarios begin.
     pub scenario_after: u64,
     /// Stop by itself after this long (tests); default: until Ctrl-C.
     pub run_for: Option<Duration>,
@@ -334,7 +381,12 @@ pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the demo needs root (network namespaces, cgroups, eBPF): run `sudo -E cargo xtask demo`");
     }
-    let scenario = opts.scenario.as_deref().map(scenario).transpose()?;
+    let scenarios: Vec<Scenario> = opts
+        .scenario
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| scenario(s.trim()))
+        .collect::<Result<_>>()?;
     toolchain::ensure_packages(&[
         ("ip", "iproute2"),
         ("nsenter", "util-linux"),
@@ -391,30 +443,25 @@ pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
             METRICS,
             "--ui",
             UI,
+            "--insights",
+            "--insights-config",
         ])
+        .arg(root.join("xtask/demo/insights.toml"))
         .args(&opts.agent_args)
         .stdout(log.try_clone()?)
         .stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut agent, 0);
     world.agent = Some(agent.spawn().context("starting the agent")?);
+    let agent_log = dir.join("agent.log");
     let ready = Instant::now() + Duration::from_secs(60);
     while !http_ok(METRICS, "/readyz") {
         if Instant::now() > ready || STOP.load(Ordering::SeqCst) {
             bail!(
                 "the agent did not become ready; see {}",
-                dir.join("agent.log").display()
+                agent_log.display()
             );
         }
-        if let Some(status) = world
-            .agent
-            .as_mut()
-            .and_then(|a| a.try_wait().ok().flatten())
-        {
-            bail!(
-                "the agent exited ({status}); see {}",
-                dir.join("agent.log").display()
-            );
-        }
+        world.check_agent(&agent_log)?;
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -422,22 +469,17 @@ pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
         Some(world.spawn_world(&script, NS_SERVERS, "apis", &["servers", SERVER_IP])?);
     std::thread::sleep(Duration::from_secs(1));
     for name in CLIENTS {
-        let c = world.spawn_world(
-            &script,
-            NS_CLIENTS,
-            name,
-            &["client", name, SERVER_IP, "normal"],
-        )?;
-        world.clients.push((name.to_string(), c));
+        world.spawn_client(&script, name, "normal")?;
     }
     say(format!(
         "the demo is running. Open http://{UI}/ (Overview: consumption by application within a minute or two; \
-         Applications → Checkout v2: three times its predecessor; Access and audit: grants and their use).\n\
+         Applications → Checkout v2: three times its predecessor; Access and audit: grants and their use; \
+         Insights: what the agent finds, with short demo windows from xtask/demo/insights.toml).\n\
          \x20 agent log: {}; ClickHouse: {url}; Ctrl-C stops everything.",
-        dir.join("agent.log").display()
+        agent_log.display()
     ));
     let started = Instant::now();
-    let mut pending = scenario;
+    let mut pending = Some(scenarios);
     loop {
         if STOP.load(Ordering::SeqCst) {
             say("stopping the demo");
@@ -447,29 +489,16 @@ pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
             say("--for elapsed: stopping the demo");
             break;
         }
-        if let Some(status) = world
-            .agent
-            .as_mut()
-            .and_then(|a| a.try_wait().ok().flatten())
-        {
-            bail!(
-                "the agent exited ({status}); see {}",
-                dir.join("agent.log").display()
-            );
-        }
-        if let Some((procs, what)) = pending {
-            if started.elapsed() >= Duration::from_secs(opts.scenario_after) {
+        world.check_agent(&agent_log)?;
+        if started.elapsed() >= Duration::from_secs(opts.scenario_after) {
+            for (procs, kinds, what) in pending.take().unwrap_or_default() {
                 for (name, behaviour) in procs {
-                    let c = world.spawn_world(
-                        &script,
-                        NS_CLIENTS,
-                        name,
-                        &["client", name, SERVER_IP, behaviour],
-                    )?;
-                    world.clients.push((format!("{name} ({behaviour})"), c));
+                    world.spawn_client(&script, name, behaviour)?;
                 }
-                say(format!("scenario started: {what}"));
-                pending = None;
+                say(format!(
+                    "scenario started: {what} (finding kinds: {})",
+                    kinds.join(", ")
+                ));
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -50,8 +50,8 @@ enum Cmd {
     /// A demo world in network namespaces (three APIs, five client applications, a registry, ClickHouse, the
     /// agent with its UI); prints the UI's address. Ctrl-C removes everything it started.
     Demo {
-        /// Start, after --scenario-after seconds, the behaviour one insight is about: new-app, novel-stream,
-        /// retry-storm, client-bug, flood or key-misuse.
+        /// Start, after --scenario-after seconds, the behaviour an insight is about: new-app, novel-stream,
+        /// retry-storm, client-bug, flood or key-misuse (several: comma-separated).
         #[arg(long)]
         scenario: Option<String>,
         #[arg(long, default_value_t = 60)]

@@ -68,6 +68,47 @@ pub struct Dims {
     pub workload: bool,
 }
 
+impl Dims {
+    pub const NONE: Dims = Dims {
+        route: false,
+        app: false,
+        key: false,
+        status: false,
+        workload: false,
+    };
+    pub const ROUTE: Dims = Dims {
+        route: true,
+        ..Dims::NONE
+    };
+    pub const APP: Dims = Dims {
+        app: true,
+        ..Dims::NONE
+    };
+    pub const KEY: Dims = Dims {
+        key: true,
+        ..Dims::NONE
+    };
+    pub const STATUS: Dims = Dims {
+        status: true,
+        ..Dims::NONE
+    };
+    pub const WORKLOAD: Dims = Dims {
+        workload: true,
+        ..Dims::NONE
+    };
+
+    /// The dimensions of both.
+    pub const fn and(self, o: Dims) -> Dims {
+        Dims {
+            route: self.route || o.route,
+            app: self.app || o.app,
+            key: self.key || o.key,
+            status: self.status || o.status,
+            workload: self.workload || o.workload,
+        }
+    }
+}
+
 /// Which exchanges a query counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -81,6 +122,38 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Exchanges of one API.
+    pub fn api(id: &str) -> Filter {
+        Filter {
+            api_id: Some(id.to_string()),
+            ..Filter::default()
+        }
+    }
+
+    /// Exchanges of any of these applications.
+    pub fn apps(ids: Vec<String>) -> Filter {
+        Filter {
+            app_ids: Some(ids),
+            ..Filter::default()
+        }
+    }
+
+    /// Exchanges that presented a key.
+    pub fn keyed() -> Filter {
+        Filter {
+            with_key: true,
+            ..Filter::default()
+        }
+    }
+
+    /// Exchanges no application claims.
+    pub fn unattributed() -> Filter {
+        Filter {
+            unattributed: true,
+            ..Filter::default()
+        }
+    }
+
     pub fn matches(&self, c: &Cell) -> bool {
         self.api_id.as_ref().is_none_or(|a| *a == c.api_id)
             && self

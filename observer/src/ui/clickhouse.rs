@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::cells::{Cell, CellQuery, Hist};
-use super::model::{Insight, TailRow};
+use super::model::{latest, Insight, TailRow, OPEN_LOOKBACK_S};
 use super::UiError;
 
 /// Reads the agent's ClickHouse database (the client carries the database name and credentials).
@@ -161,7 +161,8 @@ impl ClickHouseSource {
         self.rows(q, "last exchanges").await
     }
 
-    /// Findings of `[from, to)` from the `insights` table, newest first; empty when the schema has none.
+    /// The newest version (before `to`) of each finding active in `[from, to)`, from the `insights` table, newest
+    /// first; empty when the schema has no such table (a database older than migration 7).
     pub async fn insights(&self, from: i64, to: i64) -> Result<Vec<Insight>, UiError> {
         #[derive(Deserialize)]
         struct Exists {
@@ -178,11 +179,17 @@ impl ClickHouseSource {
         if exists.first().is_none_or(|e| e.n == 0) {
             return Ok(Vec::new());
         }
+        let micros = |c: &str| format!("toUnixTimestamp64Micro({c}) / 1e6 AS {c}");
         let sql = format!(
-            "SELECT * EXCEPT (ts), toUnixTimestamp64Micro(toDateTime64(ts, 6)) / 1e6 AS ts FROM insights \
-             WHERE ts >= toDateTime64({from}, 6, 'UTC') AND ts < toDateTime64({to}, 6, 'UTC') \
-             ORDER BY ts DESC LIMIT 1000"
+            "SELECT * EXCEPT (ts, first_seen, last_seen), {ts}, {first}, {last} FROM (SELECT * FROM insights \
+             WHERE ts >= toDateTime64({lookback}, 6, 'UTC') AND ts < toDateTime64({to}, 6, 'UTC') \
+             ORDER BY id, version DESC LIMIT 1 BY id)",
+            ts = micros("ts"),
+            first = micros("first_seen"),
+            last = micros("last_seen"),
+            lookback = from - OPEN_LOOKBACK_S,
         );
-        self.rows(self.client.query(&sql), "insights").await
+        let rows: Vec<Insight> = self.rows(self.client.query(&sql), "insights").await?;
+        Ok(latest(rows, from, to))
     }
 }

@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-use crate::event::Event;
+use crate::event::{Event, Timestamp};
+use crate::insights::Finding;
+use crate::sink::clickhouse::insights_rows::{subject, title};
 
 use super::cells::{regroup, Cell, CellQuery, Hist};
-use super::model::{Insight, TailRow};
+use super::model::{latest, Insight, TailRow};
 
 /// Seconds of traffic kept.
 pub const RETENTION_S: i64 = 3600;
@@ -18,7 +20,7 @@ pub const RETENTION_S: i64 = 3600;
 pub const GRANULARITY_S: i64 = 10;
 /// Exchanges kept for the live tail.
 pub const TAIL_LEN: usize = 2000;
-/// Findings kept.
+/// Finding versions kept.
 pub const INSIGHTS_LEN: usize = 1000;
 
 #[derive(Default)]
@@ -113,6 +115,38 @@ fn tail_row(e: &Event, src_ip: String) -> TailRow {
     }
 }
 
+fn secs(t: Timestamp) -> f64 {
+    t.0 as f64 / 1e6
+}
+
+/// A finding version as the UI shows it, with the fields the `insights` table has.
+pub fn insight_of(f: &Finding, source: &str) -> Insight {
+    Insight {
+        ts: secs(f.detected_at),
+        id: f.id.clone(),
+        version: f.version,
+        status: f.status.as_str().to_string(),
+        kind: f.kind.as_str().to_string(),
+        severity: f.severity.as_str().to_string(),
+        team: f.team.clone(),
+        api_id: f.api_id.clone(),
+        app_id: f.app_id.clone(),
+        key_id: f.key_id.clone(),
+        key_fingerprint: f.key_fingerprint.clone(),
+        workload: f.workload.clone(),
+        route: f.route.clone(),
+        subject: subject(f),
+        title: title(f),
+        explanation: f.explanation.clone(),
+        evidence: f.evidence.clone(),
+        first_seen: secs(f.first_seen),
+        last_seen: secs(f.last_seen),
+        source: source.to_string(),
+        api_name: String::new(),
+        app_name: String::new(),
+    }
+}
+
 /// Whether `text` (lower case) occurs in the row's application, API, path, process, key suffix or key state.
 pub fn tail_matches(r: &TailRow, text: &str) -> bool {
     text.is_empty()
@@ -188,13 +222,21 @@ impl MemoryStore {
         }
     }
 
-    /// Adds a finding of the insights engine.
+    /// Adds a version of a finding of the insights engine.
     pub fn push_insight(&self, i: Insight) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.insights.push_back(i);
             if inner.insights.len() > INSIGHTS_LEN {
                 inner.insights.pop_front();
             }
+        }
+    }
+
+    /// Adds versions of findings of the agent's insights engine (`source` as the `insights` table names it, e.g.
+    /// `agent:NODE`).
+    pub fn push_findings(&self, findings: &[Finding], source: &str) {
+        for f in findings {
+            self.push_insight(insight_of(f, source));
         }
     }
 
@@ -235,18 +277,14 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Findings of `[from, to)`, newest first.
+    /// The newest version (before `to`) of each finding active in `[from, to)`, newest first.
     pub fn insights(&self, from: i64, to: i64) -> Vec<Insight> {
         let Ok(inner) = self.inner.lock() else {
             return Vec::new();
         };
-        inner
-            .insights
-            .iter()
-            .rev()
-            .filter(|i| i.ts >= from as f64 && i.ts < to as f64)
-            .cloned()
-            .collect()
+        let versions: Vec<Insight> = inner.insights.iter().cloned().collect();
+        drop(inner);
+        latest(versions, from, to)
     }
 }
 
@@ -283,6 +321,53 @@ mod tests {
             src_ip: [10, 0, 0, 1].into(),
             ..Event::default()
         }
+    }
+
+    #[test]
+    fn findings_are_kept_as_the_table_would_hold_them() {
+        use crate::insights::finding::{Kind, Severity, Status};
+        let mut f = Finding {
+            id: "abc".into(),
+            version: 1,
+            status: Status::Open,
+            kind: Kind::KeyOutsideGrant,
+            severity: Severity::Critical,
+            api_id: "payments-api".into(),
+            app_id: "ci-pipeline".into(),
+            key_id: "ci-key".into(),
+            key_fingerprint: "fp".into(),
+            workload: "ci-job /ci".into(),
+            route: String::new(),
+            team: "web".into(),
+            detected_at: Timestamp(1_760_000_100_000_000),
+            first_seen: Timestamp(1_760_000_000_000_000),
+            last_seen: Timestamp(1_760_000_100_000_000),
+            explanation: "revoked key used".into(),
+            evidence: serde_json::Map::from_iter([("calls".to_string(), 3.into())]),
+        };
+        let s = MemoryStore::new();
+        s.push_findings(&[f.clone()], "agent:node1");
+        let (want_subject, want_title) = (subject(&f), title(&f));
+        f.version = 2;
+        f.status = Status::Closed;
+        f.detected_at = Timestamp(1_760_000_400_000_000);
+        s.push_findings(&[f.clone()], "agent:node1");
+        let open = s.insights(1_760_000_000, 1_760_000_300);
+        assert_eq!(open.len(), 1);
+        let i = &open[0];
+        assert_eq!(
+            (i.version, i.status.as_str(), i.kind.as_str()),
+            (1, "open", "key_outside_grant")
+        );
+        assert_eq!((&i.subject, &i.title), (&want_subject, &want_title));
+        assert_eq!(
+            (i.first_seen, i.source.as_str()),
+            (1_760_000_000.0, "agent:node1")
+        );
+        assert_eq!(i.evidence["calls"], 3);
+        let later = s.insights(1_760_000_000, 1_760_000_500);
+        assert_eq!((later[0].version, later[0].status.as_str()), (2, "closed"));
+        assert_eq!(later[0].title, title(&f));
     }
 
     #[test]

@@ -214,18 +214,98 @@ pub struct Access {
     pub shadow: Vec<ShadowConsumer>,
 }
 
-/// One finding of the insights engine, as stored; fields beyond these are passed through.
+/// One finding of the insights engine: the newest version (as of the end of the range) of the finding `id`, as the
+/// `insights` table stores it (see `sink::clickhouse::migrations::INSIGHTS_COLUMNS`), with names from the registry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Insight {
+    /// When this version was produced (Unix seconds).
     pub ts: f64,
+    pub id: String,
+    pub version: u32,
+    /// `open`, `update` or `closed`.
+    pub status: String,
     pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
     pub team: String,
+    pub api_id: String,
+    pub app_id: String,
+    pub key_id: String,
+    pub key_fingerprint: String,
+    pub workload: String,
+    pub route: String,
+    /// Who or what the finding is about, in words.
     pub subject: String,
     pub title: String,
     pub explanation: String,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    /// The figures behind it (stored as a JSON object in a string column; either form is read).
+    #[serde(deserialize_with = "evidence")]
+    pub evidence: Map<String, Value>,
+    /// When the condition was first and last observed (Unix seconds).
+    pub first_seen: f64,
+    pub last_seen: f64,
+    /// Who raised it: `agent:<node>` or `fleet`.
+    pub source: String,
+    /// Names of `api_id` and `app_id` from the registry, filled by the pages.
+    pub api_name: String,
+    pub app_name: String,
+}
+
+impl Insight {
+    pub fn is_open(&self) -> bool {
+        self.status != "closed"
+    }
+
+    /// Whether the condition held at some time in `[from, to)`: observed since `from`, or still open.
+    pub fn active_in(&self, from: f64, to: f64) -> bool {
+        self.first_seen < to && (self.is_open() || self.last_seen >= from)
+    }
+}
+
+/// Evidence as a JSON object, or a string holding one (the table's form); anything else is kept under `value`.
+fn evidence<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Object(m) => m,
+        Value::String(s) if s.trim().is_empty() => Map::new(),
+        Value::String(s) => match serde_json::from_str(&s) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::from_iter([("value".to_string(), Value::String(s))]),
+        },
+        Value::Null => Map::new(),
+        other => Map::from_iter([("value".to_string(), other)]),
+    })
+}
+
+/// How long before a range the newest version of a still-open finding may be and still count as open in it.
+pub const OPEN_LOOKBACK_S: i64 = 7 * 86_400;
+
+/// Of `versions` (of any findings, any order), the newest version produced before `to` of each finding, kept if
+/// it was active in `[from, to)`; newest first.
+pub fn latest(versions: impl IntoIterator<Item = Insight>, from: i64, to: i64) -> Vec<Insight> {
+    let mut newest: std::collections::HashMap<String, Insight> = std::collections::HashMap::new();
+    for v in versions {
+        if v.ts >= to as f64 || v.ts < (from - OPEN_LOOKBACK_S) as f64 {
+            continue;
+        }
+        match newest.get(&v.id) {
+            Some(have) if have.version >= v.version => {}
+            _ => {
+                newest.insert(v.id.clone(), v);
+            }
+        }
+    }
+    let mut out: Vec<Insight> = newest
+        .into_values()
+        .filter(|i| i.active_in(from as f64, to as f64))
+        .collect();
+    sort_newest_first(&mut out);
+    out
+}
+
+/// Newest version first, then by id (a stable order for equal times).
+pub fn sort_newest_first(items: &mut [Insight]) {
+    items.sort_by(|a, b| b.ts.total_cmp(&a.ts).then_with(|| a.id.cmp(&b.id)));
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,6 +314,8 @@ pub struct Insights {
     pub source: &'static str,
     pub kinds: Vec<String>,
     pub teams: Vec<String>,
+    /// Findings active per bucket (observed in it, or open across it), one line per kind.
+    pub timeline: Series,
     pub items: Vec<Insight>,
 }
 
@@ -275,4 +357,57 @@ pub struct Meta {
     pub apps: Vec<(String, String)>,
     pub apis: Vec<(String, String)>,
     pub teams: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(id: &str, version: u32, status: &str, ts: f64, first: f64, last: f64) -> Insight {
+        Insight {
+            id: id.into(),
+            version,
+            status: status.into(),
+            ts,
+            first_seen: first,
+            last_seen: last,
+            ..Insight::default()
+        }
+    }
+
+    #[test]
+    fn the_newest_version_before_the_end_counts_if_active_in_the_range() {
+        let versions = vec![
+            version("a", 1, "open", 100.0, 100.0, 100.0),
+            version("a", 2, "closed", 500.0, 100.0, 400.0),
+            version("b", 1, "open", 50.0, 50.0, 50.0),
+            version("c", 1, "open", 10.0, 10.0, 10.0),
+            version("c", 2, "closed", 20.0, 10.0, 15.0),
+        ];
+        // At 300, a's newest version is still the open one; b is open; c closed before the range.
+        let at = latest(versions.clone(), 200, 300);
+        let got: Vec<(&str, u32)> = at.iter().map(|i| (i.id.as_str(), i.version)).collect();
+        assert_eq!(got, vec![("a", 1), ("b", 1)]);
+        // Later, a's closing version (observed until 400) is still in a range from 350.
+        let got: Vec<String> = latest(versions.clone(), 350, 600)
+            .iter()
+            .map(|i| format!("{}{}", i.id, i.version))
+            .collect();
+        assert_eq!(got, vec!["a2", "b1"]);
+        assert!(latest(versions, 450, 600).iter().all(|i| i.id == "b"));
+    }
+
+    #[test]
+    fn evidence_is_read_from_a_json_string_or_an_object() {
+        let from_table: Insight =
+            serde_json::from_str(r#"{"id":"x","evidence":"{\"ratio\":3.2,\"apps\":[\"a\"]}"}"#)
+                .unwrap();
+        assert_eq!(from_table.evidence["ratio"], 3.2);
+        let from_memory: Insight = serde_json::from_str(r#"{"evidence":{"ratio":3.2}}"#).unwrap();
+        assert_eq!(from_memory.evidence["ratio"], 3.2);
+        let odd: Insight = serde_json::from_str(r#"{"evidence":"not json"}"#).unwrap();
+        assert_eq!(odd.evidence["value"], "not json");
+        let empty: Insight = serde_json::from_str(r#"{"evidence":""}"#).unwrap();
+        assert!(empty.evidence.is_empty());
+    }
 }

@@ -25,13 +25,18 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    async fn cells(&self, filter: Filter, dims: Dims, whole: bool) -> Result<Vec<Cell>, UiError> {
-        let r = self.range;
-        let step = if whole { r.to - r.from } else { r.step };
+    async fn query(
+        &self,
+        from: i64,
+        to: i64,
+        step: i64,
+        filter: Filter,
+        dims: Dims,
+    ) -> Result<Vec<Cell>, UiError> {
         self.source
             .cells(&CellQuery {
-                from: r.from,
-                to: r.to,
+                from,
+                to,
                 step,
                 filter,
                 dims,
@@ -39,18 +44,37 @@ impl Ctx<'_> {
             .await
     }
 
+    /// Cells of the range in its buckets (for charts).
+    async fn series(&self, filter: Filter, dims: Dims) -> Result<Vec<Cell>, UiError> {
+        let r = self.range;
+        self.query(r.from, r.to, r.step, filter, dims).await
+    }
+
+    /// Cells of the whole range, one bucket (for tables).
+    async fn whole(&self, filter: Filter, dims: Dims) -> Result<Vec<Cell>, UiError> {
+        let r = self.range;
+        self.query(r.from, r.to, r.to - r.from, filter, dims).await
+    }
+
     /// Cells of the `len` seconds before the range, in one bucket.
     async fn before(&self, len: i64, filter: Filter, dims: Dims) -> Result<Vec<Cell>, UiError> {
         let from = self.range.from - len;
-        self.source
-            .cells(&CellQuery {
-                from,
-                to: self.range.from,
-                step: len,
-                filter,
-                dims,
-            })
-            .await
+        self.query(from, self.range.from, len, filter, dims).await
+    }
+
+    /// The findings of the range (newest version of each), with API and application names; those `keep` selects.
+    async fn insights(&self, keep: impl Fn(&Insight) -> bool) -> Result<Vec<Insight>, UiError> {
+        let mut all = self.source.insights(self.range.from, self.range.to).await?;
+        all.retain(keep);
+        for i in &mut all {
+            if !i.api_id.is_empty() {
+                i.api_name = self.api_name(&i.api_id);
+            }
+            if !i.app_id.is_empty() {
+                i.app_name = self.app_name(&i.app_id);
+            }
+        }
+        Ok(all)
     }
 
     fn app_name(&self, id: &str) -> String {
@@ -174,6 +198,10 @@ fn api_list(cells: &[&Cell]) -> Vec<String> {
         .collect()
 }
 
+fn requests(cells: &[&Cell]) -> u64 {
+    cells.iter().map(|c| c.requests).sum()
+}
+
 fn workloads(cells: &[&Cell]) -> Vec<String> {
     cells
         .iter()
@@ -183,17 +211,47 @@ fn workloads(cells: &[&Cell]) -> Vec<String> {
         .collect()
 }
 
-/// Whether a finding is about `id` (its subject, or any field of its evidence naming it).
+/// Whether a finding is about the API or application `id`: its subject's API or application, or a figure of its
+/// evidence naming it (a retry storm's retrying applications).
 pub fn insight_about(i: &Insight, id: &str) -> bool {
-    i.subject == id || i.extra.values().any(|v| v.as_str() == Some(id))
+    let names = |v: &Value| match v {
+        Value::String(s) => s == id,
+        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(id)),
+        _ => false,
+    };
+    i.api_id == id || i.app_id == id || i.evidence.values().any(names)
+}
+
+/// Findings active per bucket of `range` (observed in it, or open across it), one line per kind.
+pub fn insight_timeline(range: Range, items: &[Insight]) -> Series {
+    let t = buckets(range.from, range.to, range.step);
+    let mut lines: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for i in items {
+        let line = lines
+            .entry(i.kind.as_str())
+            .or_insert_with(|| vec![0.0; t.len()]);
+        for (n, start) in line.iter_mut().zip(&t) {
+            let end = (*start + range.step).min(range.to);
+            if i.first_seen < end as f64 && (i.is_open() || i.last_seen >= *start as f64) {
+                *n += 1.0;
+            }
+        }
+    }
+    Series {
+        t,
+        lines: lines
+            .into_iter()
+            .map(|(kind, values)| Line {
+                label: kind.to_string(),
+                tags: tags(&[("kind", kind)]),
+                values,
+            })
+            .collect(),
+    }
 }
 
 pub async fn overview(ctx: &Ctx<'_>) -> Result<Overview, UiError> {
-    let app = Dims {
-        app: true,
-        ..Dims::default()
-    };
-    let cells = ctx.cells(Filter::default(), app, false).await?;
+    let cells = ctx.series(Filter::default(), Dims::APP).await?;
     let consumption = rate_series(ctx.range, &cells, MAX_LINES, |c| {
         let lob = if c.line_of_business.is_empty() {
             "(no line of business)"
@@ -221,7 +279,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Overview, UiError> {
 
     // New: no call in the lookback before the range.
     let seen_apps: BTreeSet<String> = ctx
-        .before(NEW_LOOKBACK_S, Filter::default(), app)
+        .before(NEW_LOOKBACK_S, Filter::default(), Dims::APP)
         .await?
         .into_iter()
         .map(|c| c.app_id)
@@ -233,26 +291,18 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Overview, UiError> {
             name: g[0].app_label(),
             team: g[0].app_team.clone(),
             first_seen: first_seen(&g),
-            requests: g.iter().map(|c| c.requests).sum(),
+            requests: requests(&g),
             apis: api_list(&g),
             app_id: id,
         })
         .collect();
-    let shadow = Filter {
-        unattributed: true,
-        ..Filter::default()
-    };
-    let wl = Dims {
-        workload: true,
-        ..Dims::default()
-    };
     let seen_workloads: BTreeSet<String> = ctx
-        .before(NEW_LOOKBACK_S, shadow.clone(), wl)
+        .before(NEW_LOOKBACK_S, Filter::unattributed(), Dims::WORKLOAD)
         .await?
         .iter()
         .map(Cell::workload)
         .collect();
-    let shadow_cells = ctx.cells(shadow, wl, true).await?;
+    let shadow_cells = ctx.whole(Filter::unattributed(), Dims::WORKLOAD).await?;
     let new_consumers = group_by(&shadow_cells, Cell::workload)
         .into_iter()
         .filter(|(w, _)| !seen_workloads.contains(w))
@@ -261,7 +311,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Overview, UiError> {
             name: w,
             team: String::new(),
             first_seen: first_seen(&g),
-            requests: g.iter().map(|c| c.requests).sum(),
+            requests: requests(&g),
             apis: api_list(&g),
         })
         .collect();
@@ -273,38 +323,16 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Overview, UiError> {
         apis,
         new_apps,
         new_consumers,
-        insights: ctx.source.insights(ctx.range.from, ctx.range.to).await?,
+        insights: ctx.insights(Insight::is_open).await?,
     })
 }
 
 pub async fn api_page(ctx: &Ctx<'_>, api_id: &str) -> Result<ApiPage, UiError> {
-    let filter = Filter {
-        api_id: Some(api_id.to_string()),
-        ..Filter::default()
-    };
-    let by_app = ctx
-        .cells(
-            filter.clone(),
-            Dims {
-                app: true,
-                ..Dims::default()
-            },
-            false,
-        )
-        .await?;
+    let by_app = ctx.series(Filter::api(api_id), Dims::APP).await?;
     let rate = rate_series(ctx.range, &by_app, MAX_LINES, |c| {
         (c.app_label(), tags(&[("app_id", &c.app_id)]))
     });
-    let by_route = ctx
-        .cells(
-            filter.clone(),
-            Dims {
-                route: true,
-                ..Dims::default()
-            },
-            true,
-        )
-        .await?;
+    let by_route = ctx.whole(Filter::api(api_id), Dims::ROUTE).await?;
     let mut routes: Vec<RouteStat> = group_by(&by_route, |c| (c.route.clone(), c.method.clone()))
         .into_iter()
         .map(|((route, method), g)| RouteStat {
@@ -315,15 +343,9 @@ pub async fn api_page(ctx: &Ctx<'_>, api_id: &str) -> Result<ApiPage, UiError> {
         .collect();
     routes.sort_by_key(|r| std::cmp::Reverse(r.stats.requests));
     let by_consumer = ctx
-        .cells(
-            filter,
-            Dims {
-                app: true,
-                key: true,
-                workload: true,
-                ..Dims::default()
-            },
-            true,
+        .whole(
+            Filter::api(api_id),
+            Dims::APP.and(Dims::KEY).and(Dims::WORKLOAD),
         )
         .await?;
     let mut consumers: Vec<ConsumerStat> = group_by(&by_consumer, |c| {
@@ -347,7 +369,7 @@ pub async fn api_page(ctx: &Ctx<'_>, api_id: &str) -> Result<ApiPage, UiError> {
         key_suffix: g[0].key_suffix.clone(),
         key_state: g[0].key_state.clone(),
         workloads: workloads(&g),
-        requests: g.iter().map(|c| c.requests).sum(),
+        requests: requests(&g),
         errors: g.iter().map(|c| c.errors).sum(),
         last_seen: last_seen(&g),
     })
@@ -360,8 +382,6 @@ pub async fn api_page(ctx: &Ctx<'_>, api_id: &str) -> Result<ApiPage, UiError> {
         .find(|a| a.api_id == api_id)
         .map(|a| a.owner.clone())
         .unwrap_or_default();
-    let mut insights = ctx.source.insights(ctx.range.from, ctx.range.to).await?;
-    insights.retain(|i| insight_about(i, api_id));
     Ok(ApiPage {
         range: ctx.range,
         source: ctx.source.name(),
@@ -372,7 +392,7 @@ pub async fn api_page(ctx: &Ctx<'_>, api_id: &str) -> Result<ApiPage, UiError> {
         rate,
         routes,
         consumers,
-        insights,
+        insights: ctx.insights(|i| insight_about(i, api_id)).await?,
     })
 }
 
@@ -423,7 +443,7 @@ fn grant_uses(ctx: &Ctx<'_>, cells: &[Cell], keep: impl Fn(&KeyGrantRow) -> bool
         .filter(|g| keep(g))
         .map(|g| {
             let u = used.get(&(g.key_fingerprint.clone(), g.api_id.clone()));
-            let calls = u.map_or(0, |u| u.iter().map(|c| c.requests).sum());
+            let calls = u.map_or(0, |u| requests(u));
             let team = ctx
                 .registry
                 .applications
@@ -466,27 +486,11 @@ pub async fn app_page(ctx: &Ctx<'_>, app_id: &str) -> Result<AppPage, UiError> {
     if !pred.is_empty() {
         ids.push(pred.clone());
     }
-    let app_dims = Dims {
-        app: true,
-        ..Dims::default()
-    };
-    let both = ctx
-        .cells(
-            Filter {
-                app_ids: Some(ids),
-                ..Filter::default()
-            },
-            app_dims,
-            false,
-        )
-        .await?;
-    let only = Filter {
-        app_ids: Some(vec![app_id.to_string()]),
-        ..Filter::default()
-    };
+    let both = ctx.series(Filter::apps(ids), Dims::APP).await?;
+    let only = || Filter::apps(vec![app_id.to_string()]);
     let len = ctx.range.to - ctx.range.from;
     let before: u64 = ctx
-        .before(len, only.clone(), app_dims)
+        .before(len, only(), Dims::APP)
         .await?
         .iter()
         .map(|c| c.requests)
@@ -522,16 +526,7 @@ pub async fn app_page(ctx: &Ctx<'_>, app_id: &str) -> Result<AppPage, UiError> {
         _ => 2,
     });
 
-    let by_route = ctx
-        .cells(
-            only.clone(),
-            Dims {
-                route: true,
-                ..Dims::default()
-            },
-            true,
-        )
-        .await?;
+    let by_route = ctx.whole(only(), Dims::ROUTE).await?;
     let mut calls: Vec<AppCall> = group_by(&by_route, |c| {
         (
             c.api_id.clone(),
@@ -550,37 +545,17 @@ pub async fn app_page(ctx: &Ctx<'_>, app_id: &str) -> Result<AppPage, UiError> {
     })
     .collect();
     calls.sort_by_key(|c| std::cmp::Reverse(c.stats.requests));
-    let by_status = ctx
-        .cells(
-            only.clone(),
-            Dims {
-                status: true,
-                ..Dims::default()
-            },
-            true,
-        )
-        .await?;
+    let by_status = ctx.whole(only(), Dims::STATUS).await?;
     let errors = group_by(&by_status, |c| c.status)
         .into_iter()
         .filter(|(s, _)| *s >= 400 || *s == 0)
         .map(|(status, g)| StatusCount {
             status,
-            requests: g.iter().map(|c| c.requests).sum(),
+            requests: requests(&g),
         })
         .collect();
-    let by_key = ctx
-        .cells(
-            only,
-            Dims {
-                key: true,
-                ..Dims::default()
-            },
-            true,
-        )
-        .await?;
+    let by_key = ctx.whole(only(), Dims::KEY).await?;
     let keys = grant_uses(ctx, &by_key, |g| g.app_id == app_id);
-    let mut insights = ctx.source.insights(ctx.range.from, ctx.range.to).await?;
-    insights.retain(|i| insight_about(i, app_id));
     Ok(AppPage {
         range: ctx.range,
         source: ctx.source.name(),
@@ -600,24 +575,15 @@ pub async fn app_page(ctx: &Ctx<'_>, app_id: &str) -> Result<AppPage, UiError> {
         calls,
         errors,
         keys,
-        insights,
+        insights: ctx.insights(|i| insight_about(i, app_id)).await?,
     })
 }
 
 pub async fn access(ctx: &Ctx<'_>) -> Result<Access, UiError> {
     let keyed = ctx
-        .cells(
-            Filter {
-                with_key: true,
-                ..Filter::default()
-            },
-            Dims {
-                app: true,
-                key: true,
-                workload: true,
-                ..Dims::default()
-            },
-            true,
+        .whole(
+            Filter::keyed(),
+            Dims::APP.and(Dims::KEY).and(Dims::WORKLOAD),
         )
         .await?;
     let grants = grant_uses(ctx, &keyed, |_| true);
@@ -652,7 +618,7 @@ pub async fn access(ctx: &Ctx<'_>) -> Result<Access, UiError> {
             api_name: g[0].api_label(),
             key_state: g[0].key_state.clone(),
             workloads: workloads(&g),
-            calls: g.iter().map(|c| c.requests).sum(),
+            calls: requests(&g),
             last_seen: last_seen(&g),
             granted_by,
             revoked_by,
@@ -667,22 +633,11 @@ pub async fn access(ctx: &Ctx<'_>) -> Result<Access, UiError> {
             key_suffix: g[0].key_suffix.clone(),
             app_name: g[0].app_label(),
             workloads: workloads(&g),
-            calls: g.iter().map(|c| c.requests).sum(),
+            calls: requests(&g),
         })
         .collect();
     let unclaimed = ctx
-        .cells(
-            Filter {
-                unattributed: true,
-                ..Filter::default()
-            },
-            Dims {
-                key: true,
-                workload: true,
-                ..Dims::default()
-            },
-            true,
-        )
+        .whole(Filter::unattributed(), Dims::KEY.and(Dims::WORKLOAD))
         .await?;
     let mut shadow: Vec<ShadowConsumer> = group_by(&unclaimed, |c| {
         (
@@ -697,7 +652,7 @@ pub async fn access(ctx: &Ctx<'_>) -> Result<Access, UiError> {
         client_cgroup,
         src_ip,
         apis: api_list(&g),
-        calls: g.iter().map(|c| c.requests).sum(),
+        calls: requests(&g),
         with_key: g
             .iter()
             .filter(|c| c.key_state != "none")
@@ -720,7 +675,7 @@ pub async fn access(ctx: &Ctx<'_>) -> Result<Access, UiError> {
 }
 
 pub async fn insights(ctx: &Ctx<'_>, team: &str, kind: &str) -> Result<Insights, UiError> {
-    let all = ctx.source.insights(ctx.range.from, ctx.range.to).await?;
+    let all = ctx.insights(|_| true).await?;
     let set = |f: fn(&Insight) -> &String| {
         all.iter()
             .map(|i| f(i).clone())
@@ -730,7 +685,7 @@ pub async fn insights(ctx: &Ctx<'_>, team: &str, kind: &str) -> Result<Insights,
             .collect()
     };
     let (kinds, teams) = (set(|i| &i.kind), set(|i| &i.team));
-    let items = all
+    let items: Vec<Insight> = all
         .into_iter()
         .filter(|i| (team.is_empty() || i.team == team) && (kind.is_empty() || i.kind == kind))
         .collect();
@@ -739,6 +694,7 @@ pub async fn insights(ctx: &Ctx<'_>, team: &str, kind: &str) -> Result<Insights,
         source: ctx.source.name(),
         kinds,
         teams,
+        timeline: insight_timeline(ctx.range, &items),
         items,
     })
 }

@@ -72,7 +72,7 @@ function chartCard(id, title, cls = "") {
 
 /// Draws `series` ({t, lines:[{label, values}]}) into the card `id`; `stacked` stacks areas, `dashed` labels
 /// get dashed strokes.
-function drawChart(id, series, { stacked = false, dashed = [], unit = "req/s" } = {}) {
+function drawChart(id, series, { stacked = false, dashed = [], unit = "req/s", counts = false } = {}) {
   const el = document.getElementById(`chart-${id}`);
   if (!el) return;
   const lines = series.lines || [];
@@ -92,7 +92,9 @@ function drawChart(id, series, { stacked = false, dashed = [], unit = "req/s" } 
     width: Math.max(300, el.clientWidth - 4),
     height: 260,
     scales: { x: { time: true } },
-    axes: [{}, { values: (u, ticks) => ticks.map((v) => num(v, v < 10 ? 2 : 0)), size: 60, label: unit }],
+    axes: [{}, counts
+      ? { values: (u, ticks) => ticks.map((v) => (Number.isInteger(v) ? num(v) : "")), size: 60, label: unit }
+      : { values: (u, ticks) => ticks.map((v) => num(v, v < 10 ? 2 : 0)), size: 60, label: unit }],
     legend: { live: true },
     series: [{}].concat(ordered.map((l, i) => {
       const color = PALETTE[(stacked ? ordered.length - 1 - i : i) % PALETTE.length];
@@ -111,18 +113,36 @@ function drawChart(id, series, { stacked = false, dashed = [], unit = "req/s" } 
   state.charts.push(new uPlot(opts, [series.t].concat(data), el));
 }
 
+const SEVERITY = { critical: "bad", warning: "warn", info: "" };
+
+/// Findings, newest first: severity, title, links to the subject's API and application, explanation, evidence.
 function insightsList(items) {
   if (!items.length) return `<div class="empty">no findings in this range</div>`;
   return `<ul class="timeline" data-table="insights" data-rows="${items.length}">${items.map((i) => `
-    <li><b>${esc(i.title || i.kind)}</b> <span class="pill warn">${esc(i.kind)}</span>
-      <span class="muted">${esc(when(i.ts))}${i.team ? " · team " + esc(i.team) : ""}</span>
-      ${i.subject ? ` · ${subjectLink(i)}` : ""}<div>${esc(i.explanation)}</div></li>`).join("")}</ul>`;
+    <li class="sev-${esc(i.severity)}"><div><span class="pill ${SEVERITY[i.severity] ?? ""}">${esc(i.severity || "finding")}</span>
+      <b>${esc(i.title || i.kind)}</b> <span class="pill">${esc(i.kind)}</span>
+      ${i.status === "closed" ? `<span class="pill ok">closed</span>` : ""}</div>
+      <div class="muted">${subjectLinks(i)}${i.team ? " · team " + esc(i.team) : ""} · first seen ${esc(when(i.first_seen))}
+        · last seen ${esc(when(i.last_seen))}${i.version > 1 ? ` · version ${esc(i.version)}` : ""}</div>
+      <div>${esc(i.explanation)}</div>${evidenceTable(i.evidence || {})}</li>`).join("")}</ul>`;
 }
-function subjectLink(i) {
-  const kind = i.subject_kind || i.extra_subject_kind || "";
-  if (kind === "api" || i.api_id === i.subject) return link("api", i.subject, i.subject);
-  if (kind === "app" || kind === "application" || i.app_id === i.subject) return link("app", i.subject, i.subject);
-  return esc(i.subject);
+function subjectLinks(i) {
+  const parts = [];
+  if (i.app_id) parts.push("application " + link("app", i.app_id, i.app_name || i.app_id));
+  else if (i.workload) parts.push(`workload <span class="mono">${esc(i.workload)}</span>`);
+  if (i.api_id) parts.push("API " + link("api", i.api_id, i.api_name || i.api_id));
+  if (i.route) parts.push(`route <span class="mono">${esc(i.route)}</span>`);
+  if (i.key_id) parts.push("key " + esc(i.key_id));
+  return parts.length ? parts.join(" · ") : esc(i.subject);
+}
+/// The figures behind a finding as a small two-column table (names humanised, numbers formatted).
+function evidenceTable(ev) {
+  const rows = Object.entries(ev).filter(([, v]) => v !== null && v !== "" && !(Array.isArray(v) && !v.length));
+  if (!rows.length) return "";
+  const fmt = (v) => (typeof v === "number" ? num(v, Number.isInteger(v) ? 0 : 2)
+    : Array.isArray(v) ? v.map(esc).join(", ") : typeof v === "object" ? esc(JSON.stringify(v)) : esc(v));
+  return `<table class="evidence" data-evidence="${rows.length}">${rows.map(([k, v]) =>
+    `<tr><th>${esc(k.replaceAll("_", " "))}</th><td class="${typeof v === "number" ? "n" : ""}">${fmt(v)}</td></tr>`).join("")}</table>`;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -242,19 +262,18 @@ const pages = {
     const d = await getJSON("/api/insights", f);
     const opts = (vals, cur) => `<option value="">all</option>` +
       vals.map((v) => `<option ${v === cur ? "selected" : ""}>${esc(v)}</option>`).join("");
-    const counts = bucketCounts(d);
     $main.innerHTML = `<h1>Insights <small>findings with their explanation and evidence</small></h1>
       <div class="filters">
         <label>Team <select id="f-team">${opts(d.teams, f.team)}</select></label>
         <label>Kind <select id="f-kind">${opts(d.kinds, f.kind)}</select></label>
       </div>
       <div class="grid">
-        ${chartCard("findings", "Findings per interval")}
+        ${chartCard("findings", "Findings active per interval, by kind (stacked)")}
         <div class="card">${insightsList(d.items)}</div>
       </div>`;
     document.getElementById("f-team").onchange = (e) => { f.team = e.target.value; render(); };
     document.getElementById("f-kind").onchange = (e) => { f.kind = e.target.value; render(); };
-    drawChart("findings", counts, { unit: "findings" });
+    drawChart("findings", d.timeline, { stacked: true, unit: "findings", counts: true });
   },
 
   async tail() {
@@ -283,20 +302,6 @@ function grantTable(id, title, rows, cls = "") {
     ["Valid until", (r) => when(r.valid_until)], ["Revoked", (r) => (r.revoked_at ? esc(r.revoked_by) + " " + when(r.revoked_at) : "")],
     ["Calls", (r) => num(r.calls), 1], ["First use", (r) => when(r.first_used)], ["Last use", (r) => when(r.last_used)],
   ], cls);
-}
-
-function bucketCounts(d) {
-  const { from, to, step } = d.range;
-  const t = [];
-  for (let x = from; x < to; x += step) t.push(x);
-  const byKind = {};
-  for (const i of d.items) {
-    const k = i.kind || "finding";
-    byKind[k] = byKind[k] || new Array(t.length).fill(0);
-    const idx = Math.floor((i.ts - from) / step);
-    if (idx >= 0 && idx < t.length) byKind[k][idx] += 1;
-  }
-  return { t, lines: Object.entries(byKind).map(([label, values]) => ({ label, values })) };
 }
 
 function pickList(route, title, items) {
