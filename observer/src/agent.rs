@@ -138,9 +138,14 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
             .agent_id
             .clone()
             .unwrap_or_else(crate::sink::clickhouse::config::default_agent_id);
-        crate::insights::out::Outputs::from_sinks(&sink_cfg, &format!("agent:{node}"))
+        let source = format!("agent:{node}");
+        let out = crate::insights::out::Outputs::from_sinks(&sink_cfg, &source)
             .await
-            .map_err(AgentError::Sinks)?
+            .map_err(AgentError::Sinks)?;
+        match &ui {
+            Some(store) => out.with_memory(store.clone(), &source),
+            None => out,
+        }
     } else {
         Default::default()
     };

@@ -13,8 +13,8 @@ use prometheus_client::{
 };
 
 use crate::metrics::{Counter, Metrics};
-use crate::sink::clickhouse::insights_rows::WriterStats;
 use crate::sink::clickhouse::insights_rows::FindingsWriter;
+use crate::sink::clickhouse::insights_rows::WriterStats;
 use crate::sink::{SinkConfig, SinkError, SinkSpec};
 
 /// The file findings are appended to, in the NDJSON sink's directory.
@@ -25,6 +25,8 @@ pub const FINDINGS_NDJSON: &str = "findings.ndjson";
 pub struct Outputs {
     clickhouse: Option<(FindingsWriter, tokio::task::JoinHandle<()>)>,
     ndjson: Option<NdjsonFindings>,
+    /// The UI's in-memory store, when the UI runs without ClickHouse.
+    memory: Option<(std::sync::Arc<crate::ui::memory::MemoryStore>, String)>,
 }
 
 struct NdjsonFindings {
@@ -81,6 +83,9 @@ impl Outputs {
         if let Some((w, _)) = &self.clickhouse {
             w.offer(findings);
         }
+        if let Some((m, source)) = &self.memory {
+            m.push_findings(findings, source);
+        }
         if let Some(n) = &mut self.ndjson {
             let mut res = Ok(());
             for f in findings {
@@ -98,11 +103,24 @@ impl Outputs {
         }
     }
 
+    /// Also hands every finding version to the UI's in-memory store (`source` as in the `insights` table).
+    pub fn with_memory(
+        mut self,
+        store: std::sync::Arc<crate::ui::memory::MemoryStore>,
+        source: &str,
+    ) -> Self {
+        self.memory = Some((store, source.to_string()));
+        self
+    }
+
     /// Registers `observer_insights_findings_written_total` / `_dropped_total` per output, read at each scrape.
     pub fn register(&self, metrics: &Metrics) {
         metrics.register_collector(OutputCounts {
             clickhouse: self.clickhouse.as_ref().map(|(w, _)| w.stats()),
-            ndjson: self.ndjson.as_ref().map(|n| (n.lines.clone(), n.errors.clone())),
+            ndjson: self
+                .ndjson
+                .as_ref()
+                .map(|n| (n.lines.clone(), n.errors.clone())),
         });
     }
 
