@@ -275,7 +275,12 @@ pub fn start(
         tx,
         dropped: dropped.clone(),
     };
-    let task = tokio::spawn(run(runner, rx, live, metrics, dropped));
+    let (notifier, deliver) = super::notify::Notifier::new(
+        super::notify::NotifyConfig::default(),
+        &live.snapshot().registry,
+    );
+    tokio::spawn(deliver);
+    let task = tokio::spawn(run(runner, rx, live, metrics, dropped, notifier));
     Ok(Some((feed, task)))
 }
 
@@ -285,6 +290,7 @@ async fn run(
     live: Arc<LiveRegistry>,
     metrics: Arc<Metrics>,
     dropped: Arc<AtomicU64>,
+    mut notifier: super::notify::Notifier,
 ) {
     let mut reg = live.subscribe();
     reg.borrow_and_update();
@@ -293,17 +299,17 @@ async fn run(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(b) => {
-                    runner.ingest(&b);
-                }
+                Some(b) => notifier.offer(&runner.ingest(&b)),
                 None => break,
             },
             _ = tick.tick() => {
-                runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US));
+                notifier.offer(&runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US)));
                 metrics.publish("insights", runner.samples(dropped.load(Ordering::Relaxed)));
+                metrics.publish("insights_webhook", notifier.stats().samples());
             }
             Ok(()) = reg.changed() => {
                 let r = reg.borrow_and_update().registry.clone();
+                notifier.set_registry(&r);
                 runner.engine_mut().set_registry(r);
             }
         }

@@ -10,6 +10,7 @@ pub mod finding;
 pub mod governance;
 pub mod input;
 pub mod live;
+pub mod notify;
 pub mod novelty;
 pub mod scenarios;
 pub mod spike;
