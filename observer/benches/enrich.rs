@@ -123,6 +123,21 @@ fn bench(c: &mut Criterion) {
         event::KeyState::Unknown,
         "bench precondition"
     );
+    // The request_hash part of every enrichment above, alone (a 35-byte target, a 14-byte query, a 64-byte body).
+    let secret = snap.secret().clone();
+    let body = [b'x'; 64];
+    g.bench_function("request_hash", |b| {
+        b.iter(|| {
+            enrich::request_hash(
+                black_box(&secret),
+                black_box("POST"),
+                black_box("api-48.example.com"),
+                black_box("/v1/r48/res29/123456/actions/refund"),
+                black_box("page=2&size=50"),
+                black_box(&body),
+            )
+        })
+    });
     g.finish();
 }
 

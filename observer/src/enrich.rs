@@ -99,6 +99,7 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, pod: Option<&crate::kube:
             ev.api_owner.clear();
         }
     }
+    ev.request_hash = request_hash(snap.secret(), &ev.method, host, path, raw_query, &[]);
     match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
         Some(route) => set(&mut ev.route, route),
         None => {
@@ -161,6 +162,37 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, pod: Option<&crate::kube:
         }
     };
     fill_app(ev, app);
+}
+
+/// The event's `request_hash`: SipHash-1-3, keyed from the deployment's key secret, of method, host, path, raw
+/// query (values included) and body prefix, each length-prefixed so fields cannot run into each other. Two events
+/// have the same hash when they carry the same request; the hash keeps none of the values. Never 0 (0 is "none").
+///
+/// Per-event cost (`cargo bench -p observer --bench enrich`, `enrich/request_hash`, 120 bytes hashed): 0.54 µs
+/// [0.50, 0.57] measured on a shared 2-vCPU box under heavy load, where the other enrich benches ran 1.5-2x slower
+/// than on a quiet run (key_valid_route_matched 8.7 µs vs 4.1 µs); re-measure on a quiet machine. One SipHash pass,
+/// where HMAC-SHA256 would take two SHA-256 compressions per 64 bytes plus its finalization.
+pub fn request_hash(
+    secret: &crate::registry::KeySecret,
+    method: &str,
+    host: &str,
+    path: &str,
+    raw_query: &str,
+    body_prefix: &[u8],
+) -> u64 {
+    use std::hash::Hasher;
+    let mut h = secret.request_hasher();
+    for part in [
+        method.as_bytes(),
+        host.as_bytes(),
+        path.as_bytes(),
+        raw_query.as_bytes(),
+        body_prefix,
+    ] {
+        h.write_usize(part.len());
+        h.write(part);
+    }
+    h.finish().max(1)
 }
 
 fn fill_app(ev: &mut Event, app: Option<&Application>) {
@@ -752,6 +784,62 @@ mod tests {
             ev.route, "/v1/payments/search",
             "literal route (from OpenAPI) wins over {{id}}"
         );
+    }
+
+    #[test]
+    fn request_hash_tells_the_same_request_apart_from_another_without_keeping_values() {
+        let snap = example();
+        let with_query = |q: &str| {
+            let mut ex = exchange("GET", "api.example.com", "/v1/payments/42", &[]);
+            ex.raw_query = q.into();
+            run(&snap, ex).request_hash
+        };
+        let a = with_query("page=2&size=50");
+        assert_ne!(a, 0);
+        assert_eq!(a, with_query("page=2&size=50"), "the same request again");
+        assert_ne!(a, with_query("page=3&size=50"), "query values count");
+        assert_ne!(a, with_query(""));
+        let secret = snap.secret();
+        let h = |m: &str, host: &str, p: &str, q: &str, b: &[u8]| {
+            request_hash(secret, m, host, p, q, b)
+        };
+        assert_eq!(
+            a,
+            h(
+                "GET",
+                "api.example.com",
+                "/v1/payments/42",
+                "page=2&size=50",
+                b""
+            )
+        );
+        assert_ne!(
+            h("POST", "a", "/p", "", b"{\"n\":1}"),
+            h("POST", "a", "/p", "", b"{\"n\":2}")
+        );
+        assert_ne!(
+            h("GET", "a", "/pq", "", b""),
+            h("GET", "a", "/p", "q", b""),
+            "fields do not run together"
+        );
+        assert_ne!(h("POST", "a", "/p", "", b""), h("PUT", "a", "/p", "", b""));
+        let other = KeySecret::from_bytes(b"another-deployment-secret");
+        assert_ne!(
+            a,
+            request_hash(
+                &other,
+                "GET",
+                "api.example.com",
+                "/v1/payments/42",
+                "page=2&size=50",
+                b""
+            ),
+            "keyed: another deployment's hash differs"
+        );
+        // The Host header stands in for an empty host, as for API matching.
+        let mut ex = exchange("GET", "", "/v1/payments/42", &[("Host", "api.example.com")]);
+        ex.raw_query = "page=2&size=50".into();
+        assert_eq!(run(&snap, ex).request_hash, a);
     }
 
     #[test]

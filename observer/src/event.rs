@@ -341,6 +341,11 @@ macro_rules! event_fields {
             server_workload: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
             server_labels: Vec<String> => "Array(LowCardinality(String))", "", 6;
 
+            // --- request identity (enrich) ---
+            /// Keyed hash (SipHash-1-3 under the deployment's key secret) of method, host, target with its query
+            /// values and the captured body prefix: equal for the same request, revealing no value; 0 when unknown.
+            request_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 9;
+
             // --- new fields go here (or at the end of the section they belong to), with a new schema version ---
         }
     };

@@ -288,6 +288,7 @@ fn edge_events() -> Vec<Event> {
         server_namespace: "shop".into(),
         server_workload: "StatefulSet/db".into(),
         server_labels: vec!["app=db".into()],
+        request_hash: u64::MAX,
     };
     // Retention TTLs drop rows older than the retention at insert, so edge rows carry recent times.
     let empty = Event {
@@ -1012,6 +1013,156 @@ async fn rollups_agree_with_raw_table() {
             "{table}: p50 {p50_roll} vs exact {p50_raw}"
         );
     }
+}
+
+/// `ml_features_1m`: one row per minute and (api_id, app_id), each documented column computed as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_feature_view_computes_each_documented_column() {
+    let Some((py, script)) = devserver_paths("ml_feature_view_computes_each_documented_column")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+    let c = client(&url).with_database("observer");
+    let names: Vec<String> = c
+        .query("SELECT name FROM system.columns WHERE database = 'observer' AND table = 'ml_features_1m' ORDER BY position")
+        .fetch_all()
+        .await
+        .expect("columns");
+    let documented: Vec<&str> = migrations::ML_FEATURE_COLUMNS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        names, documented,
+        "the view's columns are the documented ones, in order"
+    );
+
+    let m0 = 1_760_000_040_000_000i64; // a minute boundary
+    let ev =
+        |sec: i64, app: &str, status: u16, dur: u64, src: &str, hash: u64, ks: KeyState| Event {
+            ts: Timestamp(m0 + sec * 1_000_000),
+            api_id: "pay".into(),
+            app_id: app.into(),
+            route: if hash % 2 == 0 {
+                "/a".into()
+            } else {
+                "/b".into()
+            },
+            status,
+            duration_us: dur,
+            src_ip: src.parse().expect("ip"),
+            request_hash: hash,
+            key_state: ks,
+            ..Event::default()
+        };
+    let v = KeyState::Valid;
+    let events = vec![
+        // Minute 0, app x: 4 exchanges, one 404, one 503, the same request (hash 2) twice, 2 sources.
+        ev(1, "x", 200, 100, "10.0.0.1", 2, v),
+        ev(2, "x", 404, 200, "10.0.0.1", 2, v),
+        ev(3, "x", 503, 300, "10.0.0.2", 3, KeyState::None),
+        ev(4, "x", 200, 400, "10.0.0.2", 4, v),
+        // Minute 1, app x: one exchange without response and without a hash (an older agent's row).
+        ev(61, "x", 0, 0, "10.0.0.1", 0, v),
+        ev(62, "x", 200, 1000, "10.0.0.1", 6, v),
+        // Minute 1, app y: its first minute on the API.
+        ev(63, "y", 200, 50, "10.0.0.9", 8, KeyState::Unknown),
+    ];
+    insert_events(&url, &dir.path().join("spool"), &events).await;
+    #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+    struct Row {
+        app_id: String,
+        requests: u64,
+        rate_per_s: f64,
+        error_ratio_4xx: f64,
+        error_ratio_5xx: f64,
+        no_response_ratio: f64,
+        latency_p50_us: f64,
+        distinct_sources: u64,
+        distinct_routes: u64,
+        keyless_ratio: f64,
+        repeat_ratio: Option<f64>,
+        new_pair: u8,
+    }
+    let rows: Vec<Row> = c
+        .query(
+            "SELECT app_id, requests, rate_per_s, error_ratio_4xx, error_ratio_5xx, no_response_ratio, \
+             toFloat64(latency_p50_us) AS latency_p50_us, distinct_sources, distinct_routes, keyless_ratio, \
+             repeat_ratio, new_pair FROM ml_features_1m WHERE api_id = 'pay' ORDER BY minute, app_id",
+        )
+        .fetch_all()
+        .await
+        .expect("features");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(
+        (
+            r.app_id.as_str(),
+            r.requests,
+            r.distinct_sources,
+            r.distinct_routes,
+            r.new_pair
+        ),
+        ("x", 4, 2, 2, 1),
+        "{r:?}"
+    );
+    assert_eq!(
+        (
+            r.error_ratio_4xx,
+            r.error_ratio_5xx,
+            r.no_response_ratio,
+            r.keyless_ratio
+        ),
+        (0.25, 0.25, 0.0, 0.25)
+    );
+    assert!((r.rate_per_s - 4.0 / 60.0).abs() < 1e-9);
+    assert_eq!(
+        r.repeat_ratio,
+        Some(0.25),
+        "one of four is the same request again"
+    );
+    let r = &rows[1];
+    assert_eq!(
+        (
+            r.app_id.as_str(),
+            r.requests,
+            r.distinct_sources,
+            r.new_pair
+        ),
+        ("x", 2, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(r.no_response_ratio, 0.5);
+    assert_eq!(
+        r.latency_p50_us, 1000.0,
+        "latency only of answered exchanges"
+    );
+    assert_eq!(
+        r.repeat_ratio,
+        Some(0.0),
+        "rows without a hash are not counted"
+    );
+    let r = &rows[2];
+    assert_eq!(
+        (r.app_id.as_str(), r.keyless_ratio, r.new_pair),
+        ("y", 1.0, 1),
+        "a new pair"
+    );
+    // Filtering on the minute keeps the novelty flag relative to the whole table.
+    let flagged = count(
+        &url,
+        &format!(
+            "SELECT sum(new_pair) FROM observer.ml_features_1m WHERE minute >= toDateTime({}, 'UTC')",
+            (m0 / 1_000_000) + 60
+        ),
+    )
+    .await;
+    assert_eq!(flagged, 1, "only y is new in minute 1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,11 +138,13 @@ struct EventRow {
     key_fingerprint: String,
     key_state: i8,
     attributed_by: i8,
+    request_hash: u64,
 }
 
 const EVENT_COLUMNS: &str = "ts, method, host, path, query_keys, status, \
      replaceRegexpOne(IPv6NumToString(src_ip), '^::ffff:', '') AS src_ip, client_comm, client_cgroup, user_agent, \
-     api_id, route, app_id, key_fingerprint, toInt8(key_state) AS key_state, toInt8(attributed_by) AS attributed_by";
+     api_id, route, app_id, key_fingerprint, toInt8(key_state) AS key_state, toInt8(attributed_by) AS attributed_by, \
+     request_hash";
 
 impl EventRow {
     fn input(&self) -> Input<'_> {
@@ -168,7 +170,8 @@ impl EventRow {
             key_fingerprint: Borrowed(&self.key_fingerprint),
             key_state: KeyState::from_code(self.key_state).unwrap_or_default(),
             attributed_by: AttributedBy::from_code(self.attributed_by).unwrap_or_default(),
-            request_hash: None,
+            // 0: stored by an agent without the field (before schema version 9).
+            request_hash: (self.request_hash != 0).then_some(self.request_hash),
         }
     }
 }
@@ -230,6 +233,8 @@ fn registry_from_rows(rows: RegistryRows) -> Registry {
             name: t.name,
             line_of_business: t.line_of_business,
             alert_contact: t.alert_contact,
+            // Not kept in ClickHouse: the fleet-wide runner does not POST findings.
+            alert_webhook: String::new(),
             line: 0,
         })
         .collect();

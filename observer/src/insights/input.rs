@@ -68,7 +68,7 @@ impl<'a> Input<'a> {
             key_fingerprint: Cow::Borrowed(&e.key_fingerprint),
             key_state: e.key_state,
             attributed_by: e.attributed_by,
-            request_hash: None,
+            request_hash: (e.request_hash != 0).then_some(e.request_hash),
         }
     }
 
@@ -155,7 +155,7 @@ fn de_hash<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         S(Cow<'x, str>),
     }
     Ok(match Option::<H>::deserialize(d)? {
-        None => None,
+        None | Some(H::N(0)) => None,
         Some(H::N(n)) => Some(n),
         Some(H::S(s)) if s.is_empty() => None,
         Some(H::S(s)) => Some(
@@ -244,6 +244,13 @@ mod tests {
         assert_eq!(i.request_hash, Some(255));
         let i = Input::from_json(r#"{"request_hash":42}"#).unwrap();
         assert_eq!(i.request_hash, Some(42));
+        let i = Input::from_json(r#"{"request_hash":0,"path":"/a"}"#).unwrap();
+        assert_eq!(i.request_hash, None, "0: the agent had no hash");
+        let e = Event {
+            request_hash: 7,
+            ..Event::default()
+        };
+        assert_eq!(Input::from_event(&e).request_identity(), 7);
         assert_ne!(
             Input::from_json(r#"{"path":"/a"}"#)
                 .unwrap()

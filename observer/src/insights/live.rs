@@ -317,7 +317,13 @@ pub fn start(
         tx,
         dropped: runner.metrics().dropped.clone(),
     };
-    let task = tokio::spawn(run(runner, rx, live, outputs));
+    let (notifier, deliver) = super::notify::Notifier::new(
+        super::notify::NotifyConfig::default(),
+        &live.snapshot().registry,
+    );
+    notifier.stats().register(&metrics);
+    tokio::spawn(deliver);
+    let task = tokio::spawn(run(runner, rx, live, outputs, notifier));
     Ok(Some((feed, task)))
 }
 
@@ -326,6 +332,7 @@ async fn run(
     mut rx: mpsc::Receiver<Vec<Input<'static>>>,
     live: Arc<LiveRegistry>,
     mut outputs: Outputs,
+    mut notifier: super::notify::Notifier,
 ) {
     let mut reg = live.subscribe();
     reg.borrow_and_update();
@@ -334,14 +341,21 @@ async fn run(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(b) => outputs.write(&runner.ingest(&b)),
+                Some(b) => {
+                    let found = runner.ingest(&b);
+                    outputs.write(&found);
+                    notifier.offer(&found);
+                }
                 None => break,
             },
             _ = tick.tick() => {
-                outputs.write(&runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US)));
+                let found = runner.advance(Timestamp(Timestamp::now().0 - CLOCK_SLACK_US));
+                outputs.write(&found);
+                notifier.offer(&found);
             }
             Ok(()) = reg.changed() => {
                 let r = reg.borrow_and_update().registry.clone();
+                notifier.set_registry(&r);
                 runner.engine_mut().set_registry(r);
             }
         }

@@ -12,6 +12,7 @@ pub mod governance;
 pub mod input;
 pub mod list;
 pub mod live;
+pub mod notify;
 pub mod novelty;
 pub mod out;
 pub mod scenarios;

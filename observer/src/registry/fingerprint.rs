@@ -1,5 +1,6 @@
 //! The per-deployment key secret (created 0600 on first use) and key fingerprints: HMAC-SHA256 of the raw key under
-//! that secret, so raw keys never leave the agent's memory. Also the short display suffix.
+//! that secret, so raw keys never leave the agent's memory. Also the short display suffix, and the SipHash key of
+//! events' `request_hash`, derived from the same secret.
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -35,7 +36,12 @@ pub enum SecretError {
 pub struct KeySecret {
     /// HMAC state with the secret already absorbed; cloned per fingerprint.
     mac: HmacSha256,
+    /// SipHash key of `request_hash`: the first 16 bytes of HMAC(secret, [`REQUEST_HASH_LABEL`]).
+    request_key: [u8; 16],
 }
+
+/// What the secret is applied to for the `request_hash` key (changing it changes every request hash).
+const REQUEST_HASH_LABEL: &[u8] = b"observer request_hash v1";
 
 impl fmt::Debug for KeySecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,10 +51,20 @@ impl fmt::Debug for KeySecret {
 
 impl KeySecret {
     pub fn from_bytes(secret: &[u8]) -> Self {
-        KeySecret {
+        let mut s = KeySecret {
             mac: <HmacSha256 as KeyInit>::new_from_slice(secret)
                 .expect("HMAC accepts keys of any length"),
-        }
+            request_key: [0; 16],
+        };
+        let derived = s.fingerprint(REQUEST_HASH_LABEL);
+        s.request_key.copy_from_slice(&derived[..16]);
+        s
+    }
+
+    /// A SipHash-1-3 hasher keyed for events' `request_hash`: every node holding the same secret hashes the same
+    /// request alike; without the secret the hash reveals nothing about (and cannot be tested against) a value.
+    pub fn request_hasher(&self) -> siphasher::sip::SipHasher13 {
+        siphasher::sip::SipHasher13::new_with_key(&self.request_key)
     }
 
     /// Reads the secret at `path`, creating it (mode 0600, parent directories as needed, 32 random bytes written as

@@ -27,6 +27,8 @@ pub struct Team {
     pub name: String,
     pub line_of_business: String,
     pub alert_contact: String,
+    /// URL each new or escalated finding of the team is POSTed to ("" for none).
+    pub alert_webhook: String,
     pub line: usize,
 }
 

@@ -316,6 +316,7 @@ mod tests {
             server_namespace: "shop".into(),
             server_workload: "StatefulSet/db".into(),
             server_labels: Vec::new(),
+            request_hash: u64::MAX,
         };
         same_as_serde(&full);
         // Every variant of every enum, and timestamps at the edges of what the fast path formats.

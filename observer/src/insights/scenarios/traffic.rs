@@ -80,6 +80,8 @@ pub struct Traffic {
     end: i64,
     pending: Vec<Event>,
     out: Vec<Event>,
+    /// Draws request bodies (kept apart from `rng` so adding them left the rest of the traffic as it was).
+    bodies: ChaCha8Rng,
     /// Per-IP request of the client-bug loop and the flood's source pool.
     bug_sources: Vec<IpAddr>,
     flood_sources: Vec<IpAddr>,
@@ -277,6 +279,7 @@ impl Traffic {
             end,
             pending: Vec::new(),
             out: Vec::new(),
+            bodies: super::rng_for(seed.wrapping_add(2)),
             bug_sources: (0..bug_n).map(|i| ip(100, 64, 0, i + 1)).collect(),
             flood_sources: (0..flood_n)
                 .map(|i| ip(203, (i >> 16) as u8, (i >> 8) as u8, i as u8))
@@ -467,7 +470,26 @@ impl Traffic {
         } else if !st.app.is_empty() {
             e.attributed_by = AttributedBy::Workload;
         }
+        e.request_hash = self.request_hash(&e);
         e
+    }
+
+    /// The agent's `request_hash` of `e`'s request; a request with a body (POST, PUT) carries its own reference in
+    /// it, so two of them to the same URL are different requests (a copy of the event is the same request).
+    fn request_hash(&mut self, e: &Event) -> u64 {
+        let body = if matches!(e.method.as_str(), "POST" | "PUT" | "PATCH") {
+            format!("{{\"ref\":{}}}", self.bodies.random::<u32>())
+        } else {
+            String::new()
+        };
+        crate::enrich::request_hash(
+            &self.secret,
+            &e.method,
+            &e.host,
+            &e.path,
+            "",
+            body.as_bytes(),
+        )
     }
 
     /// Layers the scenarios active in the minute starting at `t0` over the baseline.
@@ -526,6 +548,7 @@ impl Traffic {
                         e.src_ip = src;
                         e.user_agent = "MobileCheckout/2.4.0".into();
                         e.status = if self.rng.random_bool(0.3) { 429 } else { 200 };
+                        e.request_hash = self.request_hash(&e);
                         self.pending.push(e);
                     }
                 }
@@ -674,6 +697,7 @@ impl Traffic {
                     e.method = "POST".into();
                     e.path = format!("/v1/payments/{}/capture", self.rng.random_range(1..100_000));
                     e.route = "/v1/payments/{id}/capture".into();
+                    e.request_hash = self.request_hash(&e);
                 }
             }
             self.pending.push(e);

@@ -1,4 +1,4 @@
-//! The `teams` section: id, name, line of business and alert contact.
+//! The `teams` section: id, name, line of business, alert contact and the webhook findings are POSTed to.
 use super::super::model::Team;
 use super::super::yaml::Node;
 use super::fields::label;
@@ -10,7 +10,13 @@ impl Ctx<'_> {
         if !self.fields(
             n,
             &what,
-            &["id", "name", "line_of_business", "alert_contact"],
+            &[
+                "id",
+                "name",
+                "line_of_business",
+                "alert_contact",
+                "alert_webhook",
+            ],
         ) {
             return None;
         }
@@ -29,9 +35,35 @@ impl Ctx<'_> {
                 .opt_str(n, "alert_contact", &what)
                 .map(|v| v.0)
                 .unwrap_or_default(),
+            alert_webhook: self.webhook(n, &what),
             id,
             line: n.line,
         })
+    }
+
+    /// `alert_webhook`: an absolute `http://` or `https://` URL with a host; "" when absent.
+    fn webhook(&mut self, n: &Node, what: &str) -> String {
+        let Some((url, line)) = self.opt_str(n, "alert_webhook", what) else {
+            return String::new();
+        };
+        let problem = match url.parse::<hyper::Uri>() {
+            Err(e) => Some(e.to_string()),
+            Ok(u) if !matches!(u.scheme_str(), Some("http" | "https")) => {
+                Some("the scheme must be http or https".to_string())
+            }
+            Ok(u) if u.host().is_none_or(str::is_empty) => Some("it has no host".to_string()),
+            Ok(_) => None,
+        };
+        match problem {
+            Some(why) => {
+                self.err(
+                    line,
+                    format!("{what}: `alert_webhook` {url:?} is not a usable URL: {why}"),
+                );
+                String::new()
+            }
+            None => url,
+        }
     }
 }
 
@@ -64,6 +96,32 @@ mod tests {
             "teams:\n  - id: t\n    name: [x]\n",
             3,
             "`name` must be a string",
+        );
+    }
+
+    #[test]
+    fn alert_webhook_is_an_http_url() {
+        let l = load("teams:\n  - id: pay\n    alert_webhook: https://hooks.example.com/T0/B1?x=1\n  - id: ops\n")
+            .expect("valid teams");
+        let t = &l.registry.teams;
+        assert_eq!(t[0].alert_webhook, "https://hooks.example.com/T0/B1?x=1");
+        assert_eq!(t[1].alert_webhook, "", "optional");
+        for (bad, why) in [
+            ("hooks.example.com/x", "not a usable URL"),
+            ("ftp://hooks.example.com/x", "scheme must be http or https"),
+            ("http://", "not a usable URL"),
+            ("http://exa mple.com/", "not a usable URL"),
+        ] {
+            assert_problem(
+                &format!("teams:\n  - id: t\n    name: T\n    alert_webhook: \"{bad}\"\n"),
+                4,
+                why,
+            );
+        }
+        assert_problem(
+            "teams:\n  - id: t\n    alert_webhook: [x]\n",
+            3,
+            "`alert_webhook` must be a string",
         );
     }
 }

@@ -51,12 +51,14 @@ pub struct Migration {
 }
 
 impl Migration {
-    /// The migration's own statements, then the `http_requests` columns whose `since` is this version.
+    /// The `http_requests` columns whose `since` is this version, then the migration's own statements (which may
+    /// read those columns).
     pub fn statements(&self, cfg: &SchemaConfig) -> Vec<String> {
-        let mut out = (self.statements)(cfg);
+        let mut out = Vec::new();
         if self.version > 1 {
             out.extend(add_columns(cfg, http_requests_columns(), self.version));
         }
+        out.extend((self.statements)(cfg));
         out
     }
 }
@@ -104,6 +106,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "key_use_1d",
         statements: v8_key_use,
+    },
+    Migration {
+        version: 9,
+        name: "request_hash_and_ml_features",
+        statements: v9_ml_features,
     },
 ];
 
@@ -189,6 +196,65 @@ fn v8_key_use(cfg: &SchemaConfig) -> Vec<String> {
         source = cfg.storage("http_requests"),
     ));
     out
+}
+
+/// Columns of `ml_features_1m`, in order, each with what it means (docs/ml-features.md shows the same list; a test
+/// checks the view has exactly these).
+pub const ML_FEATURE_COLUMNS: &[(&str, &str)] = &[
+    ("minute", "start of the minute (UTC)"),
+    ("api_id", "the API called (\"\" when no registered API matched)"),
+    ("app_id", "the calling application (\"\" when none was identified)"),
+    ("requests", "exchanges in the minute"),
+    ("rate_per_s", "requests / 60"),
+    ("error_ratio_4xx", "share of exchanges answered 4xx"),
+    ("error_ratio_5xx", "share of exchanges answered 5xx"),
+    ("no_response_ratio", "share of exchanges without a response (status 0: closed or timed out)"),
+    ("latency_p50_us", "median request-to-response-head time of answered exchanges, µs"),
+    ("latency_p90_us", "90th percentile of the same"),
+    ("latency_p99_us", "99th percentile of the same"),
+    ("distinct_sources", "distinct clients: local workload (comm and cgroup), else source address"),
+    ("distinct_routes", "distinct route templates called"),
+    ("keyless_ratio", "share of exchanges without an API key or with one the registry does not know"),
+    ("repeat_ratio", "share of exchanges carrying a request_hash already seen earlier in the minute (the same request again); NULL when no exchange had a hash"),
+    ("new_pair", "1 in the first minute the (api_id, app_id) pair appears in the table, else 0"),
+];
+
+/// `request_hash` (the column), and `ml_features_1m`: per-minute features per (api_id, app_id) computed from
+/// `http_requests`, documented column by column in [`ML_FEATURE_COLUMNS`], for training models on the traffic.
+fn v9_ml_features(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let oc = cfg.on_cluster();
+    vec![format!(
+        "CREATE VIEW IF NOT EXISTS {db}.ml_features_1m{oc} AS\n\
+         SELECT minute, api_id, app_id, requests,\n\
+             requests / 60 AS rate_per_s,\n\
+             errors_4xx / requests AS error_ratio_4xx,\n\
+             errors_5xx / requests AS error_ratio_5xx,\n\
+             no_response / requests AS no_response_ratio,\n\
+             latency[1] AS latency_p50_us,\n\
+             latency[2] AS latency_p90_us,\n\
+             latency[3] AS latency_p99_us,\n\
+             distinct_sources, distinct_routes,\n\
+             keyless / requests AS keyless_ratio,\n\
+             if(hashed = 0, NULL, (hashed - distinct_requests) / hashed) AS repeat_ratio,\n\
+             toUInt8(minute = min(minute) OVER (PARTITION BY api_id, app_id)) AS new_pair\n\
+         FROM (\n\
+             SELECT toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, api_id, app_id,\n\
+                 count() AS requests,\n\
+                 countIf(status >= 400 AND status < 500) AS errors_4xx,\n\
+                 countIf(status >= 500) AS errors_5xx,\n\
+                 countIf(status = 0) AS no_response,\n\
+                 quantilesIf(0.5, 0.9, 0.99)(duration_us, status != 0) AS latency,\n\
+                 uniqExact(if(client_comm = '' AND client_cgroup = '', toString(src_ip), \
+                     concat(client_comm, ' ', client_cgroup))) AS distinct_sources,\n\
+                 uniqExact(route) AS distinct_routes,\n\
+                 countIf(key_state IN ('none', 'unknown')) AS keyless,\n\
+                 countIf(request_hash != 0) AS hashed,\n\
+                 uniqExactIf(request_hash, request_hash != 0) AS distinct_requests\n\
+             FROM {db}.http_requests\n\
+             GROUP BY minute, api_id, app_id\n\
+         )"
+    )]
 }
 
 /// For a migration that only adds event columns.
@@ -582,6 +648,27 @@ pub fn all_statements(cfg: &SchemaConfig, target: u32) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ml_feature_doc_lists_every_column_with_its_meaning() {
+        let doc = include_str!("../../../../docs/ml-features.md");
+        let rows: Vec<String> = ML_FEATURE_COLUMNS
+            .iter()
+            .map(|(name, meaning)| format!("| `{name}` | {meaning} |"))
+            .collect();
+        let listed: Vec<&str> = doc.lines().filter(|l| l.starts_with("| `")).collect();
+        assert_eq!(
+            listed, rows,
+            "docs/ml-features.md and ML_FEATURE_COLUMNS disagree"
+        );
+        let sql = v9_ml_features(
+            &SchemaConfig::new("observer", None, Retention::days(30)).expect("config"),
+        )
+        .join("\n");
+        for (name, _) in ML_FEATURE_COLUMNS {
+            assert!(sql.contains(name), "{name} is not in the view");
+        }
+    }
+
     use super::*;
 
     fn single() -> SchemaConfig {

@@ -208,8 +208,8 @@ mod tests {
         // 10 strings, 2 enums.
         let enums_end =
             8 + 8 + 1 + 3 + 1 + 2 + 16 + 16 + 2 + 16 + 2 + 4 + 2 + 4 + 4 + 1 + 8 + 1 + 1 + 10 + 2;
-        // Pod identity: 3 strings and an array per end.
-        let want = enums_end + 2 * (3 + 1);
+        // Pod identity: 3 strings and an array per end; request_hash 8.
+        let want = enums_end + 2 * (3 + 1) + 8;
         assert_eq!(b.len(), want);
         assert_eq!(b[16], 1, "Side::Client is Enum8 value 1");
         assert_eq!(
