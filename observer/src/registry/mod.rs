@@ -25,7 +25,7 @@ pub use fingerprint::{key_suffix, write_hex, KeySecret, SecretError};
 #[allow(unused_imports)]
 pub use load::{load_file, load_str, Loaded, Problem, Problems, RegistryError};
 #[allow(unused_imports)]
-pub use matching::{strip_port, Snapshot, OVERFLOW_ROUTE};
+pub use matching::{strip_port, ServerEnd, Snapshot, OVERFLOW_ROUTE};
 #[allow(unused_imports)]
 pub use model::*;
 #[allow(unused_imports)]
