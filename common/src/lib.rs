@@ -271,6 +271,27 @@ pub fn is_common_start(p: &[u8; 8]) -> bool {
 /// Bytes the kernel reads to find a message start after empty lines.
 pub const START_PEEK: usize = 12;
 
+/// How many of 4 first bytes are empty lines a message may follow: `\r\n\r\n` 4, `\r\n` or `\n\n` 2, `\n` 1,
+/// else 0 (RFC 9112 §2.2).
+#[inline(always)]
+pub fn empty_lines_len(p: [u8; 4]) -> usize {
+    if p[0] == b'\r' && p[1] == b'\n' {
+        if p[2] == b'\r' && p[3] == b'\n' {
+            4
+        } else {
+            2
+        }
+    } else if p[0] == b'\n' {
+        if p[1] == b'\n' {
+            2
+        } else {
+            1
+        }
+    } else {
+        0
+    }
+}
+
 /// Whether 12 first bytes start a message after at most 4 bytes of empty lines (`\r\n\r\n`, `\r\n`, `\n\n`,
 /// `\n`; RFC 9112 §2.2): [`is_common_start`] on the 8 bytes after them. Branches only, no loop: the kernel runs it on
 /// every segment.
@@ -288,21 +309,7 @@ pub fn is_start_after_empty_lines(p: &[u8; START_PEEK]) -> bool {
             p[(s & 3) + 7],
         ]
     };
-    let skip = if p[0] == b'\r' && p[1] == b'\n' {
-        if p[2] == b'\r' && p[3] == b'\n' {
-            4
-        } else {
-            2
-        }
-    } else if p[0] == b'\n' {
-        if p[1] == b'\n' {
-            2
-        } else {
-            1
-        }
-    } else {
-        0
-    };
+    let skip = empty_lines_len([p[0], p[1], p[2], p[3]]);
     if skip == 4 {
         return is_common_start(&[p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]]);
     }
@@ -340,21 +347,7 @@ pub fn extension_start(p: &[u8; EXTENSION_PEEK], len: usize) -> Result<(), NotSt
     if len < 16 {
         return Err(NotStart::Short);
     }
-    let skip = if p[0] == b'\r' && p[1] == b'\n' {
-        if p[2] == b'\r' && p[3] == b'\n' {
-            4
-        } else {
-            2
-        }
-    } else if p[0] == b'\n' {
-        if p[1] == b'\n' {
-            2
-        } else {
-            1
-        }
-    } else {
-        0
-    };
+    let skip = empty_lines_len([p[0], p[1], p[2], p[3]]);
     // The token's length: the first non-tchar within MAX_EXTENSION_METHOD_LEN + 1 bytes.
     let mut n = MAX_EXTENSION_METHOD_LEN + 1;
     let mut i = 0;
