@@ -46,7 +46,7 @@ pub struct KubeArgs {
     pub kubernetes_remote_pods: bool,
     /// Most objects kept per cluster-wide kind (pods of other nodes, Services, EndpointSlices, ReplicaSets,
     /// Jobs); past it the one unchanged for longest is evicted (counted in observer_kube_evictions_total).
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(long, value_name = "N", default_value_t = watch::DEFAULT_MAX_OBJECTS)]
     pub kubernetes_max_objects: usize,
 }
 

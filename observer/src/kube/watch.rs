@@ -37,6 +37,9 @@ const BATCH: usize = 1024;
 /// Least time between two publications: a busy cluster's stream of changes rebuilds the index at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
+/// Most objects kept per cluster-wide kind unless told otherwise (`--kubernetes-max-objects`).
+pub const DEFAULT_MAX_OBJECTS: usize = 100_000;
+
 /// What is watched.
 #[derive(Debug, Clone)]
 pub struct Scope {
@@ -54,7 +57,7 @@ impl Scope {
         Self {
             node: node.into(),
             remote_pods: false,
-            max_objects: 100_000,
+            max_objects: DEFAULT_MAX_OBJECTS,
         }
     }
 }
