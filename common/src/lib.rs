@@ -153,7 +153,7 @@ impl Default for KernelConfig {
 
 /// Methods of the IANA HTTP Method Registry (<https://www.iana.org/assignments/http-methods>), recognised by name
 /// whatever follows them. `PRI` is left out: it only opens the HTTP/2 connection preface (`PRI * HTTP/2.0`).
-/// Other methods (PURGE, M-SEARCH, ...) are recognised by the shape of their request line ([`classify_start`]).
+/// Other methods (PURGE, M-SEARCH, ...) are recognised by the shape of their request line ([`extension_start`]).
 pub const HTTP_METHODS: [&str; 39] = [
     "ACL",
     "BASELINE-CONTROL",
@@ -250,7 +250,7 @@ pub const fn is_tchar(b: u8) -> bool {
 
 /// True when the first payload bytes are the start of a request with one of the common methods or of a response:
 /// nearly every message start, told from 8 bytes the kernel reads straight from the packet. The rest go through
-/// [`classify_start`].
+/// [`extension_start`].
 #[inline(always)]
 pub fn is_common_start(p: &[u8; 8]) -> bool {
     match &p[..4] {
@@ -271,6 +271,27 @@ pub fn is_common_start(p: &[u8; 8]) -> bool {
 /// Bytes the kernel reads to find a message start after empty lines.
 pub const START_PEEK: usize = 12;
 
+/// How many of 4 first bytes are empty lines a message may follow: `\r\n\r\n` 4, `\r\n` or `\n\n` 2, `\n` 1,
+/// else 0 (RFC 9112 §2.2).
+#[inline(always)]
+pub fn empty_lines_len(p: [u8; 4]) -> usize {
+    if p[0] == b'\r' && p[1] == b'\n' {
+        if p[2] == b'\r' && p[3] == b'\n' {
+            4
+        } else {
+            2
+        }
+    } else if p[0] == b'\n' {
+        if p[1] == b'\n' {
+            2
+        } else {
+            1
+        }
+    } else {
+        0
+    }
+}
+
 /// Whether 12 first bytes start a message after at most 4 bytes of empty lines (`\r\n\r\n`, `\r\n`, `\n\n`,
 /// `\n`; RFC 9112 §2.2): [`is_common_start`] on the 8 bytes after them. Branches only, no loop: the kernel runs it on
 /// every segment.
@@ -288,35 +309,94 @@ pub fn is_start_after_empty_lines(p: &[u8; START_PEEK]) -> bool {
             p[(s & 3) + 7],
         ]
     };
-    let skip = if p[0] == b'\r' && p[1] == b'\n' {
-        if p[2] == b'\r' && p[3] == b'\n' {
-            4
-        } else {
-            2
-        }
-    } else if p[0] == b'\n' {
-        if p[1] == b'\n' {
-            2
-        } else {
-            1
-        }
-    } else {
-        0
-    };
+    let skip = empty_lines_len([p[0], p[1], p[2], p[3]]);
     if skip == 4 {
         return is_common_start(&[p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]]);
     }
     is_common_start(&at(skip))
 }
 
+/// Bytes the kernel reads for [`extension_start`] (16, zero-padded, when the segment is shorter). A power of two:
+/// indexes are masked into it, which the compiler and the verifier both see are in bounds.
+pub const EXTENSION_PEEK: usize = 32;
+const PEEK_MASK: usize = EXTENSION_PEEK - 1;
+/// Longest method token [`extension_start`] recognises: with a space and a target start it fits 16 bytes, the
+/// shortest complete request (`X / HTTP/1.0\r\n\r\n`).
+pub const MAX_EXTENSION_METHOD_LEN: usize = 14;
+
+/// Why [`extension_start`] did not take a segment for a request start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStart {
+    /// Fewer than 16 bytes: no complete request line fits.
+    Short,
+    /// No method token of 1..=[`MAX_EXTENSION_METHOD_LEN`] token characters followed by a space.
+    NoToken,
+    /// A token and a space, but no request target after them (`/`, `*` or `http`).
+    NoTarget,
+    /// `PRI * `: the HTTP/2 connection preface, not an HTTP/1.x request.
+    Http2Preface,
+}
+
+/// A request with any method, registered or not (PURGE, BREW, ...), by the shape of the start of its request line:
+/// `TOKEN SP TARGET` with TOKEN 1..=[`MAX_EXTENSION_METHOD_LEN`] `tchar`s and TARGET starting with `/` (origin
+/// form), `*` or `http` (absolute form), after at most 4 bytes of empty lines. `len` is how many of the bytes are
+/// the segment's (at least 16 for a complete request). The kernel runs it only on segments [`is_common_start`]
+/// rejected: fixed offsets and one bounded scan, so its cost stays off the common path.
+#[inline(always)]
+pub fn extension_start(p: &[u8; EXTENSION_PEEK], len: usize) -> Result<(), NotStart> {
+    if len < 16 {
+        return Err(NotStart::Short);
+    }
+    let skip = empty_lines_len([p[0], p[1], p[2], p[3]]);
+    // The token's length: the first non-tchar within MAX_EXTENSION_METHOD_LEN + 1 bytes.
+    let mut n = MAX_EXTENSION_METHOD_LEN + 1;
+    let mut i = 0;
+    while i <= MAX_EXTENSION_METHOD_LEN {
+        if !is_tchar(p[(skip + i) & PEEK_MASK]) {
+            n = i;
+            break;
+        }
+        i += 1;
+    }
+    let sp = skip + n;
+    if n == 0 || n > MAX_EXTENSION_METHOD_LEN || p[sp & PEEK_MASK] != b' ' {
+        return Err(NotStart::NoToken);
+    }
+    if n == 3
+        && p[skip & PEEK_MASK] == b'P'
+        && p[(skip + 1) & PEEK_MASK] == b'R'
+        && p[(skip + 2) & PEEK_MASK] == b'I'
+    {
+        return Err(NotStart::Http2Preface);
+    }
+    let t = sp + 1;
+    let target = |k: usize| p[(t + k) & PEEK_MASK];
+    let absolute = t + 4 <= len
+        && target(0) == b'h'
+        && target(1) == b't'
+        && target(2) == b't'
+        && target(3) == b'p';
+    if t < len && (target(0) == b'/' || target(0) == b'*' || absolute) {
+        Ok(())
+    } else {
+        Err(NotStart::NoTarget)
+    }
+}
+
 /// Whether a segment starting with `payload` is classified as a message start by the kernel: [`is_common_start`]
-/// or, for what could still be one, [`classify_start`]. The kernel runs the same two steps without this function
+/// (after empty lines) or, for the rest, [`extension_start`]. The kernel runs the same two steps without this function
 /// (it reads the bytes from the packet and counts rejections); user-space tests use it to mirror the kernel.
 pub fn kernel_sees_start(payload: &[u8]) -> bool {
-    if let Some(p) = payload.first_chunk::<START_PEEK>() {
-        return is_start_after_empty_lines(p);
+    let common = match payload.first_chunk::<START_PEEK>() {
+        Some(p) => is_start_after_empty_lines(p),
+        None => payload.first_chunk::<8>().is_some_and(is_common_start),
+    };
+    common || {
+        let mut p = [0u8; EXTENSION_PEEK];
+        let n = payload.len().min(EXTENSION_PEEK);
+        p[..n].copy_from_slice(&payload[..n]);
+        extension_start(&p, payload.len()).is_ok()
     }
-    payload.first_chunk::<8>().is_some_and(is_common_start)
 }
 
 /// Per-CPU counters (array index). Failures and the few successes needed to compute rates.
@@ -328,7 +408,26 @@ pub const CNT_TRUNCATED: u32 = 4;
 pub const CNT_NOT_PARSED: u32 = 5;
 pub const CNT_CONN_EVENTS: u32 = 6;
 pub const CNT_PROC_MAP_FULL: u32 = 7;
-pub const CNT_MAX: u32 = 8;
+/// A request start recognised by [`extension_start`] (a method [`is_common_start`] does not know).
+pub const CNT_START_EXTENSION: u32 = 8;
+/// Segments of no captured message (no stream state) that start no message, per [`NotStart`] reason.
+pub const CNT_NOT_START_SHORT: u32 = 9;
+pub const CNT_NOT_START_NO_TOKEN: u32 = 10;
+pub const CNT_NOT_START_NO_TARGET: u32 = 11;
+pub const CNT_NOT_START_HTTP2_PREFACE: u32 = 12;
+pub const CNT_MAX: u32 = 13;
+
+impl NotStart {
+    /// The counter of segments dropped for this reason.
+    pub const fn counter(self) -> u32 {
+        match self {
+            NotStart::Short => CNT_NOT_START_SHORT,
+            NotStart::NoToken => CNT_NOT_START_NO_TOKEN,
+            NotStart::NoTarget => CNT_NOT_START_NO_TARGET,
+            NotStart::Http2Preface => CNT_NOT_START_HTTP2_PREFACE,
+        }
+    }
+}
 
 /// Names the agent exports each counter under (`observer_kernel_<name>_total`).
 pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
@@ -340,6 +439,11 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "not_parsed",
     "conn_events",
     "proc_map_full",
+    "start_extension_method",
+    "not_start_short",
+    "not_start_no_token",
+    "not_start_no_target",
+    "not_start_http2_preface",
 ];
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 112);
@@ -386,6 +490,49 @@ mod tests {
             b"\r\n\r\n\r\nGET / HTTP/1.1",
             b"GET",
         ] {
+            assert!(!kernel_sees_start(no), "{:?}", std::str::from_utf8(no));
+        }
+    }
+
+    #[test]
+    fn extension_methods_by_the_shape_of_the_request_line() {
+        let shape = |b: &[u8]| {
+            let mut p = [0u8; EXTENSION_PEEK];
+            let n = b.len().min(EXTENSION_PEEK);
+            p[..n].copy_from_slice(&b[..n]);
+            extension_start(&p, b.len())
+        };
+        for yes in [
+            &b"BREW /pot-1 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"NOTREGISTERED /long HTTP/1.1\r\n\r\n",
+            b"X / HTTP/1.0\r\n\r\n",
+            b"FOO_BAR.v2 * HTTP/1.1\r\n\r\n",
+            b"PURGE http://cache.test/a HTTP/1.1\r\n\r\n",
+            b"\r\n\r\nBREW /after-empty-lines HTTP/1.1\r\n",
+            b"\nbrew /lower-case-too HTTP/1.1\r\n\r\n",
+            b"FOURTEENCHARSX /x HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(shape(yes), Ok(()), "{:?}", std::str::from_utf8(yes));
+            assert!(kernel_sees_start(yes), "{:?}", std::str::from_utf8(yes));
+        }
+        for (no, why) in [
+            (&b"BREW / HTTP/1.1"[..], NotStart::Short),
+            (b"FIFTEENCHARSXYZ /x HTTP/1.1\r\n\r\n", NotStart::NoToken),
+            (b"{\"a\": 1, \"b\": [1, 2, 3]}", NotStart::NoToken),
+            (b"Host: x\r\nAccept: */*\r\n\r\n", NotStart::NoToken),
+            (b" GET /leading-space HTTP/1.1\r\n", NotStart::NoToken),
+            (
+                b"EHLO mail.example.com\r\nMAIL FROM:<a@b>\r\n",
+                NotStart::NoTarget,
+            ),
+            (
+                b"SET session:1 value-of-some-length\r\n",
+                NotStart::NoTarget,
+            ),
+            (b"Hello world, a text body segment", NotStart::NoTarget),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", NotStart::Http2Preface),
+        ] {
+            assert_eq!(shape(no), Err(why), "{:?}", std::str::from_utf8(no));
             assert!(!kernel_sees_start(no), "{:?}", std::str::from_utf8(no));
         }
     }

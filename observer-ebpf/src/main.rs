@@ -182,21 +182,50 @@ pub fn observer_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_PIPE
 }
 
-/// True when the `len` payload bytes at `off` start an HTTP/1.x message: [`is_start_after_empty_lines`] on the first
-/// 12 bytes ([`is_common_start`] on 8 when the segment is shorter).
+/// Whether the `len` payload bytes at `off` start an HTTP/1.x message: [`is_start_after_empty_lines`] on the first
+/// 12 bytes ([`is_common_start`] on 8 when the segment is shorter), and for the rest [`extension_start`].
 #[inline(always)]
-fn message_start(skb: &SkBuff, off: usize, len: usize) -> bool {
-    if len >= START_PEEK {
-        return match read::<[u8; START_PEEK]>(skb, off) {
+fn message_start(skb: &SkBuff, off: usize, len: usize) -> Start {
+    let common = if len >= START_PEEK {
+        match read::<[u8; START_PEEK]>(skb, off) {
             Ok(head) => is_start_after_empty_lines(&head),
             Err(_) => false,
-        };
-    }
-    len >= 8
-        && match read::<[u8; 8]>(skb, off) {
-            Ok(head) => is_common_start(&head),
-            Err(_) => false,
         }
+    } else {
+        len >= 8
+            && match read::<[u8; 8]>(skb, off) {
+                Ok(head) => is_common_start(&head),
+                Err(_) => false,
+            }
+    };
+    if common {
+        return Start::Common;
+    }
+    let head: [u8; EXTENSION_PEEK] = if len >= EXTENSION_PEEK {
+        read(skb, off).unwrap_or([0; EXTENSION_PEEK])
+    } else if len >= 16 {
+        let mut h = [0; EXTENSION_PEEK];
+        if let Ok(p) = read::<[u8; 16]>(skb, off) {
+            h[..16].copy_from_slice(&p);
+        }
+        h
+    } else {
+        return Start::Not(NotStart::Short);
+    };
+    match extension_start(&head, len) {
+        Ok(()) => Start::Extension,
+        Err(why) => Start::Not(why),
+    }
+}
+
+/// What [`message_start`] decided about a segment.
+#[derive(Clone, Copy)]
+enum Start {
+    /// A common method or a response ([`is_common_start`]).
+    Common,
+    /// Any other method, by the shape of the request line ([`extension_start`]).
+    Extension,
+    Not(NotStart),
 }
 
 /// Parses IP/TCP at `l3` and, for message starts and their continuations, copies the payload to the ring buffer.
@@ -300,11 +329,17 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     };
     let flags;
     let budget;
-    if start {
+    if let Start::Common | Start::Extension = start {
+        if let Start::Extension = start {
+            count(CNT_START_EXTENSION);
+        }
         flags = DATA_FLAG_START;
         budget = cap;
     } else {
         let Some(st) = known else {
+            if let Start::Not(why) = start {
+                count(why.counter());
+            }
             return Ok(());
         };
         // SAFETY: as for the cookie above: a valid map value, read while this packet's stream is processed.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::event::{AttributedBy, Event, Exchange, KeyState, Timestamp};
 use crate::http::Headers;
 use crate::registry::{
-    infer_template, key_suffix, write_hex, Application, Auth, AuthKind, LiveRegistry, Snapshot,
-    DEFAULT_KEY_HEADERS,
+    infer_template, key_suffix, write_hex, Application, Auth, AuthKind, LiveRegistry, ServerEnd,
+    Snapshot, DEFAULT_KEY_HEADERS,
 };
 
 /// Longest credential decoded from `Authorization: Basic` or a percent-encoded query value.
@@ -37,14 +37,35 @@ impl Enricher {
         &self.live
     }
 
-    /// Fills the business-context fields of `ex.event` from the current registry snapshot.
+    /// Fills the business-context fields of `ex.event` from the current registry snapshot (and, with
+    /// `--kubernetes`, the pod fields from the current pod index).
     pub fn enrich(&self, ex: &mut Exchange) {
-        let pod = self.pods.as_ref().and_then(|p| {
-            p.fill(&mut ex.event);
-            p.by_cgroup(&ex.event.client_cgroup)
-        });
-        enrich_with(&self.live.load(), ex, pod.as_deref());
+        let snap = self.live.load();
+        match &self.pods {
+            None => enrich_with(&snap, ex, KubeEnds::default()),
+            Some(pods) => enrich_on_kubernetes(&snap, &pods.view(), ex),
+        }
     }
+}
+
+/// [`enrich`] on Kubernetes: sets the pod fields of both ends from `pods` (see [`crate::kube::PodIndex::fill`]),
+/// then matches APIs with the Services the server's address backs and applications with the client's pod.
+pub fn enrich_on_kubernetes(snap: &Snapshot, pods: &crate::kube::PodIndex, ex: &mut Exchange) {
+    let client = pods.fill(&mut ex.event);
+    let kube = KubeEnds {
+        client: client.map(|p| &**p),
+        server_services: pods.services(ex.event.dst_ip, ex.event.dst_port),
+    };
+    enrich_with(snap, ex, kube);
+}
+
+/// What pod identity (`--kubernetes`) knows of an exchange's ends, for the registry's Kubernetes terms.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KubeEnds<'a> {
+    /// The client's pod, for application selectors by namespace, workload and labels.
+    pub client: Option<&'a crate::kube::PodMeta>,
+    /// The Services (`namespace/name`) the server's address backs, for API matchers by `service`.
+    pub server_services: &'a [crate::event::SharedStr],
 }
 
 fn set(field: &mut String, value: &str) {
@@ -55,11 +76,11 @@ fn set(field: &mut String, value: &str) {
 /// Fills `api_*`, `route`, `app_*`, `line_of_business`, `key_*` and `attributed_by` of `ex.event` from `snap`.
 /// Key states are judged at the event's time (`ts`; now when unset).
 pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
-    enrich_with(snap, ex, None)
+    enrich_with(snap, ex, KubeEnds::default())
 }
 
-/// [`enrich`], with the client's pod when it is one (for the Kubernetes terms of workload selectors).
-pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, pod: Option<&crate::kube::PodMeta>) {
+/// [`enrich`], with what is known of the ends on Kubernetes (for the registry's Kubernetes terms).
+pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
     let Exchange {
         event: ev,
         request_headers,
@@ -83,8 +104,11 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, pod: Option<&crate::kube:
         ev.dst_port,
         &ev.method,
         path,
-        &ev.server_comm,
-        &ev.server_cgroup,
+        &ServerEnd {
+            comm: &ev.server_comm,
+            cgroup: &ev.server_cgroup,
+            services: kube.server_services,
+        },
     );
     let api = api_idx.map(|i| snap.api(i));
     match api {
@@ -154,7 +178,7 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, pod: Option<&crate::kube:
     ev.attributed_by = if app.is_some() {
         AttributedBy::Key
     } else {
-        app = snap.app_by_workload(&ev.client_comm, &ev.client_cgroup, pod);
+        app = snap.app_by_workload(&ev.client_comm, &ev.client_cgroup, kube.client);
         if app.is_some() {
             AttributedBy::Workload
         } else {
@@ -977,5 +1001,75 @@ mod tests {
         enricher.enrich(&mut ex);
         assert_eq!(ex.event.route, "/a/{id}");
         assert_eq!(enricher.live().generation(), 0);
+    }
+
+    #[test]
+    fn on_kubernetes_remote_ends_are_named_by_ip_and_apis_matched_by_service() {
+        use crate::kube::store::{PodRecord, SliceRecord, Store};
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let secret = example_secret();
+        let text = "teams: [{id: t}]\napis:\n  - id: cart-api\n    owner: t\n    match: {service: shop/cart}\napplications:\n  - id: checkout\n    team: t\n    workload: {namespace: shop, labels: {app: checkout}}\n";
+        let loaded = load_str(text, Path::new("."), &secret).unwrap_or_else(|p| panic!("{p:?}"));
+        let snap = Snapshot::build(loaded.registry, secret, 0, None, None);
+        let mut store = Store::new(1000, true);
+        let remote = store.remote_pods.as_mut().expect("remote pods");
+        for (uid, name, addr) in [
+            ("c", "checkout-0", "10.244.1.5"),
+            ("k", "cart-0", "10.244.2.7"),
+        ] {
+            let app = name.trim_end_matches("-0");
+            remote.apply(
+                uid.into(),
+                PodRecord {
+                    uid: uid.into(),
+                    name: name.into(),
+                    namespace: "shop".into(),
+                    labels: [("app".to_string(), app.to_string())].into(),
+                    ips: vec![ip(addr)],
+                    ..PodRecord::default()
+                },
+            );
+        }
+        store.endpointslices.apply(
+            ("shop".into(), "cart-x1".into()),
+            SliceRecord {
+                service: ("shop".into(), "cart".into()),
+                addresses: vec![ip("10.244.2.7")],
+                ports: vec![8080],
+            },
+        );
+        let index = store.index(&["app".to_string()]);
+        let at = |dst: &str, port: u16| {
+            let mut ex = exchange("GET", "cart.shop.svc", "/items", &[]);
+            ex.event.src_ip = ip("10.244.1.5");
+            ex.event.dst_ip = ip(dst);
+            ex.event.dst_port = port;
+            enrich_on_kubernetes(&snap, &index, &mut ex);
+            ex.event
+        };
+        let ev = at("10.244.2.7", 8080);
+        assert_eq!(
+            (
+                ev.client_pod.as_str(),
+                ev.client_namespace.as_str(),
+                ev.client_labels.clone()
+            ),
+            ("checkout-0", "shop", vec!["app=checkout".to_string()])
+        );
+        assert_eq!(
+            (ev.server_pod.as_str(), ev.server_namespace.as_str()),
+            ("cart-0", "shop")
+        );
+        assert_eq!(ev.api_id, "cart-api", "the server backs shop/cart");
+        assert_eq!(
+            ev.app_id, "checkout",
+            "the remote client's pod selects the application"
+        );
+        assert_eq!(ev.attributed_by, AttributedBy::Workload);
+        let ev = at("10.244.2.7", 9090);
+        assert_eq!(ev.api_id, "", "not a port of the Service");
+        assert_eq!(ev.server_pod, "cart-0");
+        let ev = at("10.244.9.9", 8080);
+        assert_eq!((ev.api_id.as_str(), ev.server_pod.as_str()), ("", ""));
     }
 }

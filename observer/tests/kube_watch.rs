@@ -72,8 +72,24 @@ fn record(api: &Api, path: &str, q: &BTreeMap<String, String>) -> usize {
         .count()
 }
 
+/// The cluster-wide pod watch of `--kubernetes-remote-pods`.
+const REMOTE_PODS: &str = "status.phase=Running,spec.hostNetwork=false";
+
 async fn pods(State(api): State<Arc<Api>>, uri: Uri) -> Response {
     let q = params(&uri);
+    if q.get("fieldSelector").map(String::as_str) == Some(REMOTE_PODS) {
+        record(&api, "remote:/api/v1/pods", &q);
+        return match (
+            q.get("watch").map(String::as_str),
+            q.get("resourceVersion").map(String::as_str),
+        ) {
+            (Some("true"), Some("1005")) => {
+                watch_stream(fixture("pods-remote-watch-1.jsonl"), false)
+            }
+            (Some("true"), _) => watch_stream(String::new(), true),
+            _ => json(fixture("pods-remote-list.json")),
+        };
+    }
     let lists = record(&api, "/api/v1/pods", &q);
     assert_eq!(
         q.get("fieldSelector").map(String::as_str),
@@ -120,6 +136,44 @@ async fn jobs(State(api): State<Arc<Api>>, uri: Uri) -> Response {
     metadata_list(api, "/apis/batch/v1/jobs", params(&uri), "jobs-list.json").await
 }
 
+async fn services(State(api): State<Arc<Api>>, uri: Uri) -> Response {
+    metadata_list(api, "/api/v1/services", params(&uri), "services-list.json").await
+}
+
+async fn endpointslices(State(api): State<Arc<Api>>, uri: Uri) -> Response {
+    let q = params(&uri);
+    let path = "/apis/discovery.k8s.io/v1/endpointslices";
+    if q.get("watch").map(String::as_str) == Some("true")
+        && q.get("resourceVersion").map(String::as_str) == Some("1005")
+    {
+        record(&api, path, &q);
+        return watch_stream(fixture("endpointslices-watch-1.jsonl"), false);
+    }
+    metadata_list(api, path, q, "endpointslices-list.json").await
+}
+
+/// Serves the recorded API on a local port; returns the request log and a client of it.
+async fn serve() -> (Arc<Api>, kube::Client) {
+    let api = Arc::new(Api::default());
+    let app = Router::new()
+        .route("/api/v1/pods", get(pods))
+        .route("/apis/apps/v1/replicasets", get(replicasets))
+        .route("/apis/batch/v1/jobs", get(jobs))
+        .route("/api/v1/services", get(services))
+        .route(
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            get(endpointslices),
+        )
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+    (api, kube::Client::try_from(config).expect("client"))
+}
+
 fn workloads(id: &PodIdentity) -> BTreeMap<String, String> {
     [
         ("checkout", "6f2b8c3e-1a2b-4c5d-8e9f-0123456789ab"),
@@ -161,25 +215,12 @@ async fn until(id: &PodIdentity, what: &str, done: impl Fn(&PodIdentity) -> bool
 
 #[tokio::test]
 async fn lists_watches_and_relists_after_410_gone() {
-    let api = Arc::new(Api::default());
-    let app = Router::new()
-        .route("/api/v1/pods", get(pods))
-        .route("/apis/apps/v1/replicasets", get(replicasets))
-        .route("/apis/batch/v1/jobs", get(jobs))
-        .with_state(api.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-
-    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
-    let client = kube::Client::try_from(config).expect("client");
+    let (api, client) = serve().await;
     let identity = Arc::new(PodIdentity::default());
     let metrics = Arc::new(Metrics::default());
     let watcher = tokio::spawn(observer::kube::watch::run(
         client,
-        "node-a".into(),
+        observer::kube::watch::Scope::node("node-a"),
         identity.clone(),
         metrics.clone(),
     ));
@@ -236,6 +277,10 @@ async fn lists_watches_and_relists_after_410_gone() {
             && l.contains("watch=true")),
         "the watch resumes from the list's resourceVersion: {log:#?}"
     );
+    assert!(
+        !log.iter().any(|l| l.starts_with("remote:")),
+        "no cluster-wide pod watch unless asked: {log:#?}"
+    );
     let text = metrics.render();
     assert!(text.contains("observer_kube_pods 3\n"), "{text}");
     assert!(text.contains("observer_kube_synced 1\n"), "{text}");
@@ -288,6 +333,96 @@ fn report_pod_resolved_through_its_job_before_the_relist() {
             kind: owner.kind.clone(),
             name: owner.name.clone(),
         }),
+        ..PodRecord::default()
     };
     assert_eq!(store.workload(&record), "CronJob/report");
+}
+
+fn pod_at(id: &PodIdentity, ip: &str) -> Option<String> {
+    let view = id.view();
+    let p = view.by_ip(ip.parse().expect("ip"))?;
+    Some(format!("{}/{} {}", p.namespace, p.name, p.workload))
+}
+
+fn services_at(id: &PodIdentity, ip: &str, port: u16) -> Vec<String> {
+    id.view()
+        .services(ip.parse().expect("ip"), port)
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn services_endpointslices_and_every_nodes_pods() {
+    let (api, client) = serve().await;
+    let identity = Arc::new(PodIdentity::default());
+    let metrics = Arc::new(Metrics::default());
+    let scope = observer::kube::watch::Scope {
+        remote_pods: true,
+        ..observer::kube::watch::Scope::node("node-a")
+    };
+    let watcher = tokio::spawn(observer::kube::watch::run(
+        client,
+        scope,
+        identity.clone(),
+        metrics.clone(),
+    ));
+    until(&identity, "sync", |id| id.is_synced()).await;
+    until(&identity, "the slice and pod watch events", |id| {
+        pod_at(id, "10.244.3.5").is_some() && services_at(id, "10.244.2.21", 8080).len() == 2
+    })
+    .await;
+    // A pod on another node, by IP; its ReplicaSet is unknown, so the pod-template-hash names the Deployment.
+    assert_eq!(
+        pod_at(&identity, "10.244.2.21").as_deref(),
+        Some("shop/cart-5f6d7c8b9a-z9y8x Deployment/cart")
+    );
+    assert_eq!(
+        pod_at(&identity, "10.244.3.5").as_deref(),
+        Some("shop/search-0 StatefulSet/search"),
+        "added by the remote watch"
+    );
+    assert_eq!(
+        pod_at(&identity, "10.244.1.10").as_deref(),
+        Some("shop/checkout-7d9f8b6c5d-x2x9z Deployment/checkout"),
+        "this node's pods by IP too"
+    );
+    // Endpoints (target port) and ClusterIPs (Service port); UDP ports name nothing.
+    assert_eq!(
+        services_at(&identity, "10.244.2.21", 8080),
+        ["shop/cart", "shop/cart-headless"],
+        "the MODIFIED slice's new endpoint and the ADDED headless slice"
+    );
+    assert_eq!(services_at(&identity, "10.244.1.13", 8080), ["shop/cart"]);
+    assert_eq!(
+        services_at(&identity, "10.244.1.10", 8080),
+        ["shop/checkout"]
+    );
+    assert_eq!(services_at(&identity, "10.96.0.20", 80), ["shop/cart"]);
+    assert_eq!(services_at(&identity, "10.96.0.21", 80), ["shop/checkout"]);
+    assert!(services_at(&identity, "10.96.0.20", 53).is_empty(), "UDP");
+    assert!(
+        services_at(&identity, "10.244.1.13", 5353).is_empty(),
+        "UDP"
+    );
+    assert!(services_at(&identity, "10.244.2.21", 9090).is_empty());
+
+    let log = api.log.lock().expect("log").clone();
+    assert!(
+        log.iter().any(|l| l.starts_with("remote:/api/v1/pods")
+            && l.contains("resourceVersion=1005")
+            && l.contains("watch=true")),
+        "the cluster-wide pod watch, narrowed to running pods off the host network: {log:#?}"
+    );
+    let text = metrics.render();
+    for line in [
+        "observer_kube_objects{kind=\"remote_pods\"} 3\n",
+        "observer_kube_objects{kind=\"services\"} 3\n",
+        "observer_kube_objects{kind=\"endpointslices\"} 3\n",
+        "observer_kube_evictions_total{kind=\"remote_pods\"} 0\n",
+        "observer_kube_watch_errors_total{kind=\"remote_pods\"} 0\n",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    watcher.abort();
 }

@@ -21,8 +21,18 @@ use serde_json::Value;
 
 /// The capabilities the agent adds, each measured on a 6.18 kernel (README, Kubernetes section).
 const AGENT_CAPABILITIES: &[&str] = &["BPF", "PERFMON", "NET_ADMIN"];
-const READ_VERBS: &[&str] = &["get", "list", "watch"];
-const READ_RESOURCES: &[&str] = &["pods", "replicasets", "jobs"];
+/// What the agent's watchers call: list, then watch (kube's watcher never gets one object).
+const READ_VERBS: &[&str] = &["list", "watch"];
+/// Exactly what pod identity reads, as (API group, resource): pods (this node's by field selector, every node's
+/// with --kubernetes-remote-pods: RBAC cannot narrow by field), the owners of ReplicaSets and Jobs, and the Services
+/// and EndpointSlices API matchers by `service` need.
+const READ_RESOURCES: &[(&str, &str)] = &[
+    ("", "pods"),
+    ("", "services"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+    ("discovery.k8s.io", "endpointslices"),
+];
 
 /// One rendered set of manifests: every object by kind.
 #[derive(Default)]
@@ -196,14 +206,26 @@ fn check_agent(set: &Manifests) {
         "{}: the agent tolerates every taint",
         set.name
     );
+    let roles = set.of_kind::<ClusterRole>("ClusterRole").len();
     if args.iter().any(|a| a == "--kubernetes") {
         assert!(args.iter().any(|a| a == "--node-name=$(NODE_NAME)"));
+        assert_eq!(
+            roles, 1,
+            "{}: --kubernetes reads through a ClusterRole",
+            set.name
+        );
         assert_ne!(pod.automount_service_account_token, Some(false));
     } else {
         assert_eq!(
             pod.automount_service_account_token,
             Some(false),
             "{}: no API token without --kubernetes",
+            set.name
+        );
+        assert_eq!(roles, 0, "{}: no RBAC without --kubernetes", set.name);
+        assert!(
+            !args.iter().any(|a| a.starts_with("--kubernetes-")),
+            "{}: Kubernetes options without --kubernetes",
             set.name
         );
     }
@@ -364,6 +386,22 @@ fn manifests_keep_the_documented_security_posture() {
             check_unprivileged(set, "insights runner", &pod);
             seen.insert("insights");
         }
+        let agent_args = set
+            .of_kind::<DaemonSet>("DaemonSet")
+            .iter()
+            .flat_map(|d| d.spec.as_ref().expect("spec").template.spec.clone())
+            .flat_map(|p| p.containers[0].args.clone().unwrap_or_default())
+            .collect::<Vec<_>>();
+        if agent_args.iter().any(|a| a == "--kubernetes-remote-pods") {
+            assert!(
+                agent_args
+                    .iter()
+                    .any(|a| a.starts_with("--kubernetes-max-objects=")),
+                "{}: a cluster-wide pod watch is capped",
+                set.name
+            );
+            seen.insert("remote-pods");
+        }
         for j in set.of_kind::<Job>("Job") {
             let annotations = j.metadata.annotations.clone().unwrap_or_default();
             assert!(
@@ -382,22 +420,27 @@ fn manifests_keep_the_documented_security_posture() {
             seen.insert("schema");
         }
         for role in set.of_kind::<ClusterRole>("ClusterRole") {
+            let mut granted = BTreeSet::new();
             for rule in role.rules.iter().flatten() {
-                for verb in &rule.verbs {
-                    assert!(
-                        READ_VERBS.contains(&verb.as_str()),
-                        "{}: RBAC verb {verb}",
-                        set.name
-                    );
-                }
-                for res in rule.resources.iter().flatten() {
-                    assert!(
-                        READ_RESOURCES.contains(&res.as_str()),
-                        "{}: RBAC resource {res}",
-                        set.name
-                    );
+                let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+                assert_eq!(
+                    verbs,
+                    READ_VERBS.iter().copied().collect(),
+                    "{}: RBAC verbs of {:?}",
+                    set.name,
+                    rule.resources
+                );
+                for group in rule.api_groups.iter().flatten() {
+                    for res in rule.resources.iter().flatten() {
+                        granted.insert((group.clone(), res.clone()));
+                    }
                 }
             }
+            let want: BTreeSet<(String, String)> = READ_RESOURCES
+                .iter()
+                .map(|(g, r)| (g.to_string(), r.to_string()))
+                .collect();
+            assert_eq!(granted, want, "{}: RBAC grants what is read", set.name);
             seen.insert("rbac");
         }
         if set.objects.iter().any(|o| o["kind"] == "ServiceMonitor") {
@@ -416,7 +459,13 @@ fn manifests_keep_the_documented_security_posture() {
     }
     // The plain manifests alone hold the runner, the job and RBAC; the chart's cases add a ServiceMonitor.
     let want: &[&str] = if sets.len() > 1 {
-        &["insights", "schema", "rbac", "servicemonitor"]
+        &[
+            "insights",
+            "schema",
+            "rbac",
+            "servicemonitor",
+            "remote-pods",
+        ]
     } else {
         &["insights", "schema", "rbac"]
     };

@@ -595,9 +595,17 @@ fn real_world_messages_every_method_empty_lines_userinfo_short_bodies_and_ambigu
     for m in methods {
         curl(None, &["-X", m, &format!("{base}/m/{m}")]);
     }
-    // An extension method the kernel does not know: not captured.
+    // Extension methods no registry knows, by the shape of the request line (the kernel's `extension_start`).
+    let extensions = ["BREW", "NOTREGISTERED", "X-Custom_1.v2"];
     let long = format!("/long/{}", "a".repeat(300));
-    curl(None, &["-X", "NOTREGISTERED", &format!("{base}{long}")]);
+    for m in extensions {
+        curl(None, &["-X", m, &format!("{base}/ext/{m}{long}")]);
+    }
+    // A method token longer than the kernel's bounded check: not captured, and counted.
+    curl(
+        None,
+        &["-X", "FIFTEENCHARSXYZ", &format!("{base}/too-long-method")],
+    );
     // Empty lines before a request, and before a response.
     raw_exchange(
         port,
@@ -636,6 +644,22 @@ fn real_world_messages_every_method_empty_lines_userinfo_short_bodies_and_ambigu
                 .any(|l| l.starts_with(name) && !l.ends_with(" 0"))
         })
     };
+    // Every kernel decision off the common path is counted: the extension starts, and the request whose method is
+    // too long for the check (its first segment starts no message and belongs to none).
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let text = obs.metrics_text();
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            value("observer_kernel_start_extension_method_total") >= extensions.len() as u64
+                && value("observer_kernel_not_start_no_token_total") >= 1
+        }),
+        "{}",
+        obs.metrics_text()
+    );
     for reason in ["bare_lf", "cl_and_te", "content_length", "follows_anomaly"] {
         assert!(
             counted(&format!(
@@ -656,8 +680,12 @@ fn real_world_messages_every_method_empty_lines_userinfo_short_bodies_and_ambigu
         assert_eq!(e["framing_anomaly"], serde_json::json!([]), "{e}");
         assert_eq!(e["incomplete"], false, "{e}");
     }
+    for method in extensions {
+        let e = one(&m, &format!("{method} /ext/{method}{long}"), &events);
+        assert_eq!(e["status"], 200, "{e}");
+    }
     assert!(
-        !events.iter().any(|e| e["method"] == "NOTREGISTERED"),
+        !events.iter().any(|e| e["method"] == "FIFTEENCHARSXYZ"),
         "{}",
         brief(&events)
     );

@@ -1,7 +1,8 @@
 //! End to end on Kubernetes terms without a cluster: processes in cgroups named as kubelet names them (systemd driver
 //! with containerd for the client, cgroupfs for the server), a stand-in API server answering with the recorded
 //! responses of observer/tests/fixtures/kube, and `observer run --kubernetes`. Events must carry each end's pod,
-//! namespace, workload and labels, and a registry selector by namespace and labels must attribute the application.
+//! namespace, workload and labels, a registry selector by namespace and labels must attribute the application, and an
+//! API matcher by `service` must match the server whose address an EndpointSlice of that Service lists.
 use std::{path::Path, process::Command, time::Duration};
 
 use observer_tests::*;
@@ -40,7 +41,8 @@ fn events_name_pods_and_selectors_match_kubernetes_terms() {
         Command::new("python3")
             .arg(&api_script)
             .arg(API_PORT.to_string())
-            .arg(format!("{}/", fixtures.display())),
+            .arg(format!("{}/", fixtures.display()))
+            .arg(format!("shop/db=127.0.0.1:{WEB_PORT}")),
         "stand-in API server",
     );
     wait_tcp(&format!("127.0.0.1:{API_PORT}"), None);
@@ -64,7 +66,7 @@ fn events_name_pods_and_selectors_match_kubernetes_terms() {
     let registry = dir.join("registry.yaml");
     std::fs::write(
         &registry,
-        "teams:\n  - {id: payments, name: Payments}\napplications:\n  - id: checkout\n    team: payments\n    workload:\n      - namespace: shop\n        labels: {team: payments}\n",
+        "teams:\n  - {id: payments, name: Payments}\napis:\n  - id: db-api\n    owner: payments\n    match: {service: shop/db}\napplications:\n  - id: checkout\n    team: payments\n    workload:\n      - namespace: shop\n        labels: {team: payments}\n",
     )
     .expect("registry");
     std::env::set_var("KUBECONFIG", &kubeconfig);
@@ -126,6 +128,11 @@ fn events_name_pods_and_selectors_match_kubernetes_terms() {
         "selected by namespace and labels: {e}"
     );
     assert_eq!(s("attributed_by"), "workload");
+    assert_eq!(
+        s("api_id"),
+        "db-api",
+        "the server's address backs Service shop/db: {e}"
+    );
 }
 
 /// The host's cgroup2 mount (hybrid hosts mount it at /sys/fs/cgroup/unified).

@@ -439,11 +439,7 @@ mod tests {
         assert_eq!(a1["finding"]["kind"], "retry_storm");
         assert_eq!(a1["finding"]["team"], "pay");
         assert_eq!(
-            (
-                stats.sent.get(),
-                stats.failed.get(),
-                stats.dropped.get()
-            ),
+            (stats.sent.get(), stats.failed.get(), stats.dropped.get()),
             (3, 0, 0)
         );
     }
@@ -464,11 +460,7 @@ mod tests {
         }
         assert_eq!(tries, 3);
         assert_eq!(
-            (
-                stats.sent.get(),
-                stats.retries.get(),
-                stats.failed.get()
-            ),
+            (stats.sent.get(), stats.retries.get(), stats.failed.get()),
             (1, 2, 0)
         );
 
@@ -486,11 +478,7 @@ mod tests {
         }
         assert_eq!(tries, NotifyConfig::default().attempts);
         assert_eq!(
-            (
-                stats.sent.get(),
-                stats.retries.get(),
-                stats.failed.get()
-            ),
+            (stats.sent.get(), stats.retries.get(), stats.failed.get()),
             (0, 3, 1)
         );
 

@@ -1,15 +1,20 @@
-//! Pod and workload identity on Kubernetes: which pod, namespace and workload a local socket's cgroup belongs to.
+//! Pod and workload identity on Kubernetes: which pod, namespace and workload each end of a connection is (a local
+//! socket by its cgroup, a remote end by its IP), and which Services its address backs.
 //!
-//! [`cgroup`] reads the pod UID (and container id) from the kubepods cgroup path; [`watch`] keeps this node's pods
-//! and the owners of their ReplicaSets and Jobs from the API server ([`store`]); [`PodIdentity`] joins the two for
-//! the capture thread. `observer run --kubernetes [--node-name NAME]` turns it on.
+//! [`cgroup`] reads the pod UID (and container id) from the kubepods cgroup path; [`watch`] keeps this node's pods,
+//! the owners of their ReplicaSets and Jobs, the Services and EndpointSlices and optionally every node's pods from
+//! the API server ([`store`]); [`PodIdentity`] joins them for the capture thread. `observer run --kubernetes
+//! [--node-name NAME] [--kubernetes-remote-pods]` turns it on.
 pub mod cgroup;
 pub mod store;
 pub mod watch;
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc,
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use arc_swap::ArcSwap;
@@ -35,6 +40,14 @@ pub struct KubeArgs {
         default_value = "app,app.kubernetes.io/name,app.kubernetes.io/instance,app.kubernetes.io/component,app.kubernetes.io/version,team"
     )]
     pub pod_labels: Vec<String>,
+    /// Also watch every node's pods (cluster-wide), so that an end which is a pod on another node is named by its
+    /// IP. Costs memory in proportion to the cluster (capped by --kubernetes-max-objects).
+    #[arg(long, requires = "kubernetes")]
+    pub kubernetes_remote_pods: bool,
+    /// Most objects kept per cluster-wide kind (pods of other nodes, Services, EndpointSlices, ReplicaSets,
+    /// Jobs); past it the one unchanged for longest is evicted (counted in observer_kube_evictions_total).
+    #[arg(long, value_name = "N", default_value_t = watch::DEFAULT_MAX_OBJECTS)]
+    pub kubernetes_max_objects: usize,
 }
 
 impl KubeArgs {
@@ -87,26 +100,19 @@ impl PodIdentity {
         &self.label_keys
     }
 
-    /// Sets the pod fields of `ev` from its ends' cgroups (those that are pods of this node).
-    pub fn fill(&self, ev: &mut crate::event::Event) {
-        if let Some(p) = self.by_cgroup(&ev.client_cgroup) {
-            ev.client_pod = p.name.clone();
-            ev.client_namespace = p.namespace.clone();
-            ev.client_workload = p.workload.clone();
-            ev.client_labels.clone_from(&p.event_labels);
-        }
-        if let Some(p) = self.by_cgroup(&ev.server_cgroup) {
-            ev.server_pod = p.name.clone();
-            ev.server_namespace = p.namespace.clone();
-            ev.server_workload = p.workload.clone();
-            ev.server_labels.clone_from(&p.event_labels);
-        }
+    /// The view last published, for the lookups of one event.
+    pub fn view(&self) -> arc_swap::Guard<Arc<PodIndex>> {
+        self.index.load()
+    }
+
+    /// Sets the pod fields of `ev` (see [`PodIndex::fill`]); returns the client's pod.
+    pub fn fill(&self, ev: &mut crate::event::Event) -> Option<Arc<PodMeta>> {
+        self.view().fill(ev).cloned()
     }
 
     /// The pod a cgroup path (relative to the cgroup2 mount) belongs to, when it is one of this node's known pods.
     pub fn by_cgroup(&self, path: &str) -> Option<Arc<PodMeta>> {
-        let pod = cgroup::parse(path)?;
-        self.index.load().by_uid.get(&pod.pod_uid).cloned()
+        self.view().by_cgroup(path).cloned()
     }
 
     /// Whether every watched kind has been listed completely at least once.
@@ -154,6 +160,37 @@ impl PodIdentity {
     }
 }
 
+impl PodIndex {
+    /// The pod a cgroup path (relative to the cgroup2 mount) belongs to, when it is one of this node's known pods.
+    pub fn by_cgroup(&self, path: &str) -> Option<&Arc<PodMeta>> {
+        let pod = cgroup::parse(path)?;
+        self.by_uid.get(&pod.pod_uid)
+    }
+
+    /// The pod at one end of a connection: by its cgroup when it is a local pod, else by its IP.
+    pub fn end(&self, cgroup: &str, ip: IpAddr) -> Option<&Arc<PodMeta>> {
+        self.by_cgroup(cgroup).or_else(|| self.by_ip(ip))
+    }
+
+    /// Sets the pod fields of `ev` for each end that is a known pod (see [`Self::end`]); returns the client's.
+    pub fn fill(&self, ev: &mut crate::event::Event) -> Option<&Arc<PodMeta>> {
+        let client = self.end(&ev.client_cgroup, ev.src_ip);
+        if let Some(p) = client {
+            ev.client_pod = p.name.clone();
+            ev.client_namespace = p.namespace.clone();
+            ev.client_workload = p.workload.clone();
+            ev.client_labels.clone_from(&p.event_labels);
+        }
+        if let Some(p) = self.end(&ev.server_cgroup, ev.dst_ip) {
+            ev.server_pod = p.name.clone();
+            ev.server_namespace = p.namespace.clone();
+            ev.server_workload = p.workload.clone();
+            ev.server_labels.clone_from(&p.event_labels);
+        }
+        client
+    }
+}
+
 /// Marks the agent ready (its programs are attached) now, or with `--kubernetes` once this node's pods are synced.
 pub fn ready_when_synced(pods: Option<&Arc<PodIdentity>>, metrics: &Arc<crate::metrics::Metrics>) {
     match pods {
@@ -180,6 +217,11 @@ pub async fn start(
     let node = args.node()?;
     let client = watch::default_client().await?;
     let identity = Arc::new(PodIdentity::new(args.pod_labels.clone()));
-    tokio::spawn(watch::run(client, node, identity.clone(), metrics));
+    let scope = watch::Scope {
+        node,
+        remote_pods: args.kubernetes_remote_pods,
+        max_objects: args.kubernetes_max_objects,
+    };
+    tokio::spawn(watch::run(client, scope, identity.clone(), metrics));
     Ok(Some(identity))
 }

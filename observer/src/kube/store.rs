@@ -7,7 +7,8 @@
 //! ReplicaSet that arrives after its pods still names them: Pod -> ReplicaSet -> Deployment, Pod -> Job -> CronJob,
 //! else the pod's controller (StatefulSet, DaemonSet, ...).
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -26,10 +27,32 @@ pub struct PodMeta {
     pub event_labels: Vec<String>,
 }
 
-/// The resolved pods by UID: what a lookup by cgroup path reads.
+/// The resolved view the capture thread reads: this node's pods by UID, pods by IP (this node's, and with
+/// `--kubernetes-remote-pods` every node's) and the Services each address backs.
 #[derive(Debug, Default)]
 pub struct PodIndex {
     pub by_uid: HashMap<String, Arc<PodMeta>>,
+    /// Pods by their IPs; pods on the host's network are left out (their IP is the node's, shared).
+    pub by_ip: HashMap<IpAddr, Arc<PodMeta>>,
+    /// Services (`namespace/name`, sorted) by the address a client reaches them at: each endpoint's IP with each
+    /// of its slice's ports, and each ClusterIP with each Service port. Port 0: every port (a slice without ports).
+    pub services: HashMap<(IpAddr, u16), Vec<SharedStr>>,
+}
+
+impl PodIndex {
+    /// The pod with this IP, if known.
+    pub fn by_ip(&self, ip: IpAddr) -> Option<&Arc<PodMeta>> {
+        self.by_ip.get(&ip.to_canonical())
+    }
+
+    /// The Services whose endpoints (or ClusterIP) include this address and port.
+    pub fn services(&self, ip: IpAddr, port: u16) -> &[SharedStr] {
+        let ip = ip.to_canonical();
+        self.services
+            .get(&(ip, port))
+            .or_else(|| self.services.get(&(ip, 0)))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A controller reference: kind and name.
@@ -40,45 +63,123 @@ pub struct Owner {
 }
 
 /// A pod as watched: what the index needs of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PodRecord {
     pub uid: String,
     pub name: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub owner: Option<Owner>,
+    /// `status.podIPs`.
+    pub ips: Vec<IpAddr>,
+    /// `spec.hostNetwork`: the pod's IPs are the node's.
+    pub host_network: bool,
 }
 
-/// Objects of one kind under the watcher's list/watch cycle, keyed by `K`.
+/// A Service's virtual addresses: each ClusterIP with each port (none for a headless Service).
+pub type ServiceAddrs = Vec<(IpAddr, u16)>;
+
+/// An EndpointSlice: the Service it belongs to and its endpoints' addresses and ports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SliceRecord {
+    pub service: NamespacedName,
+    pub addresses: Vec<IpAddr>,
+    /// The ports the endpoints serve on; empty for every port.
+    pub ports: Vec<u16>,
+}
+
+/// Objects keyed by `K`, at most `cap` of them: past the cap the one unchanged for longest is evicted.
 #[derive(Debug)]
-pub struct Listing<K, V> {
-    current: HashMap<K, V>,
-    /// Objects of a listing in progress; replaces `current` at `InitDone`.
-    pending: Option<HashMap<K, V>>,
-    synced: bool,
+struct Bounded<K, V> {
+    map: HashMap<K, (V, u64)>,
+    /// Keys in the order of their last change, with the change's sequence number (stale entries skipped).
+    order: VecDeque<(K, u64)>,
+    seq: u64,
+    cap: usize,
+    evicted: u64,
 }
 
-impl<K: std::hash::Hash + Eq, V> Default for Listing<K, V> {
-    fn default() -> Self {
+impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
+    fn new(cap: usize) -> Self {
         Self {
-            current: HashMap::new(),
-            pending: None,
-            synced: false,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            seq: 0,
+            cap,
+            evicted: 0,
         }
     }
+
+    fn insert(&mut self, key: K, value: V) {
+        self.seq += 1;
+        if self.cap == usize::MAX {
+            self.map.insert(key, (value, self.seq));
+            return;
+        }
+        self.map.insert(key.clone(), (value, self.seq));
+        self.order.push_back((key, self.seq));
+        while self.map.len() > self.cap {
+            let Some((k, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|(_, s)| *s == seq) {
+                self.map.remove(&k);
+                self.evicted += 1;
+            }
+        }
+        // Stale order entries (changed or deleted keys) are dropped once they outnumber the live ones.
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(k, seq)| map.get(k).is_some_and(|(_, s)| s == seq));
+        }
+    }
+
+    fn remove(&mut self, key: &K) {
+        self.map.remove(key);
+    }
 }
 
-impl<K: std::hash::Hash + Eq, V> Listing<K, V> {
+/// Objects of one kind under the watcher's list/watch cycle, keyed by `K`, optionally capped in number (the
+/// cluster-wide kinds: memory stays bounded whatever the cluster's size; evictions are counted).
+#[derive(Debug)]
+pub struct Listing<K, V> {
+    current: Bounded<K, V>,
+    /// Objects of a listing in progress; replaces `current` at `InitDone`.
+    pending: Option<Bounded<K, V>>,
+    synced: bool,
+    /// Evictions of listings already replaced.
+    evicted_before: u64,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Default for Listing<K, V> {
+    fn default() -> Self {
+        Self::bounded(usize::MAX)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Listing<K, V> {
+    /// A listing keeping at most `cap` objects.
+    pub fn bounded(cap: usize) -> Self {
+        Self {
+            current: Bounded::new(cap.max(1)),
+            pending: None,
+            synced: false,
+            evicted_before: 0,
+        }
+    }
     pub fn init(&mut self) {
-        self.pending = Some(HashMap::new());
+        self.pending = Some(Bounded::new(self.current.cap));
     }
     pub fn init_apply(&mut self, key: K, value: V) {
+        let cap = self.current.cap;
         self.pending
-            .get_or_insert_with(HashMap::new)
+            .get_or_insert_with(|| Bounded::new(cap))
             .insert(key, value);
     }
     pub fn init_done(&mut self) {
         if let Some(listed) = self.pending.take() {
+            self.evicted_before += self.current.evicted;
             self.current = listed;
         }
         self.synced = true;
@@ -94,34 +195,63 @@ impl<K: std::hash::Hash + Eq, V> Listing<K, V> {
         self.synced
     }
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.current.get(key)
+        self.current.map.get(key).map(|(v, _)| v)
     }
     pub fn len(&self) -> usize {
-        self.current.len()
+        self.current.map.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.current.is_empty()
+        self.current.map.is_empty()
     }
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.current.values()
+        self.current.map.values().map(|(v, _)| v)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.current.map.iter().map(|(k, (v, _))| (k, v))
+    }
+    /// Objects evicted to keep within the cap, over every listing so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted_before + self.current.evicted + self.pending.as_ref().map_or(0, |p| p.evicted)
     }
 }
 
 /// Namespace and name: how owners are looked up.
 pub type NamespacedName = (String, String);
 
-/// Everything watched: this node's pods, and the owners of ReplicaSets and Jobs (cluster-wide, metadata only).
+/// Everything watched: this node's pods; cluster-wide, the owners of ReplicaSets and Jobs (metadata only), the
+/// Services and EndpointSlices, and with `--kubernetes-remote-pods` every pod (those kinds capped in number).
 #[derive(Debug, Default)]
 pub struct Store {
     pub pods: Listing<String, PodRecord>,
     pub replicasets: Listing<NamespacedName, Option<Owner>>,
     pub jobs: Listing<NamespacedName, Option<Owner>>,
+    pub services: Listing<NamespacedName, ServiceAddrs>,
+    pub endpointslices: Listing<NamespacedName, SliceRecord>,
+    /// Every node's pods, by UID (`--kubernetes-remote-pods`).
+    pub remote_pods: Option<Listing<String, PodRecord>>,
 }
 
 impl Store {
+    /// A store whose cluster-wide listings keep at most `cap` objects each; `remote_pods` adds every node's pods.
+    pub fn new(cap: usize, remote_pods: bool) -> Self {
+        Self {
+            pods: Listing::default(),
+            replicasets: Listing::bounded(cap),
+            jobs: Listing::bounded(cap),
+            services: Listing::bounded(cap),
+            endpointslices: Listing::bounded(cap),
+            remote_pods: remote_pods.then(|| Listing::bounded(cap)),
+        }
+    }
+
     /// Every kind has been listed completely once.
     pub fn synced(&self) -> bool {
-        self.pods.synced() && self.replicasets.synced() && self.jobs.synced()
+        self.pods.synced()
+            && self.replicasets.synced()
+            && self.jobs.synced()
+            && self.services.synced()
+            && self.endpointslices.synced()
+            && self.remote_pods.as_ref().is_none_or(Listing::synced)
     }
 
     /// The workload a pod belongs to, as `Kind/name` (empty when nothing owns it).
@@ -143,27 +273,89 @@ impl Store {
         }
     }
 
+    fn meta(&self, p: &PodRecord, label_keys: &[String]) -> Arc<PodMeta> {
+        Arc::new(PodMeta {
+            uid: p.uid.clone(),
+            name: SharedStr::from(&p.name),
+            namespace: SharedStr::from(&p.namespace),
+            workload: SharedStr::from(self.workload(p)),
+            labels: p.labels.clone(),
+            event_labels: label_keys
+                .iter()
+                .filter_map(|k| Some(format!("{k}={}", p.labels.get(k)?)))
+                .collect(),
+        })
+    }
+
     /// The resolved view of every pod, for publication; events carry the labels whose keys are in `label_keys`.
     pub fn index(&self, label_keys: &[String]) -> PodIndex {
-        let by_uid = self
+        let by_uid: HashMap<String, Arc<PodMeta>> = self
             .pods
             .values()
-            .map(|p| {
-                let meta = PodMeta {
-                    uid: p.uid.clone(),
-                    name: SharedStr::from(&p.name),
-                    namespace: SharedStr::from(&p.namespace),
-                    workload: SharedStr::from(self.workload(p)),
-                    labels: p.labels.clone(),
-                    event_labels: label_keys
-                        .iter()
-                        .filter_map(|k| Some(format!("{k}={}", p.labels.get(k)?)))
-                        .collect(),
-                };
-                (p.uid.clone(), Arc::new(meta))
-            })
+            .map(|p| (p.uid.clone(), self.meta(p, label_keys)))
             .collect();
-        PodIndex { by_uid }
+        let mut by_ip = HashMap::new();
+        // This node's pods first: a remote listing that has not caught up does not hide them.
+        let local = self.pods.values().map(|p| (p, by_uid.get(&p.uid).cloned()));
+        let remote = self.remote_pods.iter().flat_map(Listing::values);
+        for (p, meta) in local.chain(remote.map(|p| (p, None))) {
+            if p.host_network || p.ips.is_empty() || by_ip.contains_key(&p.ips[0].to_canonical()) {
+                continue;
+            }
+            let meta = meta.unwrap_or_else(|| self.meta(p, label_keys));
+            for ip in &p.ips {
+                by_ip.insert(ip.to_canonical(), meta.clone());
+            }
+        }
+        let mut services: HashMap<(IpAddr, u16), Vec<SharedStr>> = HashMap::new();
+        let name = |(ns, n): &NamespacedName| SharedStr::from(format!("{ns}/{n}"));
+        for slice in self.endpointslices.values() {
+            let service = name(&slice.service);
+            let ports: &[u16] = if slice.ports.is_empty() {
+                &[0]
+            } else {
+                &slice.ports
+            };
+            for ip in &slice.addresses {
+                for port in ports {
+                    services
+                        .entry((ip.to_canonical(), *port))
+                        .or_default()
+                        .push(service.clone());
+                }
+            }
+        }
+        for (key, addrs) in self.services.iter() {
+            let service = name(key);
+            for (ip, port) in addrs {
+                services
+                    .entry((ip.to_canonical(), *port))
+                    .or_default()
+                    .push(service.clone());
+            }
+        }
+        // A lookup reads one entry: each port's also names the Services serving every port of that address.
+        let any_port: HashMap<IpAddr, Vec<SharedStr>> = services
+            .iter()
+            .filter(|((_, port), _)| *port == 0)
+            .map(|((ip, _), names)| (*ip, names.clone()))
+            .collect();
+        if !any_port.is_empty() {
+            for ((ip, port), v) in services.iter_mut() {
+                if let Some(names) = any_port.get(ip).filter(|_| *port != 0) {
+                    v.extend(names.iter().cloned());
+                }
+            }
+        }
+        for names in services.values_mut() {
+            names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            names.dedup();
+        }
+        PodIndex {
+            by_uid,
+            by_ip,
+            services,
+        }
     }
 }
 
@@ -191,6 +383,7 @@ mod tests {
                 kind: k.into(),
                 name: n.into(),
             }),
+            ..PodRecord::default()
         }
     }
 
@@ -297,6 +490,10 @@ mod tests {
             l.init();
             l.init_done();
         }
+        s.services.init();
+        s.services.init_done();
+        s.endpointslices.init();
+        s.endpointslices.init_done();
         assert!(s.synced());
         assert_eq!(s.index(&[]).by_uid.len(), 2);
         s.pods.apply("c".into(), pod("c", "c", None, None));
@@ -319,5 +516,118 @@ mod tests {
             "selected keys only"
         );
         assert!(s.synced());
+    }
+
+    #[test]
+    fn pods_by_ip_and_services_by_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let mut s = Store::new(100, true);
+        let mut local = pod("l", "checkout-0", None, None);
+        local.ips = vec![ip("10.244.1.5")];
+        s.pods.apply("l".into(), local.clone());
+        let remote = s.remote_pods.as_mut().expect("remote listing");
+        remote.apply("l".into(), local);
+        let mut far = pod("r", "cart-0", Some(("StatefulSet", "cart")), None);
+        far.ips = vec![ip("10.244.2.7"), ip("fd00::7")];
+        remote.apply("r".into(), far);
+        let mut host = pod("h", "node-exporter-x", None, None);
+        host.ips = vec![ip("10.0.0.12")];
+        host.host_network = true;
+        remote.apply("h".into(), host);
+        s.services
+            .apply(("shop".into(), "cart".into()), vec![(ip("10.96.0.20"), 80)]);
+        s.services
+            .apply(("shop".into(), "cart-headless".into()), vec![]);
+        let slice = |svc: &str, addrs: &[&str], ports: &[u16]| SliceRecord {
+            service: ("shop".into(), svc.into()),
+            addresses: addrs.iter().map(|a| ip(a)).collect(),
+            ports: ports.to_vec(),
+        };
+        s.endpointslices.apply(
+            ("shop".into(), "cart-abc".into()),
+            slice("cart", &["10.244.2.7"], &[8080]),
+        );
+        s.endpointslices.apply(
+            ("shop".into(), "cart-headless-xyz".into()),
+            slice("cart-headless", &["10.244.2.7", "fd00::7"], &[]),
+        );
+        let index = s.index(&["app".to_string()]);
+        let name = |p: Option<&Arc<PodMeta>>| {
+            p.map(|p| format!("{}/{} {}", p.namespace, p.name, p.workload))
+        };
+        assert_eq!(
+            name(index.by_ip(ip("10.244.2.7"))).as_deref(),
+            Some("shop/cart-0 StatefulSet/cart")
+        );
+        assert_eq!(
+            name(index.by_ip(ip("::ffff:10.244.2.7"))).as_deref(),
+            Some("shop/cart-0 StatefulSet/cart"),
+            "an IPv4-mapped address is the IPv4 one"
+        );
+        assert_eq!(
+            name(index.by_ip(ip("fd00::7"))).as_deref(),
+            Some("shop/cart-0 StatefulSet/cart")
+        );
+        assert_eq!(
+            name(index.by_ip(ip("10.244.1.5"))).as_deref(),
+            Some("shop/checkout-0 ")
+        );
+        assert!(
+            index.by_ip(ip("10.0.0.12")).is_none(),
+            "a pod on the host's network is not its node's IP"
+        );
+        let services = |a: &str, port: u16| -> Vec<String> {
+            index
+                .services(ip(a), port)
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        assert_eq!(
+            services("10.244.2.7", 8080),
+            ["shop/cart", "shop/cart-headless"]
+        );
+        assert_eq!(
+            services("10.244.2.7", 9000),
+            ["shop/cart-headless"],
+            "a slice without ports: every port"
+        );
+        assert_eq!(services("10.96.0.20", 80), ["shop/cart"], "the ClusterIP");
+        assert!(services("10.96.0.20", 81).is_empty());
+        assert!(services("10.244.1.5", 8080).is_empty());
+    }
+
+    #[test]
+    fn a_capped_listing_evicts_the_longest_unchanged_and_counts() {
+        let mut l: Listing<u32, u32> = Listing::bounded(3);
+        for k in 0..3 {
+            l.apply(k, k);
+        }
+        l.apply(0, 10); // 0 changed: 1 is now the longest unchanged
+        l.apply(3, 3);
+        let mut keys: Vec<u32> = l.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [0, 2, 3]);
+        assert_eq!(l.evicted(), 1);
+        l.delete(&2);
+        l.apply(4, 4);
+        assert_eq!(l.len(), 3, "a deleted key frees its place");
+        assert_eq!(l.evicted(), 1);
+        // A re-list beyond the cap keeps the last listed and counts the rest.
+        l.init();
+        for k in 100..110 {
+            l.init_apply(k, k);
+        }
+        l.init_done();
+        let mut keys: Vec<u32> = l.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [107, 108, 109]);
+        assert_eq!(l.evicted(), 8);
+        // Many changes to few keys keep the order queue bounded.
+        for round in 0..10_000u32 {
+            l.apply(round % 3 + 107, round);
+        }
+        assert!(l.current.order.len() <= 2 * 3 + 64 + 1);
+        assert_eq!(l.evicted(), 8);
     }
 }

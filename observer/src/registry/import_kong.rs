@@ -969,7 +969,7 @@ services:
         let (r, notes) = imported(text);
         let snap = crate::registry::Snapshot::build(r, secret(), 0, None, None);
         let api = |host: &str, method: &str, path: &str| {
-            snap.match_api(host, 80, method, path, "", "")
+            snap.match_api(host, 80, method, path, &Default::default())
                 .map(|i| snap.api(i).id.clone())
         };
         assert_eq!(

@@ -208,7 +208,7 @@ impl Snapshot {
     /// The most specific API matching the request, by index. `host` may carry a port (it is stripped).
     ///
     /// Specificity, compared in order: longer matching base path (or literal start of a matching path regex);
-    /// literal host over wildcard host; more server workload criteria; a port criterion; a method criterion. Each
+    /// literal host over wildcard host; more server workload criteria (comm, cgroup, service); a port criterion; a method criterion. Each
     /// API scores by its best matcher. Ties go to the API defined first (validation reports true ties).
     pub fn match_api(
         &self,
@@ -216,15 +216,13 @@ impl Snapshot {
         port: u16,
         method: &str,
         path: &str,
-        server_comm: &str,
-        server_cgroup: &str,
+        server: &ServerEnd<'_>,
     ) -> Option<usize> {
         let host = strip_port(host);
         let mut best: Option<(usize, Score)> = None;
         for (i, api) in self.registry.apis.iter().enumerate() {
             for m in &api.matchers {
-                let Some(score) = score(m, host, port, method, path, server_comm, server_cgroup)
-                else {
+                let Some(score) = score(m, host, port, method, path, server) else {
                     continue;
                 };
                 if best.is_none_or(|(_, b)| score > b) {
@@ -288,6 +286,15 @@ impl Snapshot {
     }
 }
 
+/// What is known of the server end of an exchange, for API matchers' workload criteria.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerEnd<'a> {
+    pub comm: &'a str,
+    pub cgroup: &'a str,
+    /// The Kubernetes Services (`namespace/name`) the server's address backs (`--kubernetes`), else empty.
+    pub services: &'a [crate::event::SharedStr],
+}
+
 /// (path, host, workload, port, method) specificity of a matching matcher.
 type Score = (usize, u8, u8, u8, u8);
 
@@ -298,8 +305,7 @@ fn score(
     port: u16,
     method: &str,
     path: &str,
-    server_comm: &str,
-    server_cgroup: &str,
+    server: &ServerEnd<'_>,
 ) -> Option<Score> {
     let host_score = if m.hosts.is_empty() {
         0
@@ -334,13 +340,23 @@ fn score(
             .map(|r| r.literal_prefix_len() + 1)
             .max()?
     };
-    if !m.server_comm.is_empty() && !m.server_comm.iter().any(|g| g.matches(server_comm)) {
+    if !m.server_comm.is_empty() && !m.server_comm.iter().any(|g| g.matches(server.comm)) {
         return None;
     }
-    if !m.server_cgroup.is_empty() && !m.server_cgroup.iter().any(|g| g.matches(server_cgroup)) {
+    if !m.server_cgroup.is_empty() && !m.server_cgroup.iter().any(|g| g.matches(server.cgroup)) {
         return None;
     }
-    let workload = !m.server_comm.is_empty() as u8 + !m.server_cgroup.is_empty() as u8;
+    if !m.services.is_empty()
+        && !m
+            .services
+            .iter()
+            .any(|g| server.services.iter().any(|s| g.matches(s)))
+    {
+        return None;
+    }
+    let workload = !m.server_comm.is_empty() as u8
+        + !m.server_cgroup.is_empty() as u8
+        + !m.services.is_empty() as u8;
     Some((
         base_score.max(regex_score),
         host_score,
@@ -377,6 +393,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::event::SharedStr;
     use crate::registry::load_str;
 
     fn snapshot(text: &str) -> Snapshot {
@@ -390,7 +407,7 @@ mod tests {
     fn each_matcher_keeps_its_own_hosts_paths_and_methods() {
         let snap = snapshot("teams: [{id: t}]\napis:\n  - id: admin\n    owner: t\n    match:\n      - {hosts: a.com, base_path: /admin}\n      - {hosts: b.com, base_path: /api, methods: [GET]}\n  - id: users\n    owner: t\n    match: {hosts: b.com, path_regex: '/users/\\d+'}\n  - id: fallback\n    owner: t\n    match: {hosts: [a.com, b.com]}\n");
         let api = |host: &str, method: &str, path: &str| {
-            snap.match_api(host, 80, method, path, "", "")
+            snap.match_api(host, 80, method, path, &ServerEnd::default())
                 .map(|i| snap.api(i).id.as_str())
         };
         assert_eq!(api("a.com", "GET", "/admin/x"), Some("admin"));
@@ -416,5 +433,37 @@ mod tests {
             "regex does not widen to the host"
         );
         assert_eq!(api("c.com", "GET", "/admin"), None);
+    }
+
+    #[test]
+    fn a_service_term_matches_the_servers_services() {
+        let snap = snapshot("teams: [{id: t}]\napis:\n  - id: checkout\n    owner: t\n    match: {service: shop/checkout}\n  - id: shop-any\n    owner: t\n    match: {service: \"shop/*\", ports: 8080}\n  - id: by-port\n    owner: t\n    match: {ports: 8080}\n  - id: checkout-admin\n    owner: t\n    match: {service: shop/checkout, base_path: /admin}\n");
+        let api = |services: &[&str], port: u16, path: &str| {
+            let services: Vec<SharedStr> = services.iter().map(|s| SharedStr::from(*s)).collect();
+            let server = ServerEnd {
+                services: &services,
+                ..ServerEnd::default()
+            };
+            snap.match_api("10.0.0.1", port, "GET", path, &server)
+                .map(|i| snap.api(i).id.as_str())
+        };
+        assert_eq!(api(&["shop/checkout"], 80, "/"), Some("checkout"));
+        assert_eq!(
+            api(&["default/x", "shop/checkout"], 80, "/"),
+            Some("checkout"),
+            "any of the server's Services"
+        );
+        assert_eq!(
+            api(&["shop/cart"], 8080, "/"),
+            Some("shop-any"),
+            "a glob, and a port beside it: more specific than the port alone"
+        );
+        assert_eq!(api(&["shop/cart"], 9090, "/"), None);
+        assert_eq!(api(&[], 8080, "/"), Some("by-port"), "no Service known");
+        assert_eq!(
+            api(&["shop/checkout"], 8080, "/admin/users"),
+            Some("checkout-admin"),
+            "a base path beside the Service wins"
+        );
     }
 }

@@ -26,7 +26,7 @@ pub use glob::Glob;
 #[allow(unused_imports)]
 pub use load::{load_file, load_str, Loaded, Problem, Problems, RegistryError};
 #[allow(unused_imports)]
-pub use matching::{strip_port, Snapshot, OVERFLOW_ROUTE};
+pub use matching::{strip_port, ServerEnd, Snapshot, OVERFLOW_ROUTE};
 #[allow(unused_imports)]
 pub use model::*;
 #[allow(unused_imports)]

@@ -96,6 +96,8 @@ pub struct ApiMatch {
     pub server_comm: Vec<Glob>,
     /// Server cgroup path globs.
     pub server_cgroup: Vec<Glob>,
+    /// Kubernetes Services (`namespace/name`, globs allowed) one of which the server end backs (`--kubernetes`).
+    pub services: Vec<Glob>,
     pub line: usize,
 }
 

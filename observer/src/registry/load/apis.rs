@@ -17,6 +17,7 @@ const MATCH_FIELDS: &[&str] = &[
     "path_regex",
     "server_comm",
     "server_cgroup",
+    "service",
     "methods",
 ];
 
@@ -236,6 +237,16 @@ impl Ctx<'_> {
                 out.server_cgroup.push(Glob::path(&c));
             }
         }
+        for (x, line) in self.strings(m, "service", &what) {
+            if let Err(why) = service_name(&x) {
+                self.err(
+                    line,
+                    format!("{what}: service `{x}` must be namespace/name (globs allowed): {why}"),
+                );
+            } else {
+                out.services.push(Glob::new(&x, false));
+            }
+        }
         let given = MATCH_FIELDS
             .iter()
             .filter(|k| **k != "methods")
@@ -344,6 +355,30 @@ impl Ctx<'_> {
             query: query.into_iter().map(|v| v.0).collect(),
         }
     }
+}
+
+/// Checks a `service` term: a namespace and a Service name, each a DNS label (lower-case letters, digits and `-`,
+/// at most 63 characters) or a glob of one (`*`, `?`).
+fn service_name(s: &str) -> Result<(), &'static str> {
+    let (ns, name) = s.split_once('/').ok_or("no `/`")?;
+    for part in [ns, name] {
+        if part.is_empty() {
+            return Err("empty namespace or name");
+        }
+        if part.contains('/') {
+            return Err("more than one `/`");
+        }
+        if part.len() > 63 {
+            return Err("longer than 63 characters");
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-*?".contains(&b))
+        {
+            return Err("only lower-case letters, digits, `-` and the globs `*` `?`");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -527,5 +562,42 @@ mod tests {
             "path_regex `/a/(` is not a regular expression",
         );
         assert_problem(&api("{path_regex: 'a'}"), 5, "must start with `/`");
+    }
+
+    #[test]
+    fn service_terms() {
+        let api = |m: &str| {
+            format!("teams: [{{id: t}}]\napis:\n  - id: a\n    owner: t\n    match:\n{m}")
+        };
+        let l = load(&api("      service: [shop/checkout, \"pay*/api-?\"]\n"))
+            .unwrap_or_else(|p| panic!("valid: {p:?}"));
+        let m = &l.registry.apis[0].matchers[0];
+        assert_eq!(
+            m.services.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+            ["shop/checkout", "pay*/api-?"]
+        );
+        for (bad, why) in [
+            ("checkout", "no `/`"),
+            ("/checkout", "empty namespace or name"),
+            ("shop/", "empty namespace or name"),
+            ("a/b/c", "more than one `/`"),
+            ("Shop/checkout", "only lower-case letters"),
+            ("shop/check_out", "only lower-case letters"),
+        ] {
+            assert_problem(
+                &api(&format!("      service: {bad}\n")),
+                6,
+                &format!("service `{bad}` must be namespace/name (globs allowed): {why}"),
+            );
+        }
+        let long = "x".repeat(64);
+        assert_problem(
+            &api(&format!("      service: shop/{long}\n")),
+            6,
+            "longer than 63 characters",
+        );
+        // `service` alone is a criterion; with `methods` it still is one.
+        load(&api("      service: shop/checkout\n      methods: GET\n"))
+            .unwrap_or_else(|p| panic!("valid: {p:?}"));
     }
 }

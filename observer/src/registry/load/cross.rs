@@ -233,7 +233,7 @@ impl Ctx<'_> {
 /// Why two API matchers are ambiguous (some request matches both with equal specificity), or None.
 ///
 /// They are when they constrain the same kinds of criteria, share a base path (or have none), and every constrained
-/// kind has a common value: a port, a method, the same path regex, process/cgroup patterns that may overlap, or
+/// kind has a common value: a port, a method, the same path regex, process/cgroup/service patterns that may overlap, or
 /// host patterns of the same kind
 /// (literal vs. wildcard) that may overlap. A more specific matcher (a longer base path, a literal host over a
 /// wildcard, an extra criterion) wins at match time and is not reported.
@@ -247,6 +247,7 @@ pub fn overlap(a: &ApiMatch, b: &ApiMatch) -> Option<String> {
             m.methods.is_empty(),
             m.server_comm.is_empty(),
             m.server_cgroup.is_empty(),
+            m.services.is_empty(),
         ]
     };
     if kinds(a) != kinds(b) {
@@ -285,6 +286,7 @@ pub fn overlap(a: &ApiMatch, b: &ApiMatch) -> Option<String> {
     for (x, y, name) in [
         (&a.server_comm, &b.server_comm, "server_comm"),
         (&a.server_cgroup, &b.server_cgroup, "server_cgroup"),
+        (&a.services, &b.services, "service"),
     ] {
         if !x.is_empty() {
             let g = x.iter().find(|g| y.iter().any(|h| g.may_overlap(h)))?;
@@ -403,7 +405,13 @@ mod tests {
             6,
             "server_comm",
         );
+        assert_problem(
+            &two("{service: \"shop/*\"}", "{service: shop/checkout}"),
+            6,
+            "both match service shop/*",
+        );
         for (a, b) in [
+            ("{service: shop/a}", "{service: shop/b}"),
             (
                 "{hosts: x.com, base_path: /v1/a}",
                 "{hosts: x.com, base_path: /v1/b}",
