@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "insights",
         statements: v7_insights,
     },
+    Migration {
+        version: 11,
+        name: "origin_across_hops",
+        statements: no_statements,
+    },
 ];
 
 /// The columns of `insights`: one row per version of a finding (see [`crate::insights::finding::Finding`]).
