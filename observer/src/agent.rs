@@ -22,7 +22,7 @@ use crate::{
     config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
     metrics::{Metrics, Sample},
-    reader, registry, sink,
+    origin, reader, registry, sink,
 };
 
 /// Most records handled per drain before the engine gets a tick (keeps latency bounded under bursts).
@@ -139,6 +139,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
         idle_timeout_ns: args.capture.idle_timeout.as_nanos() as u64,
+        report_started: true,
     };
     let poll = args.capture.poll_interval.max(Duration::from_millis(1));
     let drain_only = args.capture.drain_only;
@@ -164,6 +165,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                         drain_only,
                         ui,
                         insights,
+                        origin: origin::Tracker::new(origin::OriginConfig::default()),
                     },
                 )
             })
@@ -253,6 +255,8 @@ struct Reading {
     ui: Option<Arc<crate::ui::memory::MemoryStore>>,
     /// The insights engine's queue (`--insights`).
     insights: Option<crate::insights::live::Feed>,
+    /// Decides each event's origin across hops; events leave the loop through it.
+    origin: origin::Tracker,
 }
 
 fn capture_loop(
@@ -267,9 +271,12 @@ fn capture_loop(
         drain_only,
         ui,
         insights,
+        mut origin,
     }: Reading,
 ) {
     let mut out = Vec::new();
+    let mut started = Vec::new();
+    let mut events = Vec::new();
     let mut last_tick = Instant::now();
     let mut counts = Counts::default();
     // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
@@ -297,17 +304,37 @@ fn capture_loop(
             engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
+        // Requests in flight first: the exchanges finished in this drain may have been made for them.
+        let now = crate::event::Timestamp::now();
+        engine.drain_started(&mut started);
+        for s in started.drain(..) {
+            origin.started(&s, now);
+        }
         out.retain(|ex| {
             let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
             counts.own_exchanges += u64::from(own);
+            if own {
+                origin.forget(&ex.event);
+            }
             !own
         });
-        // Enriched where they lie, then each event is moved once, into the batch: exchanges are large.
+        // Enriched where they lie, then each event is moved once, into the origin tracker (which may hold it until
+        // its parent is known) and from there into the batch: exchanges are large.
         for ex in &mut out {
             enricher.enrich(ex);
         }
+        for ex in out.drain(..) {
+            origin.complete(ex, now);
+        }
+        if tick {
+            origin.tick(now);
+        }
+        if stopping {
+            origin.finish();
+        }
+        origin.drain(&mut events);
         let mut batch = sinks.batch();
-        batch.extend(out.drain(..).map(|ex| ex.event));
+        batch.append(&mut events);
         if let Some(ui) = &ui {
             ui.ingest(&batch);
         }
@@ -319,6 +346,7 @@ fn capture_loop(
         if tick || stopping {
             last_tick = Instant::now();
             publish(&metrics, &loaded, &engine, &enricher, &sinks, &counts);
+            publish_origin(&metrics, &origin.stats());
         }
         if stopping {
             break;
@@ -517,4 +545,29 @@ fn publish(
         ],
     );
     metrics.publish_text("sink", sinks.metrics().to_prometheus());
+}
+
+fn publish_origin(metrics: &Metrics, s: &origin::OriginStats) {
+    let decided = "Exchanges whose origin was decided, per way (origin_by)";
+    let evicted = "Origin tracker table evictions";
+    let size = "Entries in the origin tracker's tables";
+    metrics.publish(
+        "origin",
+        crate::event::OriginBy::ALL
+            .iter()
+            .zip(s.decided)
+            .map(|(by, n)| Sample::counter("origin_decided_total", decided, n).label("by", by.as_str()))
+            .chain([
+                Sample::counter(
+                    "origin_undecided_total",
+                    "Exchanges released with origin_by none because their parent was not known in time or room",
+                    s.undecided,
+                ),
+                Sample::counter("origin_evicted_total", evicted, s.evicted_requests).label("reason", "full"),
+                Sample::counter("origin_evicted_total", evicted, s.expired_requests).label("reason", "expired"),
+                Sample::gauge("origin_table_size", size, s.requests as f64).label("table", "requests"),
+                Sample::gauge("origin_table_size", size, s.held as f64).label("table", "held"),
+            ])
+            .collect(),
+    );
 }
