@@ -14,7 +14,7 @@
 //! A child usually finishes before its parent, and a fresh server socket's process is only known once it answers:
 //! an exchange is held until every request that could be its parent is known and decided, at most
 //! [`OriginConfig::max_hold_us`]; released undecided it says `none`. Tables are bounded; evictions are counted.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::event::{AttributedBy, Event, Exchange, OriginBy, Side, Timestamp};
@@ -146,10 +146,10 @@ pub struct Tracker {
     /// Keys in registration order, for eviction and expiry (entries already removed are skipped).
     order: VecDeque<Key>,
     /// Requests by the pid of their local server end (known), and those whose server end is not known yet.
-    by_server: HashMap<u32, Vec<Key>>,
-    unknown: Vec<Key>,
+    by_server: HashMap<u32, HashSet<Key>>,
+    unknown: HashSet<Key>,
     /// Requests by propagated id hash.
-    by_id: HashMap<u64, Vec<Key>>,
+    by_id: HashMap<u64, HashSet<Key>>,
     held: VecDeque<Held>,
     out: Vec<Event>,
     stats: OriginStats,
@@ -171,7 +171,7 @@ impl Tracker {
             requests: HashMap::new(),
             order: VecDeque::new(),
             by_server: HashMap::new(),
-            unknown: Vec::new(),
+            unknown: HashSet::new(),
             by_id: HashMap::new(),
             held: VecDeque::new(),
             out: Vec::new(),
@@ -259,24 +259,23 @@ impl Tracker {
             self.release_oldest();
         }
         self.settle();
-        // A finished request stays a possible parent while an exchange that started before its answer is held.
+        // A finished request stays a possible parent only while an exchange that started before its answer is
+        // held; one never seen to finish is forgotten after the request age.
         let oldest_held = self.held.iter().map(|h| h.event.ts.0).min();
-        while let Some(key) = self.order.front().copied() {
-            let Some(r) = self.requests.get(&key) else {
-                self.order.pop_front();
-                continue;
+        let mut order = std::mem::take(&mut self.order);
+        order.retain(|key| {
+            let Some(r) = self.requests.get(key) else {
+                return false;
             };
-            let done = r.finished
-                && now - r.seen >= self.cfg.max_hold_us
-                && oldest_held.is_none_or(|o| r.answered.unwrap_or(r.start) < o);
+            let done = r.finished && oldest_held.is_none_or(|o| r.answered.unwrap_or(r.start) < o);
             let expired = !r.finished && now - r.seen >= self.cfg.max_request_age_us;
-            if !(done || expired) {
-                break;
+            if done || expired {
+                self.stats.expired_requests += u64::from(expired);
+                self.remove(key);
             }
-            self.stats.expired_requests += u64::from(expired);
-            self.order.pop_front();
-            self.remove(&key);
-        }
+            !(done || expired)
+        });
+        self.order = order;
     }
 
     /// Shutdown: decides what can be and releases everything else.
@@ -311,10 +310,10 @@ impl Tracker {
         }
         for id in [r.trace, r.request_id] {
             if id != 0 {
-                self.by_id.entry(id).or_default().push(key);
+                self.by_id.entry(id).or_default().insert(key);
             }
         }
-        self.unknown.push(key);
+        self.unknown.insert(key);
         self.requests.insert(key, r);
         self.order.push_back(key);
     }
@@ -329,7 +328,9 @@ impl Tracker {
         }
         match r.server {
             Peer::Local(pid) => unlist(&mut self.by_server, pid, key),
-            Peer::Unknown => self.unknown.retain(|k| k != key),
+            Peer::Unknown => {
+                self.unknown.remove(key);
+            }
             Peer::Remote => {}
         }
         true
@@ -344,9 +345,9 @@ impl Tracker {
             return;
         }
         r.server = server;
-        self.unknown.retain(|k| k != key);
+        self.unknown.remove(key);
         if let Peer::Local(pid) = server {
-            self.by_server.entry(pid).or_default().push(*key);
+            self.by_server.entry(pid).or_default().insert(*key);
         }
     }
 
@@ -562,9 +563,9 @@ fn none(by: OriginBy) -> Origin {
     }
 }
 
-fn unlist<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Vec<Key>>, at: K, key: &Key) {
+fn unlist<K: std::hash::Hash + Eq>(index: &mut HashMap<K, HashSet<Key>>, at: K, key: &Key) {
     if let Some(v) = index.get_mut(&at) {
-        v.retain(|k| k != key);
+        v.remove(key);
         if v.is_empty() {
             index.remove(&at);
         }
