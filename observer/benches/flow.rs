@@ -9,8 +9,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use observer::cgroups::MapResolver;
 use observer::enrich;
-use observer::event::Exchange;
+use observer::event::{Exchange, Timestamp};
 use observer::flow::{Engine, FlowConfig};
+use observer::origin::{OriginConfig, Tracker};
 use observer::registry::{load_str, KeySecret, Snapshot};
 use observer_common::{DataHeader, DATA_FLAG_START, EVENT_DATA, HOOK_CGROUP_EGRESS};
 
@@ -39,19 +40,29 @@ struct Conn {
     seq: [u32; 2],
     now: u64,
     resp: Vec<u8>,
+    /// Heads the engine noted (with `report_started`), for the origin tracker.
+    started: Vec<observer::flow::Started>,
 }
 
 impl Conn {
-    fn new() -> Self {
+    /// `report_started`: the engine notes every head, as the agent runs it (for `origin`).
+    fn new(report_started: bool) -> Self {
         let resolver = MapResolver(HashMap::from([
             (11, "/user.slice/client.scope".to_string()),
             (22, "/system.slice/nginx.service".to_string()),
         ]));
         Conn {
-            engine: Engine::new(FlowConfig::default(), Box::new(resolver)),
+            engine: Engine::new(
+                FlowConfig {
+                    report_started,
+                    ..FlowConfig::default()
+                },
+                Box::new(resolver),
+            ),
             seq: [1_000, 9_000_000],
             now: 1_000_000_000,
             resp: response(),
+            started: Vec::new(),
         }
     }
 
@@ -94,6 +105,7 @@ impl Conn {
         self.record(1, &resp);
         self.resp = resp;
         self.engine.drain(out);
+        self.engine.drain_started(&mut self.started);
     }
 }
 
@@ -112,7 +124,7 @@ apis:
         .unwrap_or_else(|p| panic!("bench registry invalid: {p:?}"));
     let snap = Snapshot::build(loaded.registry, secret, 0, None, None);
 
-    let mut conn = Conn::new();
+    let mut conn = Conn::new(false);
     let mut out = Vec::with_capacity(16);
     conn.exchange(&mut out);
     assert_eq!(
@@ -140,6 +152,26 @@ apis:
             observer::sink::ndjson::write_event(&ex.event, &mut line);
             line.push(b'\n');
             black_box(&line);
+        })
+    });
+    // As the agent runs: heads noted, then every exchange through the origin tracker after enrichment.
+    let mut conn = Conn::new(true);
+    let mut tracker = Tracker::new(OriginConfig::default());
+    let mut events = Vec::new();
+    let mut now = Timestamp(1_764_000_000_000_000);
+    g.bench_function("flow_notes_enrich_origin", |b| {
+        b.iter(|| {
+            conn.exchange(&mut out);
+            now.0 += 1;
+            for s in conn.started.drain(..) {
+                tracker.started(&s, now);
+            }
+            let mut ex = out.pop().expect("exchange");
+            enrich::enrich(&snap, &mut ex);
+            tracker.complete(ex, now);
+            tracker.tick(now);
+            tracker.drain(&mut events);
+            black_box(events.pop());
         })
     });
     g.finish();

@@ -26,7 +26,7 @@ use crate::{
     config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
     metrics::{Counter, FGauge, Metrics},
-    reader, registry, sink,
+    origin, reader, registry, sink,
 };
 
 /// Most records handled per drain before the engine gets a tick (keeps latency bounded under bursts).
@@ -163,6 +163,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
         idle_timeout_ns: args.capture.idle_timeout.as_nanos() as u64,
+        report_started: true,
     };
     let poll = args.capture.poll_interval.max(Duration::from_millis(1));
     let drain_only = args.capture.drain_only;
@@ -172,6 +173,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
     let engine = flow::Engine::new(flow_cfg, Box::new(resolver));
     engine.counters().register(&metrics);
     let counts = CaptureMetrics::new(&metrics);
+    let origin_metrics = origin::OriginMetrics::register(&metrics);
     let capture = {
         let stop = stop.clone();
         let sinks = sinks.clone();
@@ -190,6 +192,8 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                         drain_only,
                         ui,
                         insights,
+                        origin: origin::Tracker::new(origin::OriginConfig::default()),
+                        origin_metrics,
                     },
                 )
             })
@@ -279,6 +283,10 @@ struct Reading {
     ui: Option<Arc<crate::ui::memory::MemoryStore>>,
     /// The insights engine's queue (`--insights`).
     insights: Option<crate::insights::live::Feed>,
+    /// Decides each event's origin across hops; events leave the loop through it.
+    origin: origin::Tracker,
+    /// `observer_origin_*`, brought up to the tracker's counts once a second.
+    origin_metrics: origin::OriginMetrics,
 }
 
 fn capture_loop(
@@ -293,9 +301,13 @@ fn capture_loop(
         drain_only,
         ui,
         insights,
+        mut origin,
+        origin_metrics,
     }: Reading,
 ) {
     let mut out = Vec::new();
+    let mut started = Vec::new();
+    let mut events = Vec::new();
     let mut last_tick = Instant::now();
     // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
     // event that causes the next insert.
@@ -323,15 +335,38 @@ fn capture_loop(
             engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
+        // Requests in flight first: the exchanges finished in this drain may have been made for them.
+        let now = crate::event::Timestamp::now();
+        engine.drain_started(&mut started);
+        for s in started.drain(..) {
+            origin.started(&s, now);
+        }
         let before = out.len();
-        out.retain(|ex| ex.event.client_pid != own_pid && ex.event.server_pid != own_pid);
+        out.retain(|ex| {
+            let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
+            if own {
+                origin.forget(&ex.event);
+            }
+            !own
+        });
         counts.own_exchanges.inc_by((before - out.len()) as u64);
-        // Enriched where they lie, then each event is moved once, into the batch: exchanges are large.
+        // Enriched where they lie, then each event is moved once, into the origin tracker (which may hold it until
+        // its parent is known) and from there into the batch: exchanges are large.
         for ex in &mut out {
             enricher.enrich(ex);
         }
+        for ex in out.drain(..) {
+            origin.complete(ex, now);
+        }
+        if tick {
+            origin.tick(now);
+        }
+        if stopping {
+            origin.finish();
+        }
+        origin.drain(&mut events);
         let mut batch = sinks.batch();
-        batch.extend(out.drain(..).map(|ex| ex.event));
+        batch.append(&mut events);
         if let Some(ui) = &ui {
             ui.ingest(&batch);
         }
@@ -342,6 +377,7 @@ fn capture_loop(
         sinks.send_batch(batch);
         if tick {
             last_tick = Instant::now();
+            origin_metrics.update(&origin.stats());
         }
         if stopping {
             break;

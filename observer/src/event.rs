@@ -132,6 +132,24 @@ stored_enum! {
     }
 }
 
+stored_enum! {
+    /// How an exchange's origin (the first keyed hop it was made for) was found; see `origin`.
+    pub enum OriginBy default None {
+        /// Hop 0: the exchange's own key, an edge call (no local client), or its own workload.
+        OwnContext = 1 => "self",
+        /// Its W3C `traceparent` trace id was seen on an inbound request in flight.
+        Trace = 2 => "trace",
+        /// Its `X-Request-Id` was seen on an inbound request in flight.
+        RequestId = 3 => "request_id",
+        /// Made by a process while exactly one inbound request was in flight on that process's server sockets.
+        Causal = 4 => "causal",
+        /// Several inbound requests were in flight on that process and no id decided: none chosen.
+        Ambiguous = 5 => "ambiguous",
+        /// No parent found and no own context (or the decision ran out of time or memory).
+        None = 0 => "none",
+    }
+}
+
 /// Wall-clock time in microseconds since the Unix epoch; serialized as RFC 3339 with microseconds (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub i64);
@@ -345,6 +363,17 @@ macro_rules! event_fields {
             /// Keyed hash (SipHash-1-3 under the deployment's key secret) of method, host, target with its query
             /// values and the captured body prefix: equal for the same request, revealing no value; 0 when unknown.
             request_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 9;
+            // --- origin across hops (`origin`): on whose behalf the exchange was made ---
+            /// The first keyed hop's application (hop 0: this exchange's own).
+            origin_app_id: String => "LowCardinality(String)", "", 10;
+            origin_key_fingerprint: String => "LowCardinality(String)", "", 10;
+            origin_api_id: String => "LowCardinality(String)", "", 10;
+            /// The inbound exchange this one was made for (its `conn_id` and `ts`); 0 and the epoch at hop 0.
+            parent_conn_id: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 10;
+            parent_ts: $crate::event::Timestamp => "DateTime64(6, 'UTC')", "CODEC(Delta(8), ZSTD(1))", 10;
+            /// 0 at the edge, the parent's hop + 1 below it.
+            hop: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 10;
+            origin_by: $crate::event::OriginBy => $crate::event::enum8::<$crate::event::OriginBy>(), "", 10;
 
             // --- new fields go here (or at the end of the section they belong to), with a new schema version ---
         }
@@ -399,7 +428,8 @@ empty_is_default!(
     Timestamp,
     Side,
     KeyState,
-    AttributedBy
+    AttributedBy,
+    OriginBy
 );
 
 impl Empty for IpAddr {
@@ -444,6 +474,10 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", k.as_str()));
             assert_eq!(serde_json::from_str::<KeyState>(&json).expect("back"), k);
         }
+        assert_eq!(
+            enum8::<OriginBy>(),
+            "Enum8('none' = 0, 'self' = 1, 'trace' = 2, 'request_id' = 3, 'causal' = 4, 'ambiguous' = 5)"
+        );
         assert_eq!(KeyState::from_code(7), None);
         let err = serde_json::from_str::<Side>("\"sideways\"")
             .unwrap_err()

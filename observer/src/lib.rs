@@ -12,6 +12,7 @@ pub mod insights;
 pub mod kube;
 pub mod loader;
 pub mod metrics;
+pub mod origin;
 pub mod reader;
 pub mod registry;
 pub mod sink;

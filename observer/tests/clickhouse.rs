@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{
     apply, client, count, devserver_paths, insert_events, serial, sink_config, wait_for, DevServer,
 };
-use observer::event::{AttributedBy, Event, KeyState, Side, Timestamp};
+use observer::event::{AttributedBy, Event, KeyState, OriginBy, Side, Timestamp};
 use observer::sink;
 use observer::sink::clickhouse::migrations;
 use observer::sink::clickhouse::registry_rows::{
@@ -289,6 +289,13 @@ fn edge_events() -> Vec<Event> {
         server_workload: "StatefulSet/db".into(),
         server_labels: vec!["app=db".into()],
         request_hash: u64::MAX,
+        origin_app_id: "partner-portal".into(),
+        origin_key_fingerprint: "ef".repeat(32),
+        origin_api_id: "payments-api".into(),
+        parent_conn_id: 1 << 62,
+        parent_ts: Timestamp(1_767_225_599_998_499),
+        hop: 2,
+        origin_by: OriginBy::Trace,
     };
     // Retention TTLs drop rows older than the retention at insert, so edge rows carry recent times.
     let empty = Event {

@@ -57,6 +57,8 @@ pub(crate) struct EndInfo {
 pub(crate) struct Ctx<'a> {
     pub(crate) cfg: &'a FlowConfig,
     pub(crate) stats: &'a FlowCounters,
+    /// Heads noted for `origin` (with `report_started`).
+    pub(crate) started: &'a mut Vec<super::Started>,
     pub(crate) done: &'a mut Vec<Done>,
 }
 
@@ -400,6 +402,9 @@ impl Conn {
                         }
                     }
                 };
+                if ctx.cfg.report_started {
+                    self.note_request(dir, start_ts, &req.headers, ctx);
+                }
                 self.push_request(
                     dir,
                     Pending {
@@ -428,6 +433,15 @@ impl Conn {
                     }
                     Some(BodyLength::Empty)
                 } else {
+                    let noted = ctx.cfg.report_started.then(|| {
+                        let server = &self.ends[dir];
+                        let peer = match (server.local, server.pid) {
+                            (false, _) => super::Peer::Remote,
+                            (true, 0) => super::Peer::Unknown,
+                            (true, pid) => super::Peer::Local(pid),
+                        };
+                        (super::exchange_conn_id(self, qdir), peer)
+                    });
                     let target = if self.skip_resp[dir] > 0 {
                         self.skip_resp[dir] -= 1;
                         None
@@ -453,6 +467,14 @@ impl Conn {
                             }
                         }
                     };
+                    if let (Some((conn_id, server)), Some(p)) = (noted, &target) {
+                        ctx.started.push(super::Started::Response {
+                            conn_id,
+                            req_ts: super::unix_time(ctx.cfg, p.req_ts),
+                            ts: super::unix_time(ctx.cfg, ts),
+                            server,
+                        });
+                    }
                     if let Some(p) = target {
                         p.resp = Some(Resp {
                             start,
@@ -487,6 +509,27 @@ impl Conn {
             Some(BodyLength::Chunked) => MsgState::Chunked(ChunkedDecoder::new()),
             _ => MsgState::Unknown,
         }
+    }
+
+    /// Notes a request head for `origin`: who sent it, what serves it as far as known, its propagated ids.
+    fn note_request(&self, dir: usize, start_ts: u64, headers: &http::Headers, ctx: &mut Ctx) {
+        let (client, server) = (&self.ends[dir], &self.ends[1 - dir]);
+        let server = match (server.local, server.pid) {
+            (true, 0) => super::Peer::Unknown,
+            (true, pid) => super::Peer::Local(pid),
+            // Something came back from that end before and no local socket saw it: it is elsewhere.
+            (false, _) if self.streams[1 - dir].last_kind.is_some() => super::Peer::Remote,
+            (false, _) => super::Peer::Unknown,
+        };
+        let (trace, request_id) = crate::origin::id_hashes(headers);
+        ctx.started.push(super::Started::Request {
+            conn_id: super::exchange_conn_id(self, dir),
+            ts: super::unix_time(ctx.cfg, start_ts),
+            client_pid: if client.local { client.pid } else { 0 },
+            server,
+            trace,
+            request_id,
+        });
     }
 
     pub(super) fn on_truncated_head(

@@ -43,6 +43,8 @@ pub struct FlowConfig {
     /// A connection silent this long is finalized and dropped; a response that cannot be delimited is finalized
     /// after its direction was silent this long.
     pub idle_timeout_ns: u64,
+    /// Note every request and response head as it is parsed ([`Engine::drain_started`]), for `origin`.
+    pub report_started: bool,
 }
 
 impl Default for FlowConfig {
@@ -53,11 +55,46 @@ impl Default for FlowConfig {
             max_connections: 65_536,
             max_pending_per_connection: 64,
             idle_timeout_ns: 60_000_000_000,
+            report_started: false,
         }
     }
 }
 
 pub use crate::clock::mono_to_unix_offset_ns;
+
+/// What serves a request, as far as the engine knows when it notes a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Not known yet (a fresh server socket's process is learned from its first answer).
+    Unknown,
+    /// A local socket of this process.
+    Local(u32),
+    /// No local socket: the server is elsewhere.
+    Remote,
+}
+
+/// A head the engine just parsed (with [`FlowConfig::report_started`]): requests in flight, for `origin`.
+/// `conn_id` and the request's `ts` are those its exchange will carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    Request {
+        conn_id: u64,
+        ts: Timestamp,
+        /// The sending process when the client end is local, else 0.
+        client_pid: u32,
+        server: Peer,
+        /// [`crate::origin::id_hashes`] of its `traceparent` and `X-Request-Id` (0: none).
+        trace: u64,
+        request_id: u64,
+    },
+    /// The final response head of the request (`conn_id`, `req_ts`) at `ts`.
+    Response {
+        conn_id: u64,
+        req_ts: Timestamp,
+        ts: Timestamp,
+        server: Peer,
+    },
+}
 
 /// What is known about one local socket, by cookie.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +137,7 @@ pub struct Engine {
     reports: Reports,
     /// Requests a record finished, reused from record to record.
     done: Vec<Done>,
+    started: Vec<Started>,
     stats: FlowCounters,
 }
 
@@ -117,6 +155,7 @@ impl Engine {
                 out: Vec::new(),
             },
             done: Vec::new(),
+            started: Vec::new(),
             stats: FlowCounters::default(),
         }
     }
@@ -182,6 +221,7 @@ impl Engine {
         let mut ctx = Ctx {
             cfg: &self.cfg,
             stats: &self.stats,
+            started: &mut self.started,
             done: &mut done,
         };
         conn.on_data(dir, hdr, payload, &mut ctx);
@@ -246,6 +286,7 @@ impl Engine {
         let mut ctx = Ctx {
             cfg: &self.cfg,
             stats: &self.stats,
+            started: &mut self.started,
             done: &mut done,
         };
         conn.finalize(ends, &mut ctx);
@@ -261,6 +302,7 @@ impl Engine {
         let mut ctx = Ctx {
             cfg: &self.cfg,
             stats: &self.stats,
+            started: &mut self.started,
             done: &mut done,
         };
         conn.finalize([None, None], &mut ctx);
@@ -278,6 +320,7 @@ impl Engine {
             let mut ctx = Ctx {
                 cfg: &self.cfg,
                 stats: &self.stats,
+                started: &mut self.started,
                 done: &mut done,
             };
             if conn.expire(now_mono_ns, &mut ctx) {
@@ -300,6 +343,7 @@ impl Engine {
             let mut ctx = Ctx {
                 cfg: &self.cfg,
                 stats: &self.stats,
+                started: &mut self.started,
                 done: &mut done,
             };
             conn.finalize([None, None], &mut ctx);
@@ -316,6 +360,12 @@ impl Engine {
         } else {
             out.append(&mut self.reports.out);
         }
+    }
+
+    /// Moves the heads noted since the last call into `out` (always empty without `report_started`).
+    /// Hands over the heads noted since the last call (with `report_started`).
+    pub fn drain_started(&mut self, out: &mut Vec<Started>) {
+        out.append(&mut self.started);
     }
 
     /// The live counters, to register on `/metrics`.
@@ -419,6 +469,25 @@ fn learn_socket<'a>(
     Some(info)
 }
 
+/// The `conn_id` of the exchanges whose requests travel in direction `dir` of `conn`: the client socket's cookie
+/// when local, else the server socket's, else [`tuple_id`].
+pub(crate) fn exchange_conn_id(conn: &Conn, dir: usize) -> u64 {
+    let (client, server) = (&conn.ends[dir], &conn.ends[1 - dir]);
+    if client.local && client.cookie != 0 {
+        client.cookie
+    } else if server.cookie != 0 {
+        server.cookie
+    } else {
+        tuple_id(&conn.key)
+    }
+}
+
+/// Wall-clock time of a record time (CLOCK_MONOTONIC ns).
+pub(crate) fn unix_time(cfg: &FlowConfig, mono_ns: u64) -> Timestamp {
+    let unix_ns = i128::from(mono_ns) + i128::from(cfg.mono_to_unix_offset_ns);
+    Timestamp((unix_ns / 1000) as i64)
+}
+
 fn build_exchange(
     cfg: &FlowConfig,
     resolver: &mut dyn CgroupResolver,
@@ -433,13 +502,7 @@ fn build_exchange(
         (false, true) => Side::Server,
         _ => Side::Client,
     };
-    let conn_id = if client.local && client.cookie != 0 {
-        client.cookie
-    } else if server.cookie != 0 {
-        server.cookie
-    } else {
-        tuple_id(&conn.key)
-    };
+    let conn_id = exchange_conn_id(conn, dir);
     let mut cgroup = |e: &conn::EndInfo| {
         if e.local && e.cgroup_id != 0 {
             resolver.path(e.cgroup_id)
@@ -449,7 +512,6 @@ fn build_exchange(
     };
     let client_cgroup = cgroup(client);
     let server_cgroup = cgroup(server);
-    let unix_ns = i128::from(p.req_ts) + i128::from(cfg.mono_to_unix_offset_ns);
     let mut req = p.req;
     let span = |start: u32, end: Option<u32>| u64::from(end.map_or(0, |e| e.wrapping_sub(start)));
     let req_bytes = span(p.req_start, p.req_end);
@@ -480,7 +542,7 @@ fn build_exchange(
             .to_string(),
     };
     let mut event = Event {
-        ts: Timestamp((unix_ns / 1000) as i64),
+        ts: unix_time(cfg, p.req_ts),
         duration_us,
         side,
         method: String::new(),

@@ -1431,3 +1431,64 @@ fn a_body_framed_by_a_hidden_field_marks_the_request_it_hides() {
     assert!(one(&ex).event.framing_anomaly.is_empty());
     assert_eq!(s.stats().framing_anomalies, [1, 0, 0, 0, 1]);
 }
+
+#[test]
+fn started_notes_name_requests_as_their_exchanges_will_and_learn_the_server_from_its_answer() {
+    use super::{Peer, Started};
+    let cfg = FlowConfig {
+        report_started: true,
+        ..FlowConfig::default()
+    };
+    let mut s = Sim::with_config(Obs::Both, cfg);
+    s.connect();
+    for _ in 0..2 {
+        s.request(b"GET /a HTTP/1.1\r\nHost: a\r\nX-Request-Id: r-1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
+        s.advance_us(300);
+        s.response(&ok(b"hi"));
+        s.advance_us(300);
+    }
+    let ex = s.take();
+    let mut notes = Vec::new();
+    s.eng.drain_started(&mut notes);
+    assert_eq!(ex.len(), 2);
+    assert_eq!(notes.len(), 4, "{notes:#?}");
+    let (trace, request_id) = (
+        crate::origin::id_hash("4bf92f3577b34da6a3ce929d0e0e4736"),
+        crate::origin::id_hash("r-1"),
+    );
+    for (i, x) in ex.iter().enumerate() {
+        let e = &x.event;
+        // A fresh server socket's process is known only once it answers; on the kept-alive connection, at once.
+        let server_then = if i == 0 {
+            Peer::Unknown
+        } else {
+            Peer::Local(SERVER_PID)
+        };
+        assert_eq!(
+            notes[2 * i],
+            Started::Request {
+                conn_id: e.conn_id,
+                ts: e.ts,
+                client_pid: e.client_pid,
+                server: server_then,
+                trace,
+                request_id,
+            }
+        );
+        assert_eq!(
+            notes[2 * i + 1],
+            Started::Response {
+                conn_id: e.conn_id,
+                req_ts: e.ts,
+                ts: crate::event::Timestamp(e.ts.0 + e.duration_us as i64),
+                server: Peer::Local(SERVER_PID),
+            }
+        );
+    }
+    // Off by default: nothing is noted.
+    let mut quiet = Sim::new(Obs::Both);
+    quiet.request(&get("/"));
+    quiet.response(&ok(b""));
+    quiet.eng.drain_started(&mut notes);
+    assert_eq!(notes.len(), 4);
+}

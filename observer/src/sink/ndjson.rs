@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use super::queue::QueueRx;
 use super::{SinkError, SinkMetrics};
-use crate::event::{AttributedBy, Event, KeyState, SharedStr, Side, StoredEnum, Timestamp};
+use crate::event::{
+    AttributedBy, Event, KeyState, OriginBy, SharedStr, Side, StoredEnum, Timestamp,
+};
 
 /// A field type's JSON form (what serde_json writes for it). A new field type needs an impl here.
 pub trait JsonValue {
@@ -125,7 +127,7 @@ macro_rules! enum_name {
     };
 }
 
-enum_name!(Side, KeyState, AttributedBy);
+enum_name!(Side, KeyState, AttributedBy, OriginBy);
 
 /// `n` in decimal.
 fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {
@@ -317,6 +319,13 @@ mod tests {
             server_workload: "StatefulSet/db".into(),
             server_labels: Vec::new(),
             request_hash: u64::MAX,
+            origin_app_id: "mobile-checkout".into(),
+            origin_key_fingerprint: "cd".repeat(32),
+            origin_api_id: "payments-api".into(),
+            parent_conn_id: u64::MAX,
+            parent_ts: Timestamp(1_764_104_821_000_001),
+            hop: 3,
+            origin_by: OriginBy::RequestId,
         };
         same_as_serde(&full);
         // Every variant of every enum, and timestamps at the edges of what the fast path formats.
@@ -334,6 +343,7 @@ mod tests {
                 side: Side::ALL[i % Side::ALL.len()],
                 key_state: state,
                 attributed_by: AttributedBy::ALL[i % AttributedBy::ALL.len()],
+                origin_by: OriginBy::ALL[i % OriginBy::ALL.len()],
                 ts: Timestamp(times[i % times.len()]),
                 ..full.clone()
             });

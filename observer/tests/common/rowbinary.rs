@@ -2,7 +2,7 @@
 //! [`observer::event_fields!`], the inverse of the sink's encoder. Test-only, so it lives with the tests.
 use std::net::{IpAddr, Ipv6Addr};
 
-use observer::event::{AttributedBy, Event, KeyState, SharedStr, Side, Timestamp};
+use observer::event::{AttributedBy, Event, KeyState, OriginBy, SharedStr, Side, Timestamp};
 use observer::sink::clickhouse::rowbinary::from_ipv6;
 
 /// Bytes of a RowBinary stream not yet read.
@@ -103,7 +103,7 @@ macro_rules! enum8 {
     };
 }
 
-enum8!(Side, KeyState, AttributedBy);
+enum8!(Side, KeyState, AttributedBy, OriginBy);
 
 macro_rules! decoder {
     ($( $(#[$doc:meta])* $name:ident : $ty:ty => $ch:expr, $codec:literal, $since:literal; )*) => {

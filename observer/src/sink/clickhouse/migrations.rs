@@ -112,6 +112,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "request_hash_and_ml_features",
         statements: v9_ml_features,
     },
+    Migration {
+        version: 10,
+        name: "origin_across_hops",
+        statements: no_statements,
+    },
 ];
 
 /// The columns of `insights`: one row per version of a finding (see [`crate::insights::finding::Finding`]).

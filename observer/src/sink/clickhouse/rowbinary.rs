@@ -6,7 +6,9 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::migrations::http_requests_columns;
-use crate::event::{AttributedBy, Event, KeyState, SharedStr, Side, StoredEnum, Timestamp};
+use crate::event::{
+    AttributedBy, Event, KeyState, OriginBy, SharedStr, Side, StoredEnum, Timestamp,
+};
 
 /// A field type's RowBinary form. A new field type needs an impl here (and its ClickHouse type in `CH_TYPE`).
 pub trait RowBinary {
@@ -111,7 +113,7 @@ macro_rules! enum8 {
     };
 }
 
-enum8!(Side, KeyState, AttributedBy);
+enum8!(Side, KeyState, AttributedBy, OriginBy);
 
 /// IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`).
 pub fn to_ipv6(ip: IpAddr) -> Ipv6Addr {
@@ -209,8 +211,11 @@ mod tests {
         let enums_end =
             8 + 8 + 1 + 3 + 1 + 2 + 16 + 16 + 2 + 16 + 2 + 4 + 2 + 4 + 4 + 1 + 8 + 1 + 1 + 10 + 2;
         // Pod identity: 3 strings and an array per end; request_hash 8.
-        let want = enums_end + 2 * (3 + 1) + 8;
+        let pods_end = enums_end + 2 * (3 + 1) + 8;
+        // Origin: 3 strings, parent_conn_id 8, parent_ts 8, hop 2, origin_by 1.
+        let want = pods_end + 3 + 8 + 8 + 2 + 1;
         assert_eq!(b.len(), want);
+        assert_eq!(b[want - 1], 0, "OriginBy::None is 0");
         assert_eq!(b[16], 1, "Side::Client is Enum8 value 1");
         assert_eq!(
             b[enums_end - 2..enums_end],
