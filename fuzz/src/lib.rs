@@ -338,3 +338,32 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("openapi", openapi),
     ("spool", spool),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::TARGETS;
+
+    /// Every seed and every saved crash input replayed through its target: the fast regression check CI runs
+    /// (`cargo xtask fuzz` does the fuzzing itself).
+    #[test]
+    fn corpus_replays_clean() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let mut replayed = 0;
+        for (name, target) in TARGETS {
+            let dir = root.join(name);
+            let entries =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            for entry in entries {
+                let path = entry.expect("corpus entry").path();
+                let data =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                target(&data);
+                replayed += 1;
+            }
+        }
+        assert!(
+            replayed >= TARGETS.len(),
+            "every target has at least one seed"
+        );
+    }
+}

@@ -359,6 +359,13 @@ fn test_all(root: &Path) -> Result<()> {
         &ebpf_log(root),
     )?;
 
+    say("replaying the fuzz corpus and saved crashes through every fuzz target (cargo xtask fuzz fuzzes)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--manifest-path", "fuzz/Cargo.toml", "--lib"])
+        .arg("--target-dir")
+        .arg(root.join("target")))?;
+
     if !toolchain::is_root() {
         bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");
     }
