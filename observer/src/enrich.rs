@@ -350,8 +350,7 @@ mod tests {
     }
 
     fn example_secret() -> KeySecret {
-        KeySecret::load_or_create(&examples().join("example-key-secret"))
-            .expect("example secret must load")
+        KeySecret::example()
     }
 
     fn example() -> Snapshot {

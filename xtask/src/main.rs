@@ -1,8 +1,9 @@
-//! `cargo xtask build|run|test|bench|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
+//! `cargo xtask build|run|test|bench|fuzz|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
 //! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 mod bench;
 mod clickhouse;
 mod demo;
+mod fuzz;
 mod image;
 mod kube;
 mod noop_hooks;
@@ -74,6 +75,16 @@ enum Cmd {
         /// Seeds never used for tuning.
         #[arg(long, default_value = "101..105")]
         held_out: String,
+    },
+    /// Build the cargo-fuzz targets in fuzz/ and run each for a bounded time (seeded from fuzz/corpus); fails on
+    /// a crash and says how to reproduce it. `test` runs every target briefly.
+    Fuzz {
+        /// Time per target, in seconds.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only these targets (default: all).
+        #[arg(long = "target")]
+        targets: Vec<String>,
     },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
@@ -154,6 +165,10 @@ fn main() -> Result<()> {
         Cmd::Scenarios { tuning, held_out } => {
             let bin = build_release(&root)?;
             scenarios::run(&root, &bin, &tuning, &held_out)?;
+        }
+        Cmd::Fuzz { time, targets } => {
+            let outcomes = fuzz::fuzz(&root, std::time::Duration::from_secs(time), &targets)?;
+            print!("{}", fuzz::report(&outcomes));
         }
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
@@ -343,6 +358,13 @@ fn test_all(root: &Path) -> Result<()> {
             .env("OBSERVER_K8S_RENDERED", &rendered),
         &ebpf_log(root),
     )?;
+
+    say("replaying the fuzz corpus and saved crashes through every fuzz target (cargo xtask fuzz fuzzes)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--manifest-path", "fuzz/Cargo.toml", "--lib"])
+        .arg("--target-dir")
+        .arg(root.join("target")))?;
 
     if !toolchain::is_root() {
         bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");

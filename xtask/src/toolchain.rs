@@ -106,7 +106,7 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -130,6 +130,12 @@ fn cargo_home() -> PathBuf {
 
 /// Everything the eBPF build needs. Prints what it checks; installs only what is missing.
 pub fn ensure_ebpf_toolchain() -> Result<()> {
+    ensure_nightly()?;
+    ensure_bpf_linker()
+}
+
+/// The nightly toolchain with rust-src (the eBPF build and the fuzz targets need it).
+pub fn ensure_nightly() -> Result<()> {
     let toolchains =
         output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
@@ -153,7 +159,7 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
         say("adding rust-src to the nightly toolchain (build-std for the BPF target)");
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
     }
-    ensure_bpf_linker()
+    Ok(())
 }
 
 /// bpf-linker must use the very LLVM the nightly rustc emits bitcode for. We build it against the nightly's own

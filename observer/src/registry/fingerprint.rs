@@ -27,6 +27,11 @@ pub enum SecretError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path}: key secret is readable by group or others (mode {mode:o}): refused, since anyone who reads it can \
+         link fingerprints back to keys; `chmod 600 {path}` (in Kubernetes, mount the Secret with defaultMode 0400)"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("{path}: key secret is too short ({len} bytes, need at least {MIN_SECRET_BYTES})")]
     TooShort { path: PathBuf, len: usize },
 }
@@ -85,17 +90,20 @@ impl KeySecret {
             path: path.to_path_buf(),
             source,
         };
-        if let Ok(meta) = f.metadata() {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                    "key secret is readable by group or others; it should be mode 0600"
-                );
-            }
+        let meta = f.metadata().map_err(read_err)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(SecretError::Exposed {
+                path: path.to_path_buf(),
+                mode: meta.permissions().mode() & 0o777,
+            });
         }
         let mut raw = Vec::new();
         f.read_to_end(&mut raw).map_err(read_err)?;
+        Self::parse(path, &raw)
+    }
+
+    /// The secret from a file's content: hex as we write it, else the raw bytes.
+    fn parse(path: &Path, raw: &[u8]) -> Result<Self, SecretError> {
         let trimmed = raw.trim_ascii();
         // Files we create hold hex; any other content is used as raw bytes.
         let bytes = match std::str::from_utf8(trimmed)
@@ -112,6 +120,15 @@ impl KeySecret {
             });
         }
         Ok(Self::from_bytes(&bytes))
+    }
+
+    /// The secret of `examples/` (its fingerprints are in examples/registry.yaml), whatever mode the checkout
+    /// gave the file.
+    #[cfg(test)]
+    pub fn example() -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/example-key-secret");
+        let raw = std::fs::read(&path).expect("examples/example-key-secret");
+        Self::parse(&path, &raw).expect("example secret parses")
     }
 
     fn create(path: &Path) -> Result<Self, SecretError> {
@@ -251,8 +268,31 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("s");
         std::fs::write(&path, "abcd").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let err = KeySecret::load_or_create(&path).expect_err("4-byte secret must be refused");
         assert!(err.to_string().contains("too short"), "message: {err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn secret_readable_by_others_is_refused() {
+        let dir = tmpdir("exposed");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("s");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef").expect("write");
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = KeySecret::load_or_create(&path).expect_err("exposed secret must be refused");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("mode {mode:o}")) && msg.contains("chmod 600"),
+                "message names the mode and the fix: {msg}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            KeySecret::load_or_create(&path).expect("owner-only secret loads");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 

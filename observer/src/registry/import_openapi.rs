@@ -170,6 +170,10 @@ fn join(base: &str, path: &str) -> String {
 /// Adds a route made valid for the registry, noting any rewrite.
 fn push_route(spec: &mut OpenApiSpec, route: String, line: usize) {
     let (fixed, why) = valid_template(&route);
+    if let Err(e) = super::route::RouteTemplate::parse(&fixed) {
+        spec.note(line, format!("route `{route}` not imported: {e}"));
+        return;
+    }
     if let Some(why) = why {
         spec.note(
             line,
@@ -542,6 +546,29 @@ mod fixture_tests {
 
     use super::*;
     use crate::registry::{load_str, KeySecret};
+
+    #[test]
+    fn unparsable_path_is_noted_not_imported() {
+        // Found by the `openapi` fuzz target: an unclosed `{` made the output a registry the loader rejects.
+        let spec = parse_spec(
+            "openapi: 3.0.0\ninfo: {title: T, version: '1'}\npaths:\n  /a/{id:\n    get: {}\n  /b:\n    get: {}\n",
+        )
+        .expect("spec parses");
+        assert_eq!(routes(&spec), ["GET /b"]);
+        assert_eq!(notes(&spec).len(), 1, "{:?}", spec.notes);
+        assert!(
+            notes(&spec)[0].1.contains("`GET /a/{id` not imported"),
+            "{:?}",
+            spec.notes
+        );
+        let yaml = to_registry_yaml(&spec, "t.yaml");
+        crate::registry::load_str(
+            &yaml,
+            std::path::Path::new("."),
+            &crate::registry::KeySecret::from_bytes(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap_or_else(|p| panic!("importer output must load: {p:?}\n{yaml}"));
+    }
 
     fn routes(spec: &OpenApiSpec) -> Vec<&str> {
         spec.routes.iter().map(|(r, _)| r.as_str()).collect()

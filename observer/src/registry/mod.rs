@@ -23,6 +23,9 @@ pub use cli::{
 #[allow(unused_imports)]
 pub use fingerprint::{key_suffix, write_hex, KeySecret, SecretError};
 pub use glob::Glob;
+/// The importers' text-to-registry steps, for callers that hold the text (the fuzz targets).
+pub use import_kong::import as import_kong_text;
+pub use import_openapi::{parse_spec as parse_openapi, to_registry_yaml as openapi_registry_yaml};
 #[allow(unused_imports)]
 pub use load::{load_file, load_str, Loaded, Problem, Problems, RegistryError};
 #[allow(unused_imports)]

@@ -208,8 +208,7 @@ mod tests {
     #[test]
     fn example_registry_is_valid() {
         let path = examples().join("registry.yaml");
-        let secret = KeySecret::load_or_create(&examples().join("example-key-secret"))
-            .expect("example secret loads");
+        let secret = KeySecret::example();
         let loaded = load_file(&path, &secret)
             .unwrap_or_else(|e| panic!("examples/registry.yaml must be valid: {e}"));
         let r = &loaded.registry;
