@@ -163,7 +163,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
         idle_timeout_ns: args.capture.idle_timeout.as_nanos() as u64,
-        report_started: true,
+        report_started: args.capture.origin,
     };
     let poll = args.capture.poll_interval.max(Duration::from_millis(1));
     let drain_only = args.capture.drain_only;
@@ -192,7 +192,10 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                         drain_only,
                         ui,
                         insights,
-                        origin: origin::Tracker::new(origin::OriginConfig::default()),
+                        origin: args
+                            .capture
+                            .origin
+                            .then(|| origin::Tracker::new(origin::OriginConfig::default())),
                         origin_metrics,
                     },
                 )
@@ -283,8 +286,8 @@ struct Reading {
     ui: Option<Arc<crate::ui::memory::MemoryStore>>,
     /// The insights engine's queue (`--insights`).
     insights: Option<crate::insights::live::Feed>,
-    /// Decides each event's origin across hops; events leave the loop through it.
-    origin: origin::Tracker,
+    /// Decides each event's origin across hops (`--origin`); events leave the loop through it.
+    origin: Option<origin::Tracker>,
     /// `observer_origin_*`, brought up to the tracker's counts once a second.
     origin_metrics: origin::OriginMetrics,
 }
@@ -335,36 +338,50 @@ fn capture_loop(
             engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
-        // Requests in flight first: the exchanges finished in this drain may have been made for them.
-        let now = crate::event::Timestamp::now();
-        engine.drain_started(&mut started);
-        for s in started.drain(..) {
-            origin.started(&s, now);
-        }
         let before = out.len();
-        out.retain(|ex| {
-            let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
-            if own {
-                origin.forget(&ex.event);
+        match origin.as_mut() {
+            Some(origin) => {
+                // Requests in flight first: the exchanges finished in this drain may have been made for them.
+                let now = crate::event::Timestamp::now();
+                engine.drain_started(&mut started);
+                for s in started.drain(..) {
+                    origin.started(&s, now);
+                }
+                out.retain(|ex| {
+                    let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
+                    if own {
+                        origin.forget(&ex.event);
+                    }
+                    !own
+                });
+                counts.own_exchanges.inc_by((before - out.len()) as u64);
+                // Enriched where they lie, then each event is moved once, into the origin tracker (which may hold
+                // it until its parent is known) and from there into the batch: exchanges are large.
+                for ex in &mut out {
+                    enricher.enrich(ex);
+                }
+                for ex in out.drain(..) {
+                    origin.complete(ex, now);
+                }
+                if tick {
+                    origin.tick(now);
+                    origin_metrics.update(&origin.stats());
+                }
+                if stopping {
+                    origin.finish();
+                }
+                origin.drain(&mut events);
             }
-            !own
-        });
-        counts.own_exchanges.inc_by((before - out.len()) as u64);
-        // Enriched where they lie, then each event is moved once, into the origin tracker (which may hold it until
-        // its parent is known) and from there into the batch: exchanges are large.
-        for ex in &mut out {
-            enricher.enrich(ex);
+            None => {
+                out.retain(|ex| ex.event.client_pid != own_pid && ex.event.server_pid != own_pid);
+                counts.own_exchanges.inc_by((before - out.len()) as u64);
+                // Enriched where they lie, then each event is moved once, into the batch: exchanges are large.
+                for ex in &mut out {
+                    enricher.enrich(ex);
+                }
+                events.extend(out.drain(..).map(|ex| ex.event));
+            }
         }
-        for ex in out.drain(..) {
-            origin.complete(ex, now);
-        }
-        if tick {
-            origin.tick(now);
-        }
-        if stopping {
-            origin.finish();
-        }
-        origin.drain(&mut events);
         let mut batch = sinks.batch();
         batch.append(&mut events);
         if let Some(ui) = &ui {
@@ -377,7 +394,6 @@ fn capture_loop(
         sinks.send_batch(batch);
         if tick {
             last_tick = Instant::now();
-            origin_metrics.update(&origin.stats());
         }
         if stopping {
             break;

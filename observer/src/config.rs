@@ -37,6 +37,11 @@ pub struct CaptureArgs {
     /// Most requests awaiting a response per connection (pipelining depth); beyond it the oldest is evicted.
     #[arg(long, default_value_t = 64)]
     pub max_pending: usize,
+    /// Fill the origin-across-hops fields (origin_*, parent_*, hop, origin_by): which inbound request each
+    /// outbound one was made for. Off by default: it holds child events until their parent is decided and costs
+    /// agent CPU per event (`cargo xtask bench`); without it those fields stay empty and `origin_by` is `none`.
+    #[arg(long)]
+    pub origin: bool,
     /// A request still waiting for its response after this long is reported with status 0.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
