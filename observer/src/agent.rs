@@ -338,28 +338,30 @@ fn capture_loop(
             engine.tick(clock::monotonic_ns());
         }
         engine.drain(&mut out);
+        // Requests in flight first: the exchanges finished in this drain may have been made for them.
+        let now = crate::event::Timestamp::now();
+        if let Some(origin) = origin.as_mut() {
+            engine.drain_started(&mut started);
+            for s in started.drain(..) {
+                origin.started(&s, now);
+            }
+        }
         let before = out.len();
+        out.retain(|ex| {
+            let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
+            if let (true, Some(origin)) = (own, origin.as_mut()) {
+                origin.forget(&ex.event);
+            }
+            !own
+        });
+        counts.own_exchanges.inc_by((before - out.len()) as u64);
+        // Enriched where they lie, then each event is moved once, into the batch (through the origin tracker, which
+        // may hold it until its parent is known, with `--origin`): exchanges are large.
+        for ex in &mut out {
+            enricher.enrich(ex);
+        }
         match origin.as_mut() {
             Some(origin) => {
-                // Requests in flight first: the exchanges finished in this drain may have been made for them.
-                let now = crate::event::Timestamp::now();
-                engine.drain_started(&mut started);
-                for s in started.drain(..) {
-                    origin.started(&s, now);
-                }
-                out.retain(|ex| {
-                    let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
-                    if own {
-                        origin.forget(&ex.event);
-                    }
-                    !own
-                });
-                counts.own_exchanges.inc_by((before - out.len()) as u64);
-                // Enriched where they lie, then each event is moved once, into the origin tracker (which may hold
-                // it until its parent is known) and from there into the batch: exchanges are large.
-                for ex in &mut out {
-                    enricher.enrich(ex);
-                }
                 for ex in out.drain(..) {
                     origin.complete(ex, now);
                 }
@@ -372,15 +374,7 @@ fn capture_loop(
                 }
                 origin.drain(&mut events);
             }
-            None => {
-                out.retain(|ex| ex.event.client_pid != own_pid && ex.event.server_pid != own_pid);
-                counts.own_exchanges.inc_by((before - out.len()) as u64);
-                // Enriched where they lie, then each event is moved once, into the batch: exchanges are large.
-                for ex in &mut out {
-                    enricher.enrich(ex);
-                }
-                events.extend(out.drain(..).map(|ex| ex.event));
-            }
+            None => events.extend(out.drain(..).map(|ex| ex.event)),
         }
         let mut batch = sinks.batch();
         batch.append(&mut events);
