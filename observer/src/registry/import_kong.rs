@@ -7,7 +7,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::fingerprint::{key_suffix, KeySecret};
 use super::import_openapi::{slug, split_url, unassigned_team_yaml};
-use super::load::Problem;
+use super::load::{matchers_overlap, parse_matcher, Problem};
+use super::model::ApiMatch;
 use super::yaml::{self, flow_list, scalar, Node};
 
 /// Top-level keys of a Kong declarative config (any one makes a file one).
@@ -30,6 +31,9 @@ struct Matcher {
     paths: Vec<String>,
     regex: Vec<String>,
     methods: Vec<String>,
+    ports: Vec<u16>,
+    /// The route's line in the Kong config (the service's for an upstream matcher).
+    line: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +44,8 @@ struct Service {
     name: String,
     line: usize,
     matchers: Vec<Matcher>,
+    /// No route names hosts or paths: the one matcher is the upstream's host and port.
+    by_upstream: bool,
     upstream_host: Option<String>,
     upstream_port: Option<u16>,
     key_auth: Option<KeyAuth>,
@@ -278,7 +284,9 @@ impl Importer {
         );
         if let Some(expr) = s(r, "expression") {
             match parse_expression(expr) {
-                Ok(m) => self.services[svc].matchers.push(m),
+                Ok(m) => self.services[svc]
+                    .matchers
+                    .push(Matcher { line: r.line, ..m }),
                 Err(why) => self.note(
                     r.line,
                     format!("{what}: expression `{expr}` not imported: {why}"),
@@ -312,11 +320,13 @@ impl Importer {
         let mut prefix = Matcher {
             hosts: hosts.clone(),
             methods: methods.clone(),
+            line: r.line,
             ..Default::default()
         };
         let mut regex = Matcher {
             hosts,
             methods,
+            line: r.line,
             ..Default::default()
         };
         for p in str_list(r, "paths") {
@@ -515,6 +525,55 @@ impl Importer {
     }
 }
 
+impl Importer {
+    /// Keeps only matchers the loader accepts: each is read back with the loader's own matcher reader, and one that
+    /// would match the same requests as an earlier service's is left out (Kong chooses between such routes by
+    /// priority and creation order, which a registry does not model, and the loader refuses overlapping APIs). A
+    /// service left with no matcher is left out with its grants. Each is a note with the config's line.
+    fn keep_loadable_matchers(&mut self, secret: &KeySecret) {
+        let mut kept: Vec<(usize, String, ApiMatch)> = Vec::new();
+        let mut notes = Vec::new();
+        for (i, svc) in self.services.iter_mut().enumerate() {
+            let name = &svc.name;
+            svc.matchers.retain(|m| {
+                let text = matcher_yaml(m);
+                let parsed = match parse_matcher(&text, secret) {
+                    Ok(parsed) => parsed,
+                    Err(problems) => {
+                        let why: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+                        notes.push(Problem {
+                            line: m.line,
+                            message: format!("service `{name}`: matcher {text} not imported: {}", why.join("; ")),
+                        });
+                        return false;
+                    }
+                };
+                let earlier = kept
+                    .iter()
+                    .filter(|(j, _, _)| *j != i)
+                    .find_map(|(_, other, k)| matchers_overlap(k, &parsed).map(|why| (other, why)));
+                if let Some((other, why)) = earlier {
+                    notes.push(Problem {
+                        line: m.line,
+                        message: format!("service `{name}`: matcher {text} left out: it and a route of service `{other}` {why}, and Kong chooses between such routes by priority, which the registry does not model"),
+                    });
+                    return false;
+                }
+                kept.push((i, name.clone(), parsed));
+                true
+            });
+            if svc.matchers.is_empty() {
+                notes.push(Problem {
+                    line: svc.line,
+                    message: format!("service `{name}` not imported, nor its grants: none of its matchers could be kept"),
+                });
+            }
+        }
+        self.services.retain(|s| !s.matchers.is_empty());
+        self.notes.extend(notes);
+    }
+}
+
 /// Renames ids already taken by an earlier item to the first free `id-N`, noting each.
 fn uniquify<'a>(
     items: impl Iterator<Item = (&'a mut String, &'a str, usize)>,
@@ -573,17 +632,26 @@ pub fn import(
     im.add_top_level(&root);
     im.unique_ids();
     for i in 0..im.services.len() {
-        if im.services[i].matchers.is_empty() {
-            let line = im.services[i].line;
-            im.note(
-                line,
+        let svc = &mut im.services[i];
+        if svc.matchers.is_empty() {
+            svc.by_upstream = true;
+            svc.matchers.push(Matcher {
+                hosts: vec![svc.upstream_host.clone().unwrap_or_else(|| svc.id.clone())],
+                ports: svc.upstream_port.into_iter().collect(),
+                line: svc.line,
+                ..Default::default()
+            });
+            let (line, note) = (
+                svc.line,
                 format!(
                     "service `{}`: no route with hosts or paths; matching its upstream instead",
-                    im.services[i].name
+                    svc.name
                 ),
             );
+            im.note(line, note);
         }
     }
+    im.keep_loadable_matchers(secret);
     let keys = render_keys(&mut im, secret, today);
     let mut notes = im.notes;
     notes.sort_by_key(|n| n.line);
@@ -692,6 +760,10 @@ fn matcher_yaml(m: &Matcher) -> String {
     if !m.methods.is_empty() {
         parts.push(format!("methods: {}", flow_list(&m.methods)));
     }
+    if !m.ports.is_empty() {
+        let ports: Vec<String> = m.ports.iter().map(u16::to_string).collect();
+        parts.push(format!("ports: [{}]", ports.join(", ")));
+    }
     format!("{{{}}}", parts.join(", "))
 }
 
@@ -717,18 +789,12 @@ fn render(
             scalar(&svc.id),
             scalar(&svc.name)
         ));
-        if svc.matchers.is_empty() {
-            y.push_str("    # The service's routes name no hosts or paths: matching the upstream instead.\n    match:\n");
-            let host = svc.upstream_host.clone().unwrap_or_else(|| svc.id.clone());
-            y.push_str(&format!("      hosts: {}\n", flow_list(&[host])));
-            if let Some(p) = svc.upstream_port {
-                y.push_str(&format!("      ports: [{p}]\n"));
-            }
-        } else {
-            y.push_str("    match:\n");
-            for m in &svc.matchers {
-                y.push_str(&format!("      - {}\n", matcher_yaml(m)));
-            }
+        if svc.by_upstream {
+            y.push_str("    # The service's routes name no hosts or paths: matching the upstream instead.\n");
+        }
+        y.push_str("    match:\n");
+        for m in &svc.matchers {
+            y.push_str(&format!("      - {}\n", matcher_yaml(m)));
         }
         match (&svc.key_auth, svc.basic_auth) {
             (Some(k), basic) => {
@@ -1118,6 +1184,60 @@ consumers:
             secret().fingerprint_hex(b"anon-key-0123456789")
         );
         assert_eq!(r.keys.len(), 3);
+    }
+
+    #[test]
+    fn routes_matching_the_same_requests_keep_the_first_service() {
+        // Two services whose routes reduce to the same host and base path (Kong picks by priority), a third whose
+        // only route repeats them and is left out whole, and a fourth whose invalid regex path is dropped alone.
+        let text = "_format_version: '3.0'
+services:
+  - name: a
+    host: a.internal
+    routes:
+      - {hosts: [api.x.com], paths: [/v1/]}
+  - name: b
+    host: b.internal
+    routes:
+      - {hosts: [api.x.com], paths: [/v1]}
+      - {hosts: [api.x.com], paths: [/v2]}
+  - name: c
+    host: c.internal
+    plugins: [{name: key-auth}]
+    routes:
+      - {hosts: [API.x.com], paths: [/v1]}
+  - name: d
+    host: d.internal
+    routes:
+      - {paths: [\"~/d/(\"]}
+      - {paths: [/d]}
+consumers:
+  - username: u
+    keyauth_credentials: [{key: k-123456}]
+";
+        let (r, notes) = imported(text);
+        let apis: Vec<(&str, usize)> = r
+            .apis
+            .iter()
+            .map(|a| (a.id.as_str(), a.matchers.len()))
+            .collect();
+        assert_eq!(apis, vec![("a", 1), ("b", 1), ("d", 1)], "{notes:?}");
+        assert!(
+            r.keys.iter().all(|k| k.grants.is_empty()),
+            "grants to c go with it"
+        );
+        let said =
+            |line: usize, part: &str| notes.iter().any(|(l, m)| *l == line && m.contains(part));
+        assert!(said(10, "service `b`: matcher {hosts: [api.x.com], base_path: [/v1]} left out: it and a route of service `a` both match host api.x.com, base_path /v1"), "{notes:?}");
+        assert!(said(16, "service `c`: matcher"), "{notes:?}");
+        assert!(
+            said(12, "service `c` not imported, nor its grants"),
+            "{notes:?}"
+        );
+        assert!(
+            said(20, "path_regex `/d/(` is not a regular expression"),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -16,9 +16,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::fingerprint::{KeySecret, SecretError};
-use super::model::{Api, Application, Key, Registry, Team};
+use super::model::{Api, ApiMatch, Application, Key, Registry, Team};
 use super::yaml::{self, Node};
 
+/// Why two matchers of different APIs would match the same requests (the loader refuses such a registry), if they do.
+pub use cross::overlap as matchers_overlap;
 #[cfg(test)]
 pub use source::InMemory;
 pub use source::{Source, System};
@@ -129,6 +131,31 @@ pub fn load_with(
         let mut problems = cx.problems;
         problems.sort_by_key(|p| p.line);
         Err(problems)
+    }
+}
+
+/// Reads one API matcher written as YAML (a flow mapping such as `{hosts: [a.com], base_path: [/v1]}`) exactly as
+/// the loader reads an item of an API's `match:`, with the loader's problems. Importers check what they write with
+/// it and [`matchers_overlap`], so that the loader accepts their output without a second copy of its rules.
+pub fn parse_matcher(text: &str, secret: &KeySecret) -> Result<ApiMatch, Vec<Problem>> {
+    let node = yaml::parse(text).map_err(|e| {
+        vec![Problem {
+            line: e.line,
+            message: format!("YAML syntax error at column {}: {}", e.col, e.message),
+        }]
+    })?;
+    let mut cx = Ctx {
+        problems: Vec::new(),
+        base_dir: PathBuf::new(),
+        secret,
+        source: &System,
+        dependencies: Vec::new(),
+    };
+    let m = cx.api_match(&node, "api");
+    if cx.problems.is_empty() {
+        Ok(m)
+    } else {
+        Err(cx.problems)
     }
 }
 
