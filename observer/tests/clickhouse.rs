@@ -1055,7 +1055,7 @@ async fn ml_feature_view_computes_each_documented_column() {
             ts: Timestamp(m0 + sec * 1_000_000),
             api_id: "pay".into(),
             app_id: app.into(),
-            route: if hash % 2 == 0 {
+            route: if hash.is_multiple_of(2) {
                 "/a".into()
             } else {
                 "/b".into()

@@ -1,6 +1,7 @@
 //! `cargo xtask build|run|test|bench|fuzz|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
 //! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 mod bench;
+mod benchmarks_md;
 mod clickhouse;
 mod demo;
 mod fuzz;
@@ -47,6 +48,17 @@ enum Cmd {
         /// programs); more rounds narrow the interval the goals are judged on.
         #[arg(long, default_value_t = 10)]
         rounds: u32,
+        /// Also run, in the same rounds, a sidecar stand-in (nginx reverse proxy logging key, status and time),
+        /// live tshark decoding HTTP and tcpdump to a file, and compare them with the observer.
+        #[arg(long)]
+        peers: bool,
+        /// Also run the workloads beyond keep-alive (connection churn, 8 KiB headers, pipelining, 1 MiB bodies,
+        /// 10k and 100k idle connections), each with its losses, CPU per exchange and the agent's memory.
+        #[arg(long)]
+        workloads: bool,
+        /// Skip the criterion micro-benchmarks (BENCHMARKS.md keeps its earlier criterion section).
+        #[arg(long)]
+        no_criterion: bool,
     },
     /// A demo world in network namespaces (three APIs, five client applications, a registry, ClickHouse, the
     /// agent with its UI); prints the UI's address. Ctrl-C removes everything it started.
@@ -135,10 +147,27 @@ fn main() -> Result<()> {
         }
         Cmd::Run { args } => run_agent(&root, args)?,
         Cmd::Test => test_all(&root)?,
-        Cmd::Bench { duration, rounds } => {
+        Cmd::Bench {
+            duration,
+            rounds,
+            peers,
+            workloads,
+            no_criterion,
+        } => {
             let bin = build_release(&root)?;
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
-            bench::run(&root, &bin, duration, rounds)?;
+            if peers {
+                toolchain::ensure_packages(bench::PEER_PACKAGES)?;
+            }
+            bench::run(
+                &root,
+                &bin,
+                duration,
+                rounds,
+                peers,
+                workloads,
+                !no_criterion,
+            )?;
         }
         Cmd::Demo {
             scenario,

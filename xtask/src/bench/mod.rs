@@ -1,0 +1,460 @@
+//! `cargo xtask bench`: the observer's cost on a saturated loopback nginx, measured side by side in one run (every
+//! round runs every configuration, baseline and capturing next to each other; with `--peers` also a sidecar
+//! stand-in, tshark and tcpdump on the same workload), plus the criterion micro-benchmarks. The headline is CPU per
+//! exchange: the kernel programs' run time (bpf_stats) plus the agent's CPU per event, with registry enrichment.
+//! Writes its sections of BENCHMARKS.md (`report`).
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{noop_hooks::NoopHooks, toolchain::say};
+
+mod load;
+mod peers;
+mod report;
+mod stats;
+mod workloads;
+use load::{
+    count_lines, cpu_seconds, machine_busy_seconds, scrape, start_app, tree_cpu_seconds, wrk,
+    WrkResult, KEY, METRICS, PORT,
+};
+use peers::Peer;
+pub use peers::PACKAGES as PEER_PACKAGES;
+
+/// One wrk run of one configuration.
+struct Observed {
+    wrk: WrkResult,
+    /// CPU seconds of what ran beside nginx: the agent, or the peer with its children; 0 for bare runs.
+    cpu_s: f64,
+    /// Busy CPU seconds of the whole machine during the wrk run.
+    busy_s: f64,
+    /// Exchanges reported: events the agent wrote, lines a peer logged or decoded; `None` when nothing reports.
+    reported: Option<f64>,
+    drops: f64,
+    /// Kernel program costs, when the run had `kernel.bpf_stats_enabled` on.
+    progs: Vec<ProgCost>,
+    /// A peer's own account of what it missed.
+    note: String,
+}
+
+impl Observed {
+    /// Machine CPU per request completed, µs.
+    fn busy_us_per_request(&self) -> f64 {
+        self.busy_s * 1e6 / self.wrk.requests.max(1) as f64
+    }
+}
+
+/// Runs wrk against `port`, with the machine's busy time around it.
+fn timed_wrk(port: u16, duration: u64) -> Result<(WrkResult, f64)> {
+    let b0 = machine_busy_seconds();
+    let w = wrk(port, duration)?;
+    Ok((w, machine_busy_seconds() - b0))
+}
+
+/// What runs beside nginx in one wrk run of a round.
+#[derive(Clone, Copy, PartialEq)]
+enum Config {
+    Baseline,
+    Capturing,
+    Drain,
+    Hooks,
+    Floor,
+    Peer(Peer),
+}
+
+impl Config {
+    /// A round's order (reversed every other round).
+    fn all(peers: bool) -> Vec<Config> {
+        let mut v = vec![
+            Config::Baseline,
+            Config::Capturing,
+            Config::Drain,
+            Config::Hooks,
+            Config::Floor,
+        ];
+        if peers {
+            v.extend(Peer::ALL.map(Config::Peer));
+        }
+        v
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::Capturing => "capturing",
+            Config::Drain => "drain only",
+            Config::Hooks => "hooks only",
+            Config::Floor => "no-op programs",
+            Config::Peer(p) => p.name(),
+        }
+    }
+}
+
+/// One program's kernel time, from `kernel.bpf_stats_enabled` (which adds two clock reads to every run).
+struct ProgCost {
+    name: String,
+    runs: u64,
+    ns: u64,
+}
+
+/// Turns `kernel.bpf_stats_enabled` on; dropping it restores the previous value.
+struct BpfStats {
+    prev: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let prev =
+            std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(BpfStats { prev })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.prev.trim());
+    }
+}
+
+/// Run counts and kernel time of the observer's loaded programs (`bpftool prog show -j`).
+fn prog_costs() -> Result<Vec<ProgCost>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool prog show")?;
+    let progs: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading bpftool's JSON")?;
+    let mut costs: Vec<ProgCost> = progs
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            name.starts_with("observer_").then(|| ProgCost {
+                name: name.to_string(),
+                runs: p["run_cnt"].as_u64().unwrap_or(0),
+                ns: p["run_time_ns"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect();
+    costs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(costs)
+}
+
+/// Port the hooks-only configuration captures: nothing listens there, so the programs run their classification on
+/// every packet and emit nothing.
+const IDLE_PORT: u16 = 9;
+
+/// The registry the capturing agent enriches with: one API on the app's port keyed by the header wrk sends, one
+/// application holding that key (given to the agent in `OBSERVER_BENCH_KEY`).
+fn write_registry(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("registry.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\nteams:\n  - {{id: bench, name: Bench, line_of_business: Bench}}\napis:\n  - id: bench-api\n    \
+             name: Bench API\n    owner: bench\n    match: {{ports: [{PORT}]}}\n    auth: {{type: api_key, headers: [{}]}}\n\
+             applications:\n  - {{id: bench-app, name: Bench App, team: bench, created_by: bench, created_at: 2026-01-01}}\n\
+             keys:\n  - id: bench-key\n    application: bench-app\n    key_env: OBSERVER_BENCH_KEY\n    grants:\n      \
+             - {{api: bench-api, granted_by: bench, granted_at: 2026-01-01}}\n",
+            load::KEY_HEADER
+        ),
+    )?;
+    Ok(path)
+}
+
+/// A running agent capturing `port` with the bench registry and an NDJSON sink in the bench directory.
+struct Agent {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(bin: &Path, dir: &Path, port: u16, extra: &[&str]) -> Result<Agent> {
+        let out = dir.join("events.ndjson");
+        let mut child = Command::new(bin)
+            .args([
+                "run",
+                "--ports",
+                &port.to_string(),
+                "--sink",
+                &format!("ndjson:{}", out.display()),
+            ])
+            .args([
+                "--metrics",
+                METRICS,
+                "--key-secret-file",
+                &dir.join("secret").display().to_string(),
+                "--registry",
+                &dir.join("registry.yaml").display().to_string(),
+            ])
+            .args(extra)
+            .env("OBSERVER_BENCH_KEY", KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting observer")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(METRICS) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+                let mut b = String::new();
+                let _ = s.read_to_string(&mut b);
+                if b.starts_with("HTTP/1.1 200") || b.starts_with("HTTP/1.0 200") {
+                    return Ok(Agent { child, out });
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("observer exited with {status} before it became ready (run it by hand to see why)");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("observer did not become ready in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the agent once its counters cover the traffic: (events it wrote, drops it counted).
+    fn stop(mut self) -> Result<(f64, f64)> {
+        // The agent publishes its counters once a second: wait for a publication made after the traffic ended, so
+        // drops in the run's last second are counted too.
+        std::thread::sleep(Duration::from_millis(1200));
+        let drops = scrape("observer_kernel_ringbuf_full_total")
+            + scrape("observer_kernel_flow_map_full_total")
+            + scrape("observer_kernel_proc_map_full_total")
+            + scrape("observer_flow_evicted_total")
+            + scrape("observer_sink_dropped_total");
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our own child, not yet
+        // reaped (we wait for it just below), so it cannot name another process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // Every event the agent wrote, counted after it flushed and exited.
+        let events = count_lines(&self.out)? as f64;
+        let _ = std::fs::remove_file(&self.out);
+        Ok((events, drops))
+    }
+}
+
+fn with_observer(
+    bin: &Path,
+    dir: &Path,
+    duration: u64,
+    port: u16,
+    kernel_stats: bool,
+    extra: &[&str],
+) -> Result<Observed> {
+    let agent = Agent::start(bin, dir, port, extra)?;
+    let stats = if kernel_stats {
+        Some(BpfStats::enable()?)
+    } else {
+        None
+    };
+    let cpu0 = cpu_seconds(agent.pid());
+    let (w, busy_s) = timed_wrk(PORT, duration)?;
+    let progs = if stats.is_some() {
+        prog_costs()?
+    } else {
+        Vec::new()
+    };
+    drop(stats);
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu = cpu_seconds(agent.pid()) - cpu0;
+    let (events, drops) = agent.stop()?;
+    // With --drain-only or on the idle port nothing is written: nothing reports.
+    let reports = port == PORT && !extra.contains(&"--drain-only");
+    Ok(Observed {
+        wrk: w,
+        cpu_s: cpu,
+        busy_s,
+        reported: reports.then_some(events),
+        drops,
+        progs,
+        note: String::new(),
+    })
+}
+
+/// A run with nothing beside nginx (and, for the floor, two no-op programs).
+fn bare(duration: u64) -> Result<Observed> {
+    let (wrk, busy_s) = timed_wrk(PORT, duration)?;
+    Ok(Observed {
+        wrk,
+        cpu_s: 0.0,
+        busy_s,
+        reported: None,
+        drops: 0.0,
+        progs: Vec::new(),
+        note: String::new(),
+    })
+}
+
+/// A run with a peer seeing the traffic instead of the observer.
+fn with_peer(peer: Peer, dir: &Path, duration: u64) -> Result<Observed> {
+    let running = peer.start(dir)?;
+    let pid = running.pid();
+    let cpu0 = tree_cpu_seconds(pid);
+    let (w, busy_s) = timed_wrk(peer.port(), duration)?;
+    let cpu_s = tree_cpu_seconds(pid) - cpu0;
+    let r = running.finish()?;
+    Ok(Observed {
+        wrk: w,
+        cpu_s,
+        busy_s,
+        reported: r.requests.map(|n| n as f64),
+        drops: 0.0,
+        progs: Vec::new(),
+        note: r.note,
+    })
+}
+
+fn run_config(config: Config, bin: &Path, dir: &Path, duration: u64) -> Result<Observed> {
+    match config {
+        Config::Baseline => bare(duration),
+        Config::Floor => {
+            let _hooks = NoopHooks::attach()?;
+            bare(duration)
+        }
+        Config::Hooks => with_observer(bin, dir, duration, IDLE_PORT, false, &[]),
+        Config::Drain => with_observer(bin, dir, duration, PORT, false, &["--drain-only"]),
+        Config::Capturing => with_observer(bin, dir, duration, PORT, false, &[]),
+        Config::Peer(p) => with_peer(p, dir, duration),
+    }
+}
+
+pub fn run(
+    root: &Path,
+    bin: &Path,
+    duration: u64,
+    rounds: u32,
+    peers: bool,
+    with_workloads: bool,
+    with_criterion: bool,
+) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    write_registry(&dir)?;
+    let _app = start_app(&dir)?;
+    let configs = Config::all(peers);
+    let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
+    say(format!(
+        "nginx on 127.0.0.1:{PORT}; {rounds} rounds of wrk -t1 -c50 -d{duration}s with a key header, each running \
+         (every other one in reverse): {}",
+        names.join(", ")
+    ));
+    wrk(PORT, 2)?; // warm-up
+    let mut runs: Vec<Vec<Observed>> = configs.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        // Baseline and capturing, the pair the goal is about, run next to each other; every other round runs the
+        // configurations in reverse, so a machine that speeds up or slows down over minutes favours none of them.
+        let mut order: Vec<usize> = (0..configs.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for i in order {
+            let o = run_config(configs[i], bin, &dir, duration)?;
+            let mut line = format!(
+                "round {round} {}: {:.0} req/s, p99 {:.2} ms, machine {:.2} µs/request",
+                configs[i].name(),
+                o.wrk.rps,
+                o.wrk.p99_ms,
+                o.busy_us_per_request()
+            );
+            if let Some(n) = o.reported {
+                line.push_str(&format!(", {n:.0} reported"));
+            }
+            if o.cpu_s > 0.0 {
+                line.push_str(&format!(
+                    ", {:.0} drops, own CPU {:.1}%",
+                    o.drops,
+                    100.0 * o.cpu_s / duration as f64
+                ));
+            }
+            say(line);
+            runs[i].push(o);
+        }
+    }
+
+    say(format!(
+        "kernel program cost: one more hooks-only and one more capturing run, with {BPF_STATS} on"
+    ));
+    let idle_k = with_observer(bin, &dir, duration, IDLE_PORT, true, &[])?;
+    let obs_k = with_observer(bin, &dir, duration, PORT, true, &[])?;
+    let crit = if with_criterion {
+        Some(criterion(root)?)
+    } else {
+        None
+    };
+    let workloads = if with_workloads {
+        say("workloads: churn, large headers, pipelining, 1 MiB bodies, idle connections");
+        let prov = crate::benchmarks_md::provenance(root, "cargo xtask bench --workloads");
+        Some(workloads::run(bin, &dir, duration, &prov)?)
+    } else {
+        None
+    };
+    let mut sections = report::sections(
+        root,
+        &report::Inputs {
+            duration,
+            rounds,
+            peers,
+            configs: &configs,
+            runs: &runs,
+            idle_k: &idle_k,
+            obs_k: &obs_k,
+            criterion: crit.as_deref(),
+        },
+    );
+    sections.extend(workloads);
+    crate::benchmarks_md::write_sections(root, &sections)?;
+    say("wrote the bench's sections of BENCHMARKS.md");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs the criterion micro-benchmarks and returns their result lines.
+fn criterion(root: &Path) -> Result<Vec<String>> {
+    say("running criterion micro-benchmarks (cargo bench -p observer)");
+    let crit = Command::new("cargo")
+        .current_dir(root)
+        .args(["bench", "-p", "observer", "--", "--noplot"])
+        // Same build as target/release/observer (the bench profile shares its directory): with the eBPF object.
+        .env_remove("AYA_BUILD_SKIP")
+        .output()
+        .context("running cargo bench")?;
+    if !crit.status.success() {
+        bail!(
+            "cargo bench failed:\n{}",
+            String::from_utf8_lossy(&crit.stderr)
+        );
+    }
+    let crit_text = String::from_utf8_lossy(&crit.stdout);
+    // Criterion prints "name  time: [...]", or the name alone on the line before when it is long.
+    let all_lines: Vec<&str> = crit_text.lines().collect();
+    let mut crit_lines: Vec<String> = Vec::new();
+    for (i, l) in all_lines.iter().enumerate() {
+        // Skip the "change:" block criterion prints when it compares with an earlier run.
+        if !(l.contains("time:") || l.contains("thrpt:")) || l.contains('%') {
+            continue;
+        }
+        if l.starts_with(char::is_whitespace) && i > 0 && !all_lines[i - 1].contains(':') {
+            crit_lines.push(format!("{} {}", all_lines[i - 1].trim(), l.trim()));
+        } else {
+            crit_lines.push(l.trim().to_string());
+        }
+    }
+
+    Ok(crit_lines)
+}

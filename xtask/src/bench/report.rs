@@ -1,0 +1,361 @@
+//! The bench's sections of BENCHMARKS.md: the headline (CPU per exchange), the rounds and their ratios, the peers,
+//! the kernel programs' cost and the criterion figures, each opening with where, when and how it was measured.
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::load::PORT;
+use super::stats::{interval95, ratios, Goal, Ratios};
+use super::{Config, Observed, ProgCost, IDLE_PORT};
+
+pub struct Inputs<'a> {
+    pub duration: u64,
+    pub rounds: u32,
+    pub peers: bool,
+    pub configs: &'a [Config],
+    /// Per configuration (as in `configs`), its runs round by round.
+    pub runs: &'a [Vec<Observed>],
+    /// The extra hooks-only and capturing runs with bpf_stats on.
+    pub idle_k: &'a Observed,
+    pub obs_k: &'a Observed,
+    /// The criterion result lines, when they were run.
+    pub criterion: Option<&'a [String]>,
+}
+
+impl Inputs<'_> {
+    fn of(&self, c: Config) -> &[Observed] {
+        let i = self.configs.iter().position(|x| *x == c).unwrap_or(0);
+        &self.runs[i]
+    }
+
+    /// Machine CPU per request this configuration added to the baseline's, µs, round by round.
+    fn added_us(&self, c: Config) -> Vec<f64> {
+        self.of(c)
+            .iter()
+            .zip(self.of(Config::Baseline))
+            .map(|(o, b)| o.busy_us_per_request() - b.busy_us_per_request())
+            .collect()
+    }
+}
+
+/// Mean and 95% interval, as text.
+fn mean_interval(v: &[f64]) -> String {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (lo, hi) = interval95(v);
+    if lo.is_finite() {
+        format!("{mean:.2} ({lo:.2} to {hi:.2})")
+    } else {
+        format!("{mean:.2}")
+    }
+}
+
+fn ratio_cell(r: &Ratios) -> String {
+    if r.interval.0.is_finite() {
+        format!(
+            "{:.3} ({:.3} to {:.3})",
+            r.of_means, r.interval.0, r.interval.1
+        )
+    } else {
+        format!("{:.3}", r.of_means)
+    }
+}
+
+/// Kernel program time per request completed in a bpf_stats run, µs.
+fn kernel_us(o: &Observed) -> f64 {
+    o.progs.iter().map(|c| c.ns as f64).sum::<f64>() / o.wrk.requests.max(1) as f64 / 1000.0
+}
+
+/// Own CPU per exchange reported (or per request when nothing reports), µs.
+fn own_us(o: &Observed) -> f64 {
+    o.cpu_s * 1e6 / o.reported.unwrap_or(o.wrk.requests as f64).max(1.0)
+}
+
+pub fn sections(root: &Path, x: &Inputs) -> Vec<String> {
+    let cmd = format!(
+        "cargo xtask bench --duration {} --rounds {}{}",
+        x.duration,
+        x.rounds,
+        if x.peers { " --peers" } else { "" }
+    );
+    let prov = crate::benchmarks_md::provenance(root, &cmd);
+    let mut out = vec![headline(&prov, x), rounds(&prov, x)];
+    if x.peers {
+        out.push(peers(&prov, x));
+    }
+    out.push(kernel(&prov, x));
+    if let Some(lines) = x.criterion {
+        out.push(criterion(&prov, lines));
+    }
+    out
+}
+
+fn headline(prov: &str, x: &Inputs) -> String {
+    let mut md = String::new();
+    let k = x.obs_k;
+    let agent = k.cpu_s * 1e6 / k.reported.unwrap_or(0.0).max(1.0);
+    let kern = kernel_us(k);
+    let per_round: Vec<f64> = x.of(Config::Capturing).iter().map(own_us).collect();
+    let _ = writeln!(md, "## CPU per exchange (headline)\n\n{prov}\n");
+    let _ = writeln!(md, "What seeing one exchange costs: the kernel programs' run time per exchange \
+        (`kernel.bpf_stats_enabled`, every observer program) plus the agent's own CPU per event (process CPU, sinks \
+        included), while nginx on 127.0.0.1:{PORT} answers `wrk -t1 -c50` requests carrying an API key the registry \
+        knows (every exchange enriched: API, application, key state, route), NDJSON sink. Goal: <= 1.5 µs.\n");
+    let goal = Goal::AtMost(1.5);
+    let (lo, hi) = interval95(&per_round);
+    let _ = writeln!(md, "| figure | µs |\n|---|---|");
+    let _ = writeln!(
+        md,
+        "| **CPU per exchange (kernel + agent)** | **{:.2}** (goal {goal}: {} on the rounds' interval) |",
+        kern + agent,
+        goal.judge((lo + kern, hi + kern))
+    );
+    let _ = writeln!(
+        md,
+        "| kernel programs per exchange (bpf_stats run, {:.0} req/s) | {kern:.2} |",
+        k.wrk.rps
+    );
+    let _ = writeln!(md, "| agent per event (same run) | {agent:.2} |");
+    let _ = writeln!(
+        md,
+        "| agent per event, rounds (mean, 95% interval) | {} |",
+        mean_interval(&per_round)
+    );
+    let _ = writeln!(
+        md,
+        "| kernel programs per request, hooks only (port {IDLE_PORT}, nothing emitted) | {:.2} |",
+        kernel_us(x.idle_k)
+    );
+    for c in [
+        Config::Capturing,
+        Config::Drain,
+        Config::Hooks,
+        Config::Floor,
+    ] {
+        let _ = writeln!(
+            md,
+            "| machine CPU added per request, {} (rounds, mean, 95% interval) | {} |",
+            c.name(),
+            mean_interval(&x.added_us(c))
+        );
+    }
+    let _ = writeln!(md, "\nThe machine figures are `/proc/stat` busy time per request completed, less the \
+        baseline's in the same round: on a box that wrk and nginx saturate they mostly measure throughput lost, and \
+        the no-op programs' row is the floor any cgroup_skb hook costs. bpf_stats adds two clock reads to each \
+        program run, so the kernel figure is a slight overestimate.\n");
+    md
+}
+
+fn rounds(prov: &str, x: &Inputs) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Loopback nginx under wrk, without and with the observer\n\n{prov}\n"
+    );
+    let _ = writeln!(md, "nginx (1 worker, 612-byte page) on 127.0.0.1, `wrk -t1 -c50 -d{d}s --latency` with a key \
+        header, {r} rounds. A round runs every configuration one after the other, baseline and capturing next to \
+        each other, and every other round in reverse order (so that a machine speeding up or slowing down over \
+        minutes favours none): no observer (baseline); `observer run --ports {PORT} --registry ... --sink \
+        ndjson:...` (capturing and enriching every exchange); the same with `--drain-only` (the kernel captures \
+        every exchange and the reader drains the ring buffer, but drops every record unread); `observer run --ports \
+        {IDLE_PORT}` (hooks only: cgroup_skb + sock_ops classifying every packet, nothing on that port so nothing \
+        emitted); two no-op cgroup_skb programs (`r0 = 1; exit`) on the root cgroup (the floor).\n",
+        d = x.duration, r = x.rounds);
+    let _ = writeln!(md, "| round | configuration | req/s | p99 ms | machine µs/request | reported | drops | own CPU % |\n|---|---|---|---|---|---|---|---|");
+    for r in 0..x.rounds as usize {
+        for (c, runs) in x.configs.iter().zip(x.runs) {
+            let Some(o) = runs.get(r) else { continue };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.1} |",
+                r + 1,
+                c.name(),
+                o.wrk.rps,
+                o.wrk.p99_ms,
+                o.busy_us_per_request(),
+                o.reported.map_or("-".into(), |n| format!("{n:.0}")),
+                o.drops,
+                100.0 * o.cpu_s / x.duration as f64
+            );
+        }
+    }
+    let _ = writeln!(md, "\n| figure | ratio of the means | median of the rounds' ratios | mean of the rounds' ratios, 95% interval | rounds' ratios, lowest to highest |\n|---|---|---|---|---|");
+    let base: Vec<&Observed> = x.of(Config::Baseline).iter().collect();
+    for c in x.configs.iter().filter(|c| **c != Config::Baseline) {
+        let runs: Vec<&Observed> = x.of(*c).iter().collect();
+        for (what, r) in [
+            ("throughput", ratios(&runs, &base, |o| o.wrk.rps)),
+            ("p99", ratios(&runs, &base, |o| o.wrk.p99_ms)),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {what}, {} / baseline | {:.3} ({:+.1}%) | {:.3} | {:.3} to {:.3} | {:.3} to {:.3} |",
+                c.name(),
+                r.of_means,
+                100.0 * (r.of_means - 1.0),
+                r.median,
+                r.interval.0,
+                r.interval.1,
+                r.lowest,
+                r.highest
+            );
+        }
+    }
+    let cap = x.of(Config::Capturing);
+    let events: f64 = cap.iter().filter_map(|o| o.reported).sum();
+    let requests: f64 = cap.iter().map(|o| o.wrk.requests as f64).sum();
+    let drops: f64 = cap.iter().map(|o| o.drops).sum();
+    let _ = writeln!(
+        md,
+        "\nCapturing: {events:.0} events for {requests:.0} requests completed ({:.3}; goal 1.000), {drops:.0} drops \
+         (kernel, flow evictions, sink; goal 0). Events are the lines the agent wrote, counted after it flushed and \
+         exited; wrk counts requests completed in its window, and the agent also reports requests in flight when wrk \
+         stops, so the ratio can exceed 1 by up to the connection count.\n",
+        events / requests.max(1.0)
+    );
+    let _ = writeln!(md, "How to read this: each configuration adds one thing to the one before. No-op: running a \
+        cgroup_skb program on every packet at all. Hooks only: the observer's classification of every packet. Drain \
+        only: the kernel copying every exchange into the ring buffer and the reader waking to drain it. Capturing: \
+        the agent's parsing, pairing, enrichment and writing on top. wrk and nginx keep both vCPUs busy, so whatever \
+        the observer runs is taken from them. The 95% interval is that of the mean of the rounds' ratios (Student's \
+        t over the rounds, each round a paired sample).\n");
+    md
+}
+
+fn peers(prov: &str, x: &Inputs) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## Peers on the same workload\n\n{prov}\n");
+    let _ = writeln!(
+        md,
+        "The same rounds (interleaved with the observer's runs above), each peer seeing the same \
+        traffic instead of the observer:\n"
+    );
+    for c in x.configs {
+        if let Config::Peer(p) = c {
+            let _ = writeln!(md, "- {}: {}", p.name(), p.command());
+        }
+    }
+    let _ = writeln!(md, "\n| configuration | throughput / baseline (95% interval) | p99 / baseline (95% interval) | machine CPU added per request, µs (95% interval) | own CPU per request, µs | requests reported by the end of the run |\n|---|---|---|---|---|---|");
+    let base: Vec<&Observed> = x.of(Config::Baseline).iter().collect();
+    let mut figures = Vec::new();
+    for c in x
+        .configs
+        .iter()
+        .filter(|c| matches!(c, Config::Capturing | Config::Peer(_)))
+    {
+        let runs: Vec<&Observed> = x.of(*c).iter().collect();
+        let rps = ratios(&runs, &base, |o| o.wrk.rps);
+        let p99 = ratios(&runs, &base, |o| o.wrk.p99_ms);
+        let added = x.added_us(*c);
+        let requests: f64 = runs.iter().map(|o| o.wrk.requests as f64).sum();
+        let cpu: f64 = runs.iter().map(|o| o.cpu_s).sum();
+        let reported: Option<f64> = runs.iter().map(|o| o.reported).sum();
+        let notes: Vec<&str> = runs
+            .iter()
+            .map(|o| o.note.as_str())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let share = match reported {
+            Some(n) => format!("{:.3}", n / requests.max(1.0)),
+            None => format!(
+                "none decoded (packets only){}",
+                notes
+                    .last()
+                    .map_or(String::new(), |n| format!("; last run: {n}"))
+            ),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.2} | {share} |",
+            c.name(),
+            ratio_cell(&rps),
+            ratio_cell(&p99),
+            mean_interval(&added),
+            cpu * 1e6 / requests.max(1.0)
+        );
+        let mean_added = added.iter().sum::<f64>() / added.len().max(1) as f64;
+        figures.push((*c, rps.of_means, p99.of_means, mean_added));
+    }
+    let find = |c: Config| figures.iter().find(|f| f.0 == c).copied();
+    if let (Some(o), Some(s)) = (
+        find(Config::Capturing),
+        find(Config::Peer(super::Peer::Proxy)),
+    ) {
+        // Derived from the means: the goals are judged on the point figures, and only when the observer's cost
+        // was measurable at all (on a disturbed machine a round's noise can exceed it).
+        let (g_cpu, g_loss, g_p99) = (Goal::AtLeast(10.0), Goal::AtLeast(3.0), Goal::AtMost(0.5));
+        let judged = |ours: f64, theirs: f64, goal: Goal, what: &str| {
+            if ours <= 0.0 || theirs <= 0.0 {
+                format!("{what}: not judged (observer {ours:.3}, sidecar {theirs:.3}: one of them is not a cost here)")
+            } else {
+                let r = if matches!(goal, Goal::AtMost(_)) {
+                    ours / theirs
+                } else {
+                    theirs / ours
+                };
+                format!("{what} {r:.2} (goal {goal}: {})", goal.judge((r, r)))
+            }
+        };
+        let _ = writeln!(
+            md,
+            "\nAgainst the sidecar stand-in, on the means: {}; {}; {}.\n",
+            judged(
+                o.3,
+                s.3,
+                g_cpu,
+                "sidecar's added machine CPU per request over the observer's"
+            ),
+            judged(
+                1.0 - o.1,
+                1.0 - s.1,
+                g_loss,
+                "sidecar's throughput loss over the observer's"
+            ),
+            judged(
+                o.2 - 1.0,
+                s.2 - 1.0,
+                g_p99,
+                "observer's p99 increase over the sidecar's"
+            ),
+        );
+    }
+    md
+}
+
+fn kernel(prov: &str, x: &Inputs) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## Kernel program cost\n\n{prov}\n");
+    let _ = writeln!(md, "One more hooks-only run and one more capturing run (not part of the rounds above), with \
+        `kernel.bpf_stats_enabled=1`: the kernel then times every program run, which adds two clock reads (some tens \
+        of ns) to each.\n");
+    let _ = writeln!(md, "| program | hooks only: runs | ns per run | capturing: runs | ns per run |\n|---|---|---|---|---|");
+    let per_run = |c: &ProgCost| c.ns as f64 / c.runs.max(1) as f64;
+    for c in &x.obs_k.progs {
+        let h = x.idle_k.progs.iter().find(|h| h.name == c.name);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.0} |",
+            c.name,
+            h.map_or("-".to_string(), |h| h.runs.to_string()),
+            h.map_or("-".to_string(), |h| format!("{:.0}", per_run(h))),
+            c.runs,
+            per_run(c)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nKernel program time per request completed: hooks only {:.2} µs, capturing {:.2} µs ({:.0} req/s in that \
+         run). It is spent on the CPUs of the processes that send and receive, on top of the agent's own CPU.\n",
+        kernel_us(x.idle_k),
+        kernel_us(x.obs_k),
+        x.obs_k.wrk.rps
+    );
+    md
+}
+
+fn criterion(prov: &str, lines: &[String]) -> String {
+    let mut md = format!("## Criterion micro-benchmarks\n\n{prov}\n\n```\n");
+    for l in lines {
+        let _ = writeln!(md, "{}", l.trim());
+    }
+    md.push_str("```\n");
+    md
+}

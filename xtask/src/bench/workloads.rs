@@ -1,0 +1,224 @@
+//! `cargo xtask bench --workloads`: traffic beyond keep-alive loopback, each with the capturing agent (registry
+//! enrichment, NDJSON sink): connection churn, large headers, pipelining, 1 MiB responses, and many idle keep-alive
+//! connections beside the load. For each: exchanges sent and reported (0 lost is the goal), drops, the agent's CPU per
+//! event, the kernel programs' time per exchange (bpf_stats) and the agent's memory.
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::load::{cpu_seconds, wrk_with, Wrk, KEY, KEY_HEADER, PORT};
+use super::{prog_costs, Agent, BpfStats};
+use crate::toolchain::say;
+
+#[derive(Clone, Copy)]
+enum Workload {
+    KeepAlive,
+    Churn,
+    LargeHeaders,
+    Pipelined,
+    LargeBodies,
+    Idle(u32),
+}
+
+impl Workload {
+    fn name(self) -> String {
+        match self {
+            Workload::KeepAlive => "keep-alive (reference)".into(),
+            Workload::Churn => "a new connection per request (`Connection: close`)".into(),
+            Workload::LargeHeaders => "8 KiB cookie on every request".into(),
+            Workload::Pipelined => "pipelining, 16 requests per write".into(),
+            Workload::LargeBodies => "1 MiB responses (10 connections)".into(),
+            Workload::Idle(n) => format!("{n} idle keep-alive connections beside the load"),
+        }
+    }
+}
+
+/// One workload's figures.
+struct Outcome {
+    workload: Workload,
+    sent: u64,
+    events: f64,
+    drops: f64,
+    agent_us: f64,
+    kernel_us: f64,
+    rss_mib: f64,
+    hwm_mib: f64,
+}
+
+/// `VmRSS` and `VmHWM` of a process, MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// Opens `n` keep-alive connections to the app (spread over source addresses 127.0.0.1-8 so the ports suffice),
+/// makes one keyed request on each, reads its answer, and holds them open until killed. Prints `ready N` once
+/// every connection was answered.
+const IDLE_CLIENT: &str = r#"
+import resource, socket, sys, time
+n, port, key_header, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1000, n + 1000))
+req = ("GET / HTTP/1.1\r\nHost: bench\r\n%s: %s\r\n\r\n" % (key_header, key)).encode()
+socks = []
+for i in range(n):
+    s = socket.socket()
+    s.bind(("127.0.0.%d" % (1 + i % 8), 0))
+    s.connect(("127.0.0.1", port))
+    s.sendall(req)
+    socks.append(s)
+for s in socks:
+    data = b""
+    while not (b"\r\n\r\n" in data and len(data) >= data.index(b"\r\n\r\n") + 4 + 612):
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("connection closed early")
+        data += chunk
+print("ready", len(socks), flush=True)
+time.sleep(3600)
+"#;
+
+/// wrk's pipelining script: 16 keyed requests per write.
+fn pipeline_script(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("pipeline.lua");
+    std::fs::write(
+        &path,
+        format!(
+            "init = function(args)\n  local r = {{}}\n  for i = 1, 16 do\n    r[i] = wrk.format(nil, \"/\", {{[\"{KEY_HEADER}\"] = \"{KEY}\"}})\n  end\n  req = table.concat(r)\nend\nrequest = function()\n  return req\nend\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+fn run_one(bin: &Path, dir: &Path, duration: u64, w: Workload) -> Result<Outcome> {
+    let agent = Agent::start(bin, dir, PORT, &[])?;
+    let script;
+    let cookie = format!("Cookie: c={}", "k".repeat(8 * 1024));
+    let mut opts = Wrk::default();
+    let mut idle = None;
+    let mut extra_sent = 0u64;
+    match w {
+        Workload::KeepAlive => {}
+        Workload::Churn => opts.headers.push("Connection: close".into()),
+        Workload::LargeHeaders => opts.headers.push(cookie),
+        Workload::Pipelined => {
+            script = pipeline_script(dir)?;
+            opts.script = Some(&script);
+        }
+        Workload::LargeBodies => {
+            opts.path = "/big.bin";
+            opts.connections = Some(10);
+        }
+        Workload::Idle(n) => {
+            let mut child = Command::new("python3")
+                .args([
+                    "-c",
+                    IDLE_CLIENT,
+                    &n.to_string(),
+                    &PORT.to_string(),
+                    KEY_HEADER,
+                    KEY,
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting the idle-connection client")?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().context("client stdout")?).read_line(&mut line)?;
+            if !line.starts_with("ready") {
+                let _ = child.kill();
+                bail!("the idle-connection client did not get its {n} connections answered");
+            }
+            extra_sent = n as u64;
+            idle = Some(child);
+        }
+    }
+    let stats = BpfStats::enable()?;
+    let cpu0 = cpu_seconds(agent.pid());
+    let r = wrk_with(PORT, duration, &opts)?;
+    let progs = prog_costs()?;
+    drop(stats);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cpu = cpu_seconds(agent.pid()) - cpu0;
+    let (rss_mib, hwm_mib) = memory_mib(agent.pid());
+    if let Some(mut c) = idle {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let (events, drops) = agent.stop()?;
+    let sent = r.requests + extra_sent;
+    Ok(Outcome {
+        workload: w,
+        sent,
+        events,
+        drops,
+        agent_us: cpu * 1e6 / events.max(1.0),
+        kernel_us: progs.iter().map(|c| c.ns as f64).sum::<f64>()
+            / r.requests.max(1) as f64
+            / 1000.0,
+        rss_mib,
+        hwm_mib,
+    })
+}
+
+/// Runs every workload once and returns the BENCHMARKS.md section.
+pub fn run(bin: &Path, dir: &Path, duration: u64, prov: &str) -> Result<String> {
+    let all = [
+        Workload::KeepAlive,
+        Workload::Churn,
+        Workload::LargeHeaders,
+        Workload::Pipelined,
+        Workload::LargeBodies,
+        Workload::Idle(10_000),
+        Workload::Idle(100_000),
+    ];
+    let mut outcomes = Vec::new();
+    for w in all {
+        let o = run_one(bin, dir, duration, w)?;
+        say(format!(
+            "workload {}: {} sent, {:.0} events, {:.0} drops, agent {:.2} µs/event, kernel {:.2} µs/exchange, RSS {:.0} MiB",
+            o.workload.name(),
+            o.sent,
+            o.events,
+            o.drops,
+            o.agent_us,
+            o.kernel_us,
+            o.rss_mib
+        ));
+        outcomes.push(o);
+    }
+    let mut md = format!("## Workloads beyond keep-alive loopback\n\n{prov}\n\n");
+    let _ = writeln!(md, "Each workload runs once for {duration} s against the same loopback nginx, with the capturing \
+        agent (registry enrichment, NDJSON sink) and `kernel.bpf_stats_enabled=1`. Sent: requests wrk completed, plus \
+        the idle client's one request per connection. Reported: events the agent wrote (it also reports requests in \
+        flight when wrk stops, so it may exceed sent by up to the connection count). Memory is the agent's RSS after \
+        the run (high-water mark in brackets), with the idle connections still open.\n");
+    let _ = writeln!(md, "| workload | sent | reported | reported / sent | drops | agent µs per event | kernel µs per exchange | agent RSS MiB |\n|---|---|---|---|---|---|---|---|");
+    for o in &outcomes {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.3} | {:.0} | {:.2} | {:.2} | {:.0} ({:.0}) |",
+            o.workload.name(),
+            o.sent,
+            o.events,
+            o.events / o.sent.max(1) as f64,
+            o.drops,
+            o.agent_us,
+            o.kernel_us,
+            o.rss_mib,
+            o.hwm_mib
+        );
+    }
+    md.push('\n');
+    Ok(md)
+}
