@@ -99,8 +99,14 @@ pub fn provenance(root: &Path, command: &str) -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Other work on the box changes every figure: say how busy it was when the figures were written.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     format!(
-        "Measured {date} at commit `{commit}` on {n} vCPU ({cpu}), Linux {kernel}. Reproduce with `{command}`."
+        "Measured {date} at commit `{commit}` on {n} vCPU ({cpu}), Linux {kernel}, load average {load} over the \
+         last 5 minutes. Reproduce with `{command}`."
     )
 }
 

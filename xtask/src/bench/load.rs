@@ -10,8 +10,6 @@ use anyhow::{bail, Context, Result};
 
 /// The app nginx's port.
 pub const PORT: u16 = 18181;
-/// The agent's metrics address.
-pub const METRICS: &str = "127.0.0.1:19464";
 /// The header and value wrk sends with every request: the registry knows the key, so every exchange is enriched.
 pub const KEY_HEADER: &str = "X-Api-Key";
 pub const KEY: &str = "bench-key-0123456789";
@@ -39,23 +37,32 @@ pub fn start_app(dir: &Path) -> Result<Nginx> {
         "server {{ listen 127.0.0.1:{PORT}; root {}/html; location / {{ }} }}",
         dir.display()
     );
-    start_nginx(dir, "app", PORT, "access_log off;", &server)
+    start_nginx(dir, "app", PORT, 1, "access_log off;", &server)
 }
 
-/// Starts nginx (one worker) named `name` with `http` directives and a `server` block listening on `port`.
-pub fn start_nginx(dir: &Path, name: &str, port: u16, http: &str, server: &str) -> Result<Nginx> {
+/// Starts nginx named `name` (one worker unless `workers` says more; each can hold 19,000 connections, under the
+/// 20,000 descriptors a process may have here) with `http` directives and a `server` block listening on `port`.
+pub fn start_nginx(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    workers: u32,
+    http: &str,
+    server: &str,
+) -> Result<Nginx> {
     if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
         bail!("127.0.0.1:{port} is already in use: stop what listens there (the benchmark starts its own nginx)");
     }
     let d = dir.join(name);
     std::fs::create_dir_all(d.join("tmp"))?;
     let conf = format!(
-        "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-         worker_rlimit_nofile 250000; events {{ worker_connections 120000; }}\n\
+        "daemon off; master_process on; worker_processes {workers}; user root; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         worker_rlimit_nofile 20000; events {{ worker_connections {conns}; }}\n\
          http {{ {http} keepalive_requests 1000000; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n\
            fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
            {server} }}\n",
-        d = d.display()
+        d = d.display(),
+        conns = if workers > 1 { 19_000 } else { 1024 }
     );
     std::fs::write(d.join("nginx.conf"), conf)?;
     let child = Command::new("nginx")
@@ -230,8 +237,15 @@ pub fn count_lines(path: &Path) -> Result<u64> {
     }
 }
 
-pub fn scrape(name: &str) -> f64 {
-    let Ok(mut s) = std::net::TcpStream::connect(METRICS) else {
+/// A free loopback address for an agent's metrics (another agent on the box, a test's, may hold any fixed one).
+pub fn free_metrics_addr() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// The sum of the series named `name` (all labels) on the agent's `/metrics` at `addr`.
+pub fn scrape(addr: &str, name: &str) -> f64 {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return f64::NAN;
     };
     use std::io::{Read, Write};

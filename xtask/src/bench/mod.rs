@@ -19,8 +19,8 @@ mod report;
 mod stats;
 mod workloads;
 use load::{
-    count_lines, cpu_seconds, machine_busy_seconds, scrape, start_app, tree_cpu_seconds, wrk,
-    WrkResult, KEY, METRICS, PORT,
+    count_lines, cpu_seconds, free_metrics_addr, machine_busy_seconds, scrape, start_app,
+    tree_cpu_seconds, wrk, WrkResult, KEY, PORT,
 };
 use peers::Peer;
 pub use peers::PACKAGES as PEER_PACKAGES;
@@ -171,26 +171,38 @@ fn write_registry(dir: &Path) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
+impl Drop for Agent {
+    /// An agent left running by an error on the way is stopped with the bench.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A running agent capturing `port` with the bench registry and an NDJSON sink in the bench directory.
 struct Agent {
     child: std::process::Child,
     out: std::path::PathBuf,
+    metrics: String,
 }
 
 impl Agent {
-    fn start(bin: &Path, dir: &Path, port: u16, extra: &[&str]) -> Result<Agent> {
+    fn start(bin: &Path, dir: &Path, ports: &str, extra: &[&str]) -> Result<Agent> {
         let out = dir.join("events.ndjson");
+        let metrics = free_metrics_addr()?;
         let mut child = Command::new(bin)
             .args([
                 "run",
                 "--ports",
-                &port.to_string(),
+                ports,
                 "--sink",
                 &format!("ndjson:{}", out.display()),
             ])
             .args([
                 "--metrics",
-                METRICS,
+                &metrics,
                 "--key-secret-file",
                 &dir.join("secret").display().to_string(),
                 "--registry",
@@ -204,13 +216,17 @@ impl Agent {
             .context("starting observer")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(METRICS) {
+            if let Ok(mut s) = std::net::TcpStream::connect(&metrics) {
                 use std::io::{Read, Write};
                 let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
                 let mut b = String::new();
                 let _ = s.read_to_string(&mut b);
                 if b.starts_with("HTTP/1.1 200") || b.starts_with("HTTP/1.0 200") {
-                    return Ok(Agent { child, out });
+                    return Ok(Agent {
+                        child,
+                        out,
+                        metrics,
+                    });
                 }
             }
             if let Some(status) = child.try_wait()? {
@@ -229,15 +245,30 @@ impl Agent {
     }
 
     /// Stops the agent once its counters cover the traffic: (events it wrote, drops it counted).
-    fn stop(mut self) -> Result<(f64, f64)> {
+    fn stop(&mut self) -> Result<(f64, f64)> {
+        let (events, drops) = self.stop_with_reasons()?;
+        Ok((events, drops.iter().map(|(_, n)| n).sum()))
+    }
+
+    /// As [`Agent::stop`], with the drops by counter (those that counted any).
+    fn stop_with_reasons(&mut self) -> Result<(f64, Vec<(&'static str, f64)>)> {
         // The agent publishes its counters once a second: wait for a publication made after the traffic ended, so
         // drops in the run's last second are counted too.
         std::thread::sleep(Duration::from_millis(1200));
-        let drops = scrape("observer_kernel_ringbuf_full_total")
-            + scrape("observer_kernel_flow_map_full_total")
-            + scrape("observer_kernel_proc_map_full_total")
-            + scrape("observer_flow_evicted_total")
-            + scrape("observer_sink_dropped_total");
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the observer exited early ({status}): its figures would be another process's");
+        }
+        let drops: Vec<(&str, f64)> = [
+            "observer_kernel_ringbuf_full_total",
+            "observer_kernel_flow_map_full_total",
+            "observer_kernel_proc_map_full_total",
+            "observer_flow_evicted_total",
+            "observer_sink_dropped_total",
+        ]
+        .into_iter()
+        .map(|name| (name, scrape(&self.metrics, name)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
         // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our own child, not yet
         // reaped (we wait for it just below), so it cannot name another process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -257,7 +288,7 @@ fn with_observer(
     kernel_stats: bool,
     extra: &[&str],
 ) -> Result<Observed> {
-    let agent = Agent::start(bin, dir, port, extra)?;
+    let mut agent = Agent::start(bin, dir, &port.to_string(), extra)?;
     let stats = if kernel_stats {
         Some(BpfStats::enable()?)
     } else {

@@ -77,7 +77,7 @@ impl Peer {
                     "server {{ listen 127.0.0.1:{PROXY_PORT}; location / {{ proxy_pass http://app; \
                      proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
                 );
-                Proc::Nginx(start_nginx(&out, "proxy", PROXY_PORT, &http, &server)?)
+                Proc::Nginx(start_nginx(&out, "proxy", PROXY_PORT, 1, &http, &server)?)
             }
             Peer::Tshark => {
                 let filter = format!("tcp port {PORT}");

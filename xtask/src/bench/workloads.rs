@@ -6,12 +6,12 @@ use std::{
     fmt::Write as _,
     io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 
-use super::load::{cpu_seconds, wrk_with, Wrk, KEY, KEY_HEADER, PORT};
+use super::load::{cpu_seconds, start_nginx, wrk_with, Nginx, Wrk, KEY, KEY_HEADER, PORT};
 use super::{prog_costs, Agent, BpfStats};
 use crate::toolchain::say;
 
@@ -43,7 +43,7 @@ struct Outcome {
     workload: Workload,
     sent: u64,
     events: f64,
-    drops: f64,
+    drops: Vec<(&'static str, f64)>,
     agent_us: f64,
     kernel_us: f64,
     rss_mib: f64,
@@ -63,13 +63,19 @@ fn memory_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
-/// Opens `n` keep-alive connections to the app (spread over source addresses 127.0.0.1-8 so the ports suffice),
+/// The idle connections' own nginx (several workers, `reuseport`): a process may hold 20,000 descriptors here.
+const IDLE_PORT: u16 = 18183;
+/// Connections per idle client process and per idle nginx worker.
+const PER_PROCESS: u32 = 15_000;
+
+/// Opens `n` keep-alive connections to `port` (spread over source addresses 127.0.0.1-8 so the ports suffice),
 /// makes one keyed request on each, reads its answer, and holds them open until killed. Prints `ready N` once
 /// every connection was answered.
 const IDLE_CLIENT: &str = r#"
 import resource, socket, sys, time
 n, port, key_header, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1000, n + 1000))
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 req = ("GET / HTTP/1.1\r\nHost: bench\r\n%s: %s\r\n\r\n" % (key_header, key)).encode()
 socks = []
 for i in range(n):
@@ -101,8 +107,69 @@ fn pipeline_script(dir: &Path) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// Holds `n` idle keep-alive connections open on their own nginx until dropped.
+struct IdleConnections {
+    _nginx: Nginx,
+    clients: Vec<Child>,
+}
+
+impl IdleConnections {
+    fn open(dir: &Path, n: u32) -> Result<Self> {
+        let processes = n.div_ceil(PER_PROCESS);
+        let html = dir.join("html");
+        let server = format!(
+            "server {{ listen 127.0.0.1:{IDLE_PORT} reuseport; root {}; location / {{ }} }}",
+            html.display()
+        );
+        let nginx = start_nginx(
+            dir,
+            "idle",
+            IDLE_PORT,
+            processes + 1,
+            "access_log off;",
+            &server,
+        )?;
+        let mut idle = IdleConnections {
+            _nginx: nginx,
+            clients: Vec::new(),
+        };
+        for i in 0..processes {
+            let share = n / processes + u32::from(i < n % processes);
+            let mut child = Command::new("python3")
+                .args([
+                    "-c",
+                    IDLE_CLIENT,
+                    &share.to_string(),
+                    &IDLE_PORT.to_string(),
+                    KEY_HEADER,
+                    KEY,
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting an idle-connection client")?;
+            let stdout = child.stdout.take().context("client stdout")?;
+            idle.clients.push(child);
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line)?;
+            if !line.starts_with("ready") {
+                bail!("an idle-connection client did not get its {share} connections answered");
+            }
+        }
+        Ok(idle)
+    }
+}
+
+impl Drop for IdleConnections {
+    fn drop(&mut self) {
+        for c in &mut self.clients {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn run_one(bin: &Path, dir: &Path, duration: u64, w: Workload) -> Result<Outcome> {
-    let agent = Agent::start(bin, dir, PORT, &[])?;
+    let mut agent = Agent::start(bin, dir, &format!("{PORT},{IDLE_PORT}"), &[])?;
     let script;
     let cookie = format!("Cookie: c={}", "k".repeat(8 * 1024));
     let mut opts = Wrk::default();
@@ -121,26 +188,8 @@ fn run_one(bin: &Path, dir: &Path, duration: u64, w: Workload) -> Result<Outcome
             opts.connections = Some(10);
         }
         Workload::Idle(n) => {
-            let mut child = Command::new("python3")
-                .args([
-                    "-c",
-                    IDLE_CLIENT,
-                    &n.to_string(),
-                    &PORT.to_string(),
-                    KEY_HEADER,
-                    KEY,
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("starting the idle-connection client")?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().context("client stdout")?).read_line(&mut line)?;
-            if !line.starts_with("ready") {
-                let _ = child.kill();
-                bail!("the idle-connection client did not get its {n} connections answered");
-            }
+            idle = Some(IdleConnections::open(dir, n)?);
             extra_sent = n as u64;
-            idle = Some(child);
         }
     }
     let stats = BpfStats::enable()?;
@@ -151,24 +200,34 @@ fn run_one(bin: &Path, dir: &Path, duration: u64, w: Workload) -> Result<Outcome
     std::thread::sleep(std::time::Duration::from_millis(500));
     let cpu = cpu_seconds(agent.pid()) - cpu0;
     let (rss_mib, hwm_mib) = memory_mib(agent.pid());
-    if let Some(mut c) = idle {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let (events, drops) = agent.stop()?;
+    drop(idle);
+    let (events, drops) = agent.stop_with_reasons()?;
     let sent = r.requests + extra_sent;
     Ok(Outcome {
         workload: w,
         sent,
         events,
         drops,
-        agent_us: cpu * 1e6 / events.max(1.0),
+        // The idle connections' requests were answered before the CPU count started.
+        agent_us: cpu * 1e6 / (events - extra_sent as f64).max(1.0),
         kernel_us: progs.iter().map(|c| c.ns as f64).sum::<f64>()
             / r.requests.max(1) as f64
             / 1000.0,
         rss_mib,
         hwm_mib,
     })
+}
+
+/// Drops by counter, `0` when none.
+fn drops_text(drops: &[(&str, f64)]) -> String {
+    if drops.is_empty() {
+        return "0".into();
+    }
+    let parts: Vec<String> = drops
+        .iter()
+        .map(|(name, n)| format!("{n:.0} `{name}`"))
+        .collect();
+    parts.join(", ")
 }
 
 /// Runs every workload once and returns the BENCHMARKS.md section.
@@ -186,11 +245,11 @@ pub fn run(bin: &Path, dir: &Path, duration: u64, prov: &str) -> Result<String> 
     for w in all {
         let o = run_one(bin, dir, duration, w)?;
         say(format!(
-            "workload {}: {} sent, {:.0} events, {:.0} drops, agent {:.2} µs/event, kernel {:.2} µs/exchange, RSS {:.0} MiB",
+            "workload {}: {} sent, {:.0} events, drops {}, agent {:.2} µs/event, kernel {:.2} µs/exchange, RSS {:.0} MiB",
             o.workload.name(),
             o.sent,
             o.events,
-            o.drops,
+            drops_text(&o.drops),
             o.agent_us,
             o.kernel_us,
             o.rss_mib
@@ -203,16 +262,16 @@ pub fn run(bin: &Path, dir: &Path, duration: u64, prov: &str) -> Result<String> 
         the idle client's one request per connection. Reported: events the agent wrote (it also reports requests in \
         flight when wrk stops, so it may exceed sent by up to the connection count). Memory is the agent's RSS after \
         the run (high-water mark in brackets), with the idle connections still open.\n");
-    let _ = writeln!(md, "| workload | sent | reported | reported / sent | drops | agent µs per event | kernel µs per exchange | agent RSS MiB |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| workload | sent | reported | reported / sent | drops by counter | agent µs per event | kernel µs per exchange | agent RSS MiB |\n|---|---|---|---|---|---|---|---|");
     for o in &outcomes {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.3} | {:.0} | {:.2} | {:.2} | {:.0} ({:.0}) |",
+            "| {} | {} | {:.0} | {:.3} | {} | {:.2} | {:.2} | {:.0} ({:.0}) |",
             o.workload.name(),
             o.sent,
             o.events,
             o.events / o.sent.max(1) as f64,
-            o.drops,
+            drops_text(&o.drops),
             o.agent_us,
             o.kernel_us,
             o.rss_mib,
