@@ -1,5 +1,6 @@
 //! Criterion benchmark of the insights engine: events per second through the detectors from agent events, and
-//! the replay path (parse an NDJSON line of the sink's format, then the detectors). Traffic is the scenario
+//! the replay path (read and decode NDJSON lines of the sink's format as `insights replay` does, then the
+//! detectors; and the same with serde's derived decoder, the replay's fallback). Traffic is the scenario
 //! generator's (seed 1), starting with its first baseline day.
 use std::hint::black_box;
 
@@ -7,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use observer::event::Event;
 use observer::insights::scenarios::Generated;
-use observer::insights::{Config, Engine, Input};
+use observer::insights::{decode, Config, Engine, Input};
 
 const EVENTS: usize = 300_000;
 
@@ -42,7 +43,36 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // What `observer insights replay` does per line: read it from a buffered file, decode, detect.
+    let file: Vec<u8> = lines
+        .iter()
+        .flat_map(|l| [l.as_bytes(), b"\n"])
+        .flatten()
+        .copied()
+        .collect();
     group.bench_function("replay_ndjson", |b| {
+        b.iter_batched(
+            || Engine::new(Config::default(), registry.clone()),
+            |mut engine| {
+                let n = decode::replay(
+                    &mut engine,
+                    &file[..],
+                    |_, _| {},
+                    |f| {
+                        black_box(f);
+                        Ok(())
+                    },
+                )
+                .expect("in memory");
+                assert_eq!(n.bad, 0);
+                black_box(engine.open_findings().count())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The same lines through serde's derived decoder alone (the replay's fallback, and its decoder before the
+    // scanner): the before/after of the same run.
+    group.bench_function("replay_ndjson_serde", |b| {
         b.iter_batched(
             || Engine::new(Config::default(), registry.clone()),
             |mut engine| {

@@ -85,6 +85,7 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         event: ev,
         request_headers,
         raw_query,
+        body_prefix,
     } = ex;
     let now = if ev.ts.0 > 0 { ev.ts } else { Timestamp::now() };
 
@@ -123,7 +124,14 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
             ev.api_owner.clear();
         }
     }
-    ev.request_hash = request_hash(snap.secret(), &ev.method, host, path, raw_query, &[]);
+    ev.request_hash = request_hash(
+        snap.secret(),
+        &ev.method,
+        host,
+        path,
+        raw_query,
+        body_prefix.as_slice(),
+    );
     match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
         Some(route) => set(&mut ev.route, route),
         None => {
@@ -189,7 +197,8 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
 }
 
 /// The event's `request_hash`: SipHash-1-3, keyed from the deployment's key secret, of method, host, path, raw
-/// query (values included) and body prefix, each length-prefixed so fields cannot run into each other. Two events
+/// query (values included) and body prefix (at most [`crate::event::BODY_PREFIX`] bytes, as
+/// [`crate::event::BodyPrefix`] keeps them), each length-prefixed so fields cannot run into each other. Two events
 /// have the same hash when they carry the same request; the hash keeps none of the values. Never 0 (0 is "none").
 ///
 /// Per-event cost (`cargo bench -p observer --bench enrich`, `enrich/request_hash`, 120 bytes hashed): 0.54 µs
@@ -376,6 +385,7 @@ mod tests {
             },
             request_headers: headers.iter().copied().collect(),
             raw_query: String::new(),
+            body_prefix: Default::default(),
         }
     }
 
@@ -863,6 +873,15 @@ mod tests {
         let mut ex = exchange("GET", "", "/v1/payments/42", &[("Host", "api.example.com")]);
         ex.raw_query = "page=2&size=50".into();
         assert_eq!(run(&snap, ex).request_hash, a);
+        // The captured body prefix counts: the same request with another body is another request.
+        let with_body = |body: &[u8]| {
+            let mut ex = exchange("POST", "api.example.com", "/v1/payments", &[]);
+            ex.body_prefix = body.into();
+            run(&snap, ex).request_hash
+        };
+        assert_eq!(with_body(b"{\"amount\":10}"), with_body(b"{\"amount\":10}"));
+        assert_ne!(with_body(b"{\"amount\":10}"), with_body(b"{\"amount\":11}"));
+        assert_ne!(with_body(b"{\"amount\":10}"), with_body(b""));
     }
 
     #[test]

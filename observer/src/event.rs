@@ -447,6 +447,65 @@ pub struct Exchange {
     pub request_headers: crate::http::Headers,
     /// Raw query string without the leading `?` (may contain credentials).
     pub raw_query: String,
+    /// The first bytes of the request's body as captured (may contain credentials): only hashed into
+    /// `request_hash`, never stored.
+    pub body_prefix: BodyPrefix,
+}
+
+/// Most body bytes of a request that go into its `request_hash`: enough to tell two JSON bodies apart by their
+/// first fields, small enough that keeping them costs one copy of a cache line per request.
+pub const BODY_PREFIX: usize = 64;
+
+/// The first [`BODY_PREFIX`] bytes of a request's body as the capture saw them, inline (no allocation). Bytes are
+/// the body on the wire: a chunked body's chunk-size lines are part of it. When the kernel's per-message copy
+/// (`capture_bytes`) ends inside the first 64 body bytes, the prefix is what was copied; a segment lost in capture
+/// ends it (the walker stops at a gap).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BodyPrefix {
+    len: u8,
+    bytes: [u8; BODY_PREFIX],
+}
+
+impl Default for BodyPrefix {
+    fn default() -> Self {
+        BodyPrefix {
+            len: 0,
+            bytes: [0; BODY_PREFIX],
+        }
+    }
+}
+
+impl BodyPrefix {
+    /// Appends what still fits of `more`, the bytes after those already kept.
+    pub fn extend(&mut self, more: &[u8]) {
+        let at = self.len as usize;
+        let take = more.len().min(BODY_PREFIX - at);
+        self.bytes[at..at + take].copy_from_slice(&more[..take]);
+        self.len += take as u8;
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len as usize == BODY_PREFIX
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl From<&[u8]> for BodyPrefix {
+    fn from(bytes: &[u8]) -> Self {
+        let mut b = BodyPrefix::default();
+        b.extend(bytes);
+        b
+    }
+}
+
+/// The length only: the bytes may hold credentials.
+impl std::fmt::Debug for BodyPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BodyPrefix({} bytes)", self.len)
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ mod common;
 use common::{apply, client, count, devserver_paths, serial, sink_config, DevServer};
 use observer::event::Timestamp;
 use observer::insights::finding::{Finding, Kind, Severity, Status};
-use observer::insights::list::Listed;
+use observer::insights::list;
 use observer::sink::clickhouse::insights_rows::FindingsWriter;
 
 fn finding(id: &str, version: u32, status: Status, kind: Kind, at_s: i64) -> Finding {
@@ -86,11 +86,10 @@ async fn finding_versions_are_stored_and_insights_latest_keeps_the_newest() {
         4,
         "a, a v2, a v3 (twice, replaced), b"
     );
-    let latest: Vec<Listed> = client(&url)
-        .query("SELECT ?fields FROM observer.insights_latest ORDER BY id")
-        .fetch_all()
-        .await
-        .expect("insights_latest");
+    let latest =
+        list::rows(client(&url).query(&list::select("observer.insights_latest", "ORDER BY id")))
+            .await
+            .expect("insights_latest");
     assert_eq!(latest.len(), 2, "{latest:?}");
     let l = &latest[0];
     assert_eq!(
@@ -107,9 +106,17 @@ async fn finding_versions_are_stored_and_insights_latest_keeps_the_newest() {
         l.title,
         "New application outpaces its predecessor: app checkout-v2 on payments-api (closed)"
     );
-    let ev: serde_json::Value = serde_json::from_str(&l.evidence).expect("evidence is JSON");
-    assert_eq!(ev["ratio"], 3.5);
-    assert_eq!(ev["baseline_per_min"], 180);
+    assert_eq!(l.evidence["ratio"], 3.5, "evidence is a JSON object");
+    assert_eq!(l.evidence["baseline_per_min"], 180);
+    let f = finding(a, 3, Status::Closed, Kind::NewAppOutpacesPredecessor, 120);
+    assert_eq!(
+        (l.ts, l.first_seen, l.last_seen),
+        (
+            f.detected_at.0 as f64 / 1e6,
+            f.first_seen.0 as f64 / 1e6,
+            f.last_seen.0 as f64 / 1e6
+        )
+    );
     assert_eq!(l.source, "agent:node-1");
     assert_eq!(
         (

@@ -321,6 +321,7 @@ impl Conn {
                 }
                 MsgState::Body(rem) => {
                     let take = rem.min((len - i) as u64);
+                    self.note_body(dir, at, &bytes[i..i + take as usize]);
                     i += take as usize;
                     if rem == take {
                         MsgState::Idle
@@ -330,6 +331,7 @@ impl Conn {
                 }
                 MsgState::Chunked(mut dec) => match dec.feed(&bytes[i..]) {
                     Ok(ChunkStep::Done(n)) => {
+                        self.note_body(dir, at, &bytes[i..i + n]);
                         i += n;
                         if let Some(open) = self.streams[dir].open {
                             self.msg_end(dir, open, base.wrapping_add(i as u32));
@@ -337,6 +339,7 @@ impl Conn {
                         MsgState::Idle
                     }
                     Ok(ChunkStep::NeedMore) => {
+                        self.note_body(dir, at, &bytes[i..]);
                         i = len;
                         MsgState::Chunked(dec)
                     }
@@ -361,6 +364,21 @@ impl Conn {
                 self.on_truncated_head(dir, start, ts, &buf, ctx);
             }
             self.streams[dir].state = MsgState::Unknown;
+        }
+    }
+
+    /// Body bytes at `at` walked in direction `dir`: while they belong to the newest request there, its first
+    /// [`crate::event::BODY_PREFIX`] bytes are kept for `request_hash`. Bytes arrive here contiguous, so a body
+    /// split across segments is kept in order.
+    fn note_body(&mut self, dir: usize, at: u32, bytes: &[u8]) {
+        if bytes.is_empty() || self.streams[dir].last_kind != Some(Kind::Request) {
+            return;
+        }
+        if let Some(p) = self.pending[dir].back_mut() {
+            let inside = seq_lt(p.req_start, at) && p.req_end.is_none_or(|e| seq_lt(at, e));
+            if inside && !p.phantom && !p.req_body.is_full() {
+                p.req_body.extend(bytes);
+            }
         }
     }
 
@@ -414,6 +432,7 @@ impl Conn {
                         req_truncated: truncated,
                         req_end: None,
                         req_incomplete: false,
+                        req_body: Default::default(),
                         resp: None,
                         interim_bytes: 0,
                         phantom: false,
@@ -574,6 +593,7 @@ impl Conn {
                     req_truncated: false,
                     req_end: None,
                     req_incomplete: false,
+                    req_body: Default::default(),
                     resp: None,
                     interim_bytes: 0,
                     phantom: true,

@@ -585,5 +585,6 @@ fn build_exchange(
         event,
         request_headers: req.headers,
         raw_query,
+        body_prefix: p.req_body,
     }
 }

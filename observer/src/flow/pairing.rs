@@ -30,6 +30,8 @@ pub(crate) struct Pending {
     pub(crate) req_end: Option<u32>,
     /// The connection closed before the end the request's framing declared: `req_end` is where the bytes stopped.
     pub(crate) req_incomplete: bool,
+    /// The first bytes of the request's body (for `request_hash`).
+    pub(crate) req_body: crate::event::BodyPrefix,
     pub(crate) resp: Option<Resp>,
     /// Bytes of interim (1xx) responses before the final one.
     pub(crate) interim_bytes: u64,
@@ -64,6 +66,7 @@ impl Conn {
                     req_truncated: false,
                     req_end: Some(end),
                     req_incomplete: false,
+                    req_body: Default::default(),
                     resp: None,
                     interim_bytes: 0,
                     phantom: true,

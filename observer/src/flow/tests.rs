@@ -595,6 +595,62 @@ fn content_length_bodies_both_directions() {
 }
 
 #[test]
+fn request_body_prefix_is_kept_across_segments_and_bounded() {
+    use crate::event::BODY_PREFIX;
+    let post = |payload: &[u8]| {
+        let mut req = format!(
+            "POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(payload);
+        req
+    };
+    let payload = body(200);
+    // Head and body in one segment; then the same request split into 7-byte segments (body across many).
+    let mut s = Sim::new(Obs::Server);
+    s.request(&post(&payload));
+    s.response(&ok(b""));
+    s.write(C2S, &post(&payload), 7);
+    s.response(&ok(b""));
+    // A short body, a GET (no body), and a chunked body (kept as on the wire, chunk-size lines included).
+    s.request(&post(b"{\"n\":1}"));
+    s.response(&ok(b""));
+    s.request(&get("/x"));
+    s.response(&ok(b""));
+    let chunked =
+        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    s.write(C2S, chunked, 50);
+    s.response(&ok(b""));
+    let ex = s.take();
+    assert_eq!(ex.len(), 5, "{ex:#?}");
+    assert_eq!(ex[0].body_prefix.as_slice(), &payload[..BODY_PREFIX]);
+    assert_eq!(
+        ex[1].body_prefix, ex[0].body_prefix,
+        "split across segments"
+    );
+    assert_eq!(ex[2].body_prefix.as_slice(), b"{\"n\":1}");
+    assert_eq!(ex[3].body_prefix.as_slice(), b"");
+    assert_eq!(ex[4].body_prefix.as_slice(), b"5\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(
+        s.stats().misframed + s.stats().gaps + s.stats().malformed,
+        0
+    );
+
+    // The kernel's per-message copy ends 10 bytes into the body: the prefix is what was copied.
+    let head_len = post(&payload).len() - payload.len();
+    let cfg = FlowConfig {
+        capture_bytes: (head_len + 10) as u32,
+        ..FlowConfig::default()
+    };
+    let mut s = Sim::with_config(Obs::Server, cfg);
+    s.write(C2S, &post(&payload), 30);
+    s.response(&ok(b""));
+    let ex = s.take();
+    assert_eq!(one(&ex).body_prefix.as_slice(), &payload[..10]);
+}
+
+#[test]
 fn body_that_looks_like_a_request_is_not_a_message() {
     let mut s = Sim::new(Obs::Server);
     let inner = get("/smuggled");

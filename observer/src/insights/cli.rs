@@ -1,11 +1,11 @@
 //! `observer insights ...`: `replay` (the findings a stream of NDJSON events would have raised), `scenarios`
 //! (generate labelled synthetic traffic, score the detectors on it, optionally write it out), `run` (the fleet-wide
 //! runner over ClickHouse, [`super::fleet`]) and `list` (findings from ClickHouse, [`super::list`]).
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::path::PathBuf;
 
 use super::scenarios::{self, eval};
-use super::{Config, Engine, Finding, Input};
+use super::{Config, Engine, Finding};
 use crate::registry::{load_file, KeySecret};
 
 #[derive(Debug, thiserror::Error)]
@@ -176,48 +176,19 @@ fn replay(
         source,
     };
     let file = std::fs::File::open(events).map_err(io)?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let reader = BufReader::with_capacity(1 << 20, file);
     let mut engine = Engine::new(cfg, reg);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut line = String::new();
-    let mut found = Vec::new();
-    let (mut n, mut bad) = (0u64, 0u64);
-    let mut last = None;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(io)? == 0 {
-            break;
-        }
-        n += 1;
-        let text = line.trim_end();
-        if text.is_empty() {
-            continue;
-        }
-        match Input::from_json(text) {
-            Ok(i) => {
-                last = Some(i.ts);
-                engine.ingest(&i);
-            }
-            Err(e) => {
-                bad += 1;
-                tracing::warn!("{}:{n}: skipped: {e}", events.display());
-            }
-        }
-        engine.drain(&mut found);
-        for f in found.drain(..) {
-            print_finding(&f, json, &mut out).map_err(io)?;
-        }
-    }
-    if let Some(t) = last {
-        // The last minute is judged too.
-        engine.advance(crate::event::Timestamp(t.0 + 60_000_000));
-    }
-    engine.drain(&mut found);
-    for f in found.drain(..) {
-        print_finding(&f, json, &mut out).map_err(io)?;
-    }
+    let count = super::decode::replay(
+        &mut engine,
+        reader,
+        |n, e| tracing::warn!("{}:{n}: skipped: {e}", events.display()),
+        |f| print_finding(f, json, &mut out),
+    )
+    .map_err(io)?;
     out.flush().map_err(io)?;
+    let bad = count.bad;
     if bad > 0 {
         return Err(CliError::BadLines(bad, events.to_path_buf()));
     }

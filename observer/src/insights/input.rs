@@ -157,11 +157,14 @@ fn de_hash<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     Ok(match Option::<H>::deserialize(d)? {
         None | Some(H::N(0)) => None,
         Some(H::N(n)) => Some(n),
-        Some(H::S(s)) if s.is_empty() => None,
-        Some(H::S(s)) => Some(
-            u64::from_str_radix(s.get(..16).unwrap_or(&s), 16)
-                .unwrap_or_else(|_| fnv64([s.as_bytes()])),
-        ),
+        Some(H::S(s)) => hash_from_text(&s),
+    })
+}
+
+/// `request_hash` written as text: its first 16 hex digits, else a hash of the text; "" is none.
+pub(super) fn hash_from_text(s: &str) -> Option<u64> {
+    (!s.is_empty()).then(|| {
+        u64::from_str_radix(s.get(..16).unwrap_or(s), 16).unwrap_or_else(|_| fnv64([s.as_bytes()]))
     })
 }
 

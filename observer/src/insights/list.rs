@@ -1,15 +1,12 @@
 //! `observer insights list`: the newest version of each finding from ClickHouse (`insights_latest`), newest first,
-//! as an aligned table or one JSON object per line.
+//! as an aligned table or one JSON object per line. A finding row is the UI's [`Insight`] (one definition).
 use std::io::Write;
 use std::time::Duration;
-
-use clickhouse::Row;
-use serde::{Deserialize, Serialize};
 
 use super::fleet::{FleetError, StoreArgs};
 use super::Kind;
 use crate::event::Timestamp;
-use crate::sink::clickhouse::registry_rows::ts_micros;
+pub use crate::ui::model::Insight;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
@@ -32,70 +29,78 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// One finding as `insights_latest` holds it.
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
-pub struct Listed {
-    #[serde(with = "ts_micros")]
-    pub ts: Timestamp,
-    pub id: String,
-    pub version: u32,
-    pub status: String,
-    pub kind: String,
-    pub severity: String,
-    pub team: String,
-    pub api_id: String,
-    pub app_id: String,
-    pub subject: String,
-    pub title: String,
-    pub explanation: String,
-    pub evidence: String,
-    #[serde(with = "ts_micros")]
-    pub first_seen: Timestamp,
-    #[serde(with = "ts_micros")]
-    pub last_seen: Timestamp,
-    pub source: String,
+/// SQL selecting the `insights` columns of `table` (after `WHERE`, `rest`) as [`Insight`] reads them: times in
+/// Unix seconds.
+pub fn select(table: &str, rest: &str) -> String {
+    let secs = |c: &str| format!("toUnixTimestamp64Micro({c}) / 1e6 AS {c}");
+    format!(
+        "SELECT * EXCEPT (ts, first_seen, last_seen), {}, {}, {} FROM {table} {rest}",
+        secs("ts"),
+        secs("first_seen"),
+        secs("last_seen")
+    )
+}
+
+/// The findings of a query built with [`select`] (one row per finding version, as the UI reads them).
+pub async fn rows(query: clickhouse::query::Query) -> Result<Vec<Insight>, FleetError> {
+    let what = "insights_latest";
+    let bytes = query
+        .with_setting("output_format_json_quote_64bit_integers", "0")
+        .fetch_bytes("JSONEachRow")
+        .map_err(|source| FleetError::Query { what, source })?
+        .collect()
+        .await
+        .map_err(|source| FleetError::Query { what, source })?;
+    serde_json::Deserializer::from_slice(&bytes)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| FleetError::Query {
+            what,
+            source: clickhouse::error::Error::Custom(format!("bad row: {e}")),
+        })
 }
 
 /// The findings `args` select, newest first.
-pub async fn fetch(args: &ListArgs) -> Result<Vec<Listed>, FleetError> {
+pub async fn fetch(args: &ListArgs) -> Result<Vec<Insight>, FleetError> {
     let client = args.store.client()?;
     let since = Timestamp(Timestamp::now().0 - args.since.as_micros() as i64);
-    let mut sql = String::from(
-        "SELECT ?fields FROM insights_latest WHERE ts >= fromUnixTimestamp64Micro(toInt64(?), 'UTC')",
-    );
+    let mut rest = String::from("WHERE ts >= fromUnixTimestamp64Micro(toInt64(?), 'UTC')");
     if args.team.is_some() {
-        sql.push_str(" AND team = ?");
+        rest.push_str(" AND team = ?");
     }
     if args.kind.is_some() {
-        sql.push_str(" AND kind = ?");
+        rest.push_str(" AND kind = ?");
     }
-    sql.push_str(" ORDER BY ts DESC, id LIMIT ?");
-    let mut query = client.query(&sql).bind(since.0);
+    rest.push_str(" ORDER BY ts DESC, id LIMIT ?");
+    let mut query = client
+        .query(&select("insights_latest", &rest))
+        .bind(since.0);
     if let Some(t) = &args.team {
         query = query.bind(t.as_str());
     }
     if let Some(k) = args.kind {
         query = query.bind(k.as_str());
     }
-    query
-        .bind(args.limit)
-        .fetch_all::<Listed>()
-        .await
-        .map_err(|source| FleetError::Query {
-            what: "insights_latest",
-            source,
-        })
+    rows(query.bind(args.limit)).await
+}
+
+fn rfc3339(secs: f64) -> String {
+    Timestamp((secs * 1e6).round() as i64).to_rfc3339()
 }
 
 /// Writes the findings as JSON lines (evidence as an object) or as a table whose columns are aligned.
-pub fn print(rows: &[Listed], json: bool, out: &mut impl Write) -> std::io::Result<()> {
+pub fn print(rows: &[Insight], json: bool, out: &mut impl Write) -> std::io::Result<()> {
     if json {
         for r in rows {
             let mut v = serde_json::to_value(r).map_err(std::io::Error::other)?;
-            v["ts"] = r.ts.to_rfc3339().into();
-            v["first_seen"] = r.first_seen.to_rfc3339().into();
-            v["last_seen"] = r.last_seen.to_rfc3339().into();
-            v["evidence"] = serde_json::from_str(&r.evidence).unwrap_or(r.evidence.clone().into());
+            v["ts"] = rfc3339(r.ts).into();
+            v["first_seen"] = rfc3339(r.first_seen).into();
+            v["last_seen"] = rfc3339(r.last_seen).into();
+            // Registry names are the UI's; the table does not hold them.
+            if let Some(o) = v.as_object_mut() {
+                o.remove("api_name");
+                o.remove("app_name");
+            }
             serde_json::to_writer(&mut *out, &v)?;
             writeln!(out)?;
         }
@@ -107,7 +112,7 @@ pub fn print(rows: &[Listed], json: bool, out: &mut impl Write) -> std::io::Resu
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
-            let t = r.ts.to_rfc3339();
+            let t = rfc3339(r.ts);
             [
                 format!("{}Z", &t[..19.min(t.len())]),
                 r.severity.clone(),
@@ -146,9 +151,9 @@ pub fn print(rows: &[Listed], json: bool, out: &mut impl Write) -> std::io::Resu
 mod tests {
     use super::*;
 
-    fn row(ts: i64, kind: &str, subject: &str) -> Listed {
-        Listed {
-            ts: Timestamp(ts),
+    fn row(ts: i64, kind: &str, subject: &str) -> Insight {
+        Insight {
+            ts: ts as f64 / 1e6,
             id: "ab".into(),
             version: 2,
             status: "update".into(),
@@ -156,14 +161,13 @@ mod tests {
             severity: "warning".into(),
             team: "payments".into(),
             api_id: "payments-api".into(),
-            app_id: String::new(),
             subject: subject.into(),
             title: "t".into(),
             explanation: "why".into(),
-            evidence: r#"{"ratio":3.4}"#.into(),
-            first_seen: Timestamp(0),
-            last_seen: Timestamp(ts),
+            evidence: serde_json::from_str(r#"{"ratio":3.4}"#).unwrap(),
+            last_seen: ts as f64 / 1e6,
             source: "fleet".into(),
+            ..Insight::default()
         }
     }
 

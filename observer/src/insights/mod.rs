@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod decode;
 pub mod engine;
 pub mod finding;
 pub mod fleet;
