@@ -73,6 +73,7 @@ pub struct Spike {
     pub min_error_ratio: f64,
     pub error_factor: f64,
     pub min_errors: u32,
+    pub min_error_history_minutes: u32,
     pub repeat_window_secs: f64,
     pub retry_repeat_share: f64,
     pub repeat_excess: f64,

@@ -2,6 +2,8 @@
 //! API that an established application of the same team calls, with no predecessor declared) and `novel_pattern`
 //! (a stream not in the baseline: a new client's sustained traffic to an anonymous API, a
 //! metronome-regular client that was not regular before, a known client calling several routes it never called).
+//! Clients that arrive with a crowd (as many clients first seen within a novelty window as a flood has sources)
+//! raise no novel_pattern: each would repeat, once per source, what the API's flood diagnosis says about them all.
 use super::config::{minutes_us, Config, MINUTE_US};
 use super::context::Context;
 use super::finding::{round2, Kind, Observation, Severity, Tracker};
@@ -89,17 +91,20 @@ pub fn judge(
     let n = &cfg.novelty;
     let every = minutes_us(cfg.general.update_every_minutes);
     let anonymous = ctx.api_is_anonymous(api_id);
+    let window = n.window_minutes as i64;
+    // A crowd: as many clients first seen within the window as a flood has sources. They stay its members.
+    let recent = |c: &ClientState| c.first_seen.0 > (m - window) * MINUTE_US;
+    if api.clients.values().filter(|c| recent(c)).count() >= cfg.spike.flood_min_sources as usize {
+        for c in api.clients.values_mut().filter(|c| recent(c)) {
+            c.crowd = true;
+        }
+    }
     for (id, c) in api.clients.iter_mut() {
         c.window.push_back((m, c.minute.count));
-        while c
-            .window
-            .front()
-            .is_some_and(|&(w, _)| w <= m - n.window_minutes as i64)
-        {
+        while c.window.front().is_some_and(|&(w, _)| w <= m - window) {
             c.window.pop_front();
         }
-        c.new_routes
-            .retain(|_, &mut first| first > m - n.window_minutes as i64);
+        c.new_routes.retain(|_, &mut first| first > m - window);
         let regular = regularity(&c.arrivals, n.metronome_arrivals)
             .filter(|&(cv, mean_s)| cv < n.metronome_cv && mean_s <= 300.0)
             .filter(|_| c.minute.count > 0);
@@ -112,7 +117,7 @@ pub fn judge(
             c.in_baseline = true;
             c.regular = regular.is_some();
         }
-        if learning && c.in_baseline {
+        if learning && c.in_baseline || c.crowd {
             continue;
         }
         let Some(o) = pattern(cfg, ctx, api_id, id, c, regular, anonymous) else {

@@ -128,6 +128,9 @@ pub struct ClientState {
     pub last_active: i64,
     /// Workload (`comm cgroup`) of its last local call, for explanations.
     pub workload: String,
+    /// It arrived with a crowd (see novelty.rs): judged with the crowd by the API's detectors, not on its own.
+    #[serde(default)]
+    pub crowd: bool,
     #[serde(skip)]
     pub minute: ClientMinute,
     #[serde(skip)]

@@ -47,6 +47,10 @@ keys:
 ";
 
 fn engine() -> Engine {
+    engine_with(Config::default())
+}
+
+fn engine_with(cfg: Config) -> Engine {
     let reg = load_str(
         REGISTRY,
         std::path::Path::new("."),
@@ -54,7 +58,7 @@ fn engine() -> Engine {
     )
     .expect("valid registry")
     .registry;
-    Engine::new(Config::default(), reg)
+    Engine::new(cfg, reg)
 }
 
 fn ev(ts: i64, api: &str, app: &str, src: &str, status: u16, hash: u64) -> Input<'static> {
@@ -155,16 +159,13 @@ fn steady_traffic_raises_nothing_and_a_backend_failure_is_diagnosed_but_a_blip_i
     assert_eq!(kinds(&out), vec![Kind::BackendFailure]);
 }
 
-#[test]
-fn errors_then_repeated_requests_are_a_retry_storm_and_a_burst_of_identical_calls_a_client_bug() {
-    let onset = DAYS3;
-    let mut e2 = engine();
-    steady(&mut e2, 0, DAYS3, 20, |_, _| {});
-    // Errors on half the requests, and every failed request re-sent twice by the same client within seconds.
+/// Minutes `onset..onset + minutes` of pay-api: errors on half the requests of a and b, and every failed request
+/// re-sent twice by the same client within seconds, in time order.
+fn retry_storm(onset: i64, minutes: i64) -> Vec<Input<'static>> {
     let mut all = Vec::new();
     let mut k = 0u64;
     let mut n: u64 = 1 << 40;
-    for m in onset..onset + 10 {
+    for m in onset..onset + minutes {
         for s in 0..20 {
             for (j, app) in ["a", "b"].into_iter().enumerate() {
                 k += 1;
@@ -191,6 +192,15 @@ fn errors_then_repeated_requests_are_a_retry_storm_and_a_burst_of_identical_call
         }
     }
     all.sort_by_key(|i| i.ts);
+    all
+}
+
+#[test]
+fn errors_then_repeated_requests_are_a_retry_storm_and_a_burst_of_identical_calls_a_client_bug() {
+    let onset = DAYS3;
+    let mut e2 = engine();
+    steady(&mut e2, 0, DAYS3, 20, |_, _| {});
+    let all = retry_storm(onset, 10);
     for i in &all {
         e2.ingest(i);
     }
@@ -461,4 +471,91 @@ fn a_grant_unused_for_the_whole_period_is_reported_once_the_stream_covers_it() {
         "{}",
         f.explanation
     );
+}
+
+#[test]
+fn errors_are_judged_once_the_configured_error_history_is_learned() {
+    // Five minutes of history, then a retry storm: the defaults want an hour of error ratios and stay silent; the
+    // demo's short history (one minute, rates judged from the first) raises the storm within minutes.
+    let storm_after = |cfg: Config| {
+        let mut e = engine_with(cfg);
+        steady(&mut e, 0, 5, 20, |_, _| {});
+        for i in &retry_storm(5, 6) {
+            e.ingest(i);
+        }
+        e.advance(Timestamp(T0 + 12 * MIN));
+        let mut out = Vec::new();
+        e.drain(&mut out);
+        out
+    };
+    let out = storm_after(Config::default());
+    assert!(!kinds(&out).contains(&Kind::RetryStorm), "{out:#?}");
+    let short = Config::parse(
+        "[baseline]\nmin_days = 0\n[spike]\nsustain_minutes = 2\nmin_error_history_minutes = 1\n",
+        "demo.toml",
+    )
+    .unwrap();
+    let out = storm_after(short);
+    let f = out
+        .iter()
+        .find(|f| f.kind == Kind::RetryStorm)
+        .expect("retry storm");
+    assert!(f.detected_at.0 - (T0 + 5 * MIN) <= 3 * MIN, "{f:#?}");
+    assert!(
+        !kinds(&out).contains(&Kind::ClientBug) && !kinds(&out).contains(&Kind::Flood),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn a_new_stream_is_a_novel_pattern_but_a_crowd_of_new_sources_raises_none_per_source() {
+    let mut e = engine();
+    steady(&mut e, 0, DAYS3, 20, |_, _| {});
+    // `n` local workloads, new to the anonymous rates API, each calling it `per_min` times a minute from `from`.
+    let streams = |names: &[String], from: i64, minutes: i64, per_min: i64| {
+        let mut all = Vec::new();
+        for m in from..from + minutes {
+            for s in 0..per_min {
+                for (j, name) in names.iter().enumerate() {
+                    let ts = T0 + m * MIN + s * MIN / per_min + j as i64 * 1_000;
+                    let mut i = ev(ts, "rates", "", "10.0.0.9", 200, ts as u64);
+                    i.client_comm = name.clone().into();
+                    i.client_cgroup = "/bots".into();
+                    all.push(i);
+                }
+            }
+        }
+        all
+    };
+    let mut all = streams(&["scraper".to_string()], DAYS3, 10, 5);
+    let bots: Vec<String> = (0..80).map(|n| format!("bot-{n:03}")).collect();
+    all.extend(streams(&bots, DAYS3 + 30, 15, 5));
+    // The pay-api traffic goes on meanwhile.
+    let mut other = Vec::new();
+    for m in DAYS3..DAYS3 + 50 {
+        for s in 0..20 {
+            other.push(ev(
+                T0 + m * MIN + s * MIN / 20 + 5,
+                "pay-api",
+                "a",
+                "10.0.0.1",
+                200,
+                1 << 60 | (m * 20 + s) as u64,
+            ));
+        }
+    }
+    all.extend(other);
+    all.sort_by_key(|i| i.ts);
+    for i in &all {
+        e.ingest(i);
+    }
+    let mut out = Vec::new();
+    e.drain(&mut out);
+    let novel: Vec<&str> = out
+        .iter()
+        .filter(|f| f.kind == Kind::NovelPattern)
+        .map(|f| f.workload.as_str())
+        .collect();
+    assert!(novel.contains(&"scraper /bots"), "{out:#?}");
+    assert!(novel.iter().all(|w| !w.starts_with("bot-")), "{novel:#?}");
 }
