@@ -132,6 +132,7 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         raw_query,
         body_prefix.as_slice(),
     );
+    (ev.trace_id_hash, ev.request_id_hash) = propagated_id_hashes(snap.secret(), request_headers);
     match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
         Some(route) => set(&mut ev.route, route),
         None => {
@@ -226,6 +227,34 @@ pub fn request_hash(
         h.write(part);
     }
     h.finish().max(1)
+}
+
+/// The event's `trace_id_hash` and `request_id_hash`: keyed like [`request_hash`] (with a different first byte
+/// each), of the trace id of `traceparent` and of `X-Request-Id`, trimmed and lowercased as the origin tracker
+/// compares them; 0 when absent. Nodes sharing the key secret agree, so ClickHouse can join hops across nodes.
+pub fn propagated_id_hashes(
+    secret: &crate::registry::KeySecret,
+    headers: &crate::http::Headers,
+) -> (u64, u64) {
+    use std::hash::Hasher;
+    let hash = |kind: u8, value: &str| {
+        let value = value.trim();
+        if value.is_empty() {
+            return 0;
+        }
+        let mut h = secret.request_hasher();
+        h.write_u8(kind);
+        for b in value.bytes() {
+            h.write_u8(b.to_ascii_lowercase());
+        }
+        h.finish().max(1)
+    };
+    let trace = headers
+        .get("traceparent")
+        .and_then(crate::http::traceparent_trace_id)
+        .map_or(0, |t| hash(b't', t));
+    let request = headers.get("x-request-id").map_or(0, |r| hash(b'r', r));
+    (trace, request)
 }
 
 fn fill_app(ev: &mut Event, app: Option<&Application>) {

@@ -365,15 +365,19 @@ macro_rules! event_fields {
             request_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 9;
             // --- origin across hops (`origin`): on whose behalf the exchange was made ---
             /// The first keyed hop's application (hop 0: this exchange's own).
-            origin_app_id: String => "LowCardinality(String)", "", 10;
-            origin_key_fingerprint: String => "LowCardinality(String)", "", 10;
-            origin_api_id: String => "LowCardinality(String)", "", 10;
+            origin_app_id: $crate::event::SharedStr => "LowCardinality(String)", "", 10;
+            origin_key_fingerprint: $crate::event::SharedStr => "LowCardinality(String)", "", 10;
+            origin_api_id: $crate::event::SharedStr => "LowCardinality(String)", "", 10;
             /// The inbound exchange this one was made for (its `conn_id` and `ts`); 0 and the epoch at hop 0.
             parent_conn_id: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 10;
             parent_ts: $crate::event::Timestamp => "DateTime64(6, 'UTC')", "CODEC(Delta(8), ZSTD(1))", 10;
             /// 0 at the edge, the parent's hop + 1 below it.
             hop: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 10;
             origin_by: $crate::event::OriginBy => $crate::event::enum8::<$crate::event::OriginBy>(), "", 10;
+            /// Keyed hashes (as `request_hash`) of the W3C trace id of `traceparent` and of `X-Request-Id`; 0 when
+            /// absent. Hops on different nodes are joined on them in ClickHouse (`origin_join`).
+            trace_id_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 11;
+            request_id_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 11;
 
             // --- new fields go here (or at the end of the section they belong to), with a new schema version ---
         }

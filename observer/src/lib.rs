@@ -13,6 +13,7 @@ pub mod kube;
 pub mod loader;
 pub mod metrics;
 pub mod origin;
+pub mod origin_join;
 pub mod reader;
 pub mod registry;
 pub mod sink;

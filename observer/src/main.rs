@@ -1,6 +1,6 @@
 //! observer: eBPF HTTP traffic observer with business context.
 use clap::{Parser, Subcommand};
-use observer::{agent, insights, registry, sink};
+use observer::{agent, insights, origin_join, registry, sink};
 
 /// Every exchange allocates its strings on the capture thread and frees them on a sink's; mimalloc handles that
 /// cross-thread pattern with less work than glibc's arenas (`cargo xtask bench`).
@@ -29,6 +29,8 @@ enum Command {
     /// Findings from traffic: the fleet-wide runner over ClickHouse, list findings, replay an events file through
     /// the detectors, evaluate them on generated scenarios.
     Insights(insights::cli::InsightsCommand),
+    /// Origin across nodes: fill, in ClickHouse, the origin of hops whose parent ran on another node.
+    Origin(origin_join::OriginCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Registry(cmd) => registry::run(cmd)?,
         Command::Schema(cmd) => tokio::runtime::Runtime::new()?.block_on(cmd.run())?,
         Command::Insights(cmd) => insights::cli::run(cmd)?,
+        Command::Origin(cmd) => origin_join::run(cmd)?,
     }
     Ok(())
 }

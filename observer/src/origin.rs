@@ -16,9 +16,10 @@
 //! [`OriginConfig::max_hold_us`]; released undecided it says `none`. Tables are bounded; evictions are counted.
 use crate::metrics::{Counter, Gauge, Metrics};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use crate::event::{AttributedBy, Event, Exchange, OriginBy, Side, Timestamp};
+use crate::event::{AttributedBy, Event, Exchange, OriginBy, SharedStr, Side, Timestamp};
 use crate::flow::{Peer, Started};
 use crate::http::Headers;
 
@@ -145,16 +146,27 @@ pub fn id_hashes(headers: &Headers) -> (u64, u64) {
     (trace, request)
 }
 
+/// The tracker's maps: foldhash (seeded per process) instead of the standard SipHash, which dominated its profile.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// A request: its connection id and start time, as in the event (`conn_id`, `ts`).
 type Key = (u64, i64);
 
 /// The context a request was made for, shared by everything made for it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Context {
-    app_id: String,
-    key_fingerprint: String,
-    api_id: String,
+    app_id: SharedStr,
+    key_fingerprint: SharedStr,
+    api_id: SharedStr,
 }
+
+/// Own contexts remembered at once ([`Tracker::own`]); the table starts over beyond it.
+const MAX_CONTEXTS: usize = 4_096;
+
+/// How long a finished request stays a possible parent of calls still running (µs), unless the process that
+/// served it has none in flight (then it is forgotten at once).
+const LINGER_US: i64 = 1_000_000;
 
 /// A decided origin.
 #[derive(Debug, Clone)]
@@ -178,12 +190,29 @@ struct Request {
     request_id: u64,
     /// Its exchange finished (reported or forgotten).
     finished: bool,
+    /// Its exchange is not emitted yet and counts in [`Tracker::pending`] (local client only).
+    pending: bool,
     origin: Option<Origin>,
     /// When it was registered (tracker time, µs).
     seen: i64,
 }
 
 impl Request {
+    fn new(start: i64, client_pid: u32, trace: u64, request_id: u64, seen: i64) -> Self {
+        Request {
+            start,
+            client_pid,
+            server: Peer::Unknown,
+            answered: None,
+            trace,
+            request_id,
+            finished: false,
+            pending: false,
+            origin: None,
+            seen,
+        }
+    }
+
     fn in_flight_at(&self, t: i64) -> bool {
         self.start <= t && self.answered.is_none_or(|a| a >= t)
     }
@@ -199,17 +228,30 @@ struct Held {
 }
 
 /// Decides each exchange's origin; see the module documentation.
+///
+/// Cost: the common exchange is decided as it completes (nothing held) and its request forgotten at once, unless
+/// the process that served it has calls of its own not yet reported (it may be their parent) or another request
+/// shares its propagated id; those linger [`LINGER_US`] in finishing order. No table is scanned per event or per
+/// tick except the held exchanges (empty unless some wait) and, every quarter request age, a sweep for requests
+/// never seen to finish.
 pub struct Tracker {
     cfg: OriginConfig,
-    requests: HashMap<Key, Request>,
-    /// Keys in registration order, for eviction and expiry (entries already removed are skipped).
-    order: VecDeque<Key>,
+    requests: Map<Key, Request>,
     /// Requests by the pid of their local server end (known), and those whose server end is not known yet.
-    by_server: HashMap<u32, HashSet<Key>>,
-    unknown: HashSet<Key>,
+    by_server: Map<u32, Set<Key>>,
+    unknown: Set<Key>,
     /// Requests by propagated id hash.
-    by_id: HashMap<u64, HashSet<Key>>,
+    by_id: Map<u64, Set<Key>>,
+    /// Exchanges sent by each local process and not emitted yet (in flight or held).
+    pending: Map<u32, u32>,
+    /// Finished requests kept as possible parents, with when they finished, in that order.
+    finished: VecDeque<(i64, Key)>,
     held: VecDeque<Held>,
+    /// Own contexts by hash of their strings, so an exchange's origin shares them instead of allocating.
+    contexts: Map<u64, Arc<Context>>,
+    empty: Arc<Context>,
+    /// Tracker time of the next sweep for requests never seen to finish.
+    next_sweep: i64,
     out: Vec<Event>,
     stats: OriginStats,
 }
@@ -217,6 +259,8 @@ pub struct Tracker {
 /// What deciding an exchange came to.
 enum Step {
     Decided(Origin),
+    /// Its own context, at hop 0 (`self`).
+    Own,
     /// Something that could change the answer is not known yet.
     Wait,
 }
@@ -227,12 +271,16 @@ impl Tracker {
         cfg.max_held = cfg.max_held.max(1);
         Tracker {
             cfg,
-            requests: HashMap::new(),
-            order: VecDeque::new(),
-            by_server: HashMap::new(),
-            unknown: HashSet::new(),
-            by_id: HashMap::new(),
+            requests: Map::default(),
+            by_server: Map::default(),
+            unknown: Set::default(),
+            by_id: Map::default(),
+            pending: Map::default(),
+            finished: VecDeque::new(),
             held: VecDeque::new(),
+            contexts: Map::default(),
+            empty: Arc::default(),
+            next_sweep: i64::MIN,
             out: Vec::new(),
             stats: OriginStats::default(),
         }
@@ -255,17 +303,7 @@ impl Tracker {
                 }
                 self.insert(
                     key,
-                    Request {
-                        start: ts.0,
-                        client_pid,
-                        server: Peer::Unknown,
-                        answered: None,
-                        trace,
-                        request_id,
-                        finished: false,
-                        origin: None,
-                        seen: now.0,
-                    },
+                    Request::new(ts.0, client_pid, trace, request_id, now.0),
                 );
                 self.set_server(&key, server);
             }
@@ -287,19 +325,32 @@ impl Tracker {
 
     /// A finished, enriched exchange; its request headers are dropped here.
     pub fn complete(&mut self, ex: Exchange, now: Timestamp) {
-        let (trace, request_id) = id_hashes(&ex.request_headers);
         let event = ex.event;
+        let key = (event.conn_id, event.ts.0);
+        let (trace, request_id) = match self.requests.get(&key) {
+            Some(r) => (r.trace, r.request_id),
+            None => id_hashes(&ex.request_headers),
+        };
         self.finish_request(&event, trace, request_id, now.0);
-        if self.held.len() >= self.cfg.max_held {
-            self.release_oldest();
-        }
-        self.held.push_back(Held {
+        let h = Held {
             event,
             trace,
             request_id,
             since: now.0,
-        });
-        self.settle();
+        };
+        match self.decide(&h) {
+            Step::Wait => {
+                if self.held.len() >= self.cfg.max_held {
+                    self.release_oldest();
+                }
+                self.held.push_back(h);
+            }
+            step => {
+                let o = self.resolve(step, &h.event);
+                self.emit(h.event, o);
+                self.settle();
+            }
+        }
     }
 
     /// An exchange that will not be reported (the agent's own): it is no one's parent.
@@ -318,23 +369,37 @@ impl Tracker {
             self.release_oldest();
         }
         self.settle();
-        // A finished request stays a possible parent only while an exchange that started before its answer is
-        // held; one never seen to finish is forgotten after the request age.
+        // A finished request stays a possible parent while an exchange that started before its answer is held,
+        // and at least LINGER_US for calls still running.
         let oldest_held = self.held.iter().map(|h| h.event.ts.0).min();
-        let mut order = std::mem::take(&mut self.order);
-        order.retain(|key| {
-            let Some(r) = self.requests.get(key) else {
-                return false;
+        while let Some(&(at, key)) = self.finished.front() {
+            let gone = match self.requests.get(&key) {
+                None => true,
+                Some(r) => {
+                    now - at >= LINGER_US
+                        && oldest_held.is_none_or(|o| r.answered.unwrap_or(r.start) < o)
+                }
             };
-            let done = r.finished && oldest_held.is_none_or(|o| r.answered.unwrap_or(r.start) < o);
-            let expired = !r.finished && now - r.seen >= self.cfg.max_request_age_us;
-            if done || expired {
-                self.stats.expired_requests += u64::from(expired);
-                self.remove(key);
+            if !gone {
+                break;
             }
-            !(done || expired)
-        });
-        self.order = order;
+            self.finished.pop_front();
+            self.remove(&key);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now.saturating_add(self.cfg.max_request_age_us / 4);
+            let max_age = self.cfg.max_request_age_us;
+            let expired: Vec<Key> = self
+                .requests
+                .iter()
+                .filter(|(_, r)| !r.finished && now - r.seen >= max_age)
+                .map(|(k, _)| *k)
+                .collect();
+            self.stats.expired_requests += expired.len() as u64;
+            for k in &expired {
+                self.remove(k);
+            }
+        }
     }
 
     /// Shutdown: decides what can be and releases everything else.
@@ -358,23 +423,42 @@ impl Tracker {
         s
     }
 
-    fn insert(&mut self, key: Key, r: Request) {
+    fn insert(&mut self, key: Key, mut r: Request) {
         while self.requests.len() >= self.cfg.max_requests {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if self.remove(&old) {
-                self.stats.evicted_requests += 1;
-            }
+            self.evict();
         }
         for id in [r.trace, r.request_id] {
             if id != 0 {
                 self.by_id.entry(id).or_default().insert(key);
             }
         }
+        if r.client_pid != 0 {
+            *self.pending.entry(r.client_pid).or_default() += 1;
+            r.pending = true;
+        }
         self.unknown.insert(key);
         self.requests.insert(key, r);
-        self.order.push_back(key);
+    }
+
+    /// Makes room for one request: the oldest finished one, else the oldest eighth of those in flight.
+    fn evict(&mut self) {
+        while let Some((_, key)) = self.finished.pop_front() {
+            if self.remove(&key) {
+                self.stats.evicted_requests += 1;
+                return;
+            }
+        }
+        let mut ages: Vec<(i64, Key)> = self.requests.iter().map(|(k, r)| (r.seen, *k)).collect();
+        let n = (ages.len() / 8).max(1).min(ages.len());
+        if n == 0 {
+            return;
+        }
+        ages.select_nth_unstable(n - 1);
+        for (_, key) in &ages[..n] {
+            if self.remove(key) {
+                self.stats.evicted_requests += 1;
+            }
+        }
     }
 
     /// Forgets a request; false when it was not remembered.
@@ -391,6 +475,9 @@ impl Tracker {
                 self.unknown.remove(key);
             }
             Peer::Remote => {}
+        }
+        if r.pending {
+            unpend(&mut self.pending, r.client_pid);
         }
         true
     }
@@ -420,29 +507,12 @@ impl Tracker {
         };
         if !self.requests.contains_key(&key) {
             // Its start was not seen (or already forgotten): still a parent for what comes later.
-            self.insert(
-                key,
-                Request {
-                    start: ev.ts.0,
-                    client_pid: local_client_pid(ev),
-                    server: Peer::Unknown,
-                    answered: None,
-                    trace,
-                    request_id,
-                    finished: false,
-                    origin: None,
-                    seen: now,
-                },
-            );
+            let r = Request::new(ev.ts.0, local_client_pid(ev), trace, request_id, now);
+            self.insert(key, r);
         }
         self.set_server(&key, server);
-        if matches!(
-            self.requests.get(&key).map(|r| r.server),
-            Some(Peer::Unknown)
-        ) {
-            // Finished without a known server: it will never be known.
-            self.set_server(&key, Peer::Remote);
-        }
+        // Finished without a known server: it will never be known.
+        self.set_server(&key, Peer::Remote);
         if let Some(r) = self.requests.get_mut(&key) {
             r.finished = true;
             // Answered when its response head came; without a response, in flight until now.
@@ -462,13 +532,14 @@ impl Tracker {
             let mut i = 0;
             while i < self.held.len() {
                 match self.decide(&self.held[i]) {
-                    Step::Decided(o) => {
+                    Step::Wait => i += 1,
+                    step => {
                         if let Some(h) = self.held.remove(i) {
+                            let o = self.resolve(step, &h.event);
                             self.emit(h.event, o);
                         }
                         progress = true;
                     }
-                    Step::Wait => i += 1,
                 }
             }
             if !progress {
@@ -482,14 +553,65 @@ impl Tracker {
         let Some(h) = self.held.pop_front() else {
             return;
         };
-        let o = match self.decide(&h) {
-            Step::Decided(o) => o,
+        let step = match self.decide(&h) {
             Step::Wait => {
                 self.stats.undecided += 1;
-                none(OriginBy::None)
+                Step::Decided(self.nobody(OriginBy::None))
             }
+            step => step,
         };
+        let o = self.resolve(step, &h.event);
         self.emit(h.event, o);
+    }
+
+    /// The origin a decided step stands for.
+    fn resolve(&mut self, step: Step, ev: &Event) -> Origin {
+        match step {
+            Step::Decided(o) => o,
+            Step::Own | Step::Wait => Origin {
+                ctx: self.own(ev),
+                hop: 0,
+                by: OriginBy::OwnContext,
+                parent: None,
+            },
+        }
+    }
+
+    /// The exchange's own context, shared with earlier exchanges of the same application, key and API.
+    fn own(&mut self, ev: &Event) -> Arc<Context> {
+        let (app, fp, api) = (
+            ev.app_id.as_str(),
+            ev.key_fingerprint.as_str(),
+            ev.api_id.as_str(),
+        );
+        if app.is_empty() && fp.is_empty() && api.is_empty() {
+            return self.empty.clone();
+        }
+        let h = self.contexts.hasher().hash_one((app, fp, api));
+        if let Some(c) = self.contexts.get(&h) {
+            if *c.app_id == *app && *c.key_fingerprint == *fp && *c.api_id == *api {
+                return c.clone();
+            }
+        }
+        if self.contexts.len() >= MAX_CONTEXTS {
+            self.contexts.clear();
+        }
+        let c = Arc::new(Context {
+            app_id: app.into(),
+            key_fingerprint: fp.into(),
+            api_id: api.into(),
+        });
+        self.contexts.insert(h, c.clone());
+        c
+    }
+
+    fn nobody(&self, by: OriginBy) -> Origin {
+        Origin {
+            ctx: self.empty.clone(),
+            hop: 0,
+            by,
+            parent: None,
+        }
     }
 
     fn emit(&mut self, mut ev: Event, o: Origin) {
@@ -511,15 +633,42 @@ impl Tracker {
             *n += 1;
         }
         if let Some(r) = self.requests.get_mut(&key) {
+            if std::mem::take(&mut r.pending) {
+                unpend(&mut self.pending, r.client_pid);
+            }
             r.origin = Some(o);
+            if r.finished {
+                self.retire(key, ev.ts.0.saturating_add(ev.duration_us as i64));
+            }
         }
         self.out.push(ev);
+    }
+
+    /// A request whose exchange was emitted: forgotten at once unless it may still be a parent (its server
+    /// process has calls not yet emitted, or another request shares one of its ids).
+    fn retire(&mut self, key: Key, at: i64) {
+        let Some(r) = self.requests.get(&key) else {
+            return;
+        };
+        let shared = |id: u64| id != 0 && self.by_id.get(&id).is_some_and(|s| s.len() > 1);
+        let may_parent = match r.server {
+            Peer::Local(pid) => {
+                self.pending.contains_key(&pid) || shared(r.trace) || shared(r.request_id)
+            }
+            Peer::Remote | Peer::Unknown => false,
+        };
+        if may_parent {
+            let at = self.finished.back().map_or(at, |(last, _)| at.max(*last));
+            self.finished.push_back((at, key));
+        } else {
+            self.remove(&key);
+        }
     }
 
     fn decide(&self, h: &Held) -> Step {
         let ev = &h.event;
         if !ev.key_fingerprint.is_empty() || ev.side == Side::Server {
-            return Step::Decided(own(ev));
+            return Step::Own;
         }
         let me = (ev.conn_id, ev.ts.0);
         let pid = local_client_pid(ev);
@@ -536,20 +685,21 @@ impl Tracker {
             if id == 0 {
                 continue;
             }
-            let (mut same, mut node) = (Vec::new(), Vec::new());
+            // The only match on the sending process, else the only one on the node.
+            let (mut same, mut node) = (Found::default(), Found::default());
             for k in self.by_id.get(&id).into_iter().flatten() {
                 let Some(r) = candidate(k).filter(|r| r.trace == id || r.request_id == id) else {
                     continue;
                 };
                 match r.server {
                     Peer::Unknown => return Step::Wait,
-                    Peer::Local(p) if p == pid && pid != 0 => same.push(*k),
-                    Peer::Local(_) => node.push(*k),
+                    Peer::Local(p) if p == pid && pid != 0 => same.add(k),
+                    Peer::Local(_) => node.add(k),
                     Peer::Remote => {}
                 }
             }
-            match (same.as_slice(), node.as_slice()) {
-                ([k], _) | ([], [k]) => return self.inherit(k, by),
+            match (same, node) {
+                (Found::One(k), _) | (Found::None, Found::One(k)) => return self.inherit(&k, by),
                 _ => {}
             }
         }
@@ -557,22 +707,22 @@ impl Tracker {
             if self.unknown.iter().any(|k| candidate(k).is_some()) {
                 return Step::Wait;
             }
-            let mut found = self
-                .by_server
-                .get(&pid)
-                .into_iter()
-                .flatten()
-                .filter(|k| candidate(k).is_some());
-            match (found.next(), found.next()) {
-                (Some(k), None) => return self.inherit(k, OriginBy::Causal),
-                (Some(_), Some(_)) => return Step::Decided(none(OriginBy::Ambiguous)),
-                _ => {}
+            let mut found = Found::default();
+            for k in self.by_server.get(&pid).into_iter().flatten() {
+                if candidate(k).is_some() {
+                    found.add(k);
+                }
+            }
+            match found {
+                Found::One(k) => return self.inherit(&k, OriginBy::Causal),
+                Found::Several => return Step::Decided(self.nobody(OriginBy::Ambiguous)),
+                Found::None => {}
             }
         }
         if ev.attributed_by == AttributedBy::Workload {
-            return Step::Decided(own(ev));
+            return Step::Own;
         }
-        Step::Decided(none(OriginBy::None))
+        Step::Decided(self.nobody(OriginBy::None))
     }
 
     /// The origin of a child of `parent`, found `by`; waits for the parent's own origin.
@@ -593,6 +743,24 @@ impl Tracker {
     }
 }
 
+/// Candidates found: none, exactly one, or several.
+#[derive(Default, Clone, Copy)]
+enum Found {
+    #[default]
+    None,
+    One(Key),
+    Several,
+}
+
+impl Found {
+    fn add(&mut self, k: &Key) {
+        *self = match self {
+            Found::None => Found::One(*k),
+            _ => Found::Several,
+        };
+    }
+}
+
 fn local_client_pid(ev: &Event) -> u32 {
     match ev.side {
         Side::Client | Side::Both => ev.client_pid,
@@ -600,29 +768,16 @@ fn local_client_pid(ev: &Event) -> u32 {
     }
 }
 
-fn own(ev: &Event) -> Origin {
-    Origin {
-        ctx: Arc::new(Context {
-            app_id: ev.app_id.clone(),
-            key_fingerprint: ev.key_fingerprint.clone(),
-            api_id: ev.api_id.clone(),
-        }),
-        hop: 0,
-        by: OriginBy::OwnContext,
-        parent: None,
+fn unpend(pending: &mut Map<u32, u32>, pid: u32) {
+    if let Some(n) = pending.get_mut(&pid) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            pending.remove(&pid);
+        }
     }
 }
 
-fn none(by: OriginBy) -> Origin {
-    Origin {
-        ctx: Arc::default(),
-        hop: 0,
-        by,
-        parent: None,
-    }
-}
-
-fn unlist<K: std::hash::Hash + Eq>(index: &mut HashMap<K, HashSet<Key>>, at: K, key: &Key) {
+fn unlist<K: std::hash::Hash + Eq>(index: &mut Map<K, Set<Key>>, at: K, key: &Key) {
     if let Some(v) = index.get_mut(&at) {
         v.remove(key);
         if v.is_empty() {

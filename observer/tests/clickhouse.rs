@@ -290,12 +290,14 @@ fn edge_events() -> Vec<Event> {
         server_labels: vec!["app=db".into()],
         request_hash: u64::MAX,
         origin_app_id: "partner-portal".into(),
-        origin_key_fingerprint: "ef".repeat(32),
+        origin_key_fingerprint: "ef".repeat(32).into(),
         origin_api_id: "payments-api".into(),
         parent_conn_id: 1 << 62,
         parent_ts: Timestamp(1_767_225_599_998_499),
         hop: 2,
         origin_by: OriginBy::Trace,
+        trace_id_hash: u64::MAX,
+        request_id_hash: 1 << 63,
     };
     // Retention TTLs drop rows older than the retention at insert, so edge rows carry recent times.
     let empty = Event {

@@ -8,6 +8,8 @@
 // Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
 #![allow(clippy::await_holding_lock)]
 mod common;
+#[path = "fixtures/origin.rs"]
+mod origin_fixture;
 #[path = "fixtures/traffic.rs"]
 mod traffic;
 
@@ -654,7 +656,11 @@ async fn variable_options(
 }
 
 /// Single-select variables have no "All": the value the fixture checks use, by dashboard and variable.
-const SINGLE_DEFAULTS: &[(&str, &str, &str)] = &[("application-detail.json", "app", "shop")];
+const SINGLE_DEFAULTS: &[(&str, &str, &str)] = &[
+    ("application-detail.json", "app", "shop"),
+    (ORIGIN_DASHBOARD, "app", "mobile"),
+    (ORIGIN_DASHBOARD, "api", "storefront"),
+];
 
 /// One template variable and the values Grafana would offer for it.
 struct VarChoice {
@@ -803,7 +809,7 @@ async fn every_panel_query_runs() {
     };
     let mut results = BTreeMap::new();
     let mut quoted_runs = Vec::new();
-    for d in &dashboards {
+    for d in dashboards.iter().filter(|d| d.file != ORIGIN_DASHBOARD) {
         let vars = variable_choices(&c, d, t).await;
         let all = selection(&vars, |v| v.all());
         let rows = run_panels(&c, d, &all, t, "All selected").await;
@@ -1005,6 +1011,136 @@ async fn every_panel_query_runs() {
         num(&by_app["Requests"][0], "requests"),
         count(&|e| e.app_id == "bob's-shop"),
         "API consumption with $app = bob's-shop"
+    );
+
+    let origin = dashboards
+        .iter()
+        .find(|d| d.file == ORIGIN_DASHBOARD)
+        .expect("dashboards/origin.json");
+    check_origin(&c, &url, &dir.path().join("spool-origin"), origin).await;
+}
+
+const ORIGIN_DASHBOARD: &str = "origin.json";
+
+/// The origin dashboard on its own fixtures (`fixtures/origin.rs`, a day after the other traffic so the other
+/// dashboards' figures stay theirs), after the fleet-wide join: every panel returns rows, with the values the
+/// chains imply.
+async fn check_origin(c: &clickhouse::Client, url: &str, spool: &Path, d: &Dashboard) {
+    use origin_fixture::{ledger_fails, origin_events, CALLS};
+    let t0 = T0_S + SPAN_S + 86_400;
+    let events = origin_events(t0, 3_600);
+    common::insert_events(url, spool, &events).await;
+    let joined = observer::origin_join::join_window(
+        c,
+        (t0 - 60) * 1_000_000,
+        (t0 + 7_200) * 1_000_000,
+        1_000_000,
+    )
+    .await
+    .expect("origin join");
+    assert_eq!(joined.filled, 2 * CALLS, "{joined:?}");
+    let t = TimeRange {
+        from_ms: (t0 - 600) * 1000,
+        to_ms: (t0 + 7_200) * 1000,
+        interval_ms: 60_000,
+    };
+    let vars = variable_choices(c, d, t).await;
+    let all = selection(&vars, |v| v.all());
+    let rows = run_panels(c, d, &all, t, "All selected").await;
+    for (title, r) in &rows {
+        assert!(
+            !r.is_empty(),
+            "{}: panel {title:?} returned no rows",
+            d.file
+        );
+    }
+    run_panels(c, d, &selection(&vars, |v| v.first(1)), t, "first option").await;
+    let wide = TimeRange {
+        interval_ms: 300_000,
+        ..t
+    };
+    run_panels(c, d, &all, wide, "5 min interval").await;
+
+    let failed = (0..CALLS).filter(|i| ledger_fails(*i)).count() as f64;
+    let n = CALLS as f64;
+    let panel = |title: &str| {
+        rows.get(title)
+            .unwrap_or_else(|| panic!("origin.json: no panel {title:?}"))
+    };
+    assert_eq!(
+        num(
+            &panel("Calls made on behalf of $app below the edge")[0],
+            "calls"
+        ),
+        2.0 * n,
+        "payments-internal and ledger; checkout is called directly too"
+    );
+    let cost = panel("Downstream cost of $app");
+    let by: BTreeMap<&str, (f64, f64, f64)> = cost
+        .iter()
+        .map(|r| {
+            (
+                text(r, "service"),
+                (num(r, "calls"), num(r, "errors"), num(r, "max_hop")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        BTreeMap::from([
+            ("ledger", (n, failed, 3.0)),
+            ("payments-internal", (n, 0.0, 2.0)),
+        ]),
+        "{cost:#?}"
+    );
+    assert_eq!(
+        num(&panel("Exchanges joined across nodes")[0], "joined"),
+        2.0 * n
+    );
+    assert_eq!(
+        num(&panel("Fan-out per external call of $api")[0], "per_call"),
+        3.0
+    );
+    let hops = panel("Composition of $api: calls per hop");
+    let edges: Vec<(&str, &str, f64, f64, f64)> = hops
+        .iter()
+        .map(|r| {
+            (
+                text(r, "source"),
+                text(r, "target"),
+                num(r, "calls"),
+                num(r, "per_external_call"),
+                num(r, "errors"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        vec![
+            ("storefront", "checkout", n, 1.0, 0.0),
+            ("checkout", "payments-internal", n, 1.0, 0.0),
+            ("payments-internal", "ledger", n, 1.0, failed),
+        ]
+    );
+    let graph = panel("Composition of $api");
+    let nodes: BTreeSet<&str> = graph
+        .iter()
+        .filter(|r| r.contains_key("title"))
+        .map(|r| text(r, "id"))
+        .collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["checkout", "ledger", "payments-internal", "storefront"])
+    );
+    assert_eq!(graph.iter().filter(|r| r.contains_key("source")).count(), 3);
+    let by_way: BTreeMap<&str, f64> = panel("How origins were decided")
+        .iter()
+        .map(|r| (text(r, "origin_by"), num(r, "exchanges")))
+        .collect();
+    assert_eq!(
+        by_way.get("trace"),
+        Some(&n),
+        "node B's server side joined by trace: {by_way:?}"
     );
 }
 

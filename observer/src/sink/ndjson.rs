@@ -320,12 +320,14 @@ mod tests {
             server_labels: Vec::new(),
             request_hash: u64::MAX,
             origin_app_id: "mobile-checkout".into(),
-            origin_key_fingerprint: "cd".repeat(32),
+            origin_key_fingerprint: "cd".repeat(32).into(),
             origin_api_id: "payments-api".into(),
             parent_conn_id: u64::MAX,
             parent_ts: Timestamp(1_764_104_821_000_001),
             hop: 3,
             origin_by: OriginBy::RequestId,
+            trace_id_hash: u64::MAX,
+            request_id_hash: 1,
         };
         same_as_serde(&full);
         // Every variant of every enum, and timestamps at the edges of what the fast path formats.

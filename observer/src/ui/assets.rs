@@ -12,6 +12,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("assets/app.js"),
     ),
     (
+        "origin.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/origin.js"),
+    ),
+    (
         "app.css",
         "text/css; charset=utf-8",
         include_bytes!("assets/app.css"),

@@ -26,7 +26,11 @@ impl ClickHouseSource {
         ClickHouseSource { client }
     }
 
-    async fn rows<T: DeserializeOwned>(
+    pub(super) fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+
+    pub(super) async fn rows<T: DeserializeOwned>(
         &self,
         q: clickhouse::query::Query,
         what: &str,

@@ -3,7 +3,8 @@
 //!
 //! Endpoints (all GET, JSON; `from`/`to` Unix seconds or `range=15m|1h|6h|24h|7d` back from now, optional `step`):
 //! `/api/meta`, `/api/overview`, `/api/apis/{api_id}`, `/api/apps/{app_id}`, `/api/access`,
-//! `/api/insights?team=&kind=`, `/api/tail?limit=&q=`.
+//! `/api/insights?team=&kind=`, `/api/tail?limit=&q=`; the origin sections' `/api/apps/{app_id}/downstream` and
+//! `/api/apis/{api_id}/composition` (`super::origin`).
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, Request, State};
@@ -51,6 +52,8 @@ pub fn router(state: UiState) -> Router {
         .route("/api/overview", get(overview))
         .route("/api/apis/{id}", get(api_page))
         .route("/api/apps/{id}", get(app_page))
+        .route("/api/apps/{id}/downstream", get(downstream))
+        .route("/api/apis/{id}/composition", get(composition))
         .route("/api/access", get(access))
         .route("/api/insights", get(insights))
         .route("/api/tail", get(tail))
@@ -165,6 +168,30 @@ async fn app_page(
     Ok(with_ctx(&s, &p, async |c| pages::app_page(c, &id).await)
         .await?
         .into_response())
+}
+
+async fn downstream(
+    State(s): State<UiState>,
+    Path(id): Path<String>,
+    Query(p): Query<Params>,
+) -> Result<Response, UiError> {
+    Ok(
+        with_ctx(&s, &p, async |c| super::origin::downstream(c, &id).await)
+            .await?
+            .into_response(),
+    )
+}
+
+async fn composition(
+    State(s): State<UiState>,
+    Path(id): Path<String>,
+    Query(p): Query<Params>,
+) -> Result<Response, UiError> {
+    Ok(
+        with_ctx(&s, &p, async |c| super::origin::composition(c, &id).await)
+            .await?
+            .into_response(),
+    )
 }
 
 async fn access(State(s): State<UiState>, Query(p): Query<Params>) -> Result<Response, UiError> {

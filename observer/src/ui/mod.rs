@@ -10,6 +10,7 @@ pub mod clickhouse;
 pub mod http;
 pub mod memory;
 pub mod model;
+pub mod origin;
 pub mod pages;
 
 use std::net::SocketAddr;

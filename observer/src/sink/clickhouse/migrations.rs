@@ -117,6 +117,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "origin_across_hops",
         statements: no_statements,
     },
+    Migration {
+        version: 11,
+        name: "origin_across_nodes",
+        statements: v11_origin_fleet,
+    },
 ];
 
 /// The columns of `insights`: one row per version of a finding (see [`crate::insights::finding::Finding`]).
@@ -263,6 +268,55 @@ fn v9_ml_features(cfg: &SchemaConfig) -> Vec<String> {
 }
 
 /// For a migration that only adds event columns.
+/// The origin columns the fleet-wide join fills ([`crate::origin_join`]), in `http_requests` order.
+pub const ORIGIN_COLUMNS: &[&str] = &[
+    "origin_app_id",
+    "origin_key_fingerprint",
+    "origin_api_id",
+    "parent_conn_id",
+    "parent_ts",
+    "hop",
+    "origin_by",
+];
+
+/// `origin_fleet`: the origin of exchanges whose parent ran on another node, found by `observer origin join` from
+/// the keyed trace and request id hashes (one row per exchange, the newest fill kept); and `http_requests_origin`,
+/// `http_requests` with those rows' origin in place of what the node decided.
+fn v11_origin_fleet(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let oc = cfg.on_cluster();
+    let storage = cfg.storage("origin_fleet");
+    let col = |name: &str| {
+        http_requests_columns()
+            .iter()
+            .find(|c| c.name == name)
+            .map(column_definition)
+            .unwrap_or_else(|| panic!("http_requests has no column {name}"))
+    };
+    let mut defs: Vec<String> = ["conn_id", "ts"].iter().map(|c| col(c)).collect();
+    defs.extend(ORIGIN_COLUMNS.iter().map(|c| col(c)));
+    defs.push("filled_at DateTime64(6, 'UTC') DEFAULT now64(6)".into());
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{storage}{oc}\n(\n    {defs}\n)\nENGINE = {engine}\n\
+         PARTITION BY toDate(ts)\nORDER BY (conn_id, ts)\nTTL toDateTime(ts) + {ttl}",
+        defs = defs.join(",\n    "),
+        engine = cfg.sharded_engine("ReplacingMergeTree", "origin_fleet"),
+        ttl = cfg.retention.to_sql_interval(),
+    )];
+    out.extend(cfg.distributed("origin_fleet", "cityHash64(conn_id, ts)"));
+    let replaced: Vec<String> = ORIGIN_COLUMNS
+        .iter()
+        .map(|c| format!("if(f.conn_id = 0, r.{c}, f.{c}) AS {c}"))
+        .collect();
+    out.push(format!(
+        "CREATE VIEW IF NOT EXISTS {db}.http_requests_origin{oc} AS\n\
+         SELECT r.* REPLACE ({replaced})\nFROM {db}.http_requests AS r\n\
+         LEFT ANY JOIN (SELECT * FROM {db}.origin_fleet FINAL) AS f ON f.conn_id = r.conn_id AND f.ts = r.ts",
+        replaced = replaced.join(", "),
+    ));
+    out
+}
+
 pub fn no_statements(_: &SchemaConfig) -> Vec<String> {
     Vec::new()
 }

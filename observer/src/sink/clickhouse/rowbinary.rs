@@ -213,9 +213,11 @@ mod tests {
         // Pod identity: 3 strings and an array per end; request_hash 8.
         let pods_end = enums_end + 2 * (3 + 1) + 8;
         // Origin: 3 strings, parent_conn_id 8, parent_ts 8, hop 2, origin_by 1.
-        let want = pods_end + 3 + 8 + 8 + 2 + 1;
+        let origin_end = pods_end + 3 + 8 + 8 + 2 + 1;
+        // trace_id_hash and request_id_hash, 8 each.
+        let want = origin_end + 8 + 8;
         assert_eq!(b.len(), want);
-        assert_eq!(b[want - 1], 0, "OriginBy::None is 0");
+        assert_eq!(b[origin_end - 1], 0, "OriginBy::None is 0");
         assert_eq!(b[16], 1, "Side::Client is Enum8 value 1");
         assert_eq!(
             b[enums_end - 2..enums_end],

@@ -197,8 +197,10 @@ const pages = {
           ["Workloads", (r) => `<span class="mono">${esc(r.workloads.join("; "))}</span>`],
           ["Requests", (r) => num(r.requests), 1], ["Errors", (r) => num(r.errors), 1]], "span6")}
         <div class="card"><h2>Insights about this API</h2>${insightsList(d.insights)}</div>
+        <div class="card" id="composition"></div>
       </div>`;
     drawChart("rate", d.rate);
+    await originSections.composition(id);
   },
 
   async app(id) {
@@ -225,8 +227,10 @@ const pages = {
           ["Status", (r) => (r.status === 0 ? "no response" : esc(r.status))], ["Calls", (r) => num(r.requests), 1]], "span4")}
         ${grantTable("keys", "Its keys and grants", d.keys)}
         <div class="card"><h2>Insights about this application</h2>${insightsList(d.insights)}</div>
+        <div class="card" id="downstream"></div>
       </div>`;
     drawChart("compare", d.compare, { dashed: ["baseline"] });
+    await originSections.downstream(id);
   },
 
   async access() {
