@@ -3,6 +3,7 @@
 //!
 //! Needs root and `OBSERVER_BIN` (set by `cargo xtask test`). Every helper panics with a message on failure.
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
@@ -268,6 +269,11 @@ impl Observer {
             .unwrap_or_else(|| panic!("metric {name} not in /metrics:\n{text}"))
     }
 
+    /// Every sample on /metrics, by its name and labels as written (`observer_flow_evicted_total{table="connections"}`).
+    pub fn metrics_map(&self) -> BTreeMap<String, f64> {
+        parse_metrics(&self.metrics_text())
+    }
+
     /// SIGTERM, expect exit 0, and return every event written.
     pub fn stop(mut self) -> Vec<Value> {
         let st = self.proc.stop(Duration::from_secs(20));
@@ -277,6 +283,76 @@ impl Observer {
             self.log()
         );
         read_ndjson(&self.ndjson)
+    }
+}
+
+/// Prometheus text as a map from series (name and labels) to value; comments skipped.
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The series that grew from `before` to `after`, with how much.
+pub fn metrics_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0.0);
+            (d > 0.0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+/// One checked case of the reliability suite, as `cargo xtask reliability` reads it back.
+#[derive(Debug, Default)]
+pub struct CaseReport {
+    /// Short name (a table row of RELIABILITY.md).
+    pub case: String,
+    /// What was checked, one sentence.
+    pub checked: String,
+    /// Exchanges (or events) sent.
+    pub sent: u64,
+    /// Events stored by the sink under test (NDJSON or ClickHouse).
+    pub stored: u64,
+    /// Counted drops or reasons, by series.
+    pub counted: BTreeMap<String, f64>,
+}
+
+impl CaseReport {
+    /// Appends this case, as passed, to the JSON-lines file `cargo xtask reliability` collects
+    /// (`$OBSERVER_RELIABILITY_OUT`, default `target/reliability/cases.jsonl`). Call it after the case's assertions.
+    pub fn passed(&self, test: &str) {
+        let path = std::env::var_os("OBSERVER_RELIABILITY_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/reliability/cases.jsonl")
+            });
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+        }
+        let line = serde_json::json!({
+            "test": test,
+            "case": self.case,
+            "checked": self.checked,
+            "sent": self.sent,
+            "stored": self.stored,
+            "counted": self.counted,
+            "result": "pass",
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        writeln!(f, "{line}").unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
 }
 
@@ -398,15 +474,79 @@ pub const RAW_SERVER: &str = include_str!("raw_server.py");
 
 /// Starts the raw test server on `addr:port` (on loopback: no namespace).
 pub fn raw_server(dir: &Path, addr: &str, port: u16) -> Proc {
-    let script = dir.join("raw_server.py");
-    std::fs::write(&script, RAW_SERVER).expect("writing raw_server.py");
+    python_script(
+        dir,
+        "raw_server.py",
+        RAW_SERVER,
+        &[addr, &port.to_string()],
+        addr,
+        port,
+    )
+}
+
+/// The hostile-traffic server: takes anything, see `hostile_server.py` next to this file.
+pub const HOSTILE_SERVER: &str = include_str!("hostile_server.py");
+
+/// Starts the hostile-traffic server on loopback: `port` answers requests, `banner_port` answers before any request.
+pub fn hostile_server(dir: &Path, addr: &str, port: u16, banner_port: u16) -> Proc {
+    let p = python_script(
+        dir,
+        "hostile_server.py",
+        HOSTILE_SERVER,
+        &[addr, &port.to_string(), &banner_port.to_string()],
+        addr,
+        port,
+    );
+    wait_tcp(&format!("{addr}:{banner_port}"), None);
+    p
+}
+
+/// The ClickHouse fault injector: see `fault_proxy.py` next to this file.
+pub const FAULT_PROXY: &str = include_str!("fault_proxy.py");
+
+/// Starts the fault proxy on loopback `port` in front of `upstream`; returns it and the file whose content is the
+/// mode (`pass`, `500`, `delay:SECONDS`), read at each request.
+pub fn fault_proxy(dir: &Path, port: u16, upstream: u16) -> (Proc, PathBuf) {
+    let mode = dir.join("fault-mode");
+    std::fs::write(&mode, "pass").expect("fault mode");
+    let p = python_script(
+        dir,
+        "fault_proxy.py",
+        FAULT_PROXY,
+        &[
+            &port.to_string(),
+            &upstream.to_string(),
+            &mode.display().to_string(),
+        ],
+        "127.0.0.1",
+        port,
+    );
+    (p, mode)
+}
+
+/// Ids of every BPF object of `kind` (`prog`, `link`, `map`) loaded on the node (`bpftool KIND show`).
+pub fn bpf_ids(kind: &str) -> std::collections::BTreeSet<String> {
+    let out = sh(Command::new("bpftool").args(["-j", kind, "show"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|o| format!("{} {}", o["id"], o["name"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes `text` to `dir/name`, runs it with python3 and `args` on loopback and waits for `addr:port` to accept.
+fn python_script(dir: &Path, name: &str, text: &str, args: &[&str], addr: &str, port: u16) -> Proc {
+    let script = dir.join(name);
+    std::fs::write(&script, text).unwrap_or_else(|e| panic!("writing {name}: {e}"));
     let mut cmd = Command::new("python3");
     cmd.arg(&script)
-        .arg(addr)
-        .arg(port.to_string())
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let p = Proc::spawn(&mut cmd, "python raw test server");
+    let p = Proc::spawn(&mut cmd, name);
     wait_tcp(&format!("{addr}:{port}"), None);
     p
 }

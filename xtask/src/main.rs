@@ -1,4 +1,4 @@
-//! `cargo xtask build|run|test|bench|fuzz|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
+//! `cargo xtask build|run|test|bench|fuzz|reliability|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
 //! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 mod bench;
 mod benchmarks_md;
@@ -8,6 +8,7 @@ mod fuzz;
 mod image;
 mod kube;
 mod noop_hooks;
+mod reliability;
 mod scenarios;
 mod toolchain;
 
@@ -97,6 +98,13 @@ enum Cmd {
         /// Only these targets (default: all).
         #[arg(long = "target")]
         targets: Vec<String>,
+    },
+    /// Run the hostile-traffic and fault suites (slow cases included) as root and write RELIABILITY.md.
+    Reliability {
+        /// Also fuzz every target for this many seconds and report its executions (default: the figures of the
+        /// last `cargo xtask fuzz`, from target/fuzz/report.md).
+        #[arg(long)]
+        fuzz_time: Option<u64>,
     },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
@@ -199,6 +207,7 @@ fn main() -> Result<()> {
             let outcomes = fuzz::fuzz(&root, std::time::Duration::from_secs(time), &targets)?;
             print!("{}", fuzz::report(&outcomes));
         }
+        Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time)?,
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
             clickhouse::run_foreground(&root, port, &data)?;

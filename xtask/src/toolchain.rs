@@ -270,6 +270,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("bpftool", "bpftool"),
+    // The hostile-traffic test sends a TLS ClientHello with `openssl s_client`.
+    ("openssl", "openssl"),
     // The UI test loads every page in headless Chromium; fontconfig brings a font for its screenshots' text.
     ("chromium", "chromium"),
     ("fc-list", "fontconfig"),

@@ -20,14 +20,13 @@ use self::framing::{has_bare_lf, has_token};
 pub use self::framing::{Anomalies, BodyLength, Framing};
 pub use self::query::{form_decoded, query_keys};
 
-/// Headers kept per message; a head with more is malformed (and counted by the caller).
+/// Header fields parsed without allocating; a head with more is parsed again with room for one field per line of
+/// the bytes given (bounded by them: the caller's buffer is bounded by the capture), so no field count is refused.
 pub const MAX_HEADERS: usize = 64;
 
 /// Why a head could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    #[error("more than {MAX_HEADERS} header fields")]
-    TooManyHeaders,
     #[error("not an HTTP/1.x message")]
     NotHttp,
     #[error("malformed HTTP head: {0}")]
@@ -40,10 +39,7 @@ pub enum ParseError {
 
 impl From<httparse::Error> for ParseError {
     fn from(e: httparse::Error) -> Self {
-        match e {
-            httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
-            other => ParseError::Malformed(other.to_string()),
-        }
+        ParseError::Malformed(e.to_string())
     }
 }
 
@@ -339,19 +335,70 @@ fn with_text(raw: &[u8], f: impl FnOnce(&str)) {
     }
 }
 
+/// Runs `parse` with [`MAX_HEADERS`] header slots on the stack, and when the head has more fields, again with one
+/// slot per line of `buf` (a field takes at least one line, so that is always enough).
+fn with_header_slots<'b, T>(
+    buf: &'b [u8],
+    mut parse: impl FnMut(&mut [httparse::Header<'b>]) -> Result<T, httparse::Error>,
+) -> Result<T, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse(&mut headers) {
+        Err(httparse::Error::TooManyHeaders) => {
+            let lines = buf.iter().filter(|b| **b == b'\n').count() + 1;
+            let mut headers = vec![httparse::EMPTY_HEADER; lines];
+            Ok(parse(&mut headers)?)
+        }
+        r => Ok(r?),
+    }
+}
+
 /// Parses a request head at the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf)? {
-        httparse::Status::Partial => Ok(Parsed::Partial),
+    let err = match parse_request_utf8(buf) {
+        Err(e) => e,
+        ok => return ok,
+    };
+    // httparse takes the target only as UTF-8 text, where servers take any byte above 0x7f: parse a copy with those
+    // bytes of the request line replaced (same length), and give the target as the original bytes read lossily.
+    let line = &buf[..buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len())];
+    if std::str::from_utf8(line).is_ok() {
+        return Err(err);
+    }
+    let mut ascii = buf.to_vec();
+    for b in ascii.iter_mut().take(line.len()).filter(|b| **b >= 0x80) {
+        *b = b'_';
+    }
+    let mut parsed = parse_request_utf8(&ascii)?;
+    if let Parsed::Complete(r) = &mut parsed {
+        let at = r.method.len() + 1;
+        r.target = String::from_utf8_lossy(&buf[at..at + r.target.len()]).into_owned();
+    }
+    Ok(parsed)
+}
+
+/// [`parse_request`] of a head whose request line is UTF-8.
+fn parse_request_utf8(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
+    with_header_slots(buf, |headers| {
+        let mut req = httparse::Request::new(headers);
+        let status = req.parse(buf)?;
+        Ok(request_head(buf, &req, status))
+    })
+}
+
+fn request_head(
+    buf: &[u8],
+    req: &httparse::Request<'_, '_>,
+    status: httparse::Status<usize>,
+) -> Parsed<RequestHead> {
+    match status {
+        httparse::Status::Partial => Parsed::Partial,
         httparse::Status::Complete(head_len) => {
             let (headers, framing) = collect_headers(req.headers.iter());
             let mut anomalies = framing.anomalies(true);
             if has_bare_lf(&buf[..head_len]) {
                 anomalies.insert(Anomalies::BARE_LF);
             }
-            Ok(Parsed::Complete(RequestHead {
+            Parsed::Complete(RequestHead {
                 method: req.method.unwrap_or_default().to_string(),
                 target: req.path.unwrap_or_default().to_string(),
                 minor_version: req.version.unwrap_or(1),
@@ -359,17 +406,27 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
                 framing,
                 head_len,
                 anomalies,
-            }))
+            })
         }
     }
 }
 
 /// Parses a response head at the start of `buf`.
 pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf)? {
-        httparse::Status::Partial => Ok(Parsed::Partial),
+    with_header_slots(buf, |headers| {
+        let mut resp = httparse::Response::new(headers);
+        let status = resp.parse(buf)?;
+        Ok(response_head(buf, &resp, status))
+    })
+}
+
+fn response_head(
+    buf: &[u8],
+    resp: &httparse::Response<'_, '_>,
+    status: httparse::Status<usize>,
+) -> Parsed<ResponseHead> {
+    match status {
+        httparse::Status::Partial => Parsed::Partial,
         httparse::Status::Complete(head_len) => {
             let mut framing = Framing::default();
             for h in resp.headers.iter() {
@@ -379,13 +436,13 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
             if has_bare_lf(&buf[..head_len]) {
                 anomalies.insert(Anomalies::BARE_LF);
             }
-            Ok(Parsed::Complete(ResponseHead {
+            Parsed::Complete(ResponseHead {
                 minor_version: resp.version.unwrap_or(1),
                 status: resp.code.unwrap_or(0),
                 framing,
                 head_len,
                 anomalies,
-            }))
+            })
         }
     }
 }

@@ -91,12 +91,39 @@ fn partial_and_errors() {
         ),
         "bad version must be malformed"
     );
-    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
-    for i in 0..(MAX_HEADERS + 1) {
+}
+
+#[test]
+fn heads_with_more_fields_than_the_stack_slots_parse_whole() {
+    // 10,000 fields (a hostile client; also a real one with more than 64): nothing is refused for the count, and
+    // fields after the 64th still frame the message.
+    let mut many = b"POST /many HTTP/1.1\r\nHost: many.test\r\n".to_vec();
+    for i in 0..10_000 {
         many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
     }
-    many.extend_from_slice(b"\r\n");
-    assert_eq!(parse_head(&many), Err(ParseError::TooManyHeaders));
+    many.extend_from_slice(b"Content-Length: 7\r\nX-Request-Id: late-id\r\n\r\n");
+    let r = req(&many);
+    assert_eq!(
+        (r.method.as_str(), r.target.as_str(), r.head_len),
+        ("POST", "/many", many.len())
+    );
+    assert_eq!(r.body_length(), Ok(BodyLength::Length(7)));
+    assert_eq!(r.header("x-request-id"), Some("late-id"));
+    assert_eq!(r.header("x-h9999"), Some("v"));
+    // Cut anywhere, it is partial, never an error; a response likewise.
+    assert_eq!(parse_head(&many[..many.len() / 2]), Ok(Parsed::Partial));
+    let mut resp = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..(MAX_HEADERS + 1) {
+        resp.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    resp.extend_from_slice(b"Content-Length: 3\r\n\r\n");
+    let Ok(Parsed::Complete(Head::Response(r))) = parse_head(&resp) else {
+        panic!("response with {} fields not parsed", MAX_HEADERS + 2)
+    };
+    assert_eq!(
+        (r.status, r.body_length("GET")),
+        (200, Ok(BodyLength::Length(3)))
+    );
 }
 
 #[test]
@@ -352,5 +379,27 @@ fn chunked_walk() {
         d.feed(b"ffffffffffffffff\r\n"),
         Err(ParseError::BadChunk),
         "size overflow"
+    );
+}
+
+#[test]
+fn invalid_utf8_in_target_and_fields_is_kept_as_replacement_characters() {
+    let r = req(
+        b"GET /utf8/\xff\xfe\xc3\x28?k\xff=v HTTP/1.1\r\nHost: bad\xff\xc3\x28.test\r\n\
+          User-Agent: ua\xfe\xff\r\nX-Request-Id: id\xc0\xaf\r\n\r\n",
+    );
+    // httparse alone refuses a target that is not UTF-8; servers (nginx, python) answer it.
+    assert_eq!(r.target, "/utf8/\u{fffd}\u{fffd}\u{fffd}(?k\u{fffd}=v");
+    assert_eq!(r.header("host"), Some("bad\u{fffd}\u{fffd}(.test"));
+    assert_eq!(r.header("user-agent"), Some("ua\u{fffd}\u{fffd}"));
+    // Valid UTF-8 is kept as it is; NUL stays refused.
+    assert_eq!(
+        req(b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n").target,
+        "/caf\u{e9}"
+    );
+    assert!(parse_head(b"GET /nul\x00\xff HTTP/1.1\r\n\r\n").is_err());
+    assert_eq!(
+        parse_head(b"GET /cut\xff HTTP/1.1\r\nHost"),
+        Ok(Parsed::Partial)
     );
 }
