@@ -1,6 +1,7 @@
 //! Criterion benchmark of the insights engine: events per second through the detectors from agent events, and
 //! the replay path (parse an NDJSON line of the sink's format, then the detectors). Traffic is the scenario
 //! generator's (seed 1), starting with its first baseline day.
+#![forbid(unsafe_code)]
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

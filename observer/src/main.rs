@@ -1,4 +1,5 @@
 //! observer: eBPF HTTP traffic observer with business context.
+#![forbid(unsafe_code)]
 use clap::{Parser, Subcommand};
 use observer::{agent, insights, registry, sink};
 

@@ -1,13 +1,23 @@
 //! `cargo xtask build|run|test|bench|fuzz|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
 //! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+// Unsafe code only for kill(2), signal handlers and the bpf(2) syscall (`bench`, `demo`, `noop_hooks`), every block
+// with a SAFETY comment; the other modules forbid it.
 mod bench;
+#[forbid(unsafe_code)]
 mod clickhouse;
 mod demo;
+#[forbid(unsafe_code)]
 mod fuzz;
+#[forbid(unsafe_code)]
 mod image;
+#[forbid(unsafe_code)]
 mod kube;
 mod noop_hooks;
+#[forbid(unsafe_code)]
 mod scenarios;
+#[forbid(unsafe_code)]
 mod toolchain;
 
 use std::{
