@@ -3,6 +3,7 @@
 //! Every type is `#[repr(C)]`, plain old data with explicit padding, no bool/enum/Option inside, so both sides agree
 //! on the layout byte for byte. Event kinds and counter indices are stable numbers: never renumber them.
 #![no_std]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 /// First field of every ring-buffer record: says which struct follows.
 pub const EVENT_DATA: u32 = 1;
@@ -453,8 +454,13 @@ const _: () = assert!(core::mem::size_of::<KernelConfig>() == 16);
 #[cfg(feature = "user")]
 mod user {
     use super::*;
+    // SAFETY: (this and the next two) Copy, #[repr(C)] structs of integers and byte arrays only, with no pointer or
+    // reference, so every bit pattern is a valid value and aya may copy them to and from map memory byte for byte;
+    // their layout is the kernel side's, sizes asserted above.
     unsafe impl aya::Pod for DataHeader {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ConnEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
 }
 

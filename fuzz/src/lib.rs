@@ -1,6 +1,7 @@
 //! The fuzz targets' bodies: each takes arbitrary bytes, drives one parser or state machine that reads untrusted
 //! input, and checks a property beyond "does not panic". They live in a library so `cargo xtask fuzz` can also
 //! replay the corpus and every saved crash as ordinary tests.
+#![forbid(unsafe_code)]
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -28,6 +28,7 @@ use aya_ebpf::{
 };
 use observer_common::*;
 
+// SAFETY: the kernel reads the licence from this section by name; no other symbol is called LICENSE here.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 pub static LICENSE: [u8; 4] = *b"GPL\0";

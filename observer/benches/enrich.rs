@@ -1,5 +1,6 @@
 //! Criterion benchmark of per-event enrichment against a registry of realistic size (50 APIs x 30 routes,
 //! 200 applications, 2,000 keys).
+#![forbid(unsafe_code)]
 use std::fmt::Write;
 use std::hint::black_box;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! Criterion benchmark of the per-exchange userspace path: a keep-alive HTTP/1.1 request and its response, as the
 //! kernel hands them over (two ring-buffer data records), through reassembly and pairing, then enrichment and NDJSON
 //! encoding. Its time per exchange is what the agent's CPU costs per event (see BENCHMARKS.md).
+#![forbid(unsafe_code)]
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;

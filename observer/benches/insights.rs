@@ -2,6 +2,7 @@
 //! the replay path (read and decode NDJSON lines of the sink's format as `insights replay` does, then the
 //! detectors; and the same with serde's derived decoder, the replay's fallback). Traffic is the scenario
 //! generator's (seed 1), starting with its first baseline day.
+#![forbid(unsafe_code)]
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

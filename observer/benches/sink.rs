@@ -1,5 +1,6 @@
 //! Criterion benchmark of the sinks' per-event encoders: one enriched event as a ClickHouse RowBinary row and as
 //! an NDJSON line, the work each sink thread does per exchange.
+#![forbid(unsafe_code)]
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -153,15 +153,17 @@ impl SinkArgs {
 
     /// The ClickHouse sink's configuration (also when `--sink clickhouse` is not selected).
     pub fn clickhouse_config(&self) -> Result<ClickHouseConfig, SinkError> {
-        let url = self
+        if self.connect.clickhouse_url.is_none() {
+            return Err(SinkError::MissingClickHouseUrl);
+        }
+        let creds = self
             .connect
-            .clickhouse_url
-            .as_deref()
-            .ok_or(SinkError::MissingClickHouseUrl)?;
-        let mut c = ClickHouseConfig::new(url, self.spool_dir.clone());
+            .credentials()
+            .map_err(crate::sink::clickhouse::schema::SchemaError::from)?;
+        let mut c = ClickHouseConfig::new(&creds.url, self.spool_dir.clone());
         c.database = self.clickhouse_database.clone();
-        c.user = self.connect.clickhouse_user.clone();
-        c.password = self.connect.password()?;
+        c.user = creds.user;
+        c.password = creds.password;
         if let Some(a) = &self.agent_id {
             c.agent_id = a.clone();
         }

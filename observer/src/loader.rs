@@ -1,6 +1,6 @@
 //! Loads the embedded eBPF object, configures it and attaches every program; detaching is dropping `Loaded`.
 //!
-//! Preconditions are checked first so a user gets one clear sentence instead of a verifier dump: root/capabilities,
+//! Preconditions are checked first so a user gets one clear sentence instead of a verifier dump: capabilities,
 //! BTF, a cgroup v2 hierarchy, the interfaces named with `--iface`.
 use std::{
     fs::File,
@@ -33,8 +33,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ob
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("observer must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}")]
-    NotPrivileged(String),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("the kernel exposes no BTF at /sys/kernel/btf/vmlinux: a kernel built with CONFIG_DEBUG_INFO_BTF=y is required")]
     NoBtf,
     #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
@@ -101,11 +101,7 @@ pub fn preflight(opts: &LoadOptions) -> Result<PathBuf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    if unsafe { libc::geteuid() } != 0 && !has_bpf_caps() {
-        return Err(LoadError::NotPrivileged(
-            "effective uid is not 0 and CAP_BPF/CAP_SYS_ADMIN is missing".into(),
-        ));
-    }
+    crate::privileges::check()?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(LoadError::NoBtf);
     }
@@ -128,20 +124,6 @@ pub fn preflight(opts: &LoadOptions) -> Result<PathBuf, LoadError> {
         }
     }
     Ok(cgroup)
-}
-
-fn has_bpf_caps() -> bool {
-    // CapEff bit 39 = CAP_BPF, 21 = CAP_SYS_ADMIN.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("CapEff:")
-                    .map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0))
-            })
-        })
-        .map(|caps| caps & (1 << 39) != 0 || caps & (1 << 21) != 0)
-        .unwrap_or(false)
 }
 
 /// Loads, configures and attaches. On error nothing stays attached (everything loaded so far is dropped).
@@ -330,6 +312,7 @@ fn bump_memlock_rlimit() {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
+    // SAFETY: setrlimit only reads the struct passed by reference, which lives across the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!(
             "could not raise RLIMIT_MEMLOCK; map creation may fail on kernels before 5.11"

@@ -1,4 +1,5 @@
 //! observer: eBPF HTTP traffic observer with business context.
+#![forbid(unsafe_code)]
 use clap::{Parser, Subcommand};
 use observer::{agent, insights, origin_join, registry, sink};
 

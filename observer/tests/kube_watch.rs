@@ -1,5 +1,6 @@
 //! The pod watcher against a local HTTP server that answers as the Kubernetes API server does, from the recorded
 //! responses in tests/fixtures/kube (their README tells the story): list, watch stream, 410 Gone, re-list.
+#![forbid(unsafe_code)]
 use std::{
     collections::BTreeMap,
     path::Path,

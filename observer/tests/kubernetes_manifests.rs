@@ -6,6 +6,7 @@
 //! the documented ones (or is privileged by explicit opt-in), never escalates, has a read-only root filesystem and a
 //! read-only host cgroup2, uses the host network only with TC, has liveness and readiness probes on its metrics
 //! port and resource limits; everything else runs as non-root with nothing added; RBAC only reads.
+#![forbid(unsafe_code)]
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -19,7 +20,7 @@ use k8s_openapi::api::{
 };
 use serde_json::Value;
 
-/// The capabilities the agent adds, each measured on a 6.18 kernel (README, Kubernetes section).
+/// The capabilities the agent adds, each measured on a 6.18 kernel (README, Privileges; observer/src/privileges.rs).
 const AGENT_CAPABILITIES: &[&str] = &["BPF", "PERFMON", "NET_ADMIN"];
 /// What the agent's watchers call: list, then watch (kube's watcher never gets one object).
 const READ_VERBS: &[&str] = &["list", "watch"];

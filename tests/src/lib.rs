@@ -2,6 +2,7 @@
 //! clients (curl, python, wrk) on loopback and in network namespaces, and reads what reached the NDJSON sink.
 //!
 //! Needs root and `OBSERVER_BIN` (set by `cargo xtask test`). Every helper panics with a message on failure.
+#![warn(clippy::undocumented_unsafe_blocks)]
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -130,6 +131,7 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our child, not yet reaped.
         unsafe { libc_kill(self.child.id() as i32, sig) };
     }
 
@@ -176,27 +178,52 @@ pub struct Observer {
     pub dir: PathBuf,
 }
 
+/// How [`Observer::launch`] starts the agent: in a network namespace, behind a wrapper command (`setpriv ...`), at
+/// a log level other than `info`, with stdout kept in a file.
+#[derive(Debug, Clone, Default)]
+pub struct Launch<'a> {
+    pub ns: Option<&'a str>,
+    pub wrapper: Vec<String>,
+    pub log_level: Option<&'a str>,
+    pub stdout: Option<PathBuf>,
+}
+
 impl Observer {
     /// Starts `observer run --sink ndjson:... --metrics ...` plus `extra`, and waits for /readyz.
     pub fn start(dir: &Path, extra: &[&str]) -> Observer {
-        Self::start_in(None, dir, extra)
+        Self::launch(&Launch::default(), dir, extra)
     }
 
     /// Same, inside network namespace `ns` (for TC on an interface of that namespace).
     pub fn start_in(ns: Option<&str>, dir: &Path, extra: &[&str]) -> Observer {
+        Self::launch(
+            &Launch {
+                ns,
+                ..Launch::default()
+            },
+            dir,
+            extra,
+        )
+    }
+
+    /// Same, started as `how` says.
+    pub fn launch(how: &Launch, dir: &Path, extra: &[&str]) -> Observer {
         let ndjson = dir.join("events.ndjson");
         let metrics = format!("127.0.0.1:{}", METRICS_PORT.fetch_add(1, Ordering::SeqCst));
         let bin = observer_bin();
         // nsenter switches only the network namespace: `ip netns exec` would also remount /sys, hiding the host's
         // cgroup v2 mount the agent attaches its socket hooks to.
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut argv: Vec<std::ffi::OsString> = how.wrapper.iter().map(Into::into).collect();
+        if let Some(ns) = how.ns {
+            argv.extend([
+                "nsenter".into(),
+                format!("--net=/run/netns/{ns}").into(),
+                "--".into(),
+            ]);
+        }
+        argv.push(bin.into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.args([
             "run",
             "--sink",
@@ -209,8 +236,11 @@ impl Observer {
             &dir.join("key-secret").display().to_string(),
         ])
         .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", how.log_level.unwrap_or("info"))
+        .stdout(match &how.stdout {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("stdout file")),
+            None => Stdio::null(),
+        })
         .stderr(std::fs::File::create(dir.join("observer.log")).expect("log file"));
         let proc = Proc::spawn(&mut cmd, "observer");
         let obs = Observer {
@@ -219,7 +249,7 @@ impl Observer {
             metrics,
             dir: dir.to_path_buf(),
         };
-        obs.wait_ready(ns);
+        obs.wait_ready(how.ns);
         obs
     }
 

@@ -1,5 +1,6 @@
 //! End to end: real servers and clients on loopback and across network namespaces, the real agent, and the events
 //! that reach its NDJSON sink, checked field by field and counted.
+#![forbid(unsafe_code)]
 use std::{
     collections::BTreeMap,
     io::{Read, Write},

@@ -1,6 +1,7 @@
 //! End to end into ClickHouse: real clients -> real servers -> agent -> the project's ClickHouse dev server (the real
 //! ClickHouse engine). Every request lands exactly once in `http_requests`, enriched; the minute and hour rollups
 //! agree with counts over the raw table; the registry tables hold what the agent loaded.
+#![forbid(unsafe_code)]
 use std::{collections::BTreeMap, process::Command};
 
 use observer_tests::*;

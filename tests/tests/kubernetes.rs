@@ -3,6 +3,7 @@
 //! responses of observer/tests/fixtures/kube, and `observer run --kubernetes`. Events must carry each end's pod,
 //! namespace, workload and labels, a registry selector by namespace and labels must attribute the application, and an
 //! API matcher by `service` must match the server whose address an EndpointSlice of that Service lists.
+#![forbid(unsafe_code)]
 use std::{path::Path, process::Command, time::Duration};
 
 use observer_tests::*;

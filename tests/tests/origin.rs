@@ -2,6 +2,7 @@
 //! which calls two backends (python3 http.server services, real sockets, in a network namespace of their own).
 //! Variants: trace context propagated, only X-Request-Id, no ids one request at a time (causal), and two keyed
 //! requests at once without ids, where every event below the edge must say `ambiguous` rather than guess.
+#![forbid(unsafe_code)]
 use std::{
     path::Path,
     process::{Command, Stdio},

@@ -1,5 +1,6 @@
 //! End to end: business context on real traffic. A registry with two APIs and three applications; real clients
 //! with different keys and one without; a key revoked by editing the registry while the agent runs.
+#![forbid(unsafe_code)]
 use std::{process::Command, time::Duration};
 
 use observer_tests::*;

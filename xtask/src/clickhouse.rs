@@ -35,23 +35,7 @@ pub fn default_data_dir(root: &Path) -> PathBuf {
 /// Idempotent: a second run only checks. Returns the venv's python interpreter.
 pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
     let venv = root.join(".data").join("venv");
-    let python = venv.join("bin").join("python");
-    if !python.exists() {
-        let python3 =
-            which::which("python3").context("python3 is needed for the ClickHouse dev server")?;
-        eprintln!("xtask: creating Python venv {}", venv.display());
-        std::fs::create_dir_all(venv.parent().unwrap())?;
-        let status = Command::new(python3)
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()?;
-        if !status.success() {
-            bail!(
-                "`python3 -m venv {}` failed ({status}); on Debian/Ubuntu install python3-venv",
-                venv.display()
-            );
-        }
-    }
+    let python = crate::toolchain::python_venv(&venv, "the ClickHouse dev server")?;
     // Checking the package metadata does not load chdb's 500 MB library.
     let check = "import importlib.metadata as m, sys\n\
                  try:\n    v = m.version('chdb-core'); m.version('lz4'); import lz4.block, lz4.frame\n\

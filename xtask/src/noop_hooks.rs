@@ -46,6 +46,8 @@ impl Attr {
         self
     }
     fn call(&mut self, cmd: libc::c_long, what: &str) -> Result<OwnedFd> {
+        // SAFETY: bpf(2) reads and writes at most `self.0.len()` bytes of the attribute buffer we own and pass with
+        // its length; the integers are plain values.
         let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), self.0.len()) };
         if fd < 0 {
             bail!("{what}: {}", std::io::Error::last_os_error());

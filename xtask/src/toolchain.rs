@@ -114,6 +114,30 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Creates the Python virtualenv `venv` unless it exists; returns its interpreter. `purpose` names what needs it.
+pub fn python_venv(venv: &Path, purpose: &str) -> Result<PathBuf> {
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        let python3 =
+            which::which("python3").with_context(|| format!("python3 is needed for {purpose}"))?;
+        say(format!("creating Python venv {}", venv.display()));
+        if let Some(parent) = venv.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let status = Command::new(python3)
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()?;
+        if !status.success() {
+            bail!(
+                "`python3 -m venv {}` failed ({status}); on Debian/Ubuntu install python3-venv",
+                venv.display()
+            );
+        }
+    }
+    Ok(python)
+}
+
 pub fn is_root() -> bool {
     output(Command::new("id").arg("-u"))
         .map(|s| s.trim() == "0")

@@ -507,13 +507,16 @@ pub async fn run(args: RunArgs) -> Result<(), FleetError> {
             Err(e) => return Err(e),
         }
     }
-    let mut ch = ClickHouseConfig::new(args.store.url()?, args.spool_dir.clone());
+    args.store.url()?;
+    let creds = args
+        .store
+        .connect
+        .credentials()
+        .map_err(crate::sink::clickhouse::schema::SchemaError::from)?;
+    let mut ch = ClickHouseConfig::new(&creds.url, args.spool_dir.clone());
     ch.database = args.store.database.clone();
-    ch.user = args.store.connect.clickhouse_user.clone();
-    ch.password = match &args.store.connect.clickhouse_password_file {
-        Some(p) => Some(crate::sink::clickhouse::schema::read_password(p)?),
-        None => None,
-    };
+    ch.user = creds.user;
+    ch.password = creds.password;
     ch.agent_id = format!("fleet-{}", ch.agent_id);
     let (writer, task) = FindingsWriter::start(ch, "fleet".into()).await?;
     info!(from = %wm.to_rfc3339(), once = args.once, "insights: fleet runner started");

@@ -59,11 +59,7 @@ impl KubeArgs {
         if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
             return Ok(n);
         }
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|n| !n.is_empty())
-            .ok_or(KubeError::NoNodeName)
+        crate::sink::clickhouse::config::host_name().ok_or(KubeError::NoNodeName)
     }
 }
 

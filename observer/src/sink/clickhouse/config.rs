@@ -6,8 +6,8 @@ use std::time::Duration;
 /// The table events go to (a Distributed table when the schema was applied with `--cluster`).
 pub const TABLE: &str = "http_requests";
 
-/// Everything the ClickHouse sink needs.
-#[derive(Debug, Clone)]
+/// Everything the ClickHouse sink needs. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct ClickHouseConfig {
     pub url: String,
     pub database: String,
@@ -25,6 +25,43 @@ pub struct ClickHouseConfig {
     pub backoff_max: Duration,
     /// How long shutdown keeps replaying the spool before leaving the rest for the next start.
     pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ClickHouseConfig {
+            url,
+            database,
+            user,
+            password,
+            agent_id,
+            batch_rows,
+            batch_max_bytes,
+            batch_interval,
+            insert_timeout,
+            spool_dir,
+            spool_max_bytes,
+            backoff_min,
+            backoff_max,
+            shutdown_grace,
+        } = self;
+        f.debug_struct("ClickHouseConfig")
+            .field("url", url)
+            .field("database", database)
+            .field("user", user)
+            .field("password", &password.as_ref().map(|_| "<redacted>"))
+            .field("agent_id", agent_id)
+            .field("batch_rows", batch_rows)
+            .field("batch_max_bytes", batch_max_bytes)
+            .field("batch_interval", batch_interval)
+            .field("insert_timeout", insert_timeout)
+            .field("spool_dir", spool_dir)
+            .field("spool_max_bytes", spool_max_bytes)
+            .field("backoff_min", backoff_min)
+            .field("backoff_max", backoff_max)
+            .field("shutdown_grace", shutdown_grace)
+            .finish()
+    }
 }
 
 impl ClickHouseConfig {
@@ -65,16 +102,13 @@ impl ClickHouseConfig {
 
 /// The host name, or `observer` when it cannot be read.
 pub fn default_agent_id() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
-            if !s.is_empty() {
-                return s.to_string();
-            }
-        }
-    }
-    "observer".to_string()
+    host_name().unwrap_or_else(|| "observer".to_string())
+}
+
+/// This UTS namespace's host name (what gethostname(2) returns), when set.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|n| !n.is_empty())
 }

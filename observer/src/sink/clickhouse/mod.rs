@@ -19,6 +19,7 @@
 //! binary replays unchanged. Only a full (or failing) spool drops rows, and those are counted.
 mod batcher;
 pub mod config;
+pub mod credentials;
 pub mod insights_rows;
 pub mod migrations;
 pub mod registry_rows;

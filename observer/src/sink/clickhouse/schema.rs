@@ -27,6 +27,7 @@ use std::str::FromStr;
 use clap::{Args, Subcommand};
 use thiserror::Error;
 
+use super::credentials::{Credentials, CredentialsError};
 use super::migrations::{all_statements, bootstrap_statements, latest_version, MIGRATIONS};
 
 /// Errors of schema generation and application.
@@ -64,12 +65,8 @@ pub enum SchemaError {
         #[source]
         source: clickhouse::error::Error,
     },
-    #[error("cannot read ClickHouse password file {path}: {source}")]
-    PasswordFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Credentials(#[from] super::credentials::CredentialsError),
     #[error("unknown target schema version {0}: this binary knows versions 1..={1}")]
     UnknownTarget(u32, u32),
 }
@@ -272,47 +269,44 @@ pub struct ConnectArgs {
     /// ClickHouse user.
     #[arg(long, env = "CLICKHOUSE_USER")]
     pub clickhouse_user: Option<String>,
-    /// File holding the ClickHouse password (trailing newline ignored).
+    /// File holding the ClickHouse password (trailing newline ignored); without it the password is taken from
+    /// CLICKHOUSE_URL's `user:password@` or the CLICKHOUSE_PASSWORD environment variable, never from the command line.
     #[arg(long)]
     pub clickhouse_password_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
-    /// The URL; the schema commands' parser requires it, so it is there.
-    fn url(&self) -> &str {
-        self.clickhouse_url.as_deref().unwrap_or_default()
+    /// The URL without credentials (for messages); the schema commands' parser requires it, so it is there.
+    fn url(&self) -> String {
+        super::credentials::split_userinfo(self.clickhouse_url.as_deref().unwrap_or_default()).0
     }
 
-    /// The password from `--clickhouse-password-file`, if given.
-    pub fn password(&self) -> Result<Option<String>, SchemaError> {
-        self.clickhouse_password_file
-            .as_deref()
-            .map(read_password)
-            .transpose()
+    /// The URL without credentials, the user and the password (file, CLICKHOUSE_URL, CLICKHOUSE_PASSWORD). A
+    /// password in a `--clickhouse-url` given on the command line is refused.
+    pub fn credentials(&self) -> Result<Credentials, CredentialsError> {
+        let argv: Vec<String> = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        super::credentials::resolve(
+            self.clickhouse_url.as_deref().unwrap_or_default(),
+            self.clickhouse_user.as_deref(),
+            self.clickhouse_password_file.as_deref(),
+            std::env::var(super::credentials::PASSWORD_ENV).ok(),
+            &argv,
+        )
     }
 
     pub fn client(&self) -> Result<clickhouse::Client, SchemaError> {
-        let mut client = clickhouse::Client::default().with_url(self.url());
-        if let Some(user) = &self.clickhouse_user {
+        let c = self.credentials()?;
+        let mut client = clickhouse::Client::default().with_url(c.url);
+        if let Some(user) = c.user {
             client = client.with_user(user);
         }
-        if let Some(password) = self.password()? {
+        if let Some(password) = c.password {
             client = client.with_password(password);
         }
         Ok(client)
     }
-}
-
-/// Reads a password file, dropping one trailing newline.
-pub fn read_password(path: &std::path::Path) -> Result<String, SchemaError> {
-    let s = std::fs::read_to_string(path).map_err(|source| SchemaError::PasswordFile {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(s.strip_suffix('\n')
-        .map(|s| s.strip_suffix('\r').unwrap_or(s))
-        .unwrap_or(&s)
-        .to_string())
 }
 
 /// What the DDL depends on, as command-line options.
@@ -389,7 +383,7 @@ impl SchemaCommand {
             } => {
                 let cfg = layout.config()?;
                 let client = connect.client()?;
-                let report = apply(&client, connect.url(), &cfg, target_version).await?;
+                let report = apply(&client, &connect.url(), &cfg, target_version).await?;
                 println!("{report}");
             }
             SchemaAction::Print { layout } => {
@@ -401,7 +395,7 @@ impl SchemaCommand {
             SchemaAction::Status { connect, database } => {
                 check_identifier("database name", &database)?;
                 let client = connect.client()?;
-                let v = current_version(&client, connect.url(), &database).await?;
+                let v = current_version(&client, &connect.url(), &database).await?;
                 println!(
                     "database {database}: schema version {}; this binary knows up to {}",
                     v.map_or("none".to_string(), |v| v.to_string()),
