@@ -8,9 +8,6 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-/// The tracker before it was made cheap, to compare in the same run.
-mod origin_before;
-
 use observer::cgroups::MapResolver;
 use observer::enrich;
 use observer::event::{Exchange, Timestamp};
@@ -178,32 +175,9 @@ apis:
             black_box(events.pop());
         })
     });
-    // The same with the tracker as it was before (SipHash maps, a retain per tick, allocations per event), ticked
-    // per exchange as above (kinder to it than the agent's once a second): what the rework saved, in the same run.
     let mut conn = Conn::new(true);
-    let mut before = origin_before::Tracker::new(origin_before::OriginConfig::default());
-    g.bench_function("flow_notes_enrich_origin_ndjson_before", |b| {
-        b.iter(|| {
-            conn.exchange(&mut out);
-            now.0 += 1;
-            for s in conn.started.drain(..) {
-                before.started(&s, now);
-            }
-            let mut ex = out.pop().expect("exchange");
-            enrich::enrich(&snap, &mut ex);
-            before.complete(ex, now);
-            before.tick(now);
-            before.drain(&mut events);
-            let ev = events.pop().expect("decided at once");
-            line.clear();
-            observer::sink::ndjson::write_event(&ev, &mut line);
-            line.push(b'\n');
-            black_box(&line);
-        })
-    });
-    let mut conn = Conn::new(true);
-    // The agent's whole path with origin on (the default): flow_enrich_ndjson plus head notes and the tracker, so the
-    // two differ only by what origin costs.
+    // The agent's whole path with --origin: flow_enrich_ndjson plus head notes and the tracker, so the two differ
+    // only by what origin costs.
     g.bench_function("flow_notes_enrich_origin_ndjson", |b| {
         b.iter(|| {
             conn.exchange(&mut out);

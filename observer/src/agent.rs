@@ -163,7 +163,7 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
         max_connections: args.capture.max_connections,
         max_pending_per_connection: args.capture.max_pending,
         idle_timeout_ns: args.capture.idle_timeout.as_nanos() as u64,
-        report_started: !args.capture.no_origin,
+        report_started: args.capture.origin,
     };
     let poll = args.capture.poll_interval.max(Duration::from_millis(1));
     let drain_only = args.capture.drain_only;
@@ -192,7 +192,9 @@ async fn run_async(args: RunArgs) -> Result<(), AgentError> {
                         drain_only,
                         ui,
                         insights,
-                        origin: (!args.capture.no_origin)
+                        origin: args
+                            .capture
+                            .origin
                             .then(|| origin::Tracker::new(origin::OriginConfig::default())),
                         origin_metrics,
                     },
@@ -284,7 +286,7 @@ struct Reading {
     ui: Option<Arc<crate::ui::memory::MemoryStore>>,
     /// The insights engine's queue (`--insights`).
     insights: Option<crate::insights::live::Feed>,
-    /// Decides each event's origin across hops (unless `--no-origin`); events leave the loop through it.
+    /// Decides each event's origin across hops (`--origin`); events leave the loop through it.
     origin: Option<origin::Tracker>,
     /// `observer_origin_*`, brought up to the tracker's counts once a second.
     origin_metrics: origin::OriginMetrics,
@@ -354,7 +356,7 @@ fn capture_loop(
         });
         counts.own_exchanges.inc_by((before - out.len()) as u64);
         // Enriched where they lie, then each event is moved once, into the batch (through the origin tracker, which
-        // may hold it until its parent is known, unless `--no-origin`): exchanges are large.
+        // may hold it until its parent is known, with `--origin`): exchanges are large.
         for ex in &mut out {
             enricher.enrich(ex);
         }

@@ -230,7 +230,13 @@ fn backend_events_carry_the_edge_callers_origin_or_say_why_not() {
     let ports = format!("{EDGE},{MIDDLE},{STOCK},{PRICE}");
     let obs = Observer::start(
         &dir,
-        &["--ports", &ports, "--registry", &reg.display().to_string()],
+        &[
+            "--ports",
+            &ports,
+            "--registry",
+            &reg.display().to_string(),
+            "--origin",
+        ],
     );
     let key = |k: &str| format!("X-Api-Key: {k}");
     sh(&mut client(

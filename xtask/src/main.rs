@@ -345,6 +345,9 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
             state.display().to_string(),
         ]);
     }
+    if !extra.iter().any(|a| a == "--origin") {
+        args.push("--origin".into());
+    }
     if !extra.iter().any(|a| a == "--key-secret-file") {
         args.extend(["--key-secret-file".into(), secret.display().to_string()]);
     }
