@@ -202,9 +202,10 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
 /// [`crate::event::BodyPrefix`] keeps them), each length-prefixed so fields cannot run into each other. Two events
 /// have the same hash when they carry the same request; the hash keeps none of the values. Never 0 (0 is "none").
 ///
-/// Per-event cost (`cargo bench -p observer --bench enrich`, `enrich/request_hash`, 120 bytes hashed): 0.54 µs
-/// [0.50, 0.57] measured on a shared 2-vCPU box under heavy load, where the other enrich benches ran 1.5-2x slower
-/// than on a quiet run (key_valid_route_matched 8.7 µs vs 4.1 µs); re-measure on a quiet machine. One SipHash pass,
+/// Per-event cost (`cargo bench -p observer --bench enrich`, `enrich/request_hash`, 120 bytes hashed of which a
+/// 64-byte body prefix, the most [`crate::event::BodyPrefix`] keeps): 0.38 µs [0.37, 0.40] at 18e19e2 on the shared
+/// 2-vCPU box at load average ~15 (0.54 µs in an earlier loaded run); keeping the prefix in flow is one copy of at
+/// most 64 bytes per request with a body. One SipHash pass,
 /// where HMAC-SHA256 would take two SHA-256 compressions per 64 bytes plus its finalization.
 pub fn request_hash(
     secret: &crate::registry::KeySecret,

@@ -168,10 +168,7 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
     let governance: Vec<_> = g
         .labels
         .iter()
-        .filter(|l| {
-            l.kind
-                .is_some_and(|k| k.per_event() && k != Kind::UndocumentedRoute)
-        })
+        .filter(|l| l.kind.is_some_and(|k| k.per_event()))
         .cloned()
         .collect();
     assert!(governance.len() >= 3, "{:?}", g.labels);
@@ -188,9 +185,15 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
         }
     });
     events.sort_by_key(|e| e.ts);
+    // Every team's alert_webhook is a local receiver: the runner notifies as the agent does.
+    let hooks = WebhookReceiver::start();
+    let mut registry = g.registry.clone();
+    for t in &mut registry.teams {
+        t.alert_webhook = format!("{}/{}", hooks.url, t.id);
+    }
     write_registry(
         &client(&url).with_database("observer"),
-        &from_registry(&g.registry, 1, Timestamp::now()),
+        &from_registry(&registry, 1, Timestamp::now()),
     )
     .await
     .expect("registry rows");
@@ -273,6 +276,40 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
         fleet, direct,
         "fleet runner vs. the engine on the same events"
     );
+    // Each new finding was POSTed to its team's webhook (the runner waits for its deliveries before exiting).
+    let posted: Seen = hooks
+        .bodies()
+        .iter()
+        .filter(|(_, b)| b["reason"] == "new")
+        .map(|(path, b)| {
+            let f = &b["finding"];
+            assert_eq!(
+                path,
+                &format!("/{}", f["team"].as_str().unwrap_or_default())
+            );
+            (
+                f["kind"].as_str().unwrap_or_default().to_string(),
+                f["api_id"].as_str().unwrap_or_default().to_string(),
+                f["app_id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let with_team: Seen = versions
+        .iter()
+        .filter(|f| f.status == Status::Open && !f.team.is_empty())
+        .map(|f| {
+            (
+                f.kind.as_str().to_string(),
+                f.api_id.clone(),
+                f.app_id.clone(),
+            )
+        })
+        .collect();
+    assert!(!posted.is_empty());
+    assert_eq!(
+        posted, with_team,
+        "webhook deliveries vs. new findings with a team"
+    );
     for l in &governance {
         let kind = l.kind.expect("labelled").as_str();
         assert!(
@@ -281,5 +318,333 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
             l.scenario,
             l.api_id
         );
+    }
+}
+
+/// Registry rows for the tests below: team `pay-team` owns API `pay` (keyed unless `anonymous`), applications
+/// `shop` (team web) and `rogue` (team ops), and `grants`: (fingerprint, key id, granted days ago) on `pay`.
+fn small_registry(
+    anonymous: bool,
+    grants: &[(&str, &str, i64)],
+) -> observer::sink::clickhouse::registry_rows::RegistryRows {
+    use observer::sink::clickhouse::registry_rows::{
+        ApiRow, ApplicationRow, KeyGrantRow, RegistryRows, TeamRow,
+    };
+    let now = Timestamp::now();
+    let team = |id: &str| TeamRow {
+        team: id.into(),
+        name: id.into(),
+        version: 1,
+        loaded_at: now,
+        ..Default::default()
+    };
+    let app = |id: &str, team: &str| ApplicationRow {
+        app_id: id.into(),
+        name: id.into(),
+        team: team.into(),
+        version: 1,
+        loaded_at: now,
+        ..Default::default()
+    };
+    RegistryRows {
+        teams: vec![team("pay-team"), team("web"), team("ops")],
+        apis: vec![ApiRow {
+            api_id: "pay".into(),
+            name: "Payments API".into(),
+            owner: "pay-team".into(),
+            auth: if anonymous { "anonymous" } else { "api_key" }.into(),
+            hosts: vec!["pay.example".into()],
+            version: 1,
+            loaded_at: now,
+            ..Default::default()
+        }],
+        applications: vec![app("shop", "web"), app("rogue", "ops")],
+        key_grants: grants
+            .iter()
+            .map(|(fp, id, days)| KeyGrantRow {
+                key_fingerprint: fp.to_string(),
+                api_id: "pay".into(),
+                key_id: id.to_string(),
+                app_id: "shop".into(),
+                granted_by: "alice".into(),
+                valid_from: Some(Timestamp(now.0 - days * 86_400_000_000)),
+                version: 1,
+                loaded_at: now,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// A call of `app` to `pay` at `ts`, with `key` (a fingerprint) when not empty.
+fn call(ts: Timestamp, app: &str, key: &str) -> observer::event::Event {
+    use observer::event::{AttributedBy, Event, KeyState};
+    Event {
+        ts,
+        method: "GET".into(),
+        host: "pay.example".into(),
+        path: "/v1/pay".into(),
+        route: "/v1/pay".into(),
+        status: 200,
+        api_id: "pay".into(),
+        app_id: app.into(),
+        client_comm: app.into(),
+        key_fingerprint: key.into(),
+        key_state: if key.is_empty() {
+            KeyState::None
+        } else {
+            KeyState::Valid
+        },
+        attributed_by: if key.is_empty() {
+            AttributedBy::Workload
+        } else {
+            AttributedBy::Key
+        },
+        ..Event::default()
+    }
+}
+
+/// Runs `observer insights run --once` with `args` and the config `toml`; panics with its log when it fails.
+fn run_fleet(url: &str, dir: &std::path::Path, toml: &str, args: &[String]) {
+    let config = dir.join("fleet.toml");
+    std::fs::write(&config, toml).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["insights", "run", "--database=observer", "--once"])
+        .arg(format!("--clickhouse-url={url}"))
+        .arg(format!("--config={}", config.display()))
+        .arg(format!("--spool-dir={}", dir.join("fspool").display()))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("observer insights run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Findings the fleet runner stored: (kind, app_id, key_id, evidence) of each finding's newest version.
+async fn stored(url: &str) -> Vec<(String, String, String, serde_json::Value)> {
+    let rows = list::rows(client(url).query(&list::select(
+        "observer.insights_latest",
+        "ORDER BY kind, app_id, key_id",
+    )))
+    .await
+    .expect("insights_latest");
+    rows.into_iter()
+        .map(|r| {
+            (
+                r.kind,
+                r.app_id,
+                r.key_id,
+                serde_json::Value::Object(r.evidence),
+            )
+        })
+        .collect()
+}
+
+/// `unused_grant` from ClickHouse alone: grants in force from `key_grants_in_force`, last calls from `key_use_1d`
+/// (calls older than the runner's window, which it never reads). A grant unused for `unused_grant_days` is found
+/// with its last call; a grant used within them, or granted more recently, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_runner_finds_unused_grants_from_key_use_history() {
+    use observer::sink::clickhouse::write_registry;
+    let Some((py, script)) =
+        devserver_paths("fleet_runner_finds_unused_grants_from_key_use_history")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+
+    const DAY: i64 = 86_400_000_000;
+    let now = Timestamp::now();
+    // fp-old: last call 30 days ago; fp-used: 5 days ago; fp-never: no call, granted 60 days ago; fp-new: no call,
+    // granted 10 days ago (not yet judged).
+    let registry = small_registry(
+        false,
+        &[
+            ("fp-old", "shop-old", 60),
+            ("fp-used", "shop-used", 60),
+            ("fp-never", "shop-never", 60),
+            ("fp-new", "shop-new", 10),
+        ],
+    );
+    write_registry(&client(&url).with_database("observer"), &registry)
+        .await
+        .expect("registry rows");
+    let old_call = Timestamp(now.0 - 30 * DAY);
+    let events = vec![
+        call(Timestamp(old_call.0 - 3_600_000_000), "shop", "fp-old"),
+        call(old_call, "shop", "fp-old"),
+        call(Timestamp(now.0 - 5 * DAY), "shop", "fp-used"),
+    ];
+    common::insert_events(&url, &dir.path().join("spool"), &events).await;
+    assert_eq!(
+        count(&url, "SELECT sum(calls) FROM observer.key_use_1d").await,
+        3
+    );
+
+    run_fleet(
+        &url,
+        dir.path(),
+        "[governance]\nunused_grant_days = 20\n",
+        &[format!(
+            "--from={}",
+            Timestamp(now.0 - 300_000_000).to_rfc3339()
+        )],
+    );
+    let found = stored(&url).await;
+    let unused: Vec<_> = found.iter().filter(|f| f.0 == "unused_grant").collect();
+    let keys: Vec<&str> = unused.iter().map(|f| f.2.as_str()).collect();
+    assert_eq!(keys, vec!["shop-never", "shop-old"], "{found:?}");
+    let old = unused.iter().find(|f| f.2 == "shop-old").expect("shop-old");
+    assert_eq!(old.1, "shop");
+    let last = old.3["last_used"].as_str().expect("last_used");
+    let last = observer::insights::input::parse_ts(last).expect("a time");
+    assert_eq!(last, old_call, "the last call, from key_use_1d");
+    let never = unused
+        .iter()
+        .find(|f| f.2 == "shop-never")
+        .expect("shop-never");
+    assert!(never.3["last_used"].is_null(), "{:?}", never.3);
+}
+
+/// The fleet runner's warm-up from the 1h rollup: two days of `shop` calling `pay`, stored as events, reach the
+/// runner only through `http_requests_1h`. Without warm-up the runner is still learning when the window starts and
+/// raises nothing; with it, `shop` is a known consumer (no finding) and `rogue`, which never called before, is a
+/// new consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_runner_warm_up_from_the_hourly_rollup_decides_what_is_new() {
+    use observer::sink::clickhouse::write_registry;
+    let Some((py, script)) =
+        devserver_paths("fleet_runner_warm_up_from_the_hourly_rollup_decides_what_is_new")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, None).await;
+
+    const MIN: i64 = 60_000_000;
+    let now = Timestamp::now();
+    write_registry(
+        &client(&url).with_database("observer"),
+        &small_registry(true, &[]),
+    )
+    .await
+    .expect("registry rows");
+    // History: two days, three calls an hour, ending two hours ago (whole hours in the rollup).
+    let hour_start = now.0 - now.0.rem_euclid(60 * MIN) - 120 * MIN;
+    let mut events: Vec<_> = (0..48 * 3)
+        .map(|i| call(Timestamp(hour_start - i * 20 * MIN), "shop", ""))
+        .collect();
+    // The window: shop as usual, and rogue for the first time.
+    let from = Timestamp(now.0 - 15 * MIN);
+    for i in 0..5 {
+        events.push(call(Timestamp(from.0 + (i + 1) * MIN), "shop", ""));
+    }
+    for i in 0..3 {
+        events.push(call(
+            Timestamp(from.0 + (i + 2) * MIN + 7_000_000),
+            "rogue",
+            "",
+        ));
+    }
+    events.sort_by_key(|e| e.ts);
+    common::insert_events(&url, &dir.path().join("spool"), &events).await;
+    assert_eq!(
+        count(
+            &url,
+            "SELECT sum(requests) FROM observer.http_requests_1h WHERE app_id = 'shop'"
+        )
+        .await,
+        48 * 3 + 5
+    );
+    let toml = "[general]\nlearning_hours = 24\n";
+    let window = [
+        format!("--from={}", from.to_rfc3339()),
+        "--lag=0s".to_string(),
+    ];
+
+    let mut args = window.to_vec();
+    args.push("--warmup-days=0".into());
+    run_fleet(&url, dir.path(), toml, &args);
+    assert_eq!(
+        stored(&url).await,
+        vec![],
+        "without history the runner is learning"
+    );
+
+    let mut args = window.to_vec();
+    args.push("--warmup-days=3".into());
+    run_fleet(&url, dir.path(), toml, &args);
+    let found = stored(&url).await;
+    let new: Vec<&str> = found
+        .iter()
+        .filter(|f| f.0 == "new_consumer")
+        .map(|f| f.1.as_str())
+        .collect();
+    assert_eq!(new, vec!["rogue"], "{found:?}");
+}
+
+/// A local HTTP endpoint recording each POST (path, JSON body) and answering 200.
+struct WebhookReceiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl WebhookReceiver {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut start = String::new();
+                if r.read_line(&mut start).is_err() {
+                    continue;
+                }
+                let path = start.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_ok() {
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        sink.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((path, v));
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        WebhookReceiver { url, got }
+    }
+
+    fn bodies(&self) -> Vec<(String, serde_json::Value)> {
+        self.got.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

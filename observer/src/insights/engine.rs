@@ -167,6 +167,8 @@ impl Engine {
             self.now = t;
         }
         let Some(mut cur) = self.minute else {
+            // No event yet (a fleet runner over a quiet window): what needs none is still judged.
+            self.hourly(self.now);
             return;
         };
         let target = self.now.0.div_euclid(MINUTE_US);
@@ -367,9 +369,14 @@ impl Engine {
             k if k.per_event() => event_close,
             _ => rate_close,
         });
+        self.hourly(end);
+    }
+
+    /// Hourly judgements over days (unused grants), at most once an hour of stream time.
+    fn hourly(&mut self, end: Timestamp) {
         if end.0 >= self.next_hourly {
             self.next_hourly = end.0 + 60 * MINUTE_US;
-            governance::unused_grants(cfg, &self.ctx, &self.state, &mut self.tracker, end);
+            governance::unused_grants(&self.cfg, &self.ctx, &self.state, &mut self.tracker, end);
         }
     }
 }

@@ -18,11 +18,11 @@ use tracing::{info, warn};
 use super::{Config, Engine, Finding, Input};
 use crate::event::{AttributedBy, KeyState, Timestamp};
 use crate::registry::{
-    Api, ApiMatch, Application, Auth, AuthKind, Glob, Grant, Key, KeySource, Registry, Team,
-    Window, WorkloadSelector,
+    Api, ApiMatch, Application, Auth, AuthKind, Glob, Grant, Key, KeySource, Registry,
+    RouteTemplate, Team, Window, WorkloadSelector,
 };
 use crate::sink::clickhouse::insights_rows::FindingsWriter;
-use crate::sink::clickhouse::registry_rows::{ts_micros, RegistryRows};
+use crate::sink::clickhouse::registry_rows::{ts_micros, ApiRow, RegistryRows, TeamRow};
 use crate::sink::clickhouse::schema::{check_identifier, ConnectArgs};
 use crate::sink::clickhouse::ClickHouseConfig;
 
@@ -181,27 +181,65 @@ fn at(t: Timestamp) -> String {
     format!("fromUnixTimestamp64Micro(toInt64({}), 'UTC')", t.0)
 }
 
-/// The registry as the registry tables hold it now. Facts only the YAML has (route templates, auth locations)
-/// are absent: detectors that need them stay silent.
+/// SQL: per id, the newest stored value of a registry column the `*_latest` views do not have (schema version 12:
+/// `apis.routes`, `teams.alert_webhook`).
+fn newest_column(table: &str, key: &str, column: &str) -> String {
+    format!(
+        "SELECT {key}, argMax(tuple({column}), version).1 AS {column} FROM {table} GROUP BY {key}"
+    )
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct RoutesRow {
+    api_id: String,
+    routes: Vec<String>,
+}
+
+/// The registry as the registry tables hold it now. Facts only the YAML has (auth locations, Kubernetes terms of
+/// workload selectors) are absent: detectors that need them stay silent.
 pub async fn load_registry(client: &clickhouse::Client) -> Result<Registry, FleetError> {
     // The `*_latest` views hold live rows only; `deleted` is constant.
     const TAIL: &str = "version, loaded_at, false AS deleted";
+    let mut teams: Vec<TeamRow> = client
+        .query(&format!(
+            "SELECT team, name, line_of_business, alert_contact, '' AS alert_webhook, {TAIL} FROM teams_latest \
+             ORDER BY team"
+        ))
+        .fetch_all()
+        .await
+        .map_err(q("teams_latest"))?;
+    let mut webhooks: std::collections::HashMap<String, String> = client
+        .query(&newest_column("teams", "team", "alert_webhook"))
+        .fetch_all::<(String, String)>()
+        .await
+        .map_err(q("teams"))?
+        .into_iter()
+        .collect();
+    for t in &mut teams {
+        t.alert_webhook = webhooks.remove(&t.team).unwrap_or_default();
+    }
+    let mut apis: Vec<ApiRow> = client
+        .query(&format!(
+            "SELECT api_id, name, owner, line_of_business, auth, hosts, base_path, emptyArrayString() AS routes, {TAIL} \
+             FROM apis_latest ORDER BY api_id"
+        ))
+        .fetch_all()
+        .await
+        .map_err(q("apis_latest"))?;
+    let mut routes: std::collections::HashMap<String, Vec<String>> = client
+        .query(&newest_column("apis", "api_id", "routes"))
+        .fetch_all::<RoutesRow>()
+        .await
+        .map_err(q("apis"))?
+        .into_iter()
+        .map(|r| (r.api_id, r.routes))
+        .collect();
+    for a in &mut apis {
+        a.routes = routes.remove(&a.api_id).unwrap_or_default();
+    }
     let rows = RegistryRows {
-        teams: client
-            .query(&format!(
-                "SELECT team, name, line_of_business, alert_contact, {TAIL} FROM teams_latest ORDER BY team"
-            ))
-            .fetch_all()
-            .await
-            .map_err(q("teams_latest"))?,
-        apis: client
-            .query(&format!(
-                "SELECT api_id, name, owner, line_of_business, auth, hosts, base_path, {TAIL} FROM apis_latest \
-                 ORDER BY api_id"
-            ))
-            .fetch_all()
-            .await
-            .map_err(q("apis_latest"))?,
+        teams,
+        apis,
         applications: client
             .query(&format!(
                 "SELECT app_id, name, team, line_of_business, created_by, created_at, predecessor, workloads, \
@@ -233,8 +271,7 @@ fn registry_from_rows(rows: RegistryRows) -> Registry {
             name: t.name,
             line_of_business: t.line_of_business,
             alert_contact: t.alert_contact,
-            // Not kept in ClickHouse: the fleet-wide runner does not POST findings.
-            alert_webhook: String::new(),
+            alert_webhook: t.alert_webhook,
             line: 0,
         })
         .collect();
@@ -263,7 +300,13 @@ fn registry_from_rows(rows: RegistryRows) -> Registry {
                     ..Default::default()
                 })
                 .collect(),
-            routes: Vec::new(),
+            // As written by `registry_rows` from templates that parsed, so they parse again; a row written by
+            // hand that does not is left out (undocumented_route then judges with the others).
+            routes: a
+                .routes
+                .iter()
+                .filter_map(|r| RouteTemplate::parse(r).ok())
+                .collect(),
             openapi: None,
             max_inferred_routes: 0,
             line: 0,
@@ -353,7 +396,7 @@ async fn warm_up(
     if days > 0 {
         let since = Timestamp(from.0 - days as i64 * 86_400_000_000);
         let sql = format!(
-            "SELECT api_id, app_id, intDiv(toUnixTimestamp(hour), 60) AS m, sum(requests), sum(errors) \
+            "SELECT api_id, app_id, toInt64(intDiv(toUnixTimestamp(hour), 60)) AS m, sum(requests), sum(errors) \
              FROM http_requests_1h WHERE hour >= toDateTime(intDiv({s}, 1000000), 'UTC') \
              AND hour < toDateTime(intDiv({f}, 1000000), 'UTC') AND api_id != '' GROUP BY api_id, app_id, m \
              ORDER BY m",
@@ -484,6 +527,10 @@ pub async fn run(args: RunArgs) -> Result<(), FleetError> {
             Err(e) => return Err(e),
         }
     };
+    // Per-team webhooks, as the agent sends them (new and escalated findings).
+    let (mut notifier, deliver) =
+        super::notify::Notifier::new(super::notify::NotifyConfig::default(), &registry);
+    let delivering = tokio::spawn(deliver);
     let mut engine = Engine::new(cfg, registry);
     let restored = match &args.state_dir {
         Some(d) => engine.restore_from(d)?,
@@ -519,12 +566,15 @@ pub async fn run(args: RunArgs) -> Result<(), FleetError> {
     ch.password = creds.password;
     ch.agent_id = format!("fleet-{}", ch.agent_id);
     let (writer, task) = FindingsWriter::start(ch, "fleet".into()).await?;
+
     info!(from = %wm.to_rfc3339(), once = args.once, "insights: fleet runner started");
     let mut found = Vec::new();
     let result = loop {
         let upto = Timestamp(Timestamp::now().0 - args.lag.as_micros() as i64);
         let step = async {
-            engine.set_registry(load_registry(&client).await?);
+            let registry = load_registry(&client).await?;
+            notifier.set_registry(&registry);
+            engine.set_registry(registry);
             read_until(&client, &mut engine, wm, upto, args.page_rows, &mut found).await
         };
         match step.await {
@@ -534,6 +584,7 @@ pub async fn run(args: RunArgs) -> Result<(), FleetError> {
                     info!(events = n, findings = found.len(), upto = %upto.to_rfc3339(), "insights: read");
                 }
                 writer.offer(&found);
+                notifier.offer(&found);
                 found.clear();
                 if let Some(d) = &args.state_dir {
                     engine.save(d)?;
@@ -555,9 +606,16 @@ pub async fn run(args: RunArgs) -> Result<(), FleetError> {
     let probe = writer.stats();
     drop(writer);
     let _ = task.await;
+    let sent = notifier.stats().clone();
+    // Queued deliveries are still tried (with their bounded retries) before the runner exits.
+    drop(notifier);
+    let _ = delivering.await;
     info!(
         written = probe.written(),
         dropped = probe.dropped(),
+        webhooks_sent = sent.sent.get(),
+        webhooks_failed = sent.failed.get(),
+        webhooks_dropped = sent.dropped.get(),
         "insights: fleet runner stopped"
     );
     result
@@ -582,6 +640,7 @@ mod tests {
         let reg = registry_from_rows(RegistryRows {
             teams: vec![TeamRow {
                 team: "payments".into(),
+                alert_webhook: "http://hooks.example/payments".into(),
                 ..Default::default()
             }],
             apis: vec![ApiRow {
@@ -589,6 +648,11 @@ mod tests {
                 owner: "payments".into(),
                 auth: "api_key".into(),
                 hosts: vec!["pay.example.com".into()],
+                routes: vec![
+                    "POST /v1/payments".into(),
+                    "/v1/payments/{id}".into(),
+                    "not a route".into(),
+                ],
                 ..Default::default()
             }],
             applications: vec![ApplicationRow {
@@ -603,8 +667,15 @@ mod tests {
                 grant("payments-api", 0, None),
             ],
         });
+        assert_eq!(reg.teams[0].alert_webhook, "http://hooks.example/payments");
         let ctx = super::super::context::Context::new(reg);
         assert!(ctx.api_is_keyed("payments-api"));
+        // Routes written by registry_rows come back as templates (undocumented_route works fleet-wide).
+        let undocumented = |m: &str, p: &str| ctx.route_undocumented("payments-api", m, p);
+        assert_eq!(undocumented("POST", "/v1/payments"), Some(false));
+        assert_eq!(undocumented("DELETE", "/v1/payments/42"), Some(false));
+        assert_eq!(undocumented("GET", "/v1/payments"), Some(true));
+        assert_eq!(undocumented("GET", "/v1/refunds/1"), Some(true));
         assert_eq!(ctx.api_owner("payments-api"), "payments");
         let app = ctx.app("checkout-v2").expect("app");
         assert_eq!(app.predecessor.as_deref(), Some("checkout-v1"));

@@ -122,7 +122,29 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "origin_across_nodes",
         statements: v11_origin_fleet,
     },
+    Migration {
+        version: 12,
+        name: "registry_routes_and_webhooks",
+        statements: v12_registry_routes_and_webhooks,
+    },
 ];
+
+/// Registry facts the fleet-wide insights runner needs and the tables lacked: an API's route templates (for
+/// `undocumented_route`) and a team's `alert_webhook` (to notify as the agent does). The `*_latest` views and the
+/// dictionaries keep their columns; the runner reads these from the tables ([`crate::insights::fleet`]).
+fn v12_registry_routes_and_webhooks(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let oc = cfg.on_cluster();
+    [
+        ("apis", "routes Array(String)", "base_path"),
+        ("teams", "alert_webhook String", "alert_contact"),
+    ]
+    .iter()
+    .map(|(table, column, after)| {
+        format!("ALTER TABLE {db}.{table}{oc} ADD COLUMN IF NOT EXISTS {column} AFTER {after}")
+    })
+    .collect()
+}
 
 /// The columns of `insights`: one row per version of a finding (see [`crate::insights::finding::Finding`]).
 pub const INSIGHTS_COLUMNS: &[(&str, &str)] = &[

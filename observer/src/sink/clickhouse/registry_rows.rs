@@ -54,6 +54,9 @@ pub struct ApiRow {
     /// Host names the API is served under.
     pub hosts: Vec<String>,
     pub base_path: String,
+    /// Route templates (`METHOD /path/{param}`, or `/path` for any method) from the registry and the API's
+    /// OpenAPI document (schema version 12).
+    pub routes: Vec<String>,
     pub version: u64,
     #[serde(with = "ts_micros")]
     pub loaded_at: Timestamp,
@@ -115,6 +118,8 @@ pub struct TeamRow {
     pub line_of_business: String,
     /// Where alerts about the team's APIs and applications go.
     pub alert_contact: String,
+    /// URL receiving the team's new and escalated findings as JSON (schema version 12).
+    pub alert_webhook: String,
     pub version: u64,
     #[serde(with = "ts_micros")]
     pub loaded_at: Timestamp,
@@ -162,6 +167,14 @@ pub fn from_registry(
             auth: a.auth_label(),
             hosts: a.hosts().into_iter().map(str::to_string).collect(),
             base_path: a.first_base_path().to_string(),
+            routes: a
+                .routes
+                .iter()
+                .map(|r| match &r.method {
+                    Some(m) => format!("{m} {}", r.path),
+                    None => r.path.clone(),
+                })
+                .collect(),
             version,
             loaded_at,
             deleted: false,
@@ -230,6 +243,7 @@ pub fn from_registry(
             name: t.name.clone(),
             line_of_business: t.line_of_business.clone(),
             alert_contact: t.alert_contact.clone(),
+            alert_webhook: t.alert_webhook.clone(),
             version,
             loaded_at,
             deleted: false,
@@ -370,11 +384,15 @@ mod tests {
     use crate::registry::{load_file, KeySecret};
     use std::path::Path;
 
-    fn example() -> RegistryRows {
+    fn example_registry() -> crate::registry::Registry {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/registry.yaml");
-        let loaded = load_file(&path, &KeySecret::from_bytes(b"registry-rows-test"))
-            .unwrap_or_else(|e| panic!("examples/registry.yaml: {e}"));
-        from_registry(&loaded.registry, 7, Timestamp(1_000))
+        load_file(&path, &KeySecret::from_bytes(b"registry-rows-test"))
+            .unwrap_or_else(|e| panic!("examples/registry.yaml: {e}"))
+            .registry
+    }
+
+    fn example() -> RegistryRows {
+        from_registry(&example_registry(), 7, Timestamp(1_000))
     }
 
     #[test]
@@ -457,6 +475,17 @@ mod tests {
             .map(|a| (a.app_id.as_str(), a.predecessor.as_str()))
             .collect();
         assert!(!apps.is_empty(), "the example has a successor application");
+        // Route templates are written so that they parse back to the registry's (method included).
+        let reg = example_registry();
+        for (api, row) in reg.apis.iter().zip(&rows.apis) {
+            let back: Vec<_> = row
+                .routes
+                .iter()
+                .map(|r| crate::registry::RouteTemplate::parse(r).expect("parses"))
+                .collect();
+            assert_eq!(back, api.routes, "{}", api.id);
+        }
+        assert!(rows.apis.iter().any(|a| !a.routes.is_empty()));
     }
 
     #[test]
