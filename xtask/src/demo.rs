@@ -72,8 +72,8 @@ fn scenario(name: &str) -> Result<Scenario> {
         "retry-storm" => (
             &[("billing-batch", "retry-storm")],
             &["retry_storm"],
-            "orders fail for Billing Batch, which retries at once, six times: Insights → retry_storm (once the \
-             agent has learned an hour of error ratios), Application Billing Batch → errors",
+            "orders fail for Billing Batch, which retries at once, six times: Insights → retry_storm (after 2-3 \
+             minutes), Application Billing Batch → errors",
         ),
         "client-bug" => (
             &[("checkout-v2", "client-bug")],
