@@ -536,21 +536,6 @@ fn a_new_stream_is_a_novel_pattern_but_a_crowd_of_new_sources_raises_none_per_so
     let mut all = streams(&["scraper".to_string()], DAYS3, 10, 5);
     let bots: Vec<String> = (0..80).map(|n| format!("bot-{n:03}")).collect();
     all.extend(streams(&bots, DAYS3 + 30, 15, 5));
-    // The pay-api traffic goes on meanwhile.
-    let mut other = Vec::new();
-    for m in DAYS3..DAYS3 + 50 {
-        for s in 0..20 {
-            other.push(ev(
-                T0 + m * MIN + s * MIN / 20 + 5,
-                "pay-api",
-                "a",
-                "10.0.0.1",
-                200,
-                1 << 60 | (m * 20 + s) as u64,
-            ));
-        }
-    }
-    all.extend(other);
     all.sort_by_key(|i| i.ts);
     for i in &all {
         e.ingest(i);
