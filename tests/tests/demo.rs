@@ -1,7 +1,8 @@
-//! End to end: `cargo xtask demo --scenario new-app,key-misuse` shows consumption by application in the UI, the
-//! new application appears, the UI lists the scenarios' findings from the insights table (new_consumer for the new
-//! application, key_outside_grant for the revoked key), and SIGINT (Ctrl-C) leaves no namespace, cgroup, process or
-//! attached program behind.
+//! End to end: `cargo xtask demo --scenario new-app,key-misuse,retry-storm` shows consumption by application in the
+//! UI, the new application appears, the UI lists the scenarios' findings from the insights table (new_consumer for
+//! the new application, key_outside_grant for the revoked key, retry_storm on the API whose calls fail and are
+//! retried, diagnosed as neither a flood nor a client bug), and SIGINT (Ctrl-C) leaves no namespace, cgroup, process
+//! or attached program behind.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,8 +14,8 @@ const UI: &str = "127.0.0.1:9465";
 /// The demo's insights learn for 50 s (xtask/demo/insights.toml): a new application is new after that.
 const SCENARIO_AFTER: &str = "60";
 
-/// Findings (kind, application) the UI lists for the last 15 minutes, read from the `insights` table.
-fn ui_findings() -> Vec<(String, String)> {
+/// Findings (kind, application, API) the UI lists for the last 15 minutes, read from the `insights` table.
+fn ui_findings() -> Vec<(String, String, String)> {
     let body = http_get(UI, "/api/insights?range=15m")
         .filter(|(s, _)| *s == 200)
         .map(|(_, b)| b)
@@ -26,7 +27,7 @@ fn ui_findings() -> Vec<(String, String)> {
         .flatten()
         .map(|i| {
             let s = |f: &str| i[f].as_str().unwrap_or_default().to_string();
-            (s("kind"), s("app_id"))
+            (s("kind"), s("app_id"), s("api_id"))
         })
         .collect()
 }
@@ -70,7 +71,7 @@ fn demo_shows_consumption_and_ctrl_c_removes_everything() {
         .args([
             "demo",
             "--scenario",
-            "new-app,key-misuse",
+            "new-app,key-misuse,retry-storm",
             "--scenario-after",
             SCENARIO_AFTER,
             "--bin",
@@ -107,13 +108,20 @@ fn demo_shows_consumption_and_ctrl_c_removes_everything() {
             && new.iter().any(|n| n["app_id"] == "partner-portal")
     });
     // The scenarios' findings, written by the agent to the insights table and listed by the UI: per-event kinds,
-    // raised as soon as their traffic is seen.
+    // raised as soon as their traffic is seen; the retry storm after two minutes of retries (the demo's short
+    // error history and sustain time, xtask/demo/insights.toml).
     let mut findings = Vec::new();
+    let has = |findings: &[(String, String, String)], kind: &str, app: &str, api: &str| {
+        findings.iter().any(|(k, a, p)| {
+            k == kind && (app.is_empty() || a == app) && (api.is_empty() || p == api)
+        })
+    };
     let found = shown
-        && eventually(Duration::from_secs(60), || {
+        && eventually(Duration::from_secs(240), || {
             findings = ui_findings();
-            let has = |kind: &str, app: &str| findings.iter().any(|(k, a)| k == kind && a == app);
-            has("new_consumer", "partner-portal") && has("key_outside_grant", "ci-pipeline")
+            has(&findings, "new_consumer", "partner-portal", "")
+                && has(&findings, "key_outside_grant", "ci-pipeline", "")
+                && has(&findings, "retry_storm", "", "orders-api")
         });
     let log_text = std::fs::read_to_string(dir.join("xtask.log")).unwrap_or_default();
     if !found {
@@ -125,6 +133,12 @@ fn demo_shows_consumption_and_ctrl_c_removes_everything() {
             "the UI did not show the demo's consumption: {overview:#}\n{log_text}"
         );
         panic!("the scenarios' findings were not raised: {findings:#?}\n{log_text}");
+    }
+    for wrong in ["flood", "client_bug"] {
+        assert!(
+            !has(&findings, wrong, "", "orders-api"),
+            "the retry storm diagnosed as {wrong}: {findings:#?}"
+        );
     }
     assert!(
         log_text.contains("http://127.0.0.1:9465/"),

@@ -3,7 +3,7 @@
 //! Two network namespaces joined by a veth pair: `uidemo-s` runs three HTTP APIs (`xtask/demo/world.py servers`:
 //! payments with an API key, catalog anonymous, orders with a bearer token), `uidemo-c` runs five client
 //! applications, each its own process in its own cgroup under `uidemo/` (one of them, checkout-v2, replaces
-//! checkout-v1 and calls three times as often). A demo registry names them all; the local ClickHouse dev server
+//! checkout-v1, starts a minute after it and calls three times as often). A demo registry names them all; the local ClickHouse dev server
 //! stores the traffic; the agent runs with the UI. A scenario starts, after a short delay, the behaviour its insight
 //! is about. Ctrl-C (or `--for`) stops the clients, the agent (which detaches its programs), the servers and
 //! ClickHouse, then deletes the namespaces and cgroups: [`World`]'s drop does it on every exit path.
@@ -29,13 +29,10 @@ const CLICKHOUSE_PORT: u16 = 8124;
 const METRICS: &str = "127.0.0.1:9466";
 pub const UI: &str = "127.0.0.1:9465";
 /// The clients that run from the start.
-const CLIENTS: &[&str] = &[
-    "web-shop",
-    "checkout-v1",
-    "checkout-v2",
-    "billing-batch",
-    "inventory-sync",
-];
+const CLIENTS: &[&str] = &["web-shop", "checkout-v1", "billing-batch", "inventory-sync"];
+/// The successor and when it starts: a minute after its predecessor, as a replacement arrives, so the agent has
+/// learned what the predecessor does before comparing them (it keeps a replaced predecessor's profile as it was).
+const SUCCESSOR: (&str, Duration) = ("checkout-v2", Duration::from_secs(60));
 
 /// A scenario: the (client, behaviour) processes it starts, the kinds of finding it makes the agent raise, and
 /// what to look at.
@@ -72,8 +69,8 @@ fn scenario(name: &str) -> Result<Scenario> {
         "retry-storm" => (
             &[("billing-batch", "retry-storm")],
             &["retry_storm"],
-            "orders fail for Billing Batch, which retries at once, six times: Insights → retry_storm (once the \
-             agent has learned an hour of error ratios), Application Billing Batch → errors",
+            "orders fail for Billing Batch, which retries at once, six times: Insights → retry_storm (after 2-3 \
+             minutes), Application Billing Batch → errors",
         ),
         "client-bug" => (
             &[("checkout-v2", "client-bug")],
@@ -480,6 +477,7 @@ pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
     ));
     let started = Instant::now();
     let mut pending = Some(scenarios);
+    let mut successor = Some(SUCCESSOR);
     loop {
         if STOP.load(Ordering::SeqCst) {
             say("stopping the demo");
@@ -490,6 +488,14 @@ pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
             break;
         }
         world.check_agent(&agent_log)?;
+        if let Some((name, after)) = successor.filter(|s| started.elapsed() >= s.1) {
+            world.spawn_client(&script, name, "normal")?;
+            say(format!(
+                "{name} started {} s after the others: it replaces checkout-v1",
+                after.as_secs()
+            ));
+            successor = None;
+        }
         if started.elapsed() >= Duration::from_secs(opts.scenario_after) {
             for (procs, kinds, what) in pending.take().unwrap_or_default() {
                 for (name, behaviour) in procs {

@@ -402,10 +402,12 @@ fn learn(cfg: &Config, api: &mut ApiState, m: i64, x: &Minute) {
     if !x.err_anomalous && x.count > 0.0 {
         api.errors.learn(x.err_ratio, slow);
     }
+    // Retries of an error episode or above their usual share stay out of it, as anomalous errors stay out of the
+    // error ratio: else the first minutes of a storm teach it (they weigh most while little is learned).
+    if !x.rate_anomalous && !x.err_anomalous && !x.retries_elevated && x.count > 0.0 {
+        api.retries.learn(x.retry_share, slow);
+    }
     if !x.rate_anomalous {
-        if x.count > 0.0 {
-            api.retries.learn(x.retry_share, slow);
-        }
         api.sources.learn(api.minute.sources.len() as f64, b.alpha);
         if api.known_sources.len() < MAX_KNOWN_SOURCES {
             api.known_sources.extend(api.minute.sources.iter().copied());
