@@ -337,7 +337,9 @@ impl Engine {
             successor::judge(cfg, &self.ctx, api_id, api, m, end, &mut self.tracker);
             novelty::judge(cfg, &self.ctx, api_id, api, m, end, &mut self.tracker);
             // A predecessor whose successor calls the API keeps the profile it had: that is what the successor is
-            // compared with, not the trickle (or nothing) it sends once replaced.
+            // compared with, not the trickle (or nothing) it sends once replaced. One whose traffic is not part of
+            // the baseline yet (not seen for a whole learning period) keeps learning: a successor started beside it
+            // must not freeze a profile of its first minutes.
             let replaced: Vec<String> = api
                 .clients
                 .keys()
@@ -348,7 +350,8 @@ impl Engine {
                 if c.minute.count > 0 {
                     c.last_active = m;
                 }
-                if m - c.last_active <= 60 && !replaced.contains(id) {
+                let frozen = replaced.contains(id) && c.in_baseline;
+                if m - c.last_active <= 60 && !frozen {
                     c.profile.learn(m, n, &cfg.baseline);
                 }
                 if c.minute.count > 0 {
