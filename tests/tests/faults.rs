@@ -588,21 +588,7 @@ fn ring_buffer_overflow_is_counted_and_the_agent_catches_up() {
     // once, so a record lost in the ring is an exchange lost or left without its response, never a duplicate.
     let pair = NetnsPair::new("r", 43);
     let _nginx = nginx(&dir, Some(&pair.a), &pair.ip_a, port);
-    let cgroot = Path::new("/sys/fs/cgroup/unified")
-        .join(format!("observer-e2e-ring-{}", std::process::id()));
-    std::fs::create_dir_all(&cgroot).expect("empty cgroup");
-    let obs = Observer::start_in(
-        Some(&pair.a),
-        &dir,
-        &[
-            "--ports",
-            &port.to_string(),
-            "--iface",
-            &pair.veth_a,
-            "--cgroup",
-            &cgroot.display().to_string(),
-        ],
-    );
+    let (obs, _cgroup) = Observer::start_tc_only(&pair, &dir, port);
     // The reader stopped (SIGSTOP) while a burst goes by: the 16 MiB ring fills and the kernel counts what it
     // cannot reserve.
     obs.proc.signal(19);
@@ -636,7 +622,6 @@ fn ring_buffer_overflow_is_counted_and_the_agent_catches_up() {
     .into_owned();
     let m = parse_metrics(&text);
     let events = on_port(&obs.stop(), port);
-    let _ = std::fs::remove_dir(&cgroot);
     let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let full = g("observer_kernel_ringbuf_full_total");
     let sent = access_log(&dir).len() as u64;
