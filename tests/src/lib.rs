@@ -478,6 +478,49 @@ impl Drop for NetnsPair {
     }
 }
 
+/// An empty cgroup v2 directory (no process in it), removed on drop: socket hooks attached there see nothing.
+pub struct EmptyCgroup(pub PathBuf);
+
+impl EmptyCgroup {
+    pub fn new(tag: &str) -> EmptyCgroup {
+        let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            Path::new("/sys/fs/cgroup/unified")
+        } else {
+            Path::new("/sys/fs/cgroup")
+        };
+        let d = root.join(format!("observer-e2e-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+        EmptyCgroup(d)
+    }
+}
+
+impl Drop for EmptyCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+impl Observer {
+    /// The agent inside `pair.a` with its socket hooks on an empty cgroup and TC on `pair.a`'s veth, capturing
+    /// `port`: everything it reports comes through TC, each segment once (the path for traffic no local socket owns).
+    pub fn start_tc_only(pair: &NetnsPair, dir: &Path, port: u16) -> (Observer, EmptyCgroup) {
+        let cg = EmptyCgroup::new("empty");
+        let obs = Observer::start_in(
+            Some(&pair.a),
+            dir,
+            &[
+                "--ports",
+                &port.to_string(),
+                "--iface",
+                &pair.veth_a,
+                "--cgroup",
+                &cg.0.display().to_string(),
+            ],
+        );
+        (obs, cg)
+    }
+}
+
 /// A python3 HTTP/1.1 test server with endpoints for every framing case. See `server.py` next to this file.
 pub const PY_SERVER: &str = include_str!("server.py");
 

@@ -450,26 +450,7 @@ fn tc_on_an_interface_without_socket_hooks() {
     // reports comes through TC on the namespace's veth: the path for traffic no local socket owns.
     let pair = NetnsPair::new("t", 42);
     let _server = python_server(&dir, Some(&pair.a), &pair.ip_a, port);
-    let cgroot = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
-        std::path::Path::new("/sys/fs/cgroup/unified")
-            .join(format!("observer-e2e-empty-{}", std::process::id()))
-    } else {
-        std::path::Path::new("/sys/fs/cgroup")
-            .join(format!("observer-e2e-empty-{}", std::process::id()))
-    };
-    std::fs::create_dir_all(&cgroot).expect("empty cgroup");
-    let obs = Observer::start_in(
-        Some(&pair.a),
-        &dir,
-        &[
-            "--ports",
-            &port.to_string(),
-            "--iface",
-            &pair.veth_a,
-            "--cgroup",
-            &cgroot.display().to_string(),
-        ],
-    );
+    let (obs, _cgroup) = Observer::start_tc_only(&pair, &dir, port);
     for i in 0..3 {
         curl(
             Some(&pair.b),
@@ -482,7 +463,6 @@ fn tc_on_an_interface_without_socket_hooks() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let events = on_port(&obs.stop(), port);
-    let _ = std::fs::remove_dir(&cgroot);
     assert_eq!(events.len(), 3, "{}", brief(&events));
     for e in &events {
         assert_eq!(e["src_ip"], pair.ip_b.as_str());

@@ -229,7 +229,6 @@ fn clickhouse_faults_and_agent_sigkill_lose_nothing_and_store_nothing_twice() {
         };
         r.counted
             .insert("duplicates".into(), (rows - distinct.min(rows)) as f64);
-        cases_report(&mut r, &m);
         if failures.is_empty() {
             r.passed(TEST);
         }
@@ -244,7 +243,15 @@ fn clickhouse_faults_and_agent_sigkill_lose_nothing_and_store_nothing_twice() {
     let total_rows = ch.count(&format!(
         "SELECT count() FROM observer.http_requests WHERE dst_port = {port}"
     ));
-    if rows != distinct || rows > answered || (total_rows as f64) < spooled_at_kill {
+    let replayed = m
+        .get("observer_sink_replayed_rows_total")
+        .copied()
+        .unwrap_or(0.0);
+    if rows != distinct
+        || rows > answered
+        || (total_rows as f64) < spooled_at_kill
+        || replayed < spooled_at_kill
+    {
         failures.push(format!(
             "load: {rows} rows, {distinct} distinct, {answered} answered by nginx, {spooled_at_kill} spooled at \
              the kill, {total_rows} rows in all"
@@ -253,32 +260,28 @@ fn clickhouse_faults_and_agent_sigkill_lose_nothing_and_store_nothing_twice() {
     assert!(failures.is_empty(), "{failures:#?}");
     let mut r = CaseReport {
         case: "agent SIGKILL under load, restart".into(),
-        checked: "every row spooled before the kill stored once; a truncated spool file quarantined (counted), the \
-                  rest replayed; load cut by the kill never stored twice; no BPF program, link or map left \
-                  (bpftool)"
+        checked: "SIGKILL while wrk loads nginx: every row spooled before the kill (sent) is replayed (stored) and \
+                  stored once; a truncated spool file beside them quarantined (counted), the rest replayed; the load \
+                  never stored twice; no BPF program, link or map left (bpftool, before/after)"
             .into(),
-        sent: answered,
-        stored: rows,
+        sent: spooled_at_kill as u64,
+        stored: m
+            .get("observer_sink_replayed_rows_total")
+            .copied()
+            .unwrap_or(0.0) as u64,
         ..CaseReport::default()
     };
     r.counted.insert(
-        "lost in flight at the kill (load requests not stored)".into(),
-        (answered - rows) as f64,
+        "wrk requests answered around the kill".into(),
+        answered as f64,
     );
-    cases_report(&mut r, &m);
-    r.passed(TEST);
-}
-
-/// Adds the restarted agent's sink figures to a case.
-fn cases_report(r: &mut CaseReport, m: &std::collections::BTreeMap<String, f64>) {
-    for k in [
-        "observer_sink_replayed_rows_total",
-        "observer_sink_quarantined_files_total",
-    ] {
-        if let Some(v) = m.get(k) {
-            r.counted.insert(format!("{k} (restarted agent)"), *v);
-        }
+    r.counted
+        .insert("of which stored (once)".into(), rows as f64);
+    if let Some(v) = m.get("observer_sink_quarantined_files_total") {
+        r.counted
+            .insert("observer_sink_quarantined_files_total".into(), *v);
     }
+    r.passed(TEST);
 }
 
 #[test]
@@ -286,7 +289,7 @@ fn a_full_spool_drops_and_counts() {
     require_root();
     let dir = scratch("faults-spool");
     let (port, proxy_port) = (18631, 18632);
-    // No ClickHouse at all behind the proxy, which answers 500: every batch goes to a spool bounded at 2 KiB.
+    // No ClickHouse at all behind the proxy, which answers 500: every batch goes to a spool bounded at 4 KiB.
     let (_proxy, mode) = fault_proxy(&dir, proxy_port, 1);
     std::fs::write(&mode, "500").expect("mode");
     let _nginx = nginx(&dir, None, "127.0.0.1", port);
@@ -302,7 +305,7 @@ fn a_full_spool_drops_and_counts() {
             "--spool-dir",
             &dir.join("spool").display().to_string(),
             "--spool-max-bytes",
-            "2KiB",
+            "4KiB",
             "--batch-interval",
             "100ms",
         ],
@@ -323,7 +326,7 @@ fn a_full_spool_drops_and_counts() {
     let events = obs.stop();
     let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
     assert!(
-        settled && g(dropped) > 0.0 && spool_bytes <= 2048.0,
+        settled && g(dropped) > 0.0 && spool_bytes <= 4096.0,
         "spooled + dropped = sent, spool within its bound: {m:#?}"
     );
     assert_eq!(
@@ -334,7 +337,7 @@ fn a_full_spool_drops_and_counts() {
     assert_eq!(on_port(&events, port).len() as u64, sent, "NDJSON has all");
     let mut r = CaseReport {
         case: "spool full".into(),
-        checked: "ClickHouse failing, spool bounded at 2 KiB: spooled rows + counted drops (spool_full) = sent; \
+        checked: "ClickHouse failing, spool bounded at 4 KiB: spooled rows + counted drops (spool_full) = sent; \
                   spool size within the bound; the NDJSON sink unaffected"
             .into(),
         sent,
@@ -557,7 +560,9 @@ fn a_connection_burst_keeps_the_flow_table_bounded_and_counts_evictions() {
         checked: format!(
             "wrk opening a connection per request, 300 at once, 8 s, agent with --max-connections {max}: the \
              connection table never above {max} (sampled every 100 ms, max seen {table_max}), evictions counted, \
-             each exchange reported at most once, the agent up"
+             no event repeated, the agent up. Not exact under this pressure: a connection evicted between its two \
+             local ends' records is tracked again from the later one, so its exchange can be reported once per end \
+             (the first without its response, counted in flow_no_response): stored may exceed sent"
         ),
         sent: answered,
         stored: events.len() as u64,
@@ -585,21 +590,7 @@ fn ring_buffer_overflow_is_counted_and_the_agent_catches_up() {
     // once, so a record lost in the ring is an exchange lost or left without its response, never a duplicate.
     let pair = NetnsPair::new("r", 43);
     let _nginx = nginx(&dir, Some(&pair.a), &pair.ip_a, port);
-    let cgroot = Path::new("/sys/fs/cgroup/unified")
-        .join(format!("observer-e2e-ring-{}", std::process::id()));
-    std::fs::create_dir_all(&cgroot).expect("empty cgroup");
-    let obs = Observer::start_in(
-        Some(&pair.a),
-        &dir,
-        &[
-            "--ports",
-            &port.to_string(),
-            "--iface",
-            &pair.veth_a,
-            "--cgroup",
-            &cgroot.display().to_string(),
-        ],
-    );
+    let (obs, _cgroup) = Observer::start_tc_only(&pair, &dir, port);
     // The reader stopped (SIGSTOP) while a burst goes by: the 16 MiB ring fills and the kernel counts what it
     // cannot reserve.
     obs.proc.signal(19);
@@ -633,7 +624,6 @@ fn ring_buffer_overflow_is_counted_and_the_agent_catches_up() {
     .into_owned();
     let m = parse_metrics(&text);
     let events = on_port(&obs.stop(), port);
-    let _ = std::fs::remove_dir(&cgroot);
     let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let full = g("observer_kernel_ringbuf_full_total");
     let sent = access_log(&dir).len() as u64;
