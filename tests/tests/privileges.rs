@@ -255,6 +255,16 @@ fn unprivileged_user_with_the_three_capabilities_captures_as_root_does() {
             .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
         assert_eq!(meta.uid(), NOBODY, "{} owned by uid 65534", path.display());
     }
+    CaseReport {
+        case: format!("uid 65534 with exactly {}", caps.join(", ")),
+        checked: "captures and enriches the same exchanges as root, field for field; writes its NDJSON, findings, \
+                  spool and insights state as that user"
+            .into(),
+        sent: as_root.len() as u64,
+        stored: as_nobody_events.len() as u64,
+        counted: Default::default(),
+    }
+    .passed("privileges");
 }
 
 #[test]
@@ -296,4 +306,14 @@ fn each_missing_capability_is_named() {
             "the error names {name}:\n{stderr}"
         );
     }
+    CaseReport {
+        case: "one needed capability missing".into(),
+        checked:
+            "the agent refuses to start and names the missing capability, for each of the three"
+                .into(),
+        sent: 0,
+        stored: 0,
+        counted: Default::default(),
+    }
+    .passed("privileges");
 }

@@ -1,7 +1,8 @@
-//! `cargo xtask reliability`: runs the hostile-traffic and fault suites (`tests/tests/hostile.rs`, `faults.rs`), the
-//! slow cases `cargo xtask test` leaves out included, collects the figures each case records (one JSON line per case
-//! in `target/reliability/cases.jsonl`, see `observer_tests::CaseReport`), the fuzzing figures, and writes
-//! RELIABILITY.md. It writes the report whatever the outcome, then fails if a test failed.
+//! `cargo xtask reliability`: runs the hostile-traffic, fault, least-privilege and secrets suites
+//! (`tests/tests/hostile.rs`, `faults.rs`, `privileges.rs`, `secrets.rs`), the slow cases `cargo xtask test` leaves out
+//! included, collects the figures each case records (one JSON line per case in `target/reliability/cases.jsonl`, see
+//! `observer_tests::CaseReport`), the fuzzing figures, and writes RELIABILITY.md. It writes the report whatever the
+//! outcome, then fails if a test failed.
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
@@ -10,7 +11,7 @@ use serde_json::Value;
 use crate::{clickhouse, fuzz, toolchain};
 
 /// The suites of the tests crate this command runs.
-const SUITES: [&str; 2] = ["hostile", "faults"];
+const SUITES: [&str; 4] = ["hostile", "faults", "privileges", "secrets"];
 
 pub fn run(root: &Path, fuzz_time: Option<u64>) -> Result<()> {
     if !toolchain::is_root() {
