@@ -34,6 +34,7 @@ pub struct Config {
 pub struct General {
     pub learning_hours: f64,
     pub update_every_minutes: f64,
+    pub max_gap_minutes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -79,6 +80,7 @@ pub struct Spike {
     pub repeat_excess: f64,
     pub client_bug_repeat_share: f64,
     pub client_bug_4xx_share: f64,
+    pub new_user_agent_minutes: f64,
     pub flood_min_sources: u32,
     pub flood_source_factor: f64,
     pub flood_keyless_share: f64,

@@ -13,12 +13,8 @@ use super::{novelty, spike, successor};
 use crate::event::{KeyState, Timestamp};
 use crate::registry::Registry;
 
-/// New user agents are counted as new for this long after their first use.
-const NEW_UA_US: i64 = 3600 * 1_000_000;
 /// Most user agents remembered per client.
 const MAX_USER_AGENTS: usize = 1000;
-/// A gap in the stream longer than this is missing data (the agent was down), not minutes without traffic.
-const MAX_GAP_MINUTES: i64 = 10;
 
 pub struct Engine {
     cfg: Config,
@@ -172,7 +168,7 @@ impl Engine {
             return;
         };
         let target = self.now.0.div_euclid(MINUTE_US);
-        if target - cur > MAX_GAP_MINUTES {
+        if target - cur > i64::from(self.cfg.general.max_gap_minutes) {
             // Missing data: judge the minute at hand, forget the gap.
             self.close_minute(cur);
             self.minute = Some(target);
@@ -306,7 +302,9 @@ impl Engine {
                 }
                 None => ts,
             };
-            if !client_learning && ts.0 - first.0 <= NEW_UA_US {
+            if !client_learning
+                && ts.0 - first.0 <= minutes_us(self.cfg.spike.new_user_agent_minutes)
+            {
                 cm.new_ua += 1;
                 if cm.new_ua_example.is_empty() {
                     cm.new_ua_example = i.user_agent.to_string();
