@@ -247,7 +247,8 @@ impl Agent {
     /// Stops the agent once its counters cover the traffic: (events it wrote, drops it counted).
     fn stop(&mut self) -> Result<(f64, f64)> {
         let (events, drops) = self.stop_with_reasons()?;
-        Ok((events, drops.iter().map(|(_, n)| n).sum()))
+        // Summed from 0.0: an empty float sum is -0.0, which prints as "-0".
+        Ok((events, drops.iter().fold(0.0, |acc, (_, n)| acc + n)))
     }
 
     /// As [`Agent::stop`], with the drops by counter (those that counted any).
