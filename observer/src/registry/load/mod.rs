@@ -108,12 +108,7 @@ pub fn load_with(
     secret: &KeySecret,
     source: &dyn Source,
 ) -> Result<Loaded, Vec<Problem>> {
-    let root = yaml::parse(text).map_err(|e| {
-        vec![Problem {
-            line: e.line,
-            message: format!("YAML syntax error at column {}: {}", e.col, e.message),
-        }]
-    })?;
+    let root = parse_yaml(text)?;
     let mut cx = Ctx {
         problems: Vec::new(),
         base_dir: base_dir.to_path_buf(),
@@ -134,16 +129,21 @@ pub fn load_with(
     }
 }
 
-/// Reads one API matcher written as YAML (a flow mapping such as `{hosts: [a.com], base_path: [/v1]}`) exactly as
-/// the loader reads an item of an API's `match:`, with the loader's problems. Importers check what they write with
-/// it and [`matchers_overlap`], so that the loader accepts their output without a second copy of its rules.
-pub fn parse_matcher(text: &str, secret: &KeySecret) -> Result<ApiMatch, Vec<Problem>> {
-    let node = yaml::parse(text).map_err(|e| {
+/// The YAML document, or its syntax error as the file's one problem.
+fn parse_yaml(text: &str) -> Result<Node, Vec<Problem>> {
+    yaml::parse(text).map_err(|e| {
         vec![Problem {
             line: e.line,
             message: format!("YAML syntax error at column {}: {}", e.col, e.message),
         }]
-    })?;
+    })
+}
+
+/// Reads one API matcher written as YAML (a flow mapping such as `{hosts: [a.com], base_path: [/v1]}`) exactly as
+/// the loader reads an item of an API's `match:`, with the loader's problems. Importers check what they write with
+/// it and [`matchers_overlap`], so that the loader accepts their output without a second copy of its rules.
+pub fn parse_matcher(text: &str, secret: &KeySecret) -> Result<ApiMatch, Vec<Problem>> {
+    let node = parse_yaml(text)?;
     let mut cx = Ctx {
         problems: Vec::new(),
         base_dir: PathBuf::new(),
