@@ -110,6 +110,28 @@ impl Conn {
     }
 }
 
+/// One exchange as the agent runs it with `--origin`: flow (head notes), enrichment, the origin tracker; what it
+/// decided is left in `events`.
+fn through_origin(
+    conn: &mut Conn,
+    out: &mut Vec<Exchange>,
+    snap: &Snapshot,
+    tracker: &mut Tracker,
+    now: &mut Timestamp,
+    events: &mut Vec<observer::event::Event>,
+) {
+    conn.exchange(out);
+    now.0 += 1;
+    for s in conn.started.drain(..) {
+        tracker.started(&s, *now);
+    }
+    let mut ex = out.pop().expect("exchange");
+    enrich::enrich(snap, &mut ex);
+    tracker.complete(ex, *now);
+    tracker.tick(*now);
+    tracker.drain(events);
+}
+
 fn bench(c: &mut Criterion) {
     let secret = KeySecret::from_bytes(b"bench-secret-0123456789abcdef");
     let registry = r#"version: 1
@@ -162,16 +184,14 @@ apis:
     let mut now = Timestamp(1_764_000_000_000_000);
     g.bench_function("flow_notes_enrich_origin", |b| {
         b.iter(|| {
-            conn.exchange(&mut out);
-            now.0 += 1;
-            for s in conn.started.drain(..) {
-                tracker.started(&s, now);
-            }
-            let mut ex = out.pop().expect("exchange");
-            enrich::enrich(&snap, &mut ex);
-            tracker.complete(ex, now);
-            tracker.tick(now);
-            tracker.drain(&mut events);
+            through_origin(
+                &mut conn,
+                &mut out,
+                &snap,
+                &mut tracker,
+                &mut now,
+                &mut events,
+            );
             black_box(events.pop());
         })
     });
@@ -180,16 +200,14 @@ apis:
     // only by what origin costs.
     g.bench_function("flow_notes_enrich_origin_ndjson", |b| {
         b.iter(|| {
-            conn.exchange(&mut out);
-            now.0 += 1;
-            for s in conn.started.drain(..) {
-                tracker.started(&s, now);
-            }
-            let mut ex = out.pop().expect("exchange");
-            enrich::enrich(&snap, &mut ex);
-            tracker.complete(ex, now);
-            tracker.tick(now);
-            tracker.drain(&mut events);
+            through_origin(
+                &mut conn,
+                &mut out,
+                &snap,
+                &mut tracker,
+                &mut now,
+                &mut events,
+            );
             let ev = events.pop().expect("decided at once");
             line.clear();
             observer::sink::ndjson::write_event(&ev, &mut line);

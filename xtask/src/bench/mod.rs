@@ -244,6 +244,31 @@ impl Agent {
         self.child.id()
     }
 
+    /// Runs `load` and returns what it returned, the agent's CPU seconds over it (read `settle` after it, once the
+    /// reader has drained what the load left) and, with `kernel_stats`, the kernel programs' costs.
+    fn measure<T>(
+        &self,
+        kernel_stats: bool,
+        settle: Duration,
+        load: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, f64, Vec<ProgCost>)> {
+        let stats = if kernel_stats {
+            Some(BpfStats::enable()?)
+        } else {
+            None
+        };
+        let cpu0 = cpu_seconds(self.pid());
+        let out = load()?;
+        let progs = if stats.is_some() {
+            prog_costs()?
+        } else {
+            Vec::new()
+        };
+        drop(stats);
+        std::thread::sleep(settle);
+        Ok((out, cpu_seconds(self.pid()) - cpu0, progs))
+    }
+
     /// Stops the agent once its counters cover the traffic: (events it wrote, drops it counted).
     fn stop(&mut self) -> Result<(f64, f64)> {
         let (events, drops) = self.stop_with_reasons()?;
@@ -290,21 +315,10 @@ fn with_observer(
     extra: &[&str],
 ) -> Result<Observed> {
     let mut agent = Agent::start(bin, dir, &port.to_string(), extra)?;
-    let stats = if kernel_stats {
-        Some(BpfStats::enable()?)
-    } else {
-        None
-    };
-    let cpu0 = cpu_seconds(agent.pid());
-    let (w, busy_s) = timed_wrk(PORT, duration)?;
-    let progs = if stats.is_some() {
-        prog_costs()?
-    } else {
-        Vec::new()
-    };
-    drop(stats);
-    std::thread::sleep(Duration::from_millis(300));
-    let cpu = cpu_seconds(agent.pid()) - cpu0;
+    let ((w, busy_s), cpu, progs) =
+        agent.measure(kernel_stats, Duration::from_millis(300), || {
+            timed_wrk(PORT, duration)
+        })?;
     let (events, drops) = agent.stop()?;
     // With --drain-only or on the idle port nothing is written: nothing reports.
     let reports = port == PORT && !extra.contains(&"--drain-only");

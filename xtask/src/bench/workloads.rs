@@ -7,12 +7,13 @@ use std::{
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
-use super::load::{cpu_seconds, start_nginx, wrk_with, Nginx, Wrk, KEY, KEY_HEADER, PORT};
-use super::{prog_costs, Agent, BpfStats};
+use super::load::{start_nginx, wrk_with, Nginx, Wrk, KEY, KEY_HEADER, PORT};
+use super::Agent;
 use crate::toolchain::say;
 
 #[derive(Clone, Copy)]
@@ -192,13 +193,9 @@ fn run_one(bin: &Path, dir: &Path, duration: u64, w: Workload) -> Result<Outcome
             extra_sent = n as u64;
         }
     }
-    let stats = BpfStats::enable()?;
-    let cpu0 = cpu_seconds(agent.pid());
-    let r = wrk_with(PORT, duration, &opts)?;
-    let progs = prog_costs()?;
-    drop(stats);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let cpu = cpu_seconds(agent.pid()) - cpu0;
+    let (r, cpu, progs) = agent.measure(true, Duration::from_millis(500), || {
+        wrk_with(PORT, duration, &opts)
+    })?;
     let (rss_mib, hwm_mib) = memory_mib(agent.pid());
     drop(idle);
     let (events, drops) = agent.stop_with_reasons()?;
