@@ -60,6 +60,8 @@ fn timed_wrk(port: u16, duration: u64) -> Result<(WrkResult, f64)> {
 enum Config {
     Baseline,
     Capturing,
+    /// Capturing with the ClickHouse sink (to the dev server) instead of NDJSON.
+    CapturingClickHouse,
     Drain,
     Hooks,
     Floor,
@@ -72,6 +74,7 @@ impl Config {
         let mut v = vec![
             Config::Baseline,
             Config::Capturing,
+            Config::CapturingClickHouse,
             Config::Drain,
             Config::Hooks,
             Config::Floor,
@@ -86,6 +89,7 @@ impl Config {
         match self {
             Config::Baseline => "baseline",
             Config::Capturing => "capturing",
+            Config::CapturingClickHouse => "capturing, ClickHouse sink",
             Config::Drain => "drain only",
             Config::Hooks => "hooks only",
             Config::Floor => "no-op programs",
@@ -181,25 +185,70 @@ impl Drop for Agent {
     }
 }
 
-/// A running agent capturing `port` with the bench registry and an NDJSON sink in the bench directory.
+/// Where a capturing agent writes its events.
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    /// `events.ndjson` in the bench directory.
+    Ndjson,
+    /// The ClickHouse server at this URL (schema applied), spooling into the bench directory.
+    ClickHouse(&'a str),
+}
+
+/// Rows in the events table of the ClickHouse at `url`.
+fn clickhouse_rows(url: &str) -> Result<u64> {
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {url}"))?;
+    use std::io::{Read, Write};
+    s.write_all(b"GET /?query=SELECT%20count()%20FROM%20observer.http_requests HTTP/1.0\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    body.parse()
+        .with_context(|| format!("counting rows in {url}: unexpected answer {resp:?}"))
+}
+
+/// A running agent capturing `port` with the bench registry and its sink.
 struct Agent {
     child: std::process::Child,
     out: std::path::PathBuf,
     metrics: String,
+    /// With the ClickHouse sink: its URL and the table's rows before the agent started.
+    clickhouse: Option<(String, u64)>,
 }
 
 impl Agent {
+    /// An agent with the NDJSON sink.
     fn start(bin: &Path, dir: &Path, ports: &str, extra: &[&str]) -> Result<Agent> {
+        Self::start_with(bin, dir, ports, Sink::Ndjson, extra)
+    }
+
+    fn start_with(
+        bin: &Path,
+        dir: &Path,
+        ports: &str,
+        sink: Sink,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let out = dir.join("events.ndjson");
         let metrics = free_metrics_addr()?;
+        let spool = dir.join("spool").display().to_string();
+        let (sink_args, clickhouse) = match sink {
+            Sink::Ndjson => (vec![format!("ndjson:{}", out.display())], None),
+            Sink::ClickHouse(url) => (
+                vec![
+                    "clickhouse".to_string(),
+                    "--clickhouse-url".to_string(),
+                    url.to_string(),
+                    "--spool-dir".to_string(),
+                    spool,
+                ],
+                Some((url.to_string(), clickhouse_rows(url)?)),
+            ),
+        };
         let mut child = Command::new(bin)
-            .args([
-                "run",
-                "--ports",
-                ports,
-                "--sink",
-                &format!("ndjson:{}", out.display()),
-            ])
+            .args(["run", "--ports", ports, "--sink"])
+            .args(&sink_args)
             .args([
                 "--metrics",
                 &metrics,
@@ -226,6 +275,7 @@ impl Agent {
                         child,
                         out,
                         metrics,
+                        clickhouse,
                     });
                 }
             }
@@ -300,7 +350,10 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         // Every event the agent wrote, counted after it flushed and exited.
-        let events = count_lines(&self.out)? as f64;
+        let events = match &self.clickhouse {
+            Some((url, before)) => clickhouse_rows(url)?.saturating_sub(*before) as f64,
+            None => count_lines(&self.out)? as f64,
+        };
         let _ = std::fs::remove_file(&self.out);
         Ok((events, drops))
     }
@@ -312,9 +365,10 @@ fn with_observer(
     duration: u64,
     port: u16,
     kernel_stats: bool,
+    sink: Sink,
     extra: &[&str],
 ) -> Result<Observed> {
-    let mut agent = Agent::start(bin, dir, &port.to_string(), extra)?;
+    let mut agent = Agent::start_with(bin, dir, &port.to_string(), sink, extra)?;
     let ((w, busy_s), cpu, progs) =
         agent.measure(kernel_stats, Duration::from_millis(300), || {
             timed_wrk(PORT, duration)
@@ -366,16 +420,27 @@ fn with_peer(peer: Peer, dir: &Path, duration: u64) -> Result<Observed> {
     })
 }
 
-fn run_config(config: Config, bin: &Path, dir: &Path, duration: u64) -> Result<Observed> {
+fn run_config(
+    config: Config,
+    bin: &Path,
+    dir: &Path,
+    duration: u64,
+    clickhouse: &str,
+) -> Result<Observed> {
+    let nd = Sink::Ndjson;
     match config {
         Config::Baseline => bare(duration),
         Config::Floor => {
             let _hooks = NoopHooks::attach()?;
             bare(duration)
         }
-        Config::Hooks => with_observer(bin, dir, duration, IDLE_PORT, false, &[]),
-        Config::Drain => with_observer(bin, dir, duration, PORT, false, &["--drain-only"]),
-        Config::Capturing => with_observer(bin, dir, duration, PORT, false, &[]),
+        Config::Hooks => with_observer(bin, dir, duration, IDLE_PORT, false, nd, &[]),
+        Config::Drain => with_observer(bin, dir, duration, PORT, false, nd, &["--drain-only"]),
+        Config::Capturing => with_observer(bin, dir, duration, PORT, false, nd, &[]),
+        Config::CapturingClickHouse => {
+            let ch = Sink::ClickHouse(clickhouse);
+            with_observer(bin, dir, duration, PORT, false, ch, &[])
+        }
         Config::Peer(p) => with_peer(p, dir, duration),
     }
 }
@@ -392,6 +457,19 @@ pub fn run(
     let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     write_registry(&dir)?;
+    say("starting the ClickHouse dev server for the ClickHouse-sink configuration");
+    let clickhouse = crate::clickhouse::spawn(root, 0, &dir.join("clickhouse"))?;
+    let ch_url = clickhouse.url();
+    let schema = Command::new(bin)
+        .args(["schema", "apply", "--clickhouse-url", &ch_url])
+        .output()
+        .context("running observer schema apply")?;
+    if !schema.status.success() {
+        bail!(
+            "observer schema apply failed: {}",
+            String::from_utf8_lossy(&schema.stderr)
+        );
+    }
     let _app = start_app(&dir)?;
     let configs = Config::all(peers);
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
@@ -410,7 +488,7 @@ pub fn run(
             order.reverse();
         }
         for i in order {
-            let o = run_config(configs[i], bin, &dir, duration)?;
+            let o = run_config(configs[i], bin, &dir, duration, &ch_url)?;
             let mut line = format!(
                 "round {round} {}: {:.0} req/s, p99 {:.2} ms, machine {:.2} µs/request",
                 configs[i].name(),
@@ -436,8 +514,8 @@ pub fn run(
     say(format!(
         "kernel program cost: one more hooks-only and one more capturing run, with {BPF_STATS} on"
     ));
-    let idle_k = with_observer(bin, &dir, duration, IDLE_PORT, true, &[])?;
-    let obs_k = with_observer(bin, &dir, duration, PORT, true, &[])?;
+    let idle_k = with_observer(bin, &dir, duration, IDLE_PORT, true, Sink::Ndjson, &[])?;
+    let obs_k = with_observer(bin, &dir, duration, PORT, true, Sink::Ndjson, &[])?;
     let crit = if with_criterion {
         Some(criterion(root)?)
     } else {
@@ -466,6 +544,7 @@ pub fn run(
     sections.extend(workloads);
     crate::benchmarks_md::write_sections(root, &sections)?;
     say("wrote the bench's sections of BENCHMARKS.md");
+    clickhouse.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
