@@ -42,8 +42,8 @@ impl OpenBatch {
         self.rows += 1;
     }
 
-    fn take(&mut self) -> (Vec<u8>, u64) {
-        let mut next = Vec::with_capacity(self.buf.capacity().min(4 << 20));
+    /// The filled buffer and its rows; the batch goes on in `next` (empty, sized for a batch like this one).
+    fn take(&mut self, mut next: Vec<u8>) -> (Vec<u8>, u64) {
         next.extend_from_slice(&self.header);
         let rows = self.rows;
         self.rows = 0;
@@ -58,7 +58,9 @@ pub(super) async fn batcher(mut rx: QueueRx, ship_tx: mpsc::Sender<SpooledBatch>
     let mut open = OpenBatch::new(header);
     let mut seq: u64 = 0;
     let seal = |open: &mut OpenBatch, seq: &mut u64| {
-        let (payload, rows) = open.take();
+        // Sized like this batch, so the next one fills without reallocating (each doubling copied megabytes).
+        let want = open.buf.len() + open.buf.len() / 8;
+        let (payload, rows) = open.take(ctx.buffer(want));
         *seq += 1;
         ctx.seal(*seq - 1, TABLE, &columns, payload, rows)
     };

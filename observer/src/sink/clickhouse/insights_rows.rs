@@ -4,7 +4,7 @@
 //! with its deduplication tokens, spool (a subdirectory `insights` of the spool directory) and backoff.
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -152,13 +152,8 @@ impl FindingsWriter {
         let dir = cfg.spool_dir.join("insights");
         let spool = open_spool(&dir).await?;
         let metrics = Arc::new(SinkMetrics::default());
-        let ctx = Arc::new(Ctx {
-            client: cfg.client(),
-            cfg,
-            spool: Arc::new(Mutex::new(spool)),
-            metrics: metrics.clone(),
-            run_id: crate::event::Timestamp::now().0 as u64,
-        });
+        let run_id = crate::event::Timestamp::now().0 as u64;
+        let ctx = Arc::new(Ctx::new(cfg, spool, metrics.clone(), run_id));
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let task = tokio::spawn(async move {
             let (ship_tx, ship_rx) = mpsc::channel(2);

@@ -28,7 +28,7 @@ pub mod schema;
 mod shipper;
 pub mod spool;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -57,13 +57,7 @@ pub(super) async fn start(
             source,
         })?;
     let run_id = Timestamp::now().0 as u64;
-    let ctx = Arc::new(Ctx {
-        client: cfg.client(),
-        cfg,
-        spool: Arc::new(Mutex::new(spool)),
-        metrics,
-        run_id,
-    });
+    let ctx = Arc::new(Ctx::new(cfg, spool, metrics, run_id));
     {
         let s = ctx.spool.lock().unwrap_or_else(|p| p.into_inner());
         ctx.update_spool_gauges(&s);

@@ -46,9 +46,60 @@ pub(super) struct Ctx {
     pub(super) spool: Arc<Mutex<Spool>>,
     pub(super) metrics: Arc<SinkMetrics>,
     pub(super) run_id: u64,
+    /// Payload buffers of inserted batches, for the batcher to fill again (see [`Ctx::recycle`]).
+    pub(super) buffers: Mutex<Vec<Vec<u8>>>,
 }
 
+/// Payload buffers kept for reuse: the one being filled is the batcher's, one may be in flight.
+const KEEP_BUFFERS: usize = 2;
+
 impl Ctx {
+    pub(super) fn new(
+        cfg: ClickHouseConfig,
+        spool: Spool,
+        metrics: Arc<SinkMetrics>,
+        run_id: u64,
+    ) -> Self {
+        Ctx {
+            client: cfg.client(),
+            cfg,
+            spool: Arc::new(Mutex::new(spool)),
+            metrics,
+            run_id,
+            buffers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An empty payload buffer: an inserted batch's when one was given back, else a new one of `capacity`.
+    ///
+    /// Reuse matters: a batch is megabytes, and a fresh one each second was freed, returned to the system by the
+    /// allocator and faulted back in as zeroed pages. With the ClickHouse sink at about 30k events/s, a fifth of the
+    /// agent's CPU samples were in the kernel zeroing those pages (`clear_page_erms`) before buffers were reused.
+    pub(super) fn buffer(&self, capacity: usize) -> Vec<u8> {
+        let kept = self.buffers.lock().ok().and_then(|mut b| b.pop());
+        match kept {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(capacity);
+                b
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Keeps an inserted batch's payload for [`Ctx::buffer`] when nothing else holds it.
+    fn recycle(&self, payload: bytes::Bytes) {
+        if !payload.is_unique() {
+            return;
+        }
+        let v = Vec::from(payload);
+        if let Ok(mut b) = self.buffers.lock() {
+            if b.len() < KEEP_BUFFERS {
+                b.push(v);
+            }
+        }
+    }
+
     pub(super) fn update_spool_gauges(&self, s: &Spool) {
         self.metrics.spool_bytes.set(s.bytes() as i64);
         self.metrics.spool_batches.set(s.len() as i64);
@@ -232,7 +283,10 @@ pub(super) async fn shipper(mut rx: mpsc::Receiver<SpooledBatch>, ctx: Arc<Ctx>)
         match rx.recv().await {
             None => closing = Some(Instant::now() + ctx.cfg.shutdown_grace),
             Some(b) => match ctx.insert(&b).await {
-                Ok(()) => backoff.reset(),
+                Ok(()) => {
+                    backoff.reset();
+                    ctx.recycle(b.payload);
+                }
                 Err(e) => {
                     let wait = backoff.fail();
                     next_try = Instant::now() + wait;
