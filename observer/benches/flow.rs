@@ -1,6 +1,6 @@
 //! Criterion benchmark of the per-exchange userspace path: a keep-alive HTTP/1.1 request and its response, as the
 //! kernel hands them over (two ring-buffer data records), through reassembly and pairing, then enrichment and NDJSON
-//! encoding. Its time per exchange is what the agent's CPU costs per event (see BENCHMARKS.md).
+//! encoding (or RowBinary, as the ClickHouse sink encodes). Its time per exchange is what the agent's CPU costs per event (see BENCHMARKS.md).
 #![forbid(unsafe_code)]
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -175,6 +175,20 @@ apis:
             observer::sink::ndjson::write_event(&ex.event, &mut line);
             line.push(b'\n');
             black_box(&line);
+        })
+    });
+    // The agent's default path with the ClickHouse sink: the row encoded into the insert buffer.
+    let mut rows = Vec::with_capacity(1 << 20);
+    g.bench_function("flow_enrich_rowbinary", |b| {
+        b.iter(|| {
+            conn.exchange(&mut out);
+            let mut ex = out.pop().expect("exchange");
+            enrich::enrich(&snap, &mut ex);
+            if rows.len() > (1 << 20) - 4096 {
+                rows.clear();
+            }
+            observer::sink::clickhouse::rowbinary::encode_event(&mut rows, &ex.event);
+            black_box(&rows);
         })
     });
     // As the agent runs: heads noted, then every exchange through the origin tracker after enrichment.
