@@ -39,7 +39,8 @@ pub struct DataHeader {
     pub ts_ns: u64,
     /// Socket cookie of the local socket, 0 when no local socket owns the packet (TC ingress, forwarded traffic).
     pub cookie: u64,
-    /// cgroup v2 id of the local socket, 0 when unknown.
+    /// cgroup v2 id of the local socket, 0 when unknown. Like `pid_tgid`, set in a stream's first record (at this
+    /// hook) and then at most once a second; 0 in the others (user space keeps it per socket).
     pub cgroup_id: u64,
     /// `bpf_get_current_pid_tgid` at the hook: reliable on egress from a syscall, arbitrary in softirq. Set (with
     /// `comm`) in the first egress record of a stream and then at most once a second; 0 in the others.
@@ -336,7 +337,12 @@ pub enum NotStart {
     NoTarget,
     /// `PRI * `: the HTTP/2 connection preface, not an HTTP/1.x request.
     Http2Preface,
+    /// A TLS handshake record (content type 22, version 3.x): an encrypted stream.
+    Tls,
 }
+
+/// First byte of a TLS handshake record, followed by the major version 3 (SSL 3.0 to TLS 1.3 all say 3.x).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// A request with any method, registered or not (PURGE, BREW, ...), by the shape of the start of its request line:
 /// `TOKEN SP TARGET` with TOKEN 1..=[`MAX_EXTENSION_METHOD_LEN`] `tchar`s and TARGET starting with `/` (origin
@@ -347,6 +353,9 @@ pub enum NotStart {
 pub fn extension_start(p: &[u8; EXTENSION_PEEK], len: usize) -> Result<(), NotStart> {
     if len < 16 {
         return Err(NotStart::Short);
+    }
+    if p[0] == TLS_HANDSHAKE && p[1] == 3 {
+        return Err(NotStart::Tls);
     }
     let skip = empty_lines_len([p[0], p[1], p[2], p[3]]);
     // The token's length: the first non-tchar within MAX_EXTENSION_METHOD_LEN + 1 bytes.
@@ -416,7 +425,8 @@ pub const CNT_NOT_START_SHORT: u32 = 9;
 pub const CNT_NOT_START_NO_TOKEN: u32 = 10;
 pub const CNT_NOT_START_NO_TARGET: u32 = 11;
 pub const CNT_NOT_START_HTTP2_PREFACE: u32 = 12;
-pub const CNT_MAX: u32 = 13;
+pub const CNT_NOT_START_TLS: u32 = 13;
+pub const CNT_MAX: u32 = 14;
 
 impl NotStart {
     /// The counter of segments dropped for this reason.
@@ -426,7 +436,14 @@ impl NotStart {
             NotStart::NoToken => CNT_NOT_START_NO_TOKEN,
             NotStart::NoTarget => CNT_NOT_START_NO_TARGET,
             NotStart::Http2Preface => CNT_NOT_START_HTTP2_PREFACE,
+            NotStart::Tls => CNT_NOT_START_TLS,
         }
+    }
+
+    /// Whether a stream whose first payload is this can carry no HTTP/1.x message at all (TLS, HTTP/2): the kernel
+    /// then stops looking at the stream.
+    pub const fn never_http1(self) -> bool {
+        matches!(self, NotStart::Http2Preface | NotStart::Tls)
     }
 }
 
@@ -445,6 +462,7 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "not_start_no_token",
     "not_start_no_target",
     "not_start_http2_preface",
+    "not_start_tls",
 ];
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 112);
@@ -537,6 +555,10 @@ mod tests {
             ),
             (b"Hello world, a text body segment", NotStart::NoTarget),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", NotStart::Http2Preface),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03GET / HTTP/1.1",
+                NotStart::Tls,
+            ),
         ] {
             assert_eq!(shape(no), Err(why), "{:?}", std::str::from_utf8(no));
             assert!(!kernel_sees_start(no), "{:?}", std::str::from_utf8(no));
