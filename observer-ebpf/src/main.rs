@@ -458,7 +458,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     };
     // Reservations must have a constant size: the smallest record class that holds the copy. The payload is
     // loaded straight into the reserved record, so nothing is copied twice.
-    if copy <= 256 {
+    let sent = if copy <= 256 {
         emit::<256>(skb, &hdr, payload_off, copy)
     } else if copy <= 1024 {
         emit::<1024>(skb, &hdr, payload_off, copy)
@@ -466,6 +466,46 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         emit::<4096>(skb, &hdr, payload_off, copy)
     } else {
         emit::<MAX_CAPTURE>(skb, &hdr, payload_off, copy)
+    };
+    match sent {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            count_lost(skb, payload_off, payload_len, flags, why);
+            Err(())
+        }
+    }
+}
+
+/// Why [`emit`] submitted nothing (it counts the reason itself).
+#[derive(Clone, Copy)]
+enum Lost {
+    RingFull,
+    LoadFailed,
+}
+
+/// Counts what a record that could not be submitted was: a request start (an exchange lost), a response start or
+/// a continuation. Only on this cold path are the first bytes read again to tell a request from a response.
+#[inline(always)]
+fn count_lost(skb: &SkBuff, off: usize, len: usize, flags: u32, why: Lost) {
+    if flags & DATA_FLAG_START == 0 {
+        if let Lost::RingFull = why {
+            count(CNT_RINGBUF_FULL_CONTINUATION);
+        }
+        return;
+    }
+    let mut head = [0u8; START_PEEK];
+    if len >= START_PEEK {
+        if let Ok(h) = read::<[u8; START_PEEK]>(skb, off) {
+            head = h;
+        }
+    } else if let Ok(h) = read::<[u8; 8]>(skb, off) {
+        head[..8].copy_from_slice(&h);
+    }
+    match (why, is_response_start(&head)) {
+        (Lost::RingFull, false) => count(CNT_RINGBUF_FULL_REQUEST),
+        (Lost::RingFull, true) => count(CNT_RINGBUF_FULL_RESPONSE),
+        (Lost::LoadFailed, false) => count(CNT_LOAD_FAILED_REQUEST),
+        (Lost::LoadFailed, true) => {}
     }
 }
 
@@ -479,10 +519,15 @@ struct Record<const N: usize> {
 /// Reserves a record with room for `N` (a power of two) bytes, loads `1..=N` payload bytes at `off` into it and
 /// submits it (waking the reader only as [`submit_flags`] says). `copy` must be in `1..=N`.
 #[inline(always)]
-fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize) -> Result<(), ()> {
+fn emit<const N: usize>(
+    skb: &SkBuff,
+    hdr: &DataHeader,
+    off: usize,
+    copy: usize,
+) -> Result<(), Lost> {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count(CNT_RINGBUF_FULL);
-        return Err(());
+        return Err(Lost::RingFull);
     };
     let rec = entry.as_mut_ptr();
     // 1 <= n <= N in a form the verifier can follow.
@@ -501,7 +546,7 @@ fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize)
     if ret != 0 {
         entry.discard(0);
         count(CNT_LOAD_FAILED);
-        return Err(());
+        return Err(Lost::LoadFailed);
     }
     // SAFETY: the header field of the reserved record, ours until submitted; the ring buffer places records at 8-byte
     // boundaries, DataHeader's alignment, and addr_of_mut makes no reference to the uninitialised record.
@@ -599,6 +644,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     let flags = submit_flags(core::mem::size_of::<ConnEvent>(), false);
     if EVENTS.output::<ConnEvent>(&ev, flags).is_err() {
         count(CNT_RINGBUF_FULL);
+        count(CNT_RINGBUF_FULL_CONN);
         return Err(());
     }
     count(CNT_CONN_EVENTS);
