@@ -39,7 +39,8 @@ pub struct DataHeader {
     pub ts_ns: u64,
     /// Socket cookie of the local socket, 0 when no local socket owns the packet (TC ingress, forwarded traffic).
     pub cookie: u64,
-    /// cgroup v2 id of the local socket, 0 when unknown.
+    /// cgroup v2 id of the local socket, 0 when unknown. Like `pid_tgid`, set in a stream's first record (at this
+    /// hook) and then at most once a second; 0 in the others (user space keeps it per socket).
     pub cgroup_id: u64,
     /// `bpf_get_current_pid_tgid` at the hook: reliable on egress from a syscall, arbitrary in softirq. Set (with
     /// `comm`) in the first egress record of a stream and then at most once a second; 0 in the others.
@@ -317,6 +318,17 @@ pub fn is_start_after_empty_lines(p: &[u8; START_PEEK]) -> bool {
     is_common_start(&at(skip))
 }
 
+/// Whether a segment the kernel took for a message start (its first [`START_PEEK`] bytes, zero-padded) starts a
+/// response (`HTTP/` after at most 4 bytes of empty lines) rather than a request. Asked only of records the kernel
+/// could not submit, to count what was lost.
+#[inline(always)]
+pub fn is_response_start(p: &[u8; START_PEEK]) -> bool {
+    let s = empty_lines_len([p[0], p[1], p[2], p[3]]);
+    // `get`: no bounds-check panic path for the verifier (s + 4 <= 8 is always in bounds).
+    let at = |i: usize| p.get(s + i).copied().unwrap_or(0);
+    at(0) == b'H' && at(1) == b'T' && at(2) == b'T' && at(3) == b'P' && at(4) == b'/'
+}
+
 /// Bytes the kernel reads for [`extension_start`] (16, zero-padded, when the segment is shorter). A power of two:
 /// indexes are masked into it, which the compiler and the verifier both see are in bounds.
 pub const EXTENSION_PEEK: usize = 32;
@@ -336,7 +348,12 @@ pub enum NotStart {
     NoTarget,
     /// `PRI * `: the HTTP/2 connection preface, not an HTTP/1.x request.
     Http2Preface,
+    /// A TLS handshake record (content type 22, version 3.x): an encrypted stream.
+    Tls,
 }
+
+/// First byte of a TLS handshake record, followed by the major version 3 (SSL 3.0 to TLS 1.3 all say 3.x).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// A request with any method, registered or not (PURGE, BREW, ...), by the shape of the start of its request line:
 /// `TOKEN SP TARGET` with TOKEN 1..=[`MAX_EXTENSION_METHOD_LEN`] `tchar`s and TARGET starting with `/` (origin
@@ -347,6 +364,9 @@ pub enum NotStart {
 pub fn extension_start(p: &[u8; EXTENSION_PEEK], len: usize) -> Result<(), NotStart> {
     if len < 16 {
         return Err(NotStart::Short);
+    }
+    if p[0] == TLS_HANDSHAKE && p[1] == 3 {
+        return Err(NotStart::Tls);
     }
     let skip = empty_lines_len([p[0], p[1], p[2], p[3]]);
     // The token's length: the first non-tchar within MAX_EXTENSION_METHOD_LEN + 1 bytes.
@@ -416,7 +436,17 @@ pub const CNT_NOT_START_SHORT: u32 = 9;
 pub const CNT_NOT_START_NO_TOKEN: u32 = 10;
 pub const CNT_NOT_START_NO_TARGET: u32 = 11;
 pub const CNT_NOT_START_HTTP2_PREFACE: u32 = 12;
-pub const CNT_MAX: u32 = 13;
+pub const CNT_NOT_START_TLS: u32 = 13;
+/// What each [`CNT_RINGBUF_FULL`] record was (they add up to it), and request starts whose payload could not be
+/// loaded ([`CNT_LOAD_FAILED`]). A request start record lost is an exchange the agent cannot report: the kernel emits
+/// each segment at one hook (cgroup ingress skips what a local sender's egress saw), so these two are the exchanges
+/// lost, one each, unless requests are pipelined in one segment or TC and cgroup hooks see the same packets.
+pub const CNT_RINGBUF_FULL_REQUEST: u32 = 14;
+pub const CNT_RINGBUF_FULL_RESPONSE: u32 = 15;
+pub const CNT_RINGBUF_FULL_CONTINUATION: u32 = 16;
+pub const CNT_RINGBUF_FULL_CONN: u32 = 17;
+pub const CNT_LOAD_FAILED_REQUEST: u32 = 18;
+pub const CNT_MAX: u32 = 19;
 
 impl NotStart {
     /// The counter of segments dropped for this reason.
@@ -426,7 +456,14 @@ impl NotStart {
             NotStart::NoToken => CNT_NOT_START_NO_TOKEN,
             NotStart::NoTarget => CNT_NOT_START_NO_TARGET,
             NotStart::Http2Preface => CNT_NOT_START_HTTP2_PREFACE,
+            NotStart::Tls => CNT_NOT_START_TLS,
         }
+    }
+
+    /// Whether a stream whose first payload is this can carry no HTTP/1.x message at all (TLS, HTTP/2): the kernel
+    /// then stops looking at the stream.
+    pub const fn never_http1(self) -> bool {
+        matches!(self, NotStart::Http2Preface | NotStart::Tls)
     }
 }
 
@@ -445,6 +482,12 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "not_start_no_token",
     "not_start_no_target",
     "not_start_http2_preface",
+    "not_start_tls",
+    "ringbuf_full_request_starts",
+    "ringbuf_full_response_starts",
+    "ringbuf_full_continuations",
+    "ringbuf_full_conn_events",
+    "load_failed_request_starts",
 ];
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 112);
@@ -537,9 +580,46 @@ mod tests {
             ),
             (b"Hello world, a text body segment", NotStart::NoTarget),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", NotStart::Http2Preface),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03GET / HTTP/1.1",
+                NotStart::Tls,
+            ),
         ] {
             assert_eq!(shape(no), Err(why), "{:?}", std::str::from_utf8(no));
             assert!(!kernel_sees_start(no), "{:?}", std::str::from_utf8(no));
+        }
+    }
+
+    #[test]
+    fn lost_starts_are_told_requests_or_responses() {
+        let head = |b: &[u8]| {
+            let mut p = [0u8; START_PEEK];
+            p[..b.len().min(START_PEEK)].copy_from_slice(&b[..b.len().min(START_PEEK)]);
+            p
+        };
+        for yes in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"\r\nHTTP/1.0 404",
+            b"\r\n\r\nHTTP/1.1 2",
+            b"\nHTTP/1.1",
+        ] {
+            assert!(
+                is_response_start(&head(yes)),
+                "{:?}",
+                std::str::from_utf8(yes)
+            );
+        }
+        for no in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"HTTPX / HTTP/1.1",
+            b"\r\nPOST /HTTP/",
+            b"HTTP",
+        ] {
+            assert!(
+                !is_response_start(&head(no)),
+                "{:?}",
+                std::str::from_utf8(no)
+            );
         }
     }
 

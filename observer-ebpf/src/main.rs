@@ -65,18 +65,23 @@ struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct FlowState {
-    /// Bytes of the current message that may still be copied.
+    /// Bytes of the current message that may still be copied; [`NOT_HTTP`] for a stream that is not HTTP/1.x.
     remaining: u32,
     /// Sequence number the next contiguous segment must start at to count as a continuation.
     next_seq: u32,
     /// The socket the state belongs to: a 4-tuple is reused by later connections, a cookie never is.
     cookie: u64,
-    /// When the sending task (pid, comm) was last put in a record of this stream.
+    /// When the socket's identity (cgroup; on egress also the sending task's pid and comm) was last put in a record
+    /// of this stream.
     task_ns: u64,
 }
 
-/// A stream's records carry the sending task again after this long, so user space that dropped the socket from
-/// its tables (a low `--max-connections`) learns it again.
+/// `FlowState::remaining` of a stream whose first payload was a TLS record or the HTTP/2 preface: no HTTP/1.x
+/// message can follow, so its later segments leave [`capture`] right after the state lookup, unclassified.
+const NOT_HTTP: u32 = u32::MAX;
+
+/// A stream's records carry the socket's identity (cgroup, sending task) again after this long, so user space that
+/// dropped the socket from its tables (a low `--max-connections`) learns it again.
 const TASK_REFRESH_NS: u64 = 1_000_000_000;
 
 const ETH_HLEN: usize = 14;
@@ -156,30 +161,29 @@ const LOOPBACK_IFINDEX: u32 = 1;
 pub fn observer_cg_ingress(ctx: SkBuffContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run; ifindex is readable in cgroup_skb.
     let ifindex = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).ifindex) };
-    let cfg = config();
-    if ifindex == LOOPBACK_IFINDEX && cfg.skip_lo_ingress != 0 {
+    if ifindex == LOOPBACK_IFINDEX && config().skip_lo_ingress != 0 {
         // Sent by a local socket, whose egress this program set already saw (see KernelConfig).
         return 1;
     }
-    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_INGRESS, true, &cfg);
+    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_INGRESS, true);
     1
 }
 
 #[cgroup_skb]
 pub fn observer_cg_egress(ctx: SkBuffContext) -> i32 {
-    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_EGRESS, true, &config());
+    let _ = capture(&ctx.skb, 0, HOOK_CGROUP_EGRESS, true);
     1
 }
 
 #[classifier]
 pub fn observer_tc_ingress(ctx: TcContext) -> i32 {
-    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_INGRESS, false, &config());
+    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_INGRESS, false);
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn observer_tc_egress(ctx: TcContext) -> i32 {
-    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_EGRESS, false, &config());
+    let _ = capture(&ctx.skb, ETH_HLEN, HOOK_TC_EGRESS, false);
     TC_ACT_PIPE
 }
 
@@ -231,8 +235,12 @@ enum Start {
 
 /// Parses IP/TCP at `l3` and, for message starts and their continuations, copies the payload to the ring buffer.
 /// `cgroup` says whether the packet is known to belong to a local socket (cgroup_skb); TC asks the skb.
+///
+/// Packets that can neither start nor continue a message leave early, cheapest test first: not TCP, then no payload
+/// (bare ACKs, about half the packets of a keep-alive exchange) before any map is read, then ports not captured,
+/// then streams already known not to be HTTP/1.x ([`NOT_HTTP`]) before the payload is read or classified.
 #[inline(always)]
-fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig) -> Result<(), ()> {
+fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     let mut key = FlowKey {
         saddr: [0; 16],
         daddr: [0; 16],
@@ -279,11 +287,6 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         return Ok(());
     }
     let tcp: [u8; 20] = read(skb, l4)?;
-    key.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    key.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    if cfg.filter_ports != 0 && !port_wanted(key.sport) && !port_wanted(key.dport) {
-        return Ok(());
-    }
     // GSO super-segments carry a 0 IP length on some paths: trust skb->len then.
     let end = if ip_total == 0 || l3 + ip_total > skb.len() as usize {
         skb.len() as usize
@@ -296,6 +299,12 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         return Ok(());
     }
     let payload_len = end - payload_off;
+    key.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    key.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let cfg = config();
+    if cfg.filter_ports != 0 && !port_wanted(key.sport) && !port_wanted(key.dport) {
+        return Ok(());
+    }
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
 
     if hook == HOOK_CGROUP_INGRESS {
@@ -311,11 +320,6 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         }
     }
 
-    let start = message_start(skb, payload_off, payload_len);
-    let mut cap = cfg.capture_bytes as usize;
-    if cap > MAX_CAPTURE {
-        cap = MAX_CAPTURE;
-    }
     let ctx_ptr = skb.skb as *mut _;
     // SAFETY: the helper takes the program's own context, valid for its run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
@@ -328,6 +332,17 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         Some(p) if unsafe { (*p).cookie } == cookie => Some(p),
         _ => None,
     };
+    if let Some(p) = known {
+        // SAFETY: as for the cookie above.
+        if unsafe { (*p).remaining } == NOT_HTTP {
+            return Ok(());
+        }
+    }
+    let start = message_start(skb, payload_off, payload_len);
+    let mut cap = cfg.capture_bytes as usize;
+    if cap > MAX_CAPTURE {
+        cap = MAX_CAPTURE;
+    }
     let flags;
     let budget;
     if let Start::Common | Start::Extension = start {
@@ -340,6 +355,18 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         let Some(st) = known else {
             if let Start::Not(why) = start {
                 count(why.counter());
+                if why.never_http1() {
+                    // Remembered so that the stream's later segments are not classified again.
+                    let st = FlowState {
+                        remaining: NOT_HTTP,
+                        next_seq: 0,
+                        cookie,
+                        task_ns: 0,
+                    };
+                    if FLOWS.insert(&key, &st, 0).is_err() {
+                        count(CNT_FLOW_MAP_FULL);
+                    }
+                }
             }
             return Ok(());
         };
@@ -366,20 +393,22 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     }
     // SAFETY: a helper without arguments or side effects.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    // The sending task, on egress, in a stream's first record and then once a second: user space keeps it per
-    // socket, and reading the task's name is a good part of this program's cost per record.
+    // The socket's identity (its cgroup, and on egress the sending task) in a stream's first record and then once a
+    // second: user space keeps it per socket, and the helpers that read it are a good part of this program's cost
+    // per record.
     let egress = hook == HOOK_CGROUP_EGRESS || hook == HOOK_TC_EGRESS;
     let task_ns = match known {
         // SAFETY: a valid map value (see `known`).
         Some(p) => unsafe { (*p).task_ns },
         None => 0,
     };
-    let send_task = egress && (task_ns == 0 || ts_ns.wrapping_sub(task_ns) >= TASK_REFRESH_NS);
+    let refresh = task_ns == 0 || ts_ns.wrapping_sub(task_ns) >= TASK_REFRESH_NS;
+    let send_task = egress && refresh;
     let st = FlowState {
         remaining: (budget - copy) as u32,
         next_seq: seq.wrapping_add(payload_len as u32),
         cookie,
-        task_ns: if send_task { ts_ns } else { task_ns },
+        task_ns: if refresh { ts_ns } else { task_ns },
     };
     // Updated in place when present: an LRU insert allocates and unlinks an element.
     match entry {
@@ -409,7 +438,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         hook,
         ts_ns,
         cookie,
-        cgroup_id: if cgroup || cookie != 0 {
+        cgroup_id: if refresh && (cgroup || cookie != 0) {
             // SAFETY: the helper takes the program's own context, valid for its run.
             unsafe { bpf_skb_cgroup_id(ctx_ptr) }
         } else {
@@ -429,7 +458,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
     };
     // Reservations must have a constant size: the smallest record class that holds the copy. The payload is
     // loaded straight into the reserved record, so nothing is copied twice.
-    if copy <= 256 {
+    let sent = if copy <= 256 {
         emit::<256>(skb, &hdr, payload_off, copy)
     } else if copy <= 1024 {
         emit::<1024>(skb, &hdr, payload_off, copy)
@@ -437,6 +466,46 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool, cfg: &KernelConfig)
         emit::<4096>(skb, &hdr, payload_off, copy)
     } else {
         emit::<MAX_CAPTURE>(skb, &hdr, payload_off, copy)
+    };
+    match sent {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            count_lost(skb, payload_off, payload_len, flags, why);
+            Err(())
+        }
+    }
+}
+
+/// Why [`emit`] submitted nothing (it counts the reason itself).
+#[derive(Clone, Copy)]
+enum Lost {
+    RingFull,
+    LoadFailed,
+}
+
+/// Counts what a record that could not be submitted was: a request start (an exchange lost), a response start or
+/// a continuation. Only on this cold path are the first bytes read again to tell a request from a response.
+#[inline(always)]
+fn count_lost(skb: &SkBuff, off: usize, len: usize, flags: u32, why: Lost) {
+    if flags & DATA_FLAG_START == 0 {
+        if let Lost::RingFull = why {
+            count(CNT_RINGBUF_FULL_CONTINUATION);
+        }
+        return;
+    }
+    let mut head = [0u8; START_PEEK];
+    if len >= START_PEEK {
+        if let Ok(h) = read::<[u8; START_PEEK]>(skb, off) {
+            head = h;
+        }
+    } else if let Ok(h) = read::<[u8; 8]>(skb, off) {
+        head[..8].copy_from_slice(&h);
+    }
+    match (why, is_response_start(&head)) {
+        (Lost::RingFull, false) => count(CNT_RINGBUF_FULL_REQUEST),
+        (Lost::RingFull, true) => count(CNT_RINGBUF_FULL_RESPONSE),
+        (Lost::LoadFailed, false) => count(CNT_LOAD_FAILED_REQUEST),
+        (Lost::LoadFailed, true) => {}
     }
 }
 
@@ -450,10 +519,15 @@ struct Record<const N: usize> {
 /// Reserves a record with room for `N` (a power of two) bytes, loads `1..=N` payload bytes at `off` into it and
 /// submits it (waking the reader only as [`submit_flags`] says). `copy` must be in `1..=N`.
 #[inline(always)]
-fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize) -> Result<(), ()> {
+fn emit<const N: usize>(
+    skb: &SkBuff,
+    hdr: &DataHeader,
+    off: usize,
+    copy: usize,
+) -> Result<(), Lost> {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count(CNT_RINGBUF_FULL);
-        return Err(());
+        return Err(Lost::RingFull);
     };
     let rec = entry.as_mut_ptr();
     // 1 <= n <= N in a form the verifier can follow.
@@ -472,7 +546,7 @@ fn emit<const N: usize>(skb: &SkBuff, hdr: &DataHeader, off: usize, copy: usize)
     if ret != 0 {
         entry.discard(0);
         count(CNT_LOAD_FAILED);
-        return Err(());
+        return Err(Lost::LoadFailed);
     }
     // SAFETY: the header field of the reserved record, ours until submitted; the ring buffer places records at 8-byte
     // boundaries, DataHeader's alignment, and addr_of_mut makes no reference to the uninitialised record.
@@ -570,6 +644,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     let flags = submit_flags(core::mem::size_of::<ConnEvent>(), false);
     if EVENTS.output::<ConnEvent>(&ev, flags).is_err() {
         count(CNT_RINGBUF_FULL);
+        count(CNT_RINGBUF_FULL_CONN);
         return Err(());
     }
     count(CNT_CONN_EVENTS);

@@ -22,10 +22,11 @@ use observer_common::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::counter::ConstCounter,
+    metrics::{counter::ConstCounter, MetricType},
 };
 use tracing::{info, warn};
 
+use crate::metrics::{EXCHANGES_LOST, EXCHANGES_LOST_REASONS};
 use crate::reader;
 
 /// The eBPF programs, built by build.rs. Empty when the crate was built without the eBPF toolchain.
@@ -291,7 +292,18 @@ impl KernelCounters {
 
 impl Collector for KernelCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (name, v) in COUNTER_NAMES.iter().zip(self.read()) {
+        let values = self.read();
+        let mut lost = encoder.encode_descriptor(
+            EXCHANGES_LOST,
+            "Exchanges lost before the agent saw their request, per reason (counted by the kernel, one per request start)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, idx) in EXCHANGES_LOST_REASONS {
+            let labels = vec![("reason", reason)];
+            ConstCounter::new(values[idx as usize]).encode(lost.encode_family(&labels)?)?;
+        }
+        for (name, v) in COUNTER_NAMES.iter().zip(values) {
             let counter = ConstCounter::new(v);
             let name = format!("kernel_{name}");
             let metric = encoder.encode_descriptor(

@@ -33,6 +33,16 @@ use prometheus_client::{
     registry::{Metric, Registry},
 };
 
+/// `observer_exchanges_lost_total{reason}`: exchanges the agent knows it could not report, by why, one each. Every
+/// reason is a kernel counter of request starts that never reached the agent (see
+/// [`observer_common::CNT_RINGBUF_FULL_REQUEST`]), so that exchanges reported plus these equal the exchanges sent.
+pub const EXCHANGES_LOST: &str = "exchanges_lost";
+/// The `reason` of each [`EXCHANGES_LOST`] series and the kernel counter that counts it.
+pub const EXCHANGES_LOST_REASONS: [(&str, u32); 2] = [
+    ("ring_full", observer_common::CNT_RINGBUF_FULL_REQUEST),
+    ("load_failed", observer_common::CNT_LOAD_FAILED_REQUEST),
+];
+
 /// A gauge holding a fraction (seconds, ratios).
 pub type FGauge = Gauge<f64, AtomicU64>;
 

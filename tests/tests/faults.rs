@@ -626,6 +626,8 @@ fn ring_buffer_overflow_is_counted_and_the_agent_catches_up() {
     let events = on_port(&obs.stop(), port);
     let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let full = g("observer_kernel_ringbuf_full_total");
+    let lost = g("observer_exchanges_lost_total{reason=\"ring_full\"}")
+        + g("observer_exchanges_lost_total{reason=\"load_failed\"}");
     let sent = access_log(&dir).len() as u64;
     let after = events
         .iter()
@@ -633,17 +635,21 @@ fn ring_buffer_overflow_is_counted_and_the_agent_catches_up() {
         .count();
     let reported = events.len() as u64;
     assert!(full > 0.0, "the burst overflowed the ring: {m:#?}");
+    assert!(lost > 0.0, "the burst lost exchanges: {m:#?}");
     assert_eq!(after, 10, "caught up after the burst");
-    assert!(
-        reported <= sent && reported as f64 + full >= sent as f64,
-        "reported {reported} + ring-full drops {full} must cover the {sent} exchanges sent: {m:#?}"
+    assert_eq!(
+        sent,
+        reported + lost as u64,
+        "the {sent} exchanges sent are the {reported} reported plus the {lost} counted lost: {m:#?}"
     );
     let mut r = CaseReport {
         case: "ring buffer overflow".into(),
         checked: format!(
             "reader stopped (SIGSTOP) during a {burst}-request wrk burst over veth (TC only, one record per \
-             segment): records past the 16 MiB ring counted (ringbuf_full), reported + counted >= sent, reported \
-             <= sent; after SIGCONT the agent catches up (10 later requests all reported)"
+             segment): records past the 16 MiB ring counted (ringbuf_full, split by what they were), sent == \
+             reported + exchanges_lost{{ring_full, load_failed}} exactly (a lost request start is an exchange lost; a \
+             lost response or continuation leaves its exchange reported, incomplete); after SIGCONT the agent \
+             catches up (10 later requests all reported)"
         ),
         sent,
         stored: reported,
@@ -651,6 +657,10 @@ fn ring_buffer_overflow_is_counted_and_the_agent_catches_up() {
     };
     for k in [
         "observer_kernel_ringbuf_full_total",
+        "observer_exchanges_lost_total{reason=\"ring_full\"}",
+        "observer_exchanges_lost_total{reason=\"load_failed\"}",
+        "observer_kernel_ringbuf_full_response_starts_total",
+        "observer_kernel_ringbuf_full_continuations_total",
         "observer_flow_no_response_total",
         "observer_flow_unmatched_responses_total",
         "observer_flow_gaps_total",
