@@ -6,6 +6,7 @@
 //! identity by socket cookie). Connections and sockets beyond the caps are evicted least recently used first, and
 //! every eviction, drop and oddity is counted in [`FlowStats`].
 mod conn;
+mod evicted;
 mod lru;
 mod pairing;
 mod stats;
@@ -22,6 +23,7 @@ use observer_common::{
 };
 
 use self::conn::{Conn, ConnKey, Ctx, Endpoint};
+use self::evicted::Tombstone;
 use self::lru::Lru;
 use self::pairing::Done;
 pub use self::stats::{FlowCounters, FlowStats};
@@ -133,6 +135,9 @@ fn tuple_id(key: &ConnKey) -> u64 {
 pub struct Engine {
     cfg: FlowConfig,
     conns: Lru<ConnKey, Conn>,
+    /// Connections evicted from `conns` (at most `max_connections`), until their close or a new connection on the
+    /// same endpoints; see `evicted.rs`.
+    evicted: Lru<ConnKey, Tombstone>,
     socks: Lru<u64, SockInfo>,
     reports: Reports,
     /// Requests a record finished, reused from record to record.
@@ -149,6 +154,7 @@ impl Engine {
         Engine {
             cfg,
             conns: Lru::new(),
+            evicted: Lru::new(),
             socks: Lru::new(),
             reports: Reports {
                 resolver,
@@ -183,14 +189,24 @@ impl Engine {
             }
         };
         if !self.conns.contains(&key) {
-            if hdr.flags & DATA_FLAG_START == 0 {
+            // An evicted connection's later records (the other local end's copy, answers) are merged, not tracked
+            // afresh; a tombstone older than the idle timeout is of an earlier connection on the same endpoints.
+            let tomb = self
+                .evicted
+                .remove(&key)
+                .filter(|t| hdr.ts_ns.saturating_sub(t.ts) < self.cfg.idle_timeout_ns);
+            if tomb.is_none() && hdr.flags & DATA_FLAG_START == 0 {
                 self.stats.out_of_order.inc();
                 return;
             }
             if self.conns.len() >= self.cfg.max_connections {
-                self.evict_oldest_connection();
+                self.evict_oldest_connection(hdr.ts_ns);
             }
-            self.conns.insert(key, Conn::new(key, hdr.ts_ns));
+            let mut conn = Conn::new(key, hdr.ts_ns);
+            if let Some(t) = tomb {
+                t.revive(&mut conn);
+            }
+            self.conns.insert(key, conn);
         }
         let info = learn_socket(
             &mut self.socks,
@@ -258,6 +274,10 @@ impl Engine {
                     info.pid = (ev.pid_tgid >> 32) as u32;
                     info.comm = comm_str(&ev.comm);
                 }
+                if let (Some(l), Some(r)) = (local, remote) {
+                    // A new connection on these endpoints: what was evicted of an earlier one no longer applies.
+                    self.evicted.remove(&ConnKey::new(l, r).0);
+                }
             }
             CONN_CLOSE => self.on_close(ev, local, remote),
             _ => {
@@ -274,6 +294,7 @@ impl Engine {
             return;
         };
         let (key, sent_dir) = ConnKey::new(local, remote);
+        self.evicted.remove(&key);
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
@@ -293,11 +314,18 @@ impl Engine {
         self.emit_from(&conn, done);
     }
 
-    fn evict_oldest_connection(&mut self) {
-        let Some((_, mut conn)) = self.conns.pop_oldest() else {
+    /// Evicts the least recently used connection (at record time `now`), leaving its tombstone.
+    fn evict_oldest_connection(&mut self, now: u64) {
+        let Some((key, mut conn)) = self.conns.pop_oldest() else {
             return;
         };
         self.stats.evicted[0].inc();
+        while self.evicted.len() >= self.cfg.max_connections {
+            if self.evicted.pop_oldest().is_none() {
+                break;
+            }
+        }
+        self.evicted.insert(key, Tombstone::of(&conn, now));
         let mut done = Vec::new();
         let mut ctx = Ctx {
             cfg: &self.cfg,

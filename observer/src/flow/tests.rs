@@ -1550,3 +1550,76 @@ fn started_notes_name_requests_as_their_exchanges_will_and_learn_the_server_from
     quiet.eng.drain_started(&mut notes);
     assert_eq!(notes.len(), 4);
 }
+
+/// Both ends local, the connection evicted between the client's record of its request and the server's: the
+/// exchange is reported once (at the eviction, without the response still to come), the server's copy is merged
+/// as a duplicate and the response skipped, not tracked as a new connection.
+#[test]
+fn connection_evicted_between_its_two_local_ends_is_reported_once() {
+    let cfg = FlowConfig {
+        max_connections: 4,
+        ..FlowConfig::default()
+    };
+    let mut s = Sim::with_config(Obs::Both, cfg);
+    s.connect();
+    let req = get("/a");
+    let seq = s.seq[C2S];
+    s.seq[C2S] = seq.wrapping_add(req.len() as u32);
+    s.record(
+        C2S,
+        HOOK_CGROUP_EGRESS,
+        seq,
+        &req,
+        DATA_FLAG_START,
+        req.len(),
+    );
+    let (a_client, a_seq) = (s.client, s.seq);
+    // Four other connections, each with an answered exchange, evict /a's.
+    for i in 0..4 {
+        s.next_conn();
+        s.advance_us(10);
+        s.request(&get(&format!("/o{i}")));
+        s.response(&ok(b"o"));
+    }
+    assert_eq!(s.stats().evicted_connections, 1);
+    (s.client, s.seq) = (a_client, a_seq);
+    s.advance_us(10);
+    s.record(
+        C2S,
+        HOOK_CGROUP_INGRESS,
+        seq,
+        &req,
+        DATA_FLAG_START,
+        req.len(),
+    );
+    s.response(&ok(b"hello"));
+    s.close();
+    s.eng.finish();
+    let ex = s.take();
+    let a: Vec<_> = ex.iter().filter(|e| e.event.path == "/a").collect();
+    assert_eq!(a.len(), 1, "reported once: {a:#?}");
+    assert_eq!(
+        (a[0].event.status, a[0].event.side),
+        (0, Side::Client),
+        "evicted before its response and before the server's end was seen"
+    );
+    let st = s.stats();
+    assert_eq!(
+        (
+            st.exchanges,
+            st.no_response,
+            st.unmatched_responses,
+            st.duplicates
+        ),
+        (5, 1, 0, 10),
+        "four others answered, /a once; the server's copy of /a merged (with the 9 second copies of every other \
+         segment); its answer skipped: {st:#?}"
+    );
+    // A new connection on the same endpoints is tracked afresh: its first request is not taken for a copy.
+    s.seq = [a_seq[C2S].wrapping_add(1_000_000), a_seq[S2C]];
+    s.connect();
+    s.request(&get("/again"));
+    s.response(&ok(b"x"));
+    s.close();
+    assert_eq!(one(&s.take()).event.status, 200);
+}
