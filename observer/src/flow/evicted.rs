@@ -32,8 +32,8 @@ impl Tombstone {
         Tombstone {
             walked: [conn.streams[0].max_end, conn.streams[1].max_end],
             last_start: [
-                conn.streams[0].recent_starts.back().copied(),
-                conn.streams[1].recent_starts.back().copied(),
+                conn.streams[0].recent.last_start(),
+                conn.streams[1].recent.last_start(),
             ],
             // Responses travel opposite to their requests.
             skip_resp: [
@@ -55,7 +55,7 @@ impl Tombstone {
                 st.state = MsgState::Unknown;
             }
             if let Some(start) = self.last_start[dir] {
-                st.remember_start(start);
+                st.recent.mark(start, super::stream::START);
             }
             conn.skip_resp[dir] = self.skip_resp[dir];
         }

@@ -109,9 +109,26 @@ struct SockInfo {
     remote: Option<Endpoint>,
 }
 
-fn comm_str(comm: &[u8; 16]) -> SharedStr {
-    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
-    SharedStr::from(String::from_utf8_lossy(&comm[..end]).as_ref())
+/// Process names as shared strings, one copy per distinct name (sockets of one program share it).
+#[derive(Default)]
+struct Comms(std::collections::HashMap<[u8; 16], SharedStr, foldhash::fast::RandomState>);
+
+/// Distinct process names kept; the cache starts over beyond that (names are few: programs, not processes).
+const MAX_COMMS: usize = 4096;
+
+impl Comms {
+    fn get(&mut self, comm: &[u8; 16]) -> SharedStr {
+        if let Some(s) = self.0.get(comm) {
+            return s.clone();
+        }
+        if self.0.len() >= MAX_COMMS {
+            self.0.clear();
+        }
+        let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+        let s = SharedStr::from(String::from_utf8_lossy(&comm[..end]).as_ref());
+        self.0.insert(*comm, s.clone());
+        s
+    }
 }
 
 fn ip(addr: [u8; 16]) -> IpAddr {
@@ -134,11 +151,13 @@ fn tuple_id(key: &ConnKey) -> u64 {
 /// Rebuilds HTTP exchanges from captured segments; see the module documentation.
 pub struct Engine {
     cfg: FlowConfig,
-    conns: Lru<ConnKey, Conn>,
+    /// Boxed: the table's slots stay small (a map sized for its load holds spare slots), and grow by moving pointers.
+    conns: Lru<ConnKey, Box<Conn>>,
     /// Connections evicted from `conns` (at most `max_connections`), until their close or a new connection on the
     /// same endpoints; see `evicted.rs`.
     evicted: Lru<ConnKey, Tombstone>,
     socks: Lru<u64, SockInfo>,
+    comms: Comms,
     reports: Reports,
     /// Requests a record finished, reused from record to record.
     done: Vec<Done>,
@@ -156,6 +175,7 @@ impl Engine {
             conns: Lru::new(),
             evicted: Lru::new(),
             socks: Lru::new(),
+            comms: Comms::default(),
             reports: Reports {
                 resolver,
                 out: Vec::new(),
@@ -202,7 +222,7 @@ impl Engine {
             if self.conns.len() >= self.cfg.max_connections {
                 self.evict_oldest_connection(hdr.ts_ns);
             }
-            let mut conn = Conn::new(key, hdr.ts_ns);
+            let mut conn = Box::new(Conn::new(key, hdr.ts_ns));
             if let Some(t) = tomb {
                 t.revive(&mut conn);
             }
@@ -210,6 +230,7 @@ impl Engine {
         }
         let info = learn_socket(
             &mut self.socks,
+            &mut self.comms,
             &self.stats,
             self.cfg.max_connections,
             hdr,
@@ -272,7 +293,7 @@ impl Engine {
                 }
                 if ev.op == CONN_CONNECT && ev.pid_tgid != 0 {
                     info.pid = (ev.pid_tgid >> 32) as u32;
-                    info.comm = comm_str(&ev.comm);
+                    info.comm = self.comms.get(&ev.comm);
                 }
                 if let (Some(l), Some(r)) = (local, remote) {
                     // A new connection on these endpoints: what was evicted of an earlier one no longer applies.
@@ -475,6 +496,7 @@ fn sock_entry<'a>(
 /// it; None when the record names no socket (cookie 0).
 fn learn_socket<'a>(
     socks: &'a mut Lru<u64, SockInfo>,
+    comms: &mut Comms,
     stats: &FlowCounters,
     max_connections: usize,
     hdr: &DataHeader,
@@ -492,7 +514,7 @@ fn learn_socket<'a>(
     }
     if egress && info.pid == 0 && hdr.pid_tgid != 0 {
         info.pid = (hdr.pid_tgid >> 32) as u32;
-        info.comm = comm_str(&hdr.comm);
+        info.comm = comms.get(&hdr.comm);
     }
     Some(info)
 }

@@ -1623,3 +1623,43 @@ fn connection_evicted_between_its_two_local_ends_is_reported_once() {
     s.close();
     assert_eq!(one(&s.take()).event.status, 200);
 }
+
+/// What one tracked connection costs (README "Memory bounds"): a connection's inline state, boxed in the table, and
+/// the socket and tombstone entries. Growing them is a decision, not an accident.
+#[test]
+fn per_connection_state_stays_small() {
+    use std::mem::size_of;
+    assert!(
+        size_of::<super::conn::Conn>() <= 640,
+        "{}",
+        size_of::<super::conn::Conn>()
+    );
+    assert!(size_of::<super::stream::Stream>() <= 216);
+    assert!(size_of::<super::SockInfo>() <= 72);
+    assert!(size_of::<super::evicted::Tombstone>() <= 48);
+}
+
+/// An idle keep-alive connection after a completed exchange holds no heap buffer: no request queue, stash or head
+/// buffer is kept with its capacity once the message it held is done.
+#[test]
+fn idle_connection_after_an_exchange_holds_no_heap() {
+    let mut s = Sim::new(Obs::Both);
+    s.connect();
+    // A head split over segments (buffered until complete), then a pipelined pair.
+    let req = get("/split");
+    s.write(C2S, &req, 20);
+    s.response(&ok(b"first"));
+    let mut two = get("/a");
+    two.extend(get("/b"));
+    s.request(&two);
+    s.response(&[ok(b"a"), ok(b"b")].concat());
+    assert_eq!(s.take().len(), 3);
+    assert_eq!(s.eng.conns.len(), 1);
+    let conn = s
+        .eng
+        .conns
+        .values()
+        .next()
+        .expect("the connection is tracked");
+    assert_eq!(conn.heap_capacity(), 0, "{conn:#?}");
+}
