@@ -54,7 +54,8 @@ impl Default for FlowConfig {
         FlowConfig {
             mono_to_unix_offset_ns: 0,
             capture_bytes: DEFAULT_CAPTURE,
-            max_connections: 65_536,
+            // 100k connections and more tracked (README "Memory bounds": ~1.2 KB each).
+            max_connections: 131_072,
             max_pending_per_connection: 64,
             idle_timeout_ns: 60_000_000_000,
             report_started: false,
