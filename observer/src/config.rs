@@ -32,7 +32,7 @@ pub struct CaptureArgs {
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub run_for: Option<Duration>,
     /// Most connections tracked at once; the least recently used is evicted (and counted) beyond it.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 131_072)]
     pub max_connections: usize,
     /// Most requests awaiting a response per connection (pipelining depth); beyond it the oldest is evicted.
     #[arg(long, default_value_t = 64)]

@@ -276,7 +276,8 @@ impl<'de> Deserialize<'de> for SharedStr {
 /// (`sink::ndjson`) and the tests' row decoder (`observer/tests/common`) are all generated from this table by
 /// passing it to a macro of theirs: `event_fields!(their_macro)`.
 ///
-/// One line per field: `name: RustType => ClickHouse type, codec ("" for the default), schema version`. The
+/// One line per field: `name: RustType => ClickHouse type, codec ("" for the default), schema version`. Codecs
+/// are the table's now (a codec change is brought to existing tables by a migration, as version 13 did). The
 /// version is the ClickHouse migration that adds the column (1 for the original table; a new field takes a new
 /// version, listed in `sink::clickhouse::migrations::MIGRATIONS`, which adds the column to existing tables). Names
 /// are a public contract (NDJSON keys and ClickHouse columns): add fields, never rename or reorder released ones.
@@ -291,15 +292,15 @@ macro_rules! event_fields {
             ts: $crate::event::Timestamp => "DateTime64(6, 'UTC')", "CODEC(Delta(8), ZSTD(1))", 1;
             /// Request start to end of response headers, microseconds.
             duration_us: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
-            side: $crate::event::Side => $crate::event::enum8::<$crate::event::Side>(), "", 1;
-            method: String => "LowCardinality(String)", "", 1;
-            host: String => "LowCardinality(String)", "", 1;
+            side: $crate::event::Side => $crate::event::enum8::<$crate::event::Side>(), "CODEC(ZSTD(1))", 1;
+            method: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            host: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             /// Path without the query string.
             path: String => "String", "CODEC(ZSTD(3))", 1;
             /// Query parameter names only (values never leave the agent).
-            query_keys: Vec<String> => "Array(LowCardinality(String))", "", 1;
+            query_keys: Vec<String> => "Array(LowCardinality(String))", "CODEC(ZSTD(1))", 1;
             /// Response status; 0 when no response was seen (connection closed or timed out).
-            status: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 1;
+            status: u16 => "UInt16", "CODEC(ZSTD(1))", 1;
             /// Request bytes on the wire: headers plus body.
             req_bytes: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
             /// Response bytes on the wire: headers plus body.
@@ -310,54 +311,54 @@ macro_rules! event_fields {
             dst_ip: std::net::IpAddr => "IPv6", "CODEC(ZSTD(1))", 1;
             dst_port: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 1;
             client_pid: u32 => "UInt32", "CODEC(T64, ZSTD(1))", 1;
-            client_comm: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
+            client_comm: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             /// cgroup v2 path of the client socket ("" when not local).
-            client_cgroup: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
+            client_cgroup: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             server_pid: u32 => "UInt32", "CODEC(T64, ZSTD(1))", 1;
-            server_comm: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
-            server_cgroup: $crate::event::SharedStr => "LowCardinality(String)", "", 1;
-            user_agent: String => "LowCardinality(String)", "", 1;
+            server_comm: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            server_cgroup: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            user_agent: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             /// From `X-Request-Id`, else the trace id of `traceparent`.
             request_id: String => "String", "CODEC(ZSTD(3))", 1;
             /// Headers exceeded the capture cap.
-            truncated: bool => "Bool", "", 1;
+            truncated: bool => "Bool", "CODEC(ZSTD(1))", 1;
             /// Stable id of the connection (socket cookie of the client socket when local, else of the server
             /// socket).
-            conn_id: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
+            conn_id: u64 => "UInt64", "CODEC(Delta(8), ZSTD(1))", 1;
             /// The connection closed before a message's declared end: its size counts the bytes sent.
-            incomplete: bool => "Bool", "", 4;
+            incomplete: bool => "Bool", "CODEC(ZSTD(1))", 4;
             /// Why the request's or response's framing may be read differently by another reader (request
             /// smuggling): `bare_lf`, `cl_and_te`, `content_length`, `transfer_encoding`, `follows_anomaly`
             /// (`http::Anomalies`); empty for nearly every exchange.
-            framing_anomaly: Vec<String> => "Array(LowCardinality(String))", "", 4;
+            framing_anomaly: Vec<String> => "Array(LowCardinality(String))", "CODEC(ZSTD(1))", 4;
 
             // --- business context (enrich) ---
-            api_id: String => "LowCardinality(String)", "", 1;
-            api_name: String => "LowCardinality(String)", "", 1;
-            api_owner: String => "LowCardinality(String)", "", 1;
-            route: String => "LowCardinality(String)", "", 1;
-            app_id: String => "LowCardinality(String)", "", 1;
-            app_name: String => "LowCardinality(String)", "", 1;
-            app_team: String => "LowCardinality(String)", "", 1;
-            line_of_business: String => "LowCardinality(String)", "", 1;
-            key_fingerprint: String => "LowCardinality(String)", "", 1;
-            key_suffix: String => "LowCardinality(String)", "", 1;
-            key_state: $crate::event::KeyState => $crate::event::enum8::<$crate::event::KeyState>(), "", 1;
+            api_id: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            api_name: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            api_owner: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            route: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            app_id: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            app_name: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            app_team: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            line_of_business: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            key_fingerprint: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            key_suffix: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            key_state: $crate::event::KeyState => $crate::event::enum8::<$crate::event::KeyState>(), "CODEC(ZSTD(1))", 1;
             attributed_by: $crate::event::AttributedBy
-                => $crate::event::enum8::<$crate::event::AttributedBy>(), "", 1;
+                => $crate::event::enum8::<$crate::event::AttributedBy>(), "CODEC(ZSTD(1))", 1;
 
             // --- Kubernetes pod identity (`observer run --kubernetes`; empty when the end is no pod on this node) ---
             /// Pod name of the client end.
-            client_pod: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
-            client_namespace: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            client_pod: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 6;
+            client_namespace: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 6;
             /// Owning workload as `Kind/name` (`Deployment/checkout`, `CronJob/report`; "" for a bare pod).
-            client_workload: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
+            client_workload: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 6;
             /// The pod's labels among `--pod-labels`, as `key=value`.
-            client_labels: Vec<String> => "Array(LowCardinality(String))", "", 6;
-            server_pod: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
-            server_namespace: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
-            server_workload: $crate::event::SharedStr => "LowCardinality(String)", "", 6;
-            server_labels: Vec<String> => "Array(LowCardinality(String))", "", 6;
+            client_labels: Vec<String> => "Array(LowCardinality(String))", "CODEC(ZSTD(1))", 6;
+            server_pod: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 6;
+            server_namespace: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 6;
+            server_workload: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 6;
+            server_labels: Vec<String> => "Array(LowCardinality(String))", "CODEC(ZSTD(1))", 6;
 
             // --- request identity (enrich) ---
             /// Keyed hash (SipHash-1-3 under the deployment's key secret) of method, host, target with its query
@@ -365,15 +366,15 @@ macro_rules! event_fields {
             request_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 9;
             // --- origin across hops (`origin`): on whose behalf the exchange was made ---
             /// The first keyed hop's application (hop 0: this exchange's own).
-            origin_app_id: $crate::event::SharedStr => "LowCardinality(String)", "", 10;
-            origin_key_fingerprint: $crate::event::SharedStr => "LowCardinality(String)", "", 10;
-            origin_api_id: $crate::event::SharedStr => "LowCardinality(String)", "", 10;
+            origin_app_id: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 10;
+            origin_key_fingerprint: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 10;
+            origin_api_id: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 10;
             /// The inbound exchange this one was made for (its `conn_id` and `ts`); 0 and the epoch at hop 0.
             parent_conn_id: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 10;
             parent_ts: $crate::event::Timestamp => "DateTime64(6, 'UTC')", "CODEC(Delta(8), ZSTD(1))", 10;
             /// 0 at the edge, the parent's hop + 1 below it.
             hop: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 10;
-            origin_by: $crate::event::OriginBy => $crate::event::enum8::<$crate::event::OriginBy>(), "", 10;
+            origin_by: $crate::event::OriginBy => $crate::event::enum8::<$crate::event::OriginBy>(), "CODEC(ZSTD(1))", 10;
             /// Keyed hashes (as `request_hash`) of the W3C trace id of `traceparent` and of `X-Request-Id`; 0 when
             /// absent. Hops on different nodes are joined on them in ClickHouse (`origin_join`).
             trace_id_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 11;

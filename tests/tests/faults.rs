@@ -560,9 +560,8 @@ fn a_connection_burst_keeps_the_flow_table_bounded_and_counts_evictions() {
         checked: format!(
             "wrk opening a connection per request, 300 at once, 8 s, agent with --max-connections {max}: the \
              connection table never above {max} (sampled every 100 ms, max seen {table_max}), evictions counted, \
-             no event repeated, the agent up. Not exact under this pressure: a connection evicted between its two \
-             local ends' records is tracked again from the later one, so its exchange can be reported once per end \
-             (the first without its response, counted in flow_no_response): stored may exceed sent"
+             no event repeated, the agent up. Not exact under this pressure: an exchange evicted before its \
+             response is reported once without it (counted in flow_no_response), its later records merged"
         ),
         sent: answered,
         stored: events.len() as u64,

@@ -9,9 +9,7 @@ use std::collections::VecDeque;
 use observer_common::{DataHeader, DATA_FLAG_START, DATA_FLAG_TRUNCATED};
 
 use super::pairing::{Done, Pending, Resp};
-use super::stream::{
-    hook_slot, seq_le, seq_lt, Kind, MsgState, Stashed, Stream, MAX_STASH, RECENT_STARTS,
-};
+use super::stream::{hook_slot, seq_le, seq_lt, Kind, MsgState, Stashed, Stream, MAX_STASH, START};
 use super::{FlowConfig, FlowCounters};
 use crate::http::{
     self, Anomalies, BodyLength, ChunkStep, ChunkedDecoder, Head, Parsed, RequestHead,
@@ -95,6 +93,25 @@ impl Conn {
         }
     }
 
+    /// Heap bytes reserved by this connection's buffers (request queues, stashes, head buffers).
+    #[cfg(test)]
+    pub(crate) fn heap_capacity(&self) -> usize {
+        let queues: usize = self.pending.iter().map(|q| q.capacity()).sum();
+        let streams: usize = self
+            .streams
+            .iter()
+            .map(|st| {
+                let head = match &st.state {
+                    MsgState::Head { buf, .. } => buf.capacity(),
+                    _ => 0,
+                };
+                let stash: usize = st.stash.iter().map(|s| s.data.capacity()).sum();
+                head + stash + st.stash.capacity() * std::mem::size_of::<Stashed>()
+            })
+            .sum();
+        queues * std::mem::size_of::<Pending>() + streams
+    }
+
     pub(crate) fn pending_len(&self) -> usize {
         self.pending[0].len() + self.pending[1].len()
     }
@@ -135,18 +152,12 @@ impl Conn {
                 seq_le(copied_end, ns)
             }
         });
-        let seen_by_hook = st.hook_seen[slot].contains(&seq);
-        if !seen_by_hook {
-            if st.hook_seen[slot].len() >= RECENT_STARTS {
-                st.hook_seen[slot].pop_front();
-            }
-            st.hook_seen[slot].push_back(seq);
-        }
+        let seen_by_hook = st.recent.mark(seq, 1 << slot);
         if walked {
             if seen_by_hook {
                 // The same hook saw these bytes before: a TCP retransmission.
                 ctx.stats.retransmits.inc();
-            } else if is_start && !st.recent_starts.contains(&seq) {
+            } else if is_start && !st.recent.has(seq, START) {
                 ctx.stats.out_of_order.inc();
             } else {
                 // The other end's observation of bytes already walked (both ends local).
@@ -194,6 +205,11 @@ impl Conn {
             self.feed(dir, &payload[skip..], hdr.ts_ns, hdr.flags, ctx);
         }
         self.drain_stash(dir, ctx);
+        let st = &mut self.streams[dir];
+        if st.stash.is_empty() && st.stash.capacity() > 0 {
+            // The gap filled: free the stash's buffer.
+            st.stash = Vec::new();
+        }
         self.flush(ctx);
     }
 
@@ -243,8 +259,8 @@ impl Conn {
         };
         {
             let st = &mut self.streams[dir];
-            st.captured += bytes.len() as u64;
-            if flags & DATA_FLAG_TRUNCATED != 0 || st.captured >= u64::from(ctx.cfg.capture_bytes) {
+            st.captured = st.captured.saturating_add(bytes.len() as u32);
+            if flags & DATA_FLAG_TRUNCATED != 0 || st.captured >= ctx.cfg.capture_bytes {
                 st.capture_over = true;
             }
             st.next_seq = Some(base.wrapping_add(bytes.len() as u32));
@@ -261,7 +277,7 @@ impl Conn {
                     MsgState::Idle
                 }
                 MsgState::Idle => {
-                    self.streams[dir].remember_start(at);
+                    self.streams[dir].recent.mark(at, START);
                     MsgState::Head {
                         start: at,
                         ts,

@@ -6,6 +6,7 @@
 //! identity by socket cookie). Connections and sockets beyond the caps are evicted least recently used first, and
 //! every eviction, drop and oddity is counted in [`FlowStats`].
 mod conn;
+mod evicted;
 mod lru;
 mod pairing;
 mod stats;
@@ -22,6 +23,7 @@ use observer_common::{
 };
 
 use self::conn::{Conn, ConnKey, Ctx, Endpoint};
+use self::evicted::Tombstone;
 use self::lru::Lru;
 use self::pairing::Done;
 pub use self::stats::{FlowCounters, FlowStats};
@@ -52,7 +54,8 @@ impl Default for FlowConfig {
         FlowConfig {
             mono_to_unix_offset_ns: 0,
             capture_bytes: DEFAULT_CAPTURE,
-            max_connections: 65_536,
+            // 100k connections and more tracked (README "Memory bounds": ~1.2 KB each).
+            max_connections: 131_072,
             max_pending_per_connection: 64,
             idle_timeout_ns: 60_000_000_000,
             report_started: false,
@@ -107,9 +110,26 @@ struct SockInfo {
     remote: Option<Endpoint>,
 }
 
-fn comm_str(comm: &[u8; 16]) -> SharedStr {
-    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
-    SharedStr::from(String::from_utf8_lossy(&comm[..end]).as_ref())
+/// Process names as shared strings, one copy per distinct name (sockets of one program share it).
+#[derive(Default)]
+struct Comms(std::collections::HashMap<[u8; 16], SharedStr, foldhash::fast::RandomState>);
+
+/// Distinct process names kept; the cache starts over beyond that (names are few: programs, not processes).
+const MAX_COMMS: usize = 4096;
+
+impl Comms {
+    fn get(&mut self, comm: &[u8; 16]) -> SharedStr {
+        if let Some(s) = self.0.get(comm) {
+            return s.clone();
+        }
+        if self.0.len() >= MAX_COMMS {
+            self.0.clear();
+        }
+        let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+        let s = SharedStr::from(String::from_utf8_lossy(&comm[..end]).as_ref());
+        self.0.insert(*comm, s.clone());
+        s
+    }
 }
 
 fn ip(addr: [u8; 16]) -> IpAddr {
@@ -132,8 +152,13 @@ fn tuple_id(key: &ConnKey) -> u64 {
 /// Rebuilds HTTP exchanges from captured segments; see the module documentation.
 pub struct Engine {
     cfg: FlowConfig,
-    conns: Lru<ConnKey, Conn>,
+    /// Boxed: the table's slots stay small (a map sized for its load holds spare slots), and grow by moving pointers.
+    conns: Lru<ConnKey, Box<Conn>>,
+    /// Connections evicted from `conns` (at most `max_connections`), until their close or a new connection on the
+    /// same endpoints; see `evicted.rs`.
+    evicted: Lru<ConnKey, Tombstone>,
     socks: Lru<u64, SockInfo>,
+    comms: Comms,
     reports: Reports,
     /// Requests a record finished, reused from record to record.
     done: Vec<Done>,
@@ -149,7 +174,9 @@ impl Engine {
         Engine {
             cfg,
             conns: Lru::new(),
+            evicted: Lru::new(),
             socks: Lru::new(),
+            comms: Comms::default(),
             reports: Reports {
                 resolver,
                 out: Vec::new(),
@@ -183,17 +210,28 @@ impl Engine {
             }
         };
         if !self.conns.contains(&key) {
-            if hdr.flags & DATA_FLAG_START == 0 {
+            // An evicted connection's later records (the other local end's copy, answers) are merged, not tracked
+            // afresh; a tombstone older than the idle timeout is of an earlier connection on the same endpoints.
+            let tomb = self
+                .evicted
+                .remove(&key)
+                .filter(|t| hdr.ts_ns.saturating_sub(t.ts) < self.cfg.idle_timeout_ns);
+            if tomb.is_none() && hdr.flags & DATA_FLAG_START == 0 {
                 self.stats.out_of_order.inc();
                 return;
             }
             if self.conns.len() >= self.cfg.max_connections {
-                self.evict_oldest_connection();
+                self.evict_oldest_connection(hdr.ts_ns);
             }
-            self.conns.insert(key, Conn::new(key, hdr.ts_ns));
+            let mut conn = Box::new(Conn::new(key, hdr.ts_ns));
+            if let Some(t) = tomb {
+                t.revive(&mut conn);
+            }
+            self.conns.insert(key, conn);
         }
         let info = learn_socket(
             &mut self.socks,
+            &mut self.comms,
             &self.stats,
             self.cfg.max_connections,
             hdr,
@@ -256,7 +294,11 @@ impl Engine {
                 }
                 if ev.op == CONN_CONNECT && ev.pid_tgid != 0 {
                     info.pid = (ev.pid_tgid >> 32) as u32;
-                    info.comm = comm_str(&ev.comm);
+                    info.comm = self.comms.get(&ev.comm);
+                }
+                if let (Some(l), Some(r)) = (local, remote) {
+                    // A new connection on these endpoints: what was evicted of an earlier one no longer applies.
+                    self.evicted.remove(&ConnKey::new(l, r).0);
                 }
             }
             CONN_CLOSE => self.on_close(ev, local, remote),
@@ -274,6 +316,7 @@ impl Engine {
             return;
         };
         let (key, sent_dir) = ConnKey::new(local, remote);
+        self.evicted.remove(&key);
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
@@ -293,11 +336,18 @@ impl Engine {
         self.emit_from(&conn, done);
     }
 
-    fn evict_oldest_connection(&mut self) {
-        let Some((_, mut conn)) = self.conns.pop_oldest() else {
+    /// Evicts the least recently used connection (at record time `now`), leaving its tombstone.
+    fn evict_oldest_connection(&mut self, now: u64) {
+        let Some((key, mut conn)) = self.conns.pop_oldest() else {
             return;
         };
         self.stats.evicted[0].inc();
+        while self.evicted.len() >= self.cfg.max_connections {
+            if self.evicted.pop_oldest().is_none() {
+                break;
+            }
+        }
+        self.evicted.insert(key, Tombstone::of(&conn, now));
         let mut done = Vec::new();
         let mut ctx = Ctx {
             cfg: &self.cfg,
@@ -447,6 +497,7 @@ fn sock_entry<'a>(
 /// it; None when the record names no socket (cookie 0).
 fn learn_socket<'a>(
     socks: &'a mut Lru<u64, SockInfo>,
+    comms: &mut Comms,
     stats: &FlowCounters,
     max_connections: usize,
     hdr: &DataHeader,
@@ -464,7 +515,7 @@ fn learn_socket<'a>(
     }
     if egress && info.pid == 0 && hdr.pid_tgid != 0 {
         info.pid = (hdr.pid_tgid >> 32) as u32;
-        info.comm = comm_str(&hdr.comm);
+        info.comm = comms.get(&hdr.comm);
     }
     Some(info)
 }

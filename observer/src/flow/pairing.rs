@@ -1,6 +1,8 @@
 //! Pairing: requests wait per direction for their final response and both sizes; complete ones are handed over
 //! in order, ones cut short by the close are clipped to the bytes sent, and the close, the idle timeout or a full
 //! queue hands over the rest with estimated ends. Messages lost to the capture keep their place as phantoms.
+use std::collections::VecDeque;
+
 use super::conn::{Conn, Ctx};
 use super::stream::{seq_le, seq_lt, Kind, MsgState};
 use crate::http::{Anomalies, RequestHead};
@@ -136,6 +138,10 @@ impl Conn {
                 }
             }
         }
+        if self.pending[dir].capacity() == 0 {
+            // One request at a time is the common case: no room for four.
+            self.pending[dir].reserve_exact(1);
+        }
         self.pending[dir].push_back(p);
     }
 
@@ -199,6 +205,7 @@ impl Conn {
                     ctx.done.push(Done { dir, p });
                 }
             }
+            release_if_empty(&mut self.pending[dir]);
         }
     }
 
@@ -272,7 +279,15 @@ impl Conn {
                     ctx.done.push(Done { dir, p });
                 }
             }
+            release_if_empty(&mut self.pending[dir]);
         }
         false
+    }
+}
+
+/// Frees the buffer of a queue that was drained: an idle connection holds no heap for its requests.
+fn release_if_empty(q: &mut VecDeque<Pending>) {
+    if q.is_empty() && q.capacity() > 0 {
+        *q = VecDeque::new();
     }
 }

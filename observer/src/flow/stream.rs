@@ -1,8 +1,6 @@
 //! One direction of a connection as its walker sees it: where it is in the current message, segments stashed
 //! ahead of a gap, what each hook saw (to tell retransmissions from the other end's copy), how far the bytes are
 //! known to reach; and TCP sequence-number arithmetic.
-use std::collections::VecDeque;
-
 use observer_common::{HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS};
 
 use crate::http::ChunkedDecoder;
@@ -18,8 +16,55 @@ pub(crate) fn seq_le(a: u32, b: u32) -> bool {
 
 /// Out-of-order continuation segments kept per stream, waiting for the gap before them to fill.
 pub(super) const MAX_STASH: usize = 4;
-/// Message starts remembered per stream to recognize a second observation of the same start.
-pub(super) const RECENT_STARTS: usize = 16;
+/// Sequence numbers remembered per stream (segments each hook saw, message starts), to tell a second observation of
+/// the same bytes (the other local end's, a retransmission) from a reordering.
+pub(super) const RECENT: usize = 16;
+/// [`Recent`]'s mark of a message start (bits 0-3 are the hooks, by [`hook_slot`]).
+pub(super) const START: u8 = 1 << 7;
+
+/// The last [`RECENT`] sequence numbers seen in a stream, each with a mark per hook that saw a segment start there
+/// and [`START`] when a message starts there. Fixed size and inline: an idle connection holds no heap for it.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Recent {
+    seqs: [u32; RECENT],
+    /// Per entry: its marks; 0 for an unused entry.
+    marks: [u8; RECENT],
+    /// Entry written next (the oldest once all are used).
+    next: u8,
+}
+
+impl Recent {
+    fn find(&self, seq: u32) -> Option<usize> {
+        (0..RECENT).find(|&i| self.marks[i] != 0 && self.seqs[i] == seq)
+    }
+
+    /// Whether `seq` carries `mark`.
+    pub(super) fn has(&self, seq: u32, mark: u8) -> bool {
+        self.find(seq).is_some_and(|i| self.marks[i] & mark != 0)
+    }
+
+    /// Marks `seq` with `mark` (a new entry replaces the oldest) and returns whether it was already marked so.
+    pub(super) fn mark(&mut self, seq: u32, mark: u8) -> bool {
+        if let Some(i) = self.find(seq) {
+            let had = self.marks[i] & mark != 0;
+            self.marks[i] |= mark;
+            return had;
+        }
+        let i = usize::from(self.next);
+        self.seqs[i] = seq;
+        self.marks[i] = mark;
+        self.next = ((i + 1) % RECENT) as u8;
+        false
+    }
+
+    /// The most recently added message start.
+    pub(super) fn last_start(&self) -> Option<u32> {
+        (1..=RECENT)
+            .map(|back| (usize::from(self.next) + RECENT - back) % RECENT)
+            .find(|&i| self.marks[i] & START != 0)
+            .map(|i| self.seqs[i])
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -57,17 +102,16 @@ pub(super) struct Stream {
     pub(super) state: MsgState,
     /// Sequence number of the next captured byte expected (contiguous capture of the current message).
     pub(super) next_seq: Option<u32>,
-    /// Bytes captured since the last message start segment, and whether the kernel stopped copying.
-    pub(super) captured: u64,
+    /// Bytes captured since the last message start segment (saturating), and whether the kernel stopped copying.
+    pub(super) captured: u32,
     pub(super) capture_over: bool,
     /// Start of the message whose end is not known yet.
     pub(super) open: Option<u32>,
     /// End of the last message when its framing gave it: where the next message must start.
     pub(super) expect_next: Option<u32>,
     pub(super) last_kind: Option<Kind>,
-    pub(super) recent_starts: VecDeque<u32>,
-    /// Per hook: sequence numbers of its latest segments (a hook seeing one again is a retransmission).
-    pub(super) hook_seen: [VecDeque<u32>; 4],
+    /// Segment starts per hook that saw them (a hook seeing one again is a retransmission) and message starts.
+    pub(super) recent: Recent,
     /// Highest segment end seen in this direction.
     pub(super) max_end: Option<u32>,
     /// Highest acknowledgement of this direction's bytes seen on the other direction's segments.
@@ -81,13 +125,6 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    pub(super) fn remember_start(&mut self, seq: u32) {
-        if self.recent_starts.len() >= RECENT_STARTS {
-            self.recent_starts.pop_front();
-        }
-        self.recent_starts.push_back(seq);
-    }
-
     /// Whether the bytes up to `end` are known to have gone on the wire: seen, or acknowledged by the peer. A body
     /// past the capture leaves no records, so a declared end is only taken once it is reached.
     pub(super) fn reached(&self, end: u32) -> bool {

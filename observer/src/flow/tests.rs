@@ -1550,3 +1550,116 @@ fn started_notes_name_requests_as_their_exchanges_will_and_learn_the_server_from
     quiet.eng.drain_started(&mut notes);
     assert_eq!(notes.len(), 4);
 }
+
+/// Both ends local, the connection evicted between the client's record of its request and the server's: the
+/// exchange is reported once (at the eviction, without the response still to come), the server's copy is merged
+/// as a duplicate and the response skipped, not tracked as a new connection.
+#[test]
+fn connection_evicted_between_its_two_local_ends_is_reported_once() {
+    let cfg = FlowConfig {
+        max_connections: 4,
+        ..FlowConfig::default()
+    };
+    let mut s = Sim::with_config(Obs::Both, cfg);
+    s.connect();
+    let req = get("/a");
+    let seq = s.seq[C2S];
+    s.seq[C2S] = seq.wrapping_add(req.len() as u32);
+    s.record(
+        C2S,
+        HOOK_CGROUP_EGRESS,
+        seq,
+        &req,
+        DATA_FLAG_START,
+        req.len(),
+    );
+    let (a_client, a_seq) = (s.client, s.seq);
+    // Four other connections, each with an answered exchange, evict /a's.
+    for i in 0..4 {
+        s.next_conn();
+        s.advance_us(10);
+        s.request(&get(&format!("/o{i}")));
+        s.response(&ok(b"o"));
+    }
+    assert_eq!(s.stats().evicted_connections, 1);
+    (s.client, s.seq) = (a_client, a_seq);
+    s.advance_us(10);
+    s.record(
+        C2S,
+        HOOK_CGROUP_INGRESS,
+        seq,
+        &req,
+        DATA_FLAG_START,
+        req.len(),
+    );
+    s.response(&ok(b"hello"));
+    s.close();
+    s.eng.finish();
+    let ex = s.take();
+    let a: Vec<_> = ex.iter().filter(|e| e.event.path == "/a").collect();
+    assert_eq!(a.len(), 1, "reported once: {a:#?}");
+    assert_eq!(
+        (a[0].event.status, a[0].event.side),
+        (0, Side::Client),
+        "evicted before its response and before the server's end was seen"
+    );
+    let st = s.stats();
+    assert_eq!(
+        (
+            st.exchanges,
+            st.no_response,
+            st.unmatched_responses,
+            st.duplicates
+        ),
+        (5, 1, 0, 10),
+        "four others answered, /a once; the server's copy of /a merged (with the 9 second copies of every other \
+         segment); its answer skipped: {st:#?}"
+    );
+    // A new connection on the same endpoints is tracked afresh: its first request is not taken for a copy.
+    s.seq = [a_seq[C2S].wrapping_add(1_000_000), a_seq[S2C]];
+    s.connect();
+    s.request(&get("/again"));
+    s.response(&ok(b"x"));
+    s.close();
+    assert_eq!(one(&s.take()).event.status, 200);
+}
+
+/// What one tracked connection costs (README "Memory bounds"): a connection's inline state, boxed in the table, and
+/// the socket and tombstone entries. Growing them is a decision, not an accident.
+#[test]
+fn per_connection_state_stays_small() {
+    use std::mem::size_of;
+    assert!(
+        size_of::<super::conn::Conn>() <= 640,
+        "{}",
+        size_of::<super::conn::Conn>()
+    );
+    assert!(size_of::<super::stream::Stream>() <= 216);
+    assert!(size_of::<super::SockInfo>() <= 72);
+    assert!(size_of::<super::evicted::Tombstone>() <= 48);
+}
+
+/// An idle keep-alive connection after a completed exchange holds no heap buffer: no request queue, stash or head
+/// buffer is kept with its capacity once the message it held is done.
+#[test]
+fn idle_connection_after_an_exchange_holds_no_heap() {
+    let mut s = Sim::new(Obs::Both);
+    s.connect();
+    // A head split over segments (buffered until complete), then a pipelined pair.
+    let req = get("/split");
+    s.write(C2S, &req, 20);
+    s.response(&ok(b"first"));
+    let mut two = get("/a");
+    two.extend(get("/b"));
+    s.request(&two);
+    s.response(&[ok(b"a"), ok(b"b")].concat());
+    assert_eq!(s.take().len(), 3);
+    assert_eq!(s.eng.conns.len(), 1);
+    let conn = s
+        .eng
+        .conns
+        .values()
+        .next()
+        .expect("the connection is tracked");
+    assert_eq!(conn.heap_capacity(), 0, "{conn:#?}");
+}

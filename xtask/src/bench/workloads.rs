@@ -238,8 +238,15 @@ pub fn run(bin: &Path, dir: &Path, duration: u64, prov: &str) -> Result<String> 
         Workload::Idle(10_000),
         Workload::Idle(100_000),
     ];
+    // `OBSERVER_BENCH_WORKLOADS=idle` runs only the workloads whose name contains one of its comma-separated words
+    // (for a quick look; the section it writes then lists only those).
+    let only = std::env::var("OBSERVER_BENCH_WORKLOADS").unwrap_or_default();
+    let wanted = |w: &Workload| {
+        let name = w.name();
+        only.is_empty() || only.split(',').any(|word| name.contains(word.trim()))
+    };
     let mut outcomes = Vec::new();
-    for w in all {
+    for w in all.into_iter().filter(wanted) {
         let o = run_one(bin, dir, duration, w)?;
         say(format!(
             "workload {}: {} sent, {:.0} events, drops {}, agent {:.2} µs/event, kernel {:.2} µs/exchange, RSS {:.0} MiB",

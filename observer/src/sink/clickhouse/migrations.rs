@@ -127,7 +127,43 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "registry_routes_and_webhooks",
         statements: v12_registry_routes_and_webhooks,
     },
+    Migration {
+        version: 13,
+        name: "http_requests_codecs",
+        statements: v13_codecs,
+    },
 ];
+
+/// Smaller `http_requests` rows (README "Storage in ClickHouse": 41.3 -> 34.6 bytes per row on the realistic
+/// generator): every column to its codec in [`crate::event_fields!`] (low-cardinality dictionaries, enums, flags
+/// and arrays entropy-coded by ZSTD instead of the default LZ4, `conn_id` as deltas) and larger compression blocks,
+/// which ZSTD turns into a better ratio on the random-looking columns (`request_id`, `path`). Changing a codec is a
+/// metadata change: new parts use it, existing ones as they are merged. On a new table (created with these codecs)
+/// the statements change nothing.
+fn v13_codecs(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let table = cfg.storage("http_requests");
+    let oc = cfg.on_cluster();
+    let mut out: Vec<String> = http_requests_columns()
+        .iter()
+        .filter(|c| c.since < 13 && !c.codec.is_empty())
+        .map(|c| {
+            format!(
+                "ALTER TABLE {db}.{table}{oc} MODIFY COLUMN {}",
+                column_definition(c)
+            )
+        })
+        .collect();
+    out.push(format!(
+        "ALTER TABLE {db}.{table}{oc} MODIFY SETTING min_compress_block_size = {HTTP_REQUESTS_MIN_BLOCK}, \
+         max_compress_block_size = {HTTP_REQUESTS_MAX_BLOCK}"
+    ));
+    out
+}
+
+/// `http_requests` compression blocks (bytes): four to sixteen times the server's defaults (64 KiB, 1 MiB).
+const HTTP_REQUESTS_MIN_BLOCK: u32 = 1 << 20;
+const HTTP_REQUESTS_MAX_BLOCK: u32 = 4 << 20;
 
 /// Registry facts the fleet-wide insights runner needs and the tables lacked: an API's route templates (for
 /// `undocumented_route`) and a team's `alert_webhook` (to notify as the agent does). The `*_latest` views and the
@@ -815,8 +851,11 @@ mod tests {
         for cfg in [single(), clustered()] {
             for s in all_statements(&cfg, latest_version()) {
                 let head: String = s.lines().next().unwrap_or_default().to_string();
+                // MODIFY sets a column or setting to a stated definition: running it again changes nothing.
                 assert!(
-                    head.contains("IF NOT EXISTS"),
+                    head.contains("IF NOT EXISTS")
+                        || head.contains(" MODIFY COLUMN ")
+                        || head.contains(" MODIFY SETTING "),
                     "statement is not idempotent: {head}"
                 );
             }
