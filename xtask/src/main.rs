@@ -112,11 +112,14 @@ enum Cmd {
         /// Only these targets (default: all).
         #[arg(long = "target")]
         targets: Vec<String>,
+        /// Also build the fuzzed crates with AddressSanitizer (rebuilds them; `test` fuzzes without).
+        #[arg(long)]
+        asan: bool,
     },
     /// Run the hostile-traffic and fault suites (slow cases included) as root and write RELIABILITY.md.
     Reliability {
         /// Also fuzz every target for this many seconds and report its executions (default: the figures of the
-        /// last `cargo xtask fuzz`, from target/fuzz/report.md).
+        /// last `cargo xtask fuzz` in target/fuzz/report.md, else those RELIABILITY.md already holds).
         #[arg(long)]
         fuzz_time: Option<u64>,
     },
@@ -224,8 +227,18 @@ fn main() -> Result<()> {
             let bin = build_release(&root)?;
             scenarios::run(&root, &bin, &tuning, &held_out)?;
         }
-        Cmd::Fuzz { time, targets } => {
-            let outcomes = fuzz::fuzz(&root, std::time::Duration::from_secs(time), &targets)?;
+        Cmd::Fuzz {
+            time,
+            targets,
+            asan,
+        } => {
+            let opts = fuzz::Options {
+                per_target: std::time::Duration::from_secs(time),
+                only: targets,
+                asan,
+                report: true,
+            };
+            let outcomes = fuzz::fuzz(&root, &opts)?;
             print!("{}", fuzz::report(&outcomes));
         }
         Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time)?,
@@ -423,12 +436,17 @@ fn test_all(root: &Path) -> Result<()> {
         &ebpf_log(root),
     )?;
 
-    say("replaying the fuzz corpus and saved crashes through every fuzz target (cargo xtask fuzz fuzzes)");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["test", "--manifest-path", "fuzz/Cargo.toml", "--lib"])
-        .arg("--target-dir")
-        .arg(root.join("target")))?;
+    // Each target first replays its seeds and every fixed crash's input in fuzz/corpus, then mutates them.
+    let outcomes = fuzz::fuzz(
+        root,
+        &fuzz::Options {
+            per_target: std::time::Duration::from_secs(fuzz::TEST_SECONDS),
+            only: Vec::new(),
+            asan: false,
+            report: false,
+        },
+    )?;
+    print!("{}", fuzz::report(&outcomes));
 
     if !toolchain::is_root() {
         bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");
