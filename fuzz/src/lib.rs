@@ -182,6 +182,11 @@ fn v4(last: u8) -> [u8; 16] {
 /// A data record as the reader hands it to the engine.
 type Record = (DataHeader, Vec<u8>);
 
+fn deliver(engine: &mut Engine, rec: Record, delivered: &mut Vec<Record>) {
+    engine.on_data(&rec.0, &rec.1);
+    delivered.push(rec);
+}
+
 /// The flow engine fed arbitrary record sequences of one connection (segments split anywhere, swapped, retransmitted
 /// with duplicate sequence numbers, sequence gaps and overlaps, truncation, closes and idle ticks): it must not panic,
 /// and every exchange it reports must be consistent.
@@ -202,10 +207,6 @@ pub fn flow(data: &[u8]) {
     let mut out = Vec::new();
     let mut delivered: Vec<Record> = Vec::new();
     let mut held: Option<Record> = None;
-    let mut deliver = |engine: &mut Engine, rec: Record, delivered: &mut Vec<Record>| {
-        engine.on_data(&rec.0, &rec.1);
-        delivered.push(rec);
-    };
     for step in steps.iter().take(64) {
         match step {
             Step::Segment {

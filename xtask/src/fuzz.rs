@@ -5,8 +5,8 @@
 //!
 //! Why not `cargo fuzz build`: it puts its flags in RUSTFLAGS, so every one of the ~300 crates observer depends on
 //! (tokio, hyper, kube, k8s-openapi, clickhouse, aya, ...) is built with coverage instrumentation, comparison tracing
-//! and one codegen unit each, which took an hour of CPU. Here the same instrumentation goes, through cargo's per-package
-//! profile rustflags, only to the crates whose code is fuzzed; the dependencies build as in any release build and
+//! and one codegen unit each, which took an hour of CPU. Here the same instrumentation goes, through a rustc wrapper,
+//! only to the crates whose code is fuzzed; the dependencies build as in any release build and
 //! libFuzzer still steers by the coverage of every parser under test. The binaries are the cargo-fuzz ones:
 //! `cargo +nightly fuzz run TARGET` works too.
 use std::{
@@ -34,8 +34,9 @@ pub const TARGETS: &[(&str, usize)] = &[
 /// Seconds each target runs in `cargo xtask test`.
 pub const TEST_SECONDS: u64 = 15;
 
-/// The crates whose code is fuzzed, the only ones built with coverage instrumentation.
-const INSTRUMENTED: &[&str] = &["observer", "observer-common", "observer-fuzz"];
+/// The crates whose code is fuzzed (rustc crate names), the only ones built with coverage instrumentation; their build
+/// scripts (crate `build_script_build`) are not, as nothing links them with libFuzzer.
+const INSTRUMENTED: &[&str] = &["observer", "observer_fuzz"];
 
 /// The cargo profile of fuzz/Cargo.toml the targets are built with (release, debug assertions and overflow checks on);
 /// its binaries land in `target/<PROFILE>/`.
@@ -53,13 +54,6 @@ const SANCOV: &[&str] = &[
     "-Cllvm-args=-simplifycfg-branch-fold-threshold=0",
     "--cfg",
     "fuzzing",
-];
-
-/// AddressSanitizer on the instrumented crates (`--asan`). Their code forbids `unsafe` except observer's loader and
-/// reader, which no target reaches, so ASan mostly guards the standard library's and dependencies' inlined code.
-const ASAN: &[&str] = &[
-    "-Zsanitizer=address",
-    "-Cunsafe-allow-abi-mismatch=sanitizer",
 ];
 
 /// The C++ compiler libfuzzer-sys builds libFuzzer with.
@@ -81,54 +75,48 @@ pub struct Options {
     pub per_target: Duration,
     /// Only these targets (all when empty).
     pub only: Vec<String>,
-    /// Build the instrumented crates with AddressSanitizer too.
-    pub asan: bool,
     /// Write the figures to `target/fuzz/report.md` (the table RELIABILITY.md shows), crashes or not.
     pub report: bool,
 }
 
-/// The cargo `--config` arguments that give the instrumented crates their rustflags.
-fn profile_rustflags(asan: bool) -> Vec<String> {
-    let flags: Vec<&str> = SANCOV
+/// A rustc wrapper that adds the instrumentation to the crates under test only. Cargo's per-package profile
+/// rustflags would reach observer's build script too, which then fails to link without libFuzzer.
+fn wrapper_script() -> String {
+    let crates: Vec<String> = INSTRUMENTED
         .iter()
-        .chain(if asan { ASAN } else { &[] })
-        .copied()
+        .map(|c| format!("*\" --crate-name {c} \"*"))
         .collect();
-    let list = format!(
-        "[{}]",
-        flags
-            .iter()
-            .map(|f| format!("{f:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    INSTRUMENTED
-        .iter()
-        .flat_map(|krate| {
-            [
-                "--config".to_string(),
-                format!("profile.{PROFILE}.package.{krate}.rustflags={list}"),
-            ]
-        })
-        .collect()
+    format!(
+        "#!/bin/sh\n# Written by `cargo xtask fuzz` (xtask/src/fuzz.rs): libFuzzer's coverage instrumentation for the \
+         crates under test.\nrustc=\"$1\"; shift\ncase \" $* \" in\n  {}) exec \"$rustc\" \"$@\" {} ;;\nesac\n\
+         exec \"$rustc\" \"$@\"\n",
+        crates.join("|"),
+        SANCOV.join(" ")
+    )
 }
 
 /// Builds the targets named (all of `TARGETS` if empty); returns the directory of the binaries.
-pub fn build(root: &Path, only: &[String], asan: bool) -> Result<PathBuf> {
+pub fn build(root: &Path, only: &[String]) -> Result<PathBuf> {
     toolchain::ensure_nightly()?;
     toolchain::ensure_packages(FUZZ_PACKAGES)?;
     say(format!(
-        "building the fuzz targets (nightly, profile {PROFILE}, coverage instrumentation on {}{})",
-        INSTRUMENTED.join(", "),
-        if asan { ", AddressSanitizer" } else { "" }
+        "building the fuzz targets (nightly, profile {PROFILE}, coverage instrumentation on {})",
+        INSTRUMENTED.join(", ")
     ));
+    let wrapper = root.join("target/fuzz/rustc-wrapper.sh");
+    std::fs::create_dir_all(root.join("target/fuzz"))?;
+    std::fs::write(&wrapper, wrapper_script())?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{NIGHTLY}"))
-        .args(["build", "-Zprofile-rustflags", "--manifest-path"])
+        .args(["build", "--manifest-path"])
         .arg(root.join("fuzz/Cargo.toml"))
         .args(["--profile", PROFILE, "--target-dir"])
         .arg(root.join("target"))
-        .args(profile_rustflags(asan))
+        .env("RUSTC_WRAPPER", &wrapper)
         // No eBPF object is needed to fuzz user-space parsers.
         .env("AYA_BUILD_SKIP", "1")
         .current_dir(root);
@@ -155,7 +143,7 @@ pub fn fuzz(root: &Path, opts: &Options) -> Result<Vec<Outcome>> {
             );
         }
     }
-    let bins = build(root, &opts.only, opts.asan)?;
+    let bins = build(root, &opts.only)?;
     let todo: Vec<(&str, usize)> = TARGETS
         .iter()
         .filter(|(t, _)| opts.only.is_empty() || opts.only.iter().any(|o| o == t))
@@ -236,6 +224,7 @@ fn run_one(
     std::fs::create_dir_all(&corpus)?;
     std::fs::create_dir_all(&artifacts)?;
     let before = files(&artifacts)?;
+    let started = std::time::Instant::now();
     let out = Command::new(bins.join(name))
         .arg(&corpus)
         .arg(root.join("fuzz/corpus").join(name))
@@ -245,7 +234,6 @@ fn run_one(
         .arg("-rss_limit_mb=2048")
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg("-print_final_stats=1")
-        .env("ASAN_OPTIONS", "detect_odr_violation=0")
         .output()
         .with_context(|| format!("running fuzz target {name}"))?;
     let log = String::from_utf8_lossy(&out.stderr);
@@ -267,7 +255,7 @@ fn run_one(
     Ok(Outcome {
         target: name.to_string(),
         executions: stat(&log, "stat::number_of_executed_units:").unwrap_or(0),
-        seconds: stat(&log, "stat::total_time_in_seconds:").unwrap_or(0),
+        seconds: started.elapsed().as_secs(),
         corpus: files(&corpus)?.len(),
         crashes,
     })
@@ -296,11 +284,10 @@ fn report_md(root: &Path, opts: &Options, outcomes: &[Outcome]) -> Result<String
         std::fs::read_to_string(root.join(FIXED)).with_context(|| format!("reading {FIXED}"))?;
     Ok(format!(
         "{REPORT_START}{} s per target at commit `{commit}` ({} CPUs, targets run side by side), coverage-guided \
-         libFuzzer with {} instrumented{}, seeded from `fuzz/corpus`; *corpus*: inputs kept after the run.\n\n{}\n{}",
+         libFuzzer with {} instrumented, seeded from `fuzz/corpus`; *corpus*: inputs kept after the run.\n\n{}\n{}",
         opts.per_target.as_secs(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         INSTRUMENTED.join(", "),
-        if opts.asan { " and AddressSanitizer" } else { "" },
         report(outcomes),
         fixed.trim_start_matches(|c| c != '\n').trim_start()
     ))
@@ -369,10 +356,9 @@ mod tests {
 
     #[test]
     fn reads_libfuzzer_final_stats() {
-        let log = "#1024 DONE cov: 10\nstat::number_of_executed_units: 123456\nstat::average_exec_per_sec:     4115\n\
-                   stat::total_time_in_seconds:    30\n";
+        let log = "#1024 DONE cov: 10\nstat::number_of_executed_units: 123456\nstat::average_exec_per_sec:     4115\n";
         assert_eq!(stat(log, "stat::number_of_executed_units:"), Some(123_456));
-        assert_eq!(stat(log, "stat::total_time_in_seconds:"), Some(30));
+        assert_eq!(stat(log, "stat::average_exec_per_sec:"), Some(4115));
         assert_eq!(stat(log, "stat::new_units_added:"), None);
     }
 
@@ -407,14 +393,35 @@ mod tests {
 
     #[test]
     fn only_the_crates_under_test_get_instrumentation() {
-        let args = profile_rustflags(false);
-        assert_eq!(args.len(), 2 * INSTRUMENTED.len());
-        assert_eq!(args[0], "--config");
-        assert!(args[1].starts_with(
-            "profile.fuzzing.package.observer.rustflags=[\"-Cpasses=sancov-module\", "
-        ));
-        assert!(args[1].ends_with("\"--cfg\", \"fuzzing\"]"), "{}", args[1]);
-        assert!(profile_rustflags(true)[5].contains("\"-Zsanitizer=address\""));
+        let dir = std::env::temp_dir().join(format!("xtask-fuzz-wrapper-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("w.sh");
+        std::fs::write(&script, wrapper_script()).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("sh")
+                .arg(&script)
+                .arg("echo")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let lib = run(&["--crate-name", "observer", "src/lib.rs"]);
+        assert!(
+            lib.starts_with("--crate-name observer src/lib.rs -Cpasses=sancov-module "),
+            "{lib}"
+        );
+        assert!(lib.trim_end().ends_with("--cfg fuzzing"), "{lib}");
+        assert_eq!(
+            run(&["--crate-name", "build_script_build", "x"]),
+            "--crate-name build_script_build x\n"
+        );
+        assert_eq!(
+            run(&["--crate-name", "observer_common", "x"]),
+            "--crate-name observer_common x\n"
+        );
+        assert!(run(&["--crate-name", "observer_fuzz"]).contains("sancov"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

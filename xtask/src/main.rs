@@ -112,9 +112,6 @@ enum Cmd {
         /// Only these targets (default: all).
         #[arg(long = "target")]
         targets: Vec<String>,
-        /// Also build the fuzzed crates with AddressSanitizer (rebuilds them; `test` fuzzes without).
-        #[arg(long)]
-        asan: bool,
     },
     /// Run the hostile-traffic and fault suites (slow cases included) as root and write RELIABILITY.md.
     Reliability {
@@ -227,15 +224,10 @@ fn main() -> Result<()> {
             let bin = build_release(&root)?;
             scenarios::run(&root, &bin, &tuning, &held_out)?;
         }
-        Cmd::Fuzz {
-            time,
-            targets,
-            asan,
-        } => {
+        Cmd::Fuzz { time, targets } => {
             let opts = fuzz::Options {
                 per_target: std::time::Duration::from_secs(time),
                 only: targets,
-                asan,
                 report: true,
             };
             let outcomes = fuzz::fuzz(&root, &opts)?;
@@ -442,7 +434,6 @@ fn test_all(root: &Path) -> Result<()> {
         &fuzz::Options {
             per_target: std::time::Duration::from_secs(fuzz::TEST_SECONDS),
             only: Vec::new(),
-            asan: false,
             report: false,
         },
     )?;

@@ -52,7 +52,6 @@ pub fn run(root: &Path, fuzz_time: Option<u64>) -> Result<()> {
         let opts = fuzz::Options {
             per_target: Duration::from_secs(secs),
             only: Vec::new(),
-            asan: false,
             report: true,
         };
         if let Err(e) = fuzz::fuzz(root, &opts) {
