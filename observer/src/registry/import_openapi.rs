@@ -3,7 +3,7 @@
 //! over exactly is kept as a note with the document's line, for the importer to report.
 use std::path::Path;
 
-use super::load::Problem;
+use super::load::{is_host_shape, Problem};
 use super::model::AuthKind;
 use super::yaml::{self, flow_list, scalar, Node};
 
@@ -334,7 +334,10 @@ pub fn split_url(url: &str) -> (Option<String>, Option<u16>, String) {
         },
         _ => (authority, None),
     };
-    (Some(host.to_ascii_lowercase()), port, path)
+    // A host the registry could not take (found by the openapi fuzz target: `https://api.exa# me.com/v1`) is none.
+    let host = host.to_ascii_lowercase();
+    let host = (is_host_shape(&host) && !host.contains(':')).then_some(host);
+    (host, port, path)
 }
 
 /// Names of the schemes security requirements list (global and per operation), in order of appearance.
@@ -529,6 +532,11 @@ mod tests {
         );
         assert_eq!(split_url("/v2"), (None, None, "/v2".into()));
         assert_eq!(split_url("http://h"), (Some("h".into()), None, "".into()));
+        // Found by the openapi fuzz target: a host the registry refuses is no host.
+        assert_eq!(
+            split_url("htlps://api.exa# Me.com/v1"),
+            (None, None, "/v1".into())
+        );
     }
 
     #[test]
