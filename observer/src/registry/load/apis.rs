@@ -185,7 +185,7 @@ impl Ctx<'_> {
             }
         }
         for (b, line) in self.strings(m, "base_path", &what) {
-            if !b.starts_with('/') || b.contains(['?', '#', '*', '{']) {
+            if !is_literal_path(&b) {
                 self.err(
                     line,
                     format!("{what}: base_path `{b}` must be a literal path starting with `/`"),
@@ -382,6 +382,11 @@ pub(crate) fn is_header_name(h: &str) -> bool {
     !h.is_empty()
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A `base_path` the registry takes: a literal path starting with `/`.
+pub(crate) fn is_literal_path(b: &str) -> bool {
+    b.starts_with('/') && !b.contains(['?', '#', '*', '{'])
 }
 
 /// Could be a host name or glob in `match.hosts` (a port is refused separately, with its own message).
