@@ -651,6 +651,24 @@ mod tests {
     }
 
     #[test]
+    fn a_key_two_consumers_hold_is_imported_once() {
+        // Found by the kong fuzz target: both were written and the loader refused the duplicate.
+        let kong = fixture().replace(
+            "sk_test_partner_portal_Qm4t0a5e02",
+            "sk_live_mobile_checkout_7Hq2x93f9a",
+        );
+        let (yaml, notes) = import(&kong, "kong.yaml", &secret(), "2026-03-02").expect("imports");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.message.contains("the same credential as key")),
+            "{notes:?}"
+        );
+        load_str(&yaml, Path::new("."), &secret())
+            .unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"));
+    }
+
+    #[test]
     fn kong_fixture_imports_to_a_valid_registry() {
         let yaml = import(&fixture(), "kong.yaml", &secret(), "2026-03-02")
             .expect("fixture imports")
