@@ -3,7 +3,7 @@
 //! over exactly is kept as a note with the document's line, for the importer to report.
 use std::path::Path;
 
-use super::load::{is_host_shape, is_literal_path, Problem};
+use super::load::{is_header_name, is_host_shape, is_literal_path, Problem};
 use super::model::AuthKind;
 use super::yaml::{self, flow_list, scalar, Node};
 
@@ -388,7 +388,10 @@ fn security(root: &Node, notes: &mut Vec<Problem>) -> Vec<ImportedAuth> {
         };
         let found = match get("type") {
             "apiKey" => match get("in") {
-                "header" => Some(auth(AuthKind::ApiKey, vec![get("name").into()], vec![])),
+                // Only a name the registry takes as a header (found by the openapi fuzz target: `name: ""`).
+                "header" if is_header_name(get("name")) => {
+                    Some(auth(AuthKind::ApiKey, vec![get("name").into()], vec![]))
+                }
                 "query" => Some(auth(AuthKind::ApiKey, vec![], vec![get("name").into()])),
                 _ => None,
             },
