@@ -1,6 +1,7 @@
 //! The fuzz targets' bodies: each takes arbitrary bytes, drives one parser or state machine that reads untrusted
-//! input, and checks a property beyond "does not panic". They live in a library so `cargo xtask fuzz` can also
-//! replay the corpus and every saved crash as ordinary tests.
+//! input, and checks a property beyond "does not panic". They live in a library so a stable `cargo test
+//! --manifest-path fuzz/Cargo.toml` can also replay the corpus and every saved crash as ordinary tests (`cargo xtask
+//! fuzz` and `cargo xtask test` fuzz them; each libFuzzer run first replays the same corpus).
 #![forbid(unsafe_code)]
 use std::collections::HashMap;
 use std::path::Path;
@@ -125,6 +126,12 @@ enum Step {
         continuation: bool,
         ack: u32,
         ms: u8,
+        /// Deliver it after the next segment: the two arrive swapped.
+        hold: bool,
+    },
+    /// The record delivered `back` records ago, again (a retransmission: same sequence number, same bytes).
+    Replay {
+        back: u8,
     },
     Close {
         ms: u16,
@@ -172,8 +179,17 @@ fn v4(last: u8) -> [u8; 16] {
     x
 }
 
-/// The flow engine fed arbitrary record sequences of one connection (segment splits, reorders, gaps, duplicates,
-/// truncation, closes and idle ticks): it must not panic, and every exchange it reports must be consistent.
+/// A data record as the reader hands it to the engine.
+type Record = (DataHeader, Vec<u8>);
+
+fn deliver(engine: &mut Engine, rec: Record, delivered: &mut Vec<Record>) {
+    engine.on_data(&rec.0, &rec.1);
+    delivered.push(rec);
+}
+
+/// The flow engine fed arbitrary record sequences of one connection (segments split anywhere, swapped, retransmitted
+/// with duplicate sequence numbers, sequence gaps and overlaps, truncation, closes and idle ticks): it must not panic,
+/// and every exchange it reports must be consistent.
 pub fn flow(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(steps) = Vec::<Step>::arbitrary(&mut u) else {
@@ -189,6 +205,8 @@ pub fn flow(data: &[u8]) {
     let mut seq = [1_000u32, 5_000_000u32];
     let mut now: u64 = 1_000_000_000;
     let mut out = Vec::new();
+    let mut delivered: Vec<Record> = Vec::new();
+    let mut held: Option<Record> = None;
     for step in steps.iter().take(64) {
         match step {
             Step::Segment {
@@ -200,6 +218,7 @@ pub fn flow(data: &[u8]) {
                 continuation,
                 ack,
                 ms,
+                hold,
             } => {
                 now += u64::from(*ms) * 1_000_000;
                 let dir = usize::from(*response);
@@ -240,11 +259,30 @@ pub fn flow(data: &[u8]) {
                     ack: *ack,
                     ..DataHeader::default()
                 };
-                engine.on_data(&hdr, &bytes[..cap]);
                 seq[dir] = seq[dir].wrapping_add(bytes.len() as u32);
+                let rec = (hdr, bytes[..cap].to_vec());
+                if *hold && held.is_none() {
+                    held = Some(rec);
+                } else {
+                    deliver(&mut engine, rec, &mut delivered);
+                    if let Some(h) = held.take() {
+                        deliver(&mut engine, h, &mut delivered);
+                    }
+                }
+            }
+            Step::Replay { back } => {
+                if !delivered.is_empty() {
+                    let i = delivered.len() - 1 - usize::from(*back) % delivered.len();
+                    let (mut hdr, bytes) = delivered[i].clone();
+                    hdr.ts_ns = now;
+                    deliver(&mut engine, (hdr, bytes), &mut delivered);
+                }
             }
             Step::Close { ms } => {
                 now += u64::from(*ms) * 1_000_000;
+                if let Some(h) = held.take() {
+                    deliver(&mut engine, h, &mut delivered);
+                }
                 for (cookie, local, remote, lport, rport, snd, rcv) in [
                     (1, v4(1), v4(2), 40000, 8080, seq[0], seq[1]),
                     (2, v4(2), v4(1), 8080, 40000, seq[1], seq[0]),
@@ -271,6 +309,9 @@ pub fn flow(data: &[u8]) {
             }
         }
         engine.drain(&mut out);
+    }
+    if let Some(h) = held.take() {
+        deliver(&mut engine, h, &mut delivered);
     }
     engine.finish();
     engine.drain(&mut out);

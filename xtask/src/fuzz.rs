@@ -1,19 +1,24 @@
-//! `cargo xtask fuzz`: builds the cargo-fuzz targets in `fuzz/` (nightly, libFuzzer) and runs each for a bounded
-//! time, seeded from `fuzz/corpus/<target>`; new inputs go to `target/fuzz/corpus/<target>`, crashes to
-//! `target/fuzz/artifacts/<target>`. Prints one line per target (executions, corpus, crashes) and writes them to
-//! `target/fuzz/report.md`; fails when any target crashed.
+//! `cargo xtask fuzz` and the fuzz step of `cargo xtask test`: builds the libFuzzer targets in `fuzz/` and runs each
+//! for a bounded time, seeded from `fuzz/corpus/<target>`; new inputs go to `target/fuzz/corpus/<target>`, crashes to
+//! `target/fuzz/artifacts/<target>`. Prints one line per target (executions, corpus, crashes); fails when any target
+//! crashed, naming the target and the saved input.
+//!
+//! Why not `cargo fuzz build`: it puts its flags in RUSTFLAGS, so every one of the ~300 crates observer depends on
+//! (tokio, hyper, kube, k8s-openapi, clickhouse, aya, ...) is built with coverage instrumentation, comparison tracing
+//! and one codegen unit each, which took an hour of CPU. Here the same instrumentation goes, through a rustc wrapper,
+//! only to the crates whose code is fuzzed; the dependencies build as in any release build and
+//! libFuzzer still steers by the coverage of every parser under test. The binaries are the cargo-fuzz ones:
+//! `cargo +nightly fuzz run TARGET` works too.
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::Mutex,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::toolchain::{self, output, say, NIGHTLY};
-
-/// The pinned cargo-fuzz, installed on first use.
-const CARGO_FUZZ_VERSION: &str = "0.13.2";
+use crate::toolchain::{self, say, NIGHTLY};
 
 /// Every target in fuzz/Cargo.toml, with the longest input it is given.
 pub const TARGETS: &[(&str, usize)] = &[
@@ -26,6 +31,34 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("spool", 65_536),
 ];
 
+/// Seconds each target runs in `cargo xtask test`.
+pub const TEST_SECONDS: u64 = 15;
+
+/// The crates whose code is fuzzed (rustc crate names), the only ones built with coverage instrumentation; their build
+/// scripts (crate `build_script_build`) are not, as nothing links them with libFuzzer.
+const INSTRUMENTED: &[&str] = &["observer", "observer_fuzz"];
+
+/// The cargo profile of fuzz/Cargo.toml the targets are built with (release, debug assertions and overflow checks on);
+/// its binaries land in `target/<PROFILE>/`.
+const PROFILE: &str = "fuzzing";
+
+/// libFuzzer's coverage instrumentation, as `cargo fuzz build` (0.13) adds it: inline 8-bit edge counters, the PC
+/// table, comparison operands and stack depth for its value profile, no branch folding that would hide edges.
+const SANCOV: &[&str] = &[
+    "-Cpasses=sancov-module",
+    "-Cllvm-args=-sanitizer-coverage-level=4",
+    "-Cllvm-args=-sanitizer-coverage-inline-8bit-counters",
+    "-Cllvm-args=-sanitizer-coverage-pc-table",
+    "-Cllvm-args=-sanitizer-coverage-trace-compares",
+    "-Cllvm-args=-sanitizer-coverage-stack-depth",
+    "-Cllvm-args=-simplifycfg-branch-fold-threshold=0",
+    "--cfg",
+    "fuzzing",
+];
+
+/// The C++ compiler libfuzzer-sys builds libFuzzer with.
+const FUZZ_PACKAGES: &[(&str, &str)] = &[("c++", "g++")];
+
 /// What one target's run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -36,27 +69,69 @@ pub struct Outcome {
     pub crashes: Vec<PathBuf>,
 }
 
-fn ensure_cargo_fuzz() -> Result<()> {
-    toolchain::ensure_nightly()?;
-    let have = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
-    if have.contains(CARGO_FUZZ_VERSION) {
-        return Ok(());
-    }
-    say(format!(
-        "installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 2 minutes, once)"
-    ));
-    toolchain::run(Command::new("cargo").args([
-        "install",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ_VERSION,
-        "--locked",
-    ]))
+/// How to fuzz.
+pub struct Options {
+    /// Time per target.
+    pub per_target: Duration,
+    /// Only these targets (all when empty).
+    pub only: Vec<String>,
+    /// Write the figures to `target/fuzz/report.md` (the table RELIABILITY.md shows), crashes or not.
+    pub report: bool,
 }
 
-/// Builds every target, then runs each for `per_target`; `only` restricts the run to the named targets.
-pub fn fuzz(root: &Path, per_target: Duration, only: &[String]) -> Result<Vec<Outcome>> {
-    for name in only {
+/// A rustc wrapper that adds the instrumentation to the crates under test only. Cargo's per-package profile
+/// rustflags would reach observer's build script too, which then fails to link without libFuzzer.
+fn wrapper_script() -> String {
+    let crates: Vec<String> = INSTRUMENTED
+        .iter()
+        .map(|c| format!("*\" --crate-name {c} \"*"))
+        .collect();
+    format!(
+        "#!/bin/sh\n# Written by `cargo xtask fuzz` (xtask/src/fuzz.rs): libFuzzer's coverage instrumentation for the \
+         crates under test.\nrustc=\"$1\"; shift\ncase \" $* \" in\n  {}) exec \"$rustc\" \"$@\" {} ;;\nesac\n\
+         exec \"$rustc\" \"$@\"\n",
+        crates.join("|"),
+        SANCOV.join(" ")
+    )
+}
+
+/// Builds the targets named (all of `TARGETS` if empty); returns the directory of the binaries.
+pub fn build(root: &Path, only: &[String]) -> Result<PathBuf> {
+    toolchain::ensure_nightly()?;
+    toolchain::ensure_packages(FUZZ_PACKAGES)?;
+    say(format!(
+        "building the fuzz targets (nightly, profile {PROFILE}, coverage instrumentation on {})",
+        INSTRUMENTED.join(", ")
+    ));
+    let wrapper = root.join("target/fuzz/rustc-wrapper.sh");
+    std::fs::create_dir_all(root.join("target/fuzz"))?;
+    std::fs::write(&wrapper, wrapper_script())?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut cmd = Command::new("cargo");
+    cmd.arg(format!("+{NIGHTLY}"))
+        .args(["build", "--manifest-path"])
+        .arg(root.join("fuzz/Cargo.toml"))
+        .args(["--profile", PROFILE, "--target-dir"])
+        .arg(root.join("target"))
+        .env("RUSTC_WRAPPER", &wrapper)
+        // No eBPF object is needed to fuzz user-space parsers.
+        .env("AYA_BUILD_SKIP", "1")
+        .current_dir(root);
+    for (name, _) in TARGETS {
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            cmd.args(["--bin", name]);
+        }
+    }
+    toolchain::run(&mut cmd)?;
+    Ok(root.join("target").join(PROFILE))
+}
+
+/// Builds the targets, then runs each for `opts.per_target`, as many at once as there are CPUs.
+pub fn fuzz(root: &Path, opts: &Options) -> Result<Vec<Outcome>> {
+    for name in &opts.only {
         if !TARGETS.iter().any(|(t, _)| t == name) {
             bail!(
                 "no fuzz target named {name:?}: the targets are {}",
@@ -68,91 +143,175 @@ pub fn fuzz(root: &Path, per_target: Duration, only: &[String]) -> Result<Vec<Ou
             );
         }
     }
-    ensure_cargo_fuzz()?;
-    let fuzz_cmd = |args: &[&str]| {
-        let mut c = Command::new("cargo");
-        c.arg(format!("+{NIGHTLY}"))
-            .args(["fuzz"])
-            .args(args)
-            // No eBPF object is needed to fuzz user-space parsers.
-            .env("AYA_BUILD_SKIP", "1")
-            .current_dir(root);
-        c
-    };
-    // The parsers are safe Rust: libFuzzer's coverage and debug assertions find their panics, and a build without
-    // a sanitizer takes half the time, which keeps the CI step short.
-    say("building the fuzz targets (cargo fuzz build, no sanitizer, debug assertions on)");
-    toolchain::run(&mut fuzz_cmd(&["build", "-s", "none"]))?;
-    let work = root.join("target/fuzz");
-    let mut outcomes = Vec::new();
-    for (name, max_len) in TARGETS {
-        if !only.is_empty() && !only.iter().any(|o| o == name) {
-            continue;
-        }
-        let corpus = work.join("corpus").join(name);
-        let artifacts = work.join("artifacts").join(name);
-        std::fs::create_dir_all(&corpus)?;
-        std::fs::create_dir_all(&artifacts)?;
-        let before = files(&artifacts)?;
-        let seeds = root.join("fuzz/corpus").join(name);
-        say(format!("fuzzing {name} for {} s", per_target.as_secs()));
-        let out = fuzz_cmd(&["run", "-s", "none", name])
-            .arg(&corpus)
-            .arg(&seeds)
-            .arg("--")
-            .arg(format!("-max_total_time={}", per_target.as_secs().max(1)))
-            .arg(format!("-max_len={max_len}"))
-            .arg("-timeout=10")
-            .arg("-rss_limit_mb=2048")
-            .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            .arg("-print_final_stats=1")
-            .output()
-            .with_context(|| format!("running cargo fuzz run {name}"))?;
-        let log = String::from_utf8_lossy(&out.stderr);
-        let crashes: Vec<PathBuf> = files(&artifacts)?
-            .into_iter()
-            .filter(|f| !before.contains(f))
-            .collect();
-        let o = Outcome {
-            target: name.to_string(),
-            executions: stat(&log, "stat::number_of_executed_units:").unwrap_or(0),
-            seconds: stat(&log, "stat::total_time_in_seconds:").unwrap_or(0),
-            corpus: files(&corpus)?.len(),
-            crashes,
-        };
-        if !out.status.success() && o.crashes.is_empty() {
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            bail!(
-                "cargo fuzz run {name} failed ({}) without saving a crash:\n{}",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        say(format!(
-            "{name}: {} executions in {} s, corpus {}, crashes {}",
-            o.executions,
-            o.seconds,
-            o.corpus,
-            o.crashes.len()
-        ));
-        outcomes.push(o);
-    }
-    std::fs::write(work.join("report.md"), report(&outcomes))?;
-    let crashed: Vec<String> = outcomes
+    let bins = build(root, &opts.only)?;
+    let todo: Vec<(&str, usize)> = TARGETS
         .iter()
-        .flat_map(|o| {
-            o.crashes
-                .iter()
-                .map(|c| format!("{}: {}", o.target, c.display()))
-        })
+        .filter(|(t, _)| opts.only.is_empty() || opts.only.iter().any(|o| o == t))
+        .copied()
         .collect();
-    if !crashed.is_empty() {
-        bail!(
-            "fuzzing found crashes (reproduce with `cargo +nightly fuzz run -s none TARGET FILE`):\n{}",
-            crashed.join("\n")
-        );
+    say(format!(
+        "fuzzing {} targets for {} s each",
+        todo.len(),
+        opts.per_target.as_secs()
+    ));
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queue = Mutex::new(todo.iter());
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel.min(todo.len()) {
+            s.spawn(|| loop {
+                let Some(&(name, max_len)) = queue.lock().expect("queue").next() else {
+                    break;
+                };
+                let r = run_one(root, &bins, name, max_len, opts.per_target);
+                if let Ok(o) = &r {
+                    say(format!(
+                        "{name}: {} executions in {} s, corpus {}, crashes {}",
+                        o.executions,
+                        o.seconds,
+                        o.corpus,
+                        o.crashes.len()
+                    ));
+                }
+                results.lock().expect("results").push((name, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("results");
+    results.sort_by_key(|(name, _)| TARGETS.iter().position(|(t, _)| t == name));
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(o) => {
+                for c in &o.crashes {
+                    failures.push(format!(
+                        "fuzz target {name} crashed on {} (reproduce: {} {}; fix it, then add the input to \
+                         fuzz/corpus/{name}/)",
+                        c.display(),
+                        bins.join(name).display(),
+                        c.display()
+                    ));
+                }
+                outcomes.push(o);
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    if opts.report {
+        let path = report_path(root);
+        std::fs::write(&path, report_md(root, opts, &outcomes)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        say(format!("wrote {}", path.display()));
+    }
+    if !failures.is_empty() {
+        bail!("fuzzing failed:\n{}", failures.join("\n"));
     }
     Ok(outcomes)
+}
+
+/// Runs one target's binary: libFuzzer first replays the saved and the seed corpus, then mutates.
+fn run_one(
+    root: &Path,
+    bins: &Path,
+    name: &str,
+    max_len: usize,
+    time: Duration,
+) -> Result<Outcome> {
+    let work = root.join("target/fuzz");
+    let corpus = work.join("corpus").join(name);
+    let artifacts = work.join("artifacts").join(name);
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    let before = files(&artifacts)?;
+    let started = std::time::Instant::now();
+    let out = Command::new(bins.join(name))
+        .arg(&corpus)
+        .arg(root.join("fuzz/corpus").join(name))
+        .arg(format!("-max_total_time={}", time.as_secs().max(1)))
+        .arg(format!("-max_len={max_len}"))
+        .arg("-timeout=10")
+        .arg("-rss_limit_mb=2048")
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .arg("-print_final_stats=1")
+        .output()
+        .with_context(|| format!("running fuzz target {name}"))?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let crashes: Vec<PathBuf> = files(&artifacts)?
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    if !out.status.success() {
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        if crashes.is_empty() {
+            bail!(
+                "fuzz target {name} failed ({}) without saving an input:\n{tail}",
+                out.status
+            );
+        }
+        eprintln!("--- fuzz target {name} crashed ---\n{tail}\n---");
+    }
+    Ok(Outcome {
+        target: name.to_string(),
+        executions: stat(&log, "stat::number_of_executed_units:").unwrap_or(0),
+        seconds: started.elapsed().as_secs(),
+        corpus: files(&corpus)?.len(),
+        crashes,
+    })
+}
+
+/// Where `cargo xtask fuzz` leaves its figures.
+pub fn report_path(root: &Path) -> PathBuf {
+    root.join("target/fuzz/report.md")
+}
+
+/// The record of the crashes fuzzing found and what fixed them, kept by hand and shown under the figures.
+const FIXED: &str = "fuzz/crashes.md";
+
+/// The first line of every report, which `last_report` looks for.
+const REPORT_START: &str = "Fuzzed for ";
+
+/// The figures of a run with how it was run, and the crashes fixed so far.
+fn report_md(root: &Path, opts: &Options, outcomes: &[Outcome]) -> Result<String> {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let fixed =
+        std::fs::read_to_string(root.join(FIXED)).with_context(|| format!("reading {FIXED}"))?;
+    Ok(format!(
+        "{REPORT_START}{} s per target at commit `{commit}` ({} CPUs, targets run side by side), coverage-guided \
+         libFuzzer with {} instrumented, seeded from `fuzz/corpus`; *corpus*: inputs kept after the run.\n\n{}\n{}",
+        opts.per_target.as_secs(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        INSTRUMENTED.join(", "),
+        report(outcomes),
+        fixed.trim_start_matches(|c| c != '\n').trim_start()
+    ))
+}
+
+/// The fuzzing figures for RELIABILITY.md: the last `cargo xtask fuzz` run's, else those RELIABILITY.md already
+/// holds (a fresh clone keeps the published figures until someone fuzzes again).
+pub fn last_report(root: &Path) -> String {
+    if let Ok(r) = std::fs::read_to_string(report_path(root)) {
+        return r;
+    }
+    let published = std::fs::read_to_string(root.join("RELIABILITY.md")).unwrap_or_default();
+    published_report(&published).unwrap_or_else(|| {
+        "Not run: `cargo xtask fuzz` (or `cargo xtask reliability --fuzz-time 60`) fills this table.\n".into()
+    })
+}
+
+/// The report inside RELIABILITY.md's Fuzzing section, up to the next section.
+fn published_report(reliability: &str) -> Option<String> {
+    let section = &reliability[reliability.find("\n## Fuzzing\n")? + 1..];
+    let start = section.find(&format!("\n{REPORT_START}"))? + 1;
+    let body = &section[start..];
+    let end = body.find("\n## ").map_or(body.len(), |e| e + 1);
+    Some(body[..end].to_string())
 }
 
 /// The targets' figures as a Markdown table.
@@ -197,10 +356,9 @@ mod tests {
 
     #[test]
     fn reads_libfuzzer_final_stats() {
-        let log = "#1024 DONE cov: 10\nstat::number_of_executed_units: 123456\nstat::average_exec_per_sec:     4115\n\
-                   stat::total_time_in_seconds:    30\n";
+        let log = "#1024 DONE cov: 10\nstat::number_of_executed_units: 123456\nstat::average_exec_per_sec:     4115\n";
         assert_eq!(stat(log, "stat::number_of_executed_units:"), Some(123_456));
-        assert_eq!(stat(log, "stat::total_time_in_seconds:"), Some(30));
+        assert_eq!(stat(log, "stat::average_exec_per_sec:"), Some(4115));
         assert_eq!(stat(log, "stat::new_units_added:"), None);
     }
 
@@ -226,6 +384,57 @@ mod tests {
             bins,
             TARGETS.len(),
             "fuzz/Cargo.toml and TARGETS list the same targets"
+        );
+        assert!(
+            manifest.contains(&format!("[profile.{PROFILE}]")),
+            "fuzz/Cargo.toml defines the {PROFILE} profile"
+        );
+    }
+
+    #[test]
+    fn only_the_crates_under_test_get_instrumentation() {
+        let dir = std::env::temp_dir().join(format!("xtask-fuzz-wrapper-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("w.sh");
+        std::fs::write(&script, wrapper_script()).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("sh")
+                .arg(&script)
+                .arg("echo")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let lib = run(&["--crate-name", "observer", "src/lib.rs"]);
+        assert!(
+            lib.starts_with("--crate-name observer src/lib.rs -Cpasses=sancov-module "),
+            "{lib}"
+        );
+        assert!(lib.trim_end().ends_with("--cfg fuzzing"), "{lib}");
+        assert_eq!(
+            run(&["--crate-name", "build_script_build", "x"]),
+            "--crate-name build_script_build x\n"
+        );
+        assert_eq!(
+            run(&["--crate-name", "observer_common", "x"]),
+            "--crate-name observer_common x\n"
+        );
+        assert!(run(&["--crate-name", "observer_fuzz"]).contains("sancov"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_published_report_is_found_in_reliability_md() {
+        let md = "# Reliability\n\n## Tests\n\nx\n\n## Fuzzing\n\nExecutions per target.\n\n\
+                  Fuzzed for 60 s per target.\n\n| target |\n|---|\n| flow |\n\n## Soak\n\nNot run.\n";
+        assert_eq!(
+            published_report(md).as_deref(),
+            Some("Fuzzed for 60 s per target.\n\n| target |\n|---|\n| flow |\n\n")
+        );
+        assert_eq!(
+            published_report("# Reliability\n\n## Fuzzing\n\nNot run.\n"),
+            None
         );
     }
 

@@ -116,7 +116,7 @@ enum Cmd {
     /// Run the hostile-traffic and fault suites (slow cases included) as root and write RELIABILITY.md.
     Reliability {
         /// Also fuzz every target for this many seconds and report its executions (default: the figures of the
-        /// last `cargo xtask fuzz`, from target/fuzz/report.md).
+        /// last `cargo xtask fuzz` in target/fuzz/report.md, else those RELIABILITY.md already holds).
         #[arg(long)]
         fuzz_time: Option<u64>,
     },
@@ -225,7 +225,12 @@ fn main() -> Result<()> {
             scenarios::run(&root, &bin, &tuning, &held_out)?;
         }
         Cmd::Fuzz { time, targets } => {
-            let outcomes = fuzz::fuzz(&root, std::time::Duration::from_secs(time), &targets)?;
+            let opts = fuzz::Options {
+                per_target: std::time::Duration::from_secs(time),
+                only: targets,
+                report: true,
+            };
+            let outcomes = fuzz::fuzz(&root, &opts)?;
             print!("{}", fuzz::report(&outcomes));
         }
         Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time)?,
@@ -423,12 +428,16 @@ fn test_all(root: &Path) -> Result<()> {
         &ebpf_log(root),
     )?;
 
-    say("replaying the fuzz corpus and saved crashes through every fuzz target (cargo xtask fuzz fuzzes)");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["test", "--manifest-path", "fuzz/Cargo.toml", "--lib"])
-        .arg("--target-dir")
-        .arg(root.join("target")))?;
+    // Each target first replays its seeds and every fixed crash's input in fuzz/corpus, then mutates them.
+    let outcomes = fuzz::fuzz(
+        root,
+        &fuzz::Options {
+            per_target: std::time::Duration::from_secs(fuzz::TEST_SECONDS),
+            only: Vec::new(),
+            report: false,
+        },
+    )?;
+    print!("{}", fuzz::report(&outcomes));
 
     if !toolchain::is_root() {
         bail!("the privileged end-to-end tests need root (eBPF, network namespaces): run `sudo -E cargo xtask test`");

@@ -48,15 +48,17 @@ pub fn run(root: &Path, fuzz_time: Option<u64>) -> Result<()> {
     let tests = test_results(&stdout);
     let elapsed = started.elapsed();
 
-    let fuzzing = match fuzz_time {
-        Some(secs) => match fuzz::fuzz(root, Duration::from_secs(secs), &[]) {
-            Ok(outcomes) => fuzz::report(&outcomes),
-            Err(e) => format!("Fuzzing failed: {e:#}\n"),
-        },
-        None => std::fs::read_to_string(root.join("target/fuzz/report.md")).unwrap_or_else(|_| {
-            "Not run: `cargo xtask reliability --fuzz-time 60` (or `cargo xtask fuzz`) fills this table.\n".into()
-        }),
-    };
+    if let Some(secs) = fuzz_time {
+        let opts = fuzz::Options {
+            per_target: Duration::from_secs(secs),
+            only: Vec::new(),
+            report: true,
+        };
+        if let Err(e) = fuzz::fuzz(root, &opts) {
+            eprintln!("{e:#}");
+        }
+    }
+    let fuzzing = fuzz::last_report(root);
     let cases = read_cases(&cases_file)?;
     let report = render(&cases, &tests, &fuzzing, elapsed, &facts(root));
     std::fs::write(root.join("RELIABILITY.md"), report)?;

@@ -358,14 +358,20 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
         Err(e) => e,
         ok => return ok,
     };
-    // httparse takes the target only as UTF-8 text, where servers take any byte above 0x7f: parse a copy with those
-    // bytes of the request line replaced (same length), and give the target as the original bytes read lossily.
+    // httparse takes the target only as UTF-8 text, where servers take any byte above 0x7f there: parse a copy with
+    // those bytes of the request line after the method replaced (same length), and give the target as the original
+    // bytes read lossily. The method stays as sent: a non-token byte in it is malformed however the line goes on
+    // (replacing it too made the verdict depend on bytes after it, caught by the http_head fuzz target).
     let line = &buf[..buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len())];
     if std::str::from_utf8(line).is_ok() {
         return Err(err);
     }
+    let method_end = line.iter().position(|b| *b == b' ').unwrap_or(line.len());
     let mut ascii = buf.to_vec();
-    for b in ascii.iter_mut().take(line.len()).filter(|b| **b >= 0x80) {
+    for b in ascii[method_end..line.len()]
+        .iter_mut()
+        .filter(|b| **b >= 0x80)
+    {
         *b = b'_';
     }
     let mut parsed = parse_request_utf8(&ascii)?;

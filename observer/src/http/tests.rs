@@ -403,3 +403,22 @@ fn invalid_utf8_in_target_and_fields_is_kept_as_replacement_characters() {
         Ok(Parsed::Partial)
     );
 }
+
+#[test]
+fn a_non_ascii_method_is_malformed_whatever_the_rest_of_the_line_holds() {
+    // Found by the http_head fuzz target (fuzz/corpus/http_head/crash-non-ascii-method): the method's bytes used to be
+    // replaced like the target's when the line was not UTF-8, so the full head parsed while its first 8 bytes (valid
+    // UTF-8) did not.
+    let head = b"HT\xc8\xbfTfG*T ttp://us\x88\xc5\x97> HTTP/1.1\nrtsH:\n\n";
+    assert!(matches!(parse_head(head), Err(ParseError::Malformed(_))));
+    assert!(matches!(
+        parse_head(&head[..8]),
+        Err(ParseError::Malformed(_))
+    ));
+    assert!(parse_head(b"G\xffT /x HTTP/1.1\r\n\r\n").is_err());
+    // A non-UTF-8 target after an ASCII method is still taken.
+    assert_eq!(
+        req(b"GET /x\x88\xc5\x97 HTTP/1.1\r\n\r\n").target,
+        "/x\u{fffd}\u{157}"
+    );
+}

@@ -3,7 +3,7 @@
 //! over exactly is kept as a note with the document's line, for the importer to report.
 use std::path::Path;
 
-use super::load::Problem;
+use super::load::{is_header_name, is_host_shape, is_literal_path, Problem};
 use super::model::AuthKind;
 use super::yaml::{self, flow_list, scalar, Node};
 
@@ -264,7 +264,8 @@ fn servers(spec: &mut OpenApiSpec, list: Option<&Node>) -> Vec<String> {
             if let Some(p) = port.filter(|p| !spec.ports.contains(p)) {
                 spec.ports.push(p);
             }
-            if !path.contains('{') && !paths.contains(&path) {
+            // Only a path the registry takes as a base path (found by the openapi fuzz target: `htt\xff\xff/api...`).
+            if (path.is_empty() || is_literal_path(&path)) && !paths.contains(&path) {
                 paths.push(path);
             }
         }
@@ -334,7 +335,10 @@ pub fn split_url(url: &str) -> (Option<String>, Option<u16>, String) {
         },
         _ => (authority, None),
     };
-    (Some(host.to_ascii_lowercase()), port, path)
+    // A host the registry could not take (found by the openapi fuzz target: `https://api.exa# me.com/v1`) is none.
+    let host = host.to_ascii_lowercase();
+    let host = (is_host_shape(&host) && !host.contains(':')).then_some(host);
+    (host, port, path)
 }
 
 /// Names of the schemes security requirements list (global and per operation), in order of appearance.
@@ -384,7 +388,10 @@ fn security(root: &Node, notes: &mut Vec<Problem>) -> Vec<ImportedAuth> {
         };
         let found = match get("type") {
             "apiKey" => match get("in") {
-                "header" => Some(auth(AuthKind::ApiKey, vec![get("name").into()], vec![])),
+                // Only a name the registry takes as a header (found by the openapi fuzz target: `name: ""`).
+                "header" if is_header_name(get("name")) => {
+                    Some(auth(AuthKind::ApiKey, vec![get("name").into()], vec![]))
+                }
                 "query" => Some(auth(AuthKind::ApiKey, vec![], vec![get("name").into()])),
                 _ => None,
             },
@@ -529,6 +536,11 @@ mod tests {
         );
         assert_eq!(split_url("/v2"), (None, None, "/v2".into()));
         assert_eq!(split_url("http://h"), (Some("h".into()), None, "".into()));
+        // Found by the openapi fuzz target: a host the registry refuses is no host.
+        assert_eq!(
+            split_url("htlps://api.exa# Me.com/v1"),
+            (None, None, "/v1".into())
+        );
     }
 
     #[test]
@@ -565,6 +577,24 @@ mod fixture_tests {
             yaml.contains("# not imported (document line 4): GET /a/{id: "),
             "the path left out is named where a reviewer sees it:\n{yaml}"
         );
+        crate::registry::load_str(
+            &yaml,
+            std::path::Path::new("."),
+            &crate::registry::KeySecret::from_bytes(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap_or_else(|p| panic!("importer output must load: {p:?}\n{yaml}"));
+    }
+
+    #[test]
+    fn a_server_path_the_registry_refuses_is_left_out() {
+        // Found by the `openapi` fuzz target: a relative server URL not starting with `/` became a base path.
+        let spec = parse_spec(
+            "openapi: 3.0.0\ninfo: {title: T, version: '1'}\nservers:\n  - url: 'htt\u{fffd}/api.example.com/v2'\n\
+             paths:\n  /b:\n    get: {}\n",
+        )
+        .expect("spec parses");
+        let yaml = to_registry_yaml(&spec, "t.yaml");
+        assert!(!yaml.contains("api.example.com/v2"), "{yaml}");
         crate::registry::load_str(
             &yaml,
             std::path::Path::new("."),

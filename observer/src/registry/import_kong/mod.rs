@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::fingerprint::KeySecret;
 use super::import_openapi::{slug, split_url};
-use super::load::Problem;
+use super::load::{is_header_name, Problem};
 use super::yaml::{self, Node};
 use render::{render, render_keys};
 
@@ -375,7 +375,13 @@ impl Importer {
         let svc = &mut self.services[svc];
         match s(p, "name") {
             Some("key-auth") => {
-                let names = config.map(|c| str_list(c, "key_names")).unwrap_or_default();
+                // Only names the registry takes as header names (found by the kong fuzz target: `X-A%pi-Key`).
+                let mut names = config.map(|c| str_list(c, "key_names")).unwrap_or_default();
+                let listed = !names.is_empty();
+                names.retain(|n| is_header_name(n));
+                if listed && names.is_empty() {
+                    return;
+                }
                 svc.key_auth = Some(KeyAuth {
                     key_names: if names.is_empty() {
                         vec!["apikey".into()]
@@ -629,6 +635,37 @@ mod tests {
     fn fixture() -> String {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kong.yaml");
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn key_names_the_registry_refuses_are_left_out() {
+        // Found by the kong fuzz target: `X-A%pi-Key` was written as the auth header and the loader refused it.
+        let kong = fixture().replace("X-Api-Key", "X-A%%pi-Key");
+        assert_ne!(kong, fixture(), "the fixture names X-Api-Key");
+        let yaml = import(&kong, "kong.yaml", &secret(), "2026-03-02")
+            .expect("imports")
+            .0;
+        assert!(!yaml.contains("X-A%%pi-Key"), "{yaml}");
+        load_str(&yaml, Path::new("."), &secret())
+            .unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"));
+    }
+
+    #[test]
+    fn a_key_two_consumers_hold_is_imported_once() {
+        // Found by the kong fuzz target: both were written and the loader refused the duplicate.
+        let kong = fixture().replace(
+            "sk_test_partner_portal_Qm4t0a5e02",
+            "sk_live_mobile_checkout_7Hq2x93f9a",
+        );
+        let (yaml, notes) = import(&kong, "kong.yaml", &secret(), "2026-03-02").expect("imports");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.message.contains("the same credential as key")),
+            "{notes:?}"
+        );
+        load_str(&yaml, Path::new("."), &secret())
+            .unwrap_or_else(|p| panic!("import output must validate: {p:?}\n{yaml}"));
     }
 
     #[test]

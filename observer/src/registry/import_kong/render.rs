@@ -72,6 +72,8 @@ fn granted(svc: &Service, c: &Consumer) -> bool {
 pub(super) fn render_keys(im: &mut Importer, secret: &KeySecret, today: &str) -> String {
     let mut keys = String::new();
     let mut notes = Vec::new();
+    // The registry holds each key once (found by the kong fuzz target: two consumers with the same key).
+    let mut first_of: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for c in &im.consumers {
         let (mut n_key, mut n_basic) = (0, 0);
         for cred in &c.credentials {
@@ -83,6 +85,21 @@ pub(super) fn render_keys(im: &mut Importer, secret: &KeySecret, today: &str) ->
                 ("key", n_key)
             };
             let id = format!("{}-{kind}-{n}", c.id);
+            let same = match &cred.secret {
+                Secret::Literal(raw) => Some(format!("literal {raw}")),
+                Secret::Env(var) => Some(format!("env {var}")),
+                Secret::Vault(_) => None,
+            };
+            if let Some(same) = same {
+                if let Some(first) = first_of.get(&same) {
+                    notes.push(Problem {
+                        line: cred.line,
+                        message: format!("key `{id}`: the same credential as key `{first}`; not imported (the registry holds each key once)"),
+                    });
+                    continue;
+                }
+                first_of.insert(same, id.clone());
+            }
             let source = match &cred.secret {
                 Secret::Literal(raw) => format!(
                     "    fingerprint: {}\n    suffix: {}\n",

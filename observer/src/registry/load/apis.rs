@@ -161,7 +161,7 @@ impl Ctx<'_> {
             return out;
         }
         for (h, line) in self.strings(m, "hosts", &what) {
-            if h.is_empty() || h.contains(['/', ' ']) {
+            if !is_host_shape(&h) {
                 self.err(
                     line,
                     format!("{what}: `{h}` is not a host name or host glob"),
@@ -185,7 +185,7 @@ impl Ctx<'_> {
             }
         }
         for (b, line) in self.strings(m, "base_path", &what) {
-            if !b.starts_with('/') || b.contains(['?', '#', '*', '{']) {
+            if !is_literal_path(&b) {
                 self.err(
                     line,
                     format!("{what}: base_path `{b}` must be a literal path starting with `/`"),
@@ -337,11 +337,7 @@ impl Ctx<'_> {
             }
         }
         for (h, line) in &headers {
-            if h.is_empty()
-                || !h
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+            if !is_header_name(h) {
                 self.err(*line, format!("{what}: `{h}` is not a valid header name"));
             }
         }
@@ -379,6 +375,23 @@ fn service_name(s: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// A header name the registry takes: letters, digits, `-` and `_` (the importers keep only such names).
+pub(crate) fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A `base_path` the registry takes: a literal path starting with `/`.
+pub(crate) fn is_literal_path(b: &str) -> bool {
+    b.starts_with('/') && !b.contains(['?', '#', '*', '{'])
+}
+
+/// Could be a host name or glob in `match.hosts` (a port is refused separately, with its own message).
+pub(crate) fn is_host_shape(h: &str) -> bool {
+    !h.is_empty() && !h.contains(['/', ' '])
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use super::model::{Api, ApiMatch, Application, Key, Registry, Team};
 use super::yaml::{self, Node};
 
 /// Why two matchers of different APIs would match the same requests (the loader refuses such a registry), if they do.
+pub(crate) use apis::{is_header_name, is_host_shape, is_literal_path};
 pub use cross::overlap as matchers_overlap;
 #[cfg(test)]
 pub use source::InMemory;
