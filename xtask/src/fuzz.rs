@@ -31,9 +31,6 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("spool", 65_536),
 ];
 
-/// Seconds each target runs in `cargo xtask test`.
-pub const TEST_SECONDS: u64 = 15;
-
 /// The crates whose code is fuzzed (rustc crate names), the only ones built with coverage instrumentation; their build
 /// scripts (crate `build_script_build`) are not, as nothing links them with libFuzzer.
 const INSTRUMENTED: &[&str] = &["observer", "observer_fuzz"];
