@@ -28,7 +28,7 @@ const CH_PORT: u16 = 18690;
 const METRICS: &str = "127.0.0.1:18691";
 /// Where the plot goes (committed beside RELIABILITY.md's section).
 pub const PNG: &str = "docs/reliability/soak.png";
-/// A series is flat when the magnitude of its slope over the second half, per 10 minutes, is at most this
+/// A series is flat when its slope over the second half, per 10 minutes, is at most this
 /// fraction of its largest value, or at most its absolute allowance (RSS: [`RSS_SLOPE_MIB`]).
 const FLAT_FRACTION: f64 = 0.05;
 /// RSS allowance: MiB per 10 minutes over the second half.
@@ -541,7 +541,8 @@ fn figures(samples: &[Sample], series: &[String]) -> Vec<Figure> {
                 max,
                 slope_10min,
                 judged,
-                flat: !judged || slope_10min.abs() <= allowance.max(1e-9) || max == 0.0,
+                // Growth is what a soak looks for: a falling series is flat.
+                flat: !judged || slope_10min <= allowance.max(1e-9) || max == 0.0,
             }
         })
         .collect()
@@ -652,8 +653,9 @@ fn render_section(
     let _ = writeln!(s, "![soak: one panel per series against minutes]({PNG})\n");
     let _ = writeln!(
         s,
-        "A series is *flat* when its least-squares slope over the second half, per 10 minutes, is within {} MiB \
-         (RSS) or {:.0} % of its largest value (the others); the request rate is context, not judged.\n",
+        "A series is *flat* when its least-squares slope over the second half, per 10 minutes, is at most +{} MiB \
+         (RSS) or +{:.0} % of its largest value (the others; a falling series is flat); the request rate is context, \
+         not judged.\n",
         RSS_SLOPE_MIB,
         FLAT_FRACTION * 100.0
     );
