@@ -24,8 +24,8 @@ const NS: (&str, &str) = ("soak-srv", "soak-cli");
 const VETH: (&str, &str) = ("soak-s", "soak-c");
 const IP: (&str, &str) = ("10.213.0.1", "10.213.0.2");
 const PORT: u16 = 8080;
-const CH_PORT: u16 = 18690;
-const METRICS: &str = "127.0.0.1:18691";
+const CH_PORT: u16 = 28690;
+const METRICS: &str = "127.0.0.1:28691";
 /// Where the plot goes (committed beside RELIABILITY.md's section).
 pub const PNG: &str = "docs/reliability/soak.png";
 /// A series is flat when its slope over the second half, per 10 minutes, is at most this
@@ -186,14 +186,19 @@ delay = function() return {delay_ms} end
     )
 }
 
-/// GET `path` on `addr` over HTTP/1.0; the body.
+/// GET `path` on `addr` over HTTP/1.0; the body of a 200 answer.
 fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    // Only a 200 counts: something else on the port must not pass for the agent.
+    head.lines()
+        .next()
+        .is_some_and(|l| l.split(' ').nth(1) == Some("200"))
+        .then(|| body.to_string())
 }
 
 /// The gauges of a Prometheus text (series whose `# TYPE` is gauge), by name with labels.
