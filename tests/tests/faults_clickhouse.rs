@@ -53,6 +53,31 @@ fn g(m: &BTreeMap<String, f64>, k: &str) -> f64 {
     m.get(k).copied().unwrap_or(0.0)
 }
 
+/// Records a passed case: `stored` (rows, distinct exchanges) in ClickHouse, the duplicates among them, and the
+/// series `keys` of /metrics sample `m`.
+fn record(
+    case: String,
+    checked: String,
+    sent: u64,
+    (rows, distinct): (u64, u64),
+    m: &BTreeMap<String, f64>,
+    keys: &[&str],
+) {
+    let mut r = CaseReport {
+        case,
+        checked,
+        sent,
+        stored: rows,
+        ..CaseReport::default()
+    };
+    r.counted
+        .insert("duplicates".into(), rows.saturating_sub(distinct) as f64);
+    for k in keys {
+        r.counted.insert(k.to_string(), g(m, k));
+    }
+    r.passed(TEST);
+}
+
 const QUEUE_FULL: &str = "observer_sink_dropped_total{reason=\"queue_full\"}";
 const SPOOL_FULL: &str = "observer_sink_dropped_total{reason=\"spool_full\"}";
 const DISK_FULL: &str = "observer_sink_dropped_total{reason=\"spool_disk_full\"}";
@@ -138,31 +163,26 @@ fn unreachable_case(secs: u64, spool_max: &str, case: &str) {
             ) > 0.0,
         "both kinds of outage counted: {m_out:#?}"
     );
-    let mut r = CaseReport {
-        case: case.into(),
-        checked: format!(
+    record(
+        case.into(),
+        format!(
             "ClickHouse unreachable for {secs} s (first half connections held unanswered, insert timeout 2 s; second \
              half connection refused), curl traffic throughout, spool bounded at {spool_max}: NDJSON beside it has \
              every exchange and no queue_full drop (capture never waits on the sink); spool never above its bound \
              (max seen {spool_max_seen:.0} B); after the heal stored + counted spool_full drops = sent, no duplicate"
         ),
         sent,
-        stored: rows,
-        ..CaseReport::default()
-    };
-    r.counted
-        .insert("duplicates".into(), (rows - distinct) as f64);
-    for k in [
+        (rows, distinct),
+        &m,
+        &[
         SPOOL_FULL,
         QUEUE_FULL,
         "observer_sink_insert_failures_total{reason=\"timeout\"}",
         "observer_sink_insert_failures_total{reason=\"unreachable\"}",
         "observer_sink_spooled_rows_total",
         "observer_sink_replayed_rows_total",
-    ] {
-        r.counted.insert(k.into(), g(&m, k));
-    }
-    r.passed(TEST);
+    ],
+    );
 }
 
 /// `4KiB`, `2MiB` as bytes.
@@ -251,27 +271,22 @@ fn slow_case(delay: u64, secs: u64) {
         rss_max - rss_start < 64.0,
         "memory bounded: RSS {rss_start:.1} -> max {rss_max:.1} MiB"
     );
-    let mut r = CaseReport {
-        case: format!("ClickHouse answering {delay} s per insert"),
-        checked: format!(
+    record(
+        format!("ClickHouse answering {delay} s per insert"),
+        format!(
             "every insert answered {delay} s late for {secs} s of curl traffic (insert timeout {timeout}): no \
              queue_full drop, NDJSON complete, inserts progress while slow (larger batches, not a growing spool), \
              every exchange stored once; agent RSS {rss_start:.1} MiB at start, max {rss_max:.1} MiB"
         ),
         sent,
-        stored: rows,
-        ..CaseReport::default()
-    };
-    r.counted
-        .insert("duplicates".into(), (rows - distinct) as f64);
-    for k in [
+        (rows, distinct),
+        &m,
+        &[
         "observer_sink_batches_sent_total",
         "observer_sink_spooled_rows_total",
         QUEUE_FULL,
-    ] {
-        r.counted.insert(k.into(), g(&m, k));
-    }
-    r.passed(TEST);
+    ],
+    );
 }
 
 #[test]
@@ -363,24 +378,22 @@ fn schema_changed_underneath_keeps_batches_spooled_until_restored() {
             "{phase}: stored once each: {m:#?}"
         );
     }
-    let mut r = CaseReport {
-        case: "ClickHouse schema changed underneath".into(),
-        checked: "while the agent runs an operator drops a column of observer.http_requests, later renames the table \
-                  away: inserts refused, counted (insert_failures reason=schema), an ERROR naming the table and \
-                  column, the batches kept in the spool, the agent up; once the schema is restored the spool lands \
-                  and every exchange (before, during both changes, after) is stored exactly once"
+    let stored_all = cases
+        .iter()
+        .map(|(p, _)| stored(&ch, port, p))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    record(
+        "ClickHouse schema changed underneath".into(),
+        "while the agent runs an operator drops a column of observer.http_requests, later renames the table \
+         away: inserts refused, counted (insert_failures reason=schema), an ERROR naming the table and column, the \
+         batches kept in the spool, the agent up; once the schema is restored the spool lands and every exchange \
+         (before, during both changes, after) is stored exactly once"
             .into(),
-        sent: total,
-        stored: cases.iter().map(|(p, _)| stored(&ch, port, p).0).sum(),
-        ..CaseReport::default()
-    };
-    r.counted
-        .insert(schema_failures.into(), g(&m, schema_failures));
-    r.counted.insert(
-        "observer_sink_replayed_rows_total".into(),
-        g(&m, "observer_sink_replayed_rows_total"),
+        total,
+        stored_all,
+        &m,
+        &[schema_failures, "observer_sink_replayed_rows_total"],
     );
-    r.passed(TEST);
 }
 
 #[test]
@@ -450,26 +463,20 @@ fn a_full_spool_disk_drops_counted_and_replays_the_rest_once() {
         0.0,
         "nothing torn replayed"
     );
-    let mut r = CaseReport {
-        case: "spool disk full".into(),
-        checked: "spool on a 1 MiB tmpfs, its bound 64 MiB, ClickHouse refusing connections: writes fail with \
-                  ENOSPC, drops counted as spool_disk_full (not spool_full), no .tmp left behind, the agent up; once \
-                  ClickHouse is back every fully written batch is replayed once: stored = spooled, stored + drops = \
-                  sent"
+    record(
+        "spool disk full".into(),
+        "spool on a 1 MiB tmpfs, its bound 64 MiB, ClickHouse refusing connections: writes fail with ENOSPC, \
+         drops counted as spool_disk_full (not spool_full), no .tmp left behind, the agent up; once ClickHouse is \
+         back every fully written batch is replayed once: stored = spooled, stored + drops = sent"
             .into(),
         sent,
-        stored: rows,
-        ..CaseReport::default()
-    };
-    r.counted
-        .insert("duplicates".into(), (rows - distinct) as f64);
-    for k in [
+        (rows, distinct),
+        &m,
+        &[
         DISK_FULL,
         SPOOL_FULL,
         "observer_sink_spooled_rows_total",
         "observer_sink_quarantined_files_total",
-    ] {
-        r.counted.insert(k.into(), g(&m, k));
-    }
-    r.passed(TEST);
+    ],
+    );
 }
