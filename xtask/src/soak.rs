@@ -420,7 +420,16 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> Result<()> {
     std::fs::create_dir_all(png.parent().expect("docs dir"))?;
     screenshot(&svg, &png, &series)?;
     let figures = figures(&samples, &series);
-    let section = render_section(root, &opts, secs, &figures, answered, rows, &final_metrics);
+    let section = render_section(
+        root,
+        bin,
+        &opts,
+        secs,
+        &figures,
+        answered,
+        rows,
+        &final_metrics,
+    );
     let path = root.join("RELIABILITY.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Reliability\n".into());
     std::fs::write(&path, benchmarks_md::replace_section(&doc, &section))?;
@@ -625,8 +634,10 @@ fn screenshot(svg: &Path, png: &Path, series: &[String]) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn render_section(
     root: &Path,
+    bin: &Path,
     opts: &Options,
     secs: u64,
     figures: &[Figure],
@@ -641,7 +652,12 @@ fn render_section(
         format!("{secs}s")
     };
     let cmd = format!("sudo -E cargo xtask soak --for {span} --rate {}", opts.rate);
-    let _ = writeln!(s, "{}\n", benchmarks_md::provenance(root, &cmd));
+    let _ = writeln!(
+        s,
+        "{} Agent binary: `{}`.\n",
+        benchmarks_md::provenance(root, &cmd),
+        bin.display()
+    );
     let _ = writeln!(
         s,
         "{} s of steady mixed traffic, bounded at ~{} req/s: wrk in a network namespace against nginx in another, two \
