@@ -5,7 +5,8 @@ Usage: python3 fault_proxy.py LISTEN_PORT UPSTREAM_PORT MODE_FILE
 Every request is read whole, then handled as MODE_FILE says at that moment (re-read per request):
   pass       forwarded to 127.0.0.1:UPSTREAM_PORT and the answer relayed (502 when the upstream is down);
   500        answered `500` with a ClickHouse exception, nothing forwarded;
-  delay:S    forwarded after S seconds (the client's timeout may end it first).
+  delay:S    forwarded after S seconds (the client's timeout may end it first);
+  blackhole  never answered: held until the mode changes, then the connection is closed, nothing forwarded.
 """
 import http.client
 import http.server
@@ -51,6 +52,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(msg)))
             self.end_headers()
             self.wfile.write(msg)
+            return
+        if m == "blackhole":
+            while mode() == "blackhole":
+                time.sleep(0.2)
+            self.close_connection = True
             return
         if m.startswith("delay:"):
             time.sleep(float(m.split(":", 1)[1]))

@@ -15,7 +15,11 @@ use std::{
 
 use serde_json::Value;
 
+mod faults;
 mod reliability;
+pub use faults::{
+    rss_mib, send, stored, wait_metric, wait_metric_for, wait_spool_drained, SmallDisk,
+};
 pub use reliability::{metrics_delta, parse_metrics, CaseReport};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

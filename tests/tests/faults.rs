@@ -16,42 +16,6 @@ use observer_tests::*;
 
 const TEST: &str = "faults";
 
-/// `n` keep-alive GETs of `/{phase}/0..n` to nginx with curl; returns `n`.
-fn send(port: u16, phase: &str, n: u64) -> u64 {
-    let mut args = Vec::new();
-    for i in 0..n {
-        args.extend([
-            "-o".to_string(),
-            "/dev/null".to_string(),
-            format!("http://127.0.0.1:{port}/{phase}/{i}"),
-        ]);
-    }
-    curl(None, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    n
-}
-
-fn wait_metric(obs: &Observer, name: &str, at_least: f64, what: &str) {
-    let ok = eventually(Duration::from_secs(30), || {
-        obs.metrics_map().get(name).copied().unwrap_or(0.0) >= at_least
-    });
-    assert!(
-        ok,
-        "{what}: {name} did not reach {at_least}:\n{}\nlog:\n{}",
-        obs.metrics_text(),
-        obs.log()
-    );
-}
-
-/// (rows, distinct exchanges) stored in ClickHouse for `/{phase}/...` on `port`.
-fn stored(ch: &ClickHouse, port: u16, phase: &str) -> (u64, u64) {
-    let v = ch.query(&format!(
-        "SELECT count(), uniqExact(conn_id, ts, path) FROM observer.http_requests \
-         WHERE dst_port = {port} AND startsWith(path, '/{phase}/')"
-    ));
-    let (a, b) = v.split_once('\t').unwrap_or(("0", "0"));
-    (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
-}
-
 fn new_ids(before: &BTreeSet<String>, kind: &str) -> BTreeSet<String> {
     bpf_ids(kind).difference(before).cloned().collect()
 }
@@ -190,13 +154,7 @@ fn clickhouse_faults_and_agent_sigkill_lose_nothing_and_store_nothing_twice() {
         1.0,
         "corrupt file skipped",
     );
-    let drained = eventually(Duration::from_secs(60), || {
-        obs.metrics_map()
-            .get("observer_sink_spool_batches")
-            .copied()
-            == Some(0.0)
-    });
-    assert!(drained, "spool replayed:\n{}", obs.metrics_text());
+    wait_spool_drained(&obs, Duration::from_secs(60));
     let n = send(port, "after", 30);
     wait_metric(
         &obs,

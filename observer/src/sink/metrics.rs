@@ -30,29 +30,35 @@ impl Read for Gauge {
     }
 }
 
-/// The `reason`s of `observer_sink_dropped_total`, then one row per metric:
+/// The `reason`s of `observer_sink_dropped_total` and of `observer_sink_insert_failures_total`, then one row per metric:
 /// `field: Counter|Gauge = "name after observer_sink_", "help"`.
 macro_rules! sink_metrics {
     (
-        dropped { $( $dfield:ident = $reason:literal, )* }
+        dropped { $( $(#[$ddoc:meta])* $dfield:ident = $reason:literal, )* }
+        failed { $( $(#[$fdoc:meta])* $ffield:ident = $freason:literal, )* }
         $( $(#[$doc:meta])* $field:ident: $kind:ident = $name:literal, $help:literal; )*
     ) => {
         /// Live counters shared by the sinks.
         #[derive(Debug)]
         pub struct SinkMetrics {
             $( $(#[$doc])* pub $field: $kind, )*
-            $( pub $dfield: Counter, )*
+            $( $(#[$ddoc])* pub $dfield: Counter, )*
+            $( $(#[$fdoc])* pub $ffield: Counter, )*
             dropped: Family<Labels, Counter>,
+            failed: Family<Labels, Counter>,
             pub insert_latency: Histogram,
         }
 
         impl Default for SinkMetrics {
             fn default() -> Self {
                 let dropped = Family::<Labels, Counter>::default();
+                let failed = Family::<Labels, Counter>::default();
                 SinkMetrics {
                     $( $field: Default::default(), )*
                     $( $dfield: dropped.get_or_create_owned(&vec![("reason", $reason)]), )*
+                    $( $ffield: failed.get_or_create_owned(&vec![("reason", $freason)]), )*
                     dropped,
+                    failed,
                     insert_latency: Histogram::new(INSERT_SECONDS_BUCKETS),
                 }
             }
@@ -63,6 +69,7 @@ macro_rules! sink_metrics {
         pub struct MetricsSnapshot {
             $( $(#[$doc])* pub $field: u64, )*
             $( pub $dfield: u64, )*
+            $( pub $ffield: u64, )*
         }
 
         impl SinkMetrics {
@@ -70,6 +77,7 @@ macro_rules! sink_metrics {
                 MetricsSnapshot {
                     $( $field: self.$field.read(), )*
                     $( $dfield: self.$dfield.get(), )*
+                    $( $ffield: self.$ffield.get(), )*
                 }
             }
 
@@ -77,6 +85,11 @@ macro_rules! sink_metrics {
             pub fn register(&self, m: &Metrics) {
                 $( m.register(concat!("sink_", $name), $help, self.$field.clone()); )*
                 m.register("sink_dropped", "Events dropped, by reason", self.dropped.clone());
+                m.register(
+                    "sink_insert_failures",
+                    "Failed ClickHouse inserts, by reason (the batch is kept in the spool and retried)",
+                    self.failed.clone(),
+                );
                 m.register("sink_insert_seconds", "ClickHouse insert latency", self.insert_latency.clone());
             }
         }
@@ -95,6 +108,17 @@ sink_metrics! {
         dropped_spool_full = "spool_full",
         dropped_spool_error = "spool_error",
         dropped_write_error = "write_error",
+        /// The spool's file system is full (ENOSPC/EDQUOT) before the spool reached its own bound.
+        dropped_spool_disk_full = "spool_disk_full",
+    }
+    failed {
+        /// ClickHouse refused the batch's table or columns: dropped or renamed column, missing table, wrong type.
+        insert_failed_schema = "schema",
+        insert_failed_timeout = "timeout",
+        /// Connection refused, reset or DNS: ClickHouse unreachable.
+        insert_failed_unreachable = "unreachable",
+        /// Any other error ClickHouse answered (5xx, overload, read-only...).
+        insert_failed_server = "server",
     }
     /// Events handed to [`super::SinkHandle::send`] and queued (per sink).
     events_accepted: Counter = "events_accepted", "Events queued to sinks";
@@ -112,6 +136,8 @@ sink_metrics! {
     replayed_batches: Counter = "replayed_batches", "Spooled batches inserted";
     replayed_rows: Counter = "replayed_rows", "Spooled rows inserted";
     quarantined_files: Counter = "quarantined_files", "Corrupted spool files quarantined";
+    /// `.tmp` files of a write cut short (crash, full disk) found at start and removed unreplayed.
+    unfinished_files: Counter = "unfinished_files", "Unfinished spool files removed without replay";
     ndjson_lines: Counter = "ndjson_lines", "Lines written by NDJSON sinks";
     stdout_lines: Counter = "stdout_lines", "Lines written by the stdout sink";
     registry_writes: Counter = "registry_writes", "Registry states written to ClickHouse";
@@ -143,6 +169,8 @@ mod tests {
             "# TYPE observer_sink_rows_sent_total counter\n",
             "observer_sink_dropped_total{reason=\"spool_full\"} 2\n",
             "observer_sink_dropped_total{reason=\"queue_full\"} 0\n",
+            "observer_sink_dropped_total{reason=\"spool_disk_full\"} 0\n",
+            "observer_sink_insert_failures_total{reason=\"schema\"} 0\n",
             "# TYPE observer_sink_spool_bytes gauge\nobserver_sink_spool_bytes 4096\n",
             "# TYPE observer_sink_insert_seconds histogram\n",
             "observer_sink_insert_seconds_bucket{le=\"0.01\"} 0\n",

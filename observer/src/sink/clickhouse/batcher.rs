@@ -1,7 +1,9 @@
 //! The batcher: encodes events straight into a `RowBinaryWithNamesAndTypes` buffer and seals a batch at
 //! `batch_rows` rows, `batch_max_bytes` bytes or `batch_interval` after its first row (memory stays bounded by a
 //! few batches). A sealed batch gets an id (agent run id + sequence) and a deterministic
-//! `insert_deduplication_token`, and goes to the shipper; if the shipper is behind, straight to the spool.
+//! `insert_deduplication_token`, and goes to the shipper. While the shipper is busy (a slow insert), a batch past its
+//! interval keeps filling up to its size bounds, so a slow ClickHouse gets fewer, larger inserts; a batch at its size
+//! bound that the shipper cannot take goes straight to the spool, so capture never waits on ClickHouse.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -42,6 +44,11 @@ impl OpenBatch {
         self.rows += 1;
     }
 
+    /// At `batch_rows` rows or `batch_max_bytes` bytes.
+    fn is_full(&self, ctx: &Ctx) -> bool {
+        self.rows >= ctx.cfg.batch_rows as u64 || self.buf.len() >= ctx.cfg.batch_max_bytes
+    }
+
     /// The filled buffer and its rows; the batch goes on in `next` (empty, sized for a batch like this one).
     fn take(&mut self, mut next: Vec<u8>) -> (Vec<u8>, u64) {
         next.extend_from_slice(&self.header);
@@ -66,7 +73,8 @@ pub(super) async fn batcher(mut rx: QueueRx, ship_tx: mpsc::Sender<SpooledBatch>
     };
     loop {
         let deadline = open.opened.map(|t| t + ctx.cfg.batch_interval);
-        let full = tokio::select! {
+        let due = deadline.is_some_and(|d| Instant::now() >= d);
+        tokio::select! {
             evs = rx.recv() => match evs {
                 Some(evs) => {
                     // A capture batch goes into one insert batch whole: an insert batch may exceed
@@ -74,7 +82,7 @@ pub(super) async fn batcher(mut rx: QueueRx, ship_tx: mpsc::Sender<SpooledBatch>
                     evs.iter().for_each(|ev| open.push(ev));
                     rx.recycle(evs);
                     // Take whatever else is queued without going through select! again.
-                    while open.rows < ctx.cfg.batch_rows as u64 && open.buf.len() < ctx.cfg.batch_max_bytes {
+                    while !open.is_full(&ctx) {
                         match rx.try_recv() {
                             Some(evs) => {
                                 evs.iter().for_each(|ev| open.push(ev));
@@ -83,21 +91,30 @@ pub(super) async fn batcher(mut rx: QueueRx, ship_tx: mpsc::Sender<SpooledBatch>
                             None => break,
                         }
                     }
-                    open.rows >= ctx.cfg.batch_rows as u64 || open.buf.len() >= ctx.cfg.batch_max_bytes
+                    if open.is_full(&ctx) {
+                        let batch = seal(&mut open, &mut seq);
+                        match ship_tx.try_send(batch) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+                                // The shipper is busy (slow or failing ClickHouse) and the batch reached its bound:
+                                // keep capture moving, park it on disk.
+                                ctx.spool_push(b).await;
+                            }
+                        }
+                    }
                 }
                 None => break,
             },
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => true,
-        };
-        if full && open.rows > 0 {
-            let batch = seal(&mut open, &mut seq);
-            match ship_tx.try_send(batch) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
-                    // The shipper is busy (slow or failing ClickHouse): keep capture moving, park it on disk.
-                    ctx.spool_push(b).await;
+            // Due, and the shipper has room. While it is busy (a slow insert) the open batch keeps growing up to its
+            // bounds instead: a slow ClickHouse gets fewer, larger inserts and keeps up.
+            permit = ship_tx.reserve(), if due => {
+                let batch = seal(&mut open, &mut seq);
+                match permit {
+                    Ok(p) => p.send(batch),
+                    Err(_) => ctx.spool_push(batch).await,
                 }
-            }
+            },
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !due => {}
         }
     }
     if open.rows > 0 {

@@ -9,14 +9,19 @@
 //! - the *batcher* encodes events straight into a `RowBinaryWithNamesAndTypes` buffer and seals a batch at
 //!   `batch_rows` rows, `batch_max_bytes` bytes or `batch_interval` after its first row (memory stays bounded by a
 //!   few batches). A sealed batch gets an id (agent run id + sequence) and a deterministic
-//!   `insert_deduplication_token`, and goes to the shipper; if the shipper is behind, straight to the spool.
+//!   `insert_deduplication_token`, and goes to the shipper; while the shipper is busy a due batch keeps filling up to
+//!   its size bounds (a slow ClickHouse gets fewer, larger inserts), and a batch at its bound goes to the spool.
 //! - the *shipper* inserts batches in order. A failed batch goes to the on-disk [`Spool`]; while the spool holds
 //!   anything, new batches are spooled behind it and the spool is replayed oldest first with exponential backoff.
 //!   Because every retry carries the batch's token, a batch whose first insert succeeded without us hearing back is
 //!   stored once.
 //!
 //! The spool holds the exact request body (the names-and-types header included), so a batch written by an older
-//! binary replays unchanged. Only a full (or failing) spool drops rows, and those are counted.
+//! binary replays unchanged. Only a full (or failing) spool drops rows, and those are counted by reason: `spool_full` (its
+//! configured bound), `spool_disk_full` (its file system full first), `spool_error`. Failed inserts are counted by
+//! reason too (`observer_sink_insert_failures_total{reason="schema|timeout|unreachable|server"}`); the agent never
+//! changes the schema while it runs, so a batch refused for a schema mismatch waits in the spool until an operator
+//! restores the schema.
 mod batcher;
 pub mod config;
 pub mod credentials;

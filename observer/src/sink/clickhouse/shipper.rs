@@ -39,6 +39,52 @@ impl Backoff {
     }
 }
 
+/// Why an insert failed, for `observer_sink_insert_failures_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum InsertFailure {
+    Schema,
+    Timeout,
+    Unreachable,
+    Server,
+}
+
+/// ClickHouse error codes (and their names, as the server prints them) that say the table or its columns are not
+/// what the insert expects.
+const SCHEMA_ERRORS: [(u32, &str); 8] = [
+    (8, "THERE_IS_NO_COLUMN"),
+    (16, "NO_SUCH_COLUMN_IN_TABLE"),
+    (47, "UNKNOWN_IDENTIFIER"),
+    (53, "TYPE_MISMATCH"),
+    (60, "UNKNOWN_TABLE"),
+    (70, "CANNOT_CONVERT_TYPE"),
+    (81, "UNKNOWN_DATABASE"),
+    (10, "NOT_FOUND_COLUMN_IN_BLOCK"),
+];
+
+impl InsertFailure {
+    pub(super) fn of(e: &clickhouse::error::Error) -> Self {
+        use clickhouse::error::Error;
+        match e {
+            Error::TimedOut => InsertFailure::Timeout,
+            Error::Network(_) => InsertFailure::Unreachable,
+            Error::BadResponse(msg) if Self::is_schema(msg) => InsertFailure::Schema,
+            _ => InsertFailure::Server,
+        }
+    }
+
+    /// ClickHouse's message starts `Code: N. DB::Exception: ... (NAME)`.
+    fn is_schema(msg: &str) -> bool {
+        let code = msg
+            .split("Code: ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u32>().ok());
+        SCHEMA_ERRORS
+            .iter()
+            .any(|(c, name)| code == Some(*c) || msg.contains(&format!("({name})")))
+    }
+}
+
 /// Shared state of the batcher and the shipper.
 pub(super) struct Ctx {
     pub(super) cfg: ClickHouseConfig,
@@ -106,6 +152,8 @@ impl Ctx {
         // The spool counts the files it quarantined since it opened: the counter follows it.
         let quarantined = &self.metrics.quarantined_files;
         quarantined.inc_by(s.quarantined().saturating_sub(quarantined.get()));
+        let unfinished = &self.metrics.unfinished_files;
+        unfinished.inc_by(s.unfinished().saturating_sub(unfinished.get()));
     }
 
     /// A sealed batch: number `seq` of this run, with its deterministic `insert_deduplication_token`.
@@ -170,6 +218,10 @@ impl Ctx {
                 self.metrics.dropped_spool_full.inc_by(rows);
                 tracing::warn!(error = %e, rows, "ClickHouse unavailable and spool full: dropping a batch");
             }
+            Err(e @ SpoolError::DiskFull { .. }) => {
+                self.metrics.dropped_spool_disk_full.inc_by(rows);
+                tracing::error!(error = %e, rows, "ClickHouse unavailable and the spool's disk is full: dropping a batch");
+            }
             Err(e) => {
                 self.metrics.dropped_spool_error.inc_by(rows);
                 tracing::error!(error = %e, rows, "cannot write batch to the spool: dropping it");
@@ -212,8 +264,26 @@ impl Ctx {
                 self.metrics.batches_sent.inc();
                 self.metrics.observe_insert(started.elapsed());
             }
-            Err(_) => {
+            Err(e) => {
                 self.metrics.insert_errors.inc();
+                let reason = InsertFailure::of(e);
+                match reason {
+                    InsertFailure::Schema => &self.metrics.insert_failed_schema,
+                    InsertFailure::Timeout => &self.metrics.insert_failed_timeout,
+                    InsertFailure::Unreachable => &self.metrics.insert_failed_unreachable,
+                    InsertFailure::Server => &self.metrics.insert_failed_server,
+                }
+                .inc();
+                if reason == InsertFailure::Schema {
+                    tracing::error!(
+                        table = %format!("{}.{}", self.cfg.database, b.table),
+                        error = %e,
+                        rows = b.rows,
+                        "ClickHouse refused the batch: the table does not have the columns or types this agent writes \
+                         (dropped or renamed column, missing table, changed type?). The batch stays in the spool and is \
+                         retried; restore the schema (`observer schema print` shows it) and it lands once"
+                    );
+                }
             }
         }
         res
@@ -305,6 +375,26 @@ pub(super) async fn shipper(mut rx: mpsc::Receiver<SpooledBatch>, ctx: Arc<Ctx>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_failures_are_told_apart() {
+        use clickhouse::error::Error;
+        let bad = |m: &str| InsertFailure::of(&Error::BadResponse(m.into()));
+        assert_eq!(
+            bad("Code: 16. DB::Exception: No such column user_agent in table observer.http_requests. (NO_SUCH_COLUMN_IN_TABLE) (version 26.9.2.1)"),
+            InsertFailure::Schema
+        );
+        assert_eq!(
+            bad("Code: 60. DB::Exception: Table observer.http_requests does not exist. (UNKNOWN_TABLE)"),
+            InsertFailure::Schema
+        );
+        assert_eq!(
+            bad("Code: 999. DB::Exception: injected by fault_proxy.py"),
+            InsertFailure::Server
+        );
+        assert_eq!(bad("Code: 160. (TOO_SLOW)"), InsertFailure::Server);
+        assert_eq!(InsertFailure::of(&Error::TimedOut), InsertFailure::Timeout);
+    }
 
     #[test]
     fn backoff_doubles_to_cap_and_resets() {

@@ -2,8 +2,10 @@
 //!
 //! One file per batch, named `RRRRRRRRRRRRRRRR-SSSSSSSSSSSSSSSS.batch` (hex run id = agent start time in
 //! microseconds, hex batch sequence), so lexical order is production order across agent restarts. A file is written
-//! as `*.tmp`, fsynced, renamed and the directory fsynced: a crash leaves either a whole batch or a `.tmp` that the
-//! next [`Spool::open`] removes.
+//! as `*.tmp`, fsynced, renamed and the directory fsynced: a crash or a full disk leaves either a whole batch or a
+//! `.tmp` that is removed (at once when the write fails, by the next [`Spool::open`] after a crash, counted in
+//! [`Spool::unfinished`]); a half-written file is never replayed. A file system that fills up before the spool's own
+//! bound is [`SpoolError::DiskFull`], told apart from [`SpoolError::Full`] (the configured bound).
 //!
 //! File layout (integers little-endian):
 //! ```text
@@ -182,6 +184,18 @@ pub enum SpoolError {
         needed: u64,
         rows: u64,
     },
+    #[error(
+        "no space left for the spool on {path}'s file system ({source}) before its own bound of {max} bytes ({used} \
+         used): a batch of {rows} rows does not fit"
+    )]
+    DiskFull {
+        path: PathBuf,
+        used: u64,
+        max: u64,
+        rows: u64,
+        #[source]
+        source: io::Error,
+    },
     #[error("spool I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -205,6 +219,7 @@ pub struct Spool {
     files: BTreeMap<BatchId, SpoolEntry>,
     bytes: u64,
     quarantined: u64,
+    unfinished: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -224,6 +239,7 @@ impl Spool {
             files: BTreeMap::new(),
             bytes: 0,
             quarantined: 0,
+            unfinished: 0,
         };
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
@@ -241,6 +257,7 @@ impl Spool {
             if name.ends_with(".tmp") {
                 tracing::warn!(file = %path.display(), "removing unfinished spool file left by a crash");
                 fs::remove_file(&path).map_err(io_err(&path))?;
+                spool.unfinished += 1;
                 continue;
             }
             match BatchId::parse_file_name(&name) {
@@ -296,6 +313,11 @@ impl Spool {
         self.quarantined
     }
 
+    /// Unfinished `.tmp` files removed at open (a write cut short by a crash).
+    pub fn unfinished(&self) -> u64 {
+        self.unfinished
+    }
+
     pub fn oldest(&self) -> Option<BatchId> {
         self.files.keys().next().copied()
     }
@@ -328,7 +350,20 @@ impl Spool {
             File::open(&self.dir)?.sync_all()
         };
         if let Err(source) = write() {
+            // A half-written file must never be replayed: remove it (unlinking works on a full file system).
             let _ = fs::remove_file(&tmp);
+            if matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ) {
+                return Err(SpoolError::DiskFull {
+                    path: tmp,
+                    used: self.bytes,
+                    max: self.max_bytes,
+                    rows: batch.rows,
+                    source,
+                });
+            }
             return Err(SpoolError::Io { path, source });
         }
         if let Some(old) = self.files.insert(
@@ -545,6 +580,7 @@ mod tests {
                 .exists(),
             "tmp removed"
         );
+        assert_eq!(s.unfinished(), 1, "and counted");
         assert!(
             dir.path().join("README").exists(),
             "foreign files are left alone"
