@@ -2,6 +2,8 @@
 //! kernel hands them over (two ring-buffer data records), through reassembly and pairing, then enrichment and NDJSON
 //! encoding (or RowBinary, as the ClickHouse sink encodes). Its time per exchange is what the agent's CPU costs per event (see BENCHMARKS.md).
 #![forbid(unsafe_code)]
+mod common;
+use common::{response, v4};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
@@ -18,22 +20,6 @@ use observer_common::{DataHeader, DATA_FLAG_START, EVENT_DATA, HOOK_CGROUP_EGRES
 
 const REQUEST: &[u8] = b"GET /v1/orders/12345 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: bench/1.0\r\n\
 Accept: application/json\r\nX-Api-Key: sk_live_bench_0123456789\r\nX-Request-Id: 4bf92f3577b34da6a3ce929d0e0e4736\r\n\r\n";
-
-fn response() -> Vec<u8> {
-    let mut r = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n\
-Content-Type: application/json\r\nContent-Length: 612\r\nConnection: keep-alive\r\nETag: \"6565\"\r\n\r\n"
-        .to_vec();
-    r.extend(std::iter::repeat_n(b'x', 612));
-    r
-}
-
-fn v4(last: u8) -> [u8; 16] {
-    let mut x = [0u8; 16];
-    x[10] = 0xff;
-    x[11] = 0xff;
-    x[12..].copy_from_slice(&[127, 0, 0, last]);
-    x
-}
 
 /// One loopback connection seen by cgroup egress on both ends: client 127.0.0.1:40000, server 127.0.0.2:8080.
 struct Conn {

@@ -3,6 +3,8 @@
 //! and idle, as `cargo xtask bench --workloads` holds 10k and 100k of them. A counting global allocator reports the
 //! heap the flow engine holds for them, per connection (exchanges handed out are dropped first). Run with
 //! `cargo bench -p observer --bench memory`; BENCHMARKS.md and README's "Memory bounds" quote it.
+mod common;
+use common::{response, v4};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
@@ -51,23 +53,6 @@ static ALLOC: Counting = Counting;
 const REQUEST: &[u8] =
     b"GET / HTTP/1.1\r\nHost: bench\r\nX-Api-Key: sk_live_bench_0123456789\r\n\r\n";
 
-fn response() -> Vec<u8> {
-    let mut r =
-        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n\
-Content-Type: text/html\r\nContent-Length: 612\r\nConnection: keep-alive\r\nETag: \"6565\"\r\n\r\n"
-            .to_vec();
-    r.extend(std::iter::repeat_n(b'x', 612));
-    r
-}
-
-fn addr(host: u8) -> [u8; 16] {
-    let mut x = [0u8; 16];
-    x[10] = 0xff;
-    x[11] = 0xff;
-    x[12..].copy_from_slice(&[127, 0, 0, host]);
-    x
-}
-
 fn comm(name: &str) -> [u8; 16] {
     let mut c = [0u8; 16];
     c[..name.len()].copy_from_slice(name.as_bytes());
@@ -86,8 +71,8 @@ struct Loopback {
 impl Loopback {
     fn new(i: u32) -> Self {
         Loopback {
-            client: (addr(2 + (i % 8) as u8), 1024 + (i / 8) as u16),
-            server: (addr(1), 18183),
+            client: (v4(2 + (i % 8) as u8), 1024 + (i / 8) as u16),
+            server: (v4(1), 18183),
             cookies: [10 + 2 * u64::from(i), 11 + 2 * u64::from(i)],
             seq: [i.wrapping_mul(7919), i.wrapping_mul(104_729)],
         }

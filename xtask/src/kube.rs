@@ -106,17 +106,12 @@ pub fn check(root: &Path) -> Result<PathBuf> {
     }
     run(&mut cmd)?;
     say("building deploy/kubernetes with kubectl kustomize");
-    let built = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(root.join("deploy/kubernetes"))
-        .output()
-        .context("running kubectl kustomize")?;
-    if !built.status.success() {
-        bail!(
-            "kubectl kustomize deploy/kubernetes failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-    }
+    let built = crate::toolchain::output(
+        Command::new("kubectl")
+            .arg("kustomize")
+            .arg(root.join("deploy/kubernetes")),
+        "kubectl kustomize deploy/kubernetes",
+    )?;
     let text = String::from_utf8_lossy(&built.stdout);
     let objects = text.matches("\nkind: ").count() + usize::from(text.starts_with("kind: "));
     let mut expected = 1; // namespace.yaml

@@ -32,17 +32,17 @@ pub fn run(root: &Path, bin: &Path, tuning: &str, held_out: &str) -> Result<()> 
         ),
     ] {
         say(format!("scoring seeds {seeds}"));
-        let out = Command::new(bin)
-            .current_dir(root)
-            .args(["insights", "scenarios", "--seeds", seeds, "--title", &title])
-            .output()
-            .context("running observer insights scenarios")?;
-        if !out.status.success() {
-            bail!(
-                "observer insights scenarios failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let out = crate::toolchain::output(
+            Command::new(bin).current_dir(root).args([
+                "insights",
+                "scenarios",
+                "--seeds",
+                seeds,
+                "--title",
+                &title,
+            ]),
+            "observer insights scenarios",
+        )?;
         body.push_str(&String::from_utf8_lossy(&out.stdout));
         body.push('\n');
     }

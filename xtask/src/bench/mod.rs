@@ -460,16 +460,10 @@ pub fn run(
     say("starting the ClickHouse dev server for the ClickHouse-sink configuration");
     let clickhouse = crate::clickhouse::spawn(root, 0, &dir.join("clickhouse"))?;
     let ch_url = clickhouse.url();
-    let schema = Command::new(bin)
-        .args(["schema", "apply", "--clickhouse-url", &ch_url])
-        .output()
-        .context("running observer schema apply")?;
-    if !schema.status.success() {
-        bail!(
-            "observer schema apply failed: {}",
-            String::from_utf8_lossy(&schema.stderr)
-        );
-    }
+    crate::toolchain::output(
+        Command::new(bin).args(["schema", "apply", "--clickhouse-url", &ch_url]),
+        "observer schema apply",
+    )?;
     let _app = start_app(&dir)?;
     let configs = Config::all(peers);
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
@@ -552,19 +546,14 @@ pub fn run(
 /// Runs the criterion micro-benchmarks and returns their result lines.
 fn criterion(root: &Path) -> Result<Vec<String>> {
     say("running criterion micro-benchmarks (cargo bench -p observer)");
-    let crit = Command::new("cargo")
-        .current_dir(root)
-        .args(["bench", "-p", "observer", "--", "--noplot"])
-        // Same build as target/release/observer (the bench profile shares its directory): with the eBPF object.
-        .env_remove("AYA_BUILD_SKIP")
-        .output()
-        .context("running cargo bench")?;
-    if !crit.status.success() {
-        bail!(
-            "cargo bench failed:\n{}",
-            String::from_utf8_lossy(&crit.stderr)
-        );
-    }
+    let crit = crate::toolchain::output(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["bench", "-p", "observer", "--", "--noplot"])
+            // Same build as target/release/observer (the bench profile shares its directory): with the eBPF object.
+            .env_remove("AYA_BUILD_SKIP"),
+        "cargo bench",
+    )?;
     let crit_text = String::from_utf8_lossy(&crit.stdout);
     // Criterion prints "name  time: [...]", or the name alone on the line before when it is long.
     let all_lines: Vec<&str> = crit_text.lines().collect();
