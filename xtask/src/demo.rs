@@ -251,14 +251,12 @@ impl Drop for World {
 }
 
 fn fingerprint(bin: &Path, secret: &Path, key: &str) -> Result<String> {
-    let out = toolchain::output(
+    let text = toolchain::output(
         Command::new(bin)
             .args(["registry", "fingerprint", "--key-secret-file"])
             .arg(secret)
             .arg(key),
-        "observer registry fingerprint",
     )?;
-    let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
         .map(str::to_string)

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 use crate::toolchain::say;
 
@@ -32,18 +32,15 @@ pub fn run(root: &Path, bin: &Path, tuning: &str, held_out: &str) -> Result<()> 
         ),
     ] {
         say(format!("scoring seeds {seeds}"));
-        let out = crate::toolchain::output(
-            Command::new(bin).current_dir(root).args([
-                "insights",
-                "scenarios",
-                "--seeds",
-                seeds,
-                "--title",
-                &title,
-            ]),
-            "observer insights scenarios",
-        )?;
-        body.push_str(&String::from_utf8_lossy(&out.stdout));
+        let out = crate::toolchain::output(Command::new(bin).current_dir(root).args([
+            "insights",
+            "scenarios",
+            "--seeds",
+            seeds,
+            "--title",
+            &title,
+        ]))?;
+        body.push_str(&out);
         body.push('\n');
     }
     crate::benchmarks_md::write_sections(root, std::slice::from_ref(&body))?;

@@ -24,15 +24,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command and returns its output, failing with `what` and the command's stderr when it exits non-zero.
-pub fn output(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out)
-}
-
 /// Runs a cargo command whose build runs observer/build.rs, showing the nested eBPF build (aya-build forwards every
 /// line of it as a `warning: observer@...:` line) as one progress line instead; everything else cargo prints goes
 /// through. The nested output is kept in `log` and printed in full when the command fails.
@@ -115,6 +106,7 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// Runs a command and returns its stdout, failing with the command line and its stderr when it exits non-zero.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {

@@ -460,10 +460,12 @@ pub fn run(
     say("starting the ClickHouse dev server for the ClickHouse-sink configuration");
     let clickhouse = crate::clickhouse::spawn(root, 0, &dir.join("clickhouse"))?;
     let ch_url = clickhouse.url();
-    crate::toolchain::output(
-        Command::new(bin).args(["schema", "apply", "--clickhouse-url", &ch_url]),
-        "observer schema apply",
-    )?;
+    crate::toolchain::output(Command::new(bin).args([
+        "schema",
+        "apply",
+        "--clickhouse-url",
+        &ch_url,
+    ]))?;
     let _app = start_app(&dir)?;
     let configs = Config::all(peers);
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
@@ -552,9 +554,8 @@ fn criterion(root: &Path) -> Result<Vec<String>> {
             .args(["bench", "-p", "observer", "--", "--noplot"])
             // Same build as target/release/observer (the bench profile shares its directory): with the eBPF object.
             .env_remove("AYA_BUILD_SKIP"),
-        "cargo bench",
     )?;
-    let crit_text = String::from_utf8_lossy(&crit.stdout);
+    let crit_text = crit;
     // Criterion prints "name  time: [...]", or the name alone on the line before when it is long.
     let all_lines: Vec<&str> = crit_text.lines().collect();
     let mut crit_lines: Vec<String> = Vec::new();
