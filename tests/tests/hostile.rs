@@ -201,11 +201,11 @@ fn hostile_traffic_is_reported_or_counted_and_normal_traffic_stays_exact() {
     );
     case(
         "TLS ClientHello",
-        "openssl s_client's ClientHello on an HTTP port is not parsed and is counted",
+        "openssl s_client's ClientHello on an HTTP port is not parsed, is counted as TLS and its stream is left unread",
         Expect {
             marker: "",
             events: 0,
-            counted: &["observer_kernel_not_start_no_token_total"],
+            counted: &["observer_kernel_not_start_tls_total"],
         },
         &mut || {
             failing_client(Command::new("timeout").args([
