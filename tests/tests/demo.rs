@@ -12,7 +12,7 @@ use serde_json::Value;
 
 const UI: &str = "127.0.0.1:9465";
 /// The demo's insights learn for 50 s (xtask/demo/insights.toml): a new application is new after that.
-const SCENARIO_AFTER: &str = "60";
+const SCENARIO_AFTER: &str = "60s";
 
 /// Findings (kind, application, API) the UI lists for the last 15 minutes, read from the `insights` table.
 fn ui_findings() -> Vec<(String, String, String)> {

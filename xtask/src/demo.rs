@@ -359,8 +359,8 @@ fn http_ok(addr: &str, path: &str) -> bool {
 pub struct DemoOptions {
     /// Scenarios, comma-separated (see [`SCENARIOS`]).
     pub scenario: Option<String>,
-    /// Seconds after the start at which the scenarios begin.
-    pub scenario_after: u64,
+    /// How long after the start the scenarios begin.
+    pub scenario_after: Duration,
     /// Stop by itself after this long (tests); default: until Ctrl-C.
     pub run_for: Option<Duration>,
     /// Extra arguments for `observer run` (e.g. insights options).
@@ -489,7 +489,7 @@ pub fn run(root: &Path, bin: &Path, opts: DemoOptions) -> Result<()> {
             ));
             successor = None;
         }
-        if started.elapsed() >= Duration::from_secs(opts.scenario_after) {
+        if started.elapsed() >= opts.scenario_after {
             for (procs, kinds, what) in pending.take().unwrap_or_default() {
                 for (name, behaviour) in procs {
                     world.spawn_client(&script, name, behaviour)?;

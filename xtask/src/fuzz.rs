@@ -298,7 +298,7 @@ pub fn last_report(root: &Path) -> String {
     }
     let published = std::fs::read_to_string(root.join("RELIABILITY.md")).unwrap_or_default();
     published_report(&published).unwrap_or_else(|| {
-        "Not run: `cargo xtask fuzz` (or `cargo xtask reliability --fuzz-time 60`) fills this table.\n".into()
+        "Not run: `cargo xtask fuzz` (or `cargo xtask reliability --fuzz-time 60s`) fills this table.\n".into()
     })
 }
 

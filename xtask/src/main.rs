@@ -31,11 +31,18 @@ mod toolchain;
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use toolchain::{run, say};
+
+/// Every duration option, in the agent's one syntax (humantime, as its `units::parse_duration`): `500ms`, `30s`,
+/// `5m`, `1h`, `1h 30m`.
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30s, 5m, 1h)"))
+}
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "observer's developer commands")]
@@ -56,16 +63,16 @@ enum Cmd {
     },
     /// Run every test: unit, ClickHouse integration (against the dev server) and, as root, the privileged tests.
     Test {
-        /// Also fuzz every target for this many seconds (coverage-guided; its instrumented build adds about 16
+        /// Also fuzz every target this long (`15s`, `2m`; coverage-guided; its instrumented build adds about 16
         /// CPU-minutes on a fresh clone). Without it the fuzz corpus and every fixed crash's input are replayed.
-        #[arg(long, value_name = "SECONDS")]
-        fuzz: Option<u64>,
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        fuzz: Option<Duration>,
     },
     /// nginx under wrk with and without the observer, alternated; criterion micro-benchmarks; writes BENCHMARKS.md.
     Bench {
-        /// Seconds per wrk run.
-        #[arg(long, default_value_t = 5)]
-        duration: u64,
+        /// How long each wrk run lasts (whole seconds: `5s`).
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        duration: Duration,
         /// Rounds, each running every configuration once (baseline, capturing, drain only, hooks only, no-op
         /// programs); more rounds narrow the interval the goals are judged on.
         #[arg(long, default_value_t = 10)]
@@ -85,15 +92,15 @@ enum Cmd {
     /// A demo world in network namespaces (three APIs, five client applications, a registry, ClickHouse, the
     /// agent with its UI); prints the UI's address. Ctrl-C removes everything it started.
     Demo {
-        /// Start, after --scenario-after seconds, the behaviour an insight is about: new-app, novel-stream,
+        /// Start, after --scenario-after, the behaviour an insight is about: new-app, novel-stream,
         /// retry-storm, client-bug, flood or key-misuse (several: comma-separated).
         #[arg(long)]
         scenario: Option<String>,
-        #[arg(long, default_value_t = 60)]
-        scenario_after: u64,
-        /// Stop by itself after this many seconds (default: until Ctrl-C).
-        #[arg(long = "for")]
-        run_for: Option<u64>,
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        scenario_after: Duration,
+        /// Stop by itself after this long (`10m`; default: until Ctrl-C).
+        #[arg(long = "for", value_parser = duration)]
+        run_for: Option<Duration>,
         /// Use this agent binary instead of building one (the end-to-end test does).
         #[arg(long)]
         bin: Option<PathBuf>,
@@ -113,33 +120,33 @@ enum Cmd {
     /// Build the cargo-fuzz targets in fuzz/ and run each for a bounded time (seeded from fuzz/corpus); fails on
     /// a crash and says how to reproduce it. `test` runs every target briefly.
     Fuzz {
-        /// Time per target, in seconds.
-        #[arg(long, default_value_t = 60)]
-        time: u64,
+        /// Time per target (`60s`, `10m`).
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        time: Duration,
         /// Only these targets (default: all).
         #[arg(long = "target")]
         targets: Vec<String>,
     },
     /// Run the hostile-traffic and fault suites (slow cases included) as root and write RELIABILITY.md.
     Reliability {
-        /// Also fuzz every target for this many seconds and report its executions (default: the figures of the
+        /// Also fuzz every target this long (`60s`) and report its executions (default: the figures of the
         /// last `cargo xtask fuzz` in target/fuzz/report.md, else those RELIABILITY.md already holds).
-        #[arg(long)]
-        fuzz_time: Option<u64>,
+        #[arg(long, value_parser = duration)]
+        fuzz_time: Option<Duration>,
     },
     /// Steady mixed traffic with connection churn through the agent and its ClickHouse sink for a long time (not
     /// in CI): samples RSS, flow tables, spool and ClickHouse lag, plots them and writes the Soak section of
     /// RELIABILITY.md.
     Soak {
         /// How long: 30m, 90s, 1h.
-        #[arg(long = "for", default_value = "30m", value_parser = soak::parse_duration)]
-        run_for: std::time::Duration,
+        #[arg(long = "for", default_value = "30m", value_parser = duration)]
+        run_for: Duration,
         /// Requests per second, all clients together.
         #[arg(long, default_value_t = 2000)]
         rate: u32,
-        /// Seconds between samples.
-        #[arg(long, default_value_t = 5)]
-        sample_every: u64,
+        /// Time between samples.
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        sample_every: Duration,
         /// Use this agent binary instead of building one.
         #[arg(long)]
         bin: Option<PathBuf>,
@@ -215,7 +222,7 @@ fn main() -> Result<()> {
             bench::run(
                 &root,
                 &bin,
-                duration,
+                duration.as_secs().max(1),
                 rounds,
                 peers,
                 workloads,
@@ -239,7 +246,7 @@ fn main() -> Result<()> {
                 demo::DemoOptions {
                     scenario,
                     scenario_after,
-                    run_for: run_for.map(std::time::Duration::from_secs),
+                    run_for,
                     agent_args: args,
                 },
             )?;
@@ -250,14 +257,14 @@ fn main() -> Result<()> {
         }
         Cmd::Fuzz { time, targets } => {
             let opts = fuzz::Options {
-                per_target: std::time::Duration::from_secs(time),
+                per_target: time,
                 only: targets,
                 report: true,
             };
             let outcomes = fuzz::fuzz(&root, &opts)?;
             print!("{}", fuzz::report(&outcomes));
         }
-        Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time)?,
+        Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time.map(|d| d.as_secs().max(1)))?,
         Cmd::Soak {
             run_for,
             rate,
@@ -274,7 +281,7 @@ fn main() -> Result<()> {
                 soak::Options {
                     run_for,
                     rate,
-                    sample_every: std::time::Duration::from_secs(sample_every.max(1)),
+                    sample_every: sample_every.max(Duration::from_secs(1)),
                 },
             )?;
         }
@@ -438,7 +445,7 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn test_all(root: &Path, fuzz_seconds: Option<u64>) -> Result<()> {
+fn test_all(root: &Path, fuzz_seconds: Option<Duration>) -> Result<()> {
     let bin = build_release(root)?;
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
     let py = clickhouse::ensure_venv(root)?;
@@ -474,11 +481,11 @@ fn test_all(root: &Path, fuzz_seconds: Option<u64>) -> Result<()> {
 
     match fuzz_seconds {
         // Each target first replays its seeds and every fixed crash's input in fuzz/corpus, then mutates them.
-        Some(secs) => {
+        Some(per_target) => {
             let outcomes = fuzz::fuzz(
                 root,
                 &fuzz::Options {
-                    per_target: std::time::Duration::from_secs(secs),
+                    per_target,
                     only: Vec::new(),
                     report: false,
                 },
@@ -488,7 +495,7 @@ fn test_all(root: &Path, fuzz_seconds: Option<u64>) -> Result<()> {
         // The default (CI's): a deterministic replay, without the instrumented build. Live fuzzing of the importers
         // still finds new inputs within a minute, which would make every run a lottery.
         None => {
-            say("replaying the fuzz corpus and saved crashes through every fuzz target (`--fuzz SECONDS` fuzzes)");
+            say("replaying the fuzz corpus and saved crashes through every fuzz target (`--fuzz DURATION` fuzzes)");
             run(Command::new("cargo")
                 .current_dir(root)
                 .args(["test", "--manifest-path", "fuzz/Cargo.toml", "--lib"])

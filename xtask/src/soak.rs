@@ -41,22 +41,6 @@ pub struct Options {
     pub sample_every: Duration,
 }
 
-/// `30m`, `90s`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with s, m or h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unit must be s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 /// One sample: seconds since the traffic started, and each series' value.
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -742,15 +726,6 @@ fn render_section(
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("3d").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn gauges_only() {

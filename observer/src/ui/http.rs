@@ -69,7 +69,7 @@ fn now_s() -> i64 {
 
 /// `15m`, `1h`, `7d`... as seconds.
 fn parse_span(s: &str) -> Option<i64> {
-    let d = humantime::parse_duration(s).ok()?.as_secs() as i64;
+    let d = crate::units::parse_duration(s).ok()?.as_secs() as i64;
     (d > 0).then_some(d)
 }
 

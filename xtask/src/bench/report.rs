@@ -71,7 +71,7 @@ fn own_us(o: &Observed) -> f64 {
 
 pub fn sections(root: &Path, x: &Inputs) -> Vec<String> {
     let cmd = format!(
-        "cargo xtask bench --duration {} --rounds {}{}",
+        "cargo xtask bench --duration {}s --rounds {}{}",
         x.duration,
         x.rounds,
         if x.peers { " --peers" } else { "" }
