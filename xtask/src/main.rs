@@ -41,7 +41,8 @@ use toolchain::{run, say};
 /// Every duration option, in the agent's one syntax (humantime, as its `units::parse_duration`): `500ms`, `30s`,
 /// `5m`, `1h`, `1h 30m`.
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30s, 5m, 1h)"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30s, 5m, 1h)"))
 }
 
 #[derive(Parser)]
@@ -264,7 +265,9 @@ fn main() -> Result<()> {
             let outcomes = fuzz::fuzz(&root, &opts)?;
             print!("{}", fuzz::report(&outcomes));
         }
-        Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time.map(|d| d.as_secs().max(1)))?,
+        Cmd::Reliability { fuzz_time } => {
+            reliability::run(&root, fuzz_time.map(|d| d.as_secs().max(1)))?
+        }
         Cmd::Soak {
             run_for,
             rate,

@@ -726,7 +726,6 @@ fn render_section(
 mod tests {
     use super::*;
 
-
     #[test]
     fn gauges_only() {
         let text = "# TYPE observer_flow_table_size gauge\nobserver_flow_table_size{table=\"connections\"} 12\n\
