@@ -91,6 +91,7 @@ pub enum AgentError {
 }
 
 pub fn run(args: RunArgs) -> Result<(), AgentError> {
+    loader::disable_transparent_huge_pages();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

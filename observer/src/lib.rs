@@ -22,7 +22,7 @@ pub mod http;
 pub mod insights;
 #[forbid(unsafe_code)]
 pub mod kube;
-// Unsafe code only where the kernel interface needs it: `loader` (if_nametoindex, setrlimit) and `reader`
+// Unsafe code only where the kernel interface needs it: `loader` (if_nametoindex, setrlimit, prctl) and `reader`
 // (the ring buffer's mappings), every block with a SAFETY comment. Every other module forbids it.
 pub mod loader;
 #[forbid(unsafe_code)]
