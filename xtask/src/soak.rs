@@ -366,8 +366,10 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> Result<()> {
             v.insert(k, g);
         }
         v.insert("spool on disk (KiB)".into(), dir_bytes(&spool) / 1024.0);
-        let answered = lines_in(&access);
+        // Rows first: the count query can take a second or two under load, and nginx's log read after it makes
+        // the lag an upper bound (read the other way round, rows stored meanwhile made it negative).
         let rows = ch_rows(&ch_addr).unwrap_or(f64::NAN);
+        let answered = lines_in(&access);
         v.insert("exchanges answered by nginx".into(), answered);
         v.insert("rows in ClickHouse".into(), rows);
         v.insert("ClickHouse lag (answered - stored)".into(), answered - rows);
