@@ -56,10 +56,10 @@ enum Cmd {
     },
     /// Run every test: unit, ClickHouse integration (against the dev server) and, as root, the privileged tests.
     Test {
-        /// Also fuzz every target for this many seconds (coverage-guided; its instrumented build adds about 16
-        /// CPU-minutes on a fresh clone). Without it the fuzz corpus and every fixed crash's input are replayed.
-        #[arg(long, value_name = "SECONDS")]
-        fuzz: Option<u64>,
+        /// Seconds each fuzz target runs, coverage-guided, after the fuzz corpus and every fixed crash's input are
+        /// replayed (0: replay only). Its build reuses the release build's dependencies.
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_FUZZ_SECONDS)]
+        fuzz: u64,
     },
     /// nginx under wrk with and without the observer, alternated; criterion micro-benchmarks; writes BENCHMARKS.md.
     Bench {
@@ -438,7 +438,10 @@ fn run_agent(root: &Path, extra: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn test_all(root: &Path, fuzz_seconds: Option<u64>) -> Result<()> {
+/// Seconds `cargo xtask test` (CI's) fuzzes each target for: 7 targets on 2 CPUs take about a minute.
+const DEFAULT_FUZZ_SECONDS: u64 = 20;
+
+fn test_all(root: &Path, fuzz_seconds: u64) -> Result<()> {
     let bin = build_release(root)?;
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
     let py = clickhouse::ensure_venv(root)?;
@@ -472,29 +475,25 @@ fn test_all(root: &Path, fuzz_seconds: Option<u64>) -> Result<()> {
         &ebpf_log(root),
     )?;
 
-    match fuzz_seconds {
-        // Each target first replays its seeds and every fixed crash's input in fuzz/corpus, then mutates them.
-        Some(secs) => {
-            let outcomes = fuzz::fuzz(
-                root,
-                &fuzz::Options {
-                    per_target: std::time::Duration::from_secs(secs),
-                    only: Vec::new(),
-                    report: false,
-                },
-            )?;
-            print!("{}", fuzz::report(&outcomes));
-        }
-        // The default (CI's): a deterministic replay, without the instrumented build. Live fuzzing of the importers
-        // still finds new inputs within a minute, which would make every run a lottery.
-        None => {
-            say("replaying the fuzz corpus and saved crashes through every fuzz target (`--fuzz SECONDS` fuzzes)");
-            run(Command::new("cargo")
-                .current_dir(root)
-                .args(["test", "--manifest-path", "fuzz/Cargo.toml", "--lib"])
-                .arg("--target-dir")
-                .arg(root.join("target")))?;
-        }
+    // A deterministic replay first: every seed and every fixed crash's input through its target's code, as tests.
+    say("replaying the fuzz corpus and saved crashes through every fuzz target");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--manifest-path", "fuzz/Cargo.toml", "--lib"])
+        .arg("--target-dir")
+        .arg(root.join("target")))?;
+    if fuzz_seconds > 0 {
+        // Then libFuzzer mutates from that corpus for a bounded time per target; a crash fails the run, naming the
+        // target and the saved input.
+        let outcomes = fuzz::fuzz(
+            root,
+            &fuzz::Options {
+                per_target: std::time::Duration::from_secs(fuzz_seconds),
+                only: Vec::new(),
+                report: false,
+            },
+        )?;
+        print!("{}", fuzz::report(&outcomes));
     }
 
     if !toolchain::is_root() {
