@@ -330,10 +330,31 @@ fn secret() -> KeySecret {
     KeySecret::from_bytes(b"fuzz-secret-0123456789abcdef0123")
 }
 
-/// The registry loader (bounded YAML, validation): any text gets a registry or problems with lines, never a panic.
+/// The registry loader (bounded YAML, validation): any text gets a registry or problems with lines, never a panic
+/// (files and variables from `OperatorEnv`, so the outcome does not depend on the machine).
 pub fn registry(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let _ = registry::load_str(&text, Path::new("/nonexistent"), &secret());
+    let _ = registry::load_with(&text, Path::new("/nonexistent"), &secret(), &OperatorEnv);
+}
+
+/// Where an imported registry is loaded: no files, and every environment variable set (an importer emits
+/// `key_env: VAR` for a credential given as `$VAR` and notes that VAR must be set where the registry is loaded), each
+/// to a value of its own, as distinct variables hold distinct keys.
+struct OperatorEnv;
+
+impl registry::Source for OperatorEnv {
+    fn read_file(&self, _: &Path) -> std::io::Result<String> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        Some(format!("fuzz-env-{name}-value"))
+    }
+}
+
+/// The loader on an importer's output, in the environment its notes ask for.
+fn load_imported(yaml: &str) -> Result<registry::Loaded, Vec<registry::Problem>> {
+    registry::load_with(yaml, Path::new("/nonexistent"), &secret(), &OperatorEnv)
 }
 
 /// The Kong importer: whatever it accepts, it must turn into a registry the loader accepts.
@@ -342,7 +363,7 @@ pub fn kong(data: &[u8]) {
     if let Ok((yaml, _notes)) =
         registry::import_kong_text(&text, "fuzz.yaml", &secret(), "2026-11-27")
     {
-        if let Err(problems) = registry::load_str(&yaml, Path::new("/nonexistent"), &secret()) {
+        if let Err(problems) = load_imported(&yaml) {
             panic!("the Kong importer wrote a registry the loader rejects: {problems:?}\n{yaml}");
         }
     }
@@ -353,7 +374,7 @@ pub fn openapi(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(spec) = registry::parse_openapi(&text) {
         let yaml = registry::openapi_registry_yaml(&spec, "fuzz.yaml");
-        if let Err(problems) = registry::load_str(&yaml, Path::new("/nonexistent"), &secret()) {
+        if let Err(problems) = load_imported(&yaml) {
             panic!(
                 "the OpenAPI importer wrote a registry the loader rejects: {problems:?}\n{yaml}"
             );

@@ -6,9 +6,12 @@
 //! Why not `cargo fuzz build`: it puts its flags in RUSTFLAGS, so every one of the ~300 crates observer depends on
 //! (tokio, hyper, kube, k8s-openapi, clickhouse, aya, ...) is built with coverage instrumentation, comparison tracing
 //! and one codegen unit each, which took an hour of CPU. Here the same instrumentation goes, through a rustc wrapper,
-//! only to the crates whose code is fuzzed; the dependencies build as in any release build and
-//! libFuzzer still steers by the coverage of every parser under test. The binaries are the cargo-fuzz ones:
-//! `cargo +nightly fuzz run TARGET` works too.
+//! only to the crates whose code is fuzzed, and libFuzzer still steers by the coverage of every parser under test.
+//! The targets are built with the stable toolchain and the `release` profile into the workspace's target directory,
+//! with fuzz/Cargo.toml's release profile and fuzz/Cargo.lock's versions equal to the workspace's: every dependency
+//! is then the artifact `cargo xtask build` made (cargo reports it "Fresh"), and only observer, observer-common, the
+//! fuzz crate and libFuzzer are compiled. The binaries are the cargo-fuzz ones: `cargo +nightly fuzz run TARGET`
+//! works too.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -18,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::toolchain::{self, say, NIGHTLY};
+use crate::toolchain::{self, say};
 
 /// Every target in fuzz/Cargo.toml, with the longest input it is given.
 pub const TARGETS: &[(&str, usize)] = &[
@@ -35,9 +38,9 @@ pub const TARGETS: &[(&str, usize)] = &[
 /// scripts (crate `build_script_build`) are not, as nothing links them with libFuzzer.
 const INSTRUMENTED: &[&str] = &["observer", "observer_fuzz"];
 
-/// The cargo profile of fuzz/Cargo.toml the targets are built with (release, debug assertions and overflow checks on);
-/// its binaries land in `target/<PROFILE>/`.
-const PROFILE: &str = "fuzzing";
+/// The cargo profile the targets are built with: the agent's, so the dependencies are shared (fuzz/Cargo.toml turns
+/// on debug assertions and overflow checks for the crates under test only); binaries land in `target/<PROFILE>/`.
+const PROFILE: &str = "release";
 
 /// libFuzzer's coverage instrumentation, as `cargo fuzz build` (0.13) adds it: inline 8-bit edge counters, the PC
 /// table, comparison operands and stack depth for its value profile, no branch folding that would hide edges.
@@ -94,10 +97,9 @@ fn wrapper_script() -> String {
 
 /// Builds the targets named (all of `TARGETS` if empty); returns the directory of the binaries.
 pub fn build(root: &Path, only: &[String]) -> Result<PathBuf> {
-    toolchain::ensure_nightly()?;
     toolchain::ensure_packages(FUZZ_PACKAGES)?;
     say(format!(
-        "building the fuzz targets (nightly, profile {PROFILE}, coverage instrumentation on {})",
+        "building the fuzz targets (profile {PROFILE}, coverage instrumentation on {})",
         INSTRUMENTED.join(", ")
     ));
     let wrapper = root.join("target/fuzz/rustc-wrapper.sh");
@@ -108,8 +110,7 @@ pub fn build(root: &Path, only: &[String]) -> Result<PathBuf> {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
     let mut cmd = Command::new("cargo");
-    cmd.arg(format!("+{NIGHTLY}"))
-        .args(["build", "--manifest-path"])
+    cmd.args(["build", "--manifest-path"])
         .arg(root.join("fuzz/Cargo.toml"))
         .args(["--profile", PROFILE, "--target-dir"])
         .arg(root.join("target"))
@@ -382,9 +383,71 @@ mod tests {
             TARGETS.len(),
             "fuzz/Cargo.toml and TARGETS list the same targets"
         );
+        for crate_ in ["observer", "observer-fuzz"] {
+            assert!(
+                manifest.contains(&format!("[profile.{PROFILE}.package.{crate_}]")),
+                "fuzz/Cargo.toml sets {crate_}'s own {PROFILE} settings (the agent's observer must not be replaced)"
+            );
+        }
+    }
+
+    /// (name, version) of every package in a Cargo.lock.
+    fn locked(lock: &str) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        let mut name = None;
+        for line in lock.lines() {
+            if let Some(n) = line.strip_prefix("name = ") {
+                name = Some(n.trim_matches('"').to_string());
+            } else if let (Some(ver), Some(n)) = (line.strip_prefix("version = "), name.take()) {
+                v.push((n, ver.trim_matches('"').to_string()));
+            }
+        }
+        v
+    }
+
+    /// The fuzz build shares the release build's dependencies only if both resolve the same versions and build them
+    /// with the same profile.
+    #[test]
+    fn the_fuzz_workspace_resolves_and_builds_dependencies_as_the_workspace_does() {
+        let root = crate::workspace_root();
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).expect(p);
+        let main = locked(&read("Cargo.lock"));
+        let fuzz = locked(&read("fuzz/Cargo.lock"));
         assert!(
-            manifest.contains(&format!("[profile.{PROFILE}]")),
-            "fuzz/Cargo.toml defines the {PROFILE} profile"
+            fuzz.len() > 100,
+            "{} packages in fuzz/Cargo.lock",
+            fuzz.len()
+        );
+        for (name, version) in &fuzz {
+            let versions: Vec<&String> = main
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v)
+                .collect();
+            assert!(
+                versions.is_empty() || versions.contains(&version),
+                "fuzz/Cargo.lock has {name} {version}, Cargo.lock {versions:?}: copy Cargo.lock to fuzz/Cargo.lock \
+                 and run `cargo update --manifest-path fuzz/Cargo.toml --workspace`"
+            );
+        }
+        // The workspace's release profile settings for dependencies, repeated in the fuzz workspace.
+        let release = |manifest: &str| -> Vec<String> {
+            manifest
+                .split("\n[")
+                .filter(|t| t.starts_with("profile.release"))
+                .filter(|t| !t.starts_with("profile.release.package.observer]"))
+                .filter(|t| !t.starts_with("profile.release.package.observer-fuzz]"))
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect()
+        };
+        assert_eq!(
+            release(&read("Cargo.toml")),
+            release(&read("fuzz/Cargo.toml"))
         );
     }
 

@@ -221,7 +221,12 @@ fn render(
     for (t, ok) in tests {
         let _ = writeln!(s, "| `{t}` | {} |", if *ok { "ok" } else { "**FAILED**" });
     }
-    s.push_str("\n## Fuzzing\n\nExecutions per `cargo fuzz` target (`cargo xtask fuzz`, `target/fuzz/report.md`).\n\n");
+    let _ = write!(
+        s,
+        "\n## Fuzzing\n\nExecutions per `cargo fuzz` target (`cargo xtask fuzz`, `target/fuzz/report.md`); CI's \
+         `cargo xtask test` replays the corpus, then fuzzes each target for {}.\n\n",
+        crate::DEFAULT_FUZZ
+    );
     s.push_str(fuzzing);
     let _ = writeln!(
         s,

@@ -27,7 +27,7 @@ pub use glob::Glob;
 pub use import_kong::import as import_kong_text;
 pub use import_openapi::{parse_spec as parse_openapi, to_registry_yaml as openapi_registry_yaml};
 #[allow(unused_imports)]
-pub use load::{load_file, load_str, Loaded, Problem, Problems, RegistryError};
+pub use load::{load_file, load_str, load_with, Loaded, Problem, Problems, RegistryError, Source};
 #[allow(unused_imports)]
 pub use matching::{strip_port, ServerEnd, Snapshot, OVERFLOW_ROUTE};
 #[allow(unused_imports)]
