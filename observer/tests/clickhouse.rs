@@ -1257,21 +1257,26 @@ async fn request_id_ttl_applies_to_existing_rows() {
     insert_events(&url, &dir.path().join("spool"), &events).await;
     let sum_q = |col: &str| {
         format!(
-            "SELECT sum(cityHash64({col})) % 1000000007 FROM observer.http_requests WHERE request_id_hash != 0"
+            "SELECT toUInt64(sum(cityHash64({col})) % 1000000007) FROM observer.http_requests WHERE request_id_hash != 0"
         )
     };
     let (hashes_before, paths_before) = (
         count(&url, &sum_q("request_id_hash")).await,
         count(&url, &sum_q("path")).await,
     );
-    let old_bytes = "SELECT sum(column_data_compressed_bytes) FROM system.parts_columns WHERE database = \
-                     'observer' AND table = 'http_requests' AND active AND column = 'request_id' AND \
+    // Parts this small are compact (one file for every column): the old day's whole part is compared.
+    let old_bytes = "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'observer' AND \
+                     table = 'http_requests' AND active AND \
                      partition = (SELECT toString(min(toDate(ts))) FROM observer.http_requests)";
+    let optimize = || async {
+        client(&url)
+            .query("OPTIMIZE TABLE observer.http_requests FINAL")
+            .execute()
+            .await
+            .expect("optimize")
+    };
+    optimize().await;
     let before = count(&url, old_bytes).await;
-    assert!(
-        before > 0,
-        "the old rows' raw ids are stored before the migration"
-    );
 
     let cfg = SchemaConfig::new("observer", None, Retention::days(3650))
         .expect("config")
@@ -1280,11 +1285,7 @@ async fn request_id_ttl_applies_to_existing_rows() {
         .await
         .expect("apply 14");
     assert_eq!(r.applied, vec![14], "{r}");
-    client(&url)
-        .query("OPTIMIZE TABLE observer.http_requests FINAL")
-        .execute()
-        .await
-        .expect("optimize");
+    optimize().await;
     assert_eq!(
         count(&url, "SELECT count() FROM observer.http_requests").await,
         2 * n
@@ -1308,10 +1309,11 @@ async fn request_id_ttl_applies_to_existing_rows() {
         (hashes_before, paths_before),
         "every other column as it was"
     );
-    assert_eq!(
-        count(&url, old_bytes).await,
-        0,
-        "the merge dropped the expired column's data ({before} bytes before)"
+    let after = count(&url, old_bytes).await;
+    // A random 32-hex-digit id is about a third of such a row.
+    assert!(
+        after * 10 < before * 8,
+        "the merge dropped the expired column's data: {before} -> {after} bytes"
     );
     let create: String = client(&url)
         .query("SELECT create_table_query FROM system.tables WHERE database = 'observer' AND name = 'http_requests'")
@@ -1319,7 +1321,7 @@ async fn request_id_ttl_applies_to_existing_rows() {
         .await
         .expect("create_table_query");
     assert!(
-        create.contains("request_id String CODEC(ZSTD(3)) TTL toDateTime(ts) + toIntervalDay(7)"),
+        create.contains("`request_id` String CODEC(ZSTD(3)) TTL toDateTime(ts) + toIntervalDay(7)"),
         "{create}"
     );
 }
