@@ -48,7 +48,22 @@ impl Lcg {
 }
 
 /// A plausible exchange: a few APIs and apps, ids in paths, mostly 200s. `conn_id` is `i` (unique).
+/// [`realistic_fields`] with the hashes the agent's enrichment adds to every such event: `request_hash` (of method,
+/// host and target) and `request_id_hash` (of `X-Request-Id`), each a keyed SipHash there, 8 random-looking bytes.
 fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
+    use std::hash::{Hash, Hasher};
+    let hash = |v: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v(&mut h);
+        h.finish().max(1)
+    };
+    let mut e = realistic_fields(i, base_us, rng);
+    e.request_hash = hash(&|h| (&e.method, &e.host, &e.path, &e.query_keys).hash(h));
+    e.request_id_hash = hash(&|h| e.request_id.hash(h));
+    e
+}
+
+fn realistic_fields(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
     let apis = ["payments", "orders", "catalog", "users", "search"];
     let api = rng.pick(&apis);
     let app_n = rng.next() % 20;
@@ -1212,6 +1227,108 @@ async fn ml_feature_view_computes_each_documented_column() {
     assert_eq!(flagged, 1, "only y is new in minute 1");
 }
 
+/// Migration 14 on a table that already holds rows: rows older than the raw id's retention lose `request_id` (and
+/// their part its file) at the next merge, keep `request_id_hash` and every other column; younger rows keep both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_ttl_applies_to_existing_rows() {
+    let Some((py, script)) = devserver_paths("request_id_ttl_applies_to_existing_rows") else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    apply(&url, Some(13)).await;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    const DAY_US: i64 = 86_400_000_000;
+    let mut rng = Lcg(3);
+    let n = 5_000u64;
+    let events: Vec<Event> = (0..2 * n)
+        .map(|i| {
+            let age = if i < n { 2 } else { 9 };
+            let mut e = realistic(i, 0, &mut rng);
+            e.ts = Timestamp(now_us - age * DAY_US + (i % n) as i64 * 1_000);
+            e
+        })
+        .collect();
+    insert_events(&url, &dir.path().join("spool"), &events).await;
+    let sum_q = |col: &str| {
+        format!(
+            "SELECT toUInt64(sum(cityHash64({col})) % 1000000007) FROM observer.http_requests WHERE request_id_hash != 0"
+        )
+    };
+    let (hashes_before, paths_before) = (
+        count(&url, &sum_q("request_id_hash")).await,
+        count(&url, &sum_q("path")).await,
+    );
+    // Parts this small are compact (one file for every column): the old day's whole part is compared.
+    let old_bytes = "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'observer' AND \
+                     table = 'http_requests' AND active AND \
+                     partition = (SELECT toString(min(toDate(ts))) FROM observer.http_requests)";
+    let optimize = || async {
+        client(&url)
+            .query("OPTIMIZE TABLE observer.http_requests FINAL")
+            .execute()
+            .await
+            .expect("optimize")
+    };
+    optimize().await;
+    let before = count(&url, old_bytes).await;
+
+    let cfg = SchemaConfig::new("observer", None, Retention::days(3650))
+        .expect("config")
+        .with_request_id_retention(Retention::days(7));
+    let r = schema::apply(&client(&url), &url, &cfg, None)
+        .await
+        .expect("apply 14");
+    assert_eq!(r.applied, vec![14], "{r}");
+    optimize().await;
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.http_requests").await,
+        2 * n
+    );
+    let raw = |age: &str| {
+        format!(
+            "SELECT countIf(request_id != '') FROM observer.http_requests WHERE ts {age} now64() - INTERVAL 7 DAY"
+        )
+    };
+    assert_eq!(
+        count(&url, &raw("<")).await,
+        0,
+        "older than 7 days: raw id gone"
+    );
+    assert_eq!(count(&url, &raw(">")).await, n, "younger: raw id kept");
+    assert_eq!(
+        (
+            count(&url, &sum_q("request_id_hash")).await,
+            count(&url, &sum_q("path")).await
+        ),
+        (hashes_before, paths_before),
+        "every other column as it was"
+    );
+    let after = count(&url, old_bytes).await;
+    // A random 32-hex-digit id is about a third of such a row.
+    assert!(
+        after * 10 < before * 8,
+        "the merge dropped the expired column's data: {before} -> {after} bytes"
+    );
+    let create: String = client(&url)
+        .query("SELECT create_table_query FROM system.tables WHERE database = 'observer' AND name = 'http_requests'")
+        .fetch_one()
+        .await
+        .expect("create_table_query");
+    assert!(
+        create.contains("`request_id` String CODEC(ZSTD(3)) TTL toDateTime(ts) + toIntervalDay(7)"),
+        "{create}"
+    );
+}
+
+/// Bytes per row on disk of [`realistic`] traffic, per column, for rows younger than `--request-id-retention` (raw
+/// `request_id` kept) and for older ones (its column TTL has emptied it), and their mean over a 30-day retention.
+/// `OBSERVER_BYTES_SEED` picks the generator's seed (default 9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_per_row_on_disk() {
     let Some((py, script)) = devserver_paths("bytes_per_row_on_disk") else {
@@ -1221,58 +1338,117 @@ async fn bytes_per_row_on_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
     let url = srv.url();
-    apply(&url, None).await;
-    let mut cfg = sink_config(&url, &dir.path().join("spool"));
-    cfg.batch_rows = 100_000;
-    cfg.batch_interval = Duration::from_secs(1);
+    // The defaults of `observer schema apply`: 30 days of rows, the raw request_id for 7.
+    let cfg = SchemaConfig::new("observer", None, Retention::days(30)).expect("config");
+    schema::apply(&client(&url), &url, &cfg, None)
+        .await
+        .expect("schema apply");
+    let mut sink_cfg = sink_config(&url, &dir.path().join("spool"));
+    sink_cfg.batch_rows = 100_000;
+    sink_cfg.batch_interval = Duration::from_secs(1);
     // 100k-row inserts on a busy machine: time enough that they are not spooled and retried.
-    cfg.insert_timeout = Duration::from_secs(60);
-    cfg.shutdown_grace = Duration::from_secs(120);
-    let sink = sink::build_clickhouse(cfg, 300_000).await.expect("sink");
+    sink_cfg.insert_timeout = Duration::from_secs(60);
+    sink_cfg.shutdown_grace = Duration::from_secs(120);
+    let sink = sink::build_clickhouse(sink_cfg, 300_000)
+        .await
+        .expect("sink");
     const N: u64 = 200_000;
-    let mut rng = Lcg(9);
-    // 200k events at ~1000/s from one agent: a bit over three minutes of traffic.
-    for i in 0..N {
-        sink.send(realistic(i, 1_760_000_000_000_000, &mut rng));
-        if i % 20_000 == 19_999 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let seed = std::env::var("OBSERVER_BYTES_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(9);
+    let mut rng = Lcg(seed);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    const DAY_US: i64 = 86_400_000_000;
+    // 200k events at ~1000/s from one agent (a bit over three minutes of traffic) a day ago, and as many ten days
+    // ago, past the raw request_id's 7 days: each in its own day's partition.
+    for (age_days, phase) in [(1, 0), (10, 1)] {
+        let base = (now_us - age_days * DAY_US) / DAY_US * DAY_US + 3_600_000_000;
+        for i in 0..N {
+            sink.send(realistic(
+                phase * N + i,
+                base - (phase * N) as i64 * 1_000,
+                &mut rng,
+            ));
+            if i % 20_000 == 19_999 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
     let m = sink.shutdown().await.expect("shutdown");
-    assert_eq!(m.rows_sent, N, "{m:?}");
+    assert_eq!(m.rows_sent, 2 * N, "{m:?}");
     let c = client(&url);
     c.query("OPTIMIZE TABLE observer.http_requests FINAL")
         .execute()
         .await
         .expect("optimize");
-    let (rows, bytes, uncompressed): (u64, u64, u64) = c
+    let parts: Vec<(String, u64, u64, u64)> = c
         .query(
-            "SELECT sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts \
-             WHERE database = 'observer' AND table = 'http_requests' AND active",
-        )
-        .fetch_one()
-        .await
-        .expect("system.parts");
-    assert_eq!(rows, N);
-    let per_row = bytes as f64 / rows as f64;
-    println!(
-        "bytes per row on disk: {per_row:.1} ({bytes} bytes for {rows} rows; uncompressed {:.1} B/row)",
-        uncompressed as f64 / rows as f64
-    );
-    let cols: Vec<(String, u64)> = c
-        .query(
-            "SELECT name, data_compressed_bytes FROM system.columns WHERE database = 'observer' \
-             AND table = 'http_requests' ORDER BY data_compressed_bytes DESC",
+            "SELECT partition, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts \
+             WHERE database = 'observer' AND table = 'http_requests' AND active GROUP BY partition \
+             ORDER BY partition DESC",
         )
         .fetch_all()
         .await
-        .expect("system.columns");
-    for (name, b) in cols {
-        println!("  {name}: {:.1} B/row", b as f64 / rows as f64);
+        .expect("system.parts");
+    assert_eq!(parts.len(), 2, "one partition per day: {parts:?}");
+    let mut per_row = Vec::new();
+    for ((partition, rows, bytes, uncompressed), what) in parts.iter().zip([
+        "rows with their raw request_id (younger than 7 days)",
+        "rows past 7 days (request_id emptied by its TTL)",
+    ]) {
+        assert_eq!(*rows, N, "{partition}");
+        let r = *bytes as f64 / *rows as f64;
+        per_row.push(r);
+        println!(
+            "{what}, seed {seed}: {r:.1} bytes per row on disk ({bytes} bytes for {rows} rows; uncompressed {:.1} \
+             B/row)",
+            *uncompressed as f64 / *rows as f64
+        );
+        let cols: Vec<(String, u64)> = c
+            .query(
+                "SELECT column, sum(column_data_compressed_bytes) AS b FROM system.parts_columns \
+                 WHERE database = 'observer' AND table = 'http_requests' AND active AND partition = ? \
+                 GROUP BY column ORDER BY b DESC",
+            )
+            .bind(partition.as_str())
+            .fetch_all()
+            .await
+            .expect("system.parts_columns");
+        for (name, b) in cols.iter().filter(|(_, b)| *b * 10 >= N) {
+            println!("  {name}: {:.1} B/row", *b as f64 / N as f64);
+        }
     }
-    // 35.2 with migration 13's codecs (41.3 before): a codec lost shows here.
+    let (fresh, old) = (per_row[0], per_row[1]);
+    println!(
+        "mean over a 30-day retention (7 days with the raw id, 23 without), seed {seed}: {:.1} bytes per row",
+        (7.0 * fresh + 23.0 * old) / 30.0
+    );
+    // The TTL emptied the old rows' raw ids and kept their hashes; the fresh rows keep both.
+    let old_day = "toDate(ts) = (SELECT min(toDate(ts)) FROM observer.http_requests)";
+    let in_old =
+        |what: &str| format!("SELECT countIf({what}) FROM observer.http_requests WHERE {old_day}");
+    assert_eq!(count(&url, &in_old("request_id != ''")).await, 0);
+    assert_eq!(count(&url, &in_old("request_id_hash != 0")).await, N);
+    assert_eq!(
+        count(
+            &url,
+            "SELECT countIf(request_id != '') FROM observer.http_requests"
+        )
+        .await,
+        N,
+        "the fresh day's raw ids are kept"
+    );
+    // 35.2 with migration 13's codecs when the generator left both hashes 0 (41.3 before); the hashes add 16.
     assert!(
-        per_row < 40.0,
-        "{per_row:.1} bytes per row is more than expected"
+        fresh < 55.0,
+        "{fresh:.1} bytes per row is more than expected"
+    );
+    assert!(
+        old < fresh - 12.0,
+        "the raw request_id's column is gone from old parts: {old:.1} against {fresh:.1}"
     );
 }

@@ -1,20 +1,45 @@
 //! A small least-recently-used map: the connection and socket tables evict their oldest entry when full.
 //!
-//! Lookups only bump a stamp (a hash lookup, no allocation): they are on the per-record path. The recency order
-//! (a BTreeMap from stamp to key) is brought up to date lazily, when the oldest entry is asked for, which happens only
-//! when a table is full or the agent shuts down.
+//! Lookups only bump a stamp (a hash lookup, no allocation): they are on the per-record path. There is no standing
+//! recency index (a B-tree of stamps cost 30-80 bytes per entry, a quarter of an idle connection's memory): when
+//! the oldest entry is asked for, which happens only when a table is full or the agent shuts down, one scan of the
+//! table picks its oldest [`BATCH_SHARE`]th, in order, and the evictions that follow take from that list. An entry
+//! on the list that was used since is skipped (it is now among the newest), so every pop still returns the least
+//! recently used entry; the scan's cost is shared by the evictions it serves.
 use std::{
-    collections::{hash_map::Entry, BTreeMap, HashMap},
+    collections::{hash_map::Entry, BinaryHeap, HashMap, VecDeque},
     hash::Hash,
 };
+
+/// One scan of a full table lines up this share of its entries (at least one, at most [`BATCH_MAX`]) for eviction.
+const BATCH_SHARE: usize = 64;
+const BATCH_MAX: usize = 4096;
 
 #[derive(Debug)]
 struct Slot<V> {
     value: V,
     /// Last use.
     used: u64,
-    /// Where the key sits in `order` (its last use when it was last placed there).
-    placed: u64,
+}
+
+/// A key with its stamp, ordered by the stamp alone (stamps are unique).
+struct Stamped<K>(u64, K);
+
+impl<K> PartialEq for Stamped<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<K> Eq for Stamped<K> {}
+impl<K> PartialOrd for Stamped<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K> Ord for Stamped<K> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
 }
 
 /// Map with recency order; `get_mut` marks an entry most recently used.
@@ -22,7 +47,8 @@ struct Slot<V> {
 pub(crate) struct Lru<K, V> {
     /// Keys are socket cookies and 4-tuples from the kernel: a fast non-cryptographic hash is enough.
     map: HashMap<K, Slot<V>, foldhash::fast::RandomState>,
-    order: BTreeMap<u64, K>,
+    /// The oldest entries at the last scan, oldest first, with their stamp then.
+    oldest: VecDeque<(u64, K)>,
     clock: u64,
 }
 
@@ -30,7 +56,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     pub(crate) fn new() -> Self {
         Self {
             map: HashMap::default(),
-            order: BTreeMap::new(),
+            oldest: VecDeque::new(),
             clock: 0,
         }
     }
@@ -66,12 +92,8 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         let slot = Slot {
             value: v,
             used: self.clock,
-            placed: self.clock,
         };
-        if let Some(old) = self.map.insert(k.clone(), slot) {
-            self.order.remove(&old.placed);
-        }
-        self.order.insert(self.clock, k);
+        self.map.insert(k, slot);
     }
 
     /// Mutable access that marks the entry most recently used, inserting `make()` first when `k` is absent: one
@@ -86,11 +108,9 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
                 &mut slot.value
             }
             Entry::Vacant(e) => {
-                self.order.insert(clock, e.key().clone());
                 let slot = e.insert(Slot {
                     value: make(),
                     used: clock,
-                    placed: clock,
                 });
                 &mut slot.value
             }
@@ -98,26 +118,46 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     pub(crate) fn remove(&mut self, k: &K) -> Option<V> {
-        let slot = self.map.remove(k)?;
-        self.order.remove(&slot.placed);
-        Some(slot.value)
+        self.map.remove(k).map(|s| s.value)
     }
 
     /// Removes and returns the least recently used entry.
     pub(crate) fn pop_oldest(&mut self) -> Option<(K, V)> {
-        while let Some((placed, k)) = self.order.pop_first() {
-            let Some(slot) = self.map.get_mut(&k) else {
-                continue; // not reachable: every key in `order` is in `map`
+        loop {
+            let Some((used, k)) = self.oldest.pop_front() else {
+                if self.map.is_empty() {
+                    return None;
+                }
+                self.line_up_oldest();
+                continue;
             };
-            if slot.used == placed {
+            // Still there and not used since the scan: nothing is older (entries used or inserted since are newer
+            // than every entry the scan saw).
+            if self.map.get(&k).is_some_and(|s| s.used == used) {
                 let slot = self.map.remove(&k)?;
                 return Some((k, slot.value));
             }
-            // Used since it was placed: put it where its last use says, and look again.
-            slot.placed = slot.used;
-            self.order.insert(slot.used, k);
         }
-        None
+    }
+
+    /// One scan: the table's oldest entries (a [`BATCH_SHARE`]th of them) into `oldest`, oldest first.
+    fn line_up_oldest(&mut self) {
+        let n = (self.map.len() / BATCH_SHARE).clamp(1, BATCH_MAX);
+        // The n smallest stamps: a max-heap of n, its top the newest kept so far.
+        let mut heap: BinaryHeap<Stamped<&K>> = BinaryHeap::with_capacity(n + 1);
+        for (k, s) in &self.map {
+            if heap.len() < n {
+                heap.push(Stamped(s.used, k));
+            } else if heap.peek().is_some_and(|top| s.used < top.0) {
+                heap.pop();
+                heap.push(Stamped(s.used, k));
+            }
+        }
+        self.oldest = heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Stamped(used, k)| (used, k.clone()))
+            .collect();
     }
 
     /// Every key, in no particular order.
@@ -157,6 +197,33 @@ mod tests {
         l.insert(1, "z");
         assert_eq!(l.peek(&1), Some(&"z"), "insert replaces");
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn pops_in_recency_order_across_scans() {
+        // More entries than one scan lines up, some used again (in and out of a lined-up batch), some removed.
+        let mut l = Lru::new();
+        for k in 0..1000u32 {
+            l.insert(k, k);
+        }
+        let first = l.pop_oldest();
+        assert_eq!(first, Some((0, 0)));
+        // 1..=15 are lined up by that scan: use 3 again, remove 5, re-insert 7 (now the newest).
+        assert!(l.get_mut(&3).is_some());
+        assert_eq!(l.remove(&5), Some(5));
+        l.remove(&7);
+        l.insert(7, 70);
+        for k in (100..200).step_by(10) {
+            assert!(l.get_mut(&k).is_some());
+        }
+        let mut want: Vec<u32> = (1..1000)
+            .filter(|k| ![3, 5, 7].contains(k) && !(100..200).step_by(10).any(|u| u == *k))
+            .collect();
+        want.extend([3, 7]);
+        want.extend((100..200).step_by(10));
+        let got: Vec<u32> = std::iter::from_fn(|| l.pop_oldest().map(|(k, _)| k)).collect();
+        assert_eq!(got, want);
+        assert_eq!(l.len(), 0);
     }
 
     #[test]

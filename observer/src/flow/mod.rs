@@ -99,15 +99,14 @@ pub enum Started {
     },
 }
 
-/// What is known about one local socket, by cookie.
+/// What is known about one local socket, by cookie: who owns it, no more (its endpoints are in every record and
+/// close event that names it, so they are not kept: 32 bytes an identity, two per local connection).
 #[derive(Debug, Clone, Default)]
 struct SockInfo {
     /// From connect() (reliable), else from the first egress record of the socket.
     pid: u32,
     comm: SharedStr,
     cgroup_id: u64,
-    local: Option<Endpoint>,
-    remote: Option<Endpoint>,
 }
 
 /// Process names as shared strings, one copy per distinct name (sockets of one program share it).
@@ -236,7 +235,6 @@ impl Engine {
             self.cfg.max_connections,
             hdr,
             egress,
-            (key.ends[local_end], key.ends[1 - local_end]),
         );
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -286,12 +284,6 @@ impl Engine {
                 if ev.cgroup_id != 0 {
                     info.cgroup_id = ev.cgroup_id;
                 }
-                if local.is_some() {
-                    info.local = local;
-                }
-                if remote.is_some() {
-                    info.remote = remote;
-                }
                 if ev.op == CONN_CONNECT && ev.pid_tgid != 0 {
                     info.pid = (ev.pid_tgid >> 32) as u32;
                     info.comm = self.comms.get(&ev.comm);
@@ -309,9 +301,8 @@ impl Engine {
     }
 
     fn on_close(&mut self, ev: &ConnEvent, local: Option<Endpoint>, remote: Option<Endpoint>) {
-        let info = self.socks.remove(&ev.cookie);
-        let local = local.or(info.as_ref().and_then(|i| i.local));
-        let remote = remote.or(info.as_ref().and_then(|i| i.remote));
+        self.socks.remove(&ev.cookie);
+        // sock_ops reads both endpoints from the socket itself, so a close names its connection.
         let (Some(local), Some(remote)) = (local, remote) else {
             return;
         };
@@ -493,8 +484,8 @@ fn sock_entry<'a>(
     socks.get_or_insert_with(cookie, SockInfo::default)
 }
 
-/// Records what a data record tells about its local socket (`ends`: local, remote) and returns what is known of
-/// it; None when the record names no socket (cookie 0).
+/// Records what a data record tells about its local socket and returns what is known of it; None when the record
+/// names no socket (cookie 0).
 fn learn_socket<'a>(
     socks: &'a mut Lru<u64, SockInfo>,
     comms: &mut Comms,
@@ -502,14 +493,11 @@ fn learn_socket<'a>(
     max_connections: usize,
     hdr: &DataHeader,
     egress: bool,
-    (local, remote): (Endpoint, Endpoint),
 ) -> Option<&'a SockInfo> {
     if hdr.cookie == 0 {
         return None;
     }
     let info = sock_entry(socks, stats, max_connections, hdr.cookie);
-    info.local = Some(local);
-    info.remote = Some(remote);
     if hdr.cgroup_id != 0 {
         info.cgroup_id = hdr.cgroup_id;
     }

@@ -1635,7 +1635,7 @@ fn per_connection_state_stays_small() {
         size_of::<super::conn::Conn>()
     );
     assert!(size_of::<super::stream::Stream>() <= 216);
-    assert!(size_of::<super::SockInfo>() <= 72);
+    assert!(size_of::<super::SockInfo>() <= 32);
     assert!(size_of::<super::evicted::Tombstone>() <= 48);
 }
 

@@ -198,7 +198,8 @@ pub fn client(url: &str) -> clickhouse::Client {
 pub async fn apply(url: &str, target: Option<u32>) -> schema::ApplyReport {
     let cfg = SchemaConfig::new("observer", None, Retention::days(3650))
         .expect("config")
-        .with_rollup_retention(Retention::days(3650), Retention::days(3650));
+        .with_rollup_retention(Retention::days(3650), Retention::days(3650))
+        .with_request_id_retention(Retention::days(3650));
     schema::apply(&client(url), url, &cfg, target)
         .await
         .unwrap_or_else(|e| panic!("schema apply failed: {e}"))

@@ -132,7 +132,33 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "http_requests_codecs",
         statements: v13_codecs,
     },
+    Migration {
+        version: 14,
+        name: "request_id_ttl",
+        statements: v14_request_id_ttl,
+    },
 ];
+
+/// The raw `request_id` for `--request-id-retention` (default 7 days), its keyed hash for the row's whole life: the
+/// raw id (a random X-Request-Id is 16 bytes of entropy, about 16.6 bytes a row compressed, half of a row) is what an
+/// operator greps an incident by while it is fresh; older rows keep `request_id_hash` for joins across nodes
+/// (`origin join`) and lookups. A column TTL: a merge after the deadline empties the column in the part and drops its
+/// file (README "Storage in ClickHouse"). On a table with data, ClickHouse applies the TTL to existing parts as a
+/// background mutation (`materialize_ttl_after_modify`).
+fn v14_request_id_ttl(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let table = cfg.storage("http_requests");
+    let oc = cfg.on_cluster();
+    let column = http_requests_columns()
+        .iter()
+        .find(|c| c.name == "request_id")
+        .expect("request_id is an http_requests column");
+    vec![format!(
+        "ALTER TABLE {db}.{table}{oc} MODIFY COLUMN {} TTL toDateTime(ts) + {}",
+        column_definition(column),
+        cfg.request_id_retention.to_sql_interval()
+    )]
+}
 
 /// Smaller `http_requests` rows (README "Storage in ClickHouse": 41.3 -> 34.6 bytes per row on the realistic
 /// generator): every column to its codec in [`crate::event_fields!`] (low-cardinality dictionaries, enums, flags
@@ -795,6 +821,30 @@ mod tests {
     fn clustered() -> SchemaConfig {
         SchemaConfig::new("obs", Some("prod"), "7d".parse().expect("7d parses"))
             .expect("valid config")
+    }
+
+    #[test]
+    fn request_id_keeps_its_codec_and_gets_a_ttl() {
+        let v14 = &MIGRATIONS[13];
+        assert_eq!(v14.version, 14);
+        assert_eq!(
+            v14.statements(&single()),
+            vec![
+                "ALTER TABLE observer.http_requests MODIFY COLUMN request_id String CODEC(ZSTD(3)) \
+                 TTL toDateTime(ts) + INTERVAL 7 DAY"
+                    .to_string()
+            ]
+        );
+        let cfg = clustered().with_request_id_retention("36h".parse().expect("36h parses"));
+        assert_eq!(
+            v14.statements(&cfg),
+            vec![
+                "ALTER TABLE obs.http_requests_local ON CLUSTER prod MODIFY COLUMN request_id String \
+                 CODEC(ZSTD(3)) TTL toDateTime(ts) + INTERVAL 36 HOUR"
+                    .to_string()
+            ],
+            "the storage table, not the Distributed one"
+        );
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub fn check_identifier(what: &'static str, value: &str) -> Result<(), SchemaErr
     }
 }
 
+/// Days the raw `request_id` is kept by default: a week of incidents to grep by the id from an application's logs.
+pub const DEFAULT_REQUEST_ID_DAYS: u64 = 7;
+
 /// What the generated DDL depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaConfig {
@@ -156,6 +159,9 @@ pub struct SchemaConfig {
     pub(super) retention: Retention,
     pub(super) rollup_1m_retention: Retention,
     pub(super) rollup_1h_retention: Retention,
+    /// How long `http_requests.request_id` keeps the raw `X-Request-Id` (a column TTL, migration 14); the keyed
+    /// `request_id_hash` stays for the row's whole retention.
+    pub(super) request_id_retention: Retention,
 }
 
 impl SchemaConfig {
@@ -175,6 +181,7 @@ impl SchemaConfig {
             retention,
             rollup_1m_retention: Retention::days(90),
             rollup_1h_retention: Retention::days(400),
+            request_id_retention: Retention::days(DEFAULT_REQUEST_ID_DAYS),
         })
     }
 
@@ -182,6 +189,13 @@ impl SchemaConfig {
     pub fn with_rollup_retention(mut self, minute: Retention, hour: Retention) -> Self {
         self.rollup_1m_retention = minute;
         self.rollup_1h_retention = hour;
+        self
+    }
+
+    /// How long the raw `request_id` is kept (default [`DEFAULT_REQUEST_ID_DAYS`] days); set before the database
+    /// reaches version 14 (later: `ALTER TABLE ... MODIFY COLUMN request_id ... TTL ...`, see README).
+    pub fn with_request_id_retention(mut self, raw: Retention) -> Self {
+        self.request_id_retention = raw;
         self
     }
 
@@ -327,13 +341,19 @@ pub struct LayoutArgs {
     /// How long per-hour rollups are kept.
     #[arg(long, default_value = "400d")]
     pub rollup_1h_retention: Retention,
+    /// How long `http_requests` keeps the raw `request_id` (X-Request-Id); after that only its keyed hash
+    /// (`request_id_hash`) is kept, for the row's whole `--retention`. Applied when the database reaches schema
+    /// version 14.
+    #[arg(long, default_value = "7d")]
+    pub request_id_retention: Retention,
 }
 
 impl LayoutArgs {
     pub fn config(&self) -> Result<SchemaConfig, SchemaError> {
         Ok(
             SchemaConfig::new(&self.database, self.cluster.as_deref(), self.retention)?
-                .with_rollup_retention(self.rollup_1m_retention, self.rollup_1h_retention),
+                .with_rollup_retention(self.rollup_1m_retention, self.rollup_1h_retention)
+                .with_request_id_retention(self.request_id_retention),
         )
     }
 }
