@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::event::{AttributedBy, Event, Exchange, KeyState, SharedStr, Timestamp};
 use crate::http::Headers;
 use crate::registry::{
-    infer_template, key_suffix, write_hex, AppText, Auth, AuthKind, LiveRegistry, ServerEnd,
-    Snapshot, DEFAULT_KEY_HEADERS,
+    infer_template, key_suffix, AppText, Auth, AuthKind, LiveRegistry, ServerEnd, Snapshot,
+    DEFAULT_KEY_HEADERS,
 };
 
 /// Longest credential decoded from `Authorization: Basic` or a percent-encoded query value.
@@ -160,6 +160,7 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         }
         Some(raw) => {
             let fp = snap.secret().fingerprint(raw);
+            let mut hex_buf = [0u8; 64];
             set(
                 &mut ev.key_suffix,
                 std::str::from_utf8(raw).map(key_suffix).unwrap_or(""),
@@ -171,9 +172,11 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
                     app = snap.app_text(&k.application);
                 }
                 None => {
-                    let mut hex = String::new();
-                    write_hex(&fp, &mut hex);
-                    ev.key_fingerprint = hex.into();
+                    // Written where it is built: one allocation, the shared string's.
+                    ev.key_fingerprint = SharedStr::from(
+                        hex::encode_to_slice(fp, &mut hex_buf)
+                            .map_or("", |()| std::str::from_utf8(&hex_buf).unwrap_or("")),
+                    );
                     ev.key_state = KeyState::Unknown;
                 }
             }
