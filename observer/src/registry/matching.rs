@@ -115,7 +115,8 @@ pub struct AppText {
 
 /// The registry's values events carry, made once per snapshot and shared by reference count: enrichment clones
 /// them instead of copying up to ten strings into every event (`cargo bench -p observer --bench replay`, an API and
-/// route matched, key unknown: 15 -> 12 allocations per event; its time was within the loaded box's noise).
+/// route matched, key unknown, with the unknown key's fingerprint in one allocation: 15 -> 11 allocations and
+/// 2.49-2.93 -> 2.43-2.63 µs per event, three runs each side by side at load 0.7 on the 2-vCPU box).
 #[derive(Debug, Default)]
 struct EventText {
     apis: Vec<ApiText>,
