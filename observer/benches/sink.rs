@@ -45,7 +45,7 @@ fn event() -> Event {
         app_name: "App 199".into(),
         app_team: "shop".into(),
         line_of_business: "Retail".into(),
-        key_fingerprint: "ab".repeat(32),
+        key_fingerprint: "ab".repeat(32).into(),
         key_suffix: "3f9a".into(),
         key_state: KeyState::Valid,
         attributed_by: AttributedBy::Key,

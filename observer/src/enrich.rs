@@ -1,14 +1,15 @@
 //! Per-event enrichment: joins each exchange with the registry (API, route, application, key state and how the
-//! application was identified). Pure and allocation-light: fields are overwritten in place, the raw key is only
+//! application was identified). Pure and allocation-light: the registry's values are shared with the event (reference
+//! counted, see `registry::ApiText`), not copied into it; the raw key is only
 //! borrowed (or decoded into a stack buffer) and never stored. The agent's capture thread calls
 //! [`Enricher::enrich`] on every exchange before it goes to the sinks.
 use std::sync::Arc;
 
-use crate::event::{AttributedBy, Event, Exchange, KeyState, Timestamp};
+use crate::event::{AttributedBy, Event, Exchange, KeyState, SharedStr, Timestamp};
 use crate::http::Headers;
 use crate::registry::{
-    infer_template, key_suffix, write_hex, Application, Auth, AuthKind, LiveRegistry, ServerEnd,
-    Snapshot, DEFAULT_KEY_HEADERS,
+    infer_template, key_suffix, AppText, Auth, AuthKind, LiveRegistry, ServerEnd, Snapshot,
+    DEFAULT_KEY_HEADERS,
 };
 
 /// Longest credential decoded from `Authorization: Basic` or a percent-encoded query value.
@@ -112,18 +113,11 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         },
     );
     let api = api_idx.map(|i| snap.api(i));
-    match api {
-        Some(a) => {
-            set(&mut ev.api_id, &a.id);
-            set(&mut ev.api_name, &a.name);
-            set(&mut ev.api_owner, &a.owner);
-        }
-        None => {
-            ev.api_id.clear();
-            ev.api_name.clear();
-            ev.api_owner.clear();
-        }
-    }
+    let text = api_idx
+        .map(|i| snap.api_text(i))
+        .cloned()
+        .unwrap_or_default();
+    (ev.api_id, ev.api_name, ev.api_owner) = (text.id, text.name, text.owner);
     ev.request_hash = request_hash(
         snap.secret(),
         &ev.method,
@@ -133,13 +127,14 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         body_prefix.as_slice(),
     );
     (ev.trace_id_hash, ev.request_id_hash) = propagated_id_hashes(snap.secret(), request_headers);
-    match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
-        Some(route) => set(&mut ev.route, route),
+    ev.route = match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
+        Some(route) => route.clone(),
         None => {
-            infer_template(path, &mut ev.route);
-            snap.admit_inferred(api_idx, &mut ev.route);
+            let mut template = String::with_capacity(path.len() + 8);
+            infer_template(path, &mut template);
+            snap.admit_inferred(api_idx, &template)
         }
-    }
+    };
 
     // --- key ---
     let default_auth;
@@ -156,26 +151,34 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         .iter()
         .position(|a| extract_key(a, request_headers, raw_query, &mut scratch).is_some())
         .and_then(|i| extract_key(&auths[i], request_headers, raw_query, &mut scratch));
-    let mut app: Option<&Application> = None;
+    let mut app: Option<&AppText> = None;
     match key {
         None => {
-            ev.key_fingerprint.clear();
+            ev.key_fingerprint = SharedStr::default();
             ev.key_suffix.clear();
             ev.key_state = KeyState::None;
         }
         Some(raw) => {
             let fp = snap.secret().fingerprint(raw);
-            write_hex(&fp, &mut ev.key_fingerprint);
+            let mut hex_buf = [0u8; 64];
             set(
                 &mut ev.key_suffix,
                 std::str::from_utf8(raw).map(key_suffix).unwrap_or(""),
             );
             match snap.key_by_fingerprint(&fp) {
-                Some(k) => {
+                Some((k, hex)) => {
+                    ev.key_fingerprint = hex.clone();
                     ev.key_state = k.state(api.map(|a| a.id.as_str()), now);
-                    app = snap.application(&k.application);
+                    app = snap.app_text(&k.application);
                 }
-                None => ev.key_state = KeyState::Unknown,
+                None => {
+                    // Written where it is built: one allocation, the shared string's.
+                    ev.key_fingerprint = SharedStr::from(
+                        hex::encode_to_slice(fp, &mut hex_buf)
+                            .map_or("", |()| std::str::from_utf8(&hex_buf).unwrap_or("")),
+                    );
+                    ev.key_state = KeyState::Unknown;
+                }
             }
         }
     }
@@ -258,21 +261,10 @@ pub fn propagated_id_hashes(
     (trace, request)
 }
 
-fn fill_app(ev: &mut Event, app: Option<&Application>) {
-    match app {
-        Some(a) => {
-            set(&mut ev.app_id, &a.id);
-            set(&mut ev.app_name, &a.name);
-            set(&mut ev.app_team, &a.team);
-            set(&mut ev.line_of_business, &a.line_of_business);
-        }
-        None => {
-            ev.app_id.clear();
-            ev.app_name.clear();
-            ev.app_team.clear();
-            ev.line_of_business.clear();
-        }
-    }
+fn fill_app(ev: &mut Event, app: Option<&AppText>) {
+    let a = app.cloned().unwrap_or_default();
+    (ev.app_id, ev.app_name, ev.app_team, ev.line_of_business) =
+        (a.id, a.name, a.team, a.line_of_business);
 }
 
 /// First value of header `name` (case-insensitive).

@@ -194,9 +194,22 @@ impl<'de> Deserialize<'de> for Timestamp {
 
 /// An immutable string shared by reference count. Process names and cgroup paths repeat for every exchange of a
 /// socket: events share one copy instead of allocating and freeing their own.
-/// Serialized as a plain string; the empty string allocates nothing.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Serialized as a plain string; the empty string allocates nothing. Registry values (API, route, application,
+/// known key fingerprint) are shared the same way, from the registry snapshot. Hashes and compares as its `str`.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SharedStr(Option<Arc<str>>);
+
+impl std::hash::Hash for SharedStr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h);
+    }
+}
+
+impl std::borrow::Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
 
 impl SharedStr {
     pub fn as_str(&self) -> &str {
@@ -333,15 +346,15 @@ macro_rules! event_fields {
             framing_anomaly: Vec<String> => "Array(LowCardinality(String))", "CODEC(ZSTD(1))", 4;
 
             // --- business context (enrich) ---
-            api_id: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            api_name: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            api_owner: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            route: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            app_id: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            app_name: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            app_team: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            line_of_business: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            key_fingerprint: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            api_id: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            api_name: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            api_owner: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            route: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            app_id: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            app_name: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            app_team: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            line_of_business: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            key_fingerprint: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             key_suffix: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             key_state: $crate::event::KeyState => $crate::event::enum8::<$crate::event::KeyState>(), "CODEC(ZSTD(1))", 1;
             attributed_by: $crate::event::AttributedBy

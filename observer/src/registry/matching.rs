@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::RwLock;
 
-use crate::event::Timestamp;
+use crate::event::{SharedStr, Timestamp};
 
 use super::fingerprint::{parse_fingerprint, KeySecret};
 use super::model::{Api, ApiMatch, Application, Key, Registry, Team, DEFAULT_MAX_INFERRED_ROUTES};
@@ -13,40 +13,44 @@ use super::model::{Api, ApiMatch, Application, Key, Registry, Team, DEFAULT_MAX_
 /// Route emitted once an API's inferred-route cap is reached.
 pub const OVERFLOW_ROUTE: &str = "{other}";
 
-/// Distinct inferred route templates of one API, capped.
+/// Distinct inferred route templates of one API, capped. Each is kept once and handed to events shared.
 #[derive(Debug)]
 pub struct InferredRoutes {
     cap: usize,
-    seen: RwLock<HashSet<Box<str>>>,
+    seen: RwLock<HashSet<SharedStr, foldhash::fast::RandomState>>,
+    overflow: SharedStr,
 }
 
 impl InferredRoutes {
     pub fn new(cap: usize) -> Self {
         InferredRoutes {
             cap,
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::default(),
+            overflow: SharedStr::from(OVERFLOW_ROUTE),
         }
     }
 
-    /// Keeps `template` if already known or room remains; otherwise replaces it with [`OVERFLOW_ROUTE`].
-    pub fn admit(&self, template: &mut String) {
+    /// `template` if already known or room remains; otherwise [`OVERFLOW_ROUTE`].
+    pub fn admit(&self, template: &str) -> SharedStr {
         {
             let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
-            if seen.contains(template.as_str()) {
-                return;
+            if let Some(t) = seen.get(template) {
+                return t.clone();
             }
             if seen.len() >= self.cap {
-                template.clear();
-                template.push_str(OVERFLOW_ROUTE);
-                return;
+                return self.overflow.clone();
             }
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if seen.len() < self.cap || seen.contains(template.as_str()) {
-            seen.insert(template.as_str().into());
+        if let Some(t) = seen.get(template) {
+            return t.clone();
+        }
+        if seen.len() < self.cap {
+            let t = SharedStr::from(template);
+            seen.insert(t.clone());
+            t
         } else {
-            template.clear();
-            template.push_str(OVERFLOW_ROUTE);
+            self.overflow.clone()
         }
     }
 
@@ -78,8 +82,10 @@ pub struct Snapshot {
     inferred: Vec<InferredRoutes>,
     /// Inferred routes of traffic that matched no API.
     unmatched_inferred: InferredRoutes,
-    key_by_fp: HashMap<[u8; 32], usize>,
-    app_by_id: HashMap<String, usize>,
+    key_by_fp: HashMap<[u8; 32], usize, foldhash::fast::RandomState>,
+    app_by_id: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// What events carry of the registry, by index in it: enrichment hands out shared copies.
+    text: EventText,
     team_by_id: HashMap<String, usize>,
     /// (application index, selector index), most specific first, then file order: a selector's rank is its
     /// position here.
@@ -88,6 +94,79 @@ pub struct Snapshot {
     selectors_by_comm: HashMap<String, Vec<usize>>,
     /// Ranks of the other selectors (wildcard or no `comm`), ascending.
     selectors_other: Vec<usize>,
+}
+
+/// An API's values as events carry them (`api_id`, `api_name`, `api_owner`).
+#[derive(Debug, Clone, Default)]
+pub struct ApiText {
+    pub id: SharedStr,
+    pub name: SharedStr,
+    pub owner: SharedStr,
+}
+
+/// An application's values as events carry them (`app_id`, `app_name`, `app_team`, `line_of_business`).
+#[derive(Debug, Clone, Default)]
+pub struct AppText {
+    pub id: SharedStr,
+    pub name: SharedStr,
+    pub team: SharedStr,
+    pub line_of_business: SharedStr,
+}
+
+/// The registry's values events carry, made once per snapshot and shared by reference count: enrichment clones
+/// them instead of copying up to ten strings into every event (`cargo bench -p observer --bench replay`, an API and
+/// route matched, key unknown, with the unknown key's fingerprint in one allocation: 15 -> 11 allocations and
+/// 2.49-2.93 -> 2.43-2.63 µs per event, three runs each side by side at load 0.7 on the 2-vCPU box).
+#[derive(Debug, Default)]
+struct EventText {
+    apis: Vec<ApiText>,
+    /// Per API, its route templates (`route`), in `routes` order.
+    routes: Vec<Vec<SharedStr>>,
+    apps: Vec<AppText>,
+    /// Per key, its fingerprint in lower-case hex (`key_fingerprint`), as enrichment writes unknown keys'.
+    key_fps: Vec<SharedStr>,
+}
+
+impl EventText {
+    fn of(registry: &Registry) -> Self {
+        EventText {
+            apis: registry
+                .apis
+                .iter()
+                .map(|a| ApiText {
+                    id: a.id.as_str().into(),
+                    name: a.name.as_str().into(),
+                    owner: a.owner.as_str().into(),
+                })
+                .collect(),
+            routes: registry
+                .apis
+                .iter()
+                .map(|a| a.routes.iter().map(|r| r.path.as_str().into()).collect())
+                .collect(),
+            apps: registry
+                .applications
+                .iter()
+                .map(|a| AppText {
+                    id: a.id.as_str().into(),
+                    name: a.name.as_str().into(),
+                    team: a.team.as_str().into(),
+                    line_of_business: a.line_of_business.as_str().into(),
+                })
+                .collect(),
+            key_fps: registry
+                .keys
+                .iter()
+                .map(|k| {
+                    let mut hex = String::new();
+                    if let Some(fp) = parse_fingerprint(&k.fingerprint) {
+                        super::fingerprint::write_hex(&fp, &mut hex);
+                    }
+                    SharedStr::from(hex)
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Snapshot {
@@ -160,7 +239,9 @@ impl Snapshot {
                 _ => selectors_other.push(rank),
             }
         }
+        let text = EventText::of(&registry);
         Snapshot {
+            text,
             registry,
             generation,
             loaded_at: Timestamp::now(),
@@ -201,8 +282,21 @@ impl Snapshot {
             .map(|&i| &self.registry.applications[i])
     }
 
-    pub fn key_by_fingerprint(&self, fp: &[u8; 32]) -> Option<&Key> {
-        self.key_by_fp.get(fp).map(|&i| &self.registry.keys[i])
+    /// The key with fingerprint `fp`, and that fingerprint as events carry it.
+    pub fn key_by_fingerprint(&self, fp: &[u8; 32]) -> Option<(&Key, &SharedStr)> {
+        self.key_by_fp
+            .get(fp)
+            .map(|&i| (&self.registry.keys[i], &self.text.key_fps[i]))
+    }
+
+    /// API `i`'s values as events carry them.
+    pub fn api_text(&self, i: usize) -> &ApiText {
+        &self.text.apis[i]
+    }
+
+    /// The application `id`'s values as events carry them.
+    pub fn app_text(&self, id: &str) -> Option<&AppText> {
+        self.app_by_id.get(id).map(|&i| &self.text.apps[i])
     }
 
     /// The most specific API matching the request, by index. `host` may carry a port (it is stripped).
@@ -234,18 +328,18 @@ impl Snapshot {
     }
 
     /// The registered route template of API `api` matching the request, if any.
-    pub fn match_route(&self, api: usize, method: &str, path: &str) -> Option<&str> {
+    pub fn match_route(&self, api: usize, method: &str, path: &str) -> Option<&SharedStr> {
         let routes = &self.registry.apis[api].routes;
         let segments = path.split('/').filter(|s| !s.is_empty()).count();
         self.route_order[api]
             .iter()
-            .map(|&i| &routes[i])
-            .find(|r| r.segment_count() == segments && r.matches(method, path))
-            .map(|r| r.path.as_str())
+            .copied()
+            .find(|&i| routes[i].segment_count() == segments && routes[i].matches(method, path))
+            .map(|i| &self.text.routes[api][i])
     }
 
-    /// Applies the inferred-route cap of `api` (or of unmatched traffic) to `template`.
-    pub fn admit_inferred(&self, api: Option<usize>, template: &mut String) {
+    /// The inferred `template` under the inferred-route cap of `api` (or of unmatched traffic).
+    pub fn admit_inferred(&self, api: Option<usize>, template: &str) -> SharedStr {
         match api {
             Some(i) => self.inferred[i].admit(template),
             None => self.unmatched_inferred.admit(template),
@@ -260,13 +354,14 @@ impl Snapshot {
         }
     }
 
-    /// The application whose workload selectors match the client (most specific selector first, then file order).
+    /// The application whose workload selectors match the client (most specific selector first, then file order),
+    /// as events carry it.
     pub fn app_by_workload(
         &self,
         comm: &str,
         cgroup: &str,
         pod: Option<&crate::kube::PodMeta>,
-    ) -> Option<&Application> {
+    ) -> Option<&AppText> {
         let first_match = |ranks: &[usize]| {
             ranks.iter().copied().find(|&r| {
                 let (a, s) = self.selectors[r];
@@ -282,7 +377,7 @@ impl Snapshot {
             (Some(x), Some(y)) => x.min(y),
             (x, y) => x.or(y)?,
         };
-        Some(&self.registry.applications[self.selectors[rank].0])
+        Some(&self.text.apps[self.selectors[rank].0])
     }
 }
 

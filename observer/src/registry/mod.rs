@@ -29,7 +29,7 @@ pub use import_openapi::{parse_spec as parse_openapi, to_registry_yaml as openap
 #[allow(unused_imports)]
 pub use load::{load_file, load_str, load_with, Loaded, Problem, Problems, RegistryError, Source};
 #[allow(unused_imports)]
-pub use matching::{strip_port, ServerEnd, Snapshot, OVERFLOW_ROUTE};
+pub use matching::{strip_port, ApiText, AppText, ServerEnd, Snapshot, OVERFLOW_ROUTE};
 #[allow(unused_imports)]
 pub use model::*;
 #[allow(unused_imports)]

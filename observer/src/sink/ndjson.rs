@@ -306,7 +306,7 @@ mod tests {
             app_name: "Mobile checkout".into(),
             app_team: "checkout".into(),
             line_of_business: "Retail".into(),
-            key_fingerprint: "ab".repeat(32),
+            key_fingerprint: "ab".repeat(32).into(),
             key_suffix: "3f9a".into(),
             key_state: KeyState::NotGrantedForApi,
             attributed_by: AttributedBy::Workload,

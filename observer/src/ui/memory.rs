@@ -306,7 +306,7 @@ mod tests {
             api_id: api.into(),
             api_name: "Payments".into(),
             app_id: app.into(),
-            app_name: app.to_uppercase(),
+            app_name: app.to_uppercase().into(),
             key_state: if app.is_empty() {
                 KeyState::None
             } else {

@@ -407,7 +407,7 @@ impl Traffic {
             e.client_comm = comm.into();
             e.client_cgroup = "/kubepods.slice/checkout-v2.slice".into();
             e.user_agent = ua.into();
-            e.key_fingerprint = self.fingerprints[app].clone();
+            e.key_fingerprint = self.fingerprints[app].as_str().into();
             self.pending.push(e);
         }
     }
@@ -464,7 +464,7 @@ impl Traffic {
             ..Event::default()
         };
         if st.keyed {
-            e.key_fingerprint = self.fingerprints[st.app].clone();
+            e.key_fingerprint = self.fingerprints[st.app].as_str().into();
             e.key_state = KeyState::Valid;
             e.attributed_by = AttributedBy::Key;
         } else if !st.app.is_empty() {
@@ -510,7 +510,7 @@ impl Traffic {
                         let mut e = self.base_event(i, ts);
                         e.app_id = "checkout-next".into();
                         e.client_comm = "checkout-next".into();
-                        e.key_fingerprint = self.fingerprints["checkout-next"].clone();
+                        e.key_fingerprint = self.fingerprints["checkout-next"].as_str().into();
                         self.pending.push(e);
                     }
                 }
@@ -668,14 +668,14 @@ impl Traffic {
                     e.app_id = "legacy-batch".into();
                     e.client_comm = "legacy-batch".into();
                     e.client_cgroup = "/system.slice/legacy-batch.service".into();
-                    e.key_fingerprint = self.fingerprints["legacy-batch"].clone();
+                    e.key_fingerprint = self.fingerprints["legacy-batch"].as_str().into();
                     e.key_state = KeyState::Revoked;
                 }
                 What::UnknownKey => {
-                    e.app_id = String::new();
+                    e.app_id = Default::default();
                     e.client_comm = "python3".into();
                     e.client_cgroup = "/user.slice/user-1000.slice".into();
-                    e.key_fingerprint = self.secret.fingerprint_hex(b"sk_stolen_or_typo");
+                    e.key_fingerprint = self.secret.fingerprint_hex(b"sk_stolen_or_typo").into();
                     e.key_state = KeyState::Unknown;
                     e.attributed_by = AttributedBy::None;
                 }
@@ -683,13 +683,13 @@ impl Traffic {
                     e.app_id = "checkout-v1".into();
                     e.client_comm = "curl".into();
                     e.client_cgroup = "/user.slice/user-1001.slice/session-4.scope".into();
-                    e.key_fingerprint = self.fingerprints["checkout-v1"].clone();
+                    e.key_fingerprint = self.fingerprints["checkout-v1"].as_str().into();
                 }
                 What::ShadowConsumer => {
-                    e.app_id = String::new();
+                    e.app_id = Default::default();
                     e.client_comm = "cron-export".into();
                     e.client_cgroup = "/system.slice/export.service".into();
-                    e.key_fingerprint = String::new();
+                    e.key_fingerprint = Default::default();
                     e.key_state = KeyState::None;
                     e.attributed_by = AttributedBy::None;
                 }
