@@ -430,11 +430,12 @@ mod tests {
                  and run `cargo update --manifest-path fuzz/Cargo.toml --workspace`"
             );
         }
-        // The workspace's release profile settings for dependencies, repeated in the fuzz workspace.
-        let release = |manifest: &str| -> Vec<String> {
+        // The workspace's release and dev profile settings for dependencies, repeated in the fuzz workspace (the
+        // fuzz targets' build and the corpus replay's test build then reuse the workspace's dependencies).
+        let release = |manifest: &str| -> std::collections::BTreeSet<String> {
             manifest
                 .split("\n[")
-                .filter(|t| t.starts_with("profile.release"))
+                .filter(|t| t.starts_with("profile.release") || t.starts_with("profile.dev"))
                 .filter(|t| !t.starts_with("profile.release.package.observer]"))
                 .filter(|t| !t.starts_with("profile.release.package.observer-fuzz]"))
                 .map(|t| {
@@ -443,7 +444,7 @@ mod tests {
                         .collect::<Vec<_>>()
                         .join("\n")
                 })
-                .collect()
+                .collect::<std::collections::BTreeSet<_>>()
         };
         assert_eq!(
             release(&read("Cargo.toml")),
