@@ -237,10 +237,7 @@ fn main() -> Result<()> {
             bin,
             args,
         } => {
-            let bin = match bin {
-                Some(b) => b,
-                None => build_release(&root)?,
-            };
+            let bin = bin.map_or_else(|| build_release(&root), Ok)?;
             demo::run(
                 &root,
                 &bin,
@@ -265,19 +262,14 @@ fn main() -> Result<()> {
             let outcomes = fuzz::fuzz(&root, &opts)?;
             print!("{}", fuzz::report(&outcomes));
         }
-        Cmd::Reliability { fuzz_time } => {
-            reliability::run(&root, fuzz_time.map(|d| d.as_secs().max(1)))?
-        }
+        Cmd::Reliability { fuzz_time } => reliability::run(&root, fuzz_time)?,
         Cmd::Soak {
             run_for,
             rate,
             sample_every,
             bin,
         } => {
-            let bin = match bin {
-                Some(b) => b,
-                None => build_release(&root)?,
-            };
+            let bin = bin.map_or_else(|| build_release(&root), Ok)?;
             soak::run(
                 &root,
                 &bin,

@@ -19,7 +19,7 @@ const SUITES: [&str; 5] = [
     "secrets",
 ];
 
-pub fn run(root: &Path, fuzz_time: Option<u64>) -> Result<()> {
+pub fn run(root: &Path, fuzz_time: Option<Duration>) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the reliability suite needs root (eBPF, network namespaces): run `sudo -E cargo xtask reliability`");
     }
@@ -54,9 +54,9 @@ pub fn run(root: &Path, fuzz_time: Option<u64>) -> Result<()> {
     let tests = test_results(&stdout);
     let elapsed = started.elapsed();
 
-    if let Some(secs) = fuzz_time {
+    if let Some(per_target) = fuzz_time {
         let opts = fuzz::Options {
-            per_target: Duration::from_secs(secs),
+            per_target,
             only: Vec::new(),
             report: true,
         };
