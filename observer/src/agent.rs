@@ -316,7 +316,6 @@ fn capture_loop(
 ) {
     let mut out = Vec::new();
     let mut started = Vec::new();
-    let mut events = Vec::new();
     let mut last_tick = Instant::now();
     // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
     // event that causes the next insert.
@@ -366,6 +365,7 @@ fn capture_loop(
         for ex in &mut out {
             enricher.enrich(ex);
         }
+        let mut batch = sinks.batch();
         match origin.as_mut() {
             Some(origin) => {
                 for ex in out.drain(..) {
@@ -378,12 +378,10 @@ fn capture_loop(
                 if stopping {
                     origin.finish();
                 }
-                origin.drain(&mut events);
+                origin.drain(&mut batch);
             }
-            None => events.extend(out.drain(..).map(|ex| ex.event)),
+            None => batch.extend(out.drain(..).map(|ex| ex.event)),
         }
-        let mut batch = sinks.batch();
-        batch.append(&mut events);
         if let Some(ui) = &ui {
             ui.ingest(&batch);
         }
