@@ -20,7 +20,7 @@ mod stats;
 mod workloads;
 use load::{
     count_lines, cpu_seconds, free_metrics_addr, machine_busy_seconds, scrape, start_app,
-    tree_cpu_seconds, wrk, WrkResult, KEY, PORT,
+    tree_cpu_seconds, wrk, wrk_with, Wrk, WrkResult, KEY, PORT,
 };
 use peers::Peer;
 pub use peers::PACKAGES as PEER_PACKAGES;
@@ -48,10 +48,41 @@ impl Observed {
     }
 }
 
+/// How wrk loads nginx in one run: as fast as it can, or paced.
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    duration: u64,
+    /// wrk's pacing script ([`pace_script`]), for the paced configurations.
+    pace: Option<&'a Path>,
+}
+
+/// Each connection waits this long before each request in the paced configurations, so wrk's 50 connections offer
+/// at most 50 * 1000 / [`PACE_MS`] = 10,000 requests/s: about a ninth of what the baseline completes unpaced here,
+/// leaving both vCPUs mostly idle. Added CPU per request is then what the observer or the sidecar really spends,
+/// where at saturation it is mostly the throughput they cost (busy time is pinned at 100%).
+const PACE_MS: u32 = 5;
+
+/// wrk's pacing script: a fixed delay before every request on every connection.
+fn pace_script(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("pace.lua");
+    std::fs::write(
+        &path,
+        format!("function delay()\n  return {PACE_MS}\nend\n"),
+    )?;
+    Ok(path)
+}
+
 /// Runs wrk against `port`, with the machine's busy time around it.
-fn timed_wrk(port: u16, duration: u64) -> Result<(WrkResult, f64)> {
+fn timed_wrk(port: u16, load: Load) -> Result<(WrkResult, f64)> {
     let b0 = machine_busy_seconds();
-    let w = wrk(port, duration)?;
+    let w = wrk_with(
+        port,
+        load.duration,
+        &Wrk {
+            script: load.pace,
+            ..Wrk::default()
+        },
+    )?;
     Ok((w, machine_busy_seconds() - b0))
 }
 
@@ -66,6 +97,16 @@ enum Config {
     Hooks,
     Floor,
     Peer(Peer),
+    /// At a fixed offered rate ([`PACE_MS`]), with `--peers`.
+    Paced(Paced),
+}
+
+/// The configurations also run at a fixed offered rate: the pair the CPU and p99 goals against the sidecar compare.
+#[derive(Clone, Copy, PartialEq)]
+enum Paced {
+    Baseline,
+    Capturing,
+    Sidecar,
 }
 
 impl Config {
@@ -81,6 +122,7 @@ impl Config {
         ];
         if peers {
             v.extend(Peer::ALL.map(Config::Peer));
+            v.extend([Paced::Baseline, Paced::Capturing, Paced::Sidecar].map(Config::Paced));
         }
         v
     }
@@ -94,6 +136,9 @@ impl Config {
             Config::Hooks => "hooks only",
             Config::Floor => "no-op programs",
             Config::Peer(p) => p.name(),
+            Config::Paced(Paced::Baseline) => "baseline, paced",
+            Config::Paced(Paced::Capturing) => "capturing, paced",
+            Config::Paced(Paced::Sidecar) => "sidecar stand-in (nginx proxy), paced",
         }
     }
 }
@@ -362,7 +407,7 @@ impl Agent {
 fn with_observer(
     bin: &Path,
     dir: &Path,
-    duration: u64,
+    load: Load,
     port: u16,
     kernel_stats: bool,
     sink: Sink,
@@ -371,7 +416,7 @@ fn with_observer(
     let mut agent = Agent::start_with(bin, dir, &port.to_string(), sink, extra)?;
     let ((w, busy_s), cpu, progs) =
         agent.measure(kernel_stats, Duration::from_millis(300), || {
-            timed_wrk(PORT, duration)
+            timed_wrk(PORT, load)
         })?;
     let (events, drops) = agent.stop()?;
     // With --drain-only or on the idle port nothing is written: nothing reports.
@@ -388,8 +433,8 @@ fn with_observer(
 }
 
 /// A run with nothing beside nginx (and, for the floor, two no-op programs).
-fn bare(duration: u64) -> Result<Observed> {
-    let (wrk, busy_s) = timed_wrk(PORT, duration)?;
+fn bare(load: Load) -> Result<Observed> {
+    let (wrk, busy_s) = timed_wrk(PORT, load)?;
     Ok(Observed {
         wrk,
         cpu_s: 0.0,
@@ -402,11 +447,11 @@ fn bare(duration: u64) -> Result<Observed> {
 }
 
 /// A run with a peer seeing the traffic instead of the observer.
-fn with_peer(peer: Peer, dir: &Path, duration: u64) -> Result<Observed> {
+fn with_peer(peer: Peer, dir: &Path, load: Load) -> Result<Observed> {
     let running = peer.start(dir)?;
     let pid = running.pid();
     let cpu0 = tree_cpu_seconds(pid);
-    let (w, busy_s) = timed_wrk(peer.port(), duration)?;
+    let (w, busy_s) = timed_wrk(peer.port(), load)?;
     let cpu_s = tree_cpu_seconds(pid) - cpu0;
     let r = running.finish()?;
     Ok(Observed {
@@ -428,20 +473,32 @@ fn run_config(
     clickhouse: &str,
 ) -> Result<Observed> {
     let nd = Sink::Ndjson;
+    let full = Load {
+        duration,
+        pace: None,
+    };
+    let pace = dir.join("pace.lua");
+    let paced = Load {
+        duration,
+        pace: Some(&pace),
+    };
     match config {
-        Config::Baseline => bare(duration),
+        Config::Baseline => bare(full),
         Config::Floor => {
             let _hooks = NoopHooks::attach()?;
-            bare(duration)
+            bare(full)
         }
-        Config::Hooks => with_observer(bin, dir, duration, IDLE_PORT, false, nd, &[]),
-        Config::Drain => with_observer(bin, dir, duration, PORT, false, nd, &["--drain-only"]),
-        Config::Capturing => with_observer(bin, dir, duration, PORT, false, nd, &[]),
+        Config::Hooks => with_observer(bin, dir, full, IDLE_PORT, false, nd, &[]),
+        Config::Drain => with_observer(bin, dir, full, PORT, false, nd, &["--drain-only"]),
+        Config::Capturing => with_observer(bin, dir, full, PORT, false, nd, &[]),
         Config::CapturingClickHouse => {
             let ch = Sink::ClickHouse(clickhouse);
-            with_observer(bin, dir, duration, PORT, false, ch, &[])
+            with_observer(bin, dir, full, PORT, false, ch, &[])
         }
-        Config::Peer(p) => with_peer(p, dir, duration),
+        Config::Peer(p) => with_peer(p, dir, full),
+        Config::Paced(Paced::Baseline) => bare(paced),
+        Config::Paced(Paced::Capturing) => with_observer(bin, dir, paced, PORT, false, nd, &[]),
+        Config::Paced(Paced::Sidecar) => with_peer(Peer::Proxy, dir, paced),
     }
 }
 
@@ -457,6 +514,7 @@ pub fn run(
     let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     write_registry(&dir)?;
+    pace_script(&dir)?;
     say("starting the ClickHouse dev server for the ClickHouse-sink configuration");
     let clickhouse = crate::clickhouse::spawn(root, 0, &dir.join("clickhouse"))?;
     let ch_url = clickhouse.url();
@@ -510,8 +568,12 @@ pub fn run(
     say(format!(
         "kernel program cost: one more hooks-only and one more capturing run, with {BPF_STATS} on"
     ));
-    let idle_k = with_observer(bin, &dir, duration, IDLE_PORT, true, Sink::Ndjson, &[])?;
-    let obs_k = with_observer(bin, &dir, duration, PORT, true, Sink::Ndjson, &[])?;
+    let full = Load {
+        duration,
+        pace: None,
+    };
+    let idle_k = with_observer(bin, &dir, full, IDLE_PORT, true, Sink::Ndjson, &[])?;
+    let obs_k = with_observer(bin, &dir, full, PORT, true, Sink::Ndjson, &[])?;
     let crit = if with_criterion {
         Some(criterion(root)?)
     } else {

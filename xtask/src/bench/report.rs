@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::load::PORT;
 use super::stats::{interval95, ratios, Goal, Ratios};
-use super::{Config, Observed, ProgCost, IDLE_PORT};
+use super::{Config, Observed, Paced, ProgCost, IDLE_PORT, PACE_MS};
 
 pub struct Inputs<'a> {
     pub duration: u64,
@@ -27,14 +27,27 @@ impl Inputs<'_> {
         &self.runs[i]
     }
 
-    /// Machine CPU per request this configuration added to the baseline's, µs, round by round.
+    /// Machine CPU per request this configuration added to its baseline's, µs, round by round.
     fn added_us(&self, c: Config) -> Vec<f64> {
         self.of(c)
             .iter()
-            .zip(self.of(Config::Baseline))
+            .zip(self.of(baseline_of(c)))
             .map(|(o, b)| o.busy_us_per_request() - b.busy_us_per_request())
             .collect()
     }
+}
+
+/// What a configuration is compared with: the baseline at the same offered load.
+fn baseline_of(c: Config) -> Config {
+    match c {
+        Config::Paced(_) => Config::Paced(Paced::Baseline),
+        _ => Config::Baseline,
+    }
+}
+
+/// Whether `c` is a baseline (compared with nothing).
+fn is_baseline(c: Config) -> bool {
+    baseline_of(c) == c
 }
 
 /// Mean and 95% interval, as text.
@@ -202,8 +215,8 @@ fn rounds(prov: &str, x: &Inputs) -> String {
         }
     }
     let _ = writeln!(md, "\n| figure | ratio of the means | median of the rounds' ratios | mean of the rounds' ratios, 95% interval | rounds' ratios, lowest to highest |\n|---|---|---|---|---|");
-    let base: Vec<&Observed> = x.of(Config::Baseline).iter().collect();
-    for c in x.configs.iter().filter(|c| **c != Config::Baseline) {
+    for c in x.configs.iter().filter(|c| !is_baseline(**c)) {
+        let base: Vec<&Observed> = x.of(baseline_of(*c)).iter().collect();
         let runs: Vec<&Observed> = x.of(*c).iter().collect();
         for (what, r) in [
             ("throughput", ratios(&runs, &base, |o| o.wrk.rps)),
@@ -264,15 +277,27 @@ fn peers(prov: &str, x: &Inputs) -> String {
             let _ = writeln!(md, "- {}: {}", p.name(), p.command());
         }
     }
+    let _ = writeln!(
+        md,
+        "\nThe paced rows run the baseline, the observer (NDJSON sink) and the sidecar stand-in once more in every \
+         round at a fixed offered rate: wrk's Lua `delay()` makes each of the 50 connections wait {PACE_MS} ms before \
+         each request (at most {} requests/s), and each is compared with the paced baseline. With the machine mostly \
+         idle, its busy time per request is CPU actually spent, not throughput lost, and the p99 is the latency each \
+         adds rather than queueing behind a saturated server.",
+        50 * 1000 / PACE_MS
+    );
     let _ = writeln!(md, "\n| configuration | throughput / baseline (95% interval) | p99 / baseline (95% interval) | machine CPU added per request, µs (95% interval) | own CPU per request, µs | requests reported by the end of the run |\n|---|---|---|---|---|---|");
-    let base: Vec<&Observed> = x.of(Config::Baseline).iter().collect();
     let mut figures = Vec::new();
     for c in x.configs.iter().filter(|c| {
         matches!(
             c,
-            Config::Capturing | Config::CapturingClickHouse | Config::Peer(_)
+            Config::Capturing
+                | Config::CapturingClickHouse
+                | Config::Peer(_)
+                | Config::Paced(Paced::Capturing | Paced::Sidecar)
         )
     }) {
+        let base: Vec<&Observed> = x.of(baseline_of(*c)).iter().collect();
         let runs: Vec<&Observed> = x.of(*c).iter().collect();
         let rps = ratios(&runs, &base, |o| o.wrk.rps);
         let p99 = ratios(&runs, &base, |o| o.wrk.p99_ms);
@@ -307,9 +332,11 @@ fn peers(prov: &str, x: &Inputs) -> String {
         figures.push((*c, rps.of_means, p99.of_means, mean_added));
     }
     let find = |c: Config| figures.iter().find(|f| f.0 == c).copied();
-    if let (Some(o), Some(s)) = (
+    if let (Some(o), Some(s), Some(po), Some(ps)) = (
         find(Config::Capturing),
         find(Config::Peer(super::Peer::Proxy)),
+        find(Config::Paced(Paced::Capturing)),
+        find(Config::Paced(Paced::Sidecar)),
     ) {
         // Derived from the means: the goals are judged on the point figures, and only when the observer's cost
         // was measurable at all (on a disturbed machine a round's noise can exceed it).
@@ -328,18 +355,31 @@ fn peers(prov: &str, x: &Inputs) -> String {
         };
         let _ = writeln!(
             md,
-            "\nAgainst the sidecar stand-in, on the means: {}; {}; {}.\n",
+            "\nAgainst the sidecar stand-in, on the means (NDJSON sink): at the fixed offered rate, {}; {}. At \
+             saturation, {}; {}; {}.\n",
             judged(
-                o.3,
-                s.3,
+                po.3,
+                ps.3,
                 g_cpu,
                 "sidecar's added machine CPU per request over the observer's"
+            ),
+            judged(
+                po.2 - 1.0,
+                ps.2 - 1.0,
+                g_p99,
+                "observer's p99 increase over the sidecar's"
             ),
             judged(
                 1.0 - o.1,
                 1.0 - s.1,
                 g_loss,
                 "sidecar's throughput loss over the observer's"
+            ),
+            judged(
+                o.3,
+                s.3,
+                g_cpu,
+                "sidecar's added machine CPU per request over the observer's"
             ),
             judged(
                 o.2 - 1.0,
