@@ -12,7 +12,17 @@ pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn say(msg: impl AsRef<str>) {
-    eprintln!("xtask: {}", msg.as_ref());
+    eprintln!("xtask [{}]: {}", since_start(), msg.as_ref());
+}
+
+/// Time since xtask's first message, as `m:ss`: a CI log then shows what each step took.
+fn since_start() -> String {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let s = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    format!("{}:{:02}", s / 60, s % 60)
 }
 
 /// Runs a command, failing with its command line when it exits non-zero.
