@@ -1560,3 +1560,86 @@ async fn request_hash_32_bits_carries_existing_rows_over() {
         "request_hash takes {column_bytes} bytes for {n} rows"
     );
 }
+
+/// `cargo xtask bench --clickhouse` (not `cargo xtask test`: it measures, it asserts only that every row landed):
+/// rows per second through the agent's own ClickHouse sink (queue, batcher, RowBinary encoding, LZ4, HTTP insert,
+/// the spool's bookkeeping) into the dev server, at the sink's defaults (100,000 rows or 1 s a batch). The sender
+/// keeps at most `queue` events ahead of what ClickHouse acknowledged, so the queue never drops: the figure is the
+/// sink's sustained rate. `OBSERVER_BENCH_ROWS` rows (default 2,000,000) of [`realistic`] traffic, cloned from a
+/// pool of 100,000 with fresh timestamps and connection ids (generation is not measured). Prints one line for the
+/// xtask to parse: `clickhouse_insert rows=N seconds=S rows_per_s=R batches=B process_cpu_s=C`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by cargo xtask bench --clickhouse"]
+async fn bench_sink_insert_rate() {
+    let Some((py, script)) = devserver_paths("bench_sink_insert_rate") else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
+    let url = srv.url();
+    let cfg = SchemaConfig::new("observer", None, Retention::days(30)).expect("config");
+    schema::apply(&client(&url), &url, &cfg, None)
+        .await
+        .expect("schema apply");
+    let rows: u64 = std::env::var("OBSERVER_BENCH_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000);
+    let mut sink_cfg =
+        observer::sink::clickhouse::ClickHouseConfig::new(&url, dir.path().join("spool"));
+    sink_cfg.agent_id = "bench".into();
+    sink_cfg.insert_timeout = Duration::from_secs(120);
+    sink_cfg.shutdown_grace = Duration::from_secs(300);
+    let queue = 300_000u64;
+    let sink = sink::build_clickhouse(sink_cfg, queue as usize)
+        .await
+        .expect("sink");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    let mut rng = Lcg(11);
+    let pool: Vec<Event> = (0..100_000u64)
+        .map(|i| realistic(i, now_us - 3_600_000_000, &mut rng))
+        .collect();
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+        let f: Vec<&str> = stat
+            .rsplit(") ")
+            .next()
+            .unwrap_or_default()
+            .split(' ')
+            .collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        ticks as f64 / 100.0
+    };
+    let (cpu0, t0) = (cpu(), std::time::Instant::now());
+    let mut sent = 0u64;
+    while sent < rows {
+        while sent - sink.metrics().rows_sent + 1024 > queue {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut batch = sink.batch();
+        for _ in 0..1024.min(rows - sent) {
+            let mut e = pool[(sent % pool.len() as u64) as usize].clone();
+            e.ts = Timestamp(e.ts.0 + (sent / pool.len() as u64) as i64 * 100_000_000);
+            e.conn_id = sent;
+            batch.push(e);
+            sent += 1;
+        }
+        sink.send_batch(batch);
+    }
+    let m = sink.shutdown().await.expect("shutdown");
+    let (secs, cpu_s) = (t0.elapsed().as_secs_f64(), cpu() - cpu0);
+    assert_eq!((m.rows_sent, m.dropped_total()), (rows, 0), "{m:?}");
+    println!(
+        "clickhouse_insert rows={rows} seconds={secs:.3} rows_per_s={:.0} batches={} process_cpu_s={cpu_s:.2}",
+        rows as f64 / secs,
+        m.batches_sent
+    );
+    assert_eq!(
+        count(&url, "SELECT count() FROM observer.http_requests").await,
+        rows
+    );
+}
