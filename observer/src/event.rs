@@ -376,7 +376,8 @@ macro_rules! event_fields {
             // --- request identity (enrich) ---
             /// Keyed hash (SipHash-1-3 under the deployment's key secret) of method, host, target with its query
             /// values and the captured body prefix: equal for the same request, revealing no value; 0 when unknown.
-            request_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 9;
+            /// 32 bits (`enrich::request_hash`), stored in 4 bytes by T64 (schema 15).
+            request_hash: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 9;
             // --- origin across hops (`origin`): on whose behalf the exchange was made ---
             /// The first keyed hop's application (hop 0: this exchange's own).
             origin_app_id: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 10;

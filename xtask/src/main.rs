@@ -5,6 +5,7 @@
 // Unsafe code only for kill(2), signal handlers and the bpf(2) syscall (`bench`, `demo`, `noop_hooks`), every block
 // with a SAFETY comment; the other modules forbid it.
 mod bench;
+mod bench_clickhouse;
 #[forbid(unsafe_code)]
 mod benchmarks_md;
 #[forbid(unsafe_code)]
@@ -91,6 +92,16 @@ enum Cmd {
         /// Skip the criterion micro-benchmarks (BENCHMARKS.md keeps its earlier criterion section).
         #[arg(long)]
         no_criterion: bool,
+        /// Instead of the wrk rounds: ClickHouse's insert rate through the agent's sink and the rollup panels'
+        /// query time over 30 days of generated rows, on the dev server (its own BENCHMARKS.md section).
+        #[arg(long)]
+        clickhouse: bool,
+        /// Rows generated for the rollup query times (disk: about 100 bytes each while it runs).
+        #[arg(long, default_value_t = 100_000_000)]
+        clickhouse_rows: u64,
+        /// Rows inserted through the sink for the insert rate.
+        #[arg(long, default_value_t = 2_000_000)]
+        clickhouse_insert_rows: u64,
     },
     /// A demo world in network namespaces (three APIs, five client applications, a registry, ClickHouse, the
     /// agent with its UI); prints the UI's address. Ctrl-C removes everything it started.
@@ -216,8 +227,14 @@ fn main() -> Result<()> {
             peers,
             workloads,
             no_criterion,
+            clickhouse,
+            clickhouse_rows,
+            clickhouse_insert_rows,
         } => {
             let bin = build_release(&root)?;
+            if clickhouse {
+                return bench_clickhouse::run(&root, &bin, clickhouse_rows, clickhouse_insert_rows);
+            }
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
             if peers {
                 toolchain::ensure_packages(bench::PEER_PACKAGES)?;
