@@ -16,9 +16,10 @@ use aya_ebpf::{
         BPF_TCP_CLOSE, TC_ACT_PIPE,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+            bpf_get_current_cgroup_id, bpf_get_current_comm as raw_get_current_comm,
+            bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
     macros::{cgroup_skb, classifier, map, sock_ops},
@@ -55,8 +56,11 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(6553
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct FlowKey {
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    /// Addresses as the packet holds them (IPv4 mapped into IPv6), in 4-byte words: a key built from aligned words
+    /// is written with word stores, where byte arrays made the compiler zero them through a byte-at-a-time
+    /// `memset` subprogram on every packet.
+    saddr: [u32; 4],
+    daddr: [u32; 4],
     sport: u16,
     dport: u16,
     hook: u32,
@@ -154,6 +158,40 @@ fn read<T: Copy>(skb: &SkBuff, off: usize) -> Result<T, ()> {
     }
 }
 
+/// Word 2 of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), as it lies in memory.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The 4 bytes of `b` at `off`, as they lie in memory.
+#[inline(always)]
+fn word<const N: usize>(b: &[u8; N], off: usize) -> u32 {
+    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+/// An address in [`FlowKey`]'s words as the 16 bytes records carry.
+#[inline(always)]
+fn addr_bytes(a: [u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(a) }
+}
+
+/// 16 bytes kept in two words (see [`current_comm`]) as records carry them.
+#[inline(always)]
+fn words_bytes(a: [u64; 2]) -> [u8; 16] {
+    // SAFETY: [u64; 2] and [u8; 16] have the same size and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(a) }
+}
+
+/// The current task's name, in words: aya's `bpf_get_current_comm` returns a `Result` of a byte array, which the
+/// compiler zeroes and moves a byte at a time on every record that carries it.
+#[inline(always)]
+fn current_comm() -> [u64; 2] {
+    let mut comm = [0u64; 2];
+    // SAFETY: the helper writes at most 16 bytes, NUL-terminated, into the buffer it is given; it zeroes the buffer
+    // on failure, so the result needs no check.
+    unsafe { raw_get_current_comm(comm.as_mut_ptr() as *mut _, 16) };
+    comm
+}
+
 /// `LOOPBACK_IFINDEX`: the loopback device is interface 1 in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -241,13 +279,6 @@ enum Start {
 /// then streams already known not to be HTTP/1.x ([`NOT_HTTP`]) before the payload is read or classified.
 #[inline(always)]
 fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
-    let mut key = FlowKey {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        hook,
-    };
     let l4: usize;
     // cgroup_skb has no link-layer header: its protocol comes from skb->protocol. TC reads the Ethernet type.
     let proto = if l3 == 0 {
@@ -257,6 +288,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     };
     // One read per header, straight from the packet when it is linear: the IP header's fixed part, then TCP's.
     let ip_total;
+    let saddr: [u32; 4];
+    let daddr: [u32; 4];
     if proto == ETH_P_IP {
         let ip: [u8; 20] = read(skb, l3)?;
         if ip[0] >> 4 != 4 {
@@ -267,12 +300,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         }
         l4 = l3 + ((ip[0] & 0x0f) as usize) * 4;
         ip_total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-        key.saddr[10] = 0xff;
-        key.saddr[11] = 0xff;
-        key.saddr[12..16].copy_from_slice(&ip[12..16]);
-        key.daddr[10] = 0xff;
-        key.daddr[11] = 0xff;
-        key.daddr[12..16].copy_from_slice(&ip[16..20]);
+        saddr = [0, 0, V4_MAPPED, word(&ip, 12)];
+        daddr = [0, 0, V4_MAPPED, word(&ip, 16)];
     } else if proto == ETH_P_IPV6 {
         let ip: [u8; 40] = read(skb, l3)?;
         if ip[6] != IPPROTO_TCP {
@@ -281,8 +310,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         }
         l4 = l3 + 40;
         ip_total = 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
-        key.saddr.copy_from_slice(&ip[8..24]);
-        key.daddr.copy_from_slice(&ip[24..40]);
+        saddr = [word(&ip, 8), word(&ip, 12), word(&ip, 16), word(&ip, 20)];
+        daddr = [word(&ip, 24), word(&ip, 28), word(&ip, 32), word(&ip, 36)];
     } else {
         return Ok(());
     }
@@ -299,8 +328,13 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         return Ok(());
     }
     let payload_len = end - payload_off;
-    key.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    key.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let key = FlowKey {
+        saddr,
+        daddr,
+        sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+        dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+        hook,
+    };
     let cfg = config();
     if cfg.filter_ports != 0 && !port_wanted(key.sport) && !port_wanted(key.dport) {
         return Ok(());
@@ -426,12 +460,9 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     }
 
     let (pid_tgid, comm) = if send_task {
-        (
-            bpf_get_current_pid_tgid(),
-            bpf_get_current_comm().unwrap_or([0; 16]),
-        )
+        (bpf_get_current_pid_tgid(), current_comm())
     } else {
-        (0, [0; 16])
+        (0, [0; 2])
     };
     let hdr = DataHeader {
         kind: EVENT_DATA,
@@ -445,9 +476,9 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
             0
         },
         pid_tgid,
-        comm,
-        saddr: key.saddr,
-        daddr: key.daddr,
+        comm: words_bytes(comm),
+        saddr: addr_bytes(key.saddr),
+        daddr: addr_bytes(key.daddr),
         sport: key.sport,
         dport: key.dport,
         seq,
@@ -608,7 +639,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     if kind == CONN_CONNECT {
         // connect() runs in the calling task: the pid, comm and cgroup are the client's.
         ev.pid_tgid = bpf_get_current_pid_tgid();
-        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        ev.comm = words_bytes(current_comm());
         // SAFETY: a helper without arguments; connect() runs in task context, where the current cgroup is defined.
         ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
