@@ -10,19 +10,20 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, TC_ACT_PIPE,
     },
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_comm as raw_get_current_comm,
-            bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+            bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
-    macros::{cgroup_skb, classifier, map, sock_ops},
+    macros::{btf_map, cgroup_skb, classifier, map, sock_ops},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{sk_buff::SkBuff, SkBuffContext, SockOpsContext, TcContext},
     EbpfContext,
@@ -49,9 +50,24 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
-/// Per stream (and hook) state: how much of the current message may still be copied.
+/// Per stream (and hook) state of the TC hooks, which see no socket, and of sockets whose storage could not be had
+/// (see [`SOCK_FLOWS`]); also the mark a local socket's egress leaves for the ingress hook (see [`capture`]).
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per socket state of the cgroup_skb hooks, one [`FlowState`] per direction, in the socket itself: found from the
+/// skb's socket in a few loads, where [`FLOWS`] hashes a 40-byte key and walks a bucket on every payload packet,
+/// and freed with the socket, so a 4-tuple reused by a later connection starts clean.
+#[btf_map]
+static SOCK_FLOWS: SkStorage<SockFlows> = SkStorage::new();
+
+/// A socket's [`SOCK_FLOWS`] value: index 0 ingress, 1 egress. Created zeroed: a zero `cookie` is a direction that
+/// has no stream yet (a socket's cookie is never 0).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockFlows {
+    dir: [FlowState; 2],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -355,11 +371,22 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     }
 
     let ctx_ptr = skb.skb as *mut _;
-    // SAFETY: the helper takes the program's own context, valid for its run.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
     // The stream's state when it is known: every message after a connection's first, and every continuation. State
-    // left by an earlier connection on the same 4-tuple does not count.
-    let entry = FLOWS.get_ptr_mut(&key);
+    // left by an earlier connection on the same 4-tuple does not count. A socket's own storage holds its cookie
+    // once it has a stream, which spares the helper call.
+    let sock = if cgroup { sock_flow(skb, hook) } else { None };
+    let (entry, cookie) = match sock {
+        // SAFETY: a socket storage pointer, valid for the program's run.
+        Some(p) if unsafe { (*p).cookie } != 0 => (Some(p), unsafe { (*p).cookie }),
+        _ => {
+            // SAFETY: the helper takes the program's own context, valid for its run.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
+            match sock {
+                Some(p) => (Some(p), cookie),
+                None => (FLOWS.get_ptr_mut(&key), cookie),
+            }
+        }
+    };
     let known = match entry {
         // SAFETY: a map value pointer from a successful lookup, valid for the program's run; another CPU updating
         // the same stream at once can at worst give a stale cookie, which makes this record a stream start.
@@ -397,9 +424,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
                         cookie,
                         task_ns: 0,
                     };
-                    if FLOWS.insert(&key, &st, 0).is_err() {
-                        count(CNT_FLOW_MAP_FULL);
-                    }
+                    store(entry, sock.is_some(), &key, &st);
                 }
             }
             return Ok(());
@@ -444,16 +469,12 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         cookie,
         task_ns: if refresh { ts_ns } else { task_ns },
     };
-    // Updated in place when present: an LRU insert allocates and unlinks an element.
-    match entry {
-        // SAFETY: a valid map value (see `known`); FlowState is plain data, so a racing writer leaves one of the
+    if known.is_none() {
+        store(entry, sock.is_some(), &key, &st);
+    } else if let Some(p) = entry {
+        // SAFETY: a valid state pointer (see `known`); FlowState is plain data, so a racing writer leaves one of the
         // two states, either of which is a consistent stream state.
-        Some(p) => unsafe { *p = st },
-        None => {
-            if FLOWS.insert(&key, &st, 0).is_err() {
-                count(CNT_FLOW_MAP_FULL);
-            }
-        }
+        unsafe { *p = st };
     }
     if copy == 0 {
         return Ok(());
@@ -504,6 +525,51 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
             count_lost(skb, payload_off, payload_len, flags, why);
             Err(())
         }
+    }
+}
+
+/// The cgroup_skb socket's state for `hook`'s direction, created on first use; `None` when the packet has no full
+/// socket or its storage could not be allocated (counted), and the stream's state then lives in [`FLOWS`].
+#[inline(always)]
+fn sock_flow(skb: &SkBuff, hook: u32) -> Option<*mut FlowState> {
+    // SAFETY: the context pointer is valid for the program's run; `sk` is a readable cgroup_skb context field.
+    let sk = unsafe { (*skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: the map is this program's socket storage map and `sk` the skb's socket, checked non-null; the helper
+    // returns null for sockets that cannot hold storage (request and time-wait sockets).
+    let p = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCK_FLOWS) as *mut _,
+            sk as *mut _,
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut SockFlows;
+    if p.is_null() {
+        count(CNT_SOCK_STORAGE_UNAVAILABLE);
+        return None;
+    }
+    let i = if hook == HOOK_CGROUP_EGRESS { 1 } else { 0 };
+    // SAFETY: a valid storage value for the program's run; `i` < 2.
+    Some(unsafe { core::ptr::addr_of_mut!((*p).dir[i]) })
+}
+
+/// Writes the state of a stream that had none (or a stale one). A socket's storage is written in place; the egress
+/// stream of a local socket also leaves its key in [`FLOWS`], where the ingress hook looks for a local sender.
+/// Other streams go into [`FLOWS`] (updated in place when present: an LRU insert allocates and unlinks an element).
+#[inline(always)]
+fn store(entry: Option<*mut FlowState>, in_sock: bool, key: &FlowKey, st: &FlowState) {
+    if let Some(p) = entry {
+        // SAFETY: a valid state pointer from a lookup in this run; FlowState is plain data.
+        unsafe { *p = *st };
+        if !in_sock || key.hook != HOOK_CGROUP_EGRESS {
+            return;
+        }
+    }
+    if FLOWS.insert(key, st, 0).is_err() {
+        count(CNT_FLOW_MAP_FULL);
     }
 }
 
