@@ -446,7 +446,10 @@ pub const CNT_RINGBUF_FULL_RESPONSE: u32 = 15;
 pub const CNT_RINGBUF_FULL_CONTINUATION: u32 = 16;
 pub const CNT_RINGBUF_FULL_CONN: u32 = 17;
 pub const CNT_LOAD_FAILED_REQUEST: u32 = 18;
-pub const CNT_MAX: u32 = 19;
+/// Payload packets of a cgroup_skb hook whose socket could hold no per-socket state (the kernel gives none to request
+/// and time-wait sockets, or could not allocate it): their stream's state went to the shared flow table instead.
+pub const CNT_SOCK_STORAGE_UNAVAILABLE: u32 = 19;
+pub const CNT_MAX: u32 = 20;
 
 impl NotStart {
     /// The counter of segments dropped for this reason.
@@ -488,6 +491,7 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "ringbuf_full_continuations",
     "ringbuf_full_conn_events",
     "load_failed_request_starts",
+    "sock_storage_unavailable",
 ];
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 112);

@@ -10,18 +10,20 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, TC_ACT_PIPE,
     },
+    btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+            bpf_get_current_cgroup_id, bpf_get_current_comm as raw_get_current_comm,
+            bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
-    macros::{cgroup_skb, classifier, map, sock_ops},
+    macros::{btf_map, cgroup_skb, classifier, map, sock_ops},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{sk_buff::SkBuff, SkBuffContext, SockOpsContext, TcContext},
     EbpfContext,
@@ -48,15 +50,33 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
-/// Per stream (and hook) state: how much of the current message may still be copied.
+/// Per stream (and hook) state of the TC hooks, which see no socket, and of sockets whose storage could not be had
+/// (see [`SOCK_FLOWS`]); also the mark a local socket's egress leaves for the ingress hook (see [`capture`]).
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per socket state of the cgroup_skb hooks, one [`FlowState`] per direction, in the socket itself: found from the
+/// skb's socket in a few loads, where [`FLOWS`] hashes a 40-byte key and walks a bucket on every payload packet,
+/// and freed with the socket, so a 4-tuple reused by a later connection starts clean.
+#[btf_map]
+static SOCK_FLOWS: SkStorage<SockFlows> = SkStorage::new();
+
+/// A socket's [`SOCK_FLOWS`] value: index 0 ingress, 1 egress. Created zeroed: a zero `cookie` is a direction that
+/// has no stream yet (a socket's cookie is never 0).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockFlows {
+    dir: [FlowState; 2],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct FlowKey {
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    /// Addresses as the packet holds them (IPv4 mapped into IPv6), in 4-byte words: a key built from aligned words
+    /// is written with word stores, where byte arrays made the compiler zero them through a byte-at-a-time
+    /// `memset` subprogram on every packet.
+    saddr: [u32; 4],
+    daddr: [u32; 4],
     sport: u16,
     dport: u16,
     hook: u32,
@@ -154,6 +174,40 @@ fn read<T: Copy>(skb: &SkBuff, off: usize) -> Result<T, ()> {
     }
 }
 
+/// Word 2 of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), as it lies in memory.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The 4 bytes of `b` at `off`, as they lie in memory.
+#[inline(always)]
+fn word<const N: usize>(b: &[u8; N], off: usize) -> u32 {
+    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+/// An address in [`FlowKey`]'s words as the 16 bytes records carry.
+#[inline(always)]
+fn addr_bytes(a: [u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(a) }
+}
+
+/// 16 bytes kept in two words (see [`current_comm`]) as records carry them.
+#[inline(always)]
+fn words_bytes(a: [u64; 2]) -> [u8; 16] {
+    // SAFETY: [u64; 2] and [u8; 16] have the same size and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(a) }
+}
+
+/// The current task's name, in words: aya's `bpf_get_current_comm` returns a `Result` of a byte array, which the
+/// compiler zeroes and moves a byte at a time on every record that carries it.
+#[inline(always)]
+fn current_comm() -> [u64; 2] {
+    let mut comm = [0u64; 2];
+    // SAFETY: the helper writes at most 16 bytes, NUL-terminated, into the buffer it is given; it zeroes the buffer
+    // on failure, so the result needs no check.
+    unsafe { raw_get_current_comm(comm.as_mut_ptr() as *mut _, 16) };
+    comm
+}
+
 /// `LOOPBACK_IFINDEX`: the loopback device is interface 1 in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -241,13 +295,6 @@ enum Start {
 /// then streams already known not to be HTTP/1.x ([`NOT_HTTP`]) before the payload is read or classified.
 #[inline(always)]
 fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
-    let mut key = FlowKey {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        hook,
-    };
     let l4: usize;
     // cgroup_skb has no link-layer header: its protocol comes from skb->protocol. TC reads the Ethernet type.
     let proto = if l3 == 0 {
@@ -257,6 +304,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     };
     // One read per header, straight from the packet when it is linear: the IP header's fixed part, then TCP's.
     let ip_total;
+    let saddr: [u32; 4];
+    let daddr: [u32; 4];
     if proto == ETH_P_IP {
         let ip: [u8; 20] = read(skb, l3)?;
         if ip[0] >> 4 != 4 {
@@ -267,12 +316,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         }
         l4 = l3 + ((ip[0] & 0x0f) as usize) * 4;
         ip_total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-        key.saddr[10] = 0xff;
-        key.saddr[11] = 0xff;
-        key.saddr[12..16].copy_from_slice(&ip[12..16]);
-        key.daddr[10] = 0xff;
-        key.daddr[11] = 0xff;
-        key.daddr[12..16].copy_from_slice(&ip[16..20]);
+        saddr = [0, 0, V4_MAPPED, word(&ip, 12)];
+        daddr = [0, 0, V4_MAPPED, word(&ip, 16)];
     } else if proto == ETH_P_IPV6 {
         let ip: [u8; 40] = read(skb, l3)?;
         if ip[6] != IPPROTO_TCP {
@@ -281,8 +326,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         }
         l4 = l3 + 40;
         ip_total = 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
-        key.saddr.copy_from_slice(&ip[8..24]);
-        key.daddr.copy_from_slice(&ip[24..40]);
+        saddr = [word(&ip, 8), word(&ip, 12), word(&ip, 16), word(&ip, 20)];
+        daddr = [word(&ip, 24), word(&ip, 28), word(&ip, 32), word(&ip, 36)];
     } else {
         return Ok(());
     }
@@ -299,8 +344,13 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         return Ok(());
     }
     let payload_len = end - payload_off;
-    key.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    key.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let key = FlowKey {
+        saddr,
+        daddr,
+        sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+        dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+        hook,
+    };
     let cfg = config();
     if cfg.filter_ports != 0 && !port_wanted(key.sport) && !port_wanted(key.dport) {
         return Ok(());
@@ -321,11 +371,22 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     }
 
     let ctx_ptr = skb.skb as *mut _;
-    // SAFETY: the helper takes the program's own context, valid for its run.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
     // The stream's state when it is known: every message after a connection's first, and every continuation. State
-    // left by an earlier connection on the same 4-tuple does not count.
-    let entry = FLOWS.get_ptr_mut(&key);
+    // left by an earlier connection on the same 4-tuple does not count. A socket's own storage holds its cookie
+    // once it has a stream, which spares the helper call.
+    let sock = if cgroup { sock_flow(skb, hook) } else { None };
+    let (entry, cookie) = match sock {
+        // SAFETY: a socket storage pointer, valid for the program's run.
+        Some(p) if unsafe { (*p).cookie } != 0 => (Some(p), unsafe { (*p).cookie }),
+        _ => {
+            // SAFETY: the helper takes the program's own context, valid for its run.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
+            match sock {
+                Some(p) => (Some(p), cookie),
+                None => (FLOWS.get_ptr_mut(&key), cookie),
+            }
+        }
+    };
     let known = match entry {
         // SAFETY: a map value pointer from a successful lookup, valid for the program's run; another CPU updating
         // the same stream at once can at worst give a stale cookie, which makes this record a stream start.
@@ -363,9 +424,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
                         cookie,
                         task_ns: 0,
                     };
-                    if FLOWS.insert(&key, &st, 0).is_err() {
-                        count(CNT_FLOW_MAP_FULL);
-                    }
+                    store(entry, sock.is_some(), &key, &st);
                 }
             }
             return Ok(());
@@ -410,28 +469,21 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         cookie,
         task_ns: if refresh { ts_ns } else { task_ns },
     };
-    // Updated in place when present: an LRU insert allocates and unlinks an element.
-    match entry {
-        // SAFETY: a valid map value (see `known`); FlowState is plain data, so a racing writer leaves one of the
+    if known.is_none() {
+        store(entry, sock.is_some(), &key, &st);
+    } else if let Some(p) = entry {
+        // SAFETY: a valid state pointer (see `known`); FlowState is plain data, so a racing writer leaves one of the
         // two states, either of which is a consistent stream state.
-        Some(p) => unsafe { *p = st },
-        None => {
-            if FLOWS.insert(&key, &st, 0).is_err() {
-                count(CNT_FLOW_MAP_FULL);
-            }
-        }
+        unsafe { *p = st };
     }
     if copy == 0 {
         return Ok(());
     }
 
     let (pid_tgid, comm) = if send_task {
-        (
-            bpf_get_current_pid_tgid(),
-            bpf_get_current_comm().unwrap_or([0; 16]),
-        )
+        (bpf_get_current_pid_tgid(), current_comm())
     } else {
-        (0, [0; 16])
+        (0, [0; 2])
     };
     let hdr = DataHeader {
         kind: EVENT_DATA,
@@ -445,9 +497,9 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
             0
         },
         pid_tgid,
-        comm,
-        saddr: key.saddr,
-        daddr: key.daddr,
+        comm: words_bytes(comm),
+        saddr: addr_bytes(key.saddr),
+        daddr: addr_bytes(key.daddr),
         sport: key.sport,
         dport: key.dport,
         seq,
@@ -473,6 +525,51 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
             count_lost(skb, payload_off, payload_len, flags, why);
             Err(())
         }
+    }
+}
+
+/// The cgroup_skb socket's state for `hook`'s direction, created on first use; `None` when the packet has no full
+/// socket or its storage could not be allocated (counted), and the stream's state then lives in [`FLOWS`].
+#[inline(always)]
+fn sock_flow(skb: &SkBuff, hook: u32) -> Option<*mut FlowState> {
+    // SAFETY: the context pointer is valid for the program's run; `sk` is a readable cgroup_skb context field.
+    let sk = unsafe { (*skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: the map is this program's socket storage map and `sk` the skb's socket, checked non-null; the helper
+    // returns null for sockets that cannot hold storage (request and time-wait sockets).
+    let p = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCK_FLOWS) as *mut _,
+            sk as *mut _,
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut SockFlows;
+    if p.is_null() {
+        count(CNT_SOCK_STORAGE_UNAVAILABLE);
+        return None;
+    }
+    let i = if hook == HOOK_CGROUP_EGRESS { 1 } else { 0 };
+    // SAFETY: a valid storage value for the program's run; `i` < 2.
+    Some(unsafe { core::ptr::addr_of_mut!((*p).dir[i]) })
+}
+
+/// Writes the state of a stream that had none (or a stale one). A socket's storage is written in place; the egress
+/// stream of a local socket also leaves its key in [`FLOWS`], where the ingress hook looks for a local sender.
+/// Other streams go into [`FLOWS`] (updated in place when present: an LRU insert allocates and unlinks an element).
+#[inline(always)]
+fn store(entry: Option<*mut FlowState>, in_sock: bool, key: &FlowKey, st: &FlowState) {
+    if let Some(p) = entry {
+        // SAFETY: a valid state pointer from a lookup in this run; FlowState is plain data.
+        unsafe { *p = *st };
+        if !in_sock || key.hook != HOOK_CGROUP_EGRESS {
+            return;
+        }
+    }
+    if FLOWS.insert(key, st, 0).is_err() {
+        count(CNT_FLOW_MAP_FULL);
     }
 }
 
@@ -608,7 +705,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     if kind == CONN_CONNECT {
         // connect() runs in the calling task: the pid, comm and cgroup are the client's.
         ev.pid_tgid = bpf_get_current_pid_tgid();
-        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        ev.comm = words_bytes(current_comm());
         // SAFETY: a helper without arguments; connect() runs in task context, where the current cgroup is defined.
         ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }

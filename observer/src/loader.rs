@@ -131,7 +131,9 @@ pub fn preflight(opts: &LoadOptions) -> Result<PathBuf, LoadError> {
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let cgroup_path = preflight(opts)?;
     bump_memlock_rlimit();
-    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    // SOCK_FLOWS is socket-local storage, a map type aya 0.13 creates (with its BTF) but has no wrapper for: only
+    // the kernel programs use it.
+    let mut ebpf = EbpfLoader::new().allow_unsupported_maps().load(OBJECT)?;
 
     // On the hierarchy's root every local socket's egress is seen, loopback senders included.
     let at_root = crate::cgroups::cgroup2_mount()
