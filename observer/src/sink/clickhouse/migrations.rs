@@ -40,6 +40,14 @@ pub fn http_requests_columns() -> &'static [Column] {
     &COLUMNS
 }
 
+/// The `http_requests` column `name` (a migration naming a column that does not exist is a bug).
+fn http_requests_column(name: &str) -> &'static Column {
+    http_requests_columns()
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("http_requests has no column {name}"))
+}
+
 /// Latency quantiles kept in the rollups' `duration_quantiles` state, in this order.
 pub const ROLLUP_QUANTILES: &str = "0.5, 0.9, 0.95, 0.99";
 
@@ -153,14 +161,10 @@ fn v15_request_hash_32_bits(cfg: &SchemaConfig) -> Vec<String> {
     let db = &cfg.database;
     let table = cfg.storage("http_requests");
     let oc = cfg.on_cluster();
-    let column = http_requests_columns()
-        .iter()
-        .find(|c| c.name == "request_hash")
-        .expect("request_hash is an http_requests column");
     vec![
         format!(
             "ALTER TABLE {db}.{table}{oc} MODIFY COLUMN {}",
-            column_definition(column)
+            column_definition(http_requests_column("request_hash"))
         ),
         format!(
             "ALTER TABLE {db}.{table}{oc} UPDATE request_hash = greatest(bitAnd(request_hash, 4294967295), 1) \
@@ -179,13 +183,9 @@ fn v14_request_id_ttl(cfg: &SchemaConfig) -> Vec<String> {
     let db = &cfg.database;
     let table = cfg.storage("http_requests");
     let oc = cfg.on_cluster();
-    let column = http_requests_columns()
-        .iter()
-        .find(|c| c.name == "request_id")
-        .expect("request_id is an http_requests column");
     vec![format!(
         "ALTER TABLE {db}.{table}{oc} MODIFY COLUMN {} TTL toDateTime(ts) + {}",
-        column_definition(column),
+        column_definition(http_requests_column("request_id")),
         cfg.request_id_retention.to_sql_interval()
     )]
 }
@@ -400,13 +400,7 @@ fn v11_origin_fleet(cfg: &SchemaConfig) -> Vec<String> {
     let db = &cfg.database;
     let oc = cfg.on_cluster();
     let storage = cfg.storage("origin_fleet");
-    let col = |name: &str| {
-        http_requests_columns()
-            .iter()
-            .find(|c| c.name == name)
-            .map(column_definition)
-            .unwrap_or_else(|| panic!("http_requests has no column {name}"))
-    };
+    let col = |name: &str| column_definition(http_requests_column(name));
     let mut defs: Vec<String> = ["conn_id", "ts"].iter().map(|c| col(c)).collect();
     defs.extend(ORIGIN_COLUMNS.iter().map(|c| col(c)));
     defs.push("filled_at DateTime64(6, 'UTC') DEFAULT now64(6)".into());
