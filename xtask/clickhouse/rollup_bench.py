@@ -100,13 +100,16 @@ def expand_macros(sql, from_s, to_s, interval_s):
                 if depth == 0:
                     arg, tail = tail[1:i].strip(), tail[i + 1:]
                     break
-        out.append({
+        macros = {
             "timeFilter": lambda: f"{arg} >= toDateTime({from_s}) AND {arg} <= toDateTime({to_s})",
             "fromTime": lambda: f"toDateTime({from_s})",
             "toTime": lambda: f"toDateTime({to_s})",
             "timeInterval": lambda: f"toStartOfInterval(toDateTime({arg}), INTERVAL {interval_s} second)",
             "interval_s": lambda: str(interval_s),
-        }[name]())
+        }
+        if name not in macros:
+            raise SystemExit(f"macro $__{name} is not expanded by rollup_bench.py (add it as dashboards.rs has it)")
+        out.append(macros[name]())
         rest = tail
     return "".join(out) + rest
 
