@@ -28,6 +28,7 @@ pub mod credentials;
 pub mod insights_rows;
 pub mod migrations;
 pub mod registry_rows;
+mod registry_schema;
 pub mod rowbinary;
 pub mod schema;
 mod shipper;
