@@ -52,7 +52,7 @@ impl Observed {
 #[derive(Clone, Copy)]
 struct Load<'a> {
     duration: u64,
-    /// wrk's pacing script ([`pace_script`]), for the paced configurations.
+    /// wrk's pacing script ([`write_pace_script`]), for the paced configurations.
     pace: Option<&'a Path>,
 }
 
@@ -62,14 +62,16 @@ struct Load<'a> {
 /// where at saturation it is mostly the throughput they cost (busy time is pinned at 100%).
 const PACE_MS: u32 = 5;
 
-/// wrk's pacing script: a fixed delay before every request on every connection.
-fn pace_script(dir: &Path) -> Result<std::path::PathBuf> {
-    let path = dir.join("pace.lua");
-    std::fs::write(
-        &path,
-        format!("function delay()\n  return {PACE_MS}\nend\n"),
-    )?;
-    Ok(path)
+/// Where the bench directory `dir` keeps wrk's pacing script.
+fn pace_script_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("pace.lua")
+}
+
+/// Writes wrk's pacing script: a fixed delay before every request on every connection.
+fn write_pace_script(dir: &Path) -> Result<()> {
+    let script = format!("function delay()\n  return {PACE_MS}\nend\n");
+    std::fs::write(pace_script_path(dir), script)?;
+    Ok(())
 }
 
 /// Runs wrk against `port`, with the machine's busy time around it.
@@ -477,7 +479,7 @@ fn run_config(
         duration,
         pace: None,
     };
-    let pace = dir.join("pace.lua");
+    let pace = pace_script_path(dir);
     let paced = Load {
         duration,
         pace: Some(&pace),
@@ -514,7 +516,7 @@ pub fn run(
     let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     write_registry(&dir)?;
-    pace_script(&dir)?;
+    write_pace_script(&dir)?;
     say("starting the ClickHouse dev server for the ClickHouse-sink configuration");
     let clickhouse = crate::clickhouse::spawn(root, 0, &dir.join("clickhouse"))?;
     let ch_url = clickhouse.url();
