@@ -159,26 +159,18 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
             ev.key_state = KeyState::None;
         }
         Some(raw) => {
-            let fp = snap.secret().fingerprint(raw);
-            let mut hex_buf = [0u8; 64];
             set(
                 &mut ev.key_suffix,
                 std::str::from_utf8(raw).map(key_suffix).unwrap_or(""),
             );
-            match snap.key_by_fingerprint(&fp) {
-                Some((k, hex)) => {
-                    ev.key_fingerprint = hex.clone();
+            let found = snap.fingerprint_of(raw);
+            ev.key_fingerprint = found.hex;
+            match found.key.map(|i| snap.key(i)) {
+                Some(k) => {
                     ev.key_state = k.state(api.map(|a| a.id.as_str()), now);
                     app = snap.app_text(&k.application);
                 }
-                None => {
-                    // Written where it is built: one allocation, the shared string's.
-                    ev.key_fingerprint = SharedStr::from(
-                        hex::encode_to_slice(fp, &mut hex_buf)
-                            .map_or("", |()| std::str::from_utf8(&hex_buf).unwrap_or("")),
-                    );
-                    ev.key_state = KeyState::Unknown;
-                }
+                None => ev.key_state = KeyState::Unknown,
             }
         }
     }

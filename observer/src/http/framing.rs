@@ -123,8 +123,22 @@ impl Framing {
         f
     }
 
+    /// Whether a field named `name` says anything about framing (so [`Framing::add`] would take it into account).
+    /// Compares lengths first: a head's other fields are told apart without reading their names.
+    pub fn is_framing_field(name: &str) -> bool {
+        match name.len() {
+            10 => name.eq_ignore_ascii_case("connection"),
+            14 => name.eq_ignore_ascii_case("content-length"),
+            17 => name.eq_ignore_ascii_case("transfer-encoding"),
+            _ => false,
+        }
+    }
+
     /// Takes one header field into account (value trimmed).
     pub fn add(&mut self, name: &str, value: &str) {
+        if !Framing::is_framing_field(name) {
+            return;
+        }
         let tokens = || value.split(',').map(str::trim);
         if name.eq_ignore_ascii_case("transfer-encoding") {
             if let Some(last) = tokens().rfind(|t| !t.is_empty()) {

@@ -95,11 +95,19 @@ impl Headers {
             .map(|(_, v)| v)
     }
 
-    /// The first value of `name` (case-insensitive).
+    /// The first value of `name` (case-insensitive). Several lookups run per exchange: names of another length are
+    /// passed over without being read or sliced.
     pub fn get<'a>(&'a self, name: &str) -> Option<&'a str> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        let text = self.text.as_bytes();
+        let mut start = 0usize;
+        for &(n, v) in &self.ends {
+            let (n, v) = (n as usize, v as usize);
+            if n - start == name.len() && text[start..n].eq_ignore_ascii_case(name.as_bytes()) {
+                return Some(&self.text[n..v]);
+            }
+            start = v;
+        }
+        None
     }
 
     pub fn len(&self) -> usize {
@@ -435,7 +443,12 @@ fn response_head(
         httparse::Status::Partial => Parsed::Partial,
         httparse::Status::Complete(head_len) => {
             let mut framing = Framing::default();
-            for h in resp.headers.iter() {
+            // A response's other fields are not reported: only framing fields are read as text.
+            for h in resp
+                .headers
+                .iter()
+                .filter(|h| Framing::is_framing_field(h.name))
+            {
                 with_text(h.value, |v| framing.add(h.name, v));
             }
             let mut anomalies = framing.anomalies(false);

@@ -43,10 +43,14 @@ pub struct KeySecret {
     mac: HmacSha256,
     /// SipHash key of `request_hash`: the first 16 bytes of HMAC(secret, [`REQUEST_HASH_LABEL`]).
     request_key: [u8; 16],
+    /// SipHash key of the fingerprint cache (`key_cache`): the first 16 bytes of HMAC(secret, [`KEY_CACHE_LABEL`]).
+    cache_key: [u8; 16],
 }
 
 /// What the secret is applied to for the `request_hash` key (changing it changes every request hash).
 const REQUEST_HASH_LABEL: &[u8] = b"observer request_hash v1";
+/// What the secret is applied to for the fingerprint cache's key (never leaves the agent's memory).
+const KEY_CACHE_LABEL: &[u8] = b"observer key cache v1";
 
 impl fmt::Debug for KeySecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -60,10 +64,24 @@ impl KeySecret {
             mac: <HmacSha256 as KeyInit>::new_from_slice(secret)
                 .expect("HMAC accepts keys of any length"),
             request_key: [0; 16],
+            cache_key: [0; 16],
         };
         let derived = s.fingerprint(REQUEST_HASH_LABEL);
         s.request_key.copy_from_slice(&derived[..16]);
+        let derived = s.fingerprint(KEY_CACHE_LABEL);
+        s.cache_key.copy_from_slice(&derived[..16]);
         s
+    }
+
+    /// A keyed 128-bit hash (SipHash-1-3) of a raw key, by which the fingerprint cache finds it without keeping the
+    /// key: without the secret nobody can make two keys collide, and by chance two of 2^32 keys would collide once
+    /// in 2^64 tries.
+    pub fn cache_hash(&self, key: &[u8]) -> u128 {
+        use siphasher::sip128::Hasher128;
+        use std::hash::Hasher;
+        let mut h = siphasher::sip128::SipHasher13::new_with_key(&self.cache_key);
+        h.write(key);
+        h.finish128().as_u128()
     }
 
     /// A SipHash-1-3 hasher keyed for events' `request_hash`: every node holding the same secret hashes the same

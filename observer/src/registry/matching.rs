@@ -83,6 +83,8 @@ pub struct Snapshot {
     /// Inferred routes of traffic that matched no API.
     unmatched_inferred: InferredRoutes,
     key_by_fp: HashMap<[u8; 32], usize, foldhash::fast::RandomState>,
+    /// Fingerprints of the keys presented lately (this snapshot's keys and secret).
+    key_cache: super::key_cache::KeyCache,
     app_by_id: HashMap<String, usize, foldhash::fast::RandomState>,
     /// What events carry of the registry, by index in it: enrichment hands out shared copies.
     text: EventText,
@@ -251,6 +253,7 @@ impl Snapshot {
             inferred,
             unmatched_inferred,
             key_by_fp,
+            key_cache: Default::default(),
             app_by_id,
             team_by_id,
             selectors,
@@ -282,11 +285,31 @@ impl Snapshot {
             .map(|&i| &self.registry.applications[i])
     }
 
-    /// The key with fingerprint `fp`, and that fingerprint as events carry it.
-    pub fn key_by_fingerprint(&self, fp: &[u8; 32]) -> Option<(&Key, &SharedStr)> {
-        self.key_by_fp
-            .get(fp)
-            .map(|&i| (&self.registry.keys[i], &self.text.key_fps[i]))
+    /// The fingerprint of a presented key, and the registry key it belongs to; computed once per key and then
+    /// found by a keyed hash (`key_cache`).
+    pub fn fingerprint_of(&self, raw: &[u8]) -> super::Fingerprinted {
+        self.key_cache
+            .get_or_insert(&self.secret, raw, |fp| match self.key_by_fp.get(&fp) {
+                Some(&i) => super::Fingerprinted {
+                    key: Some(i),
+                    hex: self.text.key_fps[i].clone(),
+                },
+                None => {
+                    let mut hex_buf = [0u8; 64];
+                    super::Fingerprinted {
+                        key: None,
+                        hex: SharedStr::from(
+                            hex::encode_to_slice(fp, &mut hex_buf)
+                                .map_or("", |()| std::str::from_utf8(&hex_buf).unwrap_or("")),
+                        ),
+                    }
+                }
+            })
+    }
+
+    /// Registry key `i` (an index [`Snapshot::fingerprint_of`] gave).
+    pub fn key(&self, i: usize) -> &Key {
+        &self.registry.keys[i]
     }
 
     /// API `i`'s values as events carry them.

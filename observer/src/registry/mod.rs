@@ -7,6 +7,7 @@ mod fingerprint;
 mod glob;
 mod import_kong;
 mod import_openapi;
+mod key_cache;
 mod load;
 mod matching;
 mod model;
@@ -26,6 +27,7 @@ pub use glob::Glob;
 /// The importers' text-to-registry steps, for callers that hold the text (the fuzz targets).
 pub use import_kong::import as import_kong_text;
 pub use import_openapi::{parse_spec as parse_openapi, to_registry_yaml as openapi_registry_yaml};
+pub use key_cache::{Fingerprinted, MAX_CACHED_KEYS};
 #[allow(unused_imports)]
 pub use load::{load_file, load_str, load_with, Loaded, Problem, Problems, RegistryError, Source};
 #[allow(unused_imports)]
