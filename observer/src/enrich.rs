@@ -8,8 +8,7 @@ use std::sync::Arc;
 use crate::event::{AttributedBy, Event, Exchange, KeyState, SharedStr, Timestamp};
 use crate::http::Headers;
 use crate::registry::{
-    infer_template, key_suffix, AppText, Auth, AuthKind, LiveRegistry, ServerEnd, Snapshot,
-    DEFAULT_KEY_HEADERS,
+    infer_template, AppText, Auth, AuthKind, LiveRegistry, ServerEnd, Snapshot, DEFAULT_KEY_HEADERS,
 };
 
 /// Longest credential decoded from `Authorization: Basic` or a percent-encoded query value.
@@ -67,11 +66,6 @@ pub struct KubeEnds<'a> {
     pub client: Option<&'a crate::kube::PodMeta>,
     /// The Services (`namespace/name`) the server's address backs, for API matchers by `service`.
     pub server_services: &'a [crate::event::SharedStr],
-}
-
-fn set(field: &mut String, value: &str) {
-    field.clear();
-    field.push_str(value);
 }
 
 /// Fills `api_*`, `route`, `app_*`, `line_of_business`, `key_*` and `attributed_by` of `ex.event` from `snap`.
@@ -146,25 +140,26 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         }
     };
     let mut scratch = [0u8; SCRATCH];
-    // The first location holding a credential wins; it is extracted again so the probe's borrow of `scratch` ends.
-    let key = auths
-        .iter()
-        .position(|a| extract_key(a, request_headers, raw_query, &mut scratch).is_some())
-        .and_then(|i| extract_key(&auths[i], request_headers, raw_query, &mut scratch));
+    // The first location holding a credential wins; with several, it is extracted again so the probe's borrow of
+    // `scratch` ends (one location, nearly every API, is read once).
+    let key = match auths {
+        [only] => extract_key(only, request_headers, raw_query, &mut scratch),
+        _ => auths
+            .iter()
+            .position(|a| extract_key(a, request_headers, raw_query, &mut scratch).is_some())
+            .and_then(|i| extract_key(&auths[i], request_headers, raw_query, &mut scratch)),
+    };
     let mut app: Option<&AppText> = None;
     match key {
         None => {
             ev.key_fingerprint = SharedStr::default();
-            ev.key_suffix.clear();
+            ev.key_suffix = SharedStr::default();
             ev.key_state = KeyState::None;
         }
         Some(raw) => {
-            set(
-                &mut ev.key_suffix,
-                std::str::from_utf8(raw).map(key_suffix).unwrap_or(""),
-            );
             let found = snap.fingerprint_of(raw);
             ev.key_fingerprint = found.hex;
+            ev.key_suffix = found.suffix;
             match found.key.map(|i| snap.key(i)) {
                 Some(k) => {
                     ev.key_state = k.state(api.map(|a| a.id.as_str()), now);

@@ -355,7 +355,7 @@ macro_rules! event_fields {
             app_team: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             line_of_business: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             key_fingerprint: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            key_suffix: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            key_suffix: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             key_state: $crate::event::KeyState => $crate::event::enum8::<$crate::event::KeyState>(), "CODEC(ZSTD(1))", 1;
             attributed_by: $crate::event::AttributedBy
                 => $crate::event::enum8::<$crate::event::AttributedBy>(), "CODEC(ZSTD(1))", 1;

@@ -139,7 +139,7 @@ fn realistic_fields(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
         app_team: format!("team-{}", app_n % 5).into(),
         line_of_business: rng.pick(&["retail", "wholesale"]).into(),
         key_fingerprint: format!("fp{:04}", app_n * 3 + rng.next() % 3).into(),
-        key_suffix: format!("{:04x}", app_n * 977),
+        key_suffix: format!("{:04x}", app_n * 977).into(),
         key_state: match rng.next() % 50 {
             0 => KeyState::Expired,
             1 => KeyState::Unknown,

@@ -20,6 +20,8 @@ pub struct Fingerprinted {
     pub key: Option<usize>,
     /// The fingerprint in hex, as events carry it (the registry's shared copy for a known key).
     pub hex: SharedStr,
+    /// The key's display suffix (`key_suffix`), shared by the events that present it.
+    pub suffix: SharedStr,
 }
 
 /// See the module documentation.
@@ -29,19 +31,20 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    /// `raw`'s fingerprint, from the cache or computed by `compute` (given `raw`'s HMAC fingerprint) and remembered.
+    /// `raw`'s fingerprint, from the cache or computed by `compute` (given `raw`'s HMAC fingerprint and `raw`) and
+    /// remembered.
     pub fn get_or_insert(
         &self,
         secret: &KeySecret,
         raw: &[u8],
-        compute: impl FnOnce([u8; 32]) -> Fingerprinted,
+        compute: impl FnOnce([u8; 32], &[u8]) -> Fingerprinted,
     ) -> Fingerprinted {
         let id = secret.cache_hash(raw);
         if let Some(found) = self.lock().get(&id) {
             return found.clone();
         }
         // Computed outside the lock; a second thread computing the same key meanwhile writes the same value.
-        let found = compute(secret.fingerprint(raw));
+        let found = compute(secret.fingerprint(raw), raw);
         let mut seen = self.lock();
         if seen.len() >= MAX_CACHED_KEYS {
             seen.clear();
@@ -50,12 +53,9 @@ impl KeyCache {
         found
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(
@@ -76,11 +76,12 @@ mod tests {
         let cache = KeyCache::default();
         let mut computed = 0;
         let mut get = |raw: &[u8]| {
-            cache.get_or_insert(&secret, raw, |f| {
+            cache.get_or_insert(&secret, raw, |f, raw| {
                 computed += 1;
                 Fingerprinted {
                     key: None,
                     hex: SharedStr::from(hex::encode(f)),
+                    suffix: SharedStr::from(std::str::from_utf8(raw).unwrap_or("")),
                 }
             })
         };
@@ -91,6 +92,10 @@ mod tests {
         assert_eq!(a, again);
         assert_ne!(a.hex, b.hex);
         assert_eq!(a.hex, secret.fingerprint_hex(b"sk_live_a"));
+        assert_eq!(
+            (a.suffix.as_str(), b.suffix.as_str()),
+            ("sk_live_a", "sk_live_b")
+        );
         assert!(
             std::ptr::eq(a.hex.as_str(), again.hex.as_str()),
             "a hit shares the stored string"
@@ -102,9 +107,10 @@ mod tests {
     fn the_cache_starts_over_past_its_bound_and_keeps_answering_right() {
         let secret = KeySecret::from_bytes(b"test-secret-0123456789");
         let cache = KeyCache::default();
-        let compute = |f: [u8; 32]| Fingerprinted {
+        let compute = |f: [u8; 32], _: &[u8]| Fingerprinted {
             key: None,
             hex: SharedStr::from(hex::encode(f)),
+            suffix: SharedStr::default(),
         };
         for i in 0..MAX_CACHED_KEYS + 10 {
             let raw = format!("key-{i}");

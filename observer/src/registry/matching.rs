@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use crate::event::{SharedStr, Timestamp};
 
-use super::fingerprint::{parse_fingerprint, KeySecret};
+use super::fingerprint::{key_suffix, parse_fingerprint, KeySecret};
 use super::model::{Api, ApiMatch, Application, Key, Registry, Team, DEFAULT_MAX_INFERRED_ROUTES};
 
 /// Route emitted once an API's inferred-route cap is reached.
@@ -288,23 +288,30 @@ impl Snapshot {
     /// The fingerprint of a presented key, and the registry key it belongs to; computed once per key and then
     /// found by a keyed hash (`key_cache`).
     pub fn fingerprint_of(&self, raw: &[u8]) -> super::Fingerprinted {
-        self.key_cache
-            .get_or_insert(&self.secret, raw, |fp| match self.key_by_fp.get(&fp) {
-                Some(&i) => super::Fingerprinted {
-                    key: Some(i),
-                    hex: self.text.key_fps[i].clone(),
-                },
-                None => {
-                    let mut hex_buf = [0u8; 64];
-                    super::Fingerprinted {
-                        key: None,
-                        hex: SharedStr::from(
-                            hex::encode_to_slice(fp, &mut hex_buf)
-                                .map_or("", |()| std::str::from_utf8(&hex_buf).unwrap_or("")),
-                        ),
+        self.key_cache.get_or_insert(&self.secret, raw, |fp, raw| {
+            let suffix = SharedStr::from(std::str::from_utf8(raw).map(key_suffix).unwrap_or(""));
+            let hex = match self.key_by_fp.get(&fp) {
+                Some(&i) => {
+                    return super::Fingerprinted {
+                        key: Some(i),
+                        hex: self.text.key_fps[i].clone(),
+                        suffix,
                     }
                 }
-            })
+                None => {
+                    let mut hex_buf = [0u8; 64];
+                    SharedStr::from(
+                        hex::encode_to_slice(fp, &mut hex_buf)
+                            .map_or("", |()| std::str::from_utf8(&hex_buf).unwrap_or("")),
+                    )
+                }
+            };
+            super::Fingerprinted {
+                key: None,
+                hex,
+                suffix,
+            }
+        })
     }
 
     /// Registry key `i` (an index [`Snapshot::fingerprint_of`] gave).
