@@ -284,6 +284,49 @@ impl<'de> Deserialize<'de> for SharedStr {
     }
 }
 
+/// Shared copies of strings that repeat from event to event (methods, hosts, user agents): each event takes a
+/// reference-counted copy instead of allocating its own, which the sink's thread would then free (a free of memory
+/// another thread allocated is the allocator's slow path). Bounded: past `cap` distinct strings it starts over, so
+/// a stream of distinct values costs what copying them did.
+#[derive(Debug)]
+pub struct Interner {
+    set: std::collections::HashSet<SharedStr, foldhash::fast::RandomState>,
+    cap: usize,
+}
+
+impl Interner {
+    pub fn new(cap: usize) -> Self {
+        Interner {
+            set: Default::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// The shared copy of `s`.
+    pub fn get(&mut self, s: &str) -> SharedStr {
+        if s.is_empty() {
+            return SharedStr::default();
+        }
+        if let Some(v) = self.set.get(s) {
+            return v.clone();
+        }
+        if self.set.len() >= self.cap {
+            self.set.clear();
+        }
+        let v = SharedStr::from(s);
+        self.set.insert(v.clone());
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
 /// Every field of [`Event`], described once. The struct itself, the ClickHouse columns of `http_requests`
 /// (`sink::clickhouse::migrations`), the RowBinary encoder (`sink::clickhouse::rowbinary`), the NDJSON writer
 /// (`sink::ndjson`) and the tests' row decoder (`observer/tests/common`) are all generated from this table by
@@ -306,8 +349,8 @@ macro_rules! event_fields {
             /// Request start to end of response headers, microseconds.
             duration_us: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
             side: $crate::event::Side => $crate::event::enum8::<$crate::event::Side>(), "CODEC(ZSTD(1))", 1;
-            method: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            host: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            method: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            host: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             /// Path without the query string.
             path: String => "String", "CODEC(ZSTD(3))", 1;
             /// Query parameter names only (values never leave the agent).
@@ -330,7 +373,7 @@ macro_rules! event_fields {
             server_pid: u32 => "UInt32", "CODEC(T64, ZSTD(1))", 1;
             server_comm: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             server_cgroup: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
-            user_agent: String => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
+            user_agent: $crate::event::SharedStr => "LowCardinality(String)", "CODEC(ZSTD(1))", 1;
             /// From `X-Request-Id`, else the trace id of `traceparent`.
             request_id: String => "String", "CODEC(ZSTD(3))", 1;
             /// Headers exceeded the capture cap.
@@ -568,6 +611,26 @@ mod tests {
                 AttributedBy::default()
             ),
             (Side::Client, KeyState::None, AttributedBy::None)
+        );
+    }
+
+    #[test]
+    fn the_interner_shares_one_copy_per_string_and_starts_over_past_its_bound() {
+        let mut i = Interner::new(2);
+        let a = i.get("GET");
+        let b = i.get("GET");
+        assert!(std::ptr::eq(a.as_str(), b.as_str()), "one copy");
+        assert_eq!(i.get(""), SharedStr::default());
+        assert_eq!(i.len(), 1, "the empty string is not kept");
+        let _ = i.get("POST");
+        assert_eq!(i.len(), 2);
+        assert_eq!(i.get("PUT"), "PUT");
+        assert_eq!(i.len(), 1, "full: started over, then kept the new one");
+        let c = i.get("GET");
+        assert_eq!(c, "GET");
+        assert!(
+            !std::ptr::eq(a.as_str(), c.as_str()),
+            "a fresh copy after the restart"
         );
     }
 

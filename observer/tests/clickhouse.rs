@@ -89,7 +89,7 @@ fn realistic_fields(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
         method: rng
             .pick(&["GET", "GET", "GET", "POST", "PUT", "DELETE"])
             .into(),
-        host: format!("{api}.internal.example.com"),
+        host: format!("{api}.internal.example.com").into(),
         path: format!("/v1/{api}/{id}"),
         query_keys: if id.is_multiple_of(3) {
             vec!["page".into(), "limit".into()]

@@ -28,7 +28,7 @@ use self::lru::Lru;
 use self::pairing::Done;
 pub use self::stats::{FlowCounters, FlowStats};
 use crate::cgroups::CgroupResolver;
-use crate::event::{Event, Exchange, SharedStr, Side, Timestamp};
+use crate::event::{Event, Exchange, Interner, SharedStr, Side, Timestamp};
 use crate::http;
 
 /// Engine settings.
@@ -179,6 +179,7 @@ impl Engine {
             reports: Reports {
                 resolver,
                 out: Vec::new(),
+                strings: Interner::new(MAX_SHARED_STRINGS),
             },
             done: Vec::new(),
             started: Vec::new(),
@@ -451,14 +452,24 @@ impl Engine {
 struct Reports {
     resolver: Box<dyn CgroupResolver>,
     out: Vec<Exchange>,
+    /// Methods, hosts and user agents, one shared copy each.
+    strings: Interner,
 }
+
+/// Distinct methods, hosts and user agents shared at once (see [`Interner`]).
+pub const MAX_SHARED_STRINGS: usize = 8192;
 
 impl Reports {
     /// Appends an exchange for each request of `conn` in `done`, emptying `done`.
     fn push(&mut self, cfg: &FlowConfig, stats: &FlowCounters, conn: &Conn, done: &mut Vec<Done>) {
         for d in done.drain(..) {
-            self.out
-                .push(build_exchange(cfg, &mut *self.resolver, conn, d));
+            self.out.push(build_exchange(
+                cfg,
+                &mut *self.resolver,
+                &mut self.strings,
+                conn,
+                d,
+            ));
             stats.exchanges.inc();
         }
     }
@@ -530,6 +541,7 @@ pub(crate) fn unix_time(cfg: &FlowConfig, mono_ns: u64) -> Timestamp {
 fn build_exchange(
     cfg: &FlowConfig,
     resolver: &mut dyn CgroupResolver,
+    strings: &mut Interner,
     conn: &Conn,
     Done { dir, p }: Done,
 ) -> Exchange {
@@ -551,7 +563,7 @@ fn build_exchange(
     };
     let client_cgroup = cgroup(client);
     let server_cgroup = cgroup(server);
-    let mut req = p.req;
+    let req = p.req;
     let span = |start: u32, end: Option<u32>| u64::from(end.map_or(0, |e| e.wrapping_sub(start)));
     let req_bytes = span(p.req_start, p.req_end);
     let (status, resp_bytes, duration_us, resp_truncated, resp_incomplete) = match &p.resp {
@@ -580,12 +592,12 @@ fn build_exchange(
             .unwrap_or_default()
             .to_string(),
     };
-    let mut event = Event {
+    let event = Event {
         ts: unix_time(cfg, p.req_ts),
         duration_us,
         side,
-        method: String::new(),
-        host: req.host().to_string(),
+        method: strings.get(&req.method),
+        host: strings.get(req.host()),
         path: req.path().to_string(),
         query_keys: http::query_keys(req.query()),
         status,
@@ -609,7 +621,7 @@ fn build_exchange(
             SharedStr::default()
         },
         server_cgroup,
-        user_agent: req.header("user-agent").unwrap_or_default().to_string(),
+        user_agent: strings.get(req.header("user-agent").unwrap_or_default()),
         request_id,
         truncated: p.req_truncated || resp_truncated,
         incomplete: p.req_incomplete || resp_incomplete,
@@ -618,8 +630,6 @@ fn build_exchange(
         ..Event::default()
     };
     let raw_query = req.query().to_string();
-    // Moved last: host() and path() read the method (CONNECT targets are authorities).
-    event.method = std::mem::take(&mut req.method);
     Exchange {
         event,
         request_headers: req.headers,
