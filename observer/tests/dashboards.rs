@@ -233,6 +233,21 @@ struct TimeRange {
     interval_ms: i64,
 }
 
+/// The byte index in `s` of the `)` closing a parenthesis opened just before `s`.
+fn closing_paren(s: &str) -> Option<usize> {
+    let mut depth = 1;
+    s.char_indices()
+        .find(|&(_, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            depth == 0
+        })
+        .map(|(i, _)| i)
+}
+
 /// Splits a macro's argument list at top-level commas.
 fn split_args(args: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -269,18 +284,7 @@ fn expand_macros(sql: &str, t: TimeRange) -> String {
         let mut tail = &after[n..];
         let mut args = Vec::new();
         if let Some(inner) = tail.strip_prefix('(') {
-            let mut depth = 1;
-            let close = inner
-                .char_indices()
-                .find(|&(_, c)| {
-                    match c {
-                        '(' => depth += 1,
-                        ')' => depth -= 1,
-                        _ => {}
-                    }
-                    depth == 0
-                })
-                .map(|(i, _)| i)
+            let close = closing_paren(inner)
                 .unwrap_or_else(|| panic!("$__{name}: unbalanced parentheses in {sql}"));
             args = split_args(&inner[..close]);
             tail = &inner[close + 1..];
@@ -347,19 +351,9 @@ fn rollup_calls(sql: &str) -> Vec<RollupCall> {
     sql.match_indices(&head)
         .map(|(start, _)| {
             let open = start + head.len();
-            let mut depth = 1;
-            let close = sql[open..]
-                .char_indices()
-                .find(|&(_, c)| {
-                    match c {
-                        '(' => depth += 1,
-                        ')' => depth -= 1,
-                        _ => {}
-                    }
-                    depth == 0
-                })
-                .map(|(i, _)| open + i)
-                .unwrap_or_else(|| panic!("{ROLLUP_VIEW}: unbalanced parentheses in {sql}"));
+            let close = open
+                + closing_paren(&sql[open..])
+                    .unwrap_or_else(|| panic!("{ROLLUP_VIEW}: unbalanced parentheses in {sql}"));
             let args = split_args(&sql[open..close])
                 .into_iter()
                 .map(|a| {
