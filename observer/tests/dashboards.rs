@@ -18,7 +18,7 @@ mod traffic;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use common::{apply, client, devserver_paths, serial, DevServer};
+use common::{apply, client, dev_fixture};
 use observer::event::{Event, KeyState};
 use observer::sink::clickhouse::migrations::{ROLLUP_1H, ROLLUP_1M, ROLLUP_QUANTILES, ROLLUP_VIEW};
 use serde_json::{Map, Value};
@@ -868,19 +868,16 @@ async fn run_panels(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_runs() {
-    let Some((py, script)) = devserver_paths("every_panel_query_runs") else {
+    let Some(fx) = dev_fixture("every_panel_query_runs") else {
         return;
     };
     let dashboards = load_dashboards();
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
 
     let events = fixture_events();
-    load_fixtures(&url, &dir.path().join("spool"), &events).await;
-    let c = client(&url).with_database("observer");
+    load_fixtures(url, &fx.dir.path().join("spool"), &events).await;
+    let c = client(url).with_database("observer");
 
     // The dashboard time range covers the fixtures with margin; one-minute interval.
     let t = TimeRange {
@@ -1100,7 +1097,7 @@ async fn every_panel_query_runs() {
         .iter()
         .find(|d| d.file == ORIGIN_DASHBOARD)
         .expect("dashboards/origin.json");
-    check_origin(&c, &url, &dir.path().join("spool-origin"), origin).await;
+    check_origin(&c, url, &fx.dir.path().join("spool-origin"), origin).await;
 }
 
 const ORIGIN_DASHBOARD: &str = "origin.json";
