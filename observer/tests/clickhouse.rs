@@ -14,9 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{
-    apply, client, count, devserver_paths, insert_events, serial, sink_config, wait_for, DevServer,
-};
+use common::{apply, client, count, dev_fixture, insert_events, sink_config, wait_for};
 use observer::event::{AttributedBy, Event, KeyState, OriginBy, Side, Timestamp};
 use observer::sink;
 use observer::sink::clickhouse::migrations;
@@ -155,28 +153,24 @@ fn realistic_fields(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_from_empty_reapply_and_newer_version() {
-    let Some((py, script)) = devserver_paths("migrations_from_empty_reapply_and_newer_version")
-    else {
+    let Some(fx) = dev_fixture("migrations_from_empty_reapply_and_newer_version") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
+    let url = &fx.url;
 
-    let r = apply(&url, None).await;
+    let r = apply(url, None).await;
     assert_eq!(r.from, None, "empty server has no schema");
     let all: Vec<u32> = (1..=migrations::latest_version()).collect();
     assert_eq!(r.applied, all, "{r}");
 
     let snapshot = || async {
-        let c = client(&url);
+        let c = client(url);
         let tables: Vec<(String, String)> = c
             .query("SELECT name, create_table_query FROM system.tables WHERE database = 'observer' ORDER BY name")
             .fetch_all()
             .await
             .expect("list tables");
-        let migrations = count(&url, "SELECT count() FROM observer.schema_migrations").await;
+        let migrations = count(url, "SELECT count() FROM observer.schema_migrations").await;
         (tables, migrations)
     };
     let before = snapshot().await;
@@ -187,20 +181,20 @@ async fn migrations_from_empty_reapply_and_newer_version() {
     );
     assert_eq!(before.1, u64::from(migrations::latest_version()));
 
-    let again = apply(&url, None).await;
+    let again = apply(url, None).await;
     assert!(
         again.applied.is_empty(),
         "re-apply must do nothing: {again}"
     );
     assert_eq!(snapshot().await, before, "re-applying changed the schema");
 
-    client(&url)
+    client(url)
         .query("INSERT INTO observer.schema_migrations (version, name, observer_version) VALUES (99, 'future', '9.9')")
         .execute()
         .await
         .expect("record a future version");
     let cfg = SchemaConfig::new("observer", None, Retention::days(30)).expect("config");
-    match schema::apply(&client(&url), &url, &cfg, None).await {
+    match schema::apply(&client(url), url, &cfg, None).await {
         Err(e @ SchemaError::NewerThanBinary { found: 99, .. }) => {
             let msg = e.to_string();
             assert!(msg.contains("99") && msg.contains("observer"), "{msg}");
@@ -211,20 +205,17 @@ async fn migrations_from_empty_reapply_and_newer_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_from_previous_version_keeps_data() {
-    let Some((py, script)) = devserver_paths("upgrade_from_previous_version_keeps_data") else {
+    let Some(fx) = dev_fixture("upgrade_from_previous_version_keeps_data") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
+    let url = &fx.url;
 
     let prev = migrations::latest_version() - 1;
-    let r = apply(&url, Some(prev)).await;
+    let r = apply(url, Some(prev)).await;
     assert_eq!(r.to, prev);
     // Rows as the previous version's agents wrote them: that version's columns only (this binary's events may
     // carry columns the newest migration adds).
-    client(&url)
+    client(url)
         .query(
             "INSERT INTO observer.http_requests (ts, method, path, status) \
              SELECT now64(6) - number, 'GET', concat('/v1/items/', toString(number)), 200 FROM numbers(500)",
@@ -233,18 +224,18 @@ async fn upgrade_from_previous_version_keeps_data() {
         .await
         .expect("insert rows of the previous version");
 
-    let r = apply(&url, None).await;
+    let r = apply(url, None).await;
     assert_eq!(r.from, Some(prev));
     assert_eq!(r.applied, vec![migrations::latest_version()], "{r}");
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         500
     );
     // Version 13's codecs and compression blocks, on the table that already held rows; the rows read back after a
     // merge rewrote them with the new codecs.
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count() FROM system.columns WHERE database = 'observer' AND table = 'http_requests' \
              AND ((name = 'conn_id' AND compression_codec = 'CODEC(Delta(8), ZSTD(1))') \
                OR (name = 'method' AND compression_codec = 'CODEC(ZSTD(1))'))"
@@ -253,14 +244,14 @@ async fn upgrade_from_previous_version_keeps_data() {
         2,
         "codecs of version 13"
     );
-    client(&url)
+    client(url)
         .query("OPTIMIZE TABLE observer.http_requests FINAL")
         .execute()
         .await
         .expect("merge with the new codecs");
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count() FROM observer.http_requests WHERE path LIKE '/v1/items/%' AND status = 200"
         )
         .await,
@@ -268,7 +259,7 @@ async fn upgrade_from_previous_version_keeps_data() {
     );
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count() FROM system.tables WHERE database = 'observer' AND name = 'http_requests' \
              AND create_table_query LIKE '%min_compress_block_size = 1048576%'"
         )
@@ -278,7 +269,7 @@ async fn upgrade_from_previous_version_keeps_data() {
     );
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count() FROM system.dictionaries WHERE database = 'observer'"
         )
         .await,
@@ -286,7 +277,7 @@ async fn upgrade_from_previous_version_keeps_data() {
         "the upgrade adds key_grants_at_dict to the registry's four dictionaries"
     );
     assert_eq!(
-        schema::current_version(&client(&url), &url, "observer")
+        schema::current_version(&client(url), url, "observer")
             .await
             .expect("version"),
         Some(migrations::latest_version())
@@ -388,19 +379,16 @@ fn edge_events() -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_every_column_with_edge_values() {
-    let Some((py, script)) = devserver_paths("round_trip_every_column_with_edge_values") else {
+    let Some(fx) = dev_fixture("round_trip_every_column_with_edge_values") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
 
     let events = edge_events();
-    insert_events(&url, &dir.path().join("spool"), &events).await;
+    insert_events(url, &fx.dir.path().join("spool"), &events).await;
 
-    let c = client(&url).with_database("observer");
+    let c = client(url).with_database("observer");
     let bytes = c
         .query(&format!(
             "SELECT {} FROM http_requests ORDER BY conn_id",
@@ -449,7 +437,7 @@ async fn round_trip_every_column_with_edge_values() {
     ins.send(body.into()).await.expect("send NDJSON");
     ins.end().await.expect("insert NDJSON");
     let distinct = count(
-        &url,
+        url,
         "SELECT count() FROM (SELECT DISTINCT * FROM observer.http_requests)",
     )
     .await;
@@ -462,15 +450,12 @@ async fn round_trip_every_column_with_edge_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_rows_and_dictionaries() {
-    let Some((py, script)) = devserver_paths("registry_rows_and_dictionaries") else {
+    let Some(fx) = dev_fixture("registry_rows_and_dictionaries") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
-    let c = client(&url).with_database("observer");
+    let url = &fx.url;
+    apply(url, None).await;
+    let c = client(url).with_database("observer");
     let v1 = RegistryRows {
         apis: vec![ApiRow {
             api_id: "pay".into(),
@@ -551,7 +536,7 @@ async fn registry_rows_and_dictionaries() {
         .unwrap_or_else(|e| panic!("rewrite v2: {e}"));
 
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.apis FINAL").await,
+        count(url, "SELECT count() FROM observer.apis FINAL").await,
         2,
         "dated history kept"
     );
@@ -661,7 +646,7 @@ async fn registry_rows_and_dictionaries() {
     assert_eq!(team, "web");
 
     // Through the handle: written in the background.
-    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 16)
+    let sink = sink::build_clickhouse(sink_config(url, &fx.dir.path().join("spool")), 16)
         .await
         .expect("sink");
     let mut v3 = v1.clone();
@@ -680,7 +665,7 @@ async fn registry_rows_and_dictionaries() {
     sink.shutdown().await.expect("shutdown");
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count() FROM observer.teams_latest WHERE alert_contact = 'bob' AND version = 3"
         )
         .await,
@@ -710,24 +695,19 @@ fn events(n: u64, seed: u64) -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_mid_stream_loses_nothing_and_duplicates_nothing() {
-    let Some((py, script)) =
-        devserver_paths("outage_mid_stream_loses_nothing_and_duplicates_nothing")
-    else {
+    let Some(mut fx) = dev_fixture("outage_mid_stream_loses_nothing_and_duplicates_nothing") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
     const N: u64 = 3000;
     let evs = events(N, 7);
-    let sink = sink::build_clickhouse(sink_config(&url, &dir.path().join("spool")), 100_000)
+    let sink = sink::build_clickhouse(sink_config(url, &fx.dir.path().join("spool")), 100_000)
         .await
         .expect("sink");
     // An orderly stop mid-stream (the SIGKILL cases are the agent's, below): nothing may be lost or doubled, in the
     // table or in its rollups.
-    stream(&sink, &evs, || srv.stop()).await;
+    stream(&sink, &evs, || fx.server.stop()).await;
     wait_for(
         "batches to be spooled during the outage",
         Duration::from_secs(30),
@@ -739,7 +719,7 @@ async fn outage_mid_stream_loses_nothing_and_duplicates_nothing() {
     .await;
     let during = sink.metrics();
     assert!(during.spool_bytes > 0, "{during:?}");
-    srv.restart();
+    fx.server.restart();
     wait_for(
         "the spool to drain after ClickHouse is back",
         Duration::from_secs(60),
@@ -750,20 +730,16 @@ async fn outage_mid_stream_loses_nothing_and_duplicates_nothing() {
     assert_eq!(m.dropped_total(), 0, "{m:?}");
     assert!(m.replayed_rows > 0, "{m:?}");
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         N,
         "{m:?}"
     );
     assert_eq!(
-        count(
-            &url,
-            "SELECT uniqExact(conn_id) FROM observer.http_requests"
-        )
-        .await,
+        count(url, "SELECT uniqExact(conn_id) FROM observer.http_requests").await,
         N
     );
     assert_eq!(
-        count(&url, "SELECT sum(requests) FROM observer.http_requests_1m").await,
+        count(url, "SELECT sum(requests) FROM observer.http_requests_1m").await,
         N,
         "rollup"
     );
@@ -771,22 +747,18 @@ async fn outage_mid_stream_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_agent_spool_is_replayed_by_its_successor() {
-    let Some((py, script)) = devserver_paths("crashed_agent_spool_is_replayed_by_its_successor")
-    else {
+    let Some(mut fx) = dev_fixture("crashed_agent_spool_is_replayed_by_its_successor") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
-    let spool = dir.path().join("spool");
+    let url = &fx.url;
+    apply(url, None).await;
+    let spool = fx.dir.path().join("spool");
     const N: u64 = 2000;
     let evs = events(N, 11);
-    let first = sink::build_clickhouse(sink_config(&url, &spool), 100_000)
+    let first = sink::build_clickhouse(sink_config(url, &spool), 100_000)
         .await
         .expect("first agent");
-    stream(&first, &evs, || srv.kill()).await;
+    stream(&first, &evs, || fx.server.kill()).await;
     wait_for(
         "every row inserted or spooled",
         Duration::from_secs(30),
@@ -800,8 +772,8 @@ async fn crashed_agent_spool_is_replayed_by_its_successor() {
     let before = first.metrics();
     first.abort(); // crash: no shutdown, no flush
     assert!(before.spooled_rows > 0, "{before:?}");
-    srv.restart();
-    let second = sink::build_clickhouse(sink_config(&url, &spool), 1024)
+    fx.server.restart();
+    let second = sink::build_clickhouse(sink_config(url, &spool), 1024)
         .await
         .expect("second agent");
     wait_for(
@@ -816,15 +788,11 @@ async fn crashed_agent_spool_is_replayed_by_its_successor() {
         "what the successor replayed and what the predecessor had replayed cover the spool: {m:?} vs {before:?}"
     );
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         N
     );
     assert_eq!(
-        count(
-            &url,
-            "SELECT uniqExact(conn_id) FROM observer.http_requests"
-        )
-        .await,
+        count(url, "SELECT uniqExact(conn_id) FROM observer.http_requests").await,
         N
     );
 }
@@ -859,18 +827,15 @@ async fn agent_child_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_agent_spool_is_replayed() {
-    let Some((py, script)) = devserver_paths("sigkilled_agent_spool_is_replayed") else {
+    let Some(mut fx) = dev_fixture("sigkilled_agent_spool_is_replayed") else {
         return;
     };
     if std::env::var_os("OBSERVER_SINK_CHILD_URL").is_some() {
         return;
     }
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
-    let spool = dir.path().join("spool");
+    let url = &fx.url;
+    apply(url, None).await;
+    let spool = fx.dir.path().join("spool");
     const N: u64 = 2000;
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
@@ -880,7 +845,7 @@ async fn sigkilled_agent_spool_is_replayed() {
             "--test-threads",
             "1",
         ])
-        .env("OBSERVER_SINK_CHILD_URL", &url)
+        .env("OBSERVER_SINK_CHILD_URL", url)
         .env("OBSERVER_SINK_CHILD_SPOOL", &spool)
         .env("OBSERVER_SINK_CHILD_N", N.to_string())
         .stdout(Stdio::piped())
@@ -902,7 +867,7 @@ async fn sigkilled_agent_spool_is_replayed() {
         }
     };
     wait_line("CHILD HALF");
-    srv.kill();
+    fx.server.kill();
     let durable = wait_line("CHILD DURABLE");
     // SAFETY: plain kill(2) of our own child.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -913,8 +878,8 @@ async fn sigkilled_agent_spool_is_replayed() {
         "child was killed, not finished: {status:?}"
     );
 
-    srv.restart();
-    let next = sink::build_clickhouse(sink_config(&url, &spool), 1024)
+    fx.server.restart();
+    let next = sink::build_clickhouse(sink_config(url, &spool), 1024)
         .await
         .expect("successor agent");
     wait_for(
@@ -929,32 +894,24 @@ async fn sigkilled_agent_spool_is_replayed() {
         "nothing replayed: {m:?}; child said {durable}"
     );
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         N,
         "child said {durable}"
     );
     assert_eq!(
-        count(
-            &url,
-            "SELECT uniqExact(conn_id) FROM observer.http_requests"
-        )
-        .await,
+        count(url, "SELECT uniqExact(conn_id) FROM observer.http_requests").await,
         N
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_batch_is_stored_once_in_table_and_rollups() {
-    let Some((py, script)) = devserver_paths("retried_batch_is_stored_once_in_table_and_rollups")
-    else {
+    let Some(fx) = dev_fixture("retried_batch_is_stored_once_in_table_and_rollups") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
-    let spool_dir = dir.path().join("spool");
+    let url = &fx.url;
+    apply(url, None).await;
+    let spool_dir = fx.dir.path().join("spool");
     // The same batch (same token) spooled three times, as after lost acknowledgements.
     let mut payload = rbwnat_header();
     let evs = events(100, 3);
@@ -977,7 +934,7 @@ async fn retried_batch_is_stored_once_in_table_and_rollups() {
                 .expect("push");
         }
     }
-    let sink = sink::build_clickhouse(sink_config(&url, &spool_dir), 16)
+    let sink = sink::build_clickhouse(sink_config(url, &spool_dir), 16)
         .await
         .expect("sink");
     wait_for("replay", Duration::from_secs(30), async || {
@@ -987,30 +944,27 @@ async fn retried_batch_is_stored_once_in_table_and_rollups() {
     let m = sink.shutdown().await.expect("shutdown");
     assert_eq!(m.replayed_batches, 3, "{m:?}");
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         100
     );
     assert_eq!(
-        count(&url, "SELECT sum(requests) FROM observer.http_requests_1m").await,
+        count(url, "SELECT sum(requests) FROM observer.http_requests_1m").await,
         100
     );
     assert_eq!(
-        count(&url, "SELECT sum(requests) FROM observer.http_requests_1h").await,
+        count(url, "SELECT sum(requests) FROM observer.http_requests_1h").await,
         100
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollups_agree_with_raw_table() {
-    let Some((py, script)) = devserver_paths("rollups_agree_with_raw_table") else {
+    let Some(fx) = dev_fixture("rollups_agree_with_raw_table") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
-    let mut cfg = sink_config(&url, &dir.path().join("spool"));
+    let url = &fx.url;
+    apply(url, None).await;
+    let mut cfg = sink_config(url, &fx.dir.path().join("spool"));
     cfg.batch_rows = 1000;
     let sink = sink::build_clickhouse(cfg, 100_000).await.expect("sink");
     // ~2.8 hours of traffic: 10_000 events 1 s apart (spreads over minutes and hours).
@@ -1025,7 +979,7 @@ async fn rollups_agree_with_raw_table() {
     }
     let m = sink.shutdown().await.expect("shutdown");
     assert_eq!(m.rows_sent, 10_000, "{m:?}");
-    let c = client(&url).with_database("observer");
+    let c = client(url).with_database("observer");
     for (table, bucket, expr) in [
         (
             "http_requests_1m",
@@ -1051,14 +1005,14 @@ async fn rollups_agree_with_raw_table() {
              FROM observer.{table} GROUP BY b, api_id, route, method, app_id, ks, status_class"
         );
         let diff = count(
-            &url,
+            url,
             &format!(
                 "SELECT count() FROM (({raw}) EXCEPT ({roll}) UNION ALL (({roll}) EXCEPT ({raw})))"
             ),
         )
         .await;
         assert_eq!(diff, 0, "{table} disagrees with the raw table");
-        let groups = count(&url, &format!("SELECT count() FROM ({roll})")).await;
+        let groups = count(url, &format!("SELECT count() FROM ({roll})")).await;
         assert!(
             groups > 100,
             "{table}: only {groups} groups, test data too uniform"
@@ -1083,16 +1037,12 @@ async fn rollups_agree_with_raw_table() {
 /// `ml_features_1m`: one row per minute and (api_id, app_id), each documented column computed as documented.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ml_feature_view_computes_each_documented_column() {
-    let Some((py, script)) = devserver_paths("ml_feature_view_computes_each_documented_column")
-    else {
+    let Some(fx) = dev_fixture("ml_feature_view_computes_each_documented_column") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
-    let c = client(&url).with_database("observer");
+    let url = &fx.url;
+    apply(url, None).await;
+    let c = client(url).with_database("observer");
     let names: Vec<String> = c
         .query("SELECT name FROM system.columns WHERE database = 'observer' AND table = 'ml_features_1m' ORDER BY position")
         .fetch_all()
@@ -1138,7 +1088,7 @@ async fn ml_feature_view_computes_each_documented_column() {
         // Minute 1, app y: its first minute on the API.
         ev(63, "y", 200, 50, "10.0.0.9", 8, KeyState::Unknown),
     ];
-    insert_events(&url, &dir.path().join("spool"), &events).await;
+    insert_events(url, &fx.dir.path().join("spool"), &events).await;
     #[derive(Debug, clickhouse::Row, serde::Deserialize)]
     struct Row {
         app_id: String,
@@ -1220,7 +1170,7 @@ async fn ml_feature_view_computes_each_documented_column() {
     );
     // Filtering on the minute keeps the novelty flag relative to the whole table.
     let flagged = count(
-        &url,
+        url,
         &format!(
             "SELECT sum(new_pair) FROM observer.ml_features_1m WHERE minute >= toDateTime({}, 'UTC')",
             (m0 / 1_000_000) + 60
@@ -1234,14 +1184,11 @@ async fn ml_feature_view_computes_each_documented_column() {
 /// their part its file) at the next merge, keep `request_id_hash` and every other column; younger rows keep both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_ttl_applies_to_existing_rows() {
-    let Some((py, script)) = devserver_paths("request_id_ttl_applies_to_existing_rows") else {
+    let Some(fx) = dev_fixture("request_id_ttl_applies_to_existing_rows") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, Some(13)).await;
+    let url = &fx.url;
+    apply(url, Some(13)).await;
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -1257,40 +1204,40 @@ async fn request_id_ttl_applies_to_existing_rows() {
             e
         })
         .collect();
-    insert_events(&url, &dir.path().join("spool"), &events).await;
+    insert_events(url, &fx.dir.path().join("spool"), &events).await;
     let sum_q = |col: &str| {
         format!(
             "SELECT toUInt64(sum(cityHash64({col})) % 1000000007) FROM observer.http_requests WHERE request_id_hash != 0"
         )
     };
     let (hashes_before, paths_before) = (
-        count(&url, &sum_q("request_id_hash")).await,
-        count(&url, &sum_q("path")).await,
+        count(url, &sum_q("request_id_hash")).await,
+        count(url, &sum_q("path")).await,
     );
     // Parts this small are compact (one file for every column): the old day's whole part is compared.
     let old_bytes = "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'observer' AND \
                      table = 'http_requests' AND active AND \
                      partition = (SELECT toString(min(toDate(ts))) FROM observer.http_requests)";
     let optimize = || async {
-        client(&url)
+        client(url)
             .query("OPTIMIZE TABLE observer.http_requests FINAL")
             .execute()
             .await
             .expect("optimize")
     };
     optimize().await;
-    let before = count(&url, old_bytes).await;
+    let before = count(url, old_bytes).await;
 
     let cfg = SchemaConfig::new("observer", None, Retention::days(3650))
         .expect("config")
         .with_request_id_retention(Retention::days(7));
-    let r = schema::apply(&client(&url), &url, &cfg, Some(14))
+    let r = schema::apply(&client(url), url, &cfg, Some(14))
         .await
         .expect("apply 14");
     assert_eq!(r.applied, vec![14], "{r}");
     optimize().await;
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         2 * n
     );
     let raw = |age: &str| {
@@ -1299,26 +1246,26 @@ async fn request_id_ttl_applies_to_existing_rows() {
         )
     };
     assert_eq!(
-        count(&url, &raw("<")).await,
+        count(url, &raw("<")).await,
         0,
         "older than 7 days: raw id gone"
     );
-    assert_eq!(count(&url, &raw(">")).await, n, "younger: raw id kept");
+    assert_eq!(count(url, &raw(">")).await, n, "younger: raw id kept");
     assert_eq!(
         (
-            count(&url, &sum_q("request_id_hash")).await,
-            count(&url, &sum_q("path")).await
+            count(url, &sum_q("request_id_hash")).await,
+            count(url, &sum_q("path")).await
         ),
         (hashes_before, paths_before),
         "every other column as it was"
     );
-    let after = count(&url, old_bytes).await;
+    let after = count(url, old_bytes).await;
     // A random 32-hex-digit id is about a third of such a row.
     assert!(
         after * 10 < before * 8,
         "the merge dropped the expired column's data: {before} -> {after} bytes"
     );
-    let create: String = client(&url)
+    let create: String = client(url)
         .query("SELECT create_table_query FROM system.tables WHERE database = 'observer' AND name = 'http_requests'")
         .fetch_one()
         .await
@@ -1334,19 +1281,16 @@ async fn request_id_ttl_applies_to_existing_rows() {
 /// `OBSERVER_BYTES_SEED` picks the generator's seed (default 9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_per_row_on_disk() {
-    let Some((py, script)) = devserver_paths("bytes_per_row_on_disk") else {
+    let Some(fx) = dev_fixture("bytes_per_row_on_disk") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
+    let url = &fx.url;
     // The defaults of `observer schema apply`: 30 days of rows, the raw request_id for 7.
     let cfg = SchemaConfig::new("observer", None, Retention::days(30)).expect("config");
-    schema::apply(&client(&url), &url, &cfg, None)
+    schema::apply(&client(url), url, &cfg, None)
         .await
         .expect("schema apply");
-    let mut sink_cfg = sink_config(&url, &dir.path().join("spool"));
+    let mut sink_cfg = sink_config(url, &fx.dir.path().join("spool"));
     sink_cfg.batch_rows = 100_000;
     sink_cfg.batch_interval = Duration::from_secs(1);
     // 100k-row inserts on a busy machine: time enough that they are not spooled and retried.
@@ -1383,7 +1327,7 @@ async fn bytes_per_row_on_disk() {
     }
     let m = sink.shutdown().await.expect("shutdown");
     assert_eq!(m.rows_sent, 2 * N, "{m:?}");
-    let c = client(&url);
+    let c = client(url);
     c.query("OPTIMIZE TABLE observer.http_requests FINAL")
         .execute()
         .await
@@ -1434,11 +1378,11 @@ async fn bytes_per_row_on_disk() {
     let old_day = "toDate(ts) = (SELECT min(toDate(ts)) FROM observer.http_requests)";
     let in_old =
         |what: &str| format!("SELECT countIf({what}) FROM observer.http_requests WHERE {old_day}");
-    assert_eq!(count(&url, &in_old("request_id != ''")).await, 0);
-    assert_eq!(count(&url, &in_old("request_id_hash != 0")).await, N);
+    assert_eq!(count(url, &in_old("request_id != ''")).await, 0);
+    assert_eq!(count(url, &in_old("request_id_hash != 0")).await, N);
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT countIf(request_id != '') FROM observer.http_requests"
         )
         .await,
@@ -1462,15 +1406,11 @@ async fn bytes_per_row_on_disk() {
 /// bytes a row once merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_hash_32_bits_carries_existing_rows_over() {
-    let Some((py, script)) = devserver_paths("request_hash_32_bits_carries_existing_rows_over")
-    else {
+    let Some(fx) = dev_fixture("request_hash_32_bits_carries_existing_rows_over") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, Some(14)).await;
+    let url = &fx.url;
+    apply(url, Some(14)).await;
     let mut rng = Lcg(5);
     let n = 20_000u64;
     let events: Vec<Event> = (0..n)
@@ -1485,19 +1425,19 @@ async fn request_hash_32_bits_carries_existing_rows_over() {
             e
         })
         .collect();
-    insert_events(&url, &dir.path().join("spool"), &events).await;
+    insert_events(url, &fx.dir.path().join("spool"), &events).await;
     let expected: u64 = events
         .iter()
         .map(|e| u64::from((e.request_hash as u32).max(1)) % 1_000_003)
         .sum();
     let paths = "SELECT toUInt64(sum(cityHash64(path, request_id_hash)) % 1000000007) FROM observer.http_requests";
-    let paths_before = count(&url, paths).await;
+    let paths_before = count(url, paths).await;
 
-    let r = apply(&url, None).await;
+    let r = apply(url, Some(15)).await;
     assert_eq!(r.applied, vec![15], "{r}");
     wait_for("the request_hash mutation", Duration::from_secs(120), async || {
         count(
-            &url,
+            url,
             "SELECT count() FROM system.mutations WHERE database = 'observer' AND table = 'http_requests' \
              AND NOT is_done",
         )
@@ -1510,15 +1450,15 @@ async fn request_hash_32_bits_carries_existing_rows_over() {
         "ALTER TABLE observer.http_requests MODIFY SETTING min_bytes_for_wide_part = 0",
         "OPTIMIZE TABLE observer.http_requests FINAL",
     ] {
-        client(&url).query(sql).execute().await.expect(sql);
+        client(url).query(sql).execute().await.expect(sql);
     }
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         n
     );
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT countIf(request_hash > 4294967295 OR request_hash = 0) FROM observer.http_requests"
         )
         .await,
@@ -1527,7 +1467,7 @@ async fn request_hash_32_bits_carries_existing_rows_over() {
     );
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT sum(request_hash % 1000003) FROM observer.http_requests"
         )
         .await,
@@ -1535,13 +1475,13 @@ async fn request_hash_32_bits_carries_existing_rows_over() {
         "each row keeps the low 32 bits of its hash"
     );
     assert_eq!(
-        count(&url, paths).await,
+        count(url, paths).await,
         paths_before,
         "every other column as it was"
     );
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count() FROM system.columns WHERE database = 'observer' AND table = 'http_requests' \
              AND name = 'request_hash' AND type = 'UInt64' AND compression_codec = 'CODEC(T64, ZSTD(1))'"
         )
@@ -1550,7 +1490,7 @@ async fn request_hash_32_bits_carries_existing_rows_over() {
     );
     // 20,000 random 32-bit values: 4 bytes each, where they took 8 before.
     let column_bytes = count(
-        &url,
+        url,
         "SELECT sum(column_data_compressed_bytes) FROM system.parts_columns WHERE database = 'observer' \
          AND table = 'http_requests' AND active AND column = 'request_hash'",
     )
@@ -1571,15 +1511,12 @@ async fn request_hash_32_bits_carries_existing_rows_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run by cargo xtask bench --clickhouse"]
 async fn bench_sink_insert_rate() {
-    let Some((py, script)) = devserver_paths("bench_sink_insert_rate") else {
+    let Some(fx) = dev_fixture("bench_sink_insert_rate") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
+    let url = &fx.url;
     let cfg = SchemaConfig::new("observer", None, Retention::days(30)).expect("config");
-    schema::apply(&client(&url), &url, &cfg, None)
+    schema::apply(&client(url), url, &cfg, None)
         .await
         .expect("schema apply");
     let rows: u64 = std::env::var("OBSERVER_BENCH_ROWS")
@@ -1587,7 +1524,7 @@ async fn bench_sink_insert_rate() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
     let mut sink_cfg =
-        observer::sink::clickhouse::ClickHouseConfig::new(&url, dir.path().join("spool"));
+        observer::sink::clickhouse::ClickHouseConfig::new(url, fx.dir.path().join("spool"));
     sink_cfg.agent_id = "bench".into();
     sink_cfg.insert_timeout = Duration::from_secs(120);
     sink_cfg.shutdown_grace = Duration::from_secs(300);
@@ -1639,7 +1576,7 @@ async fn bench_sink_insert_rate() {
         m.batches_sent
     );
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.http_requests").await,
+        count(url, "SELECT count() FROM observer.http_requests").await,
         rows
     );
 }

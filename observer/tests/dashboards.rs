@@ -4,6 +4,8 @@
 //! inserts fixture traffic through the real sink and registry rows through `write_registry` into the ClickHouse dev
 //! server (see `common/mod.rs`), expands each panel's SQL the way Grafana and the plugin do (template variables, then
 //! the plugin's macros), runs it and checks that it returns rows, and for some panels the values the fixtures imply.
+//! Panels read the rollups through the view `http_requests_rollup` (migration 16), which takes whole hours from the
+//! hour rollup; `check_rollup_paths` runs each such panel both ways and compares with the minute rollup alone.
 //!
 // Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
 #![allow(clippy::await_holding_lock)]
@@ -16,9 +18,9 @@ mod traffic;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use common::{apply, client, devserver_paths, serial, DevServer};
+use common::{apply, client, dev_fixture};
 use observer::event::{Event, KeyState};
-use observer::sink::clickhouse::migrations::ROLLUP_QUANTILES;
+use observer::sink::clickhouse::migrations::{ROLLUP_1H, ROLLUP_1M, ROLLUP_QUANTILES, ROLLUP_VIEW};
 use serde_json::{Map, Value};
 use traffic::{fixture_events, load_fixtures, SPAN_S, T0_S};
 
@@ -231,6 +233,21 @@ struct TimeRange {
     interval_ms: i64,
 }
 
+/// The byte index in `s` of the `)` closing a parenthesis opened just before `s`.
+fn closing_paren(s: &str) -> Option<usize> {
+    let mut depth = 1;
+    s.char_indices()
+        .find(|&(_, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            depth == 0
+        })
+        .map(|(i, _)| i)
+}
+
 /// Splits a macro's argument list at top-level commas.
 fn split_args(args: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -267,18 +284,7 @@ fn expand_macros(sql: &str, t: TimeRange) -> String {
         let mut tail = &after[n..];
         let mut args = Vec::new();
         if let Some(inner) = tail.strip_prefix('(') {
-            let mut depth = 1;
-            let close = inner
-                .char_indices()
-                .find(|&(_, c)| {
-                    match c {
-                        '(' => depth += 1,
-                        ')' => depth -= 1,
-                        _ => {}
-                    }
-                    depth == 0
-                })
-                .map(|(i, _)| i)
+            let close = closing_paren(inner)
                 .unwrap_or_else(|| panic!("$__{name}: unbalanced parentheses in {sql}"));
             args = split_args(&inner[..close]);
             tail = &inner[close + 1..];
@@ -331,6 +337,56 @@ fn expand(sql: &str, values: &BTreeMap<String, Vec<String>>, t: TimeRange) -> St
         "unexpanded template syntax left in:\n{sql}"
     );
     sql
+}
+
+/// A call of the rollup view in a panel's SQL: where it is and its arguments by name.
+struct RollupCall {
+    start: usize,
+    end: usize,
+    args: BTreeMap<String, String>,
+}
+
+fn rollup_calls(sql: &str) -> Vec<RollupCall> {
+    let head = format!("observer.{ROLLUP_VIEW}(");
+    sql.match_indices(&head)
+        .map(|(start, _)| {
+            let open = start + head.len();
+            let close = open
+                + closing_paren(&sql[open..])
+                    .unwrap_or_else(|| panic!("{ROLLUP_VIEW}: unbalanced parentheses in {sql}"));
+            let args = split_args(&sql[open..close])
+                .into_iter()
+                .map(|a| {
+                    let (k, v) = a.split_once('=').unwrap_or_else(|| {
+                        panic!("{ROLLUP_VIEW}: argument {a:?} is not name = value")
+                    });
+                    (k.trim().to_string(), v.trim().to_string())
+                })
+                .collect();
+            RollupCall {
+                start,
+                end: close + 1,
+                args,
+            }
+        })
+        .collect()
+}
+
+/// `sql` reading the minute rollup alone over the view call's range, as the panels did before the view.
+fn minute_path(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut last = 0;
+    for call in rollup_calls(sql) {
+        let (b, table) = (ROLLUP_1M.bucket, ROLLUP_1M.table);
+        out.push_str(&sql[last..call.start]);
+        out.push_str(&format!(
+            "(SELECT {b} AS bucket, * EXCEPT ({b}) FROM observer.{table} WHERE {b} >= {} AND {b} <= {})",
+            call.args["from"], call.args["to"]
+        ));
+        last = call.end;
+    }
+    out.push_str(&sql[last..]);
+    out
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -482,6 +538,31 @@ fn dashboards_are_well_formed() {
                 for r in var_refs(sql).iter().filter(|r| r.name.starts_with("__")) {
                     let m = &r.name[2..];
                     assert!(MACROS.contains(&m), "{what}: unknown macro $__{m}");
+                }
+                // The rollups through their view, which picks the table by the panel's resolution.
+                for table in [ROLLUP_1M.table, ROLLUP_1H.table] {
+                    assert!(
+                        !sql.contains(&format!("observer.{table}")),
+                        "{what}: read observer.{ROLLUP_VIEW}(...), not {table}: the view takes whole hours from \
+                         the hour rollup"
+                    );
+                }
+                for call in rollup_calls(sql) {
+                    let step = if sql.contains("$__timeInterval") {
+                        "$__interval_s"
+                    } else {
+                        "0"
+                    };
+                    assert_eq!(
+                        call.args.keys().map(String::as_str).collect::<Vec<_>>(),
+                        ["from", "step_s", "to"],
+                        "{what}: {ROLLUP_VIEW} takes from, to and step_s"
+                    );
+                    assert_eq!(
+                        call.args["step_s"], step,
+                        "{what}: step_s is the width of the panel's time buckets ($__interval_s with \
+                         $__timeInterval, 0 for one bucket over the whole range)"
+                    );
                 }
                 // The rollups keep t-digest states for ROLLUP_QUANTILES; merge them with the same levels.
                 for (i, _) in sql.match_indices("quantilesTDigestMerge(") {
@@ -787,19 +868,16 @@ async fn run_panels(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_runs() {
-    let Some((py, script)) = devserver_paths("every_panel_query_runs") else {
+    let Some(fx) = dev_fixture("every_panel_query_runs") else {
         return;
     };
     let dashboards = load_dashboards();
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
 
     let events = fixture_events();
-    load_fixtures(&url, &dir.path().join("spool"), &events).await;
-    let c = client(&url).with_database("observer");
+    load_fixtures(url, &fx.dir.path().join("spool"), &events).await;
+    let c = client(url).with_database("observer");
 
     // The dashboard time range covers the fixtures with margin; one-minute interval.
     let t = TimeRange {
@@ -1013,11 +1091,13 @@ async fn every_panel_query_runs() {
         "API consumption with $app = bob's-shop"
     );
 
+    check_rollup_paths(&c, &dashboards).await;
+
     let origin = dashboards
         .iter()
         .find(|d| d.file == ORIGIN_DASHBOARD)
         .expect("dashboards/origin.json");
-    check_origin(&c, &url, &dir.path().join("spool-origin"), origin).await;
+    check_origin(&c, url, &fx.dir.path().join("spool-origin"), origin).await;
 }
 
 const ORIGIN_DASHBOARD: &str = "origin.json";
@@ -1142,6 +1222,100 @@ async fn check_origin(c: &clickhouse::Client, url: &str, spool: &Path, d: &Dashb
         Some(&n),
         "node B's server side joined by trace: {by_way:?}"
     );
+}
+
+/// Every panel target reading the rollup view gives the same rows as it would from the minute rollup alone: on a
+/// range whose ends are whole hours with a one-hour interval (the hour rollup answers all but the last bucket, the
+/// minute at its end), on ranges with ends inside hours (the minutes of the partial hours from the minute rollup)
+/// with one-hour and one-minute intervals.
+async fn check_rollup_paths(c: &clickhouse::Client, dashboards: &[Dashboard]) {
+    let hour = i64::from(ROLLUP_1H.seconds);
+    let first_hour = T0_S - T0_S.rem_euclid(hour);
+    let range = |from_s: i64, to_s: i64, interval_s: i64| TimeRange {
+        from_ms: from_s * 1000,
+        to_ms: to_s * 1000,
+        interval_ms: interval_s * 1000,
+    };
+    // Each range's first and last hours hold fixture traffic (from T0_S, inside an hour, for SPAN_S).
+    let end = T0_S + SPAN_S / 2 + 1_234;
+    let ranges = [
+        range(first_hour, first_hour + 2 * hour, hour),
+        range(T0_S - 600, end, hour),
+        range(T0_S - 600, end, 60),
+    ];
+    assert!(
+        first_hour < T0_S && T0_S - 600 < first_hour + hour && end % hour != 0,
+        "the ranges' ends lie inside hours"
+    );
+    assert!(first_hour + 2 * hour < T0_S + SPAN_S && end < T0_S + SPAN_S);
+    // The aligned range reads fewer rows through the view: its whole hours come from the hour rollup.
+    let t = ranges[0];
+    let rows = |from: &str| format!("SELECT toString(count()) AS n FROM {from}");
+    let view = format!(
+        "observer.{ROLLUP_VIEW}(from = $__fromTime, to = $__toTime, step_s = $__interval_s)"
+    );
+    let via_view = query_rows(c, &expand(&rows(&view), &BTreeMap::new(), t), "view rows").await;
+    let minutes = query_rows(
+        c,
+        &expand(&rows(&minute_path(&view)), &BTreeMap::new(), t),
+        "minute rows",
+    )
+    .await;
+    let (v, m) = (num(&via_view[0], "n"), num(&minutes[0], "n"));
+    assert!(
+        0.0 < v && v < m,
+        "the view reads whole hours from {}: {v} rows against {m} minute rows",
+        ROLLUP_1H.table
+    );
+
+    let mut compared = 0;
+    let reads_rollups = |d: &&Dashboard| {
+        d.query_panels().iter().any(|p| {
+            p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| !rollup_calls(t["rawSql"].as_str().unwrap_or_default()).is_empty())
+        })
+    };
+    for d in dashboards.iter().filter(reads_rollups) {
+        for t in ranges {
+            let vars = variable_choices(c, d, t).await;
+            let values = selection(&vars, |v| v.all());
+            for p in d.query_panels() {
+                for target in p["targets"].as_array().into_iter().flatten() {
+                    let raw = target["rawSql"].as_str().unwrap_or_default();
+                    if rollup_calls(raw).is_empty() {
+                        continue;
+                    }
+                    let what = format!(
+                        "{}: panel {:?} target {} over {}..{} s, interval {} s",
+                        d.file,
+                        p["title"],
+                        target["refId"],
+                        t.from_ms / 1000,
+                        t.to_ms / 1000,
+                        t.interval_ms / 1000
+                    );
+                    let hours = query_rows(c, &expand(raw, &values, t), &what).await;
+                    let mins = query_rows(c, &expand(&minute_path(raw), &values, t), &what).await;
+                    // Rows in a stable order (the ORDER BY may tie), each as its column texts.
+                    let sorted = |rows: Vec<Row>| {
+                        let mut out: Vec<Vec<String>> = rows
+                            .iter()
+                            .map(|r| r.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                            .collect();
+                        out.sort();
+                        out
+                    };
+                    let (hours, mins) = (sorted(hours), sorted(mins));
+                    assert_eq!(hours, mins, "{what}");
+                    compared += hours.len();
+                }
+            }
+        }
+    }
+    assert!(compared > 0, "no rollup panel rows compared");
 }
 
 type Panel<'a> = dyn Fn(&str) -> &'a Vec<Row> + 'a;

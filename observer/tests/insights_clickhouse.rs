@@ -4,7 +4,7 @@
 #![allow(clippy::await_holding_lock)]
 mod common;
 
-use common::{apply, client, count, devserver_paths, serial, sink_config, DevServer};
+use common::{apply, client, count, dev_fixture, sink_config};
 use observer::event::Timestamp;
 use observer::insights::finding::{Finding, Kind, Severity, Status};
 use observer::insights::list;
@@ -41,18 +41,14 @@ fn finding(id: &str, version: u32, status: Status, kind: Kind, at_s: i64) -> Fin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_versions_are_stored_and_insights_latest_keeps_the_newest() {
-    let Some((py, script)) =
-        devserver_paths("finding_versions_are_stored_and_insights_latest_keeps_the_newest")
+    let Some(fx) = dev_fixture("finding_versions_are_stored_and_insights_latest_keeps_the_newest")
     else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
 
-    let mut cfg = sink_config(&url, &dir.path().join("spool"));
+    let mut cfg = sink_config(url, &fx.dir.path().join("spool"));
     cfg.database = "observer".into();
     let (writer, task) = FindingsWriter::start(cfg, "agent:node-1".into())
         .await
@@ -82,12 +78,12 @@ async fn finding_versions_are_stored_and_insights_latest_keeps_the_newest() {
     assert_eq!(probe.dropped(), 0);
 
     assert_eq!(
-        count(&url, "SELECT count() FROM observer.insights FINAL").await,
+        count(url, "SELECT count() FROM observer.insights FINAL").await,
         4,
         "a, a v2, a v3 (twice, replaced), b"
     );
     let latest =
-        list::rows(client(&url).query(&list::select("observer.insights_latest", "ORDER BY id")))
+        list::rows(client(url).query(&list::select("observer.insights_latest", "ORDER BY id")))
             .await
             .expect("insights_latest");
     assert_eq!(latest.len(), 2, "{latest:?}");
@@ -126,7 +122,7 @@ async fn finding_versions_are_stored_and_insights_latest_keeps_the_newest() {
         ),
         (b, 1, "open")
     );
-    let times: (i64, i64, i64) = client(&url)
+    let times: (i64, i64, i64) = client(url)
         .query(&format!(
             "SELECT toUnixTimestamp64Micro(ts), toUnixTimestamp64Micro(first_seen), \
              toUnixTimestamp64Micro(last_seen) FROM observer.insights_latest WHERE id = '{a}'"
@@ -149,19 +145,14 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
     use observer::sink::clickhouse::write_registry;
     use std::collections::BTreeSet;
 
-    let Some((py, script)) =
-        devserver_paths("fleet_runner_finds_the_scenarios_stored_in_clickhouse")
-    else {
+    let Some(fx) = dev_fixture("fleet_runner_finds_the_scenarios_stored_in_clickhouse") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
 
     // An hour of learning, then a window around each per-event (governance) scenario.
-    let toml = dir.path().join("insights.toml");
+    let toml = fx.dir.path().join("insights.toml");
     std::fs::write(&toml, "[general]\nlearning_hours = 1\n").expect("config");
     let cfg = Config::load(&toml).expect("config loads");
     let mut g = Generated::new(3);
@@ -192,12 +183,12 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
         t.alert_webhook = format!("{}/{}", hooks.url, t.id);
     }
     write_registry(
-        &client(&url).with_database("observer"),
+        &client(url).with_database("observer"),
         &from_registry(&registry, 1, Timestamp::now()),
     )
     .await
     .expect("registry rows");
-    common::insert_events(&url, &dir.path().join("spool"), &events).await;
+    common::insert_events(url, &fx.dir.path().join("spool"), &events).await;
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
         .args(["insights", "run", "--database=observer", "--once"])
@@ -207,7 +198,7 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
         .arg("--page-rows=20000")
         .arg(format!(
             "--spool-dir={}",
-            dir.path().join("fspool").display()
+            fx.dir.path().join("fspool").display()
         ))
         .env("RUST_LOG", "info")
         .output()
@@ -241,7 +232,7 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
     );
 
     type Seen = BTreeSet<(String, String, String)>;
-    let stored: Vec<(String, String, String, String)> = client(&url)
+    let stored: Vec<(String, String, String, String)> = client(url)
         .query("SELECT kind, api_id, app_id, source FROM observer.insights FINAL WHERE status = 'open'")
         .fetch_all()
         .await
@@ -250,10 +241,9 @@ async fn fleet_runner_finds_the_scenarios_stored_in_clickhouse() {
     let fleet: Seen = stored.into_iter().map(|r| (r.0, r.1, r.2)).collect();
 
     // The same engine on the same events, with the registry as the runner reads it.
-    let registry =
-        observer::insights::fleet::load_registry(&client(&url).with_database("observer"))
-            .await
-            .expect("registry from ClickHouse");
+    let registry = observer::insights::fleet::load_registry(&client(url).with_database("observer"))
+        .await
+        .expect("registry from ClickHouse");
     let mut engine = Engine::new(cfg, registry);
     for e in &events {
         engine.ingest(&Input::from_event(e));
@@ -450,16 +440,11 @@ async fn stored(url: &str) -> Vec<(String, String, String, serde_json::Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_runner_finds_unused_grants_from_key_use_history() {
     use observer::sink::clickhouse::write_registry;
-    let Some((py, script)) =
-        devserver_paths("fleet_runner_finds_unused_grants_from_key_use_history")
-    else {
+    let Some(fx) = dev_fixture("fleet_runner_finds_unused_grants_from_key_use_history") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
 
     const DAY: i64 = 86_400_000_000;
     let now = Timestamp::now();
@@ -474,7 +459,7 @@ async fn fleet_runner_finds_unused_grants_from_key_use_history() {
             ("fp-new", "shop-new", 10),
         ],
     );
-    write_registry(&client(&url).with_database("observer"), &registry)
+    write_registry(&client(url).with_database("observer"), &registry)
         .await
         .expect("registry rows");
     let old_call = Timestamp(now.0 - 30 * DAY);
@@ -483,22 +468,22 @@ async fn fleet_runner_finds_unused_grants_from_key_use_history() {
         call(old_call, "shop", "fp-old"),
         call(Timestamp(now.0 - 5 * DAY), "shop", "fp-used"),
     ];
-    common::insert_events(&url, &dir.path().join("spool"), &events).await;
+    common::insert_events(url, &fx.dir.path().join("spool"), &events).await;
     assert_eq!(
-        count(&url, "SELECT sum(calls) FROM observer.key_use_1d").await,
+        count(url, "SELECT sum(calls) FROM observer.key_use_1d").await,
         3
     );
 
     run_fleet(
-        &url,
-        dir.path(),
+        url,
+        fx.dir.path(),
         "[governance]\nunused_grant_days = 20\n",
         &[format!(
             "--from={}",
             Timestamp(now.0 - 300_000_000).to_rfc3339()
         )],
     );
-    let found = stored(&url).await;
+    let found = stored(url).await;
     let unused: Vec<_> = found.iter().filter(|f| f.0 == "unused_grant").collect();
     let keys: Vec<&str> = unused.iter().map(|f| f.2.as_str()).collect();
     assert_eq!(keys, vec!["shop-never", "shop-old"], "{found:?}");
@@ -521,21 +506,17 @@ async fn fleet_runner_finds_unused_grants_from_key_use_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_runner_warm_up_from_the_hourly_rollup_decides_what_is_new() {
     use observer::sink::clickhouse::write_registry;
-    let Some((py, script)) =
-        devserver_paths("fleet_runner_warm_up_from_the_hourly_rollup_decides_what_is_new")
+    let Some(fx) = dev_fixture("fleet_runner_warm_up_from_the_hourly_rollup_decides_what_is_new")
     else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
 
     const MIN: i64 = 60_000_000;
     let now = Timestamp::now();
     write_registry(
-        &client(&url).with_database("observer"),
+        &client(url).with_database("observer"),
         &small_registry(true, &[]),
     )
     .await
@@ -558,10 +539,10 @@ async fn fleet_runner_warm_up_from_the_hourly_rollup_decides_what_is_new() {
         ));
     }
     events.sort_by_key(|e| e.ts);
-    common::insert_events(&url, &dir.path().join("spool"), &events).await;
+    common::insert_events(url, &fx.dir.path().join("spool"), &events).await;
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT sum(requests) FROM observer.http_requests_1h WHERE app_id = 'shop'"
         )
         .await,
@@ -575,17 +556,17 @@ async fn fleet_runner_warm_up_from_the_hourly_rollup_decides_what_is_new() {
 
     let mut args = window.to_vec();
     args.push("--warmup-days=0".into());
-    run_fleet(&url, dir.path(), toml, &args);
+    run_fleet(url, fx.dir.path(), toml, &args);
     assert_eq!(
-        stored(&url).await,
+        stored(url).await,
         vec![],
         "without history the runner is learning"
     );
 
     let mut args = window.to_vec();
     args.push("--warmup-days=3".into());
-    run_fleet(&url, dir.path(), toml, &args);
-    let found = stored(&url).await;
+    run_fleet(url, fx.dir.path(), toml, &args);
+    let found = stored(url).await;
     let new: Vec<&str> = found
         .iter()
         .filter(|f| f.0 == "new_consumer")

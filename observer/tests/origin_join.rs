@@ -11,7 +11,7 @@ mod origin_fixture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{apply, client, devserver_paths, serial, DevServer};
+use common::{apply, client, dev_fixture};
 use observer::event::{Event, OriginBy, Side, Timestamp};
 use observer::origin_join::join_window;
 use observer::sink::clickhouse::registry_rows::RegistryRows;
@@ -74,14 +74,11 @@ fn request_id_pair(ts_us: i64) -> [Event; 2] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hops_on_another_node_get_the_origin_their_trace_or_request_id_leads_to() {
-    let Some((py, script)) = devserver_paths("origin_join") else {
+    let Some(fx) = dev_fixture("origin_join") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
     let mut events = origin_events(T0_S, SPAN_S);
     events.extend(request_id_pair((T0_S + 100) * 1_000_000));
     // Same trace hash as chain 0, but it started after every exchange of that chain had ended: not joined.
@@ -94,8 +91,8 @@ async fn hops_on_another_node_get_the_origin_their_trace_or_request_id_leads_to(
     stranger.conn_id = 8_002;
     stranger.trace_id_hash = 0xdead;
     events.extend([late, stranger]);
-    common::insert_events(&url, &dir.path().join("spool"), &events).await;
-    let c = client(&url).with_database("observer");
+    common::insert_events(url, &fx.dir.path().join("spool"), &events).await;
+    let c = client(url).with_database("observer");
 
     let before = origins(&c).await;
     let from = (T0_S - 60) * 1_000_000;

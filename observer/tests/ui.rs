@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{apply, client, devserver_paths, serial, DevServer};
+use common::{apply, client, dev_fixture};
 use observer::event::{Event, KeyState, Timestamp};
 use observer::sink::clickhouse::registry_rows::RegistryRows;
 use observer::ui::{self, memory::MemoryStore, model::Insight, Source, UiState};
@@ -138,18 +138,15 @@ fn close(a: f64, b: f64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_and_pages_show_the_fixture_traffic() {
-    let Some((py, script)) = devserver_paths("endpoints_and_pages_show_the_fixture_traffic") else {
+    let Some(fx) = dev_fixture("endpoints_and_pages_show_the_fixture_traffic") else {
         return;
     };
-    let _g = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let srv = DevServer::start(&py, &script, &dir.path().join("ch"));
-    let url = srv.url();
-    apply(&url, None).await;
+    let url = &fx.url;
+    apply(url, None).await;
     let events = fixture_events();
-    load_fixtures(&url, &dir.path().join("spool"), &events).await;
+    load_fixtures(url, &fx.dir.path().join("spool"), &events).await;
     let ch = Source::ClickHouse(ui::clickhouse::ClickHouseSource::new(
-        client(&url).with_database("observer"),
+        client(url).with_database("observer"),
     ));
     let addr = start(ch, None).await;
 
@@ -429,7 +426,7 @@ async fn endpoints_and_pages_show_the_fixture_traffic() {
     let token = "t0k3n-0123456789abcdef";
     let guarded = start(
         Source::ClickHouse(ui::clickhouse::ClickHouseSource::new(
-            client(&url).with_database("observer"),
+            client(url).with_database("observer"),
         )),
         Some(token),
     )

@@ -2,12 +2,15 @@
 
 Creates observer's schema (`observer schema print`) in a fresh chdb data directory, generates `--rows` exchanges
 spread over the last 30 days inside ClickHouse (INSERT ... SELECT from numbers(), in chunks, the materialized views
-filling the rollups as the agent's inserts do), then runs every dashboard panel target that reads a rollup
-(`http_requests_1m`, `http_requests_1h`) for the range now-30d..now, its variables at "All" (a single-select
-variable at its first option) and a 1 h interval, with Grafana's ClickHouse plugin macros expanded as the plugin's
-backend does (the same expansion as observer/tests/dashboards.rs). Each target runs once cold (ClickHouse's mark,
-uncompressed, query and page caches dropped first; the kernel's page cache is not) and `--warm` times more; prints
-one JSON object. The data directory is removed at the end.
+filling the rollups as the agent's inserts do), then runs every dashboard panel target that reads the rollups
+(through the view `http_requests_rollup(from, to, step_s)`, migration 16) for the range now-30d..now, its variables
+at "All" (a single-select variable at its first option) and a 1 h interval, with Grafana's ClickHouse plugin macros
+expanded as the plugin's backend does (the same expansion as observer/tests/dashboards.rs). Each target runs twice:
+as the dashboard has it (the view takes the range's whole hours from `http_requests_1h`) and with `step_s = 60`, a
+one-minute resolution, for which the view reads `http_requests_1m` alone, as every panel did before the view. Each
+run is once cold (ClickHouse's mark, uncompressed, query and page caches dropped first; the kernel's page cache is
+not) and `--warm` times more, counting the rows read from storage; prints one JSON object. The data directory is
+removed at the end.
 
 The generator is the SQL twin of `realistic()` in observer/tests/clickhouse.rs (five APIs, twenty applications,
 ids in paths, mostly 200s, random latencies, sizes and ports, a random 128-bit request id, 32-bit request hash and
@@ -121,6 +124,15 @@ def expand_variables(sql, values):
     return re.sub(r"\$\{(\w+):sqlstring\}", sub, sql)
 
 
+VIEW_CALL = re.compile(r"observer\.http_requests_rollup\(([^)]*)\)")
+
+
+def minute_resolution(sql):
+    """The target at a one-minute resolution: the view then reads the minute rollup alone."""
+    return VIEW_CALL.sub(lambda m: "observer.http_requests_rollup(" + re.sub(r"step_s\s*=\s*[^,]+", "step_s = 60",
+                                                                            m.group(1)) + ")", sql)
+
+
 def walk(panels):
     for p in panels:
         yield p
@@ -143,11 +155,34 @@ def main():
     ddl = subprocess.run([a.observer, "schema", "print"], check=True, capture_output=True, text=True).stdout
     conn = chdb.connect(str(data))
     try:
-        def q(sql, fmt="TabSeparated"):
+        def run(sql, fmt="TabSeparated"):
             try:
-                return conn.query(sql, fmt).bytes().decode()
+                return conn.query(sql, fmt)
             except Exception as e:
                 raise SystemExit(f"{e}\nin: {sql}") from None
+
+        def q(sql, fmt="TabSeparated"):
+            return run(sql, fmt).bytes().decode()
+
+        def timed(sql):
+            """Cold, then the median of the warm runs; the rows read from storage; the result."""
+            for c in ("MARK", "UNCOMPRESSED", "QUERY", "PAGE"):
+                try:
+                    q(f"SYSTEM DROP {c} CACHE")
+                except Exception:
+                    pass
+            s = time.monotonic()
+            r = run(sql)
+            cold = (time.monotonic() - s) * 1000
+            out, read = r.bytes().decode(), r.storage_rows_read()
+            warm = []
+            for _ in range(a.warm):
+                s = time.monotonic()
+                run(sql)
+                warm.append((time.monotonic() - s) * 1000)
+            warm.sort()
+            return {"read_rows": read, "cold_ms": round(cold, 1),
+                    "warm_ms": round(warm[len(warm) // 2], 1) if warm else None}, out
         for stmt in ddl.split(";\n\n"):
             if stmt.strip():
                 q(stmt)
@@ -182,7 +217,7 @@ def main():
         for f in sorted(Path(a.dashboards).glob("*.json")):
             d = json.loads(f.read_text())
             targets = [(p, t) for p in walk(d.get("panels", [])) for t in p.get("targets", [])
-                       if re.search(r"http_requests_1[mh]\b", t.get("rawSql", ""))]
+                       if VIEW_CALL.search(t.get("rawSql", ""))]
             if not targets:
                 continue
             values = {}
@@ -194,25 +229,12 @@ def main():
                 elif v["type"] == "custom":
                     values[v["name"]] = [o.strip() for o in v["query"].split(",")]
             for p, t in targets:
-                sql = expand_macros(expand_variables(t["rawSql"], values), from_s, to_s, interval_s)
-                for c in ("MARK", "UNCOMPRESSED", "QUERY", "PAGE"):
-                    try:
-                        q(f"SYSTEM DROP {c} CACHE")
-                    except Exception:
-                        pass
-                s = time.monotonic()
-                out = q(sql)
-                cold = (time.monotonic() - s) * 1000
-                warm = []
-                for _ in range(a.warm):
-                    s = time.monotonic()
-                    q(sql)
-                    warm.append((time.monotonic() - s) * 1000)
-                warm.sort()
+                expand = lambda raw: expand_macros(expand_variables(raw, values), from_s, to_s, interval_s)
+                view, out = timed(expand(t["rawSql"]))
+                minute, minute_out = timed(expand(minute_resolution(t["rawSql"])))
                 panels.append({"dashboard": f.name, "panel": p.get("title", ""), "ref": t.get("refId", ""),
-                               "table": "1h" if "http_requests_1h" in t["rawSql"] else "1m",
-                               "rows": len(out.splitlines()), "cold_ms": round(cold, 1),
-                               "warm_ms": round(warm[len(warm) // 2], 1) if warm else None})
+                               "rows": len(out.splitlines()), "view": view, "minute": minute,
+                               "same": sorted(out.splitlines()) == sorted(minute_out.splitlines())})
         print(json.dumps({"rows": a.rows, "seed": a.seed, "generate_s": round(gen_s, 1),
                           "optimize_s": round(merge_s, 1), "tables": tables, "interval_s": interval_s,
                           "panels": panels}))

@@ -3,7 +3,8 @@
 //! The server is located with `OBSERVER_CLICKHOUSE_DEVSERVER` (path to devserver.py) and `OBSERVER_CLICKHOUSE_PYTHON`
 //! (a Python with `chdb-core` and `lz4`). Without them each test prints `skipped: ...` and passes, unless
 //! `OBSERVER_REQUIRE_CLICKHOUSE=1`, which turns the skip into a failure (CI). Every test starts its own server on a
-//! free port with a temporary data directory and holds [`serial`] while it runs (the engine is memory-hungry).
+//! free port with a temporary data directory and holds [`serial`] while it runs (the engine is memory-hungry):
+//! [`dev_fixture`].
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 pub mod rowbinary;
@@ -11,7 +12,7 @@ pub mod rowbinary;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use observer::sink::clickhouse::schema::{self, Retention, SchemaConfig};
@@ -19,7 +20,7 @@ use observer::sink::clickhouse::ClickHouseConfig;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+fn serial() -> MutexGuard<'static, ()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -30,8 +31,36 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A test's dev server: started on a temporary data directory while the test holds [`serial`].
+///
+/// Fields drop in declaration order: the server stops first, then its data directory is deleted, then the next test
+/// may start. Keep the fixture whole in a test (use its fields, do not move them out) so that order holds.
+pub struct DevFixture {
+    pub server: DevServer,
+    /// Holds the server's data (`ch`) and whatever else the test writes there (spools, configuration).
+    pub dir: tempfile::TempDir,
+    serial: MutexGuard<'static, ()>,
+    /// The server's HTTP address (the same after [`DevServer::restart`]).
+    pub url: String,
+}
+
+/// The dev server for `test`, or `None` (after printing why) when the test should be skipped.
+pub fn dev_fixture(test: &str) -> Option<DevFixture> {
+    let (python, script) = devserver_paths(test)?;
+    let serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = DevServer::start(&python, &script, &dir.path().join("ch"));
+    let url = server.url();
+    Some(DevFixture {
+        server,
+        dir,
+        serial,
+        url,
+    })
+}
+
 /// Python and devserver.py, or `None` (after printing why) when the test should be skipped.
-pub fn devserver_paths(test: &str) -> Option<(PathBuf, PathBuf)> {
+fn devserver_paths(test: &str) -> Option<(PathBuf, PathBuf)> {
     let script = std::env::var_os("OBSERVER_CLICKHOUSE_DEVSERVER").map(PathBuf::from);
     let python = std::env::var_os("OBSERVER_CLICKHOUSE_PYTHON").map(PathBuf::from);
     let require = std::env::var("OBSERVER_REQUIRE_CLICKHOUSE").is_ok_and(|v| v == "1");

@@ -151,7 +151,75 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "request_hash_32_bits",
         statements: v15_request_hash_32_bits,
     },
+    Migration {
+        version: 16,
+        name: "rollup_view",
+        statements: v16_rollup_view,
+    },
 ];
+
+/// One rollup of `http_requests` (migration 2): its table, its time bucket's column and the bucket's width.
+pub struct Rollup {
+    pub table: &'static str,
+    pub bucket: &'static str,
+    pub seconds: u32,
+}
+
+pub const ROLLUP_1M: Rollup = Rollup {
+    table: "http_requests_1m",
+    bucket: "minute",
+    seconds: 60,
+};
+
+pub const ROLLUP_1H: Rollup = Rollup {
+    table: "http_requests_1h",
+    bucket: "hour",
+    seconds: 3_600,
+};
+
+/// The parameterized view the dashboards read the rollups through (migration 16); see [`v16_rollup_view`].
+pub const ROLLUP_VIEW: &str = "http_requests_rollup";
+
+/// `http_requests_rollup(from = ..., to = ..., step_s = ...)`: the rollup rows of the time range `from`..`to`
+/// (bucket starts, both ends included, as Grafana's `$__timeFilter`), each with its bucket's start as `bucket`, read
+/// from the coarsest rollup that gives the same numbers. A panel passes the width of the time buckets it groups into
+/// as `step_s` (`$__interval_s`), or 0 when it aggregates the whole range. When that width is a whole number of
+/// hours (0 included), every hour lying wholly inside the range comes from `http_requests_1h`, and only the minutes
+/// of the partial hours at the range's ends from `http_requests_1m`; otherwise every minute does. Sums, counts,
+/// maxima and `uniq` states come out the same either way (t-digest quantile states merge to close, not always equal,
+/// values); a long range reads up to 60 times fewer rows, less where a rollup key combination is quiet for most
+/// minutes of an hour (BENCHMARKS.md, "ClickHouse").
+///
+/// Both branches test the same condition on a bucket's hour, so each minute is counted once; `step_s` and the range
+/// are constants by the time ClickHouse plans the query, so a branch whose condition is false reads no part. The
+/// rollups' columns come from their tables (`* EXCEPT` the bucket), so a column added to both reaches the view.
+fn v16_rollup_view(cfg: &SchemaConfig) -> Vec<String> {
+    let db = &cfg.database;
+    let (m, h) = (&ROLLUP_1M, &ROLLUP_1H);
+    let whole_hour = |hour: &str| {
+        format!(
+            "{{step_s:UInt32}} % {hs} = 0 AND {hour} >= {{from:DateTime}} AND {hour} <= {{to:DateTime}} - {last}",
+            hs = h.seconds,
+            last = h.seconds - m.seconds,
+        )
+    };
+    vec![format!(
+        "CREATE VIEW IF NOT EXISTS {db}.{ROLLUP_VIEW}{oc} AS\n\
+         SELECT {mb} AS bucket, * EXCEPT ({mb})\nFROM {db}.{mt}\n\
+         WHERE {mb} >= {{from:DateTime}} AND {mb} <= {{to:DateTime}}\n  \
+         AND NOT ({in_hours})\n\
+         UNION ALL\n\
+         SELECT {hb} AS bucket, * EXCEPT ({hb})\nFROM {db}.{ht}\n\
+         WHERE {hours}",
+        oc = cfg.on_cluster(),
+        mb = m.bucket,
+        mt = m.table,
+        hb = h.bucket,
+        ht = h.table,
+        in_hours = whole_hour(&format!("toStartOfHour({})", m.bucket)),
+        hours = whole_hour(h.bucket),
+    )]
+}
 
 /// `request_hash` in 4 bytes a row instead of 8 (README "Storage in ClickHouse": 38.4 -> 34.4 bytes per row over a
 /// 30-day retention): the agent keeps 32 bits of the hash ([`crate::enrich::request_hash`]) and T64 stores only the
@@ -512,13 +580,8 @@ fn v1_http_requests(cfg: &SchemaConfig) -> Vec<String> {
     out
 }
 
-fn rollup(
-    cfg: &SchemaConfig,
-    table: &str,
-    bucket: &str,
-    bucket_expr: &str,
-    ttl: Retention,
-) -> Vec<String> {
+fn rollup(cfg: &SchemaConfig, r: &Rollup, bucket_expr: &str, ttl: Retention) -> Vec<String> {
+    let (table, bucket) = (r.table, r.bucket);
     let db = &cfg.database;
     let storage = cfg.storage(table);
     let mut out = vec![format!(
@@ -570,15 +633,13 @@ fn rollup(
 fn v2_rollups(cfg: &SchemaConfig) -> Vec<String> {
     let mut out = rollup(
         cfg,
-        "http_requests_1m",
-        "minute",
+        &ROLLUP_1M,
         "toStartOfMinute(toDateTime(ts, 'UTC'))",
         cfg.rollup_1m_retention,
     );
     out.extend(rollup(
         cfg,
-        "http_requests_1h",
-        "hour",
+        &ROLLUP_1H,
         "toStartOfHour(toDateTime(ts, 'UTC'))",
         cfg.rollup_1h_retention,
     ));
@@ -808,6 +869,35 @@ mod tests {
             "non_replicated_deduplication_window",
         ] {
             assert!(ddl.contains(needle), "missing {needle:?} in:\n{ddl}");
+        }
+    }
+
+    #[test]
+    fn rollup_view_reads_whole_hours_from_the_hour_rollup() {
+        let v16 = &MIGRATIONS[15];
+        assert_eq!(v16.version, 16);
+        let hour = "{step_s:UInt32} % 3600 = 0 AND hour >= {from:DateTime} AND hour <= {to:DateTime} - 3540";
+        assert_eq!(
+            v16.statements(&single()),
+            vec![format!(
+                "CREATE VIEW IF NOT EXISTS observer.http_requests_rollup AS\n\
+                 SELECT minute AS bucket, * EXCEPT (minute)\nFROM observer.http_requests_1m\n\
+                 WHERE minute >= {{from:DateTime}} AND minute <= {{to:DateTime}}\n  \
+                 AND NOT ({})\n\
+                 UNION ALL\n\
+                 SELECT hour AS bucket, * EXCEPT (hour)\nFROM observer.http_requests_1h\n\
+                 WHERE {hour}",
+                hour.replace("hour >=", "toStartOfHour(minute) >=")
+                    .replace("hour <=", "toStartOfHour(minute) <=")
+            )]
+        );
+        let c = v16.statements(&clustered()).join("\n");
+        for needle in [
+            "CREATE VIEW IF NOT EXISTS obs.http_requests_rollup ON CLUSTER prod AS\n",
+            "FROM obs.http_requests_1m\n",
+            "FROM obs.http_requests_1h\n",
+        ] {
+            assert!(c.contains(needle), "missing {needle:?} in:\n{c}");
         }
     }
 

@@ -9,7 +9,9 @@
 //! Layout (single node):
 //! - `http_requests`: one row per HTTP exchange, every [`crate::event::Event`] field (see
 //!   [`super::migrations::http_requests_columns`], from [`crate::event_fields!`]).
-//! - `http_requests_1m` / `http_requests_1h`: AggregatingMergeTree rollups fed by materialized views.
+//! - `http_requests_1m` / `http_requests_1h`: AggregatingMergeTree rollups fed by materialized views, read by the
+//!   dashboards through the parameterized view `http_requests_rollup(from, to, step_s)`, which takes whole hours of
+//!   the range from the hour rollup when the panel's resolution allows.
 //! - `apis`, `applications`, `key_grants`, `teams`: registry history (one row per id and registry version), views
 //!   `*_latest` with the newest non-deleted version, and dictionaries `*_dict` over those views. `key_grants` keeps
 //!   every dated grant entry of a key for an API (`grant_seq`); `key_grants_current` and its dictionary give the
