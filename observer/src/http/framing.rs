@@ -176,6 +176,14 @@ impl Framing {
                 let Ok(found) = &self.content_length else {
                     return; // the first bad value is the one reported
                 };
+                if let (true, Ok(n)) = (plain, value.parse::<u64>()) {
+                    // One plain number, nearly every message: no list to walk.
+                    self.content_length = match found {
+                        Some(prev) if *prev != n => Err(value.to_string()),
+                        _ => Ok(Some(n)),
+                    };
+                    return;
+                }
                 self.content_length = tokens()
                     .try_fold(*found, |found, part| {
                         // Digits only: `parse` would also take a sign.

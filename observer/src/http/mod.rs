@@ -316,8 +316,9 @@ impl ResponseHead {
     }
 }
 
-/// The fields as [`Headers`], and what they say about framing.
+/// The fields as [`Headers`], and what they say about framing. `head` is the head they were parsed from.
 fn collect_headers<'a>(
+    head: &'a [u8],
     headers: impl Iterator<Item = &'a httparse::Header<'a>> + Clone,
 ) -> (Headers, Framing) {
     let (fields, bytes) = headers.clone().fold((0, 0), |(f, b), h| {
@@ -325,13 +326,26 @@ fn collect_headers<'a>(
     });
     let mut out = Headers::with_capacity(fields, bytes);
     let mut framing = Framing::default();
+    // An ASCII head (nearly every one) is checked once, not value by value: its values are slices of that text, and
+    // need no trim (httparse leaves no ASCII whitespace at either end of a value, and admits no other control byte).
+    let ascii = std::str::from_utf8(head).ok().filter(|t| t.is_ascii());
     for h in headers {
-        with_text(h.value, |v| {
+        let mut take = |v: &str| {
             framing.add(h.name, v);
             out.push(h.name, v)
-        });
+        };
+        match ascii.and_then(|text| slice_of(text, head, h.value)) {
+            Some(v) => take(v),
+            None => with_text(h.value, take),
+        }
     }
     (out, framing)
+}
+
+/// `part` (a slice of `head`) as the same bytes of `text` (`head` as text); None when it is not within `head`.
+fn slice_of<'t>(text: &'t str, head: &[u8], part: &[u8]) -> Option<&'t str> {
+    let at = (part.as_ptr() as usize).checked_sub(head.as_ptr() as usize)?;
+    text.get(at..at.checked_add(part.len())?)
 }
 
 /// Hands `f` a header value as text, trimmed. Values are almost always ASCII: checked as UTF-8 first, which is much
@@ -407,7 +421,7 @@ fn request_head(
     match status {
         httparse::Status::Partial => Parsed::Partial,
         httparse::Status::Complete(head_len) => {
-            let (headers, framing) = collect_headers(req.headers.iter());
+            let (headers, framing) = collect_headers(&buf[..head_len], req.headers.iter());
             let mut anomalies = framing.anomalies(true);
             if has_bare_lf(&buf[..head_len]) {
                 anomalies.insert(Anomalies::BARE_LF);

@@ -46,6 +46,28 @@ fn parsed_request_headers_are_trimmed_and_lossy_utf8() {
     );
 }
 
+/// An ASCII head's values are taken as slices of the head checked once; a head with other bytes has each value
+/// checked and trimmed on its own: both give the same fields (the Unicode no-break space is trimmed as before).
+#[test]
+fn ascii_and_utf8_heads_give_the_same_trimmed_fields() {
+    let fields = |buf: &[u8]| {
+        req(buf)
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let ascii = fields(b"GET / HTTP/1.1\r\nHost:\t h \t\r\nX-Empty:\r\nX-A: a b\r\n\r\n");
+    let utf8 = fields(
+        "GET / HTTP/1.1\r\nHost:\t h \t\r\nX-Empty:\r\nX-A: a b\r\nX-U: \u{a0}\u{e9}t\u{e9}\u{a0}\r\n\r\n"
+            .as_bytes(),
+    );
+    let expected = [("Host", "h"), ("X-Empty", ""), ("X-A", "a b")];
+    assert_eq!(ascii, expected.map(|(n, v)| (n.to_string(), v.to_string())));
+    assert_eq!(utf8[..3], ascii[..]);
+    assert_eq!(utf8[3], ("X-U".to_string(), "\u{e9}t\u{e9}".to_string()));
+}
+
 fn req(buf: &[u8]) -> RequestHead {
     match parse_request(buf) {
         Ok(Parsed::Complete(r)) => r,
