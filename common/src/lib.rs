@@ -67,7 +67,8 @@ pub struct DataHeader {
 
 /// `ConnEvent::op`: a socket connect() from a local process (pid is reliable).
 pub const CONN_CONNECT: u32 = 1;
-/// Active side established (the local socket connected).
+/// Active side established (the local socket connected). The kernel side no longer sends it: the `CONN_CONNECT`
+/// record names the same socket and endpoints. User space still accepts it.
 pub const CONN_ACTIVE_ESTABLISHED: u32 = 2;
 /// Passive side established (the local socket was accepted).
 pub const CONN_PASSIVE_ESTABLISHED: u32 = 3;
@@ -446,8 +447,8 @@ pub const CNT_RINGBUF_FULL_RESPONSE: u32 = 15;
 pub const CNT_RINGBUF_FULL_CONTINUATION: u32 = 16;
 pub const CNT_RINGBUF_FULL_CONN: u32 = 17;
 pub const CNT_LOAD_FAILED_REQUEST: u32 = 18;
-/// Payload packets of a cgroup_skb hook whose socket could hold no per-socket state (the kernel gives none to request
-/// and time-wait sockets, or could not allocate it): their stream's state went to the shared flow table instead.
+/// A local socket's second message whose socket could not be given per-socket state (the kernel gives none to
+/// request and time-wait sockets, or could not allocate it): its stream's state stayed in the shared flow table.
 pub const CNT_SOCK_STORAGE_UNAVAILABLE: u32 = 19;
 pub const CNT_MAX: u32 = 20;
 

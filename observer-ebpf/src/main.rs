@@ -50,14 +50,17 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
-/// Per stream (and hook) state of the TC hooks, which see no socket, and of sockets whose storage could not be had
-/// (see [`SOCK_FLOWS`]); also the mark a local socket's egress leaves for the ingress hook (see [`capture`]).
+/// Per stream (and hook) state of the TC hooks, which see no socket, and of a local socket's first message in each
+/// direction (see [`SOCK_FLOWS`]); a local socket's egress key also stays here as the mark the ingress hook looks for
+/// a local sender by (see [`capture`]).
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
 
-/// Per socket state of the cgroup_skb hooks, one [`FlowState`] per direction, in the socket itself: found from the
-/// skb's socket in a few loads, where [`FLOWS`] hashes a 40-byte key and walks a bucket on every payload packet,
-/// and freed with the socket, so a 4-tuple reused by a later connection starts clean.
+/// Per socket state of the cgroup_skb hooks from a socket's second message on, one [`FlowState`] per direction, in
+/// the socket itself: found from the skb's socket in a few loads, where [`FLOWS`] hashes a 40-byte key and walks a
+/// bucket on every payload packet, and freed with the socket, so a 4-tuple reused by a later connection starts clean.
+/// Created only at a second message: allocating and linking storage for a connection with one exchange (connection
+/// churn, `Connection: close`) cost more than the [`FLOWS`] entry its first message needs anyway.
 #[btf_map]
 static SOCK_FLOWS: SkStorage<SockFlows> = SkStorage::new();
 
@@ -372,19 +375,33 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
 
     let ctx_ptr = skb.skb as *mut _;
     // The stream's state when it is known: every message after a connection's first, and every continuation. State
-    // left by an earlier connection on the same 4-tuple does not count. A socket's own storage holds its cookie
-    // once it has a stream, which spares the helper call.
-    let sock = if cgroup { sock_flow(skb, hook) } else { None };
+    // left by an earlier connection on the same 4-tuple does not count. A stream's state is in its socket's storage
+    // from its second message on (see [`promote`]), and then holds the cookie, which spares the helper call; before
+    // that (and for TC) it is in [`FLOWS`].
+    let sk = if cgroup {
+        skb_sock(skb)
+    } else {
+        core::ptr::null_mut()
+    };
+    let sock = sock_flows(sk, false);
+    let dir = if hook == HOOK_CGROUP_EGRESS { 1 } else { 0 };
+    let in_sock = match sock {
+        // SAFETY: a socket storage pointer, valid for the program's run; `dir` < 2.
+        Some(s) => (unsafe { (*s).dir[dir].cookie }) != 0,
+        None => false,
+    };
     let (entry, cookie) = match sock {
-        // SAFETY: a socket storage pointer, valid for the program's run.
-        Some(p) if unsafe { (*p).cookie } != 0 => (Some(p), unsafe { (*p).cookie }),
+        // SAFETY: as above.
+        Some(s) if in_sock => unsafe {
+            (
+                Some(core::ptr::addr_of_mut!((*s).dir[dir])),
+                (*s).dir[dir].cookie,
+            )
+        },
         _ => {
             // SAFETY: the helper takes the program's own context, valid for its run.
             let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
-            match sock {
-                Some(p) => (Some(p), cookie),
-                None => (FLOWS.get_ptr_mut(&key), cookie),
-            }
+            (FLOWS.get_ptr_mut(&key), cookie)
         }
     };
     let known = match entry {
@@ -424,7 +441,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
                         cookie,
                         task_ns: 0,
                     };
-                    store(entry, sock.is_some(), &key, &st);
+                    store(entry, sock, dir, &key, &st);
                 }
             }
             return Ok(());
@@ -470,7 +487,11 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         task_ns: if refresh { ts_ns } else { task_ns },
     };
     if known.is_none() {
-        store(entry, sock.is_some(), &key, &st);
+        store(entry, sock, dir, &key, &st);
+    } else if !in_sock && flags == DATA_FLAG_START && !sk.is_null() {
+        // A local socket's second message (or later, when its storage could not be had): from here on its stream
+        // lives in the socket. A connection with one exchange never pays for storage.
+        store(entry, sock.or_else(|| sock_flows(sk, true)), dir, &key, &st);
     } else if let Some(p) = entry {
         // SAFETY: a valid state pointer (see `known`); FlowState is plain data, so a racing writer leaves one of the
         // two states, either of which is a consistent stream state.
@@ -528,45 +549,65 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     }
 }
 
-/// The cgroup_skb socket's state for `hook`'s direction, created on first use; `None` when the packet has no full
-/// socket or its storage could not be allocated (counted), and the stream's state then lives in [`FLOWS`].
+/// The skb's full socket, or null (cgroup_skb only).
 #[inline(always)]
-fn sock_flow(skb: &SkBuff, hook: u32) -> Option<*mut FlowState> {
+fn skb_sock(skb: &SkBuff) -> *mut core::ffi::c_void {
     // SAFETY: the context pointer is valid for the program's run; `sk` is a readable cgroup_skb context field.
-    let sk = unsafe { (*skb.skb).__bindgen_anon_2.sk };
+    unsafe { (*skb.skb).__bindgen_anon_2.sk as *mut _ }
+}
+
+/// The [`SOCK_FLOWS`] storage of socket `sk` (null: none), created when `create` says so. `None` when the socket has
+/// none; a failed creation (request and time-wait sockets hold none; or no memory) is counted.
+#[inline(always)]
+fn sock_flows(sk: *mut core::ffi::c_void, create: bool) -> Option<*mut SockFlows> {
     if sk.is_null() {
         return None;
     }
     // SAFETY: the map is this program's socket storage map and `sk` the skb's socket, checked non-null; the helper
-    // returns null for sockets that cannot hold storage (request and time-wait sockets).
+    // returns null for sockets that hold no storage (or, creating, cannot hold it).
     let p = unsafe {
         bpf_sk_storage_get(
             core::ptr::addr_of!(SOCK_FLOWS) as *mut _,
-            sk as *mut _,
+            sk,
             core::ptr::null_mut(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
+            if create {
+                BPF_SK_STORAGE_GET_F_CREATE as u64
+            } else {
+                0
+            },
         )
     } as *mut SockFlows;
     if p.is_null() {
-        count(CNT_SOCK_STORAGE_UNAVAILABLE);
+        if create {
+            count(CNT_SOCK_STORAGE_UNAVAILABLE);
+        }
         return None;
     }
-    let i = if hook == HOOK_CGROUP_EGRESS { 1 } else { 0 };
-    // SAFETY: a valid storage value for the program's run; `i` < 2.
-    Some(unsafe { core::ptr::addr_of_mut!((*p).dir[i]) })
+    Some(p)
 }
 
-/// Writes the state of a stream that had none (or a stale one). A socket's storage is written in place; the egress
-/// stream of a local socket also leaves its key in [`FLOWS`], where the ingress hook looks for a local sender.
-/// Other streams go into [`FLOWS`] (updated in place when present: an LRU insert allocates and unlinks an element).
+/// Writes the state of a stream that had none (or a stale one, or that moves to its socket): into `sock`'s direction
+/// `dir` when the socket has storage, else into `entry` (a [`FLOWS`] value) in place, else as a new [`FLOWS`] entry.
+/// A local socket's egress stream always has its key in [`FLOWS`] (its first message put it there), where the
+/// ingress hook looks for a local sender; it is written once per stream, never again once the socket holds it.
 #[inline(always)]
-fn store(entry: Option<*mut FlowState>, in_sock: bool, key: &FlowKey, st: &FlowState) {
-    if let Some(p) = entry {
-        // SAFETY: a valid state pointer from a lookup in this run; FlowState is plain data.
-        unsafe { *p = *st };
-        if !in_sock || key.hook != HOOK_CGROUP_EGRESS {
+fn store(
+    entry: Option<*mut FlowState>,
+    sock: Option<*mut SockFlows>,
+    dir: usize,
+    key: &FlowKey,
+    st: &FlowState,
+) {
+    if let Some(s) = sock {
+        // SAFETY: a valid storage value for the program's run; `dir` < 2; FlowState is plain data.
+        unsafe { (*s).dir[dir & 1] = *st };
+        if key.hook != HOOK_CGROUP_EGRESS || entry.is_some() {
             return;
         }
+    } else if let Some(p) = entry {
+        // SAFETY: a valid state pointer from a lookup in this run; FlowState is plain data.
+        unsafe { *p = *st };
+        return;
     }
     if FLOWS.insert(key, st, 0).is_err() {
         count(CNT_FLOW_MAP_FULL);
@@ -690,60 +731,77 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         // Ask for state changes so the close (with final sequence numbers) reaches us.
         let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
         let _ = ctx.set_cb_flags(flags as i32);
+        if kind == CONN_ACTIVE_ESTABLISHED {
+            // The connect record named this socket and both its endpoints already (the local port is bound before
+            // the connect callback): a record per client connection saved, which connection churn pays for.
+            return Ok(());
+        }
     }
-    let mut ev = ConnEvent {
-        kind: EVENT_CONN,
-        op: kind,
-        // SAFETY: a helper without arguments or side effects.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        // SAFETY: the helper takes the program's own sock_ops context, valid for its run.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        lport,
-        rport,
-        ..ConnEvent::default()
-    };
-    if kind == CONN_CONNECT {
-        // connect() runs in the calling task: the pid, comm and cgroup are the client's.
-        ev.pid_tgid = bpf_get_current_pid_tgid();
-        ev.comm = words_bytes(current_comm());
+    // The connect callback runs in the calling task: the pid, comm and cgroup are the client's.
+    let (pid_tgid, comm, cgroup_id) = if kind == CONN_CONNECT {
         // SAFETY: a helper without arguments; connect() runs in task context, where the current cgroup is defined.
-        ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    }
-    if family == 2 {
-        ev.laddr[10] = 0xff;
-        ev.laddr[11] = 0xff;
-        ev.laddr[12..16].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
-        ev.raddr[10] = 0xff;
-        ev.raddr[11] = 0xff;
-        ev.raddr[12..16].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        (bpf_get_current_pid_tgid(), current_comm(), cg)
+    } else {
+        (0, [0; 2], 0)
+    };
+    // Addresses in words, as in [`FlowKey`]: byte arrays filled piecewise made the compiler zero the record through
+    // a byte-at-a-time `memset` subprogram, a sixth of this program's time under connection churn.
+    let (laddr, raddr): ([u32; 4], [u32; 4]) = if family == 2 {
+        (
+            [0, 0, V4_MAPPED, ctx.local_ip4()],
+            [0, 0, V4_MAPPED, ctx.remote_ip4()],
+        )
     } else if family == 10 {
         // The context only allows 4-byte loads of these arrays: read each word volatile so none are merged.
         let ops = ctx.ops;
+        let mut l = [0u32; 4];
+        let mut r = [0u32; 4];
         for i in 0..4 {
             // SAFETY: `ops` is the program's context, valid for its run; i < 4 indexes the 4-word arrays.
-            let l = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[i])) };
+            l[i] = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[i])) };
             // SAFETY: as above.
-            let r = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[i])) };
-            ev.laddr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
-            ev.raddr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+            r[i] = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[i])) };
         }
+        (l, r)
     } else {
         return Ok(());
-    }
-    // SAFETY: the program's own context, valid and only read for the rest of its run.
-    let ops = unsafe { &*ctx.ops };
-    ev.snd_nxt = ops.snd_nxt;
-    ev.rcv_nxt = ops.rcv_nxt;
-    ev.srtt_us = ops.srtt_us >> 3;
-    ev.bytes_acked = ops.bytes_acked;
-    ev.bytes_received = ops.bytes_received;
-    ev.total_retrans = ops.total_retrans;
-    let flags = submit_flags(core::mem::size_of::<ConnEvent>(), false);
-    if EVENTS.output::<ConnEvent>(&ev, flags).is_err() {
+    };
+    // The record is written straight into its ring reservation: no stack copy for `bpf_ringbuf_output` to copy again.
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(CNT_RINGBUF_FULL);
         count(CNT_RINGBUF_FULL_CONN);
         return Err(());
-    }
+    };
+    // SAFETY: the program's own context, valid and only read for the rest of its run.
+    let ops = unsafe { &*ctx.ops };
+    // SAFETY: a reserved record, ours until submitted; the ring places records at 8-byte boundaries, ConnEvent's
+    // alignment, and `write` makes no reference to the uninitialised memory.
+    unsafe {
+        entry.as_mut_ptr().write(ConnEvent {
+            kind: EVENT_CONN,
+            op: kind,
+            // SAFETY: a helper without arguments or side effects.
+            ts_ns: bpf_ktime_get_ns(),
+            // SAFETY: the helper takes the program's own sock_ops context, valid for its run.
+            cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+            cgroup_id,
+            pid_tgid,
+            comm: words_bytes(comm),
+            laddr: addr_bytes(laddr),
+            raddr: addr_bytes(raddr),
+            lport,
+            rport,
+            snd_nxt: ops.snd_nxt,
+            rcv_nxt: ops.rcv_nxt,
+            srtt_us: ops.srtt_us >> 3,
+            bytes_acked: ops.bytes_acked,
+            bytes_received: ops.bytes_received,
+            total_retrans: ops.total_retrans,
+            _pad: 0,
+        })
+    };
+    entry.submit(submit_flags(core::mem::size_of::<ConnEvent>(), true));
     count(CNT_CONN_EVENTS);
     Ok(())
 }
