@@ -287,7 +287,8 @@ impl<'de> Deserialize<'de> for SharedStr {
 /// Shared copies of strings that repeat from event to event (methods, hosts, user agents): each event takes a
 /// reference-counted copy instead of allocating its own, which the sink's thread would then free (a free of memory
 /// another thread allocated is the allocator's slow path). Bounded: past `cap` distinct strings it starts over, so
-/// a stream of distinct values costs what copying them did.
+/// a stream of distinct values costs what copying them did; a string longer than [`Interner::MAX_LEN`] is copied,
+/// not kept, so the interner holds at most `cap` x that many bytes.
 #[derive(Debug)]
 pub struct Interner {
     set: std::collections::HashSet<SharedStr, foldhash::fast::RandomState>,
@@ -295,6 +296,9 @@ pub struct Interner {
 }
 
 impl Interner {
+    /// Longest string kept (longer ones, rare user agents, get their own copy).
+    pub const MAX_LEN: usize = 256;
+
     pub fn new(cap: usize) -> Self {
         Interner {
             set: Default::default(),
@@ -304,8 +308,8 @@ impl Interner {
 
     /// The shared copy of `s`.
     pub fn get(&mut self, s: &str) -> SharedStr {
-        if s.is_empty() {
-            return SharedStr::default();
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return SharedStr::from(s);
         }
         if let Some(v) = self.set.get(s) {
             return v.clone();
@@ -622,6 +626,9 @@ mod tests {
         assert!(std::ptr::eq(a.as_str(), b.as_str()), "one copy");
         assert_eq!(i.get(""), SharedStr::default());
         assert_eq!(i.len(), 1, "the empty string is not kept");
+        let long = "x".repeat(Interner::MAX_LEN + 1);
+        assert_eq!(i.get(&long), long.as_str());
+        assert_eq!(i.len(), 1, "a string over the length bound is not kept");
         let _ = i.get("POST");
         assert_eq!(i.len(), 2);
         assert_eq!(i.get("PUT"), "PUT");

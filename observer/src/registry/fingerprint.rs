@@ -74,8 +74,8 @@ impl KeySecret {
     }
 
     /// A keyed 128-bit hash (SipHash-1-3) of a raw key, by which the fingerprint cache finds it without keeping the
-    /// key: without the secret nobody can make two keys collide, and by chance two of 2^32 keys would collide once
-    /// in 2^64 tries.
+    /// key: without the secret nobody can make two keys collide, and by chance any two of 2^32 distinct keys collide
+    /// with a probability of about 2^-65.
     pub fn cache_hash(&self, key: &[u8]) -> u128 {
         use siphasher::sip128::Hasher128;
         use std::hash::Hasher;
