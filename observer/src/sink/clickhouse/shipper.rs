@@ -124,12 +124,13 @@ impl Ctx {
     pub(super) fn buffer(&self, capacity: usize) -> Vec<u8> {
         let kept = self.buffers.lock().ok().and_then(|mut b| b.pop());
         match kept {
-            Some(mut b) => {
+            // Too small a kept buffer is replaced, not grown: growing it copied its old capacity's bytes (the
+            // allocator does not know they are unused), which the agent's profile showed under the insert.
+            Some(mut b) if b.capacity() >= capacity => {
                 b.clear();
-                b.reserve(capacity);
                 b
             }
-            None => Vec::with_capacity(capacity),
+            _ => Vec::with_capacity(capacity),
         }
     }
 
