@@ -67,8 +67,9 @@ pub struct DataHeader {
 
 /// `ConnEvent::op`: a socket connect() from a local process (pid is reliable).
 pub const CONN_CONNECT: u32 = 1;
-/// Active side established (the local socket connected). The kernel side no longer sends it: the `CONN_CONNECT`
-/// record names the same socket and endpoints. User space still accepts it.
+/// Active side established (the local socket connected): the kernel side only asks for the socket's state changes
+/// then and sends no record (the `CONN_CONNECT` record names the same socket and endpoints); user space counts one
+/// as malformed.
 pub const CONN_ACTIVE_ESTABLISHED: u32 = 2;
 /// Passive side established (the local socket was accepted).
 pub const CONN_PASSIVE_ESTABLISHED: u32 = 3;

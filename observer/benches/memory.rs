@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use observer::cgroups::MapResolver;
 use observer::flow::{Engine, FlowConfig};
 use observer_common::{
-    ConnEvent, DataHeader, CONN_ACTIVE_ESTABLISHED, CONN_CONNECT, CONN_PASSIVE_ESTABLISHED,
-    DATA_FLAG_START, EVENT_CONN, EVENT_DATA, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS,
+    ConnEvent, DataHeader, CONN_CONNECT, CONN_PASSIVE_ESTABLISHED, DATA_FLAG_START, EVENT_CONN,
+    EVENT_DATA, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS,
 };
 
 /// The system allocator, counting the bytes live and their peak.
@@ -159,7 +159,6 @@ fn measure(n: u32, max_connections: usize) -> (f64, usize, u64) {
     for i in 0..n {
         let mut c = Loopback::new(i);
         eng.on_conn(&c.conn_event(CONN_CONNECT, true, ts));
-        eng.on_conn(&c.conn_event(CONN_ACTIVE_ESTABLISHED, true, ts));
         eng.on_conn(&c.conn_event(CONN_PASSIVE_ESTABLISHED, false, ts));
         c.segment(&mut eng, 0, REQUEST, ts + 10_000);
         c.segment(&mut eng, 1, &resp, ts + 60_000);

@@ -17,9 +17,9 @@ mod tests;
 use std::net::{IpAddr, Ipv6Addr};
 
 use observer_common::{
-    ConnEvent, DataHeader, CONN_ACTIVE_ESTABLISHED, CONN_CLOSE, CONN_CONNECT,
-    CONN_PASSIVE_ESTABLISHED, DATA_FLAG_START, DEFAULT_CAPTURE, EVENT_DATA, HOOK_CGROUP_EGRESS,
-    HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, MAX_CAPTURE,
+    ConnEvent, DataHeader, CONN_CLOSE, CONN_CONNECT, CONN_PASSIVE_ESTABLISHED, DATA_FLAG_START,
+    DEFAULT_CAPTURE, EVENT_DATA, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS,
+    HOOK_TC_INGRESS, MAX_CAPTURE,
 };
 
 use self::conn::{Conn, ConnKey, Ctx, Endpoint};
@@ -272,7 +272,7 @@ impl Engine {
         let local = (ev.lport != 0).then_some((ev.laddr, ev.lport));
         let remote = (ev.rport != 0).then_some((ev.raddr, ev.rport));
         match ev.op {
-            CONN_CONNECT | CONN_ACTIVE_ESTABLISHED | CONN_PASSIVE_ESTABLISHED => {
+            CONN_CONNECT | CONN_PASSIVE_ESTABLISHED => {
                 if ev.cookie == 0 {
                     return;
                 }
@@ -405,7 +405,6 @@ impl Engine {
     }
 
     /// Moves the heads noted since the last call into `out` (always empty without `report_started`).
-    /// Hands over the heads noted since the last call (with `report_started`).
     pub fn drain_started(&mut self, out: &mut Vec<Started>) {
         out.append(&mut self.started);
     }
