@@ -5,7 +5,6 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Deref;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -196,8 +195,12 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// socket: events share one copy instead of allocating and freeing their own.
 /// Serialized as a plain string; the empty string allocates nothing. Registry values (API, route, application,
 /// known key fingerprint) are shared the same way, from the registry snapshot. Hashes and compares as its `str`.
+///
+/// One pointer wide (`arcstr`, its length beside the count): an event holds 26 of these, and at `Arc<str>`'s two
+/// words each they were 416 of its 696 bytes, moved on every hand-over of the event (see BENCHMARKS.md's replay
+/// A/B).
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SharedStr(Option<Arc<str>>);
+pub struct SharedStr(arcstr::ArcStr);
 
 impl std::hash::Hash for SharedStr {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
@@ -213,7 +216,7 @@ impl std::borrow::Borrow<str> for SharedStr {
 
 impl SharedStr {
     pub fn as_str(&self) -> &str {
-        self.0.as_deref().unwrap_or("")
+        self.0.as_str()
     }
 }
 
@@ -226,13 +229,17 @@ impl Deref for SharedStr {
 
 impl From<&str> for SharedStr {
     fn from(s: &str) -> Self {
-        SharedStr((!s.is_empty()).then(|| Arc::from(s)))
+        SharedStr(if s.is_empty() {
+            arcstr::ArcStr::new()
+        } else {
+            arcstr::ArcStr::from(s)
+        })
     }
 }
 
 impl From<String> for SharedStr {
     fn from(s: String) -> Self {
-        SharedStr((!s.is_empty()).then(|| Arc::from(s)))
+        SharedStr::from(s.as_str())
     }
 }
 
@@ -654,10 +661,15 @@ mod tests {
         assert_eq!(&*a, "nginx");
         assert_eq!(format!("{a} {a:?}"), "nginx \"nginx\"");
         assert!(
-            SharedStr::from(String::new()).0.is_none(),
+            arcstr::ArcStr::is_static(&SharedStr::from(String::new()).0),
             "empty holds no allocation"
         );
         assert_eq!(SharedStr::from(""), SharedStr::default());
+        assert_eq!(
+            std::mem::size_of::<SharedStr>(),
+            std::mem::size_of::<usize>(),
+            "one pointer wide"
+        );
         assert_eq!(serde_json::to_string(&a).expect("json"), "\"nginx\"");
         let back: SharedStr = serde_json::from_str("\"/system.slice\"").expect("json");
         assert_eq!(back, "/system.slice");
