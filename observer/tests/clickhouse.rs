@@ -112,18 +112,19 @@ async fn upgrade_from_previous_version_keeps_data() {
         count(url, "SELECT count() FROM observer.http_requests").await,
         500
     );
-    // Version 13's codecs and compression blocks, on the table that already held rows; the rows read back after a
-    // merge rewrote them with the new codecs.
+    // The codecs of versions 13 and 17 and 13's compression blocks, on the table that already held rows; the rows
+    // read back after a merge rewrote them with the new codecs.
     assert_eq!(
         count(
             url,
             "SELECT count() FROM system.columns WHERE database = 'observer' AND table = 'http_requests' \
-             AND ((name = 'conn_id' AND compression_codec = 'CODEC(Delta(8), ZSTD(1))') \
+             AND ((name = 'conn_id' AND compression_codec = 'CODEC(ZSTD(3))') \
+               OR (name = 'ts' AND compression_codec = 'CODEC(Delta(8), T64, ZSTD(1))') \
                OR (name = 'method' AND compression_codec = 'CODEC(ZSTD(1))'))"
         )
         .await,
-        2,
-        "codecs of version 13"
+        3,
+        "codecs of versions 13 and 17"
     );
     client(url)
         .query("OPTIMIZE TABLE observer.http_requests FINAL")
@@ -1288,16 +1289,129 @@ async fn bytes_per_row_on_disk() {
         N,
         "the fresh day's raw ids are kept"
     );
-    // 35.2 with migration 13's codecs when the generator left both hashes 0 (41.3 before); the hashes add 12 since
-    // schema 15 (16 before).
+    // Schema 17: 43.7 and 27.1 (README "Storage in ClickHouse"); 45.3 and 28.8 with version 16's codecs. The raw
+    // ids' format moves the fresh rows' figure (46.2 when every id is a UUIDv4), not the old rows'.
     assert!(
-        fresh < 50.0,
+        fresh < 48.0,
         "{fresh:.1} bytes per row is more than expected"
+    );
+    assert!(
+        old < 28.0,
+        "{old:.1} bytes per row past the raw id's retention is more than expected"
     );
     assert!(
         old < fresh - 12.0,
         "the raw request_id's column is gone from old parts: {old:.1} against {fresh:.1}"
     );
+}
+
+/// Migration 17 on a table that already holds rows of reused connections ([`Traffic`]): every row reads back as it
+/// was, the columns take their new codecs (in `origin_fleet` too), and once merged `ts`, `conn_id` and `src_port`
+/// take fewer bytes than under version 16's codecs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codecs_of_17_carry_existing_rows_over() {
+    let Some(fx) = dev_fixture("codecs_of_17_carry_existing_rows_over") else {
+        return;
+    };
+    let url = &fx.url;
+    apply(url, Some(16)).await;
+    // The table as a version-16 binary created it: this binary's version 1 already has 17's codecs.
+    for (name, ty, codec) in [
+        ("ts", "DateTime64(6, 'UTC')", "Delta(8), ZSTD(1)"),
+        ("src_port", "UInt16", "T64, ZSTD(1)"),
+        ("truncated", "Bool", "ZSTD(1)"),
+        ("conn_id", "UInt64", "Delta(8), ZSTD(1)"),
+        ("incomplete", "Bool", "ZSTD(1)"),
+        ("trace_id_hash", "UInt64", "ZSTD(1)"),
+        ("request_id_hash", "UInt64", "ZSTD(1)"),
+    ] {
+        let sql =
+            format!("ALTER TABLE observer.http_requests MODIFY COLUMN {name} {ty} CODEC({codec})");
+        client(url).query(&sql).execute().await.expect(&sql);
+    }
+    let n = 30_000u64;
+    let mut traffic = Traffic::new(4);
+    let events: Vec<Event> = (0..n)
+        .map(|i| traffic.exchange(i, 1_767_225_600_000_000))
+        .collect();
+    insert_events(url, &fx.dir.path().join("spool"), &events).await;
+    let every_column = migrations::http_requests_columns()
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = format!(
+        "SELECT toUInt64(sum(cityHash64({every_column}) % 1000000007)) FROM observer.http_requests"
+    );
+    // Wide parts (one file per column), so that each column's own bytes are in system.parts_columns.
+    let merge = || async {
+        for sql in [
+            "ALTER TABLE observer.http_requests MODIFY SETTING min_bytes_for_wide_part = 0",
+            "OPTIMIZE TABLE observer.http_requests FINAL",
+        ] {
+            client(url).query(sql).execute().await.expect(sql);
+        }
+    };
+    let bytes = |column: &str| {
+        format!(
+            "SELECT sum(column_data_compressed_bytes) FROM system.parts_columns WHERE database = 'observer' \
+             AND table = 'http_requests' AND active AND column = '{column}'"
+        )
+    };
+    merge().await;
+    let before_rows = count(url, &rows).await;
+    let mut before = Vec::new();
+    for c in ["ts", "conn_id", "src_port"] {
+        before.push(count(url, &bytes(c)).await);
+    }
+
+    let r = apply(url, Some(17)).await;
+    assert_eq!(r.applied, vec![17], "{r}");
+    merge().await;
+    assert_eq!(
+        count(url, "SELECT count() FROM observer.http_requests").await,
+        n
+    );
+    assert_eq!(count(url, &rows).await, before_rows, "every row as it was");
+    for name in migrations::V17_CODEC_COLUMNS {
+        let c = migrations::http_requests_columns()
+            .iter()
+            .find(|c| c.name == *name)
+            .expect("column");
+        let tables = if ["ts", "conn_id"].contains(name) {
+            "('http_requests', 'origin_fleet')"
+        } else {
+            "('http_requests')"
+        };
+        let want = if tables.contains("origin_fleet") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            count(
+                url,
+                &format!(
+                    "SELECT count() FROM system.columns WHERE database = 'observer' AND table IN {tables} \
+                     AND name = '{name}' AND compression_codec = '{}'",
+                    c.codec
+                )
+            )
+            .await,
+            want,
+            "{name} {}",
+            c.codec
+        );
+    }
+    for (c, b) in ["ts", "conn_id", "src_port"].iter().zip(before) {
+        let after = count(url, &bytes(c)).await;
+        println!(
+            "{c}: {:.2} -> {:.2} bytes a row",
+            b as f64 / n as f64,
+            after as f64 / n as f64
+        );
+        assert!(after * 10 < b * 9, "{c}: {b} -> {after} bytes");
+    }
 }
 
 /// Migration 15 on a table that already holds rows written with 64-bit request hashes (agents before it): every row
