@@ -356,7 +356,7 @@ macro_rules! event_fields {
         $then! {
             // --- capture (flow) ---
             /// Request start (first byte of the request seen).
-            ts: $crate::event::Timestamp => "DateTime64(6, 'UTC')", "CODEC(Delta(8), ZSTD(1))", 1;
+            ts: $crate::event::Timestamp => "DateTime64(6, 'UTC')", "CODEC(Delta(8), T64, ZSTD(1))", 1;
             /// Request start to end of response headers, microseconds.
             duration_us: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
             side: $crate::event::Side => $crate::event::enum8::<$crate::event::Side>(), "CODEC(ZSTD(1))", 1;
@@ -374,7 +374,7 @@ macro_rules! event_fields {
             resp_bytes: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 1;
             /// Stored as IPv6 (IPv4 as `::ffff:a.b.c.d`).
             src_ip: std::net::IpAddr => "IPv6", "CODEC(ZSTD(1))", 1;
-            src_port: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 1;
+            src_port: u16 => "UInt16", "CODEC(ZSTD(3))", 1;
             dst_ip: std::net::IpAddr => "IPv6", "CODEC(ZSTD(1))", 1;
             dst_port: u16 => "UInt16", "CODEC(T64, ZSTD(1))", 1;
             client_pid: u32 => "UInt32", "CODEC(T64, ZSTD(1))", 1;
@@ -388,12 +388,12 @@ macro_rules! event_fields {
             /// From `X-Request-Id`, else the trace id of `traceparent`.
             request_id: String => "String", "CODEC(ZSTD(3))", 1;
             /// Headers exceeded the capture cap.
-            truncated: bool => "Bool", "CODEC(ZSTD(1))", 1;
+            truncated: bool => "Bool", "CODEC(T64, ZSTD(1))", 1;
             /// Stable id of the connection (socket cookie of the client socket when local, else of the server
             /// socket).
-            conn_id: u64 => "UInt64", "CODEC(Delta(8), ZSTD(1))", 1;
+            conn_id: u64 => "UInt64", "CODEC(ZSTD(3))", 1;
             /// The connection closed before a message's declared end: its size counts the bytes sent.
-            incomplete: bool => "Bool", "CODEC(ZSTD(1))", 4;
+            incomplete: bool => "Bool", "CODEC(T64, ZSTD(1))", 4;
             /// Why the request's or response's framing may be read differently by another reader (request
             /// smuggling): `bare_lf`, `cl_and_te`, `content_length`, `transfer_encoding`, `follows_anomaly`
             /// (`http::Anomalies`); empty for nearly every exchange.
@@ -445,8 +445,8 @@ macro_rules! event_fields {
             origin_by: $crate::event::OriginBy => $crate::event::enum8::<$crate::event::OriginBy>(), "CODEC(ZSTD(1))", 10;
             /// Keyed hashes (as `request_hash`) of the W3C trace id of `traceparent` and of `X-Request-Id`; 0 when
             /// absent. Hops on different nodes are joined on them in ClickHouse (`origin_join`).
-            trace_id_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 11;
-            request_id_hash: u64 => "UInt64", "CODEC(ZSTD(1))", 11;
+            trace_id_hash: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 11;
+            request_id_hash: u64 => "UInt64", "CODEC(T64, ZSTD(1))", 11;
 
             // --- new fields go here (or at the end of the section they belong to), with a new schema version ---
         }

@@ -7,9 +7,10 @@
 // Tests hold a process-wide lock across awaits on purpose: one dev server at a time.
 #![allow(clippy::await_holding_lock)]
 mod common;
+#[path = "fixtures/realistic.rs"]
+mod realistic;
 
 use std::io::{BufRead, BufReader};
-use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,127 +28,7 @@ use observer::sink::clickhouse::rowbinary::{
 use observer::sink::clickhouse::schema::{self, Retention, SchemaConfig, SchemaError};
 use observer::sink::clickhouse::spool::{BatchId, Spool, SpooledBatch};
 use observer::sink::clickhouse::{write_registry, TABLE};
-
-/// Deterministic pseudo-random numbers.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[(self.next() as usize) % xs.len()]
-    }
-}
-
-/// A plausible exchange: a few APIs and apps, ids in paths, mostly 200s. `conn_id` is `i` (unique).
-/// [`realistic_fields`] with the hashes the agent's enrichment adds to every such event: `request_hash` (of method,
-/// host and target; 4 random-looking bytes since schema 15) and `request_id_hash` (of `X-Request-Id`, 8), each a keyed
-/// SipHash there.
-fn realistic(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
-    use std::hash::{Hash, Hasher};
-    let hash = |v: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        v(&mut h);
-        h.finish().max(1)
-    };
-    let mut e = realistic_fields(i, base_us, rng);
-    e.request_hash =
-        u64::from((hash(&|h| (&e.method, &e.host, &e.path, &e.query_keys).hash(h)) as u32).max(1));
-    e.request_id_hash = hash(&|h| e.request_id.hash(h));
-    e
-}
-
-fn realistic_fields(i: u64, base_us: i64, rng: &mut Lcg) -> Event {
-    let apis = ["payments", "orders", "catalog", "users", "search"];
-    let api = rng.pick(&apis);
-    let app_n = rng.next() % 20;
-    let status = match rng.next() % 100 {
-        0..=84 => 200,
-        85..=89 => 201,
-        90..=94 => 404,
-        95..=97 => 500,
-        98 => 503,
-        _ => 0,
-    };
-    let id = rng.next() % 100_000;
-    Event {
-        ts: Timestamp(base_us + i as i64 * 1_000 + (rng.next() % 1_000) as i64),
-        duration_us: 200 + rng.next() % 50_000,
-        side: if rng.next().is_multiple_of(3) {
-            Side::Both
-        } else {
-            Side::Client
-        },
-        method: rng
-            .pick(&["GET", "GET", "GET", "POST", "PUT", "DELETE"])
-            .into(),
-        host: format!("{api}.internal.example.com").into(),
-        path: format!("/v1/{api}/{id}"),
-        query_keys: if id.is_multiple_of(3) {
-            vec!["page".into(), "limit".into()]
-        } else {
-            vec![]
-        },
-        status,
-        req_bytes: 150 + rng.next() % 2_000,
-        resp_bytes: 300 + rng.next() % 20_000,
-        src_ip: IpAddr::from([10, 0, (app_n % 4) as u8, (app_n * 7 % 250) as u8]),
-        src_port: 32_768 + (rng.next() % 28_000) as u16,
-        dst_ip: IpAddr::from([10, 1, 0, (rng.next() % 5) as u8]),
-        dst_port: 8080,
-        client_pid: 1_000 + app_n as u32 * 13,
-        client_comm: format!("app{app_n}").into(),
-        client_cgroup: format!("/kubepods/burstable/pod-app{app_n}/container").into(),
-        server_pid: 40_000 + (rng.next() % 5) as u32,
-        server_comm: "envoy".into(),
-        server_cgroup: format!("/kubepods/pod-{api}/envoy").into(),
-        user_agent: rng
-            .pick(&[
-                "curl/8.5.0",
-                "okhttp/4.12.0",
-                "Go-http-client/1.1",
-                "python-requests/2.31",
-            ])
-            .into(),
-        request_id: format!(
-            "{:016x}{:016x}",
-            rng.next() << 31 ^ rng.next(),
-            rng.next() << 31 ^ rng.next()
-        ),
-        truncated: rng.next().is_multiple_of(1000),
-        conn_id: i,
-        incomplete: i.is_multiple_of(7),
-        framing_anomaly: if i.is_multiple_of(5) {
-            vec!["bare_lf".into()]
-        } else {
-            Vec::new()
-        },
-        api_id: api.into(),
-        api_name: format!("{api} API").into(),
-        api_owner: "platform".into(),
-        route: format!("/v1/{api}/{{id}}").into(),
-        app_id: format!("app-{app_n}").into(),
-        app_name: format!("Application {app_n}").into(),
-        app_team: format!("team-{}", app_n % 5).into(),
-        line_of_business: rng.pick(&["retail", "wholesale"]).into(),
-        key_fingerprint: format!("fp{:04}", app_n * 3 + rng.next() % 3).into(),
-        key_suffix: format!("{:04x}", app_n * 977).into(),
-        key_state: match rng.next() % 50 {
-            0 => KeyState::Expired,
-            1 => KeyState::Unknown,
-            2 => KeyState::None,
-            _ => KeyState::Valid,
-        },
-        attributed_by: AttributedBy::Key,
-        ..Default::default()
-    }
-}
+use realistic::{realistic, IdFormat, Lcg, Traffic};
 
 // ------------------------------------------------------------------------------------------------------------------
 
@@ -231,18 +112,19 @@ async fn upgrade_from_previous_version_keeps_data() {
         count(url, "SELECT count() FROM observer.http_requests").await,
         500
     );
-    // Version 13's codecs and compression blocks, on the table that already held rows; the rows read back after a
-    // merge rewrote them with the new codecs.
+    // The codecs of versions 13 and 17 and 13's compression blocks, on the table that already held rows; the rows
+    // read back after a merge rewrote them with the new codecs.
     assert_eq!(
         count(
             url,
             "SELECT count() FROM system.columns WHERE database = 'observer' AND table = 'http_requests' \
-             AND ((name = 'conn_id' AND compression_codec = 'CODEC(Delta(8), ZSTD(1))') \
+             AND ((name = 'conn_id' AND compression_codec = 'CODEC(ZSTD(3))') \
+               OR (name = 'ts' AND compression_codec = 'CODEC(Delta(8), T64, ZSTD(1))') \
                OR (name = 'method' AND compression_codec = 'CODEC(ZSTD(1))'))"
         )
         .await,
-        2,
-        "codecs of version 13"
+        3,
+        "codecs of versions 13 and 17"
     );
     client(url)
         .query("OPTIMIZE TABLE observer.http_requests FINAL")
@@ -1276,9 +1158,12 @@ async fn request_id_ttl_applies_to_existing_rows() {
     );
 }
 
-/// Bytes per row on disk of [`realistic`] traffic, per column, for rows younger than `--request-id-retention` (raw
-/// `request_id` kept) and for older ones (its column TTL has emptied it), and their mean over a 30-day retention.
-/// `OBSERVER_BYTES_SEED` picks the generator's seed (default 9).
+/// Bytes per row on disk of [`Traffic`] (connections reused, request ids in their applications' formats), per
+/// column, for rows younger than `--request-id-retention` (raw `request_id` kept) and for older ones (its column TTL
+/// has emptied it), and their mean over a 30-day retention. `OBSERVER_BYTES_SEED` picks the generator's seed
+/// (default 9); `OBSERVER_BYTES_ID_FORMAT` (`hex32`, `uuid4`, `uuid7`, `ulid`, `snowflake`) gives every request id
+/// that format; `OBSERVER_BYTES_EXPORT=FILE` writes the rows to FILE (ClickHouse Native format) for trying other
+/// codecs on the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_per_row_on_disk() {
     let Some(fx) = dev_fixture("bytes_per_row_on_disk") else {
@@ -1304,7 +1189,19 @@ async fn bytes_per_row_on_disk() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(9);
-    let mut rng = Lcg(seed);
+    let mut traffic = Traffic::new(seed);
+    let id_format = std::env::var("OBSERVER_BYTES_ID_FORMAT").ok().map(|f| {
+        *IdFormat::ALL
+            .iter()
+            .find(|x| x.name() == f)
+            .unwrap_or_else(|| {
+                panic!(
+                    "OBSERVER_BYTES_ID_FORMAT={f}: not one of {:?}",
+                    IdFormat::ALL
+                )
+            })
+    });
+    traffic.id_format = id_format;
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -1315,11 +1212,7 @@ async fn bytes_per_row_on_disk() {
     for (age_days, phase) in [(1, 0), (10, 1)] {
         let base = (now_us - age_days * DAY_US) / DAY_US * DAY_US + 3_600_000_000;
         for i in 0..N {
-            sink.send(realistic(
-                phase * N + i,
-                base - (phase * N) as i64 * 1_000,
-                &mut rng,
-            ));
+            sink.send(traffic.exchange(phase * N + i, base - (phase * N) as i64 * 1_000));
             if i % 20_000 == 19_999 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -1332,6 +1225,13 @@ async fn bytes_per_row_on_disk() {
         .execute()
         .await
         .expect("optimize");
+    if let Ok(file) = std::env::var("OBSERVER_BYTES_EXPORT") {
+        c.query("INSERT INTO FUNCTION file(?, 'Native') SELECT * FROM observer.http_requests")
+            .bind(file.as_str())
+            .execute()
+            .await
+            .expect("export the rows");
+    }
     let parts: Vec<(String, u64, u64, u64)> = c
         .query(
             "SELECT partition, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts \
@@ -1389,16 +1289,129 @@ async fn bytes_per_row_on_disk() {
         N,
         "the fresh day's raw ids are kept"
     );
-    // 35.2 with migration 13's codecs when the generator left both hashes 0 (41.3 before); the hashes add 12 since
-    // schema 15 (16 before).
+    // Schema 17: 43.7 and 27.1 (README "Storage in ClickHouse"); 45.3 and 28.8 with version 16's codecs. The raw
+    // ids' format moves the fresh rows' figure (46.2 when every id is a UUIDv4), not the old rows'.
     assert!(
-        fresh < 50.0,
+        fresh < 48.0,
         "{fresh:.1} bytes per row is more than expected"
+    );
+    assert!(
+        old < 28.0,
+        "{old:.1} bytes per row past the raw id's retention is more than expected"
     );
     assert!(
         old < fresh - 12.0,
         "the raw request_id's column is gone from old parts: {old:.1} against {fresh:.1}"
     );
+}
+
+/// Migration 17 on a table that already holds rows of reused connections ([`Traffic`]): every row reads back as it
+/// was, the columns take their new codecs (in `origin_fleet` too), and once merged `ts`, `conn_id` and `src_port`
+/// take fewer bytes than under version 16's codecs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codecs_of_17_carry_existing_rows_over() {
+    let Some(fx) = dev_fixture("codecs_of_17_carry_existing_rows_over") else {
+        return;
+    };
+    let url = &fx.url;
+    apply(url, Some(16)).await;
+    // The table as a version-16 binary created it: this binary's version 1 already has 17's codecs.
+    for (name, ty, codec) in [
+        ("ts", "DateTime64(6, 'UTC')", "Delta(8), ZSTD(1)"),
+        ("src_port", "UInt16", "T64, ZSTD(1)"),
+        ("truncated", "Bool", "ZSTD(1)"),
+        ("conn_id", "UInt64", "Delta(8), ZSTD(1)"),
+        ("incomplete", "Bool", "ZSTD(1)"),
+        ("trace_id_hash", "UInt64", "ZSTD(1)"),
+        ("request_id_hash", "UInt64", "ZSTD(1)"),
+    ] {
+        let sql =
+            format!("ALTER TABLE observer.http_requests MODIFY COLUMN {name} {ty} CODEC({codec})");
+        client(url).query(&sql).execute().await.expect(&sql);
+    }
+    let n = 30_000u64;
+    let mut traffic = Traffic::new(4);
+    let events: Vec<Event> = (0..n)
+        .map(|i| traffic.exchange(i, 1_767_225_600_000_000))
+        .collect();
+    insert_events(url, &fx.dir.path().join("spool"), &events).await;
+    let every_column = migrations::http_requests_columns()
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = format!(
+        "SELECT toUInt64(sum(cityHash64({every_column}) % 1000000007)) FROM observer.http_requests"
+    );
+    // Wide parts (one file per column), so that each column's own bytes are in system.parts_columns.
+    let merge = || async {
+        for sql in [
+            "ALTER TABLE observer.http_requests MODIFY SETTING min_bytes_for_wide_part = 0",
+            "OPTIMIZE TABLE observer.http_requests FINAL",
+        ] {
+            client(url).query(sql).execute().await.expect(sql);
+        }
+    };
+    let bytes = |column: &str| {
+        format!(
+            "SELECT sum(column_data_compressed_bytes) FROM system.parts_columns WHERE database = 'observer' \
+             AND table = 'http_requests' AND active AND column = '{column}'"
+        )
+    };
+    merge().await;
+    let before_rows = count(url, &rows).await;
+    let mut before = Vec::new();
+    for c in ["ts", "conn_id", "src_port"] {
+        before.push(count(url, &bytes(c)).await);
+    }
+
+    let r = apply(url, Some(17)).await;
+    assert_eq!(r.applied, vec![17], "{r}");
+    merge().await;
+    assert_eq!(
+        count(url, "SELECT count() FROM observer.http_requests").await,
+        n
+    );
+    assert_eq!(count(url, &rows).await, before_rows, "every row as it was");
+    for name in migrations::V17_CODEC_COLUMNS {
+        let c = migrations::http_requests_columns()
+            .iter()
+            .find(|c| c.name == *name)
+            .expect("column");
+        let tables = if ["ts", "conn_id"].contains(name) {
+            "('http_requests', 'origin_fleet')"
+        } else {
+            "('http_requests')"
+        };
+        let want = if tables.contains("origin_fleet") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            count(
+                url,
+                &format!(
+                    "SELECT count() FROM system.columns WHERE database = 'observer' AND table IN {tables} \
+                     AND name = '{name}' AND compression_codec = '{}'",
+                    c.codec
+                )
+            )
+            .await,
+            want,
+            "{name} {}",
+            c.codec
+        );
+    }
+    for (c, b) in ["ts", "conn_id", "src_port"].iter().zip(before) {
+        let after = count(url, &bytes(c)).await;
+        println!(
+            "{c}: {:.2} -> {:.2} bytes a row",
+            b as f64 / n as f64,
+            after as f64 / n as f64
+        );
+        assert!(after * 10 < b * 9, "{c}: {b} -> {after} bytes");
+    }
 }
 
 /// Migration 15 on a table that already holds rows written with 64-bit request hashes (agents before it): every row
