@@ -178,7 +178,11 @@ fn dt(us: i64) -> String {
 pub fn join_sql(from_us: i64, to_us: i64, skew_us: i64) -> String {
     let (from, to) = (dt(from_us), dt(to_us));
     let before = dt(from_us - 3_600_000_000 - skew_us);
-    let ids = "[(toUInt8(2), trace_id_hash), (toUInt8(3), request_id_hash)]";
+    // The hashes' low bits only: agents before 56-bit hashes stored 64 (see `enrich::PROPAGATED_ID_BITS`).
+    let m = crate::enrich::PROPAGATED_ID_MASK;
+    let ids = format!(
+        "[(toUInt8(2), bitAnd(trace_id_hash, {m})), (toUInt8(3), bitAnd(request_id_hash, {m}))]"
+    );
     let same = "d.side = 'client' AND c.side = 'server' AND c.request_hash != 0 \
                 AND d.request_hash = c.request_hash";
     let cols = crate::sink::clickhouse::migrations::ORIGIN_COLUMNS.join(", ");

@@ -57,12 +57,14 @@ async fn origins(c: &clickhouse::Client) -> BTreeMap<u64, Origin> {
 }
 
 /// Two calls joined by request id only (no trace context): node A's client side `conn` and node B's server side.
+/// Node A runs an agent from before 56-bit id hashes: its hash has the same low 56 bits and a high byte besides.
 fn request_id_pair(ts_us: i64) -> [Event; 2] {
     let [_, _, mut a, mut b, _] = chain(99, ts_us);
     for e in [&mut a, &mut b] {
         e.trace_id_hash = 0;
         e.request_id_hash = 0x5151;
     }
+    a.request_id_hash |= 0xab << observer::enrich::PROPAGATED_ID_BITS;
     // Made for another API of mobile's, so the storefront's composition is the chains' alone.
     a.origin_api_id = "mobile-web".into();
     a.conn_id = 7_001;
