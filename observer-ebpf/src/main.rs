@@ -219,14 +219,31 @@ fn words_bytes(a: [u64; 2]) -> [u8; 16] {
 }
 
 /// The current task's name, in words: aya's `bpf_get_current_comm` returns a `Result` of a byte array, which the
-/// compiler zeroes and moves a byte at a time on every record that carries it.
+/// compiler zeroes and moves a byte at a time on every record that carries it. The buffer is not zeroed first
+/// either (a zeroed array became a call to a byte-loop `memset` subprogram): the helper takes uninitialised memory.
 #[inline(always)]
 fn current_comm() -> [u64; 2] {
-    let mut comm = [0u64; 2];
-    // SAFETY: the helper writes at most 16 bytes, NUL-terminated, into the buffer it is given; it zeroes the buffer
-    // on failure, so the result needs no check.
-    unsafe { raw_get_current_comm(comm.as_mut_ptr() as *mut _, 16) };
-    comm
+    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: the helper writes all 16 bytes of the buffer it is given (the name NUL-padded, or zeroes on failure),
+    // so the result needs no check and is initialised after the call.
+    unsafe {
+        raw_get_current_comm(comm.as_mut_ptr() as *mut _, 16);
+        comm.assume_init()
+    }
+}
+
+/// Two zero words, for a record's name when it carries none. A constant zero array made the compiler zero the
+/// record's 16 bytes through a call to a byte-loop `memset` subprogram, on every record; a zero it cannot see as
+/// constant is stored as two words.
+#[inline(always)]
+fn zero_words() -> [u64; 2] {
+    let mut z = 0u64;
+    // SAFETY: volatile access to a local: only hides the value from constant folding.
+    let z = unsafe {
+        core::ptr::write_volatile(&mut z, 0);
+        core::ptr::read_volatile(&z)
+    };
+    [z, z]
 }
 
 /// `LOOPBACK_IFINDEX`: the loopback device is interface 1 in every network namespace.
@@ -530,7 +547,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     let (pid_tgid, comm) = if send_task {
         (bpf_get_current_pid_tgid(), current_comm())
     } else {
-        (0, [0; 2])
+        (0, zero_words())
     };
     let hdr = DataHeader {
         kind: EVENT_DATA,
@@ -785,7 +802,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         let cg = unsafe { bpf_get_current_cgroup_id() };
         (bpf_get_current_pid_tgid(), current_comm(), cg)
     } else {
-        (0, [0; 2], 0)
+        (0, zero_words(), 0)
     };
     // Addresses in words, as in [`FlowKey`]: byte arrays filled piecewise made the compiler zero the record through
     // a byte-at-a-time `memset` subprogram, a sixth of this program's time under connection churn.
