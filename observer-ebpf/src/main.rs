@@ -50,17 +50,35 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
-/// Per stream (and hook) state of the TC hooks, which see no socket, and of a local socket's first message in each
-/// direction (see [`SOCK_FLOWS`]); a local socket's egress key also stays here as the mark the ingress hook looks for
-/// a local sender by (see [`capture`]).
+/// Per stream (and hook) state of the TC hooks, which see no socket; and the mark the cgroup ingress hook looks for
+/// a local sender by (see [`capture`]): a local socket's egress key, written at its stream's first message unless
+/// that left through the loopback device while loopback ingress is skipped (no ingress hook will look for it).
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
 
+/// Slots of [`FIRST`]: a power of two.
+const FIRST_SLOTS: u32 = 1 << 17;
+
+/// A local socket's stream state until its second message (when it moves into [`SOCK_FLOWS`]), direct-mapped by
+/// socket cookie and direction (see [`first_slot`]): an array lookup the verifier inlines, with no hashing, bucket
+/// walk, LRU list or lock, and consecutive sockets (cookies are handed out in sequence) in neighbouring slots. Under
+/// connection churn the [`FLOWS`] lookup that used to hold this state missed in a cold bucket at every stream's first
+/// message, a quarter of the egress program. A slot holds one socket at a time: a later socket whose cookie maps to
+/// it takes it over (the `cookie` field tells), and the earlier socket's next message is then classified as a
+/// stream's first, which loses nothing unless it is the continuation of a message split across segments.
+#[map]
+static FIRST: Array<FlowState> = Array::with_max_entries(FIRST_SLOTS, 0);
+
+/// [`FIRST`]'s slot for socket `cookie`'s direction `dir` (0 ingress, 1 egress).
+#[inline(always)]
+fn first_slot(cookie: u64, dir: usize) -> u32 {
+    (((cookie as u32) << 1) | (dir as u32 & 1)) & (FIRST_SLOTS - 1)
+}
+
 /// Per socket state of the cgroup_skb hooks from a socket's second message on, one [`FlowState`] per direction, in
-/// the socket itself: found from the skb's socket in a few loads, where [`FLOWS`] hashes a 40-byte key and walks a
-/// bucket on every payload packet, and freed with the socket, so a 4-tuple reused by a later connection starts clean.
-/// Created only at a second message: allocating and linking storage for a connection with one exchange (connection
-/// churn, `Connection: close`) cost more than the [`FLOWS`] entry its first message needs anyway.
+/// the socket itself: exact whatever the number of sockets (a [`FIRST`] slot can be taken over), and freed with the
+/// socket. Created only at a second message: allocating and linking storage for a connection with one exchange
+/// (connection churn, `Connection: close`) cost more than the [`FIRST`] slot its first message uses.
 #[btf_map]
 static SOCK_FLOWS: SkStorage<SockFlows> = SkStorage::new();
 
@@ -201,14 +219,31 @@ fn words_bytes(a: [u64; 2]) -> [u8; 16] {
 }
 
 /// The current task's name, in words: aya's `bpf_get_current_comm` returns a `Result` of a byte array, which the
-/// compiler zeroes and moves a byte at a time on every record that carries it.
+/// compiler zeroes and moves a byte at a time on every record that carries it. The buffer is not zeroed first
+/// either (a zeroed array became a call to a byte-loop `memset` subprogram): the helper takes uninitialised memory.
 #[inline(always)]
 fn current_comm() -> [u64; 2] {
-    let mut comm = [0u64; 2];
-    // SAFETY: the helper writes at most 16 bytes, NUL-terminated, into the buffer it is given; it zeroes the buffer
-    // on failure, so the result needs no check.
-    unsafe { raw_get_current_comm(comm.as_mut_ptr() as *mut _, 16) };
-    comm
+    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: the helper writes all 16 bytes of the buffer it is given (the name NUL-padded, or zeroes on failure),
+    // so the result needs no check and is initialised after the call.
+    unsafe {
+        raw_get_current_comm(comm.as_mut_ptr() as *mut _, 16);
+        comm.assume_init()
+    }
+}
+
+/// Two zero words, for a record's name when it carries none. A constant zero array made the compiler zero the
+/// record's 16 bytes through a call to a byte-loop `memset` subprogram, on every record; a zero it cannot see as
+/// constant is stored as two words.
+#[inline(always)]
+fn zero_words() -> [u64; 2] {
+    let mut z = 0u64;
+    // SAFETY: volatile access to a local: only hides the value from constant folding.
+    let z = unsafe {
+        core::ptr::write_volatile(&mut z, 0);
+        core::ptr::read_volatile(&z)
+    };
+    [z, z]
 }
 
 /// `LOOPBACK_IFINDEX`: the loopback device is interface 1 in every network namespace.
@@ -375,9 +410,9 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
 
     let ctx_ptr = skb.skb as *mut _;
     // The stream's state when it is known: every message after a connection's first, and every continuation. State
-    // left by an earlier connection on the same 4-tuple does not count. A stream's state is in its socket's storage
-    // from its second message on (see [`promote`]), and then holds the cookie, which spares the helper call; before
-    // that (and for TC) it is in [`FLOWS`].
+    // left by an earlier socket (same 4-tuple, same slot) does not count. A stream's state is in its socket's storage
+    // from its second message on, and then holds the cookie, which spares the helper call; before that it is in the
+    // socket's [`FIRST`] slot (TC, which sees no socket: in [`FLOWS`]).
     let sk = if cgroup {
         skb_sock(skb)
     } else {
@@ -401,13 +436,19 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         _ => {
             // SAFETY: the helper takes the program's own context, valid for its run.
             let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr as *mut _) };
-            (FLOWS.get_ptr_mut(&key), cookie)
+            if cgroup {
+                // Every skb these hooks see has a socket (a zero cookie, which would match an empty slot, is
+                // excluded below).
+                (FIRST.get_ptr_mut(first_slot(cookie, dir)), cookie)
+            } else {
+                (FLOWS.get_ptr_mut(&key), cookie)
+            }
         }
     };
     let known = match entry {
         // SAFETY: a map value pointer from a successful lookup, valid for the program's run; another CPU updating
         // the same stream at once can at worst give a stale cookie, which makes this record a stream start.
-        Some(p) if unsafe { (*p).cookie } == cookie => Some(p),
+        Some(p) if unsafe { (*p).cookie } == cookie && (cookie != 0 || !cgroup) => Some(p),
         _ => None,
     };
     if let Some(p) = known {
@@ -442,6 +483,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
                         task_ns: 0,
                     };
                     store(entry, sock, dir, &key, &st);
+                    mark_local_sender(skb, &cfg, &key, &st);
                 }
             }
             return Ok(());
@@ -488,6 +530,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     };
     if known.is_none() {
         store(entry, sock, dir, &key, &st);
+        mark_local_sender(skb, &cfg, &key, &st);
     } else if !in_sock && flags == DATA_FLAG_START && !sk.is_null() {
         // A local socket's second message (or later, when its storage could not be had): from here on its stream
         // lives in the socket. A connection with one exchange never pays for storage.
@@ -504,7 +547,7 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     let (pid_tgid, comm) = if send_task {
         (bpf_get_current_pid_tgid(), current_comm())
     } else {
-        (0, [0; 2])
+        (0, zero_words())
     };
     let hdr = DataHeader {
         kind: EVENT_DATA,
@@ -587,9 +630,8 @@ fn sock_flows(sk: *mut core::ffi::c_void, create: bool) -> Option<*mut SockFlows
 }
 
 /// Writes the state of a stream that had none (or a stale one, or that moves to its socket): into `sock`'s direction
-/// `dir` when the socket has storage, else into `entry` (a [`FLOWS`] value) in place, else as a new [`FLOWS`] entry.
-/// A local socket's egress stream always has its key in [`FLOWS`] (its first message put it there), where the
-/// ingress hook looks for a local sender; it is written once per stream, never again once the socket holds it.
+/// `dir` when the socket has storage, else into `entry` (a [`FIRST`] slot or [`FLOWS`] value) in place, else (TC) as
+/// a new [`FLOWS`] entry.
 #[inline(always)]
 fn store(
     entry: Option<*mut FlowState>,
@@ -601,15 +643,32 @@ fn store(
     if let Some(s) = sock {
         // SAFETY: a valid storage value for the program's run; `dir` < 2; FlowState is plain data.
         unsafe { (*s).dir[dir & 1] = *st };
-        if key.hook != HOOK_CGROUP_EGRESS || entry.is_some() {
-            return;
-        }
     } else if let Some(p) = entry {
         // SAFETY: a valid state pointer from a lookup in this run; FlowState is plain data.
         unsafe { *p = *st };
+    } else if FLOWS.insert(key, st, 0).is_err() {
+        count(CNT_FLOW_MAP_FULL);
+    }
+}
+
+/// At a stream's first message (a stream with no state), leaves a local socket's egress key in [`FLOWS`] for the
+/// receiving end's ingress hook, which tests it to skip what a local sender's egress already copied (see `sender` in
+/// [`capture`]); only the key's presence is read, so a key already there (this 4-tuple's earlier connection) stays.
+/// Not for packets that leave through the loopback device while loopback ingress is skipped: no hook looks for their
+/// key, and the lookup (a miss in a cold bucket) and insert (evicting the LRU's oldest entry) were, under connection
+/// churn, the largest part of this program's cost per connection. Egress skbs carry their output device here.
+#[inline(always)]
+fn mark_local_sender(skb: &SkBuff, cfg: &KernelConfig, key: &FlowKey, st: &FlowState) {
+    if key.hook != HOOK_CGROUP_EGRESS {
         return;
     }
-    if FLOWS.insert(key, st, 0).is_err() {
+    // SAFETY: the context pointer is valid for the program's run; ifindex is readable in cgroup_skb.
+    let ifindex = unsafe { core::ptr::read_volatile(&(*skb.skb).ifindex) };
+    if ifindex == LOOPBACK_IFINDEX && cfg.skip_lo_ingress != 0 {
+        return;
+    }
+    // SAFETY: the value is only tested for presence, never read.
+    if unsafe { FLOWS.get(key) }.is_none() && FLOWS.insert(key, st, 0).is_err() {
         count(CNT_FLOW_MAP_FULL);
     }
 }
@@ -743,7 +802,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         let cg = unsafe { bpf_get_current_cgroup_id() };
         (bpf_get_current_pid_tgid(), current_comm(), cg)
     } else {
-        (0, [0; 2], 0)
+        (0, zero_words(), 0)
     };
     // Addresses in words, as in [`FlowKey`]: byte arrays filled piecewise made the compiler zero the record through
     // a byte-at-a-time `memset` subprogram, a sixth of this program's time under connection churn.
