@@ -495,7 +495,6 @@ fn v9_ml_features(cfg: &SchemaConfig) -> Vec<String> {
     )]
 }
 
-/// For a migration that only adds event columns.
 /// The origin columns the fleet-wide join fills ([`crate::origin_join`]), in `http_requests` order.
 pub const ORIGIN_COLUMNS: &[&str] = &[
     "origin_app_id",
