@@ -36,6 +36,13 @@ use crate::{
 /// agent RSS 139-295 MiB at 65,536 vs 96-104 MiB at 4,096, agent CPU 10.4-12.5 vs 5.0-6.4 us per exchange, and
 /// half of the agent's samples had been in the kernel's `clear_page_erms`.
 const DRAIN_LIMIT: usize = 4_096;
+/// Events gathered from successive drains before they are handed to the sinks (or `--poll-interval` after the last
+/// hand-over, whichever comes first). Under load the kernel's fill-level wake-up makes a drain every few ms, a few
+/// hundred events each; handed over per drain, every one woke the sink tasks' threads (two context switches, a
+/// futex or eventfd write). Live A/B (loopback nginx, wrk -c50, about 65k exchanges/s, ClickHouse sink, 8 alternating
+/// runs each): the sink threads' wake-ups fell from about 1,600 to 70 a second and the agent's CPU per event from
+/// 1.93 to 1.64 us (paired -0.29 +- 0.04). A batch vector holds at most this plus one drain's events.
+const HANDOVER_EVENTS: usize = 2_048;
 /// The longest wait between drains when nothing flows (see [`reader::Pace`]): bounds how late an event after a quiet
 /// spell is seen; the kernel's fill-level wake-up bounds how full the ring gets meanwhile.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -321,6 +328,8 @@ fn capture_loop(
     // event that causes the next insert.
     let own_pid = std::process::id();
     let mut pace = reader::Pace::new(poll, IDLE_POLL);
+    let mut batch = sinks.batch();
+    let mut handed_over = Instant::now();
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let d = loaded.events.drain(DRAIN_LIMIT, |rec| match rec {
@@ -365,7 +374,6 @@ fn capture_loop(
         for ex in &mut out {
             enricher.enrich(ex);
         }
-        let mut batch = sinks.batch();
         match origin.as_mut() {
             Some(origin) => {
                 for ex in out.drain(..) {
@@ -382,14 +390,20 @@ fn capture_loop(
             }
             None => batch.extend(out.drain(..).map(|ex| ex.event)),
         }
-        if let Some(ui) = &ui {
-            ui.ingest(&batch);
+        // One hand-over per [`HANDOVER_EVENTS`] or poll interval: the sink tasks wake once, not once per event or
+        // per drain.
+        if batch.len() >= HANDOVER_EVENTS || handed_over.elapsed() >= poll || stopping {
+            if !batch.is_empty() {
+                if let Some(ui) = &ui {
+                    ui.ingest(&batch);
+                }
+                if let Some(feed) = &insights {
+                    feed.offer(&batch);
+                }
+                sinks.send_batch(std::mem::replace(&mut batch, sinks.batch()));
+            }
+            handed_over = Instant::now();
         }
-        if let Some(feed) = &insights {
-            feed.offer(&batch);
-        }
-        // One hand-over per drain: the sink tasks wake once, not once per event.
-        sinks.send_batch(batch);
         if tick {
             last_tick = Instant::now();
         }

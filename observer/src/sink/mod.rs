@@ -1,8 +1,8 @@
 //! Where events go: NDJSON files, a readable stdout view, and ClickHouse (batched, spooled, deduplicated).
 //!
 //! This module is the plumbing every sink shares: the agent builds a [`SinkHandle`] from a [`SinkConfig`] with
-//! [`build`], hands it each drain's [`Event`]s with [`SinkHandle::send_batch`] (never blocks: each sink has a queue
-//! bounded in events, what does not fit is counted as a drop; see [`queue`]), and at exit calls
+//! [`build`], hands it [`Event`]s a few thousand at a time with [`SinkHandle::send_batch`] (never blocks: each sink
+//! has a queue bounded in events, what does not fit is counted as a drop; see [`queue`]), and at exit calls
 //! [`SinkHandle::shutdown`], which flushes every sink (ClickHouse batches that cannot be inserted go to the spool,
 //! replayed by the next start). Each sink is a task reading its queue, in its own file: [`stdout`], [`ndjson`],
 //! [`clickhouse`]. [`SinkHandle::metrics`] returns the counters of [`metrics`].

@@ -1,8 +1,9 @@
 //! A sink's input queue: batches of events, bounded by the number of events queued.
 //!
-//! The capture loop hands over everything one drain of the ring buffer produced as one batch, so a sink task is
-//! woken once per drain rather than once per event (each wake-up is a futex call and two context switches on a
-//! node whose cores the observed servers keep busy). The bound is counted in events, as `--sink-queue` says:
+//! The capture loop hands over what a few drains of the ring buffer produced as one batch (up to
+//! `HANDOVER_EVENTS` events or a poll interval), so a sink task is woken a few dozen times a second under load rather
+//! than once per event or per drain (each wake-up is a futex call and two context switches on a node whose cores the
+//! observed servers keep busy). The bound is counted in events, as `--sink-queue` says:
 //! what does not fit is refused at once and counted as a drop by the caller, never waited for.
 //!
 //! Batch vectors go round: a sink done with a batch hands the vector back ([`QueueRx::recycle`]) and the
