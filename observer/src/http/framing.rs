@@ -148,7 +148,7 @@ impl Framing {
             17 => (FramingField::TransferEncoding, "transfer-encoding"),
             _ => return None,
         };
-        name.eq_ignore_ascii_case(text).then_some(field)
+        super::eq_ignore_case(name.as_bytes(), text.as_bytes()).then_some(field)
     }
 
     /// Whether a field named `name` says anything about framing (so [`Framing::add`] would take it into account).
@@ -200,9 +200,15 @@ impl Framing {
                     .map_err(|()| value.to_string());
             }
             FramingField::Connection => {
-                for t in tokens() {
-                    self.close |= t.eq_ignore_ascii_case("close");
-                    self.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+                let mut take = |t: &str| {
+                    self.close |= super::eq_ignore_case(t.as_bytes(), b"close");
+                    self.keep_alive |= super::eq_ignore_case(t.as_bytes(), b"keep-alive");
+                };
+                // One token, nearly every message (`keep-alive`, `close`): no list to split.
+                if value.bytes().any(|b| b == b',') {
+                    tokens().for_each(take);
+                } else {
+                    take(value.trim());
                 }
             }
         }

@@ -22,6 +22,16 @@ use self::framing::{has_bare_lf, has_token};
 pub use self::framing::{Anomalies, BodyLength, Framing};
 pub use self::query::{form_decoded, query_keys};
 
+/// `a == b` ignoring ASCII case, as `eq_ignore_ascii_case`, but without a branch per byte: header names are compared
+/// several times per exchange, and the standard one, which stops at the first difference, is not vectorised.
+#[inline]
+pub fn eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).fold(0u8, |d, (x, y)| {
+            d | (x.to_ascii_lowercase() ^ y.to_ascii_lowercase())
+        }) == 0
+}
+
 /// Header fields parsed without allocating; a head with more is parsed again with room for one field per line of
 /// the bytes given (bounded by them: the caller's buffer is bounded by the capture), so no field count is refused.
 pub const MAX_HEADERS: usize = 64;
@@ -104,7 +114,7 @@ impl Headers {
         let mut start = 0usize;
         for &(n, v) in &self.ends {
             let (n, v) = (n as usize, v as usize);
-            if n - start == name.len() && text[start..n].eq_ignore_ascii_case(name.as_bytes()) {
+            if n - start == name.len() && eq_ignore_case(&text[start..n], name.as_bytes()) {
                 return Some(&self.text[n..v]);
             }
             start = v;
@@ -257,9 +267,7 @@ impl RequestHead {
 
 /// An authority without its userinfo: `user:pass@host:1234` gives `host:1234` (userinfo cannot hold `@`).
 fn without_userinfo(authority: &str) -> &str {
-    authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host)
+    memchr::memrchr(b'@', authority.as_bytes()).map_or(authority, |at| &authority[at + 1..])
 }
 
 /// The origin-form part of a target: absolute-form `http://h/p?q` gives `/p?q`; `*` and origin-form are unchanged.
@@ -449,8 +457,8 @@ fn request_head(
 pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
     with_header_slots(buf, |headers| {
         let mut resp = httparse::Response::new(&mut []);
-        let status =
-            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, headers)?;
+        let status = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, headers)?;
         Ok(response_head(buf, &resp, status))
     })
 }

@@ -444,3 +444,35 @@ fn a_non_ascii_method_is_malformed_whatever_the_rest_of_the_line_holds() {
         "/x\u{fffd}\u{157}"
     );
 }
+
+#[test]
+fn eq_ignore_case_agrees_with_the_standard_comparison() {
+    let words: [&[u8]; 12] = [
+        b"",
+        b"host",
+        b"Host",
+        b"HOST",
+        b"hosT ",
+        b"content-length",
+        b"Content-Length",
+        b"content\rlength",
+        b"x-request-id",
+        b"X-Request-Id",
+        "h\u{f6}st".as_bytes(),
+        "H\u{d6}ST".as_bytes(),
+    ];
+    for a in words {
+        for b in words {
+            assert_eq!(
+                eq_ignore_case(a, b),
+                a.eq_ignore_ascii_case(b),
+                "{:?} against {:?}",
+                String::from_utf8_lossy(a),
+                String::from_utf8_lossy(b)
+            );
+        }
+    }
+    // Only ASCII letters fold: '-' (0x2d) and CR (0x0d) differ by the case bit, and so do 0xf6 and 0xd6.
+    assert!(!eq_ignore_case(b"a-b", b"a\rb"));
+    assert!(!eq_ignore_case("\u{f6}".as_bytes(), "\u{d6}".as_bytes()));
+}
