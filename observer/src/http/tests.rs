@@ -476,3 +476,72 @@ fn eq_ignore_case_agrees_with_the_standard_comparison() {
     assert!(!eq_ignore_case(b"a-b", b"a\rb"));
     assert!(!eq_ignore_case("\u{f6}".as_bytes(), "\u{d6}".as_bytes()));
 }
+
+#[test]
+fn response_scanner_refuses_and_waits_as_httparse_does() {
+    use httparse::Error as E;
+    let err = |e: E| Err(ParseError::from(e));
+    let verdict = |b: &[u8]| parse_response(b).map(|p| matches!(p, Parsed::Complete(_)));
+    // Refused, wherever the bad byte is (also in a line not yet complete).
+    assert_eq!(
+        verdict(b"HTTP/1.1 200 OK\r\nX-A: a\x7fb\r\n\r\n"),
+        err(E::HeaderValue)
+    );
+    assert_eq!(
+        verdict(b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n"),
+        err(E::HeaderValue)
+    );
+    assert_eq!(
+        verdict(b"HTTP/1.1 200 OK\r\nX-A: a\x01"),
+        err(E::HeaderValue)
+    );
+    assert_eq!(
+        verdict(b"HTTP/1.1 200 OK\r\nX-A : a\r\n\r\n"),
+        err(E::HeaderName)
+    );
+    assert_eq!(
+        verdict(b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\n\r\n"),
+        err(E::HeaderName)
+    );
+    assert_eq!(
+        verdict(b"HTTP/1.1 200 OK\r\n: a\r\n\r\n"),
+        err(E::HeaderName)
+    );
+    assert_eq!(verdict(b"HTTP/1.1 200 OK\r\n\rX"), err(E::NewLine));
+    assert_eq!(verdict(b"HTTP/1.1 200 O\x00K\r\n\r\n"), err(E::Status));
+    assert_eq!(verdict(b"HTTP/1.1 20x OK\r\n\r\n"), err(E::Status));
+    assert_eq!(verdict(b"HTTP/1.1 200\rX"), err(E::Status));
+    assert_eq!(verdict(b"HTTP/2.0 200 OK\r\n\r\n"), err(E::Version));
+    assert_eq!(verdict(b"HTTP/1.1  200 OK\r\n\r\n"), err(E::Status));
+    assert_eq!(verdict(b"HTTP/1.1\t200 OK\r\n\r\n"), err(E::Version));
+    assert_eq!(verdict(b"HTTX"), err(E::Version));
+    // Waits for more.
+    for partial in [
+        &b"HTTP/1."[..],
+        b"HTTP/1.1",
+        b"HTTP/1.1 2",
+        b"HTTP/1.1 200 OK\r",
+        b"HTTP/1.1 200 OK\r\nX-A",
+        b"HTTP/1.1 200 OK\r\nX-A:  ",
+        b"HTTP/1.1 200 OK\r\nX-A: a\r",
+        b"HTTP/1.1 200 OK\r\nX-A: a\r\n\r",
+    ] {
+        assert_eq!(
+            verdict(partial),
+            Ok(false),
+            "{:?}",
+            String::from_utf8_lossy(partial)
+        );
+    }
+    // Accepted: empty lines before the status line, no reason phrase, obs-text, an empty value, bare LFs.
+    let head = b"\r\nHTTP/1.0 204\nX-Obs: caf\xe9\r\nX-Empty:\t\r\nContent-Length: 0 \r\n\r\nbody";
+    let Ok(Parsed::Complete(r)) = parse_response(head) else {
+        panic!("not parsed")
+    };
+    assert_eq!(
+        (r.status, r.minor_version, r.head_len),
+        (204, 0, head.len() - 4)
+    );
+    assert!(r.anomalies.contains(Anomalies::BARE_LF));
+    assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
+}
