@@ -360,7 +360,7 @@ impl Snapshot {
     /// The registered route template of API `api` matching the request, if any.
     pub fn match_route(&self, api: usize, method: &str, path: &str) -> Option<&SharedStr> {
         let routes = &self.registry.apis[api].routes;
-        let segments = path.split('/').filter(|s| !s.is_empty()).count();
+        let segments = super::route::split_path(path).count();
         self.route_order[api]
             .iter()
             .copied()
