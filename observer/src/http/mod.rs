@@ -231,7 +231,8 @@ impl RequestHead {
     /// empty: RFC 9112 §3.2.2).
     pub fn path(&self) -> &str {
         let t = origin_part(&self.target);
-        match t.find(['?', '#']) {
+        // memchr2: `str::find` with a set of chars decodes and compares char by char through a searcher.
+        match memchr::memchr2(b'?', b'#', t.as_bytes()) {
             Some(0) => "/",
             Some(i) => &t[..i],
             None => t,
@@ -241,9 +242,11 @@ impl RequestHead {
     /// Raw query string without the leading `?` (and without any fragment), "" when absent.
     pub fn query(&self) -> &str {
         let t = origin_part(&self.target);
-        let Some(i) = t.find('?') else { return "" };
+        let Some(i) = memchr::memchr(b'?', t.as_bytes()) else {
+            return "";
+        };
         let q = &t[i + 1..];
-        match q.find('#') {
+        match memchr::memchr(b'#', q.as_bytes()) {
             Some(j) => &q[..j],
             None => q,
         }
