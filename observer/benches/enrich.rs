@@ -67,6 +67,7 @@ fn exchange(host: &str, path: &str, headers: &[(&str, &str)]) -> Exchange {
         request_headers: headers.iter().copied().collect(),
         raw_query: "page=2&size=50".into(),
         body_prefix: Default::default(),
+        propagated: None,
     }
 }
 

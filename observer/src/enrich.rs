@@ -81,6 +81,7 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         request_headers,
         raw_query,
         body_prefix,
+        propagated,
     } = ex;
     let now = if ev.ts.0 > 0 { ev.ts } else { Timestamp::now() };
 
@@ -120,7 +121,14 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         raw_query,
         body_prefix.as_slice(),
     );
-    (ev.trace_id_hash, ev.request_id_hash) = propagated_id_hashes(snap.secret(), request_headers);
+    (ev.trace_id_hash, ev.request_id_hash) = match propagated {
+        Some(at) => {
+            let value =
+                |at: Option<crate::http::ValueAt>| at.map(|at| request_headers.value_at(at));
+            propagated_id_hashes_of(snap.secret(), value(at.traceparent), value(at.request_id))
+        }
+        None => propagated_id_hashes(snap.secret(), request_headers),
+    };
     ev.route = match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
         Some(route) => route.clone(),
         None => {
@@ -239,6 +247,19 @@ pub fn propagated_id_hashes(
     secret: &crate::registry::KeySecret,
     headers: &crate::http::Headers,
 ) -> (u64, u64) {
+    propagated_id_hashes_of(
+        secret,
+        headers.get("traceparent"),
+        headers.get("x-request-id"),
+    )
+}
+
+/// [`propagated_id_hashes`] of the values of `traceparent` and `X-Request-Id`.
+pub fn propagated_id_hashes_of(
+    secret: &crate::registry::KeySecret,
+    traceparent: Option<&str>,
+    request_id: Option<&str>,
+) -> (u64, u64) {
     use std::hash::Hasher;
     let hash = |kind: u8, value: &str| {
         let value = value.trim();
@@ -258,11 +279,10 @@ pub fn propagated_id_hashes(
         }
         (h.finish() & PROPAGATED_ID_MASK).max(1)
     };
-    let trace = headers
-        .get("traceparent")
+    let trace = traceparent
         .and_then(crate::http::traceparent_trace_id)
         .map_or(0, |t| hash(b't', t));
-    let request = headers.get("x-request-id").map_or(0, |r| hash(b'r', r));
+    let request = request_id.map_or(0, |r| hash(b'r', r));
     (trace, request)
 }
 
@@ -413,12 +433,45 @@ mod tests {
             request_headers: headers.iter().copied().collect(),
             raw_query: String::new(),
             body_prefix: Default::default(),
+            propagated: None,
         }
     }
 
     fn run(snap: &Snapshot, mut ex: Exchange) -> Event {
         enrich(snap, &mut ex);
         ex.event
+    }
+
+    #[test]
+    fn propagated_ids_found_by_flow_hash_as_looked_up_ones() {
+        let snap = example();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let fields = [
+            ("Accept", "*/*"),
+            ("Traceparent", tp),
+            ("X-Request-Id", "req-7"),
+        ];
+        let looked_up = {
+            let mut ex = exchange("GET", "h", "/", &fields);
+            enrich(&snap, &mut ex);
+            (ex.event.trace_id_hash, ex.event.request_id_hash)
+        };
+        assert!(looked_up.0 != 0 && looked_up.1 != 0);
+        let mut ex = exchange("GET", "h", "/", &fields);
+        ex.propagated = Some(crate::event::PropagatedAt {
+            request_id: ex.request_headers.find("x-request-id"),
+            traceparent: ex.request_headers.find("traceparent"),
+        });
+        enrich(&snap, &mut ex);
+        assert_eq!(
+            (ex.event.trace_id_hash, ex.event.request_id_hash),
+            looked_up
+        );
+        // Found absent: no hash, whatever the headers hold.
+        let mut ex = exchange("GET", "h", "/", &fields);
+        ex.propagated = Some(crate::event::PropagatedAt::default());
+        enrich(&snap, &mut ex);
+        assert_eq!((ex.event.trace_id_hash, ex.event.request_id_hash), (0, 0));
     }
 
     #[test]

@@ -523,6 +523,16 @@ pub struct Exchange {
     /// The first bytes of the request's body as captured (may contain credentials): only hashed into
     /// `request_hash`, never stored.
     pub body_prefix: BodyPrefix,
+    /// Where `request_headers` hold `X-Request-Id` and `traceparent`, when flow looked them up already (None:
+    /// enrichment looks them up).
+    pub propagated: Option<PropagatedAt>,
+}
+
+/// Where a request's propagated ids lie in its headers (None: the field is absent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PropagatedAt {
+    pub request_id: Option<crate::http::ValueAt>,
+    pub traceparent: Option<crate::http::ValueAt>,
 }
 
 /// Most body bytes of a request that go into its `request_hash`: enough to tell two JSON bodies apart by their

@@ -896,6 +896,7 @@ mod tests {
                 request_headers: self.headers.iter().copied().collect(),
                 raw_query: String::new(),
                 body_prefix: Default::default(),
+                propagated: None,
             }
         }
     }

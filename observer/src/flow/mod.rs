@@ -583,10 +583,15 @@ fn build_exchange(
         | p.resp
             .as_ref()
             .map_or(http::Anomalies::NONE, |r| r.anomalies);
-    let request_id = match req.header("x-request-id") {
+    // Looked up once: enrichment hashes both from where they were found.
+    let propagated = crate::event::PropagatedAt {
+        request_id: req.headers.find("x-request-id"),
+        traceparent: req.headers.find("traceparent"),
+    };
+    let value = |at: Option<http::ValueAt>| at.map(|at| req.headers.value_at(at));
+    let request_id = match value(propagated.request_id) {
         Some(id) if !id.is_empty() => id.to_string(),
-        _ => req
-            .header("traceparent")
+        _ => value(propagated.traceparent)
             .and_then(http::traceparent_trace_id)
             .unwrap_or_default()
             .to_string(),
@@ -634,5 +639,6 @@ fn build_exchange(
         request_headers: req.headers,
         raw_query,
         body_prefix: p.req_body,
+        propagated: Some(propagated),
     }
 }

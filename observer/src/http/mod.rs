@@ -110,16 +110,27 @@ impl Headers {
     /// The first value of `name` (case-insensitive). Several lookups run per exchange: names of another length are
     /// passed over without being read or sliced.
     pub fn get<'a>(&'a self, name: &str) -> Option<&'a str> {
+        self.find(name).map(|at| self.value_at(at))
+    }
+
+    /// Where the first value of `name` (case-insensitive) lies in these fields, for [`Headers::value_at`]: a value
+    /// looked up once and read again later costs no second lookup.
+    pub fn find(&self, name: &str) -> Option<ValueAt> {
         let text = self.text.as_bytes();
         let mut start = 0usize;
         for &(n, v) in &self.ends {
             let (n, v) = (n as usize, v as usize);
             if n - start == name.len() && eq_ignore_case(&text[start..n], name.as_bytes()) {
-                return Some(&self.text[n..v]);
+                return Some(ValueAt(n as u32, v as u32));
             }
             start = v;
         }
         None
+    }
+
+    /// The value [`Headers::find`] found in these fields ("" for a place that is not one of theirs).
+    pub fn value_at(&self, ValueAt(start, end): ValueAt) -> &str {
+        self.text.get(start as usize..end as usize).unwrap_or("")
     }
 
     pub fn len(&self) -> usize {
@@ -135,6 +146,10 @@ impl Headers {
         self.ends.clear();
     }
 }
+
+/// Where a value lies in the [`Headers`] that [`Headers::find`] found it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueAt(u32, u32);
 
 impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
