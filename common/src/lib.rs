@@ -71,7 +71,10 @@ pub const CONN_CONNECT: u32 = 1;
 /// then and sends no record (the `CONN_CONNECT` record names the same socket and endpoints); user space counts one
 /// as malformed.
 pub const CONN_ACTIVE_ESTABLISHED: u32 = 2;
-/// Passive side established (the local socket was accepted).
+/// Passive side established (the local socket was accepted): as for `CONN_ACTIVE_ESTABLISHED`, the kernel side only
+/// asks for the socket's state changes and sends no record (its cookie and endpoints are in every data record of the
+/// socket; user space tells a later connection on an evicted connection's endpoints by its socket cookie); user space
+/// counts one as malformed.
 pub const CONN_PASSIVE_ESTABLISHED: u32 = 3;
 /// The socket reached TCP_CLOSE; byte totals and end sequence numbers are final.
 pub const CONN_CLOSE: u32 = 4;

@@ -790,11 +790,11 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         // Ask for state changes so the close (with final sequence numbers) reaches us.
         let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
         let _ = ctx.set_cb_flags(flags as i32);
-        if kind == CONN_ACTIVE_ESTABLISHED {
-            // The connect record named this socket and both its endpoints already (the local port is bound before
-            // the connect callback): a record per client connection saved, which connection churn pays for.
-            return Ok(());
-        }
+        // No record. Active: the connect record named this socket and both its endpoints already (the local port is
+        // bound before the connect callback). Passive: every data record of the socket carries its cookie and
+        // endpoints, and an accepted socket has no task to name; the agent tells a later connection on an evicted
+        // one's endpoints by the socket cookie. A record per connection end saved, which connection churn pays for.
+        return Ok(());
     }
     // The connect callback runs in the calling task: the pid, comm and cgroup are the client's.
     let (pid_tgid, comm, cgroup_id) = if kind == CONN_CONNECT {

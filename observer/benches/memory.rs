@@ -1,5 +1,5 @@
 //! Memory per tracked connection: N loopback connections, each with one completed keep-alive exchange seen by both
-//! local ends (connect and established events, then the request and response at egress and at ingress), left open
+//! local ends (the client's connect event, then the request and response at egress and at ingress), left open
 //! and idle, as `cargo xtask bench --workloads` holds 10k and 100k of them. A counting global allocator reports the
 //! heap the flow engine holds for them, per connection (exchanges handed out are dropped first). Run with
 //! `cargo bench -p observer --bench memory`; BENCHMARKS.md and README's "Memory bounds" quote it.
@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use observer::cgroups::MapResolver;
 use observer::flow::{Engine, FlowConfig};
 use observer_common::{
-    ConnEvent, DataHeader, CONN_CONNECT, CONN_PASSIVE_ESTABLISHED, DATA_FLAG_START, EVENT_CONN,
-    EVENT_DATA, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS,
+    ConnEvent, DataHeader, CONN_CONNECT, DATA_FLAG_START, EVENT_CONN, EVENT_DATA,
+    HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS,
 };
 
 /// The system allocator, counting the bytes live and their peak.
@@ -78,18 +78,15 @@ impl Loopback {
         }
     }
 
-    fn conn_event(&self, op: u32, client_side: bool, ts: u64) -> ConnEvent {
-        let (cookie, local, remote, pid, name) = if client_side {
-            (
-                self.cookies[0],
-                self.client,
-                self.server,
-                4242u32,
-                "python3",
-            )
-        } else {
-            (self.cookies[1], self.server, self.client, 777, "nginx")
-        };
+    /// The client's connect() as sock_ops reports it (the server's accept sends no record).
+    fn conn_event(&self, op: u32, ts: u64) -> ConnEvent {
+        let (cookie, local, remote, pid, name) = (
+            self.cookies[0],
+            self.client,
+            self.server,
+            4242u32,
+            "python3",
+        );
         ConnEvent {
             kind: EVENT_CONN,
             op,
@@ -158,8 +155,7 @@ fn measure(n: u32, max_connections: usize) -> (f64, usize, u64) {
     let mut ts = 1_000_000_000u64;
     for i in 0..n {
         let mut c = Loopback::new(i);
-        eng.on_conn(&c.conn_event(CONN_CONNECT, true, ts));
-        eng.on_conn(&c.conn_event(CONN_PASSIVE_ESTABLISHED, false, ts));
+        eng.on_conn(&c.conn_event(CONN_CONNECT, ts));
         c.segment(&mut eng, 0, REQUEST, ts + 10_000);
         c.segment(&mut eng, 1, &resp, ts + 60_000);
         ts += 100_000;

@@ -4,6 +4,9 @@
 //! copy and its exchange reported once per end. The evicted connection's exchanges are reported at eviction (without
 //! the responses still to come); a later copy of bytes already walked is a duplicate, and the responses those
 //! requests were still owed are skipped.
+//!
+//! A tombstone is dropped at the connection's close, and a record of another socket on the same endpoints is not
+//! taken for the evicted connection's: a tombstone remembers its ends' socket cookies ([`Tombstone::continues`]).
 use super::conn::Conn;
 use super::stream::MsgState;
 
@@ -16,6 +19,8 @@ pub(super) struct Tombstone {
     last_start: [Option<u32>; 2],
     /// Final responses still to come whose request was already reported.
     skip_resp: [u32; 2],
+    /// Socket cookie of each end (index as in the connection's key), 0 where no local socket was seen.
+    cookies: [u64; 2],
     /// Record time (CLOCK_MONOTONIC ns) of the eviction.
     pub(super) ts: u64,
 }
@@ -40,8 +45,20 @@ impl Tombstone {
                 conn.skip_resp[0] + unanswered(1),
                 conn.skip_resp[1] + unanswered(0),
             ],
+            cookies: [conn.ends[0].cookie, conn.ends[1].cookie],
             ts,
         }
+    }
+
+    /// Whether a record of local socket `cookie` at end `end` may belong to the evicted connection. A 4-tuple is
+    /// held by one socket per end at a time and a cookie is never reused, so a cookie other than the one that end
+    /// had is a later connection on the same endpoints (sock_ops sends no record when a server accepts one: this is
+    /// where it is told apart). An end the connection was not seen from yet (the server's, when only the client's
+    /// request was seen before the eviction), and a record that names no socket (cookie 0: TC hooks at ingress, and
+    /// forwarded traffic), cannot be told apart: they are taken for the evicted connection's, within the idle timeout.
+    pub(super) fn continues(&self, end: usize, cookie: u64) -> bool {
+        let known = self.cookies[end];
+        known == 0 || cookie == 0 || known == cookie
     }
 
     /// Makes `conn`, just created for the evicted connection's key, take what was walked as already seen.

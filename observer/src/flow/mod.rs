@@ -17,9 +17,8 @@ mod tests;
 use std::net::{IpAddr, Ipv6Addr};
 
 use observer_common::{
-    ConnEvent, DataHeader, CONN_CLOSE, CONN_CONNECT, CONN_PASSIVE_ESTABLISHED, DATA_FLAG_START,
-    DEFAULT_CAPTURE, EVENT_DATA, HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS,
-    HOOK_TC_INGRESS, MAX_CAPTURE,
+    ConnEvent, DataHeader, CONN_CLOSE, CONN_CONNECT, DATA_FLAG_START, DEFAULT_CAPTURE, EVENT_DATA,
+    HOOK_CGROUP_EGRESS, HOOK_CGROUP_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, MAX_CAPTURE,
 };
 
 use self::conn::{Conn, ConnKey, Ctx, Endpoint};
@@ -211,11 +210,12 @@ impl Engine {
         };
         if !self.conns.contains(&key) {
             // An evicted connection's later records (the other local end's copy, answers) are merged, not tracked
-            // afresh; a tombstone older than the idle timeout is of an earlier connection on the same endpoints.
-            let tomb = self
-                .evicted
-                .remove(&key)
-                .filter(|t| hdr.ts_ns.saturating_sub(t.ts) < self.cfg.idle_timeout_ns);
+            // afresh; a tombstone older than the idle timeout, or whose socket at this end was another, is of an
+            // earlier connection on the same endpoints.
+            let tomb = self.evicted.remove(&key).filter(|t| {
+                hdr.ts_ns.saturating_sub(t.ts) < self.cfg.idle_timeout_ns
+                    && t.continues(local_end, hdr.cookie)
+            });
             if tomb.is_none() && hdr.flags & DATA_FLAG_START == 0 {
                 self.stats.out_of_order.inc();
                 return;
@@ -272,7 +272,7 @@ impl Engine {
         let local = (ev.lport != 0).then_some((ev.laddr, ev.lport));
         let remote = (ev.rport != 0).then_some((ev.raddr, ev.rport));
         match ev.op {
-            CONN_CONNECT | CONN_PASSIVE_ESTABLISHED => {
+            CONN_CONNECT => {
                 if ev.cookie == 0 {
                     return;
                 }
@@ -285,7 +285,7 @@ impl Engine {
                 if ev.cgroup_id != 0 {
                     info.cgroup_id = ev.cgroup_id;
                 }
-                if ev.op == CONN_CONNECT && ev.pid_tgid != 0 {
+                if ev.pid_tgid != 0 {
                     info.pid = (ev.pid_tgid >> 32) as u32;
                     info.comm = self.comms.get(&ev.comm);
                 }
@@ -295,6 +295,8 @@ impl Engine {
                 }
             }
             CONN_CLOSE => self.on_close(ev, local, remote),
+            // The kernel sends no record when a socket is established (CONN_ACTIVE_ESTABLISHED,
+            // CONN_PASSIVE_ESTABLISHED): the agent's own object is embedded, so no older kernel side sends one.
             _ => {
                 self.stats.malformed.inc();
             }

@@ -64,6 +64,8 @@ struct Sim {
     cap: u32,
     /// Every record produced, for replay tests.
     log: Vec<Rec>,
+    /// Socket cookies of the client's and the server's end.
+    cookies: [u64; 2],
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +98,7 @@ impl Sim {
             cap_left: [0; 2],
             cap,
             log: Vec::new(),
+            cookies: [CLIENT_COOKIE, SERVER_COOKIE],
         }
     }
 
@@ -128,9 +131,9 @@ impl Sim {
         let sender_is_client = dir == C2S;
         let local_is_client = (hook == HOOK_CGROUP_EGRESS) == sender_is_client;
         let (cookie, cgroup, pid, name) = if local_is_client {
-            (CLIENT_COOKIE, CLIENT_CGROUP, CLIENT_PID, "curl")
+            (self.cookies[0], CLIENT_CGROUP, CLIENT_PID, "curl")
         } else {
-            (SERVER_COOKIE, SERVER_CGROUP, SERVER_PID, "nginx")
+            (self.cookies[1], SERVER_CGROUP, SERVER_PID, "nginx")
         };
         // On ingress the current task is whatever softirq interrupted: deliberately wrong.
         let (pid, name) = if hook == HOOK_CGROUP_EGRESS {
@@ -221,7 +224,7 @@ impl Sim {
     fn conn_event(&mut self, op: u32, client_side: bool) -> ConnEvent {
         let (cookie, cgroup, local, remote, snd, rcv) = if client_side {
             (
-                CLIENT_COOKIE,
+                self.cookies[0],
                 CLIENT_CGROUP,
                 self.client,
                 self.server,
@@ -230,7 +233,7 @@ impl Sim {
             )
         } else {
             (
-                SERVER_COOKIE,
+                self.cookies[1],
                 SERVER_CGROUP,
                 self.server,
                 self.client,
@@ -1624,6 +1627,89 @@ fn connection_evicted_between_its_two_local_ends_is_reported_once() {
     assert_eq!(one(&s.take()).event.status, 200);
 }
 
+/// Evicts the connection `s` is on (max_connections 2, the server's end seen, not closed: its close record was lost
+/// or it was opened before the agent started) by two other connections' requests, then puts `s` back on its
+/// endpoints, 10 us later (well within the idle timeout). Returns the evicted connection's next sequence numbers.
+fn evict_with_two_others(s: &mut Sim) -> [u32; 2] {
+    let (client, seq) = (s.client, s.seq);
+    for i in 0..2 {
+        s.next_conn();
+        s.advance_us(10);
+        s.request(&get(&format!("/o{i}")));
+    }
+    assert_eq!(s.stats().evicted_connections, 1);
+    (s.client, s.seq, s.cap_left) = (client, seq, [0; 2]);
+    s.advance_us(10);
+    seq
+}
+
+/// A server-side connection evicted with a request unanswered, and, within the idle timeout, a new connection from
+/// the same client port (the server socket accepted afresh, a new cookie): the new connection's request and answer
+/// are its own, not taken for the evicted one's (whose owed response would swallow the answer).
+#[test]
+fn new_connection_on_an_evicted_ones_endpoints_is_tracked_afresh() {
+    let cfg = FlowConfig {
+        max_connections: 2,
+        ..FlowConfig::default()
+    };
+    let mut s = Sim::with_config(Obs::Server, cfg);
+    s.request(&get("/a"));
+    let seq = evict_with_two_others(&mut s);
+    // The client port again, new sequence numbers, a new server socket.
+    s.seq = [
+        seq[C2S].wrapping_add(7_000_000),
+        seq[S2C].wrapping_add(9_000_000),
+    ];
+    s.cookies[1] = SERVER_COOKIE + 100;
+    s.request(&get("/b"));
+    s.response(&ok(b"fresh"));
+    s.close();
+    let ex = s.take();
+    let b: Vec<_> = ex.iter().filter(|e| e.event.path == "/b").collect();
+    assert_eq!(b.len(), 1, "{ex:#?}");
+    assert_eq!(
+        (b[0].event.status, b[0].event.resp_bytes, b[0].event.conn_id),
+        (200, ok(b"fresh").len() as u64, SERVER_COOKIE + 100),
+        "answered on its own connection"
+    );
+    let a: Vec<_> = ex.iter().filter(|e| e.event.path == "/a").collect();
+    assert_eq!((a.len(), a[0].event.status), (1, 0), "{ex:#?}");
+    let st = s.stats();
+    assert_eq!(
+        (st.duplicates, st.unmatched_responses, st.out_of_order),
+        (0, 0, 0),
+        "{st:#?}"
+    );
+}
+
+/// The same eviction, then the evicted connection itself goes on (the same server socket): its owed response is
+/// skipped as before (reported at the eviction), and its next exchange is merged into it, not tracked afresh.
+#[test]
+fn evicted_connection_continued_by_its_own_socket_is_merged() {
+    let cfg = FlowConfig {
+        max_connections: 2,
+        ..FlowConfig::default()
+    };
+    let mut s = Sim::with_config(Obs::Server, cfg);
+    s.request(&get("/a"));
+    evict_with_two_others(&mut s);
+    s.response(&ok(b"late"));
+    s.request(&get("/a2"));
+    s.response(&ok(b"next"));
+    s.close();
+    let ex = s.take();
+    let a: Vec<_> = ex.iter().filter(|e| e.event.path == "/a").collect();
+    assert_eq!((a.len(), a[0].event.status), (1, 0), "{ex:#?}");
+    let a2: Vec<_> = ex.iter().filter(|e| e.event.path == "/a2").collect();
+    assert_eq!((a2.len(), a2[0].event.status), (1, 200), "{ex:#?}");
+    let st = s.stats();
+    assert_eq!(
+        (st.unmatched_responses, st.out_of_order),
+        (0, 0),
+        "the late answer is the one owed to /a: {st:#?}"
+    );
+}
+
 /// What one tracked connection costs (README "Memory bounds"): a connection's inline state, boxed in the table, and
 /// the socket and tombstone entries. Growing them is a decision, not an accident.
 #[test]
@@ -1636,7 +1722,8 @@ fn per_connection_state_stays_small() {
     );
     assert!(size_of::<super::stream::Stream>() <= 216);
     assert!(size_of::<super::SockInfo>() <= 32);
-    assert!(size_of::<super::evicted::Tombstone>() <= 48);
+    // 48 bytes, and 16 for its ends' socket cookies (a later connection on the same endpoints is told apart by them).
+    assert!(size_of::<super::evicted::Tombstone>() <= 64);
 }
 
 /// An idle keep-alive connection after a completed exchange holds no heap buffer once the engine's next tick has
