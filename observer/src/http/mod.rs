@@ -23,7 +23,8 @@ pub use self::framing::{Anomalies, BodyLength, Framing};
 pub use self::query::{form_decoded, query_keys};
 
 /// `a == b` ignoring ASCII case, as `eq_ignore_ascii_case`, but without a branch per byte: header names are compared
-/// several times per exchange, and the standard one, which stops at the first difference, is not vectorised.
+/// several times per exchange, and the standard one, which stops at the first difference, branches on every byte
+/// (callgrind: the replay's instructions per event fell by 5% with this and two other changes, 7682253).
 #[inline]
 pub fn eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len()
