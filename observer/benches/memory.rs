@@ -79,26 +79,19 @@ impl Loopback {
     }
 
     /// The client's connect() as sock_ops reports it (the server's accept sends no record).
-    fn conn_event(&self, op: u32, ts: u64) -> ConnEvent {
-        let (cookie, local, remote, pid, name) = (
-            self.cookies[0],
-            self.client,
-            self.server,
-            4242u32,
-            "python3",
-        );
+    fn connect_event(&self, ts: u64) -> ConnEvent {
         ConnEvent {
             kind: EVENT_CONN,
-            op,
+            op: CONN_CONNECT,
             ts_ns: ts,
-            cookie,
+            cookie: self.cookies[0],
             cgroup_id: 11,
-            pid_tgid: u64::from(pid) << 32,
-            comm: comm(name),
-            laddr: local.0,
-            raddr: remote.0,
-            lport: local.1,
-            rport: remote.1,
+            pid_tgid: 4242u64 << 32,
+            comm: comm("python3"),
+            laddr: self.client.0,
+            raddr: self.server.0,
+            lport: self.client.1,
+            rport: self.server.1,
             ..ConnEvent::default()
         }
     }
@@ -155,7 +148,7 @@ fn measure(n: u32, max_connections: usize) -> (f64, usize, u64) {
     let mut ts = 1_000_000_000u64;
     for i in 0..n {
         let mut c = Loopback::new(i);
-        eng.on_conn(&c.conn_event(CONN_CONNECT, ts));
+        eng.on_conn(&c.connect_event(ts));
         c.segment(&mut eng, 0, REQUEST, ts + 10_000);
         c.segment(&mut eng, 1, &resp, ts + 60_000);
         ts += 100_000;
