@@ -25,7 +25,7 @@ use crate::{
     clock,
     config::{CaptureArgs, SinkArgs},
     enrich, flow, loader,
-    metrics::{Counter, FGauge, Metrics},
+    metrics::{Counter, FGauge, Gauge, Metrics},
     origin, reader, registry, sink,
 };
 
@@ -350,6 +350,7 @@ fn capture_loop(
         let tick = last_tick.elapsed() >= Duration::from_secs(1);
         if tick {
             engine.tick(clock::monotonic_ns());
+            counts.pinned.set(crate::shared_str::pinned_bytes() as i64);
         }
         engine.drain(&mut out);
         // Requests in flight first: the exchanges finished in this drain may have been made for them.
@@ -430,6 +431,7 @@ struct CaptureMetrics {
     own_exchanges: Counter,
     early_wakeups: Counter,
     lag: FGauge,
+    pinned: Gauge,
 }
 
 impl CaptureMetrics {
@@ -444,6 +446,15 @@ impl CaptureMetrics {
             "ringbuf_lag_seconds",
             "Age of the oldest record in the last drain (how far the reader is behind the kernel)",
             lag.clone(),
+        );
+        let pinned = Gauge::default();
+        m.register(
+            "pinned_string_bytes",
+            &format!(
+                "Bytes of strings pinned for the process's life (events copy them without a reference count), at most {}",
+                crate::shared_str::PIN_BUDGET
+            ),
+            pinned.clone(),
         );
         CaptureMetrics {
             records: counter("ringbuf_records", "Ring-buffer records read"),
@@ -464,6 +475,7 @@ impl CaptureMetrics {
                 "Waits ended by waiting records rather than the timeout (records already waiting, or the kernel's wake-up once 256 KiB wait)",
             ),
             lag,
+            pinned,
         }
     }
 }

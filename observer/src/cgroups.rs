@@ -152,7 +152,7 @@ impl CgroupResolver for FsCgroupResolver {
             return SharedStr::default();
         }
         if let Some(p) = self.cache.get(&id) {
-            return p.clone();
+            return p.share();
         }
         let may_scan = self
             .last_scan

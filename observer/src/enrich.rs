@@ -108,11 +108,11 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         },
     );
     let api = api_idx.map(|i| snap.api(i));
-    let text = api_idx
-        .map(|i| snap.api_text(i))
-        .cloned()
-        .unwrap_or_default();
-    (ev.api_id, ev.api_name, ev.api_owner) = (text.id, text.name, text.owner);
+    if let Some(t) = api_idx.map(|i| snap.api_text(i)) {
+        (ev.api_id, ev.api_name, ev.api_owner) = (t.id.share(), t.name.share(), t.owner.share());
+    } else {
+        (ev.api_id, ev.api_name, ev.api_owner) = Default::default();
+    }
     ev.request_hash = request_hash(
         snap.secret(),
         &ev.method,
@@ -130,7 +130,7 @@ pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
         None => propagated_id_hashes(snap.secret(), request_headers),
     };
     ev.route = match api_idx.and_then(|i| snap.match_route(i, &ev.method, path)) {
-        Some(route) => route.clone(),
+        Some(route) => route.share(),
         None => {
             let mut template = String::with_capacity(path.len() + 8);
             infer_template(path, &mut template);
@@ -287,9 +287,15 @@ pub fn propagated_id_hashes_of(
 }
 
 fn fill_app(ev: &mut Event, app: Option<&AppText>) {
-    let a = app.cloned().unwrap_or_default();
-    (ev.app_id, ev.app_name, ev.app_team, ev.line_of_business) =
-        (a.id, a.name, a.team, a.line_of_business);
+    (ev.app_id, ev.app_name, ev.app_team, ev.line_of_business) = match app {
+        Some(a) => (
+            a.id.share(),
+            a.name.share(),
+            a.team.share(),
+            a.line_of_business.share(),
+        ),
+        None => Default::default(),
+    };
 }
 
 /// First value of header `name` (case-insensitive).
@@ -541,6 +547,46 @@ mod tests {
             !format!("{ev:?}").contains(MOBILE_KEY),
             "raw key must not end up in the event"
         );
+    }
+
+    #[test]
+    fn strings_an_event_takes_again_are_pinned() {
+        let snap = example();
+        let ex = || {
+            exchange(
+                "POST",
+                "api.example.com",
+                "/v1/payments/42/refunds",
+                &[("x-api-key", MOBILE_KEY)],
+            )
+        };
+        // Pinning is process-wide: another test may have pinned these values already, so only the second event is
+        // checked.
+        run(&snap, ex());
+        let ev = run(&snap, ex());
+        let fields = [
+            &ev.api_id,
+            &ev.api_name,
+            &ev.api_owner,
+            &ev.route,
+            &ev.app_id,
+            &ev.app_name,
+            &ev.app_team,
+            &ev.line_of_business,
+            &ev.key_fingerprint,
+            &ev.key_suffix,
+        ];
+        for f in fields {
+            assert!(!f.is_empty() && f.is_pinned(), "{f} not pinned");
+        }
+        let unknown = || exchange("GET", "unknown.example", "/v9/widgets/7", &[]);
+        assert!(
+            !run(&snap, unknown()).route.is_pinned(),
+            "inferred, seen once"
+        );
+        let again = run(&snap, unknown());
+        assert_eq!(again.route, "/v9/widgets/{id}");
+        assert!(again.route.is_pinned(), "inferred, seen twice");
     }
 
     #[test]

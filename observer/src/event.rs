@@ -2,11 +2,11 @@
 //!
 //! `flow` fills the capture fields, `enrich` the business-context fields; sinks serialize it. Field names are a
 //! public contract (they become ClickHouse columns): add fields, never rename them.
-use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
-use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::shared_str::{Interner, SharedStr};
 
 /// Defines an enum stored as a ClickHouse `Enum8`: each variant's code (its discriminant and its `Enum8` value,
 /// fixed forever once released) and its name (NDJSON value and `Enum8` label) are written here once; `ALL`,
@@ -188,153 +188,6 @@ impl<'de> Deserialize<'de> for Timestamp {
         let s = String::deserialize(d)?;
         Timestamp::parse_rfc3339(&s)
             .ok_or_else(|| serde::de::Error::custom(format!("invalid RFC 3339 time {s:?}")))
-    }
-}
-
-/// An immutable string shared by reference count. Process names and cgroup paths repeat for every exchange of a
-/// socket: events share one copy instead of allocating and freeing their own.
-/// Serialized as a plain string; the empty string allocates nothing. Registry values (API, route, application,
-/// known key fingerprint) are shared the same way, from the registry snapshot. Hashes and compares as its `str`.
-///
-/// One pointer wide (`arcstr`, its length beside the count): an event holds 26 of these, and at `Arc<str>`'s two
-/// words each they were 416 of its 696 bytes, moved on every hand-over of the event (see BENCHMARKS.md's replay
-/// A/B).
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SharedStr(arcstr::ArcStr);
-
-impl std::hash::Hash for SharedStr {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.as_str().hash(h);
-    }
-}
-
-impl std::borrow::Borrow<str> for SharedStr {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl SharedStr {
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl Deref for SharedStr {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl From<&str> for SharedStr {
-    fn from(s: &str) -> Self {
-        SharedStr(if s.is_empty() {
-            arcstr::ArcStr::new()
-        } else {
-            arcstr::ArcStr::from(s)
-        })
-    }
-}
-
-impl From<String> for SharedStr {
-    fn from(s: String) -> Self {
-        SharedStr::from(s.as_str())
-    }
-}
-
-impl From<&String> for SharedStr {
-    fn from(s: &String) -> Self {
-        SharedStr::from(s.as_str())
-    }
-}
-
-impl PartialEq<str> for SharedStr {
-    fn eq(&self, o: &str) -> bool {
-        self.as_str() == o
-    }
-}
-
-impl PartialEq<&str> for SharedStr {
-    fn eq(&self, o: &&str) -> bool {
-        self.as_str() == *o
-    }
-}
-
-impl PartialEq<String> for SharedStr {
-    fn eq(&self, o: &String) -> bool {
-        self.as_str() == o
-    }
-}
-
-impl fmt::Debug for SharedStr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for SharedStr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for SharedStr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SharedStr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(SharedStr::from(String::deserialize(d)?))
-    }
-}
-
-/// Shared copies of strings that repeat from event to event (methods, hosts, user agents): each event takes a
-/// reference-counted copy instead of allocating its own, which the sink's thread would then free (a free of memory
-/// another thread allocated is the allocator's slow path). Bounded: past `cap` distinct strings it starts over, so
-/// a stream of distinct values costs what copying them did; a string longer than [`Interner::MAX_LEN`] is copied,
-/// not kept, so the interner holds at most `cap` x that many bytes.
-#[derive(Debug)]
-pub struct Interner {
-    set: std::collections::HashSet<SharedStr, foldhash::fast::RandomState>,
-    cap: usize,
-}
-
-impl Interner {
-    /// Longest string kept (longer ones, rare user agents, get their own copy).
-    pub const MAX_LEN: usize = 256;
-
-    pub fn new(cap: usize) -> Self {
-        Interner {
-            set: Default::default(),
-            cap: cap.max(1),
-        }
-    }
-
-    /// The shared copy of `s`.
-    pub fn get(&mut self, s: &str) -> SharedStr {
-        if s.is_empty() || s.len() > Self::MAX_LEN {
-            return SharedStr::from(s);
-        }
-        if let Some(v) = self.set.get(s) {
-            return v.clone();
-        }
-        if self.set.len() >= self.cap {
-            self.set.clear();
-        }
-        let v = SharedStr::from(s);
-        self.set.insert(v.clone());
-        v
-    }
-
-    pub fn len(&self) -> usize {
-        self.set.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
     }
 }
 
@@ -633,55 +486,5 @@ mod tests {
             ),
             (Side::Client, KeyState::None, AttributedBy::None)
         );
-    }
-
-    #[test]
-    fn the_interner_shares_one_copy_per_string_and_starts_over_past_its_bound() {
-        let mut i = Interner::new(2);
-        let a = i.get("GET");
-        let b = i.get("GET");
-        assert!(std::ptr::eq(a.as_str(), b.as_str()), "one copy");
-        assert_eq!(i.get(""), SharedStr::default());
-        assert_eq!(i.len(), 1, "the empty string is not kept");
-        let long = "x".repeat(Interner::MAX_LEN + 1);
-        assert_eq!(i.get(&long), long.as_str());
-        assert_eq!(i.len(), 1, "a string over the length bound is not kept");
-        let _ = i.get("POST");
-        assert_eq!(i.len(), 2);
-        assert_eq!(i.get("PUT"), "PUT");
-        assert_eq!(i.len(), 1, "full: started over, then kept the new one");
-        let c = i.get("GET");
-        assert_eq!(c, "GET");
-        assert!(
-            !std::ptr::eq(a.as_str(), c.as_str()),
-            "a fresh copy after the restart"
-        );
-    }
-
-    #[test]
-    fn shared_str_reads_compares_and_serializes_as_a_plain_string() {
-        let a = SharedStr::from("nginx");
-        let b = a.clone();
-        assert!(
-            std::ptr::eq(a.as_str(), b.as_str()),
-            "clones share one copy"
-        );
-        assert_eq!(a, "nginx");
-        assert_eq!(a, String::from("nginx"));
-        assert_eq!(&*a, "nginx");
-        assert_eq!(format!("{a} {a:?}"), "nginx \"nginx\"");
-        assert!(
-            arcstr::ArcStr::is_static(&SharedStr::from(String::new()).0),
-            "empty holds no allocation"
-        );
-        assert_eq!(SharedStr::from(""), SharedStr::default());
-        assert_eq!(
-            std::mem::size_of::<SharedStr>(),
-            std::mem::size_of::<usize>(),
-            "one pointer wide"
-        );
-        assert_eq!(serde_json::to_string(&a).expect("json"), "\"nginx\"");
-        let back: SharedStr = serde_json::from_str("\"/system.slice\"").expect("json");
-        assert_eq!(back, "/system.slice");
     }
 }

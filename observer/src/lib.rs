@@ -37,6 +37,8 @@ pub mod reader;
 #[forbid(unsafe_code)]
 pub mod registry;
 #[forbid(unsafe_code)]
+pub mod shared_str;
+#[forbid(unsafe_code)]
 pub mod sink;
 #[forbid(unsafe_code)]
 pub mod ui;

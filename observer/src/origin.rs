@@ -616,9 +616,9 @@ impl Tracker {
 
     fn emit(&mut self, mut ev: Event, o: Origin) {
         let key = (ev.conn_id, ev.ts.0);
-        ev.origin_app_id.clone_from(&o.ctx.app_id);
-        ev.origin_key_fingerprint.clone_from(&o.ctx.key_fingerprint);
-        ev.origin_api_id.clone_from(&o.ctx.api_id);
+        ev.origin_app_id = o.ctx.app_id.share();
+        ev.origin_key_fingerprint = o.ctx.key_fingerprint.share();
+        ev.origin_api_id = o.ctx.api_id.share();
         (ev.parent_conn_id, ev.parent_ts) = match o.parent {
             Some((c, t)) => (c, Timestamp(t)),
             None => (0, Timestamp::default()),

@@ -118,7 +118,7 @@ const MAX_COMMS: usize = 4096;
 impl Comms {
     fn get(&mut self, comm: &[u8; 16]) -> SharedStr {
         if let Some(s) = self.0.get(comm) {
-            return s.clone();
+            return s.share();
         }
         if self.0.len() >= MAX_COMMS {
             self.0.clear();
@@ -615,14 +615,14 @@ fn build_exchange(
         dst_port: dst.1,
         client_pid: if client.local { client.pid } else { 0 },
         client_comm: if client.local {
-            client.comm.clone()
+            client.comm.share()
         } else {
             SharedStr::default()
         },
         client_cgroup,
         server_pid: if server.local { server.pid } else { 0 },
         server_comm: if server.local {
-            server.comm.clone()
+            server.comm.share()
         } else {
             SharedStr::default()
         },

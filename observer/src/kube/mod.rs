@@ -172,15 +172,15 @@ impl PodIndex {
     pub fn fill(&self, ev: &mut crate::event::Event) -> Option<&Arc<PodMeta>> {
         let client = self.end(&ev.client_cgroup, ev.src_ip);
         if let Some(p) = client {
-            ev.client_pod = p.name.clone();
-            ev.client_namespace = p.namespace.clone();
-            ev.client_workload = p.workload.clone();
+            ev.client_pod = p.name.share();
+            ev.client_namespace = p.namespace.share();
+            ev.client_workload = p.workload.share();
             ev.client_labels.clone_from(&p.event_labels);
         }
         if let Some(p) = self.end(&ev.server_cgroup, ev.dst_ip) {
-            ev.server_pod = p.name.clone();
-            ev.server_namespace = p.namespace.clone();
-            ev.server_workload = p.workload.clone();
+            ev.server_pod = p.name.share();
+            ev.server_namespace = p.namespace.share();
+            ev.server_workload = p.workload.share();
             ev.server_labels.clone_from(&p.event_labels);
         }
         client

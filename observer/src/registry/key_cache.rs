@@ -41,7 +41,12 @@ impl KeyCache {
     ) -> Fingerprinted {
         let id = secret.cache_hash(raw);
         if let Some(found) = self.lock().get(&id) {
-            return found.clone();
+            // Presented again: its strings are worth pinning (a key presented once, in a flood of made-up keys, is not).
+            return Fingerprinted {
+                key: found.key,
+                hex: found.hex.share(),
+                suffix: found.suffix.share(),
+            };
         }
         // Computed outside the lock; a second thread computing the same key meanwhile writes the same value.
         let found = compute(secret.fingerprint(raw), raw);

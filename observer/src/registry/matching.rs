@@ -35,22 +35,22 @@ impl InferredRoutes {
         {
             let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
             if let Some(t) = seen.get(template) {
-                return t.clone();
+                return t.share();
             }
             if seen.len() >= self.cap {
-                return self.overflow.clone();
+                return self.overflow.share();
             }
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = seen.get(template) {
-            return t.clone();
+            return t.share();
         }
         if seen.len() < self.cap {
             let t = SharedStr::from(template);
             seen.insert(t.clone());
             t
         } else {
-            self.overflow.clone()
+            self.overflow.share()
         }
     }
 
