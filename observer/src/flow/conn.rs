@@ -488,7 +488,7 @@ impl Conn {
                         }
                         t
                     };
-                    let method = target.as_ref().map_or("GET", |p| p.req.method.as_str());
+                    let method = target.as_ref().map_or("GET", |p| p.req.method());
                     let tunnel = !truncated && resp.starts_tunnel(method);
                     let framing = if truncated {
                         None

@@ -463,7 +463,9 @@ pub const MAX_SHARED_STRINGS: usize = 8192;
 impl Reports {
     /// Appends an exchange for each request of `conn` in `done`, emptying `done`.
     fn push(&mut self, cfg: &FlowConfig, stats: &FlowCounters, conn: &Conn, done: &mut Vec<Done>) {
-        for d in done.drain(..) {
+        // Built from where each request lies, by reference: moving a `Done` (about 280 bytes) out of the vector and
+        // into the builder's frame were two copies per exchange.
+        for d in done.iter_mut() {
             self.out.push(build_exchange(
                 cfg,
                 &mut *self.resolver,
@@ -473,6 +475,7 @@ impl Reports {
             ));
             stats.exchanges.inc();
         }
+        done.clear();
     }
 }
 
@@ -544,8 +547,9 @@ fn build_exchange(
     resolver: &mut dyn CgroupResolver,
     strings: &mut Interner,
     conn: &Conn,
-    Done { dir, p }: Done,
+    d: &mut Done,
 ) -> Exchange {
+    let (dir, p) = (d.dir, &mut d.p);
     let client = &conn.ends[dir];
     let server = &conn.ends[1 - dir];
     let (src, dst) = (conn.key.ends[dir], conn.key.ends[1 - dir]);
@@ -564,7 +568,7 @@ fn build_exchange(
     };
     let client_cgroup = cgroup(client);
     let server_cgroup = cgroup(server);
-    let req = p.req;
+    let req = &mut p.req;
     let span = |start: u32, end: Option<u32>| u64::from(end.map_or(0, |e| e.wrapping_sub(start)));
     let req_bytes = span(p.req_start, p.req_end);
     let (status, resp_bytes, duration_us, resp_truncated, resp_incomplete) = match &p.resp {
@@ -602,7 +606,7 @@ fn build_exchange(
         ts: unix_time(cfg, p.req_ts),
         duration_us,
         side,
-        method: strings.get(&req.method),
+        method: strings.get(req.method()),
         host: strings.get(req.host()),
         path: req.path().to_string(),
         query_keys: http::query_keys(req.query()),
@@ -638,7 +642,7 @@ fn build_exchange(
     let raw_query = req.query().to_string();
     Exchange {
         event,
-        request_headers: req.headers,
+        request_headers: std::mem::take(&mut req.headers),
         raw_query,
         body_prefix: p.req_body,
         propagated: Some(propagated),

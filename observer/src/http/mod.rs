@@ -66,21 +66,51 @@ pub enum Parsed<T> {
 
 /// Header fields of one message in two allocations, not two per field: names and values sit back to back in one
 /// string, `ends` marks where each name and each value ends. Requests carry a dozen fields or more, and they are
-/// parsed for every exchange.
+/// parsed for every exchange. A request's method and target come first in the same string (its [`Headers::prefix`]):
+/// two allocations per request fewer than strings of their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     text: String,
     /// Per field: (end of the name, end of the value) in `text`.
     ends: Vec<(u32, u32)>,
+    /// Bytes of `text` before the first field (the prefix).
+    start: u32,
 }
 
 impl Headers {
     /// Room for `fields` fields of `bytes` bytes in all.
     pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Self::with_prefix(&[], fields, bytes)
+    }
+
+    /// `prefix` back to back, then room for `fields` fields of `bytes` bytes in all.
+    pub fn with_prefix(prefix: &[&str], fields: usize, bytes: usize) -> Self {
+        let len: usize = prefix.iter().map(|p| p.len()).sum();
+        let mut text = String::with_capacity(len + bytes);
+        for p in prefix {
+            text.push_str(p);
+        }
         Headers {
-            text: String::with_capacity(bytes),
+            start: text.len() as u32,
+            text,
             ends: Vec::with_capacity(fields),
         }
+    }
+
+    /// What was put before the fields ([`Headers::with_prefix`]).
+    pub fn prefix(&self) -> &str {
+        self.text.get(..self.start as usize).unwrap_or("")
+    }
+
+    /// The same fields after a new `prefix`.
+    pub fn with_new_prefix(&self, prefix: &[&str]) -> Self {
+        let fields = self.text.get(self.start as usize..).unwrap_or("");
+        let mut out = Self::with_prefix(prefix, self.ends.len(), fields.len());
+        out.text.push_str(fields);
+        let shift = |e: u32| e - self.start + out.start;
+        out.ends
+            .extend(self.ends.iter().map(|&(n, v)| (shift(n), shift(v))));
+        out
     }
 
     pub fn push(&mut self, name: &str, value: &str) {
@@ -92,7 +122,7 @@ impl Headers {
 
     /// Every (name, value), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        let mut start = 0usize;
+        let mut start = self.start as usize;
         self.ends.iter().map(move |&(n, v)| {
             let (n, v) = (n as usize, v as usize);
             let field = (&self.text[start..n], &self.text[n..v]);
@@ -118,7 +148,7 @@ impl Headers {
     /// looked up once and read again later costs no second lookup.
     pub fn find(&self, name: &str) -> Option<ValueAt> {
         let text = self.text.as_bytes();
-        let mut start = 0usize;
+        let mut start = self.start as usize;
         for &(n, v) in &self.ends {
             let (n, v) = (n as usize, v as usize);
             if n - start == name.len() && eq_ignore_case(&text[start..n], name.as_bytes()) {
@@ -145,6 +175,7 @@ impl Headers {
     pub fn clear(&mut self) {
         self.text.clear();
         self.ends.clear();
+        self.start = 0;
     }
 }
 
@@ -165,12 +196,12 @@ impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
 /// A parsed request line and header block.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestHead {
-    pub method: String,
-    /// Request target as sent (origin-form `/p?q`, absolute-form, authority-form or `*`).
-    pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
+    /// The header fields, after the method and the target (see [`RequestHead::method`]).
     pub headers: Headers,
+    /// Bytes of the method at the start of the headers' prefix; the target follows.
+    method_len: u32,
     /// What the header fields say about framing, read while they were collected.
     pub framing: Framing,
     /// Bytes of the head on the wire, including the final empty line.
@@ -210,6 +241,30 @@ impl Head {
 }
 
 impl RequestHead {
+    /// A request of `method` for `target` with the fields `headers` will hold (room for `fields` of `bytes` in all).
+    pub fn new(method: &str, target: &str, fields: usize, bytes: usize) -> Self {
+        RequestHead {
+            headers: Headers::with_prefix(&[method, target], fields, bytes),
+            method_len: method.len() as u32,
+            ..RequestHead::default()
+        }
+    }
+
+    pub fn method(&self) -> &str {
+        self.headers
+            .prefix()
+            .get(..self.method_len as usize)
+            .unwrap_or("")
+    }
+
+    /// Request target as sent (origin-form `/p?q`, absolute-form, authority-form or `*`).
+    pub fn target(&self) -> &str {
+        self.headers
+            .prefix()
+            .get(self.method_len as usize..)
+            .unwrap_or("")
+    }
+
     /// First value of a header, case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)
@@ -246,7 +301,7 @@ impl RequestHead {
     /// Path of the target without query string (absolute-form targets are reduced to their path, `/` when it is
     /// empty: RFC 9112 §3.2.2).
     pub fn path(&self) -> &str {
-        let t = origin_part(&self.target);
+        let t = origin_part(self.target());
         // memchr2: `str::find` with a set of chars decodes and compares char by char through a searcher.
         match memchr::memchr2(b'?', b'#', t.as_bytes()) {
             Some(0) => "/",
@@ -257,7 +312,7 @@ impl RequestHead {
 
     /// Raw query string without the leading `?` (and without any fragment), "" when absent.
     pub fn query(&self) -> &str {
-        let t = origin_part(&self.target);
+        let t = origin_part(self.target());
         let Some(i) = memchr::memchr(b'?', t.as_bytes()) else {
             return "";
         };
@@ -274,11 +329,11 @@ impl RequestHead {
         if let Some(h) = self.header("host") {
             return without_userinfo(h.trim());
         }
-        if let Some(rest) = self.target.split_once("://").map(|(_, r)| r) {
+        if let Some(rest) = self.target().split_once("://").map(|(_, r)| r) {
             return without_userinfo(rest.split(['/', '?', '#']).next().unwrap_or(""));
         }
-        if self.method.eq_ignore_ascii_case("CONNECT") {
-            return without_userinfo(&self.target);
+        if self.method().eq_ignore_ascii_case("CONNECT") {
+            return without_userinfo(self.target());
         }
         ""
     }
@@ -348,12 +403,9 @@ impl ResponseHead {
 /// The fields as [`Headers`], and what they say about framing. `head` is the head they were parsed from.
 fn collect_headers<'a>(
     head: &'a [u8],
+    mut out: RequestHead,
     headers: impl Iterator<Item = &'a httparse::Header<'a>> + Clone,
-) -> (Headers, Framing) {
-    let (fields, bytes) = headers.clone().fold((0, 0), |(f, b), h| {
-        (f + 1, b + h.name.len() + h.value.len())
-    });
-    let mut out = Headers::with_capacity(fields, bytes);
+) -> RequestHead {
     let mut framing = Framing::default();
     // An ASCII head (nearly every one) is checked once, not value by value: its values are slices of that text, and
     // need no trim (httparse leaves no ASCII whitespace at either end of a value, and admits no other control byte).
@@ -361,14 +413,15 @@ fn collect_headers<'a>(
     for h in headers {
         let mut take = |v: &str| {
             framing.add(h.name, v);
-            out.push(h.name, v)
+            out.headers.push(h.name, v)
         };
         match ascii.and_then(|text| slice_of(text, head, h.value)) {
             Some(v) => take(v),
             None => with_text(h.value, take),
         }
     }
-    (out, framing)
+    out.framing = framing;
+    out
 }
 
 /// `part` (a slice of `head`) as the same bytes of `text` (`head` as text); None when it is not within `head`.
@@ -431,8 +484,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
     }
     let mut parsed = parse_request_utf8(&ascii)?;
     if let Parsed::Complete(r) = &mut parsed {
-        let at = r.method.len() + 1;
-        r.target = String::from_utf8_lossy(&buf[at..at + r.target.len()]).into_owned();
+        let at = r.method().len() + 1;
+        let target = String::from_utf8_lossy(&buf[at..at + r.target().len()]);
+        r.headers = r.headers.with_new_prefix(&[r.method(), &target]);
     }
     Ok(parsed)
 }
@@ -454,20 +508,23 @@ fn request_head(
     match status {
         httparse::Status::Partial => Parsed::Partial,
         httparse::Status::Complete(head_len) => {
-            let (headers, framing) = collect_headers(&buf[..head_len], req.headers.iter());
-            let mut anomalies = framing.anomalies(true);
+            let (fields, bytes) = req.headers.iter().fold((0, 0), |(f, b), h| {
+                (f + 1, b + h.name.len() + h.value.len())
+            });
+            let head = RequestHead::new(
+                req.method.unwrap_or_default(),
+                req.path.unwrap_or_default(),
+                fields,
+                bytes,
+            );
+            let mut r = collect_headers(&buf[..head_len], head, req.headers.iter());
+            r.anomalies = r.framing.anomalies(true);
             if has_bare_lf(&buf[..head_len]) {
-                anomalies.insert(Anomalies::BARE_LF);
+                r.anomalies.insert(Anomalies::BARE_LF);
             }
-            Parsed::Complete(RequestHead {
-                method: req.method.unwrap_or_default().to_string(),
-                target: req.path.unwrap_or_default().to_string(),
-                minor_version: req.version.unwrap_or(1),
-                headers,
-                framing,
-                head_len,
-                anomalies,
-            })
+            r.minor_version = req.version.unwrap_or(1);
+            r.head_len = head_len;
+            Parsed::Complete(r)
         }
     }
 }
@@ -590,13 +647,11 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
     if !looks_like_request(buf) {
         return None;
     }
-    let target = parts.next()?.to_string();
+    let target = parts.next()?;
     Some(Head::Request(RequestHead {
-        method: first.to_string(),
-        target,
         minor_version: 1,
         head_len: buf.len(),
-        ..RequestHead::default()
+        ..RequestHead::new(first, target, 0, 0)
     }))
 }
 
