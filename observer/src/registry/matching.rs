@@ -496,8 +496,15 @@ pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+    // memrchr/memchr: `rsplit_once(':')`'s char searcher was 0.5% of the live agent's samples (one call per event).
+    let b = host.as_bytes();
+    match memchr::memrchr(b':', b) {
+        Some(i)
+            if memchr::memchr(b':', &b[..i]).is_none()
+                && b[i + 1..].iter().all(u8::is_ascii_digit) =>
+        {
+            &host[..i]
+        }
         _ => host,
     }
 }
@@ -520,6 +527,24 @@ mod tests {
     use super::*;
     use crate::event::SharedStr;
     use crate::registry::load_str;
+
+    #[test]
+    fn strip_port_drops_a_numeric_port_only() {
+        for (host, bare) in [
+            ("api.example.com:8080", "api.example.com"),
+            ("api.example.com", "api.example.com"),
+            ("api.example.com:", "api.example.com"),
+            ("api.example.com:http", "api.example.com:http"),
+            ("[::1]:8080", "::1"),
+            ("[::1]", "::1"),
+            ("::1", "::1"),
+            ("fe80::1:443", "fe80::1:443"),
+            ("", ""),
+            (":80", ""),
+        ] {
+            assert_eq!(strip_port(host), bare, "{host:?}");
+        }
+    }
 
     fn snapshot(text: &str) -> Snapshot {
         let secret = KeySecret::from_bytes(b"matching-test-secret");
