@@ -496,15 +496,8 @@ pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    // memrchr/memchr: `rsplit_once(':')`'s char searcher was 0.5% of the live agent's samples (one call per event).
-    let b = host.as_bytes();
-    match memchr::memrchr(b':', b) {
-        Some(i)
-            if memchr::memchr(b':', &b[..i]).is_none()
-                && b[i + 1..].iter().all(u8::is_ascii_digit) =>
-        {
-            &host[..i]
-        }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     }
 }
