@@ -78,11 +78,6 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// Room for `fields` fields of `bytes` bytes in all.
-    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
-        Self::with_prefix(&[], fields, bytes)
-    }
-
     /// `prefix` back to back, then room for `fields` fields of `bytes` bytes in all.
     pub fn with_prefix(prefix: &[&str], fields: usize, bytes: usize) -> Self {
         let len: usize = prefix.iter().map(|p| p.len()).sum();
