@@ -141,25 +141,31 @@ impl Framing {
     /// Which framing field `name` is, if any. Compares lengths first: a head's other fields are told apart without
     /// reading their names.
     #[inline]
-    fn field(name: &str) -> Option<FramingField> {
+    fn field(name: &[u8]) -> Option<FramingField> {
         let (field, text) = match name.len() {
             10 => (FramingField::Connection, "connection"),
             14 => (FramingField::ContentLength, "content-length"),
             17 => (FramingField::TransferEncoding, "transfer-encoding"),
             _ => return None,
         };
-        super::eq_ignore_case(name.as_bytes(), text.as_bytes()).then_some(field)
+        super::eq_ignore_case(name, text.as_bytes()).then_some(field)
     }
 
     /// Whether a field named `name` says anything about framing (so [`Framing::add`] would take it into account).
     #[inline]
     pub fn is_framing_field(name: &str) -> bool {
+        Framing::field(name.as_bytes()).is_some()
+    }
+
+    /// [`Framing::is_framing_field`] of a name not yet read as text.
+    #[inline]
+    pub(super) fn is_framing_name(name: &[u8]) -> bool {
         Framing::field(name).is_some()
     }
 
     /// Takes one header field into account (value trimmed).
     pub fn add(&mut self, name: &str, value: &str) {
-        let Some(field) = Framing::field(name) else {
+        let Some(field) = Framing::field(name.as_bytes()) else {
             return;
         };
         let tokens = || value.split(',').map(str::trim);

@@ -5,10 +5,12 @@
 //! stored; [`BodyLength`] says how far the message extends and [`ChunkedDecoder`] walks chunked framing byte by byte
 //! across segment boundaries.
 //!
-//! This file holds the heads (request and status lines, header fields); `framing` what the fields say about the
-//! body and where another reader could disagree, `chunked` the chunk walker, `query` query strings.
+//! This file holds the heads (request and status lines, header fields); `plain` reads the common plain response head
+//! without httparse; `framing` what the fields say about the body and where another reader could disagree, `chunked`
+//! the chunk walker, `query` query strings.
 mod chunked;
 mod framing;
+mod plain;
 mod query;
 #[cfg(test)]
 mod tests;
@@ -524,8 +526,18 @@ fn request_head(
     }
 }
 
-/// Parses a response head at the start of `buf`.
+/// Parses a response head at the start of `buf`: a plain head (nearly every one) by hand in `plain`, any other by
+/// httparse.
 pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
+    match plain::response(buf) {
+        Some(head) => Ok(Parsed::Complete(head)),
+        None => parse_response_httparse(buf),
+    }
+}
+
+/// [`parse_response`] by httparse alone: what the hand-written path must agree with (the `http_head` fuzz target
+/// and the tests compare them).
+pub fn parse_response_httparse(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
     with_header_slots(buf, |headers| {
         let mut resp = httparse::Response::new(&mut []);
         let status = httparse::ParserConfig::default()

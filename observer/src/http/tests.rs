@@ -531,3 +531,54 @@ fn response_heads_refused_awaited_and_accepted() {
     assert!(r.anomalies.contains(Anomalies::BARE_LF));
     assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
 }
+
+/// The hand-written reading of plain response heads agrees with httparse: on realistic heads, on each of them cut
+/// anywhere, and with every position replaced by each byte that changes how a head reads (separators, line ends,
+/// controls, DEL, obs-text, digits, letters).
+#[test]
+fn plain_response_heads_read_as_httparse_reads_them() {
+    let heads: [&[u8]; 6] = [
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 20:00:00 GMT\r\n\
+Content-Type: application/json\r\nContent-Length: 612\r\nConnection: keep-alive\r\nETag: \"6565\"\r\n\r\nbody",
+        b"HTTP/1.0 204\r\nConnection: Keep-Alive\r\nX-Empty:\t\r\n\r\n",
+        b"HTTP/1.1 302 Found\r\nLocation: /x?a=1:2\r\nTransfer-Encoding: gzip, chunked \r\nContent-Length: 5, 5\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 500 \r\nContent-Length: x\r\nContent-Length:  7\t\r\nconnection: close\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",
+    ];
+    let same = |b: &[u8]| {
+        assert_eq!(
+            parse_response(b),
+            parse_response_httparse(b),
+            "{:?}",
+            String::from_utf8_lossy(b)
+        );
+    };
+    let replacements = b" \t\r\n:,;0129aAzZ-_\x00\x01\x0b\x7f\x80\xe9\xff";
+    let mut plain_read = 0;
+    for head in heads {
+        assert!(
+            matches!(plain::response(head), Some(r) if Ok(Parsed::Complete(r.clone())) == parse_response_httparse(head)),
+            "not read by hand: {:?}",
+            String::from_utf8_lossy(head)
+        );
+        for cut in 0..=head.len() {
+            same(&head[..cut]);
+        }
+        for at in 0..head.len() {
+            for &b in replacements {
+                let mut m = head.to_vec();
+                m[at] = b;
+                same(&m);
+                plain_read += usize::from(plain::response(&m).is_some());
+                // The same byte inserted rather than replacing one.
+                m[at] = head[at];
+                m.insert(at, b);
+                same(&m);
+            }
+        }
+    }
+    // Most single-byte changes leave a plain head plain: the comparison covered the hand-written path, not only
+    // the fallback.
+    assert!(plain_read > 1000, "{plain_read} mutated heads read by hand");
+}
