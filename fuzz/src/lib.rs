@@ -19,13 +19,19 @@ use observer_common::{
 
 /// HTTP heads: whichever head starts the bytes. A complete head's accessors must not panic, and no proper prefix
 /// of a complete head may parse as complete or fail: the flow engine relies on `Partial` when a head is split
-/// across segments. Responses read by hand must read as httparse reads them.
+/// across segments. Heads read by hand must read as httparse reads them.
 pub fn http_head(data: &[u8]) {
-    // The hand-written reading of plain response heads agrees with httparse on every input, taken or not.
+    // The hand-written reading of plain heads agrees with httparse on every input, taken or not.
     assert_eq!(
         http::parse_response(data),
         http::parse_response_httparse(data),
         "response head {:?}",
+        String::from_utf8_lossy(data)
+    );
+    assert_eq!(
+        http::parse_request(data),
+        http::parse_request_httparse(data),
+        "request head {:?}",
         String::from_utf8_lossy(data)
     );
     let Ok(Parsed::Complete(head)) = http::parse_head(data) else {

@@ -5,8 +5,8 @@
 //! stored; [`BodyLength`] says how far the message extends and [`ChunkedDecoder`] walks chunked framing byte by byte
 //! across segment boundaries.
 //!
-//! This file holds the heads (request and status lines, header fields); `plain` reads the common plain response head
-//! without httparse; `framing` what the fields say about the body and where another reader could disagree, `chunked`
+//! This file holds the heads (request and status lines, header fields); `plain` reads the common plain heads without
+//! httparse; `framing` what the fields say about the body and where another reader could disagree, `chunked`
 //! the chunk walker, `query` query strings.
 mod chunked;
 mod framing;
@@ -457,8 +457,18 @@ fn with_header_slots<'b, T>(
     }
 }
 
-/// Parses a request head at the start of `buf`.
+/// Parses a request head at the start of `buf`: a plain head (nearly every one) by hand in `plain`, any other by
+/// httparse.
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
+    match plain::request(buf) {
+        Some(head) => Ok(Parsed::Complete(head)),
+        None => parse_request_httparse(buf),
+    }
+}
+
+/// [`parse_request`] by httparse alone: what the hand-written path must agree with (the `http_head` fuzz target and
+/// the tests compare them).
+pub fn parse_request_httparse(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
     let err = match parse_request_utf8(buf) {
         Err(e) => e,
         ok => return ok,

@@ -532,9 +532,31 @@ fn response_heads_refused_awaited_and_accepted() {
     assert_eq!(r.body_length("GET"), Ok(BodyLength::Empty));
 }
 
-/// The hand-written reading of plain response heads agrees with httparse: on realistic heads, on each of them cut
-/// anywhere, and with every position replaced by each byte that changes how a head reads (separators, line ends,
-/// controls, DEL, obs-text, digits, letters).
+/// Every head built from `heads` by one change: cut anywhere, and each position replaced by (or preceded by) each
+/// byte that changes how a head reads (separators, line ends, controls, DEL, obs-text, digits, letters).
+fn mutations(heads: &[&[u8]]) -> Vec<Vec<u8>> {
+    let bytes = b" \t\r\n:,;/?0129aAzZ-_\"\x00\x01\x0b\x7f\x80\xe9\xff";
+    let mut out = Vec::new();
+    for head in heads {
+        for cut in 0..=head.len() {
+            out.push(head[..cut].to_vec());
+        }
+        for at in 0..head.len() {
+            for &b in bytes {
+                let mut m = head.to_vec();
+                m[at] = b;
+                out.push(m.clone());
+                m[at] = head[at];
+                m.insert(at, b);
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+/// The hand-written reading of plain response heads agrees with httparse on realistic heads and every mutation of
+/// them, and reads many of those itself (the comparison covers its path, not only the fallback).
 #[test]
 fn plain_response_heads_read_as_httparse_reads_them() {
     let heads: [&[u8]; 6] = [
@@ -546,39 +568,53 @@ Content-Type: application/json\r\nContent-Length: 612\r\nConnection: keep-alive\
         b"HTTP/1.1 500 \r\nContent-Length: x\r\nContent-Length:  7\t\r\nconnection: close\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n\r\n",
     ];
-    let same = |b: &[u8]| {
-        assert_eq!(
-            parse_response(b),
-            parse_response_httparse(b),
-            "{:?}",
-            String::from_utf8_lossy(b)
-        );
-    };
-    let replacements = b" \t\r\n:,;0129aAzZ-_\x00\x01\x0b\x7f\x80\xe9\xff";
-    let mut plain_read = 0;
     for head in heads {
         assert!(
-            matches!(plain::response(head), Some(r) if Ok(Parsed::Complete(r.clone())) == parse_response_httparse(head)),
-            "not read by hand: {:?}",
+            plain::response(head).is_some(),
+            "{:?}",
             String::from_utf8_lossy(head)
         );
-        for cut in 0..=head.len() {
-            same(&head[..cut]);
-        }
-        for at in 0..head.len() {
-            for &b in replacements {
-                let mut m = head.to_vec();
-                m[at] = b;
-                same(&m);
-                plain_read += usize::from(plain::response(&m).is_some());
-                // The same byte inserted rather than replacing one.
-                m[at] = head[at];
-                m.insert(at, b);
-                same(&m);
-            }
-        }
     }
-    // Most single-byte changes leave a plain head plain: the comparison covered the hand-written path, not only
-    // the fallback.
-    assert!(plain_read > 1000, "{plain_read} mutated heads read by hand");
+    let mut by_hand = 0;
+    for m in mutations(&heads) {
+        assert_eq!(
+            parse_response(&m),
+            parse_response_httparse(&m),
+            "{:?}",
+            String::from_utf8_lossy(&m)
+        );
+        by_hand += usize::from(plain::response(&m).is_some());
+    }
+    assert!(by_hand > 1000, "{by_hand} mutated heads read by hand");
+}
+
+/// As for responses: plain request heads read by hand read as httparse reads them, fields and all.
+#[test]
+fn plain_request_heads_read_as_httparse_reads_them() {
+    let heads: [&[u8]; 5] = [
+        b"GET /v1/orders/12345?x=1&y=%20 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: bench/1.0\r\n\
+Accept: application/json\r\nX-Api-Key: sk_live_0123\r\nX-Request-Id: 4bf92f35\r\n\r\n",
+        b"POST http://h.example:8080/p HTTP/1.0\r\nContent-Length: 5, 5\r\nConnection: keep-alive\r\nX-Empty:\t\r\n\r\nhello",
+        b"PUT * HTTP/1.1\r\nTransfer-Encoding: gzip, chunked \r\nExpect: 100-continue\r\nCookie: a=b; c=\"d e\"\r\n\r\n",
+        b"CONNECT h.example:443 HTTP/1.1\r\nHost: h.example:443\r\nProxy-Authorization: Basic  YTpi  \r\n\r\n",
+        b"OPTIONS / HTTP/1.1\r\n\r\n",
+    ];
+    for head in heads {
+        assert!(
+            plain::request(head).is_some(),
+            "{:?}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    let mut by_hand = 0;
+    for m in mutations(&heads) {
+        assert_eq!(
+            parse_request(&m),
+            parse_request_httparse(&m),
+            "{:?}",
+            String::from_utf8_lossy(&m)
+        );
+        by_hand += usize::from(plain::request(&m).is_some());
+    }
+    assert!(by_hand > 1000, "{by_hand} mutated heads read by hand");
 }
