@@ -52,13 +52,7 @@ impl Field {
 /// visible ASCII, a single space, `HTTP/1.0` or `HTTP/1.1`, then fields as [`fields`] reads them. None for anything
 /// else, complete or not, valid or not: httparse decides those.
 pub(super) fn request(buf: &[u8]) -> Option<RequestHead> {
-    let method = buf
-        .iter()
-        .take_while(|b| TOKEN_BYTE[usize::from(**b)])
-        .count();
-    if method == 0 || buf.get(method) != Some(&b' ') {
-        return None;
-    }
+    let method = token_before(buf, b' ')?;
     let line = line_end(buf, method + 1)?;
     // `line` ends after CRLF; before it, ` HTTP/1.x` and before that the target (no space, no tab in it).
     let version = line.checked_sub(11).filter(|&v| v > method + 1)?;
@@ -153,13 +147,7 @@ fn fields(buf: &[u8], mut at: usize, mut each: impl FnMut(Field) -> Option<()>) 
         }
         let next = line_end(buf, at)?;
         let line = &buf[at..next - 2];
-        let colon = line
-            .iter()
-            .take_while(|b| TOKEN_BYTE[usize::from(**b)])
-            .count();
-        if colon == 0 || line.get(colon) != Some(&b':') {
-            return None;
-        }
+        let colon = token_before(line, b':')?;
         let value = line[colon + 1..].trim_ascii();
         let value_at = at + (value.as_ptr() as usize - line.as_ptr() as usize);
         each(Field {
@@ -169,6 +157,19 @@ fn fields(buf: &[u8], mut at: usize, mut each: impl FnMut(Field) -> Option<()>) 
         })?;
         at = next;
     }
+}
+
+/// The length of the token that starts `bytes` when `end` follows it (a method and its space, a field name and its
+/// colon); None when it is empty or followed by anything else.
+fn token_before(bytes: &[u8], end: u8) -> Option<usize> {
+    let n = bytes
+        .iter()
+        .take_while(|b| TOKEN_BYTE[usize::from(**b)])
+        .count();
+    if n == 0 || bytes.get(n) != Some(&end) {
+        return None;
+    }
+    Some(n)
 }
 
 /// Where the line from `buf[from]` ends, after its CRLF, when it is plain. None when it is unfinished, ends in a bare

@@ -555,8 +555,26 @@ fn mutations(heads: &[&[u8]]) -> Vec<Vec<u8>> {
     out
 }
 
-/// The hand-written reading of plain response heads agrees with httparse on realistic heads and every mutation of
-/// them, and reads many of those itself (the comparison covers its path, not only the fallback).
+/// The hand-written reading of plain heads agrees with httparse on `heads` (each of which it reads) and every
+/// mutation of them, and reads many of those itself: the comparison covers its path, not only the fallback.
+fn plain_agrees_with_httparse<T: PartialEq + std::fmt::Debug>(
+    heads: &[&[u8]],
+    by_hand: fn(&[u8]) -> Option<T>,
+    parse: fn(&[u8]) -> Result<Parsed<T>, ParseError>,
+    httparse_only: fn(&[u8]) -> Result<Parsed<T>, ParseError>,
+) {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for head in heads {
+        assert!(by_hand(head).is_some(), "{:?}", text(head));
+    }
+    let mut read = 0;
+    for m in mutations(heads) {
+        assert_eq!(parse(&m), httparse_only(&m), "{:?}", text(&m));
+        read += usize::from(by_hand(&m).is_some());
+    }
+    assert!(read > 1000, "{read} mutated heads read by hand");
+}
+
 #[test]
 fn plain_response_heads_read_as_httparse_reads_them() {
     let heads: [&[u8]; 6] = [
@@ -568,27 +586,15 @@ Content-Type: application/json\r\nContent-Length: 612\r\nConnection: keep-alive\
         b"HTTP/1.1 500 \r\nContent-Length: x\r\nContent-Length:  7\t\r\nconnection: close\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n\r\n",
     ];
-    for head in heads {
-        assert!(
-            plain::response(head).is_some(),
-            "{:?}",
-            String::from_utf8_lossy(head)
-        );
-    }
-    let mut by_hand = 0;
-    for m in mutations(&heads) {
-        assert_eq!(
-            parse_response(&m),
-            parse_response_httparse(&m),
-            "{:?}",
-            String::from_utf8_lossy(&m)
-        );
-        by_hand += usize::from(plain::response(&m).is_some());
-    }
-    assert!(by_hand > 1000, "{by_hand} mutated heads read by hand");
+    plain_agrees_with_httparse(
+        &heads,
+        plain::response,
+        parse_response,
+        parse_response_httparse,
+    );
 }
 
-/// As for responses: plain request heads read by hand read as httparse reads them, fields and all.
+/// Fields and all: a request's fields are kept, where a response's are only read for framing.
 #[test]
 fn plain_request_heads_read_as_httparse_reads_them() {
     let heads: [&[u8]; 5] = [
@@ -599,22 +605,10 @@ Accept: application/json\r\nX-Api-Key: sk_live_0123\r\nX-Request-Id: 4bf92f35\r\
         b"CONNECT h.example:443 HTTP/1.1\r\nHost: h.example:443\r\nProxy-Authorization: Basic  YTpi  \r\n\r\n",
         b"OPTIONS / HTTP/1.1\r\n\r\n",
     ];
-    for head in heads {
-        assert!(
-            plain::request(head).is_some(),
-            "{:?}",
-            String::from_utf8_lossy(head)
-        );
-    }
-    let mut by_hand = 0;
-    for m in mutations(&heads) {
-        assert_eq!(
-            parse_request(&m),
-            parse_request_httparse(&m),
-            "{:?}",
-            String::from_utf8_lossy(&m)
-        );
-        by_hand += usize::from(plain::request(&m).is_some());
-    }
-    assert!(by_hand > 1000, "{by_hand} mutated heads read by hand");
+    plain_agrees_with_httparse(
+        &heads,
+        plain::request,
+        parse_request,
+        parse_request_httparse,
+    );
 }
