@@ -66,18 +66,45 @@ pub enum Parsed<T> {
     Partial,
 }
 
-/// Header fields of one message in two allocations, not two per field: names and values sit back to back in one
-/// string, `ends` marks where each name and each value ends. Requests carry a dozen fields or more, and they are
-/// parsed for every exchange. A request's method and target come first in the same string (its [`Headers::prefix`]):
-/// two allocations per request fewer than strings of their own.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Header fields of one message in two allocations, not two per field: names and values sit in one string, and
+/// `fields` says where each name and each value lies. Requests carry a dozen fields or more, and they are parsed for
+/// every exchange. A plain head's fields are that string as they were on the wire, copied once ([`Headers::from_wire`]);
+/// fields pushed one by one sit back to back. A request's method and target come first in the same string (its
+/// [`Headers::prefix`]): two allocations per request fewer than strings of their own.
+#[derive(Debug, Clone, Default)]
 pub struct Headers {
     text: String,
-    /// Per field: (end of the name, end of the value) in `text`.
-    ends: Vec<(u32, u32)>,
+    /// Per field: where its name and its value lie in `text`.
+    fields: Vec<FieldAt>,
     /// Bytes of `text` before the first field (the prefix).
     start: u32,
 }
+
+/// Where one field's name and value lie (`start..end` each) in a head or in [`Headers`]' text.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FieldAt {
+    pub(crate) name: (u32, u32),
+    pub(crate) value: (u32, u32),
+}
+
+impl FieldAt {
+    fn shifted(self, from: u32, to: u32) -> FieldAt {
+        let at = |(a, b): (u32, u32)| (a - from + to, b - from + to);
+        FieldAt {
+            name: at(self.name),
+            value: at(self.value),
+        }
+    }
+}
+
+/// Headers are equal when their prefixes and fields are, however their text is laid out.
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.prefix() == other.prefix() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 impl Headers {
     /// `prefix` back to back, then room for `fields` fields of `bytes` bytes in all.
@@ -90,8 +117,19 @@ impl Headers {
         Headers {
             start: text.len() as u32,
             text,
-            ends: Vec::with_capacity(fields),
+            fields: Vec::with_capacity(fields),
         }
+    }
+
+    /// `prefix`, then the fields of a head as they were on the wire: `wire`, which starts at `offset` in that head,
+    /// with each field where `at` says in the head. One copy of the fields' text, not one per name and value.
+    pub(crate) fn from_wire(prefix: &[&str], wire: &str, offset: u32, at: &[FieldAt]) -> Self {
+        let mut out = Self::with_prefix(prefix, at.len(), wire.len());
+        out.text.push_str(wire);
+        let start = out.start;
+        out.fields
+            .extend(at.iter().map(|f| f.shifted(offset, start)));
+        out
     }
 
     /// What was put before the fields ([`Headers::with_prefix`]).
@@ -102,30 +140,34 @@ impl Headers {
     /// The same fields after a new `prefix`.
     pub fn with_new_prefix(&self, prefix: &[&str]) -> Self {
         let fields = self.text.get(self.start as usize..).unwrap_or("");
-        let mut out = Self::with_prefix(prefix, self.ends.len(), fields.len());
+        let mut out = Self::with_prefix(prefix, 0, fields.len());
         out.text.push_str(fields);
-        let shift = |e: u32| e - self.start + out.start;
-        out.ends
-            .extend(self.ends.iter().map(|&(n, v)| (shift(n), shift(v))));
+        let (from, to) = (self.start, out.start);
+        out.fields = self.fields.iter().map(|f| f.shifted(from, to)).collect();
         out
     }
 
     pub fn push(&mut self, name: &str, value: &str) {
+        let at = |text: &String| text.len() as u32;
+        let name_at = at(&self.text);
         self.text.push_str(name);
-        let n = self.text.len() as u32;
+        let value_at = at(&self.text);
         self.text.push_str(value);
-        self.ends.push((n, self.text.len() as u32));
+        self.fields.push(FieldAt {
+            name: (name_at, value_at),
+            value: (value_at, at(&self.text)),
+        });
+    }
+
+    fn slice(&self, (start, end): (u32, u32)) -> &str {
+        self.text.get(start as usize..end as usize).unwrap_or("")
     }
 
     /// Every (name, value), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        let mut start = self.start as usize;
-        self.ends.iter().map(move |&(n, v)| {
-            let (n, v) = (n as usize, v as usize);
-            let field = (&self.text[start..n], &self.text[n..v]);
-            start = v;
-            field
-        })
+        self.fields
+            .iter()
+            .map(|f| (self.slice(f.name), self.slice(f.value)))
     }
 
     /// Every value of the fields named `name` (case-insensitive), in order.
@@ -145,33 +187,34 @@ impl Headers {
     /// looked up once and read again later costs no second lookup.
     pub fn find(&self, name: &str) -> Option<ValueAt> {
         let text = self.text.as_bytes();
-        let mut start = self.start as usize;
-        for &(n, v) in &self.ends {
-            let (n, v) = (n as usize, v as usize);
-            if n - start == name.len() && eq_ignore_case(&text[start..n], name.as_bytes()) {
-                return Some(ValueAt(n as u32, v as u32));
-            }
-            start = v;
-        }
-        None
+        self.fields
+            .iter()
+            .find(|f| {
+                let (start, end) = (f.name.0 as usize, f.name.1 as usize);
+                end - start == name.len()
+                    && text
+                        .get(start..end)
+                        .is_some_and(|n| eq_ignore_case(n, name.as_bytes()))
+            })
+            .map(|f| ValueAt(f.value.0, f.value.1))
     }
 
     /// The value [`Headers::find`] found in these fields ("" for a place that is not one of theirs).
     pub fn value_at(&self, ValueAt(start, end): ValueAt) -> &str {
-        self.text.get(start as usize..end as usize).unwrap_or("")
+        self.slice((start, end))
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.fields.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.fields.is_empty()
     }
 
     pub fn clear(&mut self) {
         self.text.clear();
-        self.ends.clear();
+        self.fields.clear();
         self.start = 0;
     }
 }

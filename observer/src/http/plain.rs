@@ -8,7 +8,7 @@
 //! callgrind). Here each line is checked eight bytes at a time, and a head is checked as text once.
 
 use super::framing::Framing;
-use super::{RequestHead, ResponseHead};
+use super::{FieldAt, Headers, RequestHead, ResponseHead};
 
 /// Bytes that make up a header name or a method (`tchar` of RFC 9110 §5.6.2), as a table: one load per byte.
 static TOKEN_BYTE: [bool; 256] = {
@@ -28,24 +28,9 @@ const REQUEST_FIELDS: usize = 32;
 /// rare, and a sign of trouble).
 const FRAMING_FIELDS: usize = 6;
 
-/// Where one field lies in its head: the name at `start..colon`, the value (trimmed) at `value.0..value.1`.
-#[derive(Clone, Copy, Default)]
-struct Field {
-    start: u32,
-    colon: u32,
-    value: (u32, u32),
-}
-
-impl Field {
-    fn name(self, head: &str) -> &str {
-        head.get(self.start as usize..self.colon as usize)
-            .unwrap_or("")
-    }
-
-    fn value(self, head: &str) -> &str {
-        head.get(self.value.0 as usize..self.value.1 as usize)
-            .unwrap_or("")
-    }
+/// The text of a field's name or value in `head` (where [`fields`] found it).
+fn text(head: &str, (start, end): (u32, u32)) -> &str {
+    head.get(start as usize..end as usize).unwrap_or("")
 }
 
 /// The request head at the start of `buf` when it is complete and plain: a method token, a single space, a target of
@@ -64,7 +49,7 @@ pub(super) fn request(buf: &[u8]) -> Option<RequestHead> {
     if buf[target.clone()].iter().any(|&b| b == b' ' || b == b'\t') {
         return None;
     }
-    let mut at = [Field::default(); REQUEST_FIELDS];
+    let mut at = [FieldAt::default(); REQUEST_FIELDS];
     let mut found = 0;
     let head_len = fields(buf, line, |f| {
         *at.get_mut(found)? = f;
@@ -73,15 +58,17 @@ pub(super) fn request(buf: &[u8]) -> Option<RequestHead> {
     })?;
     let head = std::str::from_utf8(&buf[..head_len]).ok()?;
     let at = &at[..found];
-    let bytes = at
-        .iter()
-        .map(|f| f.name(head).len() + f.value(head).len())
-        .sum();
-    let mut r = RequestHead::new(&head[..method], &head[target], found, bytes);
+    // The fields' lines copied once, as they were; each field found where `fields` saw it.
+    let wire = (&head[line..], u32::try_from(line).ok()?);
+    let mut r = RequestHead {
+        headers: Headers::from_wire(&[&head[..method], &head[target]], wire.0, wire.1, at),
+        method_len: u32::try_from(method).ok()?,
+        ..RequestHead::default()
+    };
     for f in at {
-        let (name, value) = (f.name(head), f.value(head));
-        r.framing.add(name, value);
-        r.headers.push(name, value);
+        if Framing::is_framing_name(text(head, f.name).as_bytes()) {
+            r.framing.add(text(head, f.name), text(head, f.value));
+        }
     }
     r.anomalies = r.framing.anomalies(true);
     r.minor_version = minor - b'0';
@@ -111,10 +98,10 @@ pub(super) fn response(buf: &[u8]) -> Option<ResponseHead> {
         _ => return None,
     };
     // Only the framing fields of a response are read, as text once the whole head is known to be plain.
-    let mut at = [Field::default(); FRAMING_FIELDS];
+    let mut at = [FieldAt::default(); FRAMING_FIELDS];
     let mut found = 0;
     let head_len = fields(buf, line_end(buf, reason_at)?, |f| {
-        if Framing::is_framing_name(&buf[f.start as usize..f.colon as usize]) {
+        if Framing::is_framing_name(&buf[f.name.0 as usize..f.name.1 as usize]) {
             *at.get_mut(found)? = f;
             found += 1;
         }
@@ -123,7 +110,7 @@ pub(super) fn response(buf: &[u8]) -> Option<ResponseHead> {
     let head = std::str::from_utf8(&buf[..head_len]).ok()?;
     let mut framing = Framing::default();
     for f in &at[..found] {
-        framing.add(f.name(head), f.value(head));
+        framing.add(text(head, f.name), text(head, f.value));
     }
     Some(ResponseHead {
         minor_version: minor - b'0',
@@ -138,7 +125,7 @@ pub(super) fn response(buf: &[u8]) -> Option<ResponseHead> {
 /// that line). Each line is `name:value` with a token for a name and visible ASCII, spaces and tabs for the rest,
 /// ended by CRLF; `each` gets where each field lies and may refuse it. None when a line is not so, or the head is
 /// unfinished.
-fn fields(buf: &[u8], mut at: usize, mut each: impl FnMut(Field) -> Option<()>) -> Option<usize> {
+fn fields(buf: &[u8], mut at: usize, mut each: impl FnMut(FieldAt) -> Option<()>) -> Option<usize> {
     // Offsets into `buf` fit a field's `u32`s: the capture hands over far less than 4 GiB at a time.
     let offset = |i: usize| u32::try_from(i).ok();
     loop {
@@ -150,9 +137,8 @@ fn fields(buf: &[u8], mut at: usize, mut each: impl FnMut(Field) -> Option<()>) 
         let colon = token_before(line, b':')?;
         let value = line[colon + 1..].trim_ascii();
         let value_at = at + (value.as_ptr() as usize - line.as_ptr() as usize);
-        each(Field {
-            start: offset(at)?,
-            colon: offset(at + colon)?,
+        each(FieldAt {
+            name: (offset(at)?, offset(at + colon)?),
             value: (offset(value_at)?, offset(value_at + value.len())?),
         })?;
         at = next;
