@@ -59,9 +59,14 @@ pub(super) fn request(buf: &[u8]) -> Option<RequestHead> {
     let head = std::str::from_utf8(&buf[..head_len]).ok()?;
     let at = &at[..found];
     // The fields' lines copied once, as they were; each field found where `fields` saw it.
-    let wire = (&head[line..], u32::try_from(line).ok()?);
+    let fields_at = u32::try_from(line).ok()?;
     let mut r = RequestHead {
-        headers: Headers::from_wire(&[&head[..method], &head[target]], wire.0, wire.1, at),
+        headers: Headers::from_wire(
+            &[&head[..method], &head[target]],
+            &head[line..],
+            fields_at,
+            at,
+        ),
         method_len: u32::try_from(method).ok()?,
         ..RequestHead::default()
     };
