@@ -331,7 +331,7 @@ pub fn flow(data: &[u8]) {
     for ex in &out {
         let e = &ex.event;
         assert!(
-            e.method.len() <= 64 || e.method.is_empty(),
+            e.method.len() <= observer_common::MAX_METHOD_LEN,
             "method of {} bytes",
             e.method.len()
         );

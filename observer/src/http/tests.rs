@@ -106,6 +106,20 @@ fn partial_and_errors() {
     assert_eq!(parse_head(b"HTT"), Ok(Parsed::Partial));
     assert_eq!(parse_head(b""), Ok(Parsed::Partial));
     assert_eq!(parse_head(b"\x00\x01binary"), Err(ParseError::NotHttp));
+    // A method longer than the classifier's longest is not one, complete or not; the longest still is.
+    let method = |n: usize| format!("{} / HTTP/1.1\r\n\r\n", "A".repeat(n));
+    assert_eq!(
+        parse_head(method(MAX_METHOD_LEN + 1).as_bytes()),
+        Err(ParseError::NotHttp)
+    );
+    assert_eq!(
+        parse_head(&method(99).as_bytes()[..40]),
+        Err(ParseError::NotHttp)
+    );
+    assert!(matches!(
+        parse_head(method(MAX_METHOD_LEN).as_bytes()),
+        Ok(Parsed::Complete(_))
+    ));
     assert!(
         matches!(
             parse_head(b"GET / HTTP/9.9\r\n\r\n"),
