@@ -639,12 +639,16 @@ fn is_response_prefix(buf: &[u8]) -> bool {
 
 /// The bytes start with a method token (token characters, then a space), as the kernel classifier requires.
 pub fn looks_like_request(buf: &[u8]) -> bool {
-    let token_len = buf
-        .iter()
+    let token_len = method_len(buf);
+    (1..=MAX_METHOD_LEN).contains(&token_len) && buf.get(token_len) == Some(&b' ')
+}
+
+/// The token characters `buf` starts with, counted up to one past [`MAX_METHOD_LEN`] (a longer token is no method).
+fn method_len(buf: &[u8]) -> usize {
+    buf.iter()
         .take(MAX_METHOD_LEN + 1)
         .take_while(|b| is_tchar(**b))
-        .count();
-    (1..=MAX_METHOD_LEN).contains(&token_len) && buf.get(token_len) == Some(&b' ')
+        .count()
 }
 
 /// Parses whichever head starts `buf`: a response if it begins with `HTTP/`, else a request.
@@ -664,11 +668,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<Head>, ParseError> {
     // A request starts with a method token no longer than any the kernel's classifier starts a message with (and
     // `looks_like_request` pairs): longer ones are not read as a method, whatever follows (the flow fuzz target
     // delivered a 99-byte one as a message start and saw it reported).
-    let method = buf
-        .iter()
-        .take(MAX_METHOD_LEN + 1)
-        .take_while(|b| is_tchar(**b))
-        .count();
+    let method = method_len(buf);
     if method == 0 || method > MAX_METHOD_LEN {
         return Err(ParseError::NotHttp);
     }
