@@ -217,7 +217,7 @@ pub fn flow(data: &[u8]) {
     let mut engine = Engine::new(cfg, Box::new(resolver));
     let mut seq = [1_000u32, 5_000_000u32];
     let mut now: u64 = 1_000_000_000;
-    let mut out = Vec::new();
+    let mut out = observer::event::Exchanges::default();
     let mut delivered: Vec<Record> = Vec::new();
     let mut held: Option<Record> = None;
     for step in steps.iter().take(64) {
@@ -328,8 +328,7 @@ pub fn flow(data: &[u8]) {
     }
     engine.finish();
     engine.drain(&mut out);
-    for ex in &out {
-        let e = &ex.event;
+    for e in out.events() {
         assert!(
             e.method.len() <= observer_common::MAX_METHOD_LEN,
             "method of {} bytes",

@@ -64,10 +64,11 @@ fn exchange(host: &str, path: &str, headers: &[(&str, &str)]) -> Exchange {
             client_cgroup: "/kubepods.slice/burstable/pod-x/app-199-abc".into(),
             ..Event::default()
         },
-        request_headers: headers.iter().copied().collect(),
-        raw_query: "page=2&size=50".into(),
-        body_prefix: Default::default(),
-        propagated: None,
+        request: event::RequestExtras {
+            headers: headers.iter().copied().collect(),
+            raw_query: "page=2&size=50".into(),
+            ..event::RequestExtras::default()
+        },
     }
 }
 

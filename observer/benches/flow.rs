@@ -11,7 +11,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use observer::enrich;
-use observer::event::{Exchange, Timestamp};
+use observer::event::{Exchanges, Timestamp};
 use observer::origin::{OriginConfig, Tracker};
 use observer::registry::Snapshot;
 
@@ -19,7 +19,7 @@ use observer::registry::Snapshot;
 /// decided is left in `events`.
 fn through_origin(
     conn: &mut Loopback,
-    out: &mut Vec<Exchange>,
+    out: &mut Exchanges,
     snap: &Snapshot,
     tracker: &mut Tracker,
     now: &mut Timestamp,
@@ -30,7 +30,7 @@ fn through_origin(
     for s in conn.started.drain(..) {
         tracker.started(&s, *now);
     }
-    let mut ex = out.pop().expect("exchange");
+    let mut ex = out.drain().next().expect("exchange");
     enrich::enrich(snap, &mut ex);
     tracker.complete(ex, *now);
     tracker.tick(*now);
@@ -41,28 +41,28 @@ fn bench(c: &mut Criterion) {
     let snap = loopback::registry();
 
     let mut conn = Loopback::new(1, false);
-    let mut out = Vec::with_capacity(16);
+    let mut out = Exchanges::default();
     conn.exchange(&mut out);
     assert_eq!(
         out.len(),
         1,
         "one request and one response make one exchange"
     );
-    out.clear();
+    out = Exchanges::default();
 
     let mut g = c.benchmark_group("per_exchange");
     g.throughput(Throughput::Elements(1));
     g.bench_function("flow_reassemble_parse_pair", |b| {
         b.iter(|| {
             conn.exchange(&mut out);
-            black_box(out.pop());
+            black_box(out.drain().next());
         })
     });
     let mut line = Vec::with_capacity(2048);
     g.bench_function("flow_enrich_ndjson", |b| {
         b.iter(|| {
             conn.exchange(&mut out);
-            let mut ex = out.pop().expect("exchange");
+            let mut ex = out.drain().next().expect("exchange");
             enrich::enrich(&snap, &mut ex);
             line.clear();
             observer::sink::ndjson::write_event(&ex.event, &mut line);
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("flow_enrich_rowbinary", |b| {
         b.iter(|| {
             conn.exchange(&mut out);
-            let mut ex = out.pop().expect("exchange");
+            let mut ex = out.drain().next().expect("exchange");
             enrich::enrich(&snap, &mut ex);
             if rows.len() > (1 << 20) - 4096 {
                 rows.clear();

@@ -144,7 +144,7 @@ fn measure(n: u32, max_connections: usize) -> (f64, usize, u64) {
         Box::new(resolver),
     );
     let resp = response();
-    let mut out = Vec::new();
+    let mut out = observer::event::Exchanges::default();
     let mut ts = 1_000_000_000u64;
     for i in 0..n {
         let mut c = Loopback::new(i);
@@ -153,7 +153,7 @@ fn measure(n: u32, max_connections: usize) -> (f64, usize, u64) {
         c.segment(&mut eng, 1, &resp, ts + 60_000);
         ts += 100_000;
         if out.len() >= 1024 {
-            out.clear();
+            out = observer::event::Exchanges::default();
         }
         eng.drain(&mut out);
     }

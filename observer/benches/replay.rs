@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use observer::enrich;
-use observer::event::Event;
+use observer::event::{Event, Exchanges};
 use observer::sink::clickhouse::rowbinary::encode_event;
 use observer::sink::ndjson::write_event;
 
@@ -100,7 +100,7 @@ fn main() {
     }
     let snap = loopback::registry();
     let mut lo = loopback::Loopback::new(conns, false);
-    let mut out = Vec::with_capacity(BATCH);
+    let mut out = Exchanges::default();
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut run = |n: u64| {
@@ -110,26 +110,28 @@ fn main() {
             for _ in 0..k {
                 lo.exchange(&mut out);
             }
-            for ex in &mut out {
-                enrich::enrich(&snap, ex);
+            // As the agent does: enriched where they lie, the events taken as the batch, encoded by reference
+            // and dropped with the batch (on a sink's thread in the agent).
+            for (ev, req) in out.iter_mut() {
+                enrich::enrich_with(&snap, ev, req, enrich::KubeEnds::default());
             }
-            batch.extend(out.drain(..).map(|ex| ex.event));
+            out.move_events_into(&mut batch);
             done += batch.len() as u64;
-            for ev in batch.drain(..) {
+            for ev in &batch {
                 if buf.len() > (1 << 20) - 4096 {
                     buf.clear();
                 }
                 match sink {
-                    Sink::RowBinary => encode_event(&mut buf, &ev),
+                    Sink::RowBinary => encode_event(&mut buf, ev),
                     Sink::Ndjson => {
-                        write_event(&ev, &mut buf);
+                        write_event(ev, &mut buf);
                         buf.push(b'\n');
                     }
                     Sink::None => {}
                 }
                 black_box(&buf);
-                drop(ev);
             }
+            batch.clear();
         }
     };
     // Warm-up: tables, buffers and the allocator's pages reach their steady state.

@@ -321,7 +321,7 @@ fn capture_loop(
         origin_metrics,
     }: Reading,
 ) {
-    let mut out = Vec::new();
+    let mut out = crate::event::Exchanges::default();
     let mut started = Vec::new();
     let mut last_tick = Instant::now();
     // The agent's own exchanges (ClickHouse inserts, /metrics scrapes) are not reported: each insert would be an
@@ -362,22 +362,22 @@ fn capture_loop(
             }
         }
         let before = out.len();
-        out.retain(|ex| {
-            let own = ex.event.client_pid == own_pid || ex.event.server_pid == own_pid;
+        out.retain(|ev| {
+            let own = ev.client_pid == own_pid || ev.server_pid == own_pid;
             if let (true, Some(origin)) = (own, origin.as_mut()) {
-                origin.forget(&ex.event);
+                origin.forget(ev);
             }
             !own
         });
         counts.own_exchanges.inc_by((before - out.len()) as u64);
-        // Enriched where they lie, then each event is moved once, into the batch (through the origin tracker, which
-        // may hold it until its parent is known, with `--origin`): exchanges are large.
-        for ex in &mut out {
-            enricher.enrich(ex);
+        // Enriched where they lie; then the events become the batch as they lie (or go through the origin tracker,
+        // which may hold each until its parent is known, with `--origin`): events are large.
+        for (ev, req) in out.iter_mut() {
+            enricher.enrich(ev, req);
         }
         match origin.as_mut() {
             Some(origin) => {
-                for ex in out.drain(..) {
+                for ex in out.drain() {
                     origin.complete(ex, now);
                 }
                 if tick {
@@ -389,7 +389,7 @@ fn capture_loop(
                 }
                 origin.drain(&mut batch);
             }
-            None => batch.extend(out.drain(..).map(|ex| ex.event)),
+            None => out.move_events_into(&mut batch),
         }
         // One hand-over per [`HANDOVER_EVENTS`] or poll interval: the sink tasks wake once, not once per event or
         // per drain.

@@ -5,7 +5,7 @@
 //! [`Enricher::enrich`] on every exchange before it goes to the sinks.
 use std::sync::Arc;
 
-use crate::event::{AttributedBy, Event, Exchange, KeyState, SharedStr, Timestamp};
+use crate::event::{AttributedBy, Event, Exchange, KeyState, RequestExtras, SharedStr, Timestamp};
 use crate::http::Headers;
 use crate::registry::{
     infer_template, AppText, Auth, AuthKind, LiveRegistry, ServerEnd, Snapshot, DEFAULT_KEY_HEADERS,
@@ -37,26 +37,31 @@ impl Enricher {
         &self.live
     }
 
-    /// Fills the business-context fields of `ex.event` from the current registry snapshot (and, with
-    /// `--kubernetes`, the pod fields from the current pod index).
-    pub fn enrich(&self, ex: &mut Exchange) {
+    /// Fills the business-context fields of `ev` from the current registry snapshot and what its request
+    /// carried (and, with `--kubernetes`, the pod fields from the current pod index).
+    pub fn enrich(&self, ev: &mut Event, req: &RequestExtras) {
         let snap = self.live.load();
         match &self.pods {
-            None => enrich_with(&snap, ex, KubeEnds::default()),
-            Some(pods) => enrich_on_kubernetes(&snap, &pods.view(), ex),
+            None => enrich_with(&snap, ev, req, KubeEnds::default()),
+            Some(pods) => enrich_on_kubernetes(&snap, &pods.view(), ev, req),
         }
     }
 }
 
 /// [`enrich`] on Kubernetes: sets the pod fields of both ends from `pods` (see [`crate::kube::PodIndex::fill`]),
 /// then matches APIs with the Services the server's address backs and applications with the client's pod.
-pub fn enrich_on_kubernetes(snap: &Snapshot, pods: &crate::kube::PodIndex, ex: &mut Exchange) {
-    let client = pods.fill(&mut ex.event);
+pub fn enrich_on_kubernetes(
+    snap: &Snapshot,
+    pods: &crate::kube::PodIndex,
+    ev: &mut Event,
+    req: &RequestExtras,
+) {
+    let client = pods.fill(ev);
     let kube = KubeEnds {
         client: client.map(|p| &**p),
-        server_services: pods.services(ex.event.dst_ip, ex.event.dst_port),
+        server_services: pods.services(ev.dst_ip, ev.dst_port),
     };
-    enrich_with(snap, ex, kube);
+    enrich_with(snap, ev, req, kube);
 }
 
 /// What pod identity (`--kubernetes`) knows of an exchange's ends, for the registry's Kubernetes terms.
@@ -71,18 +76,17 @@ pub struct KubeEnds<'a> {
 /// Fills `api_*`, `route`, `app_*`, `line_of_business`, `key_*` and `attributed_by` of `ex.event` from `snap`.
 /// Key states are judged at the event's time (`ts`; now when unset).
 pub fn enrich(snap: &Snapshot, ex: &mut Exchange) {
-    enrich_with(snap, ex, KubeEnds::default())
+    enrich_with(snap, &mut ex.event, &ex.request, KubeEnds::default())
 }
 
 /// [`enrich`], with what is known of the ends on Kubernetes (for the registry's Kubernetes terms).
-pub fn enrich_with(snap: &Snapshot, ex: &mut Exchange, kube: KubeEnds<'_>) {
-    let Exchange {
-        event: ev,
-        request_headers,
+pub fn enrich_with(snap: &Snapshot, ev: &mut Event, req: &RequestExtras, kube: KubeEnds<'_>) {
+    let RequestExtras {
+        headers: request_headers,
         raw_query,
         body_prefix,
         propagated,
-    } = ex;
+    } = req;
     let now = if ev.ts.0 > 0 { ev.ts } else { Timestamp::now() };
 
     // --- API and route ---
@@ -436,10 +440,10 @@ mod tests {
                 dst_port: 443,
                 ..Event::default()
             },
-            request_headers: headers.iter().copied().collect(),
-            raw_query: String::new(),
-            body_prefix: Default::default(),
-            propagated: None,
+            request: RequestExtras {
+                headers: headers.iter().copied().collect(),
+                ..RequestExtras::default()
+            },
         }
     }
 
@@ -464,9 +468,9 @@ mod tests {
         };
         assert!(looked_up.0 != 0 && looked_up.1 != 0);
         let mut ex = exchange("GET", "h", "/", &fields);
-        ex.propagated = Some(crate::event::PropagatedAt {
-            request_id: ex.request_headers.find("x-request-id"),
-            traceparent: ex.request_headers.find("traceparent"),
+        ex.request.propagated = Some(crate::event::PropagatedAt {
+            request_id: ex.request.headers.find("x-request-id"),
+            traceparent: ex.request.headers.find("traceparent"),
         });
         enrich(&snap, &mut ex);
         assert_eq!(
@@ -475,7 +479,7 @@ mod tests {
         );
         // Found absent: no hash, whatever the headers hold.
         let mut ex = exchange("GET", "h", "/", &fields);
-        ex.propagated = Some(crate::event::PropagatedAt::default());
+        ex.request.propagated = Some(crate::event::PropagatedAt::default());
         enrich(&snap, &mut ex);
         assert_eq!((ex.event.trace_id_hash, ex.event.request_id_hash), (0, 0));
     }
@@ -658,7 +662,7 @@ mod tests {
 
         let partner = |date: &str, api_host: &str, path: &str| {
             let mut ex = exchange("GET", api_host, path, &[]);
-            ex.raw_query = format!("limit=5&api_key={PARTNER_KEY}");
+            ex.request.raw_query = format!("limit=5&api_key={PARTNER_KEY}");
             ex.event.ts = ts(date);
             run(&snap, ex)
         };
@@ -765,7 +769,7 @@ mod tests {
             (KeyState::Valid, "warehouse-sync")
         );
         assert_eq!(ev.route, "/stock/{sku}");
-        ex.request_headers = [("authorization", "basic d2FyZWhvdXNlLXN5bmM")]
+        ex.request.headers = [("authorization", "basic d2FyZWhvdXNlLXN5bmM")]
             .into_iter()
             .collect();
         assert_eq!(
@@ -773,7 +777,7 @@ mod tests {
             KeyState::Valid,
             "unpadded base64, no password, lower-case scheme"
         );
-        ex.request_headers = [("authorization", "Basic !!!")].into_iter().collect();
+        ex.request.headers = [("authorization", "Basic !!!")].into_iter().collect();
         assert_eq!(
             run(&snap, ex.clone()).key_state,
             KeyState::None,
@@ -986,7 +990,7 @@ mod tests {
         let snap = example();
         let with_query = |q: &str| {
             let mut ex = exchange("GET", "api.example.com", "/v1/payments/42", &[]);
-            ex.raw_query = q.into();
+            ex.request.raw_query = q.into();
             run(&snap, ex).request_hash
         };
         let a = with_query("page=2&size=50");
@@ -1033,12 +1037,12 @@ mod tests {
         );
         // The Host header stands in for an empty host, as for API matching.
         let mut ex = exchange("GET", "", "/v1/payments/42", &[("Host", "api.example.com")]);
-        ex.raw_query = "page=2&size=50".into();
+        ex.request.raw_query = "page=2&size=50".into();
         assert_eq!(run(&snap, ex).request_hash, a);
         // The captured body prefix counts: the same request with another body is another request.
         let with_body = |body: &[u8]| {
             let mut ex = exchange("POST", "api.example.com", "/v1/payments", &[]);
-            ex.body_prefix = body.into();
+            ex.request.body_prefix = body.into();
             run(&snap, ex).request_hash
         };
         assert_eq!(with_body(b"{\"amount\":10}"), with_body(b"{\"amount\":10}"));
@@ -1140,7 +1144,7 @@ mod tests {
         enrich(&snap, &mut ex);
         assert_eq!(ex.event.app_id, "mobile-checkout");
         ex.event.host = "elsewhere.net".into();
-        ex.request_headers.clear();
+        ex.request.headers.clear();
         enrich(&snap, &mut ex);
         let ev = &ex.event;
         assert!(
@@ -1178,7 +1182,7 @@ mod tests {
             .expect("empty registry opens");
         let enricher = Enricher::new(live.clone());
         let mut ex = exchange("GET", "h", "/a/1", &[]);
-        enricher.enrich(&mut ex);
+        enricher.enrich(&mut ex.event, &ex.request);
         assert_eq!(ex.event.route, "/a/{id}");
         assert_eq!(enricher.live().generation(), 0);
     }
@@ -1224,7 +1228,7 @@ mod tests {
             ex.event.src_ip = ip("10.244.1.5");
             ex.event.dst_ip = ip(dst);
             ex.event.dst_port = port;
-            enrich_on_kubernetes(&snap, &index, &mut ex);
+            enrich_on_kubernetes(&snap, &index, &mut ex.event, &ex.request);
             ex.event
         };
         let ev = at("10.244.2.7", 8080);

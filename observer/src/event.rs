@@ -364,21 +364,104 @@ impl Empty for IpAddr {
     }
 }
 
-/// What `flow` hands to `enrich`: the event plus request material that may hold secrets. Only `event` outlives
-/// enrichment; the rest is dropped in the agent's memory and never serialized.
+/// One finished exchange: the event plus the request material that may hold secrets. Only `event` outlives
+/// enrichment; `request` is dropped in the agent's memory and never serialized.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exchange {
     pub event: Event,
-    /// Request headers as captured (name, value), in order; may contain credentials.
-    pub request_headers: crate::http::Headers,
-    /// Raw query string without the leading `?` (may contain credentials).
+    pub request: RequestExtras,
+}
+
+/// What a request carried that enrichment reads and nothing stores (it may hold credentials).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestExtras {
+    /// Request headers as captured (name, value), in order.
+    pub headers: crate::http::Headers,
+    /// Raw query string without the leading `?`.
     pub raw_query: String,
-    /// The first bytes of the request's body as captured (may contain credentials): only hashed into
-    /// `request_hash`, never stored.
+    /// The first bytes of the request's body as captured: only hashed into `request_hash`.
     pub body_prefix: BodyPrefix,
-    /// Where `request_headers` hold `X-Request-Id` and `traceparent`, when flow looked them up already (None:
-    /// enrichment looks them up).
+    /// Where `headers` hold `X-Request-Id` and `traceparent`, when flow looked them up already (None: enrichment
+    /// looks them up).
     pub propagated: Option<PropagatedAt>,
+}
+
+/// Finished exchanges as `flow` hands them over: the events in one vector and their request material in another,
+/// side by side. Enrichment reads both; then the events go to the sinks as they lie, where taking each out of an
+/// [`Exchange`] copied it (an [`Event`] is about 500 bytes).
+#[derive(Debug, Default)]
+pub struct Exchanges {
+    events: Vec<Event>,
+    /// `requests[i]` is what `events[i]`'s request carried.
+    requests: Vec<RequestExtras>,
+}
+
+impl Exchanges {
+    pub fn push(&mut self, Exchange { event, request }: Exchange) {
+        self.events.push(event);
+        self.requests.push(request);
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Moves every exchange of `other` to the end of these (handing its vectors over when these are empty).
+    pub fn append(&mut self, other: &mut Exchanges) {
+        if self.is_empty() {
+            std::mem::swap(self, other);
+        } else {
+            self.events.append(&mut other.events);
+            self.requests.append(&mut other.requests);
+        }
+    }
+
+    /// Keeps the exchanges whose event `keep` accepts, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Event) -> bool) {
+        // Kept ones swap forward past the dropped ones: both vectors stay in step, with no allocation.
+        let mut kept = 0;
+        for i in 0..self.events.len() {
+            if keep(&self.events[i]) {
+                self.events.swap(kept, i);
+                self.requests.swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.events.truncate(kept);
+        self.requests.truncate(kept);
+    }
+
+    /// Each exchange's event, to change, with its request's material.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&mut Event, &RequestExtras)> {
+        self.events.iter_mut().zip(self.requests.iter())
+    }
+
+    /// Takes every exchange out, in order.
+    pub fn drain(&mut self) -> impl Iterator<Item = Exchange> + '_ {
+        self.events
+            .drain(..)
+            .zip(self.requests.drain(..))
+            .map(|(event, request)| Exchange { event, request })
+    }
+
+    /// Moves every event to the end of `out` (handing the vector over when `out` is empty) and drops the requests'
+    /// material.
+    pub fn move_events_into(&mut self, out: &mut Vec<Event>) {
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.events);
+        } else {
+            out.append(&mut self.events);
+        }
+        self.requests.clear();
+    }
 }
 
 /// Where a request's propagated ids lie in its headers (None: the field is absent).
@@ -486,5 +569,67 @@ mod tests {
             ),
             (Side::Client, KeyState::None, AttributedBy::None)
         );
+    }
+
+    /// An exchange whose event and request material both carry `n`, to check that they stay paired.
+    fn numbered(n: u16) -> Exchange {
+        Exchange {
+            event: Event {
+                src_port: n,
+                ..Event::default()
+            },
+            request: RequestExtras {
+                raw_query: n.to_string(),
+                ..RequestExtras::default()
+            },
+        }
+    }
+
+    fn ports(x: &Exchanges) -> Vec<u16> {
+        x.events().iter().map(|e| e.src_port).collect()
+    }
+
+    #[test]
+    fn exchanges_keep_events_and_requests_in_step() {
+        let mut a = Exchanges::default();
+        for n in 0..10 {
+            a.push(numbered(n));
+        }
+        // Drop the odd ones and 4: the rest keep their order and their own request.
+        a.retain(|e| e.src_port % 2 == 0 && e.src_port != 4);
+        assert_eq!(ports(&a), [0, 2, 6, 8]);
+        for (ev, req) in a.iter_mut() {
+            assert_eq!(req.raw_query, ev.src_port.to_string());
+            ev.status = 200;
+        }
+        // Appending to an empty set hands the vectors over; to a filled one, adds after.
+        let mut b = Exchanges::default();
+        b.append(&mut a);
+        assert!(a.is_empty());
+        a.push(numbered(11));
+        a.append(&mut b);
+        assert_eq!(ports(&a), [11, 0, 2, 6, 8]);
+        assert!(b.is_empty());
+        let back: Vec<Exchange> = a.drain().collect();
+        assert!(a.is_empty());
+        assert_eq!(back.len(), 5);
+        assert!(back
+            .iter()
+            .all(|x| x.request.raw_query == x.event.src_port.to_string()));
+        assert_eq!(back[1].event.status, 200);
+        // The events go to a batch whole, after what it holds; the requests' material is dropped.
+        let mut batch = vec![numbered(20).event];
+        back.into_iter().for_each(|x| a.push(x));
+        a.move_events_into(&mut batch);
+        assert_eq!(
+            batch.iter().map(|e| e.src_port).collect::<Vec<_>>(),
+            [20, 11, 0, 2, 6, 8]
+        );
+        assert!(a.is_empty() && a.requests.is_empty());
+        a.push(numbered(30));
+        let mut empty = Vec::new();
+        a.move_events_into(&mut empty);
+        assert_eq!(empty.len(), 1);
+        assert!(a.is_empty() && a.requests.is_empty());
     }
 }

@@ -329,7 +329,7 @@ impl Tracker {
         let key = (event.conn_id, event.ts.0);
         let (trace, request_id) = match self.requests.get(&key) {
             Some(r) => (r.trace, r.request_id),
-            None => id_hashes(&ex.request_headers),
+            None => id_hashes(&ex.request.headers),
         };
         self.finish_request(&event, trace, request_id, now.0);
         let h = Held {
@@ -893,10 +893,10 @@ mod tests {
                     },
                     ..Event::default()
                 },
-                request_headers: self.headers.iter().copied().collect(),
-                raw_query: String::new(),
-                body_prefix: Default::default(),
-                propagated: None,
+                request: crate::event::RequestExtras {
+                    headers: self.headers.iter().copied().collect(),
+                    ..crate::event::RequestExtras::default()
+                },
             }
         }
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use observer::cgroups::CgroupResolver;
-use observer::event::{Exchange, SharedStr};
+use observer::event::{Exchanges, SharedStr};
 use observer::flow::{Engine, FlowConfig};
 use observer::registry::{load_str, KeySecret, Snapshot};
 use observer_common::{DataHeader, DATA_FLAG_START, EVENT_DATA, HOOK_CGROUP_EGRESS};
@@ -130,7 +130,7 @@ impl Loopback {
     }
 
     /// One request and its response on the next connection; the exchange lands in `out`.
-    pub fn exchange(&mut self, out: &mut Vec<Exchange>) {
+    pub fn exchange(&mut self, out: &mut Exchanges) {
         let conn = self.next;
         self.next = (conn + 1) % self.seq.len();
         self.record(conn, 0, REQUEST);

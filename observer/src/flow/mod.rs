@@ -27,7 +27,9 @@ use self::lru::Lru;
 use self::pairing::Done;
 pub use self::stats::{FlowCounters, FlowStats};
 use crate::cgroups::CgroupResolver;
-use crate::event::{Event, Exchange, Interner, SharedStr, Side, Timestamp};
+use crate::event::{
+    Event, Exchange, Exchanges, Interner, RequestExtras, SharedStr, Side, Timestamp,
+};
 use crate::http;
 
 /// Engine settings.
@@ -177,7 +179,7 @@ impl Engine {
             comms: Comms::default(),
             reports: Reports {
                 resolver,
-                out: Vec::new(),
+                out: Exchanges::default(),
                 strings: Interner::new(MAX_SHARED_STRINGS),
             },
             done: Vec::new(),
@@ -397,13 +399,8 @@ impl Engine {
     }
 
     /// Moves the finished exchanges into `out`.
-    pub fn drain(&mut self, out: &mut Vec<Exchange>) {
-        if out.is_empty() {
-            // Exchanges are large: hand the whole vector over instead of copying them.
-            std::mem::swap(out, &mut self.reports.out);
-        } else {
-            out.append(&mut self.reports.out);
-        }
+    pub fn drain(&mut self, out: &mut Exchanges) {
+        out.append(&mut self.reports.out);
     }
 
     /// Moves the heads noted since the last call into `out` (always empty without `report_started`).
@@ -452,7 +449,7 @@ impl Engine {
 /// Where finished exchanges are built and wait for [`Engine::drain`].
 struct Reports {
     resolver: Box<dyn CgroupResolver>,
-    out: Vec<Exchange>,
+    out: Exchanges,
     /// Methods, hosts and user agents, one shared copy each.
     strings: Interner,
 }
@@ -642,9 +639,11 @@ fn build_exchange(
     let raw_query = req.query().to_string();
     Exchange {
         event,
-        request_headers: std::mem::take(&mut req.headers),
-        raw_query,
-        body_prefix: p.req_body,
-        propagated: Some(propagated),
+        request: RequestExtras {
+            headers: std::mem::take(&mut req.headers),
+            raw_query,
+            body_prefix: p.req_body,
+            propagated: Some(propagated),
+        },
     }
 }

@@ -10,7 +10,7 @@ use observer_common::{
 
 use super::{Engine, FlowConfig, FlowStats};
 use crate::cgroups::MapResolver;
-use crate::event::{Exchange, Side};
+use crate::event::{Exchange, Exchanges, Side};
 
 const C2S: usize = 0;
 const S2C: usize = 1;
@@ -281,9 +281,9 @@ impl Sim {
     }
 
     fn take(&mut self) -> Vec<Exchange> {
-        let mut out = Vec::new();
+        let mut out = Exchanges::default();
         self.eng.drain(&mut out);
-        out
+        out.drain().collect()
     }
 
     fn stats(&self) -> FlowStats {
@@ -378,7 +378,7 @@ fn event_fields_server_side() {
         ("GET", "api.example:8080", "/v1/users/42")
     );
     assert_eq!(e.query_keys, vec!["expand", "fields"]);
-    assert_eq!(x.raw_query, "expand=1&fields=a&expand=2");
+    assert_eq!(x.request.raw_query, "expand=1&fields=a&expand=2");
     assert_eq!(e.status, 200);
     assert_eq!(e.src_ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
     assert_eq!((e.src_port, e.dst_port), (40000, 80));
@@ -404,9 +404,9 @@ fn event_fields_server_side() {
         e.conn_id, SERVER_COOKIE,
         "server cookie when the client is not local"
     );
-    assert_eq!(x.request_headers.len(), 3);
+    assert_eq!(x.request.headers.len(), 3);
     assert_eq!(
-        x.request_headers.iter().nth(2),
+        x.request.headers.iter().nth(2),
         Some(("X-Request-Id", "req-123"))
     );
     assert_eq!(e.api_id, "", "enrichment fields stay default");
@@ -627,14 +627,20 @@ fn request_body_prefix_is_kept_across_segments_and_bounded() {
     s.response(&ok(b""));
     let ex = s.take();
     assert_eq!(ex.len(), 5, "{ex:#?}");
-    assert_eq!(ex[0].body_prefix.as_slice(), &payload[..BODY_PREFIX]);
     assert_eq!(
-        ex[1].body_prefix, ex[0].body_prefix,
+        ex[0].request.body_prefix.as_slice(),
+        &payload[..BODY_PREFIX]
+    );
+    assert_eq!(
+        ex[1].request.body_prefix, ex[0].request.body_prefix,
         "split across segments"
     );
-    assert_eq!(ex[2].body_prefix.as_slice(), b"{\"n\":1}");
-    assert_eq!(ex[3].body_prefix.as_slice(), b"");
-    assert_eq!(ex[4].body_prefix.as_slice(), b"5\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(ex[2].request.body_prefix.as_slice(), b"{\"n\":1}");
+    assert_eq!(ex[3].request.body_prefix.as_slice(), b"");
+    assert_eq!(
+        ex[4].request.body_prefix.as_slice(),
+        b"5\r\nhello\r\n0\r\n\r\n"
+    );
     assert_eq!(
         s.stats().misframed + s.stats().gaps + s.stats().malformed,
         0
@@ -650,7 +656,7 @@ fn request_body_prefix_is_kept_across_segments_and_bounded() {
     s.write(C2S, &post(&payload), 30);
     s.response(&ok(b""));
     let ex = s.take();
-    assert_eq!(one(&ex).body_prefix.as_slice(), &payload[..10]);
+    assert_eq!(one(&ex).request.body_prefix.as_slice(), &payload[..10]);
 }
 
 #[test]
@@ -1262,7 +1268,7 @@ fn random_records_never_panic() {
             ..FlowConfig::default()
         };
         let mut eng = Engine::new(cfg, resolver());
-        let mut out = Vec::new();
+        let mut out = Exchanges::default();
         for _ in 0..400 {
             let mut payload: Vec<u8> = if rng.below(3) == 0 {
                 (0..rng.below(200)).map(|_| rng.next() as u8).collect()

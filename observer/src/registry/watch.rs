@@ -364,7 +364,8 @@ mod tests {
         ex.event.host = "a.com".into();
         ex.event.path = "/x".into();
         ex.event.ts = crate::registry::parse_date("2026-05-01").expect("date");
-        ex.request_headers
+        ex.request
+            .headers
             .push("X-Api-Key", "the-key-0123456789abcd");
         crate::enrich::enrich(&live.load(), &mut ex);
         ex.event.key_state
