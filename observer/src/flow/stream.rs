@@ -149,3 +149,36 @@ pub(super) fn hook_slot(hook: u32) -> Option<usize> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_finds_marked_sequence_numbers_and_forgets_the_oldest() {
+        let mut r = Recent::default();
+        // Unused entries hold 0 with no mark: sequence number 0 is not found until marked.
+        assert!(!r.has(0, 1));
+        assert!(!r.mark(0, 1));
+        assert!(r.has(0, 1) && !r.has(0, 2));
+        // Marking again adds to the entry, and says whether the mark was there.
+        assert!(!r.mark(0, START));
+        assert!(r.mark(0, 1));
+        assert!(r.has(0, START));
+        for seq in 1..RECENT as u32 {
+            assert!(!r.mark(seq * 100, 2));
+        }
+        assert!(r.has(0, 1) && r.has(1500, 2));
+        assert_eq!(r.last_start(), Some(0));
+        // One more replaces the oldest entry (0, the only start).
+        assert!(!r.mark(u32::MAX, START));
+        assert!(!r.has(0, 1) && !r.has(0, START));
+        assert!(r.has(u32::MAX, START) && r.has(100, 2));
+        assert_eq!(r.last_start(), Some(u32::MAX));
+        // The same number twice is one entry: a mark found on it is the first entry's.
+        let mut d = Recent::default();
+        d.mark(7, 1);
+        d.mark(8, 2);
+        assert!(d.mark(7, 1) && !d.mark(7, 2) && d.has(7, 3));
+    }
+}
