@@ -73,7 +73,8 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.map.get(k).map(|s| &s.value)
     }
 
-    /// Mutable access that marks the entry most recently used.
+    /// Mutable access that marks the entry most recently used (the tables use [`Lru::get_or_try_insert_with`]).
+    #[cfg(test)]
     pub(crate) fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         let slot = self.map.get_mut(k)?;
         self.clock += 1;
@@ -99,22 +100,32 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     /// Mutable access that marks the entry most recently used, inserting `make()` first when `k` is absent: one
     /// hash lookup either way.
     pub(crate) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
+        match self.get_or_try_insert_with(k, || Ok::<V, std::convert::Infallible>(make())) {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Lru::get_or_insert_with`] where `make` may decline: its error is returned, and `k` stays absent.
+    pub(crate) fn get_or_try_insert_with<E>(
+        &mut self,
+        k: K,
+        make: impl FnOnce() -> Result<V, E>,
+    ) -> Result<&mut V, E> {
         self.clock += 1;
         let clock = self.clock;
-        match self.map.entry(k) {
+        let slot = match self.map.entry(k) {
             Entry::Occupied(e) => {
                 let slot = e.into_mut();
                 slot.used = clock;
-                &mut slot.value
+                slot
             }
-            Entry::Vacant(e) => {
-                let slot = e.insert(Slot {
-                    value: make(),
-                    used: clock,
-                });
-                &mut slot.value
-            }
-        }
+            Entry::Vacant(e) => e.insert(Slot {
+                value: make()?,
+                used: clock,
+            }),
+        };
+        Ok(&mut slot.value)
     }
 
     pub(crate) fn remove(&mut self, k: &K) -> Option<V> {
@@ -244,5 +255,16 @@ mod tests {
         );
         assert_eq!(l.pop_oldest(), Some((1, 11)));
         assert_eq!(l.pop_oldest(), None);
+        // A maker that declines leaves the key absent and says why; a present key does not ask it.
+        assert_eq!(l.get_or_try_insert_with(3, || Err("no")), Err("no"));
+        assert_eq!(l.len(), 0);
+        l.insert(3, 30);
+        l.insert(4, 40);
+        assert_eq!(l.get_or_try_insert_with(3, || Err("no")), Ok(&mut 30));
+        assert_eq!(
+            l.pop_oldest(),
+            Some((4, 40)),
+            "3 was used after 4 was inserted"
+        );
     }
 }

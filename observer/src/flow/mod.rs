@@ -210,27 +210,28 @@ impl Engine {
                 return;
             }
         };
-        if !self.conns.contains(&key) {
-            // An evicted connection's later records (the other local end's copy, answers) are merged, not tracked
-            // afresh; a tombstone older than the idle timeout, or whose socket at this end was another, is of an
-            // earlier connection on the same endpoints.
-            let tomb = self.evicted.remove(&key).filter(|t| {
-                hdr.ts_ns.saturating_sub(t.ts) < self.cfg.idle_timeout_ns
-                    && t.continues(local_end, hdr.cookie)
-            });
-            if tomb.is_none() && hdr.flags & DATA_FLAG_START == 0 {
-                self.stats.out_of_order.inc();
+        // One lookup for a tracked connection. A record of an untracked one may start it: in a full table, the
+        // oldest connection makes room first.
+        if self.conns.len() >= self.cfg.max_connections && !self.conns.contains(&key) {
+            let Some(conn) = new_conn(
+                &mut self.evicted,
+                &self.cfg,
+                &self.stats,
+                key,
+                local_end,
+                hdr,
+            ) else {
                 return;
-            }
-            if self.conns.len() >= self.cfg.max_connections {
-                self.evict_oldest_connection(hdr.ts_ns);
-            }
-            let mut conn = Box::new(Conn::new(key, hdr.ts_ns));
-            if let Some(t) = tomb {
-                t.revive(&mut conn);
-            }
+            };
+            self.evict_oldest_connection(hdr.ts_ns);
             self.conns.insert(key, conn);
         }
+        let (evicted, cfg, stats) = (&mut self.evicted, &self.cfg, &self.stats);
+        let Ok(conn) = self.conns.get_or_try_insert_with(key, || {
+            new_conn(evicted, cfg, stats, key, local_end, hdr).ok_or(())
+        }) else {
+            return;
+        };
         let info = learn_socket(
             &mut self.socks,
             &mut self.comms,
@@ -239,9 +240,6 @@ impl Engine {
             hdr,
             egress,
         );
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
         let end = &mut conn.ends[local_end];
         end.local = true;
         if let Some(info) = info {
@@ -474,6 +472,32 @@ impl Reports {
         }
         done.clear();
     }
+}
+
+/// The connection a record of `key` starts, untracked until now: revived from its tombstone when the record continues
+/// an evicted connection (see `evicted.rs`), new when it starts a message; None, counted out of order, otherwise.
+fn new_conn(
+    evicted: &mut Lru<ConnKey, Tombstone>,
+    cfg: &FlowConfig,
+    stats: &FlowCounters,
+    key: ConnKey,
+    local_end: usize,
+    hdr: &DataHeader,
+) -> Option<Box<Conn>> {
+    // A tombstone older than the idle timeout, or whose socket at this end was another, is of an earlier connection
+    // on the same endpoints.
+    let tomb = evicted.remove(&key).filter(|t| {
+        hdr.ts_ns.saturating_sub(t.ts) < cfg.idle_timeout_ns && t.continues(local_end, hdr.cookie)
+    });
+    if tomb.is_none() && hdr.flags & DATA_FLAG_START == 0 {
+        stats.out_of_order.inc();
+        return None;
+    }
+    let mut conn = Box::new(Conn::new(key, hdr.ts_ns));
+    if let Some(t) = tomb {
+        t.revive(&mut conn);
+    }
+    Some(conn)
 }
 
 /// The socket table's entry for `cookie`, marked most recently used; created when absent, after evicting the
