@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
         1,
         "one request and one response make one exchange"
     );
-    out = Exchanges::default();
+    out.clear();
 
     let mut g = c.benchmark_group("per_exchange");
     g.throughput(Throughput::Elements(1));

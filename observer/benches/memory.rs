@@ -153,7 +153,7 @@ fn measure(n: u32, max_connections: usize) -> (f64, usize, u64) {
         c.segment(&mut eng, 1, &resp, ts + 60_000);
         ts += 100_000;
         if out.len() >= 1024 {
-            out = observer::event::Exchanges::default();
+            out.clear();
         }
         eng.drain(&mut out);
     }

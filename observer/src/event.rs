@@ -414,6 +414,12 @@ impl Exchanges {
         &self.events
     }
 
+    /// Drops every exchange, keeping the vectors' room.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.requests.clear();
+    }
+
     /// Moves every exchange of `other` to the end of these (handing its vectors over when these are empty).
     pub fn append(&mut self, other: &mut Exchanges) {
         if self.is_empty() {
@@ -625,6 +631,9 @@ mod tests {
             batch.iter().map(|e| e.src_port).collect::<Vec<_>>(),
             [20, 11, 0, 2, 6, 8]
         );
+        assert!(a.is_empty() && a.requests.is_empty());
+        a.push(numbered(30));
+        a.clear();
         assert!(a.is_empty() && a.requests.is_empty());
         a.push(numbered(30));
         let mut empty = Vec::new();
