@@ -87,6 +87,12 @@ pub(crate) struct FieldAt {
     pub(crate) value: (u32, u32),
 }
 
+/// The text at `start..end` of `text` ("" for a place that is not in it): a field's name or value, in a head or in
+/// [`Headers`].
+pub(super) fn text_at(text: &str, (start, end): (u32, u32)) -> &str {
+    text.get(start as usize..end as usize).unwrap_or("")
+}
+
 impl FieldAt {
     fn shifted(self, from: u32, to: u32) -> FieldAt {
         let at = |(a, b): (u32, u32)| (a - from + to, b - from + to);
@@ -159,8 +165,8 @@ impl Headers {
         });
     }
 
-    fn slice(&self, (start, end): (u32, u32)) -> &str {
-        self.text.get(start as usize..end as usize).unwrap_or("")
+    fn slice(&self, at: (u32, u32)) -> &str {
+        text_at(&self.text, at)
     }
 
     /// Every (name, value), in order.

@@ -8,7 +8,7 @@
 //! callgrind). Here each line is checked eight bytes at a time, and a head is checked as text once.
 
 use super::framing::Framing;
-use super::{FieldAt, Headers, RequestHead, ResponseHead};
+use super::{text_at, FieldAt, Headers, RequestHead, ResponseHead};
 
 /// Bytes that make up a header name or a method (`tchar` of RFC 9110 §5.6.2), as a table: one load per byte.
 static TOKEN_BYTE: [bool; 256] = {
@@ -27,11 +27,6 @@ const REQUEST_FIELDS: usize = 32;
 /// Framing fields a plain response head may have; one with more is left to httparse (repeated framing fields are
 /// rare, and a sign of trouble).
 const FRAMING_FIELDS: usize = 6;
-
-/// The text of a field's name or value in `head` (where [`fields`] found it).
-fn text(head: &str, (start, end): (u32, u32)) -> &str {
-    head.get(start as usize..end as usize).unwrap_or("")
-}
 
 /// The request head at the start of `buf` when it is complete and plain: a method token, a single space, a target of
 /// visible ASCII, a single space, `HTTP/1.0` or `HTTP/1.1`, then fields as [`fields`] reads them. None for anything
@@ -71,8 +66,8 @@ pub(super) fn request(buf: &[u8]) -> Option<RequestHead> {
         ..RequestHead::default()
     };
     for f in at {
-        if Framing::is_framing_name(text(head, f.name).as_bytes()) {
-            r.framing.add(text(head, f.name), text(head, f.value));
+        if Framing::is_framing_name(text_at(head, f.name).as_bytes()) {
+            r.framing.add(text_at(head, f.name), text_at(head, f.value));
         }
     }
     r.anomalies = r.framing.anomalies(true);
@@ -115,7 +110,7 @@ pub(super) fn response(buf: &[u8]) -> Option<ResponseHead> {
     let head = std::str::from_utf8(&buf[..head_len]).ok()?;
     let mut framing = Framing::default();
     for f in &at[..found] {
-        framing.add(text(head, f.name), text(head, f.value));
+        framing.add(text_at(head, f.name), text_at(head, f.value));
     }
     Some(ResponseHead {
         minor_version: minor - b'0',
