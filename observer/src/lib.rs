@@ -11,6 +11,8 @@ pub mod clock;
 #[forbid(unsafe_code)]
 pub mod config;
 #[forbid(unsafe_code)]
+pub mod courtesy;
+#[forbid(unsafe_code)]
 pub mod enrich;
 #[forbid(unsafe_code)]
 pub mod event;

@@ -10,6 +10,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::config::ClickHouseConfig;
 use super::spool::{BatchId, Spool, SpoolError, SpooledBatch};
+use crate::courtesy::Courtesy;
 use crate::sink::SinkMetrics;
 
 /// Exponential backoff with a cap.
@@ -246,9 +247,14 @@ impl Ctx {
             .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
             .with_timeouts(t, t);
         let res = async {
-            const CHUNK: usize = 1 << 20;
+            // Each piece is LZ4-compressed in one go as it is sent. With 1 MiB pieces the sink's threads ran for up
+            // to 2.1 ms at a time under load, with 128 KiB pieces and the core offered back between them
+            // ([`Courtesy`]) for at most 0.43 ms (`perf sched`, loopback nginx under wrk).
+            const CHUNK: usize = 128 << 10;
+            let mut courtesy = Courtesy::new();
             let mut off = 0;
             while off < b.payload.len() {
+                courtesy.pause();
                 let end = (off + CHUNK).min(b.payload.len());
                 ins.send(b.payload.slice(off..end)).await?;
                 off = end;
