@@ -16,12 +16,16 @@ use super::finding::{Finding, Kind, Status};
 use super::out::Outputs;
 use super::state::StateError;
 use super::{Config, Engine, Input};
+use crate::courtesy::Courtesy;
 use crate::event::{Event, Timestamp};
 use crate::metrics::{Counter, Family, Gauge, Labels, Metrics};
 use crate::registry::LiveRegistry;
 
 /// Batches (one per capture drain) waiting for the engine before new ones are dropped.
 pub const QUEUE_BATCHES: usize = 256;
+/// Events the engine takes between two chances to give the core back ([`Courtesy`]): about 0.3 ms of detectors.
+/// A hand-over (up to 2,048 events) taken whole was a burst of about 2.5 ms.
+const INGEST_EVENTS: usize = 256;
 /// How often the baselines are saved while running (they are saved at exit too).
 pub const SAVE_EVERY_US: i64 = 5 * 60 * 1_000_000;
 /// How often stream time follows the clock while the agent is idle.
@@ -337,14 +341,19 @@ async fn run(
     let mut reg = live.subscribe();
     reg.borrow_and_update();
     let mut tick = tokio::time::interval(TICK);
+    let mut courtesy = Courtesy::new();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
                 Some(b) => {
-                    let found = runner.ingest(&b);
-                    outputs.write(&found);
-                    notifier.offer(&found);
+                    courtesy.begin();
+                    for piece in b.chunks(INGEST_EVENTS) {
+                        courtesy.pause();
+                        let found = runner.ingest(piece);
+                        outputs.write(&found);
+                        notifier.offer(&found);
+                    }
                 }
                 None => break,
             },
