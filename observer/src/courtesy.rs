@@ -1,17 +1,17 @@
 //! Keeps each of the agent's bursts of work short, so that the servers it observes get their core back soon.
 //!
 //! The agent works in bursts: a drain of the ring, a hand-over of a few thousand events to a sink, a ClickHouse
-//! insert. On a node whose cores the observed servers keep busy, a burst runs in their place, and the kernel (HZ 250,
-//! `PREEMPT_NONE` here, as on most distribution kernels) lets a running thread keep its core until the next tick or
-//! until it blocks: 4 ms. The requests that arrive meanwhile wait, and that wait is the agent's share of the servers'
-//! tail latency. A [`Courtesy`] gives the core back ([`std::thread::yield_now`], `sched_yield(2)`) once a burst has
-//! lasted [`Courtesy::BUDGET`], between two pieces of work that can be split there; on an idle core the call returns
-//! at once. Measured on the 2-vCPU VM (loopback nginx saturated by `wrk -t1 -c50`, NDJSON sink, 4-5 alternating
-//! rounds): the NDJSON sink's thread ran in bursts of 1.1 ms on average (up to 5.9 ms) and the p99 latency was
-//! 3.1-4.2 ms against 0.7-1.2 ms without the agent; writing the same batches in pieces of 256 events brought it to
-//! 1.5-1.6 ms, and yielding between the pieces to 0.87-0.98 ms, with 8% more requests served. (The smaller writes
-//! also cut the agent's CPU per event, from 1.76-2.11 to 1.49-1.74 µs: a 2 MB buffer copied into the page cache
-//! outgrew the core's caches.)
+//! insert. On a node whose cores the observed servers keep busy, a burst runs in their place: the scheduler lets a
+//! running thread keep its core for its time slice (milliseconds; the tick here is 4 ms at HZ 250), and the
+//! requests that arrive meanwhile wait. That wait is the agent's share of the servers' tail latency. A [`Courtesy`]
+//! gives the core back ([`std::thread::yield_now`], `sched_yield(2)`) once a burst has lasted [`Courtesy::BUDGET`],
+//! between two pieces of work that can be split there; on an idle core the call returns at once.
+//!
+//! Measured on the 2-vCPU VM (loopback nginx saturated by `wrk -t1 -c50`, NDJSON sink, 9 alternating rounds;
+//! BENCHMARKS.md, stop 22): the NDJSON sink's thread ran 1.1 ms at a time on average, up to 5.9 ms, and the p99
+//! latency was 2.6-3.6 ms against 0.7-1.3 ms without the agent. Written in pieces of 256 lines with the core offered
+//! back between them, the p99 was 0.9-1.4 ms, with 8% more requests served. The smaller writes also cut the agent's
+//! CPU per event from 1.92 to 1.57 µs: a 2 MB buffer, encoded then copied into the page cache, outgrew the caches.
 use std::time::{Duration, Instant};
 
 /// Counts how long the current burst of work has lasted, and ends it at [`Courtesy::BUDGET`].
@@ -27,8 +27,8 @@ impl Default for Courtesy {
 }
 
 impl Courtesy {
-    /// Longest burst before the core is offered back: a tenth of a saturated server's p99 on the VM above, and long
-    /// enough that a thread yields a few thousand times a second at most (a yield is about a microsecond).
+    /// Longest burst before the core is offered back: about a fifth of the saturated server's own p99 on the VM
+    /// above, and long enough that a thread busy all the time yields at most 5,000 times a second.
     pub const BUDGET: Duration = Duration::from_micros(200);
 
     pub fn new() -> Self {
@@ -73,7 +73,7 @@ mod tests {
         assert!(c.since >= t0);
         let after = c.since;
         assert!(!c.pause_at(after + Courtesy::BUDGET / 4));
-        // A clock read before the burst began (another thread's instant) is not a long burst.
+        // An instant before the burst began counts as no time, not as a long burst.
         assert!(!c.pause_at(t0));
         c.begin();
         assert!(c.since >= after);
