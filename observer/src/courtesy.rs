@@ -48,6 +48,18 @@ impl Courtesy {
         self.pause_at(Instant::now())
     }
 
+    /// `items` in pieces of `n`, with a [`Courtesy::pause`] before each: the shape of every batch consumer that
+    /// uses this.
+    pub fn pieces<'a, T>(
+        &'a mut self,
+        items: &'a [T],
+        n: usize,
+    ) -> impl Iterator<Item = &'a [T]> + 'a {
+        items.chunks(n).inspect(move |_| {
+            self.pause();
+        })
+    }
+
     fn pause_at(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.since) < Self::BUDGET {
             return false;
@@ -77,5 +89,14 @@ mod tests {
         assert!(!c.pause_at(t0));
         c.begin();
         assert!(c.since >= after);
+    }
+
+    #[test]
+    fn pieces_cover_the_items_in_order() {
+        let items: Vec<u32> = (0..10).collect();
+        let mut c = Courtesy::new();
+        let pieces: Vec<&[u32]> = c.pieces(&items, 4).collect();
+        assert_eq!(pieces, [&items[0..4], &items[4..8], &items[8..10]]);
+        assert_eq!(c.pieces(&items[..0], 4).count(), 0);
     }
 }

@@ -348,8 +348,7 @@ async fn run(
             batch = rx.recv() => match batch {
                 Some(b) => {
                     courtesy.begin();
-                    for piece in b.chunks(INGEST_EVENTS) {
-                        courtesy.pause();
+                    for piece in courtesy.pieces(&b, INGEST_EVENTS) {
                         let found = runner.ingest(piece);
                         outputs.write(&found);
                         notifier.offer(&found);

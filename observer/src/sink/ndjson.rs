@@ -294,10 +294,7 @@ pub(super) fn run_ndjson(
     let mut courtesy = Courtesy::new();
     while let Some(batch) = rx.blocking_recv() {
         courtesy.begin();
-        for (i, piece) in batch.chunks(WRITE_EVENTS).enumerate() {
-            if i > 0 {
-                courtesy.pause();
-            }
+        for (i, piece) in courtesy.pieces(&batch, WRITE_EVENTS).enumerate() {
             line.clear();
             for ev in piece {
                 write_event(ev, &mut line);

@@ -51,8 +51,7 @@ impl OpenBatch {
 
     /// Encodes a hand-over's events, offering the core back between pieces of [`ENCODE_EVENTS`].
     fn push_all(&mut self, evs: &[Event], courtesy: &mut Courtesy) {
-        for piece in evs.chunks(ENCODE_EVENTS) {
-            courtesy.pause();
+        for piece in courtesy.pieces(evs, ENCODE_EVENTS) {
             piece.iter().for_each(|ev| self.push(ev));
         }
     }
