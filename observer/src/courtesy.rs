@@ -43,9 +43,9 @@ impl Courtesy {
     }
 
     /// Between two pieces of work: yields the core when the burst has lasted [`Courtesy::BUDGET`], and then counts
-    /// a new burst. Says whether it yielded.
-    pub fn pause(&mut self) -> bool {
-        self.pause_at(Instant::now())
+    /// a new burst.
+    pub fn pause(&mut self) {
+        self.pause_at(Instant::now());
     }
 
     /// `items` in pieces of `n`, with a [`Courtesy::pause`] before each: the shape of every batch consumer that
@@ -55,11 +55,10 @@ impl Courtesy {
         items: &'a [T],
         n: usize,
     ) -> impl Iterator<Item = &'a [T]> + 'a {
-        items.chunks(n).inspect(move |_| {
-            self.pause();
-        })
+        items.chunks(n).inspect(move |_| self.pause())
     }
 
+    /// [`Courtesy::pause`] at `now`; says whether it yielded (for the tests).
     fn pause_at(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.since) < Self::BUDGET {
             return false;
