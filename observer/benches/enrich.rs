@@ -1,5 +1,6 @@
 //! Criterion benchmark of per-event enrichment against a registry of realistic size (50 APIs x 30 routes,
-//! 200 applications, 2,000 keys).
+//! 200 applications, 2,000 keys), and of the same exchange against registries of 10 to 1,000 APIs (`registry_size`):
+//! its cost should not grow with the registry.
 #![forbid(unsafe_code)]
 use std::fmt::Write;
 use std::hint::black_box;
@@ -20,10 +21,10 @@ fn raw_key(i: usize) -> String {
     format!("sk_live_bench_{i:06}_q8Zr41xT")
 }
 
-fn registry_yaml(secret: &KeySecret) -> String {
+fn registry_yaml(secret: &KeySecret, apis: usize) -> String {
     let mut y =
         String::from("version: 1\nteams:\n  - {id: team, line_of_business: Retail}\napis:\n");
-    for a in 0..APIS {
+    for a in 0..apis {
         let auth = match a % 3 {
             0 => "api_key",
             1 => "bearer",
@@ -45,7 +46,7 @@ fn registry_yaml(secret: &KeySecret) -> String {
             "  - id: key-{k}\n    application: app-{}\n    fingerprint: {}\n    grants:\n      - {{api: api-{}, granted_by: bench, granted_at: 2026-01-01}}",
             k % APPS,
             secret.fingerprint_hex(raw_key(k).as_bytes()),
-            k % APIS
+            k % apis
         )
         .unwrap();
     }
@@ -72,11 +73,15 @@ fn exchange(host: &str, path: &str, headers: &[(&str, &str)]) -> Exchange {
     }
 }
 
+fn snapshot(secret: &KeySecret, apis: usize) -> Snapshot {
+    let loaded = load_str(&registry_yaml(secret, apis), Path::new("."), secret)
+        .unwrap_or_else(|p| panic!("bench registry invalid: {p:?}"));
+    Snapshot::build(loaded.registry, secret.clone(), 0, None, None)
+}
+
 fn bench(c: &mut Criterion) {
     let secret = KeySecret::from_bytes(b"bench-secret-0123456789abcdef");
-    let loaded = load_str(&registry_yaml(&secret), Path::new("."), &secret)
-        .unwrap_or_else(|p| panic!("bench registry invalid: {p:?}"));
-    let snap = Snapshot::build(loaded.registry, secret, 0, None, None);
+    let snap = snapshot(&secret, APIS);
     let key = raw_key(1_248); // granted api-48 (api_key auth)
     let base = [
         ("Host", "api-48.example.com"),
@@ -142,6 +147,37 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    g.finish();
+
+    // One exchange (a valid key, a registered route of the last API: `GET /v1/r{a}/res29/{id}`) against ever larger registries, all APIs on
+    // hosts of their own and 60 routes each, as an API gateway's import makes them.
+    let mut g = c.benchmark_group("registry_size");
+    for apis in [10, 100, 1_000] {
+        let snap = snapshot(&secret, apis);
+        let last = apis - 1;
+        // Key k is granted API k % apis, so the last key the last API (which takes `api_key`: its index is 0 mod 3).
+        let key = raw_key(KEYS - 1);
+        let host = format!("api-{last}.example.com");
+        let mut headers = base.to_vec();
+        headers[0].1 = &host;
+        headers.push(("X-Api-Key", &key));
+        let path = format!("/v1/r{last}/res29/123456");
+        let mut ex = exchange(&host, &path, &headers);
+        g.bench_function(format!("apis_{apis}"), |b| {
+            b.iter(|| enrich::enrich(black_box(&snap), black_box(&mut ex)))
+        });
+        assert_eq!(
+            ex.event.route,
+            format!("/v1/r{last}/res29/{{id}}"),
+            "bench precondition"
+        );
+        assert_eq!(ex.event.api_id, format!("api-{last}"), "bench precondition");
+        assert_eq!(
+            ex.event.key_state,
+            event::KeyState::Valid,
+            "bench precondition"
+        );
+    }
     g.finish();
 }
 

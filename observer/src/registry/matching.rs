@@ -77,8 +77,10 @@ pub struct Snapshot {
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
     pub(crate) secret: KeySecret,
-    /// Route indices per API, most specific first.
-    route_order: Vec<Vec<usize>>,
+    /// The API matchers a request may satisfy, by host and base path.
+    api_index: super::api_index::ApiIndex,
+    /// Per API, its routes as a tree of path segments (most specific first where several match).
+    route_index: Vec<super::route::RouteIndex>,
     inferred: Vec<InferredRoutes>,
     /// Inferred routes of traffic that matched no API.
     unmatched_inferred: InferredRoutes,
@@ -180,14 +182,11 @@ impl Snapshot {
         source: Option<PathBuf>,
         previous: Option<&Snapshot>,
     ) -> Self {
-        let route_order = registry
+        let api_index = super::api_index::ApiIndex::build(&registry.apis);
+        let route_index = registry
             .apis
             .iter()
-            .map(|a| {
-                let mut idx: Vec<usize> = (0..a.routes.len()).collect();
-                idx.sort_by_key(|&i| a.routes[i].specificity());
-                idx
-            })
+            .map(|a| super::route::RouteIndex::build(&a.routes))
             .collect();
         let inferred: Vec<InferredRoutes> = registry
             .apis
@@ -249,7 +248,8 @@ impl Snapshot {
             loaded_at: Timestamp::now(),
             source,
             secret,
-            route_order,
+            api_index,
+            route_index,
             inferred,
             unmatched_inferred,
             key_by_fp,
@@ -343,28 +343,23 @@ impl Snapshot {
         server: &ServerEnd<'_>,
     ) -> Option<usize> {
         let host = strip_port(host);
-        let mut best: Option<(usize, Score)> = None;
-        for (i, api) in self.registry.apis.iter().enumerate() {
-            for m in &api.matchers {
-                let Some(score) = score(m, host, port, method, path, server) else {
-                    continue;
-                };
-                if best.is_none_or(|(_, b)| score > b) {
-                    best = Some((i, score));
+        // The highest score wins; of equal scores, the matcher first in the file (as a scan in file order finds).
+        let mut best: Option<(Score, super::api_index::MatcherId)> = None;
+        self.api_index.candidates(host, path, |id| {
+            let m = &self.registry.apis[id.0 as usize].matchers[id.1 as usize];
+            if let Some(s) = score(m, host, port, method, path, server) {
+                if best.is_none_or(|(b, bid)| s > b || (s == b && id < bid)) {
+                    best = Some((s, id));
                 }
             }
-        }
-        best.map(|(i, _)| i)
+        });
+        best.map(|(_, id)| id.0 as usize)
     }
 
     /// The registered route template of API `api` matching the request, if any.
     pub fn match_route(&self, api: usize, method: &str, path: &str) -> Option<&SharedStr> {
-        let routes = &self.registry.apis[api].routes;
-        let segments = super::route::split_path(path).count();
-        self.route_order[api]
-            .iter()
-            .copied()
-            .find(|&i| routes[i].segment_count() == segments && routes[i].matches(method, path))
+        self.route_index[api]
+            .find(&self.registry.apis[api].routes, method, path)
             .map(|i| &self.text.routes[api][i])
     }
 
@@ -421,10 +416,10 @@ pub struct ServerEnd<'a> {
 }
 
 /// (path, host, workload, port, method) specificity of a matching matcher.
-type Score = (usize, u8, u8, u8, u8);
+pub(super) type Score = (usize, u8, u8, u8, u8);
 
 /// How specifically `m` matches the request, or None when it does not.
-fn score(
+pub(super) fn score(
     m: &ApiMatch,
     host: &str,
     port: u16,

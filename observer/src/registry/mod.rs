@@ -2,6 +2,7 @@
 //! submodule per section, reading files and variables through a `Source`), bounded line-tracking YAML (`yaml`),
 //! API and workload matching (`matching`, `route`, `glob`), the OpenAPI and Kong importers, key fingerprints and hot
 //! reload (`watch`). `enrich` joins each event with it; the agent runs it from `RegistryArgs`.
+mod api_index;
 mod cli;
 mod fingerprint;
 mod glob;

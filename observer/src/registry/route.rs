@@ -1,6 +1,8 @@
 //! Route templates (`POST /v1/payments/{id}/refunds`): parsing, matching a request path without allocating, and
 //! inferring a template for unregistered paths (numeric, UUID, hex and long opaque segments become `{id}`).
 
+use std::collections::HashMap;
+
 /// One piece of a path segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -115,10 +117,8 @@ impl RouteTemplate {
 
     /// Whether a request (`method`, `path` without query) matches. Does not allocate.
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        if let Some(m) = &self.method {
-            if !m.eq_ignore_ascii_case(method) {
-                return false;
-            }
+        if !self.method_matches(method) {
+            return false;
         }
         let mut segs = split_path(path);
         for parts in &self.segments {
@@ -129,13 +129,115 @@ impl RouteTemplate {
         }
         segs.next().is_none()
     }
+
+    fn method_matches(&self, method: &str) -> bool {
+        self.method
+            .as_ref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+    }
+}
+
+/// An API's route templates as a tree of path segments: finding a request's route reads the templates that share
+/// its segments, not all of them (an API imported from a gateway or an OpenAPI file may have hundreds). It answers
+/// what trying every template in [`RouteTemplate::specificity`] order with [`RouteTemplate::matches`] would.
+#[derive(Debug, Default)]
+pub struct RouteIndex {
+    root: RouteNode,
+}
+
+#[derive(Debug, Default)]
+struct RouteNode {
+    /// Children by a segment that is one literal, compared exactly.
+    literal: HashMap<Box<str>, RouteNode, foldhash::fast::RandomState>,
+    /// Children by a segment with a parameter in it, each tried.
+    pattern: Vec<(Vec<Part>, RouteNode)>,
+    /// Templates that end here as (rank, index), in rank order: a template's rank is its place in specificity order.
+    ends: Vec<(u32, u32)>,
+}
+
+impl RouteIndex {
+    pub fn build(routes: &[RouteTemplate]) -> Self {
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        // Stable: templates as specific as each other keep their order in the file.
+        order.sort_by_key(|&i| routes[i].specificity());
+        let mut root = RouteNode::default();
+        for (rank, &i) in order.iter().enumerate() {
+            let mut node = &mut root;
+            for parts in &routes[i].segments {
+                node = match parts.as_slice() {
+                    [Part::Lit(l)] => node.literal.entry(l.as_str().into()).or_default(),
+                    _ => {
+                        let at = match node.pattern.iter().position(|(p, _)| p == parts) {
+                            Some(at) => at,
+                            None => {
+                                node.pattern.push((parts.clone(), RouteNode::default()));
+                                node.pattern.len() - 1
+                            }
+                        };
+                        &mut node.pattern[at].1
+                    }
+                };
+            }
+            node.ends.push((rank as u32, i as u32));
+        }
+        RouteIndex { root }
+    }
+
+    /// The most specific of `routes` (those this index was built from) that matches `method` and `path`, by index.
+    pub fn find(&self, routes: &[RouteTemplate], method: &str, path: &str) -> Option<usize> {
+        let mut best = None;
+        self.root.find(routes, method, path, &mut best);
+        best.map(|(_, i)| i as usize)
+    }
+}
+
+impl RouteNode {
+    /// Walks the segments of `rest` down the tree (as deep as the longest template, no deeper), keeping in `best` the
+    /// lowest-ranked template whose method matches at the end.
+    fn find(
+        &self,
+        routes: &[RouteTemplate],
+        method: &str,
+        rest: &str,
+        best: &mut Option<(u32, u32)>,
+    ) {
+        let Some((seg, tail)) = next_segment(rest) else {
+            for &(rank, i) in &self.ends {
+                if best.is_some_and(|(b, _)| b < rank) {
+                    return;
+                }
+                if routes[i as usize].method_matches(method) {
+                    *best = Some((rank, i));
+                    return;
+                }
+            }
+            return;
+        };
+        if let Some(n) = self.literal.get(seg) {
+            n.find(routes, method, tail, best);
+        }
+        for (parts, n) in &self.pattern {
+            if segment_matches(parts, seg) {
+                n.find(routes, method, tail, best);
+            }
+        }
+    }
 }
 
 /// Non-empty segments of a path: `/a//b/` -> `a`, `b`; `/` -> none. A byte loop finds each `/`: segments are a few
 /// bytes long, and `str::split`'s searcher cost more per call than the scan (every exchange splits its path twice).
 pub(crate) fn split_path(path: &str) -> impl Iterator<Item = &str> {
     let mut rest = path;
-    std::iter::from_fn(move || loop {
+    std::iter::from_fn(move || {
+        let (seg, tail) = next_segment(rest)?;
+        rest = tail;
+        Some(seg)
+    })
+}
+
+/// The first non-empty segment of `rest` and what follows it (see [`split_path`]).
+fn next_segment(mut rest: &str) -> Option<(&str, &str)> {
+    loop {
         if rest.is_empty() {
             return None;
         }
@@ -143,11 +245,11 @@ pub(crate) fn split_path(path: &str) -> impl Iterator<Item = &str> {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
         };
-        rest = tail;
         if !seg.is_empty() {
-            return Some(seg);
+            return Some((seg, tail));
         }
-    })
+        rest = tail;
+    }
 }
 
 fn segment_matches(parts: &[Part], seg: &str) -> bool {
@@ -346,5 +448,54 @@ mod tests {
         assert_eq!(out, "/");
         infer_template("/objects/507f1f77bcf86cd799439011/", &mut out);
         assert_eq!(out, "/objects/{id}");
+    }
+
+    #[test]
+    fn the_index_finds_the_route_trying_every_template_finds() {
+        use crate::registry::api_index::tests::Rng;
+        const SEGMENTS: &[&str] = &["v1", "orders", "users", "{id}", "{id}.json", "v{n}", "x"];
+        const REQUEST: &[&str] = &[
+            "v1", "orders", "users", "42", "7.json", "v2", "x", ".json", "",
+        ];
+        let mut found = 0;
+        for seed in 1..=400u64 {
+            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let routes: Vec<RouteTemplate> = (0..r.below(14))
+                .map(|_| {
+                    let method = r.pick(&["", "GET ", "POST "]);
+                    let mut path = String::new();
+                    for (k, seg) in r.some(SEGMENTS, 4).into_iter().enumerate() {
+                        // A parameter name once per template.
+                        path.push('/');
+                        path.push_str(
+                            &seg.replace("{id}", &format!("{{id{k}}}"))
+                                .replace("{n}", &format!("{{n{k}}}")),
+                        );
+                    }
+                    route(&format!(
+                        "{method}{}",
+                        if path.is_empty() { "/" } else { &path }
+                    ))
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..routes.len()).collect();
+            order.sort_by_key(|&i| routes[i].specificity());
+            let index = RouteIndex::build(&routes);
+            for _ in 0..40 {
+                let path: String = r.some(REQUEST, 4).iter().map(|s| format!("/{s}")).collect();
+                let method = r.pick(&["GET", "POST", "get", "DELETE"]);
+                let want = order
+                    .iter()
+                    .copied()
+                    .find(|&i| routes[i].matches(method, &path));
+                assert_eq!(
+                    index.find(&routes, method, &path),
+                    want,
+                    "seed {seed}: {method} {path:?} among {routes:#?}"
+                );
+                found += usize::from(want.is_some());
+            }
+        }
+        assert!(found > 1_000, "{found} requests matched a route");
     }
 }
