@@ -132,6 +132,41 @@ fn bench(c: &mut Criterion) {
         event::KeyState::Unknown,
         "bench precondition"
     );
+    // No key, the client a pod named by namespace and workload (200 applications selected so, as on Kubernetes,
+    // where the process name tells little).
+    let k8s_yaml = registry_yaml(&secret, APIS).replace(
+        "workload: {comm: worker-",
+        "workload: {namespace: team-0, workload: Deployment/worker-",
+    );
+    let k8s_yaml = k8s_yaml.replace(", cgroup: \"/kubepods.slice/**/app-", "} # app-");
+    let k8s = Snapshot::build(
+        load_str(&k8s_yaml, Path::new("."), &secret)
+            .unwrap_or_else(|p| panic!("bench registry invalid: {p:?}"))
+            .registry,
+        secret.clone(),
+        0,
+        None,
+        None,
+    );
+    let pod = observer::kube::PodMeta {
+        namespace: "team-0".into(),
+        workload: "Deployment/worker-199".into(),
+        ..Default::default()
+    };
+    let mut ex = exchange(
+        "api-48.example.com",
+        "/v1/r48/unregistered/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        &base,
+    );
+    let kube = enrich::KubeEnds {
+        client: Some(&pod),
+        server_services: &[],
+    };
+    g.bench_function("no_key_kubernetes_workload", |b| {
+        b.iter(|| enrich::enrich_with(black_box(&k8s), &mut ex.event, &ex.request, kube))
+    });
+    assert_eq!(ex.event.app_id, "app-199", "bench precondition");
+
     // The request_hash part of every enrichment above, alone (a 35-byte target, a 14-byte query, a 64-byte body).
     let secret = snap.secret().clone();
     let body = [b'x'; 64];
