@@ -7,21 +7,29 @@
 //! paths allow the request), and `score` decides as before. Tests compare it with the full scan on random registries.
 use std::collections::HashMap;
 
+use super::glob::Glob;
 use super::model::{Api, ApiMatch};
+use crate::event::SharedStr;
 
 /// A matcher's place: (API index, matcher index in that API). Ordered as the registry file is, which breaks ties.
 pub(super) type MatcherId = (u32, u32);
 
 type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
-/// Matchers by host: literal hosts by their lower-case text, the rest in two lists.
+/// Matchers by host: literal hosts by their lower-case text, the rest in two lists. A matcher without hosts whose
+/// Services (or else server process names) are all literal is found by those instead (APIs told apart by the Service
+/// or process serving them, as on Kubernetes).
 #[derive(Debug, Default)]
 pub(super) struct ApiIndex {
     /// Matchers by one of their literal hosts, lower case (host globs are case-insensitive).
     by_host: Map<PathIndex>,
     /// Matchers with a host pattern that has a wildcard: the glob decides.
     wildcard_host: PathIndex,
-    /// Matchers without a host criterion.
+    /// Matchers without hosts, by one of their Services (`namespace/name`), all literal.
+    by_service: Map<PathIndex>,
+    /// Matchers without hosts or such Services, by one of their server process names, all literal.
+    by_server_comm: Map<PathIndex>,
+    /// The other matchers without a host criterion.
     any_host: PathIndex,
 }
 
@@ -82,32 +90,37 @@ impl ApiIndex {
             for (i, m) in api.matchers.iter().enumerate() {
                 let id = (a as u32, i as u32);
                 if m.hosts.is_empty() {
-                    index.any_host.add(id, m);
+                    let all_literal = |g: &[Glob]| !g.is_empty() && g.iter().all(Glob::is_literal);
+                    if all_literal(&m.services) {
+                        add_each(&mut index.by_service, &m.services, id, m);
+                    } else if all_literal(&m.server_comm) {
+                        add_each(&mut index.by_server_comm, &m.server_comm, id, m);
+                    } else {
+                        index.any_host.add(id, m);
+                    }
                     continue;
                 }
                 if m.hosts.iter().any(|h| !h.is_literal()) {
                     index.wildcard_host.add(id, m);
                 }
-                let mut literal: Vec<&str> = m
-                    .hosts
-                    .iter()
-                    .filter(|h| h.is_literal())
-                    .map(|h| h.as_str())
-                    .collect();
-                // The same host twice in one matcher: indexed once.
-                literal.sort_unstable();
-                literal.dedup();
-                for h in literal {
-                    index.by_host.entry(h.into()).or_default().add(id, m);
-                }
+                let literal: Vec<Glob> =
+                    m.hosts.iter().filter(|h| h.is_literal()).cloned().collect();
+                add_each(&mut index.by_host, &literal, id, m);
             }
         }
         index
     }
 
-    /// Calls `f` with every matcher that may match a request for `host` (without its port) and `path`, and maybe with
-    /// some that do not, or with one twice.
-    pub(super) fn candidates(&self, host: &str, path: &str, mut f: impl FnMut(MatcherId)) {
+    /// Calls `f` with every matcher that may match a request for `host` (without its port) and `path`, served by a
+    /// process named `server_comm` behind `services`, and maybe with some that do not, or with one twice.
+    pub(super) fn candidates(
+        &self,
+        host: &str,
+        path: &str,
+        server_comm: &str,
+        services: &[SharedStr],
+        mut f: impl FnMut(MatcherId),
+    ) {
         if !self.by_host.is_empty() {
             let mut buf = [0u8; HOST_BUF];
             let owned;
@@ -128,13 +141,32 @@ impl ApiIndex {
             }
         }
         self.wildcard_host.each(path, &mut f);
+        if !self.by_service.is_empty() {
+            for s in services {
+                if let Some(p) = self.by_service.get(s.as_str()) {
+                    p.each(path, &mut f);
+                }
+            }
+        }
+        if let Some(p) = self.by_server_comm.get(server_comm) {
+            p.each(path, &mut f);
+        }
         self.any_host.each(path, &mut f);
+    }
+}
+
+/// Adds matcher `id` under the text of each of `literals`, each text once.
+fn add_each(map: &mut Map<PathIndex>, literals: &[Glob], id: MatcherId, m: &ApiMatch) {
+    let mut texts: Vec<&str> = literals.iter().map(Glob::as_str).collect();
+    texts.sort_unstable();
+    texts.dedup();
+    for t in texts {
+        map.entry(t.into()).or_default().add(id, m);
     }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::glob::Glob;
     use super::super::matching::{score, ServerEnd, Snapshot};
     use super::super::model::{PathRegex, Registry};
     use super::*;
@@ -232,6 +264,16 @@ pub(super) mod tests {
                     .into_iter()
                     .map(|p| p.parse().expect("port"))
                     .collect(),
+                server_comm: r
+                    .some(&["nginx", "java", "ngin*"], 2)
+                    .into_iter()
+                    .map(|c| Glob::new(c, false))
+                    .collect(),
+                services: r
+                    .some(&["shop/orders", "shop/users", "shop/*"], 2)
+                    .into_iter()
+                    .map(|c| Glob::new(c, false))
+                    .collect(),
                 ..ApiMatch::default()
             })
             .collect();
@@ -250,12 +292,19 @@ pub(super) mod tests {
     }
 
     /// What `match_api` answered before the index: every matcher of every API scored, in file order.
-    fn full_scan(apis: &[Api], host: &str, port: u16, method: &str, path: &str) -> Option<usize> {
+    fn full_scan(
+        apis: &[Api],
+        host: &str,
+        port: u16,
+        method: &str,
+        path: &str,
+        server: &ServerEnd,
+    ) -> Option<usize> {
         let host = super::super::matching::strip_port(host);
         let mut best = None;
         for (i, api) in apis.iter().enumerate() {
             for m in &api.matchers {
-                let Some(s) = score(m, host, port, method, path, &ServerEnd::default()) else {
+                let Some(s) = score(m, host, port, method, path, server) else {
                     continue;
                 };
                 if best.is_none_or(|(_, b)| s > b) {
@@ -294,11 +343,21 @@ pub(super) mod tests {
                 };
                 let (path, method) = (r.pick(REQ_PATHS), r.pick(&["GET", "POST", "get"]));
                 let port = [80, 443, 8080][r.below(3)];
-                let want = full_scan(&snap.registry.apis, &host, port, method, path);
-                let got = snap.match_api(&host, port, method, path, &ServerEnd::default());
+                let services: Vec<SharedStr> = r
+                    .some(&["shop/orders", "shop/users", "pay/x"], 2)
+                    .into_iter()
+                    .map(SharedStr::from)
+                    .collect();
+                let server = ServerEnd {
+                    comm: r.pick(&["nginx", "java", "envoy"]),
+                    cgroup: "",
+                    services: &services,
+                };
+                let want = full_scan(&snap.registry.apis, &host, port, method, path, &server);
+                let got = snap.match_api(&host, port, method, path, &server);
                 assert_eq!(
                     got, want,
-                    "seed {seed}: {method} {host} {path} port {port}\n{:#?}",
+                    "seed {seed}: {method} {host} {path} port {port} {server:?}\n{:#?}",
                     snap.registry.apis
                 );
                 matched += usize::from(got.is_some());
@@ -321,7 +380,7 @@ pub(super) mod tests {
         }]);
         let found = |host: &str| {
             let mut ids = Vec::new();
-            index.candidates(host, "/", |id| ids.push(id));
+            index.candidates(host, "/", "", &[], |id| ids.push(id));
             ids
         };
         assert_eq!(found("api.example.com"), [(0, 0)]);

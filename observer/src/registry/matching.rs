@@ -391,14 +391,15 @@ impl Snapshot {
         let host = strip_port(host);
         // The highest score wins; of equal scores, the matcher first in the file (as a scan in file order finds).
         let mut best: Option<(Score, super::api_index::MatcherId)> = None;
-        self.api_index.candidates(host, path, |id| {
-            let m = &self.registry.apis[id.0 as usize].matchers[id.1 as usize];
-            if let Some(s) = score(m, host, port, method, path, server) {
-                if best.is_none_or(|(b, bid)| s > b || (s == b && id < bid)) {
-                    best = Some((s, id));
+        self.api_index
+            .candidates(host, path, server.comm, server.services, |id| {
+                let m = &self.registry.apis[id.0 as usize].matchers[id.1 as usize];
+                if let Some(s) = score(m, host, port, method, path, server) {
+                    if best.is_none_or(|(b, bid)| s > b || (s == b && id < bid)) {
+                        best = Some((s, id));
+                    }
                 }
-            }
-        });
+            });
         best.map(|(_, id)| id.0 as usize)
     }
 
