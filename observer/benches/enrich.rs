@@ -184,8 +184,8 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // One exchange (a valid key, a registered route of the last API: `GET /v1/r{a}/res29/{id}`) against ever larger registries, all APIs on
-    // hosts of their own and 60 routes each, as an API gateway's import makes them.
+    // One exchange (a valid key, a registered route of the last API: `GET /v1/r{a}/res29/{id}`) against ever larger
+    // registries, all APIs on hosts of their own and 60 routes each, as an API gateway's import makes them.
     let mut g = c.benchmark_group("registry_size");
     for apis in [10, 100, 1_000] {
         let snap = snapshot(&secret, apis);

@@ -225,7 +225,8 @@ impl RouteNode {
 }
 
 /// Non-empty segments of a path: `/a//b/` -> `a`, `b`; `/` -> none. A byte loop finds each `/`: segments are a few
-/// bytes long, and `str::split`'s searcher cost more per call than the scan (every exchange walks its path to find its route).
+/// bytes long, and `str::split`'s searcher cost more per call than the scan (every exchange walks its path to find
+/// its route).
 pub(crate) fn split_path(path: &str) -> impl Iterator<Item = &str> {
     let mut rest = path;
     std::iter::from_fn(move || {
