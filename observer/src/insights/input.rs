@@ -72,6 +72,33 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// The part of `e` that [`Input::from_event`] reads, as an event of its own: what the agent hands to its insights
+    /// engine's thread. Strings the event shares are shared (a pinned one is a pointer copy), so only the path and the
+    /// query keys are copied; copying every string the detectors read, as owned text, made up to 13 allocations per
+    /// event on the capture thread (BENCHMARKS.md, "Stop 23").
+    pub fn part_of(e: &Event) -> Event {
+        Event {
+            ts: e.ts,
+            method: e.method.clone(),
+            host: e.host.clone(),
+            path: e.path.clone(),
+            query_keys: e.query_keys.clone(),
+            status: e.status,
+            src_ip: e.src_ip,
+            client_comm: e.client_comm.clone(),
+            client_cgroup: e.client_cgroup.clone(),
+            user_agent: e.user_agent.clone(),
+            api_id: e.api_id.clone(),
+            route: e.route.clone(),
+            app_id: e.app_id.clone(),
+            key_fingerprint: e.key_fingerprint.clone(),
+            key_state: e.key_state,
+            attributed_by: e.attributed_by,
+            request_hash: e.request_hash,
+            ..Event::default()
+        }
+    }
+
     /// Parses one NDJSON line of the agent's event format.
     pub fn from_json(line: &'a str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(line)
@@ -239,6 +266,41 @@ mod tests {
         let parsed = Input::from_json(text.trim_end()).unwrap();
         assert_eq!(parsed, Input::from_event(&e));
         assert_eq!(parsed.workload(), "curl ");
+    }
+
+    #[test]
+    fn the_part_of_an_event_handed_to_the_engine_reads_as_the_event_does() {
+        // Every field set, those the detectors do not read too.
+        let mut e = Event {
+            ts: Timestamp(1_772_443_800_123_456),
+            method: "POST".into(),
+            host: "api.example.com".into(),
+            path: "/v1/payments/42".into(),
+            query_keys: vec!["page".into(), "size".into()],
+            status: 201,
+            src_ip: "10.1.2.3".parse().unwrap(),
+            client_comm: "curl".into(),
+            client_cgroup: "/system.slice/x.service".into(),
+            user_agent: "curl/8".into(),
+            api_id: "payments-api".into(),
+            route: "/v1/payments/{id}".into(),
+            app_id: "checkout".into(),
+            key_fingerprint: "ab12".into(),
+            key_state: KeyState::Revoked,
+            attributed_by: AttributedBy::Key,
+            request_hash: 7,
+            request_id: "req-1".into(),
+            duration_us: 1_500,
+            ..Event::default()
+        };
+        e.framing_anomaly = vec!["bare_lf".into()];
+        let part = Input::part_of(&e);
+        assert_eq!(Input::from_event(&part), Input::from_event(&e));
+        assert_eq!(
+            part.request_id, "",
+            "what the detectors do not read is not copied"
+        );
+        assert_eq!(part.duration_us, 0);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! queue without ever waiting (a full queue drops the batch and counts it), and one task runs the engine on them,
 //! logs, counts and stores every finding version ([`super::out`]: ClickHouse `insights`, `findings.ndjson`), follows
 //! registry reloads and keeps the baselines in `--state-dir`.
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,48 +56,23 @@ pub enum LiveError {
 
 /// The capture thread's end of the queue.
 pub struct Feed {
-    tx: mpsc::Sender<Vec<Input<'static>>>,
+    tx: mpsc::Sender<Vec<Event>>,
     dropped: Counter,
 }
 
 impl Feed {
-    /// Hands a copy of the events to the engine, or counts them dropped if it is behind. Never waits.
+    /// Hands the part of the events the detectors read ([`Input::part_of`]) to the engine, or counts them dropped if
+    /// it is behind. Never waits.
     pub fn offer(&self, events: &[Event]) {
         if events.is_empty() {
             return;
         }
         match self.tx.try_reserve() {
-            Ok(permit) => permit.send(events.iter().map(|e| owned(Input::from_event(e))).collect()),
+            Ok(permit) => permit.send(events.iter().map(Input::part_of).collect()),
             Err(_) => {
                 self.dropped.inc_by(events.len() as u64);
             }
         }
-    }
-}
-
-/// An input that owns its strings, to cross threads.
-fn owned(i: Input<'_>) -> Input<'static> {
-    fn o(c: Cow<'_, str>) -> Cow<'static, str> {
-        Cow::Owned(c.into_owned())
-    }
-    Input {
-        ts: i.ts,
-        method: o(i.method),
-        host: o(i.host),
-        path: o(i.path),
-        query_keys: i.query_keys.into_iter().map(o).collect(),
-        status: i.status,
-        src_ip: o(i.src_ip),
-        client_comm: o(i.client_comm),
-        client_cgroup: o(i.client_cgroup),
-        user_agent: o(i.user_agent),
-        api_id: o(i.api_id),
-        route: o(i.route),
-        app_id: o(i.app_id),
-        key_fingerprint: o(i.key_fingerprint),
-        key_state: i.key_state,
-        attributed_by: i.attributed_by,
-        request_hash: i.request_hash,
     }
 }
 
@@ -333,7 +307,7 @@ pub fn start(
 
 async fn run(
     mut runner: Runner,
-    mut rx: mpsc::Receiver<Vec<Input<'static>>>,
+    mut rx: mpsc::Receiver<Vec<Event>>,
     live: Arc<LiveRegistry>,
     mut outputs: Outputs,
     mut notifier: super::notify::Notifier,
@@ -348,8 +322,11 @@ async fn run(
             batch = rx.recv() => match batch {
                 Some(b) => {
                     courtesy.begin();
+                    let mut inputs = Vec::with_capacity(INGEST_EVENTS);
                     for piece in courtesy.pieces(&b, INGEST_EVENTS) {
-                        let found = runner.ingest(piece);
+                        inputs.clear();
+                        inputs.extend(piece.iter().map(Input::from_event));
+                        let found = runner.ingest(&inputs);
                         outputs.write(&found);
                         notifier.offer(&found);
                     }
