@@ -79,7 +79,7 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
 pub struct FsCgroupResolver {
     root: PathBuf,
     /// Paths by id. Looked up twice per exchange (client and server): foldhash, not SipHash (a kernel-given id needs no
-    /// defence against chosen collisions; SipHash was 0.8% of the live agent's samples).
+    /// defence against chosen collisions).
     cache: HashMap<u64, SharedStr, foldhash::fast::RandomState>,
     last_scan: Option<Instant>,
     min_rescan: Duration,
