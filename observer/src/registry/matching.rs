@@ -681,7 +681,7 @@ mod tests {
         };
         let mut found = 0;
         for seed in 1..=300u64 {
-            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut r = Rng::seeded(seed);
             let applications: Vec<Application> = (0..1 + r.below(10))
                 .map(|i| Application {
                     id: format!("app-{i}"),

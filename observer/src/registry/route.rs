@@ -460,7 +460,7 @@ mod tests {
         ];
         let mut found = 0;
         for seed in 1..=400u64 {
-            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut r = Rng::seeded(seed);
             let routes: Vec<RouteTemplate> = (0..r.below(14))
                 .map(|_| {
                     let method = r.pick(&["", "GET ", "POST "]);
