@@ -688,8 +688,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<Head>, ParseError> {
 /// there; a request line cut in the middle still gives the method and the beginning of the target. `head_len` of
 /// the result is the number of bytes given (the real length is unknown). `None` when nothing usable is there.
 pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
-    let last_line_end = buf.windows(2).rposition(|w| w == b"\r\n").map(|i| i + 2);
-    if let Some(end) = last_line_end {
+    if let Some(end) = last_crlf_end(buf) {
         let mut fixed = Vec::with_capacity(end + 2);
         fixed.extend_from_slice(&buf[..end]);
         fixed.extend_from_slice(b"\r\n");
@@ -702,10 +701,7 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
         }
     }
     // The start line itself is cut: take what it holds.
-    let line_end = buf
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(buf.len());
+    let line_end = memchr::memmem::find(buf, b"\r\n").unwrap_or(buf.len());
     let line = String::from_utf8_lossy(&buf[..line_end]);
     let mut parts = line.splitn(3, ' ');
     let first = parts.next()?;
@@ -727,6 +723,15 @@ pub fn parse_truncated_head(buf: &[u8]) -> Option<Head> {
         head_len: buf.len(),
         ..RequestHead::new(first, target, 0, 0)
     }))
+}
+
+/// Where the last complete line of `buf` ends: just past its last CRLF. By memchr, not a byte-pair window: a head
+/// cut by the capture cap is usually one long field (a cookie) of several KiB, and the window's byte-by-byte walk
+/// back over it was a quarter of the agent's CPU under `wrk` with 8 KiB cookies (perf, 52k requests/s).
+fn last_crlf_end(buf: &[u8]) -> Option<usize> {
+    memchr::memrchr_iter(b'\n', buf)
+        .find(|&i| i > 0 && buf[i - 1] == b'\r')
+        .map(|i| i + 1)
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed and not all zeros.

@@ -378,6 +378,25 @@ fn truncated_heads() {
     };
     assert_eq!(r.status, 404);
     assert_eq!(parse_truncated_head(b"\x01\x02\x03"), None);
+    // Only a CRLF ends the complete part: a bare LF or a CR at the cut does not.
+    let Some(Head::Request(r)) =
+        parse_truncated_head(b"GET /a HTTP/1.1\r\nHost: h\r\nX: 1\nY: 2\r")
+    else {
+        panic!("a request cut after a CR must parse up to its last CRLF");
+    };
+    assert_eq!((r.path(), r.host(), r.header("x")), ("/a", "h", None));
+}
+
+#[test]
+fn the_last_line_end_is_found_as_a_byte_pair_window_finds_it() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for _ in 0..5_000 {
+        let n = rng.random_range(0..40);
+        let buf: Vec<u8> = (0..n).map(|_| b"\r\na"[rng.random_range(0..3)]).collect();
+        let window = buf.windows(2).rposition(|w| w == b"\r\n").map(|i| i + 2);
+        assert_eq!(last_crlf_end(&buf), window, "{buf:?}");
+    }
 }
 
 #[test]
