@@ -110,8 +110,8 @@ pub struct ConnEvent {
 /// Size of the ring buffer all records go through.
 pub const RING_BYTES: u32 = 16 << 20;
 
-/// Records are submitted without waking the reader, except the one that takes the bytes waiting in the ring past
-/// this mark: under load, that is what wakes the reader, about once per 256 KiB (a few hundred records). Measured
+/// Records are submitted without waking the reader, except the first that finds it asleep with this many bytes
+/// waiting in the ring: under load, that is what wakes the reader, about once per 256 KiB (a few hundred records). Measured
 /// on a 2-vCPU VM in alternating runs against a saturated loopback nginx: capturing with a reader woken by a 2 ms
 /// timer cost it about 14% of its throughput, with a reader woken at this mark about 8%; marks of 128 KiB and
 /// 1 MiB did worse than 256 KiB. A timer shorter than the scheduler tick makes the kernel reprogram the timer

@@ -3,17 +3,17 @@
 //! Programs: cgroup_skb ingress/egress (every local socket, every netns, with the socket cookie and cgroup),
 //! TC clsact ingress/egress (traffic no local socket owns, `--iface`), and sock_ops (connection lifecycle, the
 //! connecting pid, stream end sequence numbers at close). Nothing is parsed here beyond the first bytes: user space
-//! owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups, except one each
-//! time the bytes waiting in the ring pass a mark (see [`submit_flags`]).
+//! owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups, except one per
+//! sleep of the reader, once the bytes waiting in the ring reach a mark (see [`submit_flags`]).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, TC_ACT_PIPE,
+        BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, TC_ACT_PIPE,
     },
     btf_maps::SkStorage,
     helpers::{
@@ -38,6 +38,11 @@ pub static LICENSE: [u8; 4] = *b"GPL\0";
 /// All records, data and connection, in production order.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Slot 0 is nonzero while the reader sleeps (or is about to) in poll(2) waiting for records: user space writes it
+/// through its own mapping before and after each wait, and [`submit_flags`] clears it when it wakes the reader.
+#[map]
+static READER: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
@@ -138,26 +143,30 @@ fn count(idx: u32) {
     }
 }
 
-/// Submit flags for a record of `size` bytes: no wake-up, except for the record that takes the bytes waiting in the
-/// ring past [`RING_WAKE_BYTES`]. Under load these crossings are what wake the reader, one per drain's worth of
-/// records; only the crossing wakes, so a reader that is merely behind is not sent a wake-up per record. `reserved`
-/// says whether the record is already reserved (and so already counted as waiting).
+/// Submit flags for a record: no wake-up, except for the first record that finds the reader asleep
+/// ([`READER`]) with [`RING_WAKE_BYTES`] or more waiting. Under load that is what wakes the reader, once per
+/// sleep; while it drains, nothing wakes it, and records cost no ring query.
+///
+/// Not a test for the record that takes the bytes waiting past the mark, as before: with two CPUs reserving at
+/// once, both can find the mark already passed (each counts the other's record as waiting before its own), so
+/// neither wakes the reader and it sleeps its whole timeout while the ring fills. With 4 KiB records (8 KiB
+/// cookies) at 55k requests/s that lost wake-up overflowed the 16 MiB ring within seconds (`perf sched`: the reader
+/// slept 100 ms under load). Two records that find the reader asleep at once may both wake it: harmless.
 #[inline(always)]
-fn submit_flags(size: usize, reserved: bool) -> u64 {
-    let wake = RING_WAKE_BYTES as u64;
-    // Each record carries the ring's 8-byte header and is padded to 8 bytes.
-    let rec = ((size as u64 + 8) + 7) & !7;
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let before = if reserved {
-        avail.saturating_sub(rec)
-    } else {
-        avail
+fn submit_flags() -> u64 {
+    let Some(asleep) = READER.get_ptr_mut(0) else {
+        return BPF_RB_NO_WAKEUP as u64;
     };
-    if before < wake && before + rec >= wake {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+    // SAFETY: an array slot, valid for the program's run; user space writes it concurrently, so it is read and
+    // written as a volatile word (a torn value is impossible for an aligned u32).
+    if unsafe { core::ptr::read_volatile(asleep) } == 0
+        || EVENTS.query(BPF_RB_AVAIL_DATA as u64) < RING_WAKE_BYTES as u64
+    {
+        return BPF_RB_NO_WAKEUP as u64;
     }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(asleep, 0) };
+    BPF_RB_FORCE_WAKEUP as u64
 }
 
 #[inline(always)]
@@ -753,7 +762,7 @@ fn emit<const N: usize>(
             ..*hdr
         })
     };
-    entry.submit(submit_flags(core::mem::size_of::<Record<N>>(), true));
+    entry.submit(submit_flags());
     count(CNT_EVENTS);
     Ok(())
 }
@@ -860,7 +869,7 @@ fn on_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
             _pad: 0,
         })
     };
-    entry.submit(submit_flags(core::mem::size_of::<ConnEvent>(), true));
+    entry.submit(submit_flags());
     count(CNT_CONN_EVENTS);
     Ok(())
 }

@@ -242,9 +242,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
 
+    let flag = match ebpf.take_map("READER").ok_or_else(|| miss("READER"))? {
+        Map::Array(data) => data,
+        _ => return Err(LoadError::Map("READER", "not an array".into())),
+    };
     let events = match ebpf.take_map("EVENTS").ok_or_else(|| miss("EVENTS"))? {
         Map::RingBuf(data) => {
-            reader::Ring::new(data).map_err(|e| LoadError::Map("EVENTS", e.to_string()))?
+            reader::Ring::new(data, flag).map_err(|e| LoadError::Map("EVENTS", e.to_string()))?
         }
         _ => return Err(LoadError::Map("EVENTS", "not a ring buffer".into())),
     };

@@ -1,8 +1,9 @@
 //! Drains the kernel ring buffer and decodes its records; owns nothing else.
 //!
 //! The kernel submits without wakeups (a wakeup per record costs a third of a loopback server's throughput) except
-//! one per 256 KiB waiting, so the reader drains everything, then waits in poll(2) for that wake-up or for the
-//! timeout [`Pace`] gives (`--poll-interval` while records flow, longer idle). The ring is read in place through
+//! one per sleep of the reader once 256 KiB wait, so the reader drains everything, then says it sleeps (the
+//! `READER` map, written through its own mapping) and waits in poll(2) for that wake-up or for the timeout [`Pace`]
+//! gives (`--poll-interval` while records flow, longer idle). The ring is read in place through
 //! its own mapping ([`Ring`]), which tells the kernel what was consumed once per [`PUBLISH_BYTES`], not per record.
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::ptr::NonNull;
@@ -79,6 +80,8 @@ pub enum RingError {
     Info(String),
     #[error("mapping the ring buffer failed: {0}")]
     Map(std::io::Error),
+    #[error("mapping the reader's sleep flag (READER) failed: {0}")]
+    MapFlag(std::io::Error),
 }
 
 /// A BPF ring buffer mapped into this process and read in place, as libbpf does it: a writable page holding the
@@ -97,6 +100,10 @@ pub struct Ring {
     pos: usize,
     /// The consumer position the kernel was last given.
     published: usize,
+    /// Keeps the `READER` map alive for `asleep`.
+    _flag_map: MapData,
+    /// Its slot 0, mapped: nonzero while the reader waits in poll(2), so the kernel knows to wake it.
+    asleep: NonNull<AtomicU32>,
 }
 
 // SAFETY: the mappings belong to the Ring alone and are only used through it; the kernel side is synchronised by
@@ -104,8 +111,9 @@ pub struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// Maps the ring buffer `map` (a `BPF_MAP_TYPE_RINGBUF`).
-    pub fn new(map: MapData) -> Result<Ring, RingError> {
+    /// Maps the ring buffer `map` (a `BPF_MAP_TYPE_RINGBUF`) and the reader's sleep flag `flag` (a one-slot
+    /// `BPF_F_MMAPABLE` array of u32).
+    pub fn new(map: MapData, flag: MapData) -> Result<Ring, RingError> {
         let size = map
             .info()
             .map_err(|e| RingError::Info(e.to_string()))?
@@ -118,12 +126,27 @@ impl Ring {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let fd = map.fd().as_fd().as_raw_fd();
-        let consumer = mmap(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let producer = match mmap(fd, page + 2 * size, libc::PROT_READ, page) {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let asleep = mmap(flag.fd().as_fd().as_raw_fd(), page, rw, 0).map_err(|e| match e {
+            RingError::Map(e) => RingError::MapFlag(e),
+            other => other,
+        })?;
+        let consumer = match mmap(fd, page, rw, 0) {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: mapped just above with this length, not used after.
-                unsafe { libc::munmap(consumer.as_ptr().cast(), page) };
+                unsafe { libc::munmap(asleep.as_ptr().cast(), page) };
+                return Err(e);
+            }
+        };
+        let producer = match mmap(fd, page + 2 * size, libc::PROT_READ, page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: both mapped just above with these lengths, not used after.
+                unsafe {
+                    libc::munmap(consumer.as_ptr().cast(), page);
+                    libc::munmap(asleep.as_ptr().cast(), page);
+                }
                 return Err(e);
             }
         };
@@ -137,6 +160,8 @@ impl Ring {
             mask: size - 1,
             pos,
             published: pos,
+            _flag_map: flag,
+            asleep: asleep.cast(),
         })
     }
 
@@ -203,8 +228,16 @@ impl Ring {
             revents: 0,
         }];
         let ms = d.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: the flag's page is mapped writable for the Ring's life.
+        let asleep = unsafe { self.asleep.as_ref() };
+        // Said before poll(2) looks for records (SeqCst, and poll takes the wait queue's lock before it looks): a
+        // record reserved after that look finds the flag and wakes the reader once the mark is reached. One
+        // reserved just before may miss it; the next one will not.
+        asleep.store(1, Ordering::SeqCst);
         // SAFETY: fds is a valid array of one pollfd for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) > 0 }
+        let woken = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) > 0 };
+        asleep.store(0, Ordering::Relaxed);
+        woken
     }
 }
 
@@ -213,6 +246,7 @@ impl Drop for Ring {
         // SAFETY: both regions were mapped in `new` with these lengths and are not used after this.
         unsafe {
             libc::munmap(self.consumer.as_ptr().cast(), self.page);
+            libc::munmap(self.asleep.as_ptr().cast(), self.page);
             libc::munmap(
                 self.producer.as_ptr().cast(),
                 self.page + 2 * (self.mask + 1),
