@@ -20,7 +20,7 @@ mod stats;
 mod workloads;
 use load::{
     count_lines, cpu_seconds, free_metrics_addr, machine_busy_seconds, scrape, start_app,
-    tree_cpu_seconds, wrk, wrk_with, Wrk, WrkResult, KEY, PORT,
+    tree_cpu_seconds, wrk, wrk_with, Nginx, Wrk, WrkResult, KEY, PORT,
 };
 use peers::Peer;
 pub use peers::PACKAGES as PEER_PACKAGES;
@@ -54,6 +54,19 @@ struct Load<'a> {
     duration: u64,
     /// wrk's pacing script ([`write_pace_script`]), for the paced configurations.
     pace: Option<&'a Path>,
+    /// The CPU wrk runs on ([`load::paced_cpus`], the paced configurations).
+    cpu: Option<usize>,
+}
+
+impl Load<'_> {
+    /// As fast as wrk can, anywhere.
+    fn full(duration: u64) -> Self {
+        Load {
+            duration,
+            pace: None,
+            cpu: None,
+        }
+    }
 }
 
 /// Each connection waits this long before each request in the paced configurations, so wrk's 50 connections offer
@@ -82,6 +95,7 @@ fn timed_wrk(port: u16, load: Load) -> Result<(WrkResult, f64)> {
         load.duration,
         &Wrk {
             script: load.pace,
+            cpu: load.cpu,
             ..Wrk::default()
         },
     )?;
@@ -471,18 +485,22 @@ fn run_config(
     config: Config,
     bin: &Path,
     dir: &Path,
+    app: &Nginx,
     duration: u64,
     clickhouse: &str,
 ) -> Result<Observed> {
     let nd = Sink::Ndjson;
-    let full = Load {
-        duration,
-        pace: None,
-    };
+    let full = Load::full(duration);
     let pace = pace_script_path(dir);
+    let cpus = load::paced_cpus();
     let paced = Load {
         duration,
         pace: Some(&pace),
+        cpu: cpus.map(|(_, wrk)| wrk),
+    };
+    let _pinned = match (config, cpus) {
+        (Config::Paced(_), Some((nginx, _))) => Some(load::PinnedWorkers::new(app, nginx)?),
+        _ => None,
     };
     match config {
         Config::Baseline => bare(full),
@@ -526,7 +544,7 @@ pub fn run(
         "--clickhouse-url",
         &ch_url,
     ]))?;
-    let _app = start_app(&dir)?;
+    let app = start_app(&dir)?;
     let configs = Config::all(peers);
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
     say(format!(
@@ -544,7 +562,7 @@ pub fn run(
             order.reverse();
         }
         for i in order {
-            let o = run_config(configs[i], bin, &dir, duration, &ch_url)?;
+            let o = run_config(configs[i], bin, &dir, &app, duration, &ch_url)?;
             let mut line = format!(
                 "round {round} {}: {:.0} req/s, p99 {:.2} ms, machine {:.2} µs/request",
                 configs[i].name(),
@@ -570,10 +588,7 @@ pub fn run(
     say(format!(
         "kernel program cost: one more hooks-only and one more capturing run, with {BPF_STATS} on"
     ));
-    let full = Load {
-        duration,
-        pace: None,
-    };
+    let full = Load::full(duration);
     let idle_k = with_observer(bin, &dir, full, IDLE_PORT, true, Sink::Ndjson, &[])?;
     let obs_k = with_observer(bin, &dir, full, PORT, true, Sink::Ndjson, &[])?;
     let crit = if with_criterion {

@@ -283,8 +283,17 @@ fn peers(prov: &str, x: &Inputs) -> String {
          round at a fixed offered rate: wrk's Lua `delay()` makes each of the 50 connections wait {PACE_MS} ms before \
          each request (at most {} requests/s), and each is compared with the paced baseline. With the machine mostly \
          idle, its busy time per request is CPU actually spent, not throughput lost, and the p99 is the latency each \
-         adds rather than queueing behind a saturated server.",
-        50 * 1000 / PACE_MS
+         adds rather than queueing behind a saturated server. {}",
+        50 * 1000 / PACE_MS,
+        match super::load::paced_cpus() {
+            Some((nginx, wrk)) => format!(
+                "In the paced runs the app's nginx worker runs on CPU {nginx} and wrk on CPU {wrk}: left to the \
+                 scheduler, they share a CPU in some runs and not in others, which moves an idle machine's busy time \
+                 per request by more than the observer adds. The observer and the sidecar stand-in run wherever the \
+                 scheduler puts them."
+            ),
+            None => "This machine has one CPU: nothing is pinned.".to_string(),
+        }
     );
     let _ = writeln!(md, "\n| configuration | throughput / baseline (95% interval) | p99 / baseline (95% interval) | machine CPU added per request, µs (95% interval) | own CPU per request, µs | requests reported by the end of the run |\n|---|---|---|---|---|---|");
     let mut figures = Vec::new();
