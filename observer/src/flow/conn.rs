@@ -292,46 +292,73 @@ impl Conn {
                     let old = buf.len();
                     let room = http_limit(ctx.cfg).saturating_sub(old);
                     let take = room.min(len - i);
-                    // Usually a head starts and ends in one segment: it is parsed where it lies, and bytes are
-                    // kept only for a head that goes on in a later segment.
-                    let parsed = if old == 0 {
-                        http::parse_head(&bytes[i..i + take])
-                    } else {
-                        buf.extend_from_slice(&bytes[i..i + take]);
-                        http::parse_head(&buf)
-                    };
-                    match parsed {
-                        Ok(Parsed::Complete(head)) => {
-                            i += head.head_len().saturating_sub(old);
-                            self.on_head(dir, start, ts, head_ts, head, false, ctx)
-                        }
-                        Ok(Parsed::Partial) => {
-                            if old == 0 {
-                                buf.extend_from_slice(&bytes[i..i + take]);
+                    if self.streams[dir].capture_over && i + take == len {
+                        // The head runs to where the capture stopped: no later byte can complete it.
+                        let cut = if old == 0 {
+                            http::parse_cut_head(&bytes[i..])
+                        } else {
+                            buf.extend_from_slice(&bytes[i..]);
+                            http::parse_cut_head(&buf)
+                        };
+                        match cut {
+                            http::CutHead::Complete(head) => {
+                                i += head.head_len().saturating_sub(old);
+                                self.on_head(dir, start, ts, head_ts, head, false, ctx)
                             }
-                            i += take;
-                            if buf.len() >= http_limit(ctx.cfg) {
-                                self.on_truncated_head(dir, start, head_ts, &buf, ctx);
-                                // Whatever else this segment holds cannot be placed.
+                            http::CutHead::Truncated(head) => {
+                                self.on_cut_head(dir, start, head_ts, head, ctx);
                                 i = len;
                                 MsgState::Unknown
-                            } else {
-                                MsgState::Head {
-                                    start,
-                                    ts: head_ts,
-                                    buf,
-                                }
+                            }
+                            http::CutHead::Malformed(e) => {
+                                let seen = if old == 0 { &bytes[i..] } else { &buf[..] };
+                                self.on_malformed(dir, start, seen, &e, ctx);
+                                i = len;
+                                MsgState::Unknown
                             }
                         }
-                        Err(e) => {
-                            let seen = if old == 0 {
-                                &bytes[i..i + take]
-                            } else {
-                                &buf[..]
-                            };
-                            self.on_malformed(dir, start, seen, &e, ctx);
-                            i = len;
-                            MsgState::Unknown
+                    } else {
+                        // Usually a head starts and ends in one segment: it is parsed where it lies, and bytes are
+                        // kept only for a head that goes on in a later segment.
+                        let parsed = if old == 0 {
+                            http::parse_head(&bytes[i..i + take])
+                        } else {
+                            buf.extend_from_slice(&bytes[i..i + take]);
+                            http::parse_head(&buf)
+                        };
+                        match parsed {
+                            Ok(Parsed::Complete(head)) => {
+                                i += head.head_len().saturating_sub(old);
+                                self.on_head(dir, start, ts, head_ts, head, false, ctx)
+                            }
+                            Ok(Parsed::Partial) => {
+                                if old == 0 {
+                                    buf.extend_from_slice(&bytes[i..i + take]);
+                                }
+                                i += take;
+                                if buf.len() >= http_limit(ctx.cfg) {
+                                    self.on_truncated_head(dir, start, head_ts, &buf, ctx);
+                                    // Whatever else this segment holds cannot be placed.
+                                    i = len;
+                                    MsgState::Unknown
+                                } else {
+                                    MsgState::Head {
+                                        start,
+                                        ts: head_ts,
+                                        buf,
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                let seen = if old == 0 {
+                                    &bytes[i..i + take]
+                                } else {
+                                    &buf[..]
+                                };
+                                self.on_malformed(dir, start, seen, &e, ctx);
+                                i = len;
+                                MsgState::Unknown
+                            }
                         }
                     }
                 }
@@ -575,13 +602,19 @@ impl Conn {
         buf: &[u8],
         ctx: &mut Ctx,
     ) {
-        ctx.stats.truncated_heads.inc();
         match http::parse_truncated_head(buf) {
-            Some(head) => {
-                self.on_head(dir, start, ts, ts, head, true, ctx);
+            Some(head) => self.on_cut_head(dir, start, ts, head, ctx),
+            None => {
+                ctx.stats.truncated_heads.inc();
+                self.on_malformed(dir, start, buf, &http::ParseError::NotHttp, ctx)
             }
-            None => self.on_malformed(dir, start, buf, &http::ParseError::NotHttp, ctx),
         }
+    }
+
+    /// A head cut short, read as far as it goes.
+    fn on_cut_head(&mut self, dir: usize, start: u32, ts: u64, head: http::Head, ctx: &mut Ctx) {
+        ctx.stats.truncated_heads.inc();
+        self.on_head(dir, start, ts, ts, head, true, ctx);
     }
 
     fn on_malformed(
