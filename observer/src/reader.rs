@@ -243,7 +243,7 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // SAFETY: both regions were mapped in `new` with these lengths and are not used after this.
+        // SAFETY: the three regions were mapped in `new` with these lengths and are not used after this.
         unsafe {
             libc::munmap(self.consumer.as_ptr().cast(), self.page);
             libc::munmap(self.asleep.as_ptr().cast(), self.page);

@@ -101,23 +101,43 @@ pub fn wait_port(port: u16) -> Result<()> {
     bail!("nothing listens on 127.0.0.1:{port} after 10 s")
 }
 
-/// Where the paced runs place the app and the load: nginx's workers on the first CPU, wrk on the last. Left to the
-/// scheduler, the two land on one CPU in some runs and on two in others, and with the machine mostly idle that
-/// alone moved the baseline's busy time by 5-9 µs per request (17.6-18.8 on one CPU, 22.1-26.8 on two; 2 vCPU
-/// VM, `wrk` paced at 8,400 requests/s), more than the observer adds. The observer and the sidecar stand-in are
-/// not pinned: where they run is part of what they cost. `None` on a machine with one CPU.
+/// Where the paced runs place the app and the load: nginx's workers on the first CPU this process may use, wrk on
+/// the last. Left to the scheduler, the two land on one CPU in some runs and on two in others, and with the machine
+/// mostly idle that alone moved the baseline's busy time by 5-9 µs per request (17.6-18.8 on one CPU, 22.1-26.8 on
+/// two; 2 vCPU VM, `wrk` paced at 8,400 requests/s), more than the observer adds. The observer and the sidecar
+/// stand-in are not pinned: where they run is part of what they cost. `None` with one CPU.
 pub fn paced_cpus() -> Option<(usize, usize)> {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (n >= 2).then_some((0, n - 1))
+    let cpus = allowed_cpus();
+    match (cpus.first(), cpus.last()) {
+        (Some(&first), Some(&last)) if first != last => Some((first, last)),
+        _ => None,
+    }
 }
 
-/// Sets the CPUs `pid` may run on (`None`: every CPU).
+/// The CPUs this process may run on (its affinity: a container's cpuset may not start at CPU 0).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads a bit below CPU_SETSIZE of a valid set.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Sets the CPUs `pid` may run on: `cpu` alone, or (`None`) every CPU this process may use.
 fn set_affinity(pid: u32, cpu: Option<usize>) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set, filled by the libc macros below.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for c in (0..n).filter(|c| cpu.is_none_or(|only| only == *c)) {
-        // SAFETY: `c` is below the CPU count, inside cpu_set_t's 1024 bits on any machine this runs on.
+    let cpus = match cpu {
+        Some(c) => vec![c],
+        None => allowed_cpus(),
+    };
+    for c in cpus {
+        // SAFETY: `c` is below CPU_SETSIZE (an allowed CPU, or one `paced_cpus` gave).
         unsafe { libc::CPU_SET(c, &mut set) };
     }
     // SAFETY: `set` is a valid cpu_set_t of the size passed; the kernel checks the pid.
