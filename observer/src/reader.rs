@@ -204,6 +204,7 @@ impl Ring {
                 Slot::Discarded { next } => self.pos = next,
                 Slot::Item { next, bytes } => {
                     d.records += 1;
+                    prefetch(data, next & self.mask);
                     d.take(bytes, &mut f);
                     self.pos = next;
                 }
@@ -286,6 +287,39 @@ enum Slot<'a> {
         next: usize,
         bytes: &'a [u8],
     },
+}
+
+/// Lines of a record asked for ahead of reading it: its headers (8 + 112 bytes) and the first 330 bytes or so of its
+/// payload, where a short request's or response's head ends. The parser reads the rest of a longer head in order,
+/// which the CPU's own prefetcher follows.
+const PREFETCH_LINES: usize = 7;
+
+/// Asks the CPU for the first lines of the record at `off` while the one before it is handled.
+///
+/// The records were written by the CPUs that sent the packets, so each line the reader touches first is a miss to
+/// another core's cache, and a record's first lines start no stream the CPU's prefetcher would follow. Live
+/// (loopback nginx under `wrk -t1 -c50`, ClickHouse sink, 8 alternating rounds) the agent's CPU per event fell from
+/// 1.68 to 1.45 µs; asking for 16 lines, or for the record after next as well, gained less.
+#[inline(always)]
+fn prefetch(data: &[u8], off: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let base = off & !63;
+        for i in 0..PREFETCH_LINES {
+            let at = base + i * 64;
+            if at < data.len() {
+                // SAFETY: `at` is inside `data`; a prefetch reads nothing architecturally and cannot fault.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        data.as_ptr().add(at).cast(),
+                    )
+                };
+            }
+        }
+    }
+    // Elsewhere a hint only: the stable intrinsics are x86's.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, off);
 }
 
 /// Reads the record header at `pos` of the twice-mapped `data` (`2 * (mask + 1)` bytes).
