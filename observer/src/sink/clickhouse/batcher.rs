@@ -30,8 +30,7 @@ struct OpenBatch {
 }
 
 impl OpenBatch {
-    fn new(header: Arc<Vec<u8>>) -> Self {
-        let mut buf = Vec::with_capacity(64 * 1024);
+    fn new(header: Arc<Vec<u8>>, mut buf: Vec<u8>) -> Self {
         buf.extend_from_slice(&header);
         OpenBatch {
             header,
@@ -61,7 +60,7 @@ impl OpenBatch {
         self.rows >= ctx.cfg.batch_rows as u64 || self.buf.len() >= ctx.cfg.batch_max_bytes
     }
 
-    /// The filled buffer and its rows; the batch goes on in `next` (empty, sized for a batch like this one).
+    /// The filled buffer and its rows; the batch goes on in `next` (empty, from [`Ctx::buffer`]).
     fn take(&mut self, mut next: Vec<u8>) -> (Vec<u8>, u64) {
         next.extend_from_slice(&self.header);
         let rows = self.rows;
@@ -74,13 +73,11 @@ impl OpenBatch {
 pub(super) async fn batcher(mut rx: QueueRx, ship_tx: mpsc::Sender<SpooledBatch>, ctx: Arc<Ctx>) {
     let header = Arc::new(rbwnat_header());
     let columns = column_list();
-    let mut open = OpenBatch::new(header);
+    let mut open = OpenBatch::new(header, ctx.buffer());
     let mut seq: u64 = 0;
     let mut courtesy = Courtesy::new();
     let seal = |open: &mut OpenBatch, seq: &mut u64| {
-        // Sized like this batch, so the next one fills without reallocating (each doubling copied megabytes).
-        let want = open.buf.len() + open.buf.len() / 8;
-        let (payload, rows) = open.take(ctx.buffer(want));
+        let (payload, rows) = open.take(ctx.buffer());
         *seq += 1;
         ctx.seal(*seq - 1, TABLE, &columns, payload, rows)
     };
