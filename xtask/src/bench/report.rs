@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::load::PORT;
 use super::stats::{interval95, ratios, Goal, Ratios};
-use super::{Config, Observed, Paced, ProgCost, IDLE_PORT, PACE_MS};
+use super::{Config, Observed, Paced, ProgCost, IDLE_PORT, PACE_MS, WARM_UP_S};
 
 pub struct Inputs<'a> {
     pub duration: u64,
@@ -77,9 +77,9 @@ fn kernel_us(o: &Observed) -> f64 {
     o.progs.iter().map(|c| c.ns as f64).sum::<f64>() / o.wrk.requests.max(1) as f64 / 1000.0
 }
 
-/// Own CPU per exchange reported (or per request when nothing reports), µs.
+/// Own CPU per exchange in the measured window (the agent's count; per request when nothing reports), µs.
 fn own_us(o: &Observed) -> f64 {
-    o.cpu_s * 1e6 / o.reported.unwrap_or(o.wrk.requests as f64).max(1.0)
+    o.cpu_s * 1e6 / o.window.max(1.0)
 }
 
 pub fn sections(root: &Path, x: &Inputs) -> Vec<String> {
@@ -104,7 +104,7 @@ pub fn sections(root: &Path, x: &Inputs) -> Vec<String> {
 fn headline(prov: &str, x: &Inputs) -> String {
     let mut md = String::new();
     let k = x.obs_k;
-    let agent = k.cpu_s * 1e6 / k.reported.unwrap_or(0.0).max(1.0);
+    let agent = own_us(k);
     let kern = kernel_us(k);
     let per_round: Vec<f64> = x.of(Config::Capturing).iter().map(own_us).collect();
     let _ = writeln!(md, "## CPU per exchange (headline)\n\n{prov}\n");
@@ -154,6 +154,19 @@ fn headline(prov: &str, x: &Inputs) -> String {
         "| agent per event, rounds (mean, 95% interval) | {} |",
         mean_interval(&per_round)
     );
+    // The warm-up's own figures: an agent's first seconds, page faults and all.
+    let cold: Vec<f64> = x
+        .of(Config::CapturingClickHouse)
+        .iter()
+        .filter_map(|o| o.cold)
+        .map(|(cpu, n)| cpu * 1e6 / n.max(1.0))
+        .collect();
+    let _ = writeln!(
+        md,
+        "| agent per event, ClickHouse sink, its first {WARM_UP_S} s from start (the unmeasured warm-up; rounds' mean, \
+         95% interval) | {} |",
+        mean_interval(&cold)
+    );
     let _ = writeln!(
         md,
         "| kernel programs per request, hooks only (port {IDLE_PORT}, nothing emitted) | {:.2} |",
@@ -173,8 +186,9 @@ fn headline(prov: &str, x: &Inputs) -> String {
             mean_interval(&x.added_us(c))
         );
     }
-    let _ = writeln!(md, "\nThe machine figures are `/proc/stat` busy time per request completed, less the \
-        baseline's in the same round: on a box that wrk and nginx saturate they mostly measure throughput lost, and \
+    let _ = writeln!(md, "\nEvery run is measured after {WARM_UP_S} s of the same load, unmeasured, with the agent or \
+        peer already running: the figures are those of a process in its steady state. The machine figures are \
+        `/proc/stat` busy time per request completed, less the baseline's in the same round: on a box that wrk and nginx saturate they mostly measure throughput lost, and \
         the no-op programs' row is the floor any cgroup_skb hook costs. bpf_stats adds two clock reads to each \
         program run, so the kernel figure is a slight overestimate.\n");
     md
@@ -194,9 +208,10 @@ fn rounds(prov: &str, x: &Inputs) -> String {
         into the ClickHouse dev server on loopback (capturing, ClickHouse sink); the same with `--drain-only` (the kernel captures \
         every exchange and the reader drains the ring buffer, but drops every record unread); `observer run --ports \
         {IDLE_PORT}` (hooks only: cgroup_skb + sock_ops classifying every packet, nothing on that port so nothing \
-        emitted); two no-op cgroup_skb programs (`r0 = 1; exit`) on the root cgroup (the floor).\n",
-        d = x.duration, r = x.rounds);
-    let _ = writeln!(md, "| round | configuration | req/s | p99 ms | machine µs/request | reported | drops | own CPU % |\n|---|---|---|---|---|---|---|---|");
+        emitted); two no-op cgroup_skb programs (`r0 = 1; exit`) on the root cgroup (the floor). Each run starts \
+        with {w} s of the same load, unmeasured (the warm-up).\n",
+        d = x.duration, r = x.rounds, w = WARM_UP_S);
+    let _ = writeln!(md, "| round | configuration | req/s | p99 ms | machine µs/request | reported (warm-up included) | drops | own CPU % |\n|---|---|---|---|---|---|---|---|");
     for r in 0..x.rounds as usize {
         for (c, runs) in x.configs.iter().zip(x.runs) {
             let Some(o) = runs.get(r) else { continue };
@@ -239,7 +254,7 @@ fn rounds(prov: &str, x: &Inputs) -> String {
     for c in [Config::Capturing, Config::CapturingClickHouse] {
         let cap = x.of(c);
         let events: f64 = cap.iter().filter_map(|o| o.reported).sum();
-        let requests: f64 = cap.iter().map(|o| o.wrk.requests as f64).sum();
+        let requests: f64 = cap.iter().map(|o| o.sent).sum();
         let drops: f64 = cap.iter().map(|o| o.drops).sum();
         let _ = writeln!(
             md,
@@ -252,8 +267,9 @@ fn rounds(prov: &str, x: &Inputs) -> String {
     let _ = writeln!(
         md,
         "\nEvents are the lines the agent wrote (NDJSON) or the rows it added to ClickHouse, counted after it flushed \
-         and exited; wrk counts requests completed in its window, and the agent also reports requests in flight when \
-         wrk stops, so the ratio can exceed 1 by up to the connection count.\n"
+         and exited; requests are those wrk completed while the agent ran (its warm-up's and the measured window's), \
+         and the agent also reports requests in flight when wrk stops, so the ratio can exceed 1 by up to the \
+         connection count.\n"
     );
     let _ = writeln!(md, "How to read this: each configuration adds one thing to the one before. No-op: running a \
         cgroup_skb program on every packet at all. Hooks only: the observer's classification of every packet. Drain \
@@ -311,7 +327,8 @@ fn peers(prov: &str, x: &Inputs) -> String {
         let rps = ratios(&runs, &base, |o| o.wrk.rps);
         let p99 = ratios(&runs, &base, |o| o.wrk.p99_ms);
         let added = x.added_us(*c);
-        let requests: f64 = runs.iter().map(|o| o.wrk.requests as f64).sum();
+        let requests: f64 = runs.iter().map(|o| o.sent).sum();
+        let window: f64 = runs.iter().map(|o| o.window).sum();
         let cpu: f64 = runs.iter().map(|o| o.cpu_s).sum();
         let reported: Option<f64> = runs.iter().map(|o| o.reported).sum();
         let notes: Vec<&str> = runs
@@ -335,7 +352,7 @@ fn peers(prov: &str, x: &Inputs) -> String {
             ratio_cell(&rps),
             ratio_cell(&p99),
             mean_interval(&added),
-            cpu * 1e6 / requests.max(1.0)
+            cpu * 1e6 / window.max(1.0)
         );
         let mean_added = added.iter().sum::<f64>() / added.len().max(1) as f64;
         figures.push((*c, rps.of_means, p99.of_means, mean_added));
