@@ -35,7 +35,9 @@ pub struct DataHeader {
     pub kind: u32,
     /// One of `HOOK_*`.
     pub hook: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the segment was seen.
+    /// CLOCK_MONOTONIC ns: on a local socket's egress (cgroup_skb), the departure time TCP stamped on the segment
+    /// (`skb->tstamp`: when TCP sent it, later by the pacing delay when the socket is paced); elsewhere, or when
+    /// unstamped, `bpf_ktime_get_ns` when the segment was seen.
     pub ts_ns: u64,
     /// Socket cookie of the local socket, 0 when no local socket owns the packet (TC ingress, forwarded traffic).
     pub cookie: u64,

@@ -518,8 +518,15 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     if trunc != 0 {
         count(CNT_TRUNCATED);
     }
-    // SAFETY: a helper without arguments or side effects.
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // On a local socket's egress TCP has stamped the segment with its departure time (CLOCK_MONOTONIC, as
+    // bpf_ktime_get_ns; see `DataHeader::ts_ns`): a field read instead of a helper call and a clock read, about 35 ns
+    // per run. Loopback nginx under wrk, drain-only, 11 alternating rounds: lower in 10, by 51-108 ns per request
+    // (median about 80) of 1,050-1,410.
+    // SAFETY: the program's own context, valid for its run; a helper without arguments or side effects.
+    let ts_ns = match unsafe { (*skb.skb).tstamp } {
+        t if t != 0 && hook == HOOK_CGROUP_EGRESS => t,
+        _ => unsafe { bpf_ktime_get_ns() },
+    };
     // The socket's identity (its cgroup, and on egress the sending task) in a stream's first record and then once a
     // second: user space keeps it per socket, and the helpers that read it are a good part of this program's cost
     // per record.
