@@ -15,8 +15,9 @@ pub struct Inputs<'a> {
     /// Per configuration (as in `configs`), its runs round by round.
     pub runs: &'a [Vec<Observed>],
     /// The extra hooks-only and capturing runs with bpf_stats on.
-    pub idle_k: &'a Observed,
-    pub obs_k: &'a Observed,
+    /// The bpf_stats runs ([`super::KERNEL_RUNS`] of each).
+    pub idle_k: &'a [Observed],
+    pub obs_k: &'a [Observed],
     /// The criterion result lines, when they were run.
     pub criterion: Option<&'a [String]>,
 }
@@ -77,6 +78,11 @@ fn kernel_us(o: &Observed) -> f64 {
     o.progs.iter().map(|c| c.ns as f64).sum::<f64>() / o.wrk.requests.max(1) as f64 / 1000.0
 }
 
+/// The mean of `f` over `runs`.
+fn mean_of(runs: &[Observed], f: impl Fn(&Observed) -> f64) -> f64 {
+    runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64
+}
+
 /// Own CPU per exchange in the measured window (the agent's count; per request when nothing reports), µs.
 fn own_us(o: &Observed) -> f64 {
     o.cpu_s * 1e6 / o.window.max(1.0)
@@ -103,9 +109,9 @@ pub fn sections(root: &Path, x: &Inputs) -> Vec<String> {
 
 fn headline(prov: &str, x: &Inputs) -> String {
     let mut md = String::new();
-    let k = x.obs_k;
-    let agent = own_us(k);
-    let kern = kernel_us(k);
+    let agent = mean_of(x.obs_k, own_us);
+    let kern = mean_of(x.obs_k, kernel_us);
+    let kern_runs: Vec<f64> = x.obs_k.iter().map(kernel_us).collect();
     let per_round: Vec<f64> = x.of(Config::Capturing).iter().map(own_us).collect();
     let _ = writeln!(md, "## CPU per exchange (headline)\n\n{prov}\n");
     let _ = writeln!(md, "What seeing one exchange costs: the kernel programs' run time per exchange \
@@ -133,7 +139,7 @@ fn headline(prov: &str, x: &Inputs) -> String {
     );
     let _ = writeln!(
         md,
-        "| CPU per exchange, NDJSON sink (kernel + agent, bpf_stats run) | {:.2} (goal {goal}: {} on the rounds' \
+        "| CPU per exchange, NDJSON sink (kernel + agent, bpf_stats runs) | {:.2} (goal {goal}: {} on the rounds' \
          interval) |",
         kern + agent,
         goal.judge((lo + kern, hi + kern))
@@ -145,10 +151,12 @@ fn headline(prov: &str, x: &Inputs) -> String {
     );
     let _ = writeln!(
         md,
-        "| kernel programs per exchange (bpf_stats run, {:.0} req/s) | {kern:.2} |",
-        k.wrk.rps
+        "| kernel programs per exchange ({} bpf_stats runs, mean, 95% interval; {:.0} req/s) | {} |",
+        x.obs_k.len(),
+        mean_of(x.obs_k, |o| o.wrk.rps),
+        mean_interval(&kern_runs)
     );
-    let _ = writeln!(md, "| agent per event (same run) | {agent:.2} |");
+    let _ = writeln!(md, "| agent per event (same runs) | {agent:.2} |");
     let _ = writeln!(
         md,
         "| agent per event, rounds (mean, 95% interval) | {} |",
@@ -170,7 +178,7 @@ fn headline(prov: &str, x: &Inputs) -> String {
     let _ = writeln!(
         md,
         "| kernel programs per request, hooks only (port {IDLE_PORT}, nothing emitted) | {:.2} |",
-        kernel_us(x.idle_k)
+        mean_of(x.idle_k, kernel_us)
     );
     for c in [
         Config::Capturing,
@@ -421,13 +429,32 @@ fn peers(prov: &str, x: &Inputs) -> String {
 fn kernel(prov: &str, x: &Inputs) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## Kernel program cost\n\n{prov}\n");
-    let _ = writeln!(md, "One more hooks-only run and one more capturing run (not part of the rounds above), with \
-        `kernel.bpf_stats_enabled=1`: the kernel then times every program run, which adds two clock reads (some tens \
-        of ns) to each.\n");
+    let _ = writeln!(md, "{} more hooks-only and {} more capturing runs, alternated (not part of the rounds above), \
+        with `kernel.bpf_stats_enabled=1`: the kernel then times every program run, which adds two clock reads (some \
+        tens of ns) to each. Runs and time are summed over the runs of each kind.\n", x.idle_k.len(), x.obs_k.len());
     let _ = writeln!(md, "| program | hooks only: runs | ns per run | capturing: runs | ns per run |\n|---|---|---|---|---|");
+    // Each program's runs and time summed over `runs`, in the order the first run lists them.
+    let summed = |runs: &[Observed]| -> Vec<ProgCost> {
+        let mut out: Vec<ProgCost> = Vec::new();
+        for c in runs.iter().flat_map(|o| &o.progs) {
+            match out.iter_mut().find(|s| s.name == c.name) {
+                Some(s) => {
+                    s.runs += c.runs;
+                    s.ns += c.ns;
+                }
+                None => out.push(ProgCost {
+                    name: c.name.clone(),
+                    runs: c.runs,
+                    ns: c.ns,
+                }),
+            }
+        }
+        out
+    };
+    let (idle, obs) = (summed(x.idle_k), summed(x.obs_k));
     let per_run = |c: &ProgCost| c.ns as f64 / c.runs.max(1) as f64;
-    for c in &x.obs_k.progs {
-        let h = x.idle_k.progs.iter().find(|h| h.name == c.name);
+    for c in &obs {
+        let h = idle.iter().find(|h| h.name == c.name);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.0} |",
@@ -440,11 +467,12 @@ fn kernel(prov: &str, x: &Inputs) -> String {
     }
     let _ = writeln!(
         md,
-        "\nKernel program time per request completed: hooks only {:.2} µs, capturing {:.2} µs ({:.0} req/s in that \
-         run). It is spent on the CPUs of the processes that send and receive, on top of the agent's own CPU.\n",
-        kernel_us(x.idle_k),
-        kernel_us(x.obs_k),
-        x.obs_k.wrk.rps
+        "\nKernel program time per request completed: hooks only {:.2} µs, capturing {} µs (the runs' mean, 95% \
+         interval; {:.0} req/s). It is spent on the CPUs of the processes that send and receive, on top of the \
+         agent's own CPU.\n",
+        mean_of(x.idle_k, kernel_us),
+        mean_interval(&x.obs_k.iter().map(kernel_us).collect::<Vec<_>>()),
+        mean_of(x.obs_k, |o| o.wrk.rps)
     );
     md
 }
