@@ -520,8 +520,8 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     }
     // On a local socket's egress TCP has stamped the segment with its departure time (CLOCK_MONOTONIC, as
     // bpf_ktime_get_ns; see `DataHeader::ts_ns`): a field read instead of a helper call and a clock read, about 35 ns
-    // per run. Loopback nginx under wrk, drain-only, 11 alternating rounds: lower in 10, by 51-108 ns per request
-    // (median about 80) of 1,050-1,410.
+    // per run. Loopback nginx under wrk, drain-only, 11 alternating rounds: lower in 10, median 80 ns per request
+    // of 1,050-1,410.
     // SAFETY: the program's own context, valid for its run; a helper without arguments or side effects.
     let ts_ns = match unsafe { (*skb.skb).tstamp } {
         t if t != 0 && hook == HOOK_CGROUP_EGRESS => t,

@@ -14,8 +14,7 @@ pub struct Inputs<'a> {
     pub configs: &'a [Config],
     /// Per configuration (as in `configs`), its runs round by round.
     pub runs: &'a [Vec<Observed>],
-    /// The extra hooks-only and capturing runs with bpf_stats on.
-    /// The bpf_stats runs ([`super::KERNEL_RUNS`] of each).
+    /// The extra hooks-only and capturing runs with bpf_stats on ([`super::KERNEL_RUNS`] of each).
     pub idle_k: &'a [Observed],
     pub obs_k: &'a [Observed],
     /// The criterion result lines, when they were run.
@@ -196,8 +195,8 @@ fn headline(prov: &str, x: &Inputs) -> String {
     }
     let _ = writeln!(md, "\nEvery run is measured after {WARM_UP_S} s of the same load, unmeasured, with the agent or \
         peer already running: the figures are those of a process in its steady state. The machine figures are \
-        `/proc/stat` busy time per request completed, less the baseline's in the same round: on a box that wrk and nginx saturate they mostly measure throughput lost, and \
-        the no-op programs' row is the floor any cgroup_skb hook costs. bpf_stats adds two clock reads to each \
+        `/proc/stat` busy time per request completed, less the baseline's in the same round: on a box that wrk and \
+        nginx saturate they mostly measure throughput lost, and the no-op programs' row is the floor any cgroup_skb hook costs. bpf_stats adds two clock reads to each \
         program run, so the kernel figure is a slight overestimate.\n");
     md
 }
