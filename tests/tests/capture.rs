@@ -6,7 +6,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     process::Command,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use observer_tests::*;
@@ -54,6 +54,28 @@ fn assert_local_both(e: &Value, client_comm: &str, server_comm: &str) {
     );
 }
 
+/// Every event's `ts` (its request's start) lies between `from` and `to`, and so does its response's end: the kernel's
+/// times (TCP's departure stamp on egress, the clock elsewhere) are CLOCK_MONOTONIC and turned into wall time right.
+/// A stamp from another clock (REALTIME, TAI) would be off by years or by leap seconds.
+fn assert_times_within(events: &[Value], from: SystemTime, to: SystemTime) {
+    // The agent turns monotonic times into wall time with an offset it reads: some slack for that reading.
+    let (from, to) = (
+        from - Duration::from_millis(50),
+        to + Duration::from_millis(50),
+    );
+    for e in events {
+        let ts = e["ts"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .unwrap_or_else(|| panic!("ts RFC 3339: {e}"));
+        let end = ts + Duration::from_micros(e["duration_us"].as_u64().unwrap_or(0));
+        assert!(
+            from <= ts && end <= to,
+            "request at {ts:?} and its response by {end:?} lie within the traffic's window {from:?} to {to:?}: {e}"
+        );
+    }
+}
+
 #[test]
 fn loopback_every_framing_case_once_with_both_identities() {
     require_root();
@@ -61,6 +83,7 @@ fn loopback_every_framing_case_once_with_both_identities() {
     let port = 18301;
     let _server = python_server(&dir, None, "127.0.0.1", port);
     let obs = Observer::start(&dir, &["--ports", &port.to_string()]);
+    let from = SystemTime::now();
     let base = format!("http://127.0.0.1:{port}");
     // One keep-alive connection, four framings.
     curl(
@@ -133,6 +156,7 @@ fn loopback_every_framing_case_once_with_both_identities() {
              assert data.startswith(b'HTTP/1.') and data.endswith(b'x' * 7), data\n"
         ),
     ]));
+    let to = SystemTime::now();
     std::thread::sleep(Duration::from_millis(300));
     let all = obs.stop();
     let events = on_port(&all, port);
@@ -222,6 +246,7 @@ fn loopback_every_framing_case_once_with_both_identities() {
         assert!(e["duration_us"].as_u64().is_some(), "{e}");
         assert_eq!(e["truncated"], false, "{e}");
     }
+    assert_times_within(&events, from, to);
 }
 
 #[test]
@@ -245,6 +270,7 @@ fn nginx_under_wrk_every_request_exactly_once() {
     // the record that passes the mark was lost.
     let wrapped = 2.0 * f64::from(observer_common::RING_BYTES);
     let cookie = format!("Cookie: c={}", "x".repeat(8192));
+    let from = SystemTime::now();
     for i in 0..10 {
         let url = format!("http://127.0.0.1:{port}/index.html");
         let mut args = vec!["-t1", "-c8", "-d1s", url.as_str()];
@@ -265,6 +291,7 @@ fn nginx_under_wrk_every_request_exactly_once() {
             &format!("http://127.0.0.1:{port}/big.bin"),
         ],
     );
+    let to = SystemTime::now();
     std::thread::sleep(Duration::from_millis(500));
     let metrics = obs.metrics_text();
     assert_eq!(
@@ -315,6 +342,7 @@ fn nginx_under_wrk_every_request_exactly_once() {
         "kernel counters exported:\n{metrics}"
     );
     assert!(metrics.contains("observer_exchanges_total"), "{metrics}");
+    assert_times_within(&events, from, to);
 }
 
 #[test]
