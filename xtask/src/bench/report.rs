@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::load::PORT;
-use super::stats::{interval95, ratios, Goal, Ratios};
+use super::stats::{interval95, mean, ratios, Goal, Ratios};
 use super::{Config, Observed, Paced, ProgCost, IDLE_PORT, PACE_MS, WARM_UP_S};
 
 pub struct Inputs<'a> {
@@ -52,7 +52,7 @@ fn is_baseline(c: Config) -> bool {
 
 /// Mean and 95% interval, as text.
 fn mean_interval(v: &[f64]) -> String {
-    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mean = mean(v);
     let (lo, hi) = interval95(v);
     if lo.is_finite() {
         format!("{mean:.2} ({lo:.2} to {hi:.2})")
@@ -79,7 +79,7 @@ fn kernel_us(o: &Observed) -> f64 {
 
 /// The mean of `f` over `runs`.
 fn mean_of(runs: &[Observed], f: impl Fn(&Observed) -> f64) -> f64 {
-    runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64
+    mean(&runs.iter().map(f).collect::<Vec<_>>())
 }
 
 /// Own CPU per exchange in the measured window (the agent's count; per request when nothing reports), µs.
@@ -126,7 +126,7 @@ fn headline(prov: &str, x: &Inputs) -> String {
         .iter()
         .map(own_us)
         .collect();
-    let ch = per_round_ch.iter().sum::<f64>() / per_round_ch.len().max(1) as f64;
+    let ch = mean(&per_round_ch);
     let (ch_lo, ch_hi) = interval95(&per_round_ch);
     let _ = writeln!(md, "| figure | µs |\n|---|---|");
     let _ = writeln!(
@@ -361,7 +361,7 @@ fn peers(prov: &str, x: &Inputs) -> String {
             mean_interval(&added),
             cpu * 1e6 / window.max(1.0)
         );
-        let mean_added = added.iter().sum::<f64>() / added.len().max(1) as f64;
+        let mean_added = mean(&added);
         figures.push((*c, rps.of_means, p99.of_means, mean_added));
     }
     let find = |c: Config| figures.iter().find(|f| f.0 == c).copied();

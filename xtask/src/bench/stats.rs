@@ -35,10 +35,15 @@ pub fn t95(df: usize) -> f64 {
     }
 }
 
+/// The mean of `v` (0 when empty).
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
 /// 95% confidence interval of the mean of `v`: unbounded with fewer than two samples.
 pub fn interval95(v: &[f64]) -> (f64, f64) {
     let n = v.len();
-    let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+    let mean = mean(v);
     if n < 2 {
         return (f64::NEG_INFINITY, f64::INFINITY);
     }
@@ -81,10 +86,10 @@ impl std::fmt::Display for Goal {
 
 /// `runs` against `base`, round by round, on the figure `f`.
 pub fn ratios<T>(runs: &[&T], base: &[&T], f: impl Fn(&T) -> f64) -> Ratios {
-    let mean = |v: &[&T]| v.iter().map(|w| f(w)).sum::<f64>() / v.len().max(1) as f64;
+    let mean_of = |v: &[&T]| mean(&v.iter().map(|w| f(w)).collect::<Vec<_>>());
     let per_round: Vec<f64> = runs.iter().zip(base).map(|(r, b)| f(r) / f(b)).collect();
     Ratios {
-        of_means: mean(runs) / mean(base),
+        of_means: mean_of(runs) / mean_of(base),
         lowest: per_round.iter().copied().fold(f64::INFINITY, f64::min),
         highest: per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         interval: interval95(&per_round),
