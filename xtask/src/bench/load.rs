@@ -253,6 +253,16 @@ pub fn wrk_with(port: u16, duration: u64, o: &Wrk) -> Result<WrkResult> {
     if r.rps == 0.0 {
         bail!("could not read wrk's output:\n{text}");
     }
+    // A run answered with errors measures the errors (the 8 KiB cookie workload was connection churn of 400s until
+    // stop 24): it fails, whichever configuration or workload it was.
+    if r.errors > 0 {
+        bail!(
+            "nginx on 127.0.0.1:{port} answered {} of {} requests for {path} with an error status, so this run is \
+             not the load it claims to be",
+            r.errors,
+            r.requests
+        );
+    }
     Ok(r)
 }
 
