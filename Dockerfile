@@ -14,7 +14,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo xtask build \
-    && install -D -m 0755 target/release/observer /out/observer
+    && install -D -m 0755 target/dist/observer /out/observer
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update -qq \

@@ -55,7 +55,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the agent with its eBPF programs: target/release/observer.
+    /// Build the agent with its eBPF programs as it ships (the `dist` profile: release with LTO): target/dist/observer.
     Build,
     /// Build, start a local ClickHouse unless CLICKHOUSE_URL is set, apply the schema and run the agent.
     Run {
@@ -217,7 +217,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.command {
         Cmd::Build => {
-            build_release(&root)?;
+            build_dist(&root)?;
         }
         Cmd::Run { args } => run_agent(&root, args)?,
         Cmd::Test { fuzz } => test_all(&root, fuzz)?,
@@ -231,7 +231,7 @@ fn main() -> Result<()> {
             clickhouse_rows,
             clickhouse_insert_rows,
         } => {
-            let bin = build_release(&root)?;
+            let bin = build_dist(&root)?;
             if clickhouse {
                 return bench_clickhouse::run(&root, &bin, clickhouse_rows, clickhouse_insert_rows);
             }
@@ -326,18 +326,30 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Builds target/release/observer with its eBPF programs.
+/// Builds target/release/observer with its eBPF programs: what tests, `run` and the demo use.
 pub fn build_release(root: &Path) -> Result<PathBuf> {
+    build_profile(root, "release")
+}
+
+/// Builds target/dist/observer with its eBPF programs: the `dist` profile (Cargo.toml: release with fat LTO), what
+/// the image ships and the bench measures.
+pub fn build_dist(root: &Path) -> Result<PathBuf> {
+    build_profile(root, "dist")
+}
+
+fn build_profile(root: &Path, profile: &str) -> Result<PathBuf> {
     toolchain::ensure_ebpf_toolchain()?;
-    say("building observer (release, with eBPF programs)");
+    say(format!(
+        "building observer ({profile} profile, with eBPF programs)"
+    ));
     toolchain::run_cargo(
         Command::new("cargo")
             .current_dir(root)
-            .args(["build", "--release", "-p", "observer"])
+            .args(["build", "--profile", profile, "-p", "observer"])
             .env_remove("AYA_BUILD_SKIP"),
         &ebpf_log(root),
     )?;
-    let bin = root.join("target/release/observer");
+    let bin = root.join("target").join(profile).join("observer");
     if !bin.exists() {
         bail!("build finished but {} is missing", bin.display());
     }
