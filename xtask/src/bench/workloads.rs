@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::load::{start_nginx, wrk_with, Nginx, Wrk, KEY, KEY_HEADER, PORT};
-use super::Agent;
+use super::{Agent, WARM_UP_S};
 use crate::toolchain::say;
 
 #[derive(Clone, Copy)]
@@ -45,7 +45,10 @@ struct Outcome {
     sent: u64,
     events: f64,
     drops: Vec<(&'static str, f64)>,
+    /// Agent CPU per exchange over the measured window.
     agent_us: f64,
+    /// The same over the warm-up before it, from the agent's start.
+    cold_us: f64,
     kernel_us: f64,
     rss_mib: f64,
     hwm_mib: f64,
@@ -193,20 +196,35 @@ fn run_one(bin: &Path, dir: &Path, duration: u64, w: Workload) -> Result<Outcome
             extra_sent = n as u64;
         }
     }
-    let (r, cpu, progs) = agent.measure(true, Duration::from_millis(500), || {
-        wrk_with(PORT, duration, &opts).with_context(|| format!("workload {}", w.name()))
-    })?;
+    let settle = Duration::from_millis(500);
+    let opts = &opts;
+    let load = |secs: u64| {
+        move || wrk_with(PORT, secs, opts).with_context(|| format!("workload {}", w.name()))
+    };
+    // As the headline's runs: the same load, unmeasured, first, so that the figures are a running agent's. Exchanges
+    // are the agent's own count over each part (the idle connections' requests come before both).
+    let x0 = agent.exchanges();
+    let (warm, cold_cpu, _) = agent.measure(false, settle, load(WARM_UP_S))?;
+    let x1 = agent.exchanges();
+    let (r, cpu, progs) = agent.measure(true, settle, load(duration))?;
+    let x2 = agent.exchanges();
     let (rss_mib, hwm_mib) = memory_mib(agent.pid());
     drop(idle);
     let (events, drops) = agent.stop_with_reasons()?;
-    let sent = r.requests + extra_sent;
+    let per_event = |cpu: f64, exchanges: f64| {
+        if exchanges.is_finite() && exchanges > 0.0 {
+            cpu * 1e6 / exchanges
+        } else {
+            f64::NAN
+        }
+    };
     Ok(Outcome {
         workload: w,
-        sent,
+        sent: warm.requests + r.requests + extra_sent,
         events,
         drops,
-        // The idle connections' requests were answered before the CPU count started.
-        agent_us: cpu * 1e6 / (events - extra_sent as f64).max(1.0),
+        agent_us: per_event(cpu, x2 - x1),
+        cold_us: per_event(cold_cpu, x1 - x0),
         kernel_us: progs.iter().map(|c| c.ns as f64).sum::<f64>()
             / r.requests.max(1) as f64
             / 1000.0,
@@ -249,34 +267,40 @@ pub fn run(bin: &Path, dir: &Path, duration: u64, prov: &str) -> Result<String> 
     for w in all.into_iter().filter(wanted) {
         let o = run_one(bin, dir, duration, w)?;
         say(format!(
-            "workload {}: {} sent, {:.0} events, drops {}, agent {:.2} µs/event, kernel {:.2} µs/exchange, RSS {:.0} MiB",
+            "workload {}: {} sent, {:.0} events, drops {}, agent {:.2} µs/event (first {WARM_UP_S} s {:.2}), kernel {:.2} \
+             µs/exchange, RSS {:.0} MiB",
             o.workload.name(),
             o.sent,
             o.events,
             drops_text(&o.drops),
             o.agent_us,
+            o.cold_us,
             o.kernel_us,
             o.rss_mib
         ));
         outcomes.push(o);
     }
     let mut md = format!("## Workloads beyond keep-alive loopback\n\n{prov}\n\n");
-    let _ = writeln!(md, "Each workload runs once for {duration} s against the same loopback nginx, with the capturing \
-        agent (registry enrichment, NDJSON sink) and `kernel.bpf_stats_enabled=1`. Sent: requests wrk completed, plus \
-        the idle client's one request per connection. Reported: events the agent wrote (it also reports requests in \
-        flight when wrk stops, so it may exceed sent by up to the connection count). Memory is the agent's RSS after \
-        the run (high-water mark in brackets), with the idle connections still open.\n");
-    let _ = writeln!(md, "| workload | sent | reported | reported / sent | drops by counter | agent µs per event | kernel µs per exchange | agent RSS MiB |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "Each workload runs once against the same loopback nginx, with the capturing agent (registry \
+        enrichment, NDJSON sink): {WARM_UP_S} s of its load unmeasured (the warm-up, as in the headline's runs), then \
+        {duration} s measured with `kernel.bpf_stats_enabled=1`. The agent's CPU per event is over the exchanges it \
+        counted in the measured window (`observer_exchanges_total`); the warm-up's, from the agent's start, is beside \
+        it. Sent: requests wrk completed in both parts, plus the idle client's one request per connection. Reported: \
+        events the agent wrote (it also reports requests in flight when wrk stops, so it may exceed sent by up to the \
+        connection count). Memory is the agent's RSS after the run (high-water mark in brackets), with the idle \
+        connections still open.\n");
+    let _ = writeln!(md, "| workload | sent | reported | reported / sent | drops by counter | agent µs per event | agent µs per event, first {WARM_UP_S} s | kernel µs per exchange | agent RSS MiB |\n|---|---|---|---|---|---|---|---|---|");
     for o in &outcomes {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.3} | {} | {:.2} | {:.2} | {:.0} ({:.0}) |",
+            "| {} | {} | {:.0} | {:.3} | {} | {:.2} | {:.2} | {:.2} | {:.0} ({:.0}) |",
             o.workload.name(),
             o.sent,
             o.events,
             o.events / o.sent.max(1) as f64,
             drops_text(&o.drops),
             o.agent_us,
+            o.cold_us,
             o.kernel_us,
             o.rss_mib,
             o.hwm_mib
