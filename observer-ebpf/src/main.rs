@@ -3,8 +3,8 @@
 //! Programs: cgroup_skb ingress/egress (every local socket, every netns, with the socket cookie and cgroup),
 //! TC clsact ingress/egress (traffic no local socket owns, `--iface`), and sock_ops (in `sockops.rs`: connection
 //! lifecycle, the connecting pid, stream end sequence numbers at close). Nothing is parsed here beyond the first
-//! bytes: user space owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups, except one per
-//! sleep of the reader, once the bytes waiting in the ring reach a mark (see [`submit_flags`]).
+//! bytes: user space owns HTTP. Every failure increments a per-CPU counter; records are submitted without wakeups,
+//! except one per sleep of the reader, once the bytes waiting in the ring reach a mark (see [`submit_flags`]).
 #![no_std]
 #![no_main]
 
