@@ -267,8 +267,8 @@ pub fn run(bin: &Path, dir: &Path, duration: u64, prov: &str) -> Result<String> 
     for w in all.into_iter().filter(wanted) {
         let o = run_one(bin, dir, duration, w)?;
         say(format!(
-            "workload {}: {} sent, {:.0} events, drops {}, agent {:.2} µs/event (first {WARM_UP_S} s {:.2}), kernel {:.2} \
-             µs/exchange, RSS {:.0} MiB",
+            "workload {}: {} sent, {:.0} events, drops {}, agent {:.2} µs/event (first {WARM_UP_S} s {:.2}), \
+             kernel {:.2} µs/exchange, RSS {:.0} MiB",
             o.workload.name(),
             o.sent,
             o.events,
