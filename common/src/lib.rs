@@ -113,23 +113,16 @@ pub struct ConnEvent {
 pub const RING_BYTES: u32 = 16 << 20;
 
 /// Records are submitted without waking the reader, except the first that finds it asleep with this many bytes
-/// waiting in the ring: under load, that is what wakes the reader, about once per 4 MiB (a few thousand exchanges of
-/// a small page; a quarter of [`RING_BYTES`], so three more marks' worth of room remain while the reader drains).
-/// Measured on a 2-vCPU VM in alternating runs against a saturated loopback nginx: capturing with a reader woken by
-/// a 2 ms timer cost it about 14% of its throughput, with a reader woken at a 256 KiB mark about 8% (an early
-/// reader, since replaced, did worse at 1 MiB). With the reader that says when it sleeps (the eBPF object's `READER`
-/// flag), each wake-up is a self-IPI sent from inside `bpf_ringbuf_submit` (`irq_work_queue`), a trap to the
-/// hypervisor that `perf` charged a tenth of the egress program's time to at 1 MiB; so the larger the mark, the
-/// cheaper (ClickHouse sink, about 80-100k exchanges/s, paired differences of alternating rounds):
-/// - 1 MiB against 256 KiB (stop 27, 10 rounds): the capture thread's context switches 560 -> 156 a second, agent
-///   CPU per event -0.087 ± 0.033 µs (-6%), kernel time per exchange about -80 ns;
-/// - 4 MiB against 1 MiB (stop 28, 8 rounds; kernel 4 pairs): context switches 480 -> 121 a second, agent
-///   -0.135 ± 0.085 µs per event (-7%), kernel -110 ns per exchange (lower in each pair), p99 and throughput no
-///   worse.
-///
-/// A timer shorter than the scheduler tick makes the kernel reprogram the timer hardware for each wake-up, which on
-/// a VM traps to the hypervisor too; a wake-up at this mark does not.
-pub const RING_WAKE_BYTES: u32 = 4 << 20;
+/// waiting in the ring: under load, that is what wakes the reader, about once per MiB (several hundred exchanges of
+/// a small page; a sixteenth of [`RING_BYTES`]). Measured on a 2-vCPU VM in alternating runs against a saturated
+/// loopback nginx: capturing with a reader woken by a 2 ms timer cost it about 14% of its throughput, with a reader
+/// woken at a 256 KiB mark about 8% (an early reader, since replaced, did worse at 1 MiB). With the reader that
+/// says when it sleeps (the eBPF object's `READER` flag), 1 MiB against 256 KiB (stop 27, 10 alternating rounds,
+/// ClickHouse sink, about 100k exchanges/s): the capture thread's context switches 560 -> 156 a second,
+/// agent CPU per event -0.087 ± 0.033 µs (-6%), kernel time per exchange about -80 ns (fewer self-IPIs of the
+/// wake-up), throughput and p99 no worse. A timer shorter than the scheduler tick makes the kernel reprogram the
+/// timer hardware for each wake-up, which on a VM traps to the hypervisor; a wake-up at this mark does not.
+pub const RING_WAKE_BYTES: u32 = 1 << 20;
 
 /// Words in the `PORTS` bitmap: 65536 ports, 64 to a word.
 pub const PORT_WORDS: u32 = 1024;
