@@ -120,12 +120,13 @@ pub const RING_BYTES: u32 = 16 << 20;
 /// says when it sleeps (the eBPF object's `READER` flag), 1 MiB against 256 KiB (stop 27, 10 alternating rounds,
 /// ClickHouse sink, about 100k exchanges/s): the capture thread's context switches 560 -> 156 a second,
 /// agent CPU per event -0.087 ± 0.033 µs (-6%), kernel time per exchange about -80 ns (fewer self-IPIs of the
-/// wake-up), throughput and p99 no worse with that sink; with the NDJSON sink slightly worse (stop 28, 8 rounds: agent +0.105 ±
-/// 0.086 µs, throughput -4k ± 3k of 113k requests/s). Not larger: at 4 MiB (stop 28) kernel time fell by another
-/// 110 ns and the agent's with the ClickHouse sink by 7%, but each wake-up handed the capture thread some 5 ms of
-/// work on a core the servers needed, and with the NDJSON sink a saturated nginx lost 9% of its throughput and its
-/// p99 went from 1.0 to 3.4 ms (BENCHMARKS.md). A timer shorter than the scheduler tick makes the kernel reprogram
-/// the timer hardware for each wake-up, which on a VM traps to the hypervisor; a wake-up at this mark does not.
+/// wake-up), throughput and p99 no worse with that sink; with the NDJSON sink slightly worse (stop 28, 8 rounds:
+/// agent +0.105 ± 0.086 µs, throughput -4k ± 3k of 113k requests/s). Not larger: at 4 MiB (stop 28) kernel time
+/// fell by another 110 ns and the agent's with the ClickHouse sink by 7%, but each wake-up handed the capture thread
+/// some 5 ms of work on a core the servers needed, and with the NDJSON sink a saturated nginx lost 9% of its
+/// throughput and its p99 went from 1.0 to 3.4 ms (BENCHMARKS.md). A timer shorter than the scheduler tick makes the
+/// kernel reprogram the timer hardware for each wake-up, which on a VM traps to the hypervisor; a wake-up at this
+/// mark does not.
 pub const RING_WAKE_BYTES: u32 = 1 << 20;
 
 /// Words in the `PORTS` bitmap: 65536 ports, 64 to a word.
