@@ -5,6 +5,11 @@
 #![no_std]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod head;
+pub use head::{
+    head_copy_len, kernel_copy_len, HeadScratch, BODY_PREFIX, HEAD_SCAN, HEAD_SCAN_MIN,
+};
+
 /// First field of every ring-buffer record: says which struct follows.
 pub const EVENT_DATA: u32 = 1;
 pub const EVENT_CONN: u32 = 2;
@@ -19,7 +24,8 @@ pub const HOOK_TC_EGRESS: u32 = 4;
 pub const DATA_FLAG_START: u32 = 1;
 /// `DataHeader::flags`: the segment continues a message whose start was emitted, within the capture cap.
 pub const DATA_FLAG_CONTINUATION: u32 = 2;
-/// `DataHeader::flags`: the segment carried more payload than was copied (cap reached).
+/// `DataHeader::flags`: the segment carried more payload than was copied (cap reached, or a body the agent does not
+/// read left uncopied: see [`head_copy_len`]).
 pub const DATA_FLAG_TRUNCATED: u32 = 4;
 
 /// Largest capture the kernel can copy for one message; `--capture-bytes` is clamped to it.
@@ -113,8 +119,8 @@ pub struct ConnEvent {
 pub const RING_BYTES: u32 = 16 << 20;
 
 /// Records are submitted without waking the reader, except the first that finds it asleep with this many bytes
-/// waiting in the ring: under load, that is what wakes the reader, about once per MiB (several hundred exchanges of
-/// a small page; a sixteenth of [`RING_BYTES`]). Measured on a 2-vCPU VM in alternating runs against a saturated
+/// waiting in the ring: under load, that is what wakes the reader, about once per 512 KiB (several hundred exchanges
+/// of a small page; a thirty-second of [`RING_BYTES`]). Measured on a 2-vCPU VM in alternating runs against a saturated
 /// loopback nginx: capturing with a reader woken by a 2 ms timer cost it about 14% of its throughput, with a reader
 /// woken at a 256 KiB mark about 8% (an early reader, since replaced, did worse at 1 MiB). With the reader that
 /// says when it sleeps (the eBPF object's `READER` flag), 1 MiB against 256 KiB (stop 27, 10 alternating rounds,
@@ -126,8 +132,11 @@ pub const RING_BYTES: u32 = 16 << 20;
 /// some 5 ms of work on a core the servers needed, and with the NDJSON sink a saturated nginx lost 9% of its
 /// throughput and its p99 went from 1.0 to 3.4 ms (BENCHMARKS.md). A timer shorter than the scheduler tick makes the
 /// kernel reprogram the timer hardware for each wake-up, which on a VM traps to the hypervisor; a wake-up at this
-/// mark does not.
-pub const RING_WAKE_BYTES: u32 = 1 << 20;
+/// mark does not. 512 KiB since message starts are copied head only (stop 29, [`head_copy_len`]): a small page's
+/// exchange then takes half the ring bytes it did, and at 1 MiB the reader's bursts, twice as many exchanges long,
+/// cost a saturated nginx (NDJSON sink) 1.1 ± 0.1 ms of p99 (4 alternating rounds), as the 4 MiB mark had; 512 KiB
+/// hands the reader as many exchanges per wake-up as 1 MiB did before.
+pub const RING_WAKE_BYTES: u32 = 512 << 10;
 
 /// Words in the `PORTS` bitmap: 65536 ports, 64 to a word.
 pub const PORT_WORDS: u32 = 1024;
@@ -465,7 +474,9 @@ pub const CNT_LOAD_FAILED_REQUEST: u32 = 18;
 /// A local socket's second message whose socket could not be given per-socket state (the kernel gives none to
 /// request and time-wait sockets, or could not allocate it): its stream's state stayed in the shared flow table.
 pub const CNT_SOCK_STORAGE_UNAVAILABLE: u32 = 19;
-pub const CNT_MAX: u32 = 20;
+/// Message starts whose body the kernel left uncopied ([`head_copy_len`]): a success, not counted as truncated.
+pub const CNT_BODY_NOT_COPIED: u32 = 20;
+pub const CNT_MAX: u32 = 21;
 
 impl NotStart {
     /// The counter of segments dropped for this reason.
@@ -508,6 +519,7 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "ringbuf_full_conn_events",
     "load_failed_request_starts",
     "sock_storage_unavailable",
+    "body_not_copied",
 ];
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 112);

@@ -27,7 +27,10 @@ use aya_ebpf::{
 };
 use observer_common::*;
 
+mod head;
 mod sockops;
+
+use head::{head_copy, HEAD_SCAN_ENABLED};
 
 // SAFETY: the kernel reads the licence from this section by name; no other symbol is called LICENSE here.
 #[unsafe(link_section = "license")]
@@ -338,7 +341,9 @@ enum Start {
 ///
 /// Packets that can neither start nor continue a message leave early, cheapest test first: not TCP, then no payload
 /// (bare ACKs, about half the packets of a keep-alive exchange) before any map is read, then ports not captured,
-/// then streams already known not to be HTTP/1.x ([`NOT_HTTP`]) before the payload is read or classified.
+/// then streams already known not to be HTTP/1.x ([`NOT_HTTP`]) before the payload is read or classified. A message
+/// start longer than [`HEAD_SCAN_MIN`] bytes is copied head only when its body is one the agent does not read
+/// ([`observer_head_copy`]), and then none of the message's later segments are.
 #[inline(always)]
 fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     let l4: usize;
@@ -504,17 +509,30 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
         flags = DATA_FLAG_CONTINUATION;
         budget = st.remaining as usize;
     }
-    let copy = if payload_len < budget {
+    let mut copy = if payload_len < budget {
         payload_len
     } else {
         budget
     };
+    // A message start whose body the agent does not read: its head only, and none of its later segments.
+    let mut body_skipped = false;
+    // SAFETY: a read-only global the loader sets; volatile so that the compiler does not fold its initial value.
+    let scan = unsafe { core::ptr::read_volatile(&HEAD_SCAN_ENABLED) } != 0;
+    if scan && flags == DATA_FLAG_START && copy > HEAD_SCAN_MIN {
+        let h = head_copy(skb, payload_off, copy, payload_len);
+        if h != 0 && h < copy {
+            copy = h;
+            body_skipped = true;
+        }
+    }
     let trunc = if payload_len > copy {
         DATA_FLAG_TRUNCATED
     } else {
         0
     };
-    if trunc != 0 {
+    if body_skipped {
+        count(CNT_BODY_NOT_COPIED);
+    } else if trunc != 0 {
         count(CNT_TRUNCATED);
     }
     // On a local socket's egress TCP has stamped the segment with its departure time (CLOCK_MONOTONIC, as
@@ -538,7 +556,11 @@ fn capture(skb: &SkBuff, l3: usize, hook: u32, cgroup: bool) -> Result<(), ()> {
     let refresh = task_ns == 0 || ts_ns.wrapping_sub(task_ns) >= TASK_REFRESH_NS;
     let send_task = egress && refresh;
     let st = FlowState {
-        remaining: (budget - copy) as u32,
+        remaining: if body_skipped {
+            0
+        } else {
+            (budget - copy) as u32
+        },
         next_seq: seq.wrapping_add(payload_len as u32),
         cookie,
         task_ns: if refresh { ts_ns } else { task_ns },

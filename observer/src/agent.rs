@@ -472,7 +472,7 @@ impl CaptureMetrics {
             ),
             early_wakeups: counter(
                 "ringbuf_early_wakeups",
-                "Waits ended by waiting records rather than the timeout (records already waiting, or the kernel's wake-up once 1 MiB waits)",
+                "Waits ended by waiting records rather than the timeout (records already waiting, or the kernel's wake-up once 512 KiB waits)",
             ),
             lag,
             pinned,

@@ -47,7 +47,7 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Longest wait between two drains of the ring buffer while records flow. Under load the kernel wakes the
-    /// reader sooner, once 1 MiB of records waits, so this matters only for light traffic: it bounds how late
+    /// reader sooner, once 512 KiB of records waits, so this matters only for light traffic: it bounds how late
     /// its events appear. When drains come back nearly empty the wait doubles up to 100 ms. Keep it above the
     /// scheduler tick (4 ms at 250 Hz): shorter timers cost a busy server throughput (`cargo xtask bench`).
     #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]

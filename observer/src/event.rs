@@ -477,9 +477,9 @@ pub struct PropagatedAt {
     pub traceparent: Option<crate::http::ValueAt>,
 }
 
-/// Most body bytes of a request that go into its `request_hash`: enough to tell two JSON bodies apart by their
-/// first fields, small enough that keeping them costs one copy of a cache line per request.
-pub const BODY_PREFIX: usize = 64;
+/// Most body bytes of a request that go into its `request_hash` (the kernel copies no more of a body whose framing
+/// it can read).
+pub use observer_common::BODY_PREFIX;
 
 /// The first [`BODY_PREFIX`] bytes of a request's body as the capture saw them, inline (no allocation). Bytes are
 /// the body on the wire: a chunked body's chunk-size lines are part of it. When the kernel's per-message copy

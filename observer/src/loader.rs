@@ -24,7 +24,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, MetricType},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::{EXCHANGES_LOST, EXCHANGES_LOST_REASONS};
 use crate::reader;
@@ -127,13 +127,67 @@ pub fn preflight(opts: &LoadOptions) -> Result<PathBuf, LoadError> {
     Ok(cgroup)
 }
 
+/// Loads the object and its programs (the TC ones with `tc`) into the kernel, message heads scanned or not (the
+/// kernel programs' `HEAD_SCAN_ENABLED`: a body the agent does not read left uncopied). The scan is a good part of
+/// what the verifier walks, near its limit of a million instructions in the largest program (about 0.9 million
+/// with it on Linux 6.18), so a kernel whose verifier walks more can refuse it: the caller then loads without.
+fn load_programs(head_scan: bool, tc: bool) -> Result<Ebpf, LoadError> {
+    // SOCK_FLOWS is socket-local storage, a map type aya 0.13 creates (with its BTF) but has no wrapper for: only
+    // the kernel programs use it.
+    let mut ebpf = EbpfLoader::new()
+        .allow_unsupported_maps()
+        .set_global("HEAD_SCAN_ENABLED", &u32::from(head_scan), true)
+        .load(OBJECT)?;
+    let load_err = |name: &str| {
+        let what = name.to_string();
+        move |source| LoadError::Attach { what, source }
+    };
+    for name in ["observer_cg_ingress", "observer_cg_egress"] {
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or_else(|| miss(name))?
+            .try_into()
+            .map_err(load_err(name))?;
+        prog.load().map_err(load_err(name))?;
+    }
+    let sockops: &mut SockOps = ebpf
+        .program_mut("observer_sockops")
+        .ok_or_else(|| miss("observer_sockops"))?
+        .try_into()
+        .map_err(load_err("observer_sockops"))?;
+    sockops.load().map_err(load_err("observer_sockops"))?;
+    if tc {
+        for name in ["observer_tc_ingress", "observer_tc_egress"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| miss(name))?
+                .try_into()
+                .map_err(load_err(name))?;
+            prog.load().map_err(load_err(name))?;
+        }
+    }
+    Ok(ebpf)
+}
+
 /// Loads, configures and attaches. On error nothing stays attached (everything loaded so far is dropped).
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let cgroup_path = preflight(opts)?;
     bump_memlock_rlimit();
-    // SOCK_FLOWS is socket-local storage, a map type aya 0.13 creates (with its BTF) but has no wrapper for: only
-    // the kernel programs use it.
-    let mut ebpf = EbpfLoader::new().allow_unsupported_maps().load(OBJECT)?;
+    let mut ebpf = match load_programs(true, !opts.ifaces.is_empty()) {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
+            // The verifier's dump is long: its verdict is its last lines.
+            let full = e.to_string();
+            let verdict = full
+                .lines()
+                .find(|l| l.contains("processed") || l.contains("too large"))
+                .unwrap_or_else(|| full.lines().next().unwrap_or_default());
+            warn!(verdict = verdict.trim(), "the kernel's verifier did not take the programs with message heads \
+                scanned; loading them without, which copies every body up to --capture-bytes (more CPU per exchange)");
+            debug!(error = %e, "loading with message heads scanned");
+            load_programs(false, !opts.ifaces.is_empty())?
+        }
+    };
 
     // On the hierarchy's root every local socket's egress is seen, loopback senders included.
     let at_root = crate::cgroups::cgroup2_mount()
@@ -185,7 +239,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .ok_or_else(|| miss(name))?
             .try_into()
             .map_err(attach_err(name))?;
-        prog.load().map_err(attach_err(name))?;
         prog.attach(&cg, ty, CgroupAttachMode::Single)
             .map_err(attach_err(&format!("{name} to {}", cgroup_path.display())))?;
         attached.push(format!("cgroup_skb/{name} on {}", cgroup_path.display()));
@@ -195,7 +248,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .ok_or_else(|| miss("observer_sockops"))?
         .try_into()
         .map_err(attach_err("observer_sockops"))?;
-    sockops.load().map_err(attach_err("observer_sockops"))?;
     sockops
         .attach(&cg, CgroupAttachMode::Single)
         .map_err(attach_err(&format!(
@@ -207,14 +259,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut tc_links = Vec::new();
     let mut added_qdiscs = Vec::new();
     if !opts.ifaces.is_empty() {
-        for name in ["observer_tc_ingress", "observer_tc_egress"] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| miss(name))?
-                .try_into()
-                .map_err(attach_err(name))?;
-            prog.load().map_err(attach_err(name))?;
-        }
         for iface in &opts.ifaces {
             for (name, ty) in [
                 ("observer_tc_ingress", TcAttachType::Ingress),

@@ -1,7 +1,7 @@
 //! Drains the kernel ring buffer and decodes its records; owns nothing else.
 //!
 //! The kernel submits without wakeups (a wakeup per record costs a third of a loopback server's throughput) except
-//! one per sleep of the reader once 1 MiB waits, so the reader drains everything, then says it sleeps (the
+//! one per sleep of the reader once 512 KiB waits, so the reader drains everything, then says it sleeps (the
 //! `READER` map, written through its own mapping) and waits in poll(2) for that wake-up or for the timeout [`Pace`]
 //! gives (`--poll-interval` while records flow, longer idle). The ring is read in place through
 //! its own mapping ([`Ring`]), which tells the kernel what was consumed once per [`PUBLISH_BYTES`], not per record.

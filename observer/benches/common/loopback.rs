@@ -8,7 +8,10 @@ use observer::cgroups::CgroupResolver;
 use observer::event::{Exchanges, SharedStr};
 use observer::flow::{Engine, FlowConfig};
 use observer::registry::{load_str, KeySecret, Snapshot};
-use observer_common::{DataHeader, DATA_FLAG_START, EVENT_DATA, HOOK_CGROUP_EGRESS};
+use observer_common::{
+    kernel_copy_len, DataHeader, DATA_FLAG_START, DATA_FLAG_TRUNCATED, DEFAULT_CAPTURE, EVENT_DATA,
+    HOOK_CGROUP_EGRESS,
+};
 
 use super::common::{response, v4};
 
@@ -106,6 +109,13 @@ impl Loopback {
         let mut comm = [0u8; 16];
         comm[..name.len()].copy_from_slice(name);
         let seq = &mut self.seq[conn][dir];
+        // What the kernel copies: a response's head, not its Content-Length body.
+        let (copy, _) = kernel_copy_len(payload, true, DEFAULT_CAPTURE as usize);
+        let trunc = if copy < payload.len() {
+            DATA_FLAG_TRUNCATED
+        } else {
+            0
+        };
         let hdr = DataHeader {
             kind: EVENT_DATA,
             hook: HOOK_CGROUP_EGRESS,
@@ -120,13 +130,13 @@ impl Loopback {
             dport,
             seq: *seq,
             payload_len: payload.len() as u32,
-            cap_len: payload.len() as u32,
-            flags: DATA_FLAG_START,
+            cap_len: copy as u32,
+            flags: DATA_FLAG_START | trunc,
             ack: 0,
         };
         *seq = seq.wrapping_add(payload.len() as u32);
         self.now += 20_000;
-        self.engine.on_data(&hdr, payload);
+        self.engine.on_data(&hdr, &payload[..copy]);
     }
 
     /// One request and its response on the next connection; the exchange lands in `out`.

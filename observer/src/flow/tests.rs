@@ -66,6 +66,9 @@ struct Sim {
     log: Vec<Rec>,
     /// Socket cookies of the client's and the server's end.
     cookies: [u64; 2],
+    /// Whether message starts are copied as the kernel does (`observer_common::kernel_copy_len`: a body the agent
+    /// does not read left uncopied), or whole up to the cap.
+    head_scan: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +102,7 @@ impl Sim {
             cap,
             log: Vec::new(),
             cookies: [CLIENT_COOKIE, SERVER_COOKIE],
+            head_scan: true,
         }
     }
 
@@ -184,8 +188,16 @@ impl Sim {
             self.now += 1000;
             return;
         };
-        let copy = seg.len().min(self.cap_left[dir] as usize);
-        self.cap_left[dir] -= copy as u32;
+        let (copy, body_skipped) = observer_common::kernel_copy_len(
+            seg,
+            flags == DATA_FLAG_START && self.head_scan,
+            self.cap_left[dir] as usize,
+        );
+        self.cap_left[dir] = if body_skipped {
+            0
+        } else {
+            self.cap_left[dir] - copy as u32
+        };
         let flags = flags
             | if copy < seg.len() {
                 DATA_FLAG_TRUNCATED
@@ -657,6 +669,67 @@ fn request_body_prefix_is_kept_across_segments_and_bounded() {
     s.response(&ok(b""));
     let ex = s.take();
     assert_eq!(one(&ex).request.body_prefix.as_slice(), &payload[..10]);
+}
+
+/// The kernel leaves bodies the agent does not read uncopied: the exchanges are the same as with every byte copied,
+/// request body prefixes included, for bodies in many segments, pipelined messages, a bodiless response that
+/// declares a length, and chunked bodies.
+#[test]
+fn bodies_left_uncopied_change_no_exchange() {
+    let run = |head_scan: bool| {
+        let mut s = Sim::new(Obs::Both);
+        s.head_scan = head_scan;
+        let json = body(5_000);
+        let mut post = format!(
+            "POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            json.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(&json);
+        s.write(C2S, &post, 1448);
+        s.write(S2C, &ok(&body(3_000)), 1448);
+        let mut two = get("/a");
+        two.extend(get("/b"));
+        s.request(&two);
+        let mut both = ok(&body(300));
+        both.extend(ok(&body(400)));
+        s.response(&both);
+        let mut head_then_get = b"HEAD /big HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
+        head_then_get.extend(get("/c"));
+        s.request(&head_then_get);
+        let mut bodiless = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nX-Pad: ".to_vec();
+        bodiless.extend(vec![b'p'; 300]);
+        bodiless.extend(b"\r\n\r\n");
+        bodiless.extend(ok(&body(500)));
+        s.response(&bodiless);
+        s.request(&get("/chunked"));
+        let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n".to_vec();
+        chunked.extend(body(2_000));
+        chunked.extend(b"\r\n0\r\n\r\n");
+        s.response(&chunked);
+        s.request(&get("/after"));
+        s.response(&ok(&body(900)));
+        let skipped = s
+            .log
+            .iter()
+            .filter(|r| matches!(r, Rec::Data(h, _) if h.cap_len < h.payload_len))
+            .count();
+        let ex: Vec<_> = s
+            .take()
+            .into_iter()
+            .map(|e| (format!("{:?}", e.event), e.request))
+            .collect();
+        (ex, skipped, s.stats())
+    };
+    let (scanned, skipped, stats) = run(true);
+    let (whole, none_skipped, _) = run(false);
+    assert_eq!(scanned.len(), 7);
+    // Copied whole, only the POST's segment where the 4,096-byte cap ends is cut (seen at both ends: twice). Head
+    // only, the POST's first segment and the 3,000- and 900-byte responses' are cut, and the POST's later segments
+    // leave no record.
+    assert_eq!((none_skipped, skipped), (2, 6));
+    assert_eq!(scanned, whole);
+    assert_eq!(stats.misframed + stats.gaps + stats.malformed, 0);
 }
 
 #[test]
