@@ -37,7 +37,6 @@ pub struct HeadScratch {
     /// (see [`head_copy_len`]).
     pos: u64,
     len: u64,
-    last: u64,
     value: u64,
     end: u64,
 }
@@ -48,7 +47,6 @@ impl HeadScratch {
             words: [0; SCAN_WORDS + 1],
             pos: 0,
             len: 0,
-            last: 0,
             value: 0,
             end: 0,
         }
@@ -165,8 +163,8 @@ fn field_number(s: &HeadScratch, mut i: usize) -> Option<usize> {
 /// rule out.
 #[inline(always)]
 pub fn head_copy_len(s: &mut HeadScratch, n: usize, payload_len: usize) -> Option<usize> {
-    // Read back, so that the verifier cannot decide a comparison with it from a constant (the kernel's `n` is
-    // HEAD_SCAN on one of its paths), which would keep the positions compared exact in every state.
+    // Read back, so that the verifier cannot decide a comparison with it should a caller pass a constant (which
+    // would keep the positions compared exact in every state).
     set(&mut s.len, n);
     let n = get(&s.len);
     // Far from any position, so that `last + 2` neither overflows nor matches.
