@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use observer_common::*;
 
-/// 1: message starts' heads are scanned ([`observer_head_copy`]). The loader sets 0 when the kernel's verifier does not take
-/// the programs with the scan: read-only data, so the verifier then drops the scan's code as dead.
+/// 1: message starts' heads are scanned ([`observer_head_copy`]). The loader sets 0 when the kernel's verifier does
+/// not take the programs with the scan: read-only data, so the verifier then drops the scan's code as dead.
 #[unsafe(no_mangle)]
 pub(crate) static HEAD_SCAN_ENABLED: u32 = 1;
 
