@@ -175,7 +175,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     bump_memlock_rlimit();
     let mut ebpf = match load_programs(true, !opts.ifaces.is_empty()) {
         Ok(ebpf) => ebpf,
-        Err(e) => {
+        // Only a refusal by the verifier: any other failure would be the same without the scan.
+        Err(
+            e @ LoadError::Attach {
+                source: aya::programs::ProgramError::LoadError { .. },
+                ..
+            },
+        ) => {
             // The verifier's dump is long: its verdict is its last lines.
             let full = e.to_string();
             let verdict = full
@@ -187,6 +193,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             debug!(error = %e, "loading with message heads scanned");
             load_programs(false, !opts.ifaces.is_empty())?
         }
+        Err(e) => return Err(e),
     };
 
     // On the hierarchy's root every local socket's egress is seen, loopback senders included.
