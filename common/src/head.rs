@@ -11,7 +11,7 @@
 //! look like a message start) gets the whole segment, as before. User-space tests mirror the kernel's copy with
 //! [`kernel_copy_len`].
 
-use crate::{empty_lines_len, is_common_start};
+use crate::{is_common_start, is_response_start};
 
 /// Most body bytes of a request the agent keeps, hashed into its `request_hash`: enough to tell two JSON bodies apart
 /// by their first fields, small enough that keeping them costs one cache line per request.
@@ -84,8 +84,6 @@ const LENGTH: u64 = u64::from_le_bytes(*b"length:\0");
 const SEVEN: u64 = 0x00ff_ffff_ffff_ffff;
 const TRANSFER: u64 = u64::from_le_bytes(*b"transfer");
 const ENCODIN: u64 = u64::from_le_bytes(*b"-encodin");
-const HTTP_SLASH: u64 = u64::from_le_bytes(*b"HTTP/\0\0\0");
-const FIVE: u64 = 0x0000_00ff_ffff_ffff;
 
 /// The high bit of every zero byte of `v`, exactly (no borrow between bytes).
 #[inline(always)]
@@ -226,8 +224,11 @@ pub fn head_copy_len(s: &mut HeadScratch, n: usize, payload_len: usize) -> Optio
     if end + 8 > n || is_common_start(&word_at(s, end).to_le_bytes()) {
         return None;
     }
-    let skip = empty_lines_len(byte_at4(s));
-    let keep = if word_at(s, skip) & FIVE == HTTP_SLASH {
+    let (w0, w1) = (s.words[0].to_le_bytes(), s.words[1].to_le_bytes());
+    let first = [
+        w0[0], w0[1], w0[2], w0[3], w0[4], w0[5], w0[6], w0[7], w1[0], w1[1], w1[2], w1[3],
+    ];
+    let keep = if is_response_start(&first) {
         0
     } else if length < BODY_PREFIX {
         length
@@ -238,11 +239,6 @@ pub fn head_copy_len(s: &mut HeadScratch, n: usize, payload_len: usize) -> Optio
         return None;
     }
     Some(end + keep)
-}
-
-#[inline(always)]
-fn byte_at4(s: &HeadScratch) -> [u8; 4] {
-    (s.words[0] as u32).to_le_bytes()
 }
 
 /// What the kernel copies of a segment of a message whose capture allows `copy` more bytes, `start` when it starts
@@ -462,7 +458,7 @@ mod tests {
                 start = i + 1;
             }
         }
-        let skip = empty_lines_len([seg[0], seg[1], seg[2], seg[3]]);
+        let skip = crate::empty_lines_len([seg[0], seg[1], seg[2], seg[3]]);
         let mut length = None;
         let mut end = None;
         for (k, &(a, b)) in lines.iter().enumerate() {
